@@ -1,0 +1,1 @@
+//! Socket census of a network namespace (not yet implemented).

@@ -1,0 +1,1 @@
+//! Container and pod identity from cgroup paths (not yet implemented).

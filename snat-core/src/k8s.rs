@@ -1,0 +1,1 @@
+//! Kubernetes API stages (not yet implemented).

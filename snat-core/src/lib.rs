@@ -1,0 +1,40 @@
+//! snat-core: the stages of a SNAT-exhaustion investigation, as typed Rust.
+//!
+//! Each module is one stage with typed inputs and outputs, so the stages compose in a
+//! playbook (through `snat-script`) or directly in a Rust tool:
+//!
+//! - [`model`]: the data model every stage shares (events, sockets, processes, pods, findings).
+//! - [`tcptracer`]: reads BCC `tcptracer` logs (the article's Step 2), streaming.
+//! - [`aggregate`]: counts and ranks events by any subset of fields.
+//! - [`policy`]: which destinations consume SNAT ports, and which rule says so.
+//! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
+//!
+//! ```ignore
+//! use snat_core::aggregate::{Field, Metric};
+//! use snat_core::tcptracer::LogReader;
+//!
+//! # fn main() -> Result<(), snat_core::Error> {
+//! let summary = LogReader::new().read_path("tcptracer.log")?;
+//! let ranking = summary.rank(&[Field::Saddr, Field::Netns], Metric::Events)?;
+//! print!("{}", ranking.top(10).to_text());
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod aggregate;
+pub mod audit;
+pub mod census;
+pub mod cgroup;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod pressure;
+pub mod procindex;
+pub mod tcptracer;
+
+#[cfg(feature = "kube")]
+pub mod k8s;
+
+pub use error::Error;

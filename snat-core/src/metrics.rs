@@ -1,0 +1,1 @@
+//! Azure Monitor SNAT metrics (not yet implemented).

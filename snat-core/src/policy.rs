@@ -1,0 +1,1 @@
+//! Public-IP policy (not yet implemented).

@@ -1,0 +1,1 @@
+//! SNAT pressure and port allocation (not yet implemented).

@@ -1,0 +1,1 @@
+//! Process index from /proc (not yet implemented).

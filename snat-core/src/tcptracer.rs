@@ -1,0 +1,1 @@
+//! Reader for BCC tcptracer logs (not yet implemented).
