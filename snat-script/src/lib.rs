@@ -1,2 +1,10 @@
-//! snat-script: Rhai bindings for snat's stages and the `snat-run` runner (in progress).
+//! snat-script: the Rhai bindings for snat's stages and the `snat-run` playbook runner.
 #![deny(missing_docs)]
+
+pub mod ctx;
+pub mod error;
+pub mod modules;
+pub mod report;
+
+pub use ctx::{Ctx, RunOptions, StageError};
+pub use error::Error;

@@ -1,0 +1,273 @@
+//! The run context shared by every stage binding: options, parameters, the stage log
+//! that becomes the audit record's `stages`, remediation actions, cancellation, and the
+//! playbook's report.
+//!
+//! Every Rhai function that does work (reads a file, traces, talks to an API) is a
+//! *stage* and must run its body through [`Ctx::stage`]: that records the call (name,
+//! arguments, duration, item count, outcome) and turns failures into script errors that the
+//! runner can tell apart from playbook mistakes (exit 1 versus exit 2).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use rhai::{Dynamic, EvalAltResult, Position};
+use snat_core::audit::{self, ActionRecord, StageCall, StageOutcome};
+
+use crate::report::Report;
+
+/// Options of a run that stages may consult.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `--dry-run`: plan actions, print the exact requests, change nothing.
+    pub dry_run: bool,
+    /// Root of the host's /proc (`--host-proc`, default `/proc`).
+    pub host_proc: PathBuf,
+    /// Remediation actions allowed with `--allow`.
+    pub allow: BTreeSet<String>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub kube_context: Option<String>,
+    /// Whether to draw progress on stderr (stderr is a terminal and not `--quiet`).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            dry_run: false,
+            host_proc: PathBuf::from("/proc"),
+            allow: BTreeSet::new(),
+            kubeconfig: None,
+            kube_context: None,
+            progress: false,
+        }
+    }
+}
+
+/// Why a stage failed.
+#[derive(Debug)]
+pub enum StageError {
+    /// The playbook passed something that cannot work (bad field, bad CIDR, missing
+    /// option): a playbook error, exit 2.
+    Usage(String),
+    /// The stage failed at run time (I/O, permissions, API): exit 1.
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    /// The run was cancelled (SIGINT/SIGTERM) while the stage ran.
+    Interrupted,
+}
+
+impl StageError {
+    /// A run-time failure from any error.
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StageError {
+        StageError::Failed(Box::new(e))
+    }
+}
+
+impl From<snat_core::Error> for StageError {
+    fn from(e: snat_core::Error) -> Self {
+        use snat_core::Error as E;
+        match e {
+            E::InvalidArgument(_) | E::FieldUnavailable { .. } | E::GroupingNotKept { .. } => {
+                StageError::Usage(e.to_string())
+            }
+            other => StageError::Failed(Box::new(other)),
+        }
+    }
+}
+
+/// The value a failed stage raises inside the script engine (as the payload of
+/// `ErrorRuntime`), so the runner can find it under any wrapping.
+#[derive(Debug, Clone)]
+pub struct StageFailure {
+    /// Stage name.
+    pub stage: String,
+    /// The error and its causes, `: `-joined.
+    pub message: String,
+    /// True for [`StageError::Usage`] (exit 2), false for run-time failures (exit 1).
+    pub usage: bool,
+    /// True when the run was interrupted.
+    pub interrupted: bool,
+}
+
+impl std::fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.stage, self.message)
+    }
+}
+
+/// Render an error with its whole `source()` chain.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+struct Inner {
+    options: RunOptions,
+    params: BTreeMap<String, String>,
+    stages: Mutex<Vec<StageCall>>,
+    actions: Mutex<Vec<ActionRecord>>,
+    cancel: Arc<AtomicBool>,
+    report: Mutex<Report>,
+    runtime: OnceLock<Result<tokio::runtime::Runtime, String>>,
+}
+
+/// The shared run context. Cheap to clone; every clone sees the same state.
+#[derive(Clone)]
+pub struct Ctx(Arc<Inner>);
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("options", &self.0.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Ctx {
+    /// A new context.
+    pub fn new(options: RunOptions, params: BTreeMap<String, String>) -> Ctx {
+        Ctx(Arc::new(Inner {
+            options,
+            params,
+            stages: Mutex::new(Vec::new()),
+            actions: Mutex::new(Vec::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            report: Mutex::new(Report::default()),
+            runtime: OnceLock::new(),
+        }))
+    }
+
+    /// The run's options.
+    pub fn options(&self) -> &RunOptions {
+        &self.0.options
+    }
+
+    /// The `--param` values.
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.0.params
+    }
+
+    /// The flag SIGINT/SIGTERM set. Long-running stages poll [`Ctx::is_cancelled`].
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.0.cancel.clone()
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Run one stage: record it in the stage log and convert its failure into a script
+    /// error. `f` returns the value and, where meaningful, how many items it produced.
+    pub fn stage<T>(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+        f: impl FnOnce() -> Result<(T, Option<u64>), StageError>,
+    ) -> Result<T, Box<EvalAltResult>> {
+        let started_at = audit::now_rfc3339();
+        let t0 = Instant::now();
+        tracing::debug!(stage = name, %args, "stage start");
+        let res = if self.is_cancelled() {
+            Err(StageError::Interrupted)
+        } else {
+            f()
+        };
+        let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let (outcome, items, error, ret) = match res {
+            Ok((v, items)) => (StageOutcome::Ok, items, None, Ok(v)),
+            Err(e) => {
+                let (message, usage, interrupted) = match &e {
+                    StageError::Usage(m) => (m.clone(), true, false),
+                    StageError::Failed(err) => (error_chain(err.as_ref()), false, false),
+                    StageError::Interrupted => ("interrupted".to_string(), false, true),
+                };
+                let failure = StageFailure {
+                    stage: name.to_string(),
+                    message: message.clone(),
+                    usage,
+                    interrupted,
+                };
+                let outcome = if interrupted {
+                    StageOutcome::Interrupted
+                } else {
+                    StageOutcome::Failed
+                };
+                (
+                    outcome,
+                    None,
+                    Some(message),
+                    Err(Box::new(EvalAltResult::ErrorRuntime(
+                        Dynamic::from(failure),
+                        Position::NONE,
+                    ))),
+                )
+            }
+        };
+        tracing::debug!(stage = name, duration_ms, ?outcome, "stage end");
+        lock(&self.0.stages).push(StageCall {
+            name: name.to_string(),
+            args,
+            started_at,
+            duration_ms,
+            items,
+            outcome,
+            error,
+        });
+        ret
+    }
+
+    /// A snapshot of the stage log.
+    pub fn stages(&self) -> Vec<StageCall> {
+        lock(&self.0.stages).clone()
+    }
+
+    /// Record a remediation action (planned or applied).
+    pub fn record_action(&self, action: ActionRecord) {
+        lock(&self.0.actions).push(action);
+    }
+
+    /// A snapshot of the actions.
+    pub fn actions(&self) -> Vec<ActionRecord> {
+        lock(&self.0.actions).clone()
+    }
+
+    /// The playbook's report, for reading or adding to.
+    pub fn report(&self) -> MutexGuard<'_, Report> {
+        lock(&self.0.report)
+    }
+
+    /// Run a future to completion on the run's tokio runtime (created on first use), for
+    /// async stages such as Kubernetes API calls. Must not be called from inside a tokio
+    /// runtime.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> Result<F::Output, StageError> {
+        let rt = self.0.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))
+        });
+        match rt {
+            Ok(rt) => Ok(rt.block_on(fut)),
+            Err(m) => Err(StageError::Failed(m.clone().into())),
+        }
+    }
+}

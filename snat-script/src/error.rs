@@ -1,0 +1,83 @@
+//! The one error type of snat-script, and how errors map to `snat-run`'s exit codes.
+//!
+//! | exit | meaning | variants |
+//! | --- | --- | --- |
+//! | 0 | ran, nothing found | — |
+//! | 3 | ran, the playbook's verdict is "SNAT pressure found" | — |
+//! | 2 | the playbook or its params are wrong | [`Error::Playbook`], [`Error::Param`], [`Error::ReadPlaybook`] |
+//! | 1 | a stage failed at run time, or the run could not be audited | [`Error::Stage`], [`Error::Audit`] |
+//! | 130 / 143 | interrupted by SIGINT / SIGTERM | [`Error::Interrupted`] |
+
+use std::path::PathBuf;
+
+/// Errors of the playbook runner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The playbook is wrong: syntax, a limit hit, a bad call. Rendered as
+    /// `PLAYBOOK:LINE:COL: message`, then the source line and a caret.
+    #[error("{}:{line}:{col}: {message}{snippet}", path.display())]
+    Playbook {
+        /// Playbook path as given.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        col: usize,
+        /// What is wrong.
+        message: String,
+        /// The source line and a caret under the column, preceded by a newline (or empty).
+        snippet: String,
+    },
+
+    /// A `--param` is malformed, missing or of the wrong type.
+    #[error("{0}")]
+    Param(String),
+
+    /// The playbook file cannot be read.
+    #[error("cannot read playbook {}: {source}", path.display())]
+    ReadPlaybook {
+        /// Path as given.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A stage failed at run time (permissions, I/O, API).
+    #[error("stage {stage} failed: {message}")]
+    Stage {
+        /// Stage name, `namespace::function`.
+        stage: String,
+        /// The cause, with its chain, as text (the cause crossed the script engine).
+        message: String,
+    },
+
+    /// The audit record cannot be written (the run fails before doing anything).
+    #[error("audit: {0}")]
+    Audit(#[source] snat_core::Error),
+
+    /// SIGINT or SIGTERM stopped the run.
+    #[error("interrupted by {signal}")]
+    Interrupted {
+        /// `SIGINT` or `SIGTERM`.
+        signal: &'static str,
+    },
+}
+
+impl Error {
+    /// The exit code `snat-run` uses for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Playbook { .. } | Error::Param(_) | Error::ReadPlaybook { .. } => 2,
+            Error::Stage { .. } | Error::Audit(_) => 1,
+            Error::Interrupted { signal } => {
+                if *signal == "SIGTERM" {
+                    143
+                } else {
+                    130
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The Rhai namespaces: one module per namespace, each built by its file's
+//! `create_module(ctx)`.
+//!
+//! Functions that do work are *stages* (recorded in the audit record through
+//! [`Ctx::stage`](crate::ctx::Ctx::stage)); functions that only shape data (getters,
+//! rankings, report building) are not.
+
+use rhai::{Engine, FuncRegistration, Module};
+
+use crate::ctx::Ctx;
+
+pub mod params;
+pub mod report;
+pub mod types;
+
+/// A namespace registered in the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Namespace {
+    /// Name, as used in `name::function(...)`; empty for global functions.
+    pub name: &'static str,
+    /// What it is for.
+    pub doc: &'static str,
+}
+
+/// Every namespace, in the order `snat-run functions` lists them.
+pub const NAMESPACES: &[Namespace] = &[
+    Namespace {
+        name: "",
+        doc: "Global functions: parameters, logging, and the methods/getters of snat's types.",
+    },
+    Namespace {
+        name: "tcptracer",
+        doc: "Read BCC tcptracer logs (the article's Step 2) into a Trace.",
+    },
+    Namespace {
+        name: "policy",
+        doc: "Which destinations consume SNAT ports (public-IP policy).",
+    },
+    Namespace {
+        name: "report",
+        doc: "Build the run's report: title, verdict, findings, tables.",
+    },
+];
+
+/// Register every namespace into `engine`.
+pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
+    engine.register_global_module(types::create_module(ctx).into());
+    engine.register_global_module(params::create_module(ctx).into());
+    engine.register_static_module("report", report::create_module(ctx).into());
+}
+
+fn comments(doc: &str) -> Vec<String> {
+    vec![
+        doc.lines()
+            .map(|l| format!("/// {l}").trim_end().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ]
+}
+
+/// A function reached as `namespace::name(...)`. `params` are `"name: Type"` strings
+/// followed by the return type; `doc` is plain text (one or more lines).
+pub(crate) fn func(name: &str, params: &[&str], doc: &str) -> FuncRegistration {
+    FuncRegistration::new(name)
+        .in_internal_namespace()
+        .with_params_info(params)
+        .with_comments(comments(doc))
+}
+
+/// A method or global function (callable as `value.name(...)` or `name(...)`).
+pub(crate) fn method(name: &str, params: &[&str], doc: &str) -> FuncRegistration {
+    FuncRegistration::new(name)
+        .in_global_namespace()
+        .with_params_info(params)
+        .with_comments(comments(doc))
+}
+
+/// Add a documented getter (`value.name`) for a custom type.
+pub(crate) fn getter<T: Clone + Send + Sync + 'static, R: Clone + Send + Sync + 'static>(
+    module: &mut Module,
+    name: &str,
+    ret: &str,
+    doc: &str,
+    f: impl Fn(&mut T) -> R + Send + Sync + 'static,
+) {
+    let ty = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("?")
+        .to_string();
+    FuncRegistration::new(format!("get${name}"))
+        .in_global_namespace()
+        .with_purity(true)
+        .with_params_info([format!("self: {ty}"), ret.to_string()])
+        .with_comments(comments(doc))
+        .set_into_module(module, f);
+}
+
+/// Convert a serializable value to a Rhai value (maps and arrays), for data a playbook
+/// reads with `.field` access.
+pub(crate) fn to_dyn<T: serde::Serialize>(v: &T) -> Result<rhai::Dynamic, Box<rhai::EvalAltResult>> {
+    rhai::serde::to_dynamic(v)
+}
+
+/// Convert a Rhai value to JSON (for reports and stage arguments).
+pub(crate) fn to_json(v: &rhai::Dynamic) -> serde_json::Value {
+    rhai::serde::from_dynamic::<serde_json::Value>(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// A plain script error (a playbook mistake: exit 2).
+pub(crate) fn usage<T>(msg: impl Into<String>) -> Result<T, Box<rhai::EvalAltResult>> {
+    Err(msg.into().into())
+}

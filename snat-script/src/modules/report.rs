@@ -1,0 +1,205 @@
+//! `report::` — building the run's report: title, verdict (which decides exit 0 or 3),
+//! findings, tables, text and data sections. None of these are stages: they shape output
+//! and touch nothing outside the run.
+
+use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
+use serde_json::Value;
+use snat_core::audit::Verdict;
+use snat_core::model::Finding;
+
+use super::types::{Ranking, value_to_dyn};
+use super::{func, to_json, usage};
+use crate::ctx::Ctx;
+use crate::report::{Section, SectionBody};
+
+fn verdict_of(s: &str) -> Result<Verdict, Box<EvalAltResult>> {
+    match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "pressure_found" | "pressure" | "found" => Ok(Verdict::PressureFound),
+        "clear" | "none" | "ok" => Ok(Verdict::Clear),
+        other => usage(format!(
+            "unknown verdict {other:?}: expected \"pressure_found\" (exit 3) or \"clear\" (exit 0)"
+        )),
+    }
+}
+
+fn row_cells(columns: &[String], row: &Dynamic) -> Result<Vec<Value>, Box<EvalAltResult>> {
+    if let Some(a) = row.clone().try_cast::<Array>() {
+        if a.len() != columns.len() {
+            return usage(format!(
+                "table row has {} cells but there are {} columns",
+                a.len(),
+                columns.len()
+            ));
+        }
+        return Ok(a.iter().map(to_json).collect());
+    }
+    if let Some(map) = row.clone().try_cast::<Map>() {
+        return Ok(columns
+            .iter()
+            .map(|c| map.get(c.as_str()).map_or(Value::Null, to_json))
+            .collect());
+    }
+    usage(format!(
+        "a table row must be an array or a map, got {}",
+        row.type_name()
+    ))
+}
+
+/// The `report` module.
+pub fn create_module(ctx: &Ctx) -> Module {
+    let mut m = Module::new();
+    let c = ctx.clone();
+    func("title", &["title: &str", "()"], "Set the report's title.").set_into_module(&mut m, move |t: &str| {
+        c.report().title = Some(t.to_string());
+    });
+    let c = ctx.clone();
+    func(
+        "verdict",
+        &["verdict: &str", "summary: &str", "()"],
+        "Set the verdict: \"pressure_found\" (snat-run exits 3) or \"clear\" (exits 0), with a one-line summary.",
+    )
+    .set_into_module(
+        &mut m,
+        move |v: &str, summary: &str| -> Result<(), Box<EvalAltResult>> {
+            let v = verdict_of(v)?;
+            let mut r = c.report();
+            r.verdict = Some(v);
+            r.summary = Some(summary.to_string());
+            Ok(())
+        },
+    );
+    let c = ctx.clone();
+    func(
+        "finding",
+        &["finding: Map", "()"],
+        "Add a finding: #{kind, severity: \"info\"|\"warning\"|\"critical\", summary, pod?, process?, netns?,\ndestination?: \"ip:port\", node?, evidence?: #{...}}.",
+    )
+    .set_into_module(&mut m, move |f: Map| -> Result<(), Box<EvalAltResult>> {
+        let json = to_json(&Dynamic::from_map(f));
+        let finding: Finding = serde_json::from_value(json).map_err(|e| format!("bad finding: {e}"))?;
+        c.report().findings.push(finding);
+        Ok(())
+    });
+    let c = ctx.clone();
+    func(
+        "table",
+        &["title: &str", "columns: Array", "rows: Array", "()"],
+        "Add a table. Each row is an array (one cell per column) or a map (cells by column name).",
+    )
+    .set_into_module(
+        &mut m,
+        move |title: &str, columns: Array, rows: Array| -> Result<(), Box<EvalAltResult>> {
+            let columns: Vec<String> = columns.iter().map(|d| d.to_string()).collect();
+            let rows = rows
+                .iter()
+                .map(|r| row_cells(&columns, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            c.report().sections.push(Section {
+                title: title.into(),
+                body: SectionBody::Table { columns, rows },
+            });
+            Ok(())
+        },
+    );
+    let c = ctx.clone();
+    func(
+        "table",
+        &["title: &str", "ranking: Ranking", "()"],
+        "Add a ranking as a table: the metric's count, then one column per grouping field.",
+    )
+    .set_into_module(&mut m, move |title: &str, r: Ranking| {
+        let mut columns = vec!["count".to_string()];
+        columns.extend(r.0.fields.iter().map(|f| f.name().to_string()));
+        let rows =
+            r.0.rows
+                .iter()
+                .map(|row| {
+                    let mut cells = vec![Value::from(row.counts.get(r.0.metric))];
+                    cells.extend(row.key.iter().map(|v| to_json(&value_to_dyn(v))));
+                    cells
+                })
+                .collect();
+        c.report().sections.push(Section {
+            title: title.into(),
+            body: SectionBody::Table { columns, rows },
+        });
+    });
+    let c = ctx.clone();
+    func("text", &["title: &str", "text: &str", "()"], "Add a text section.").set_into_module(
+        &mut m,
+        move |title: &str, text: &str| {
+            c.report().sections.push(Section {
+                title: title.into(),
+                body: SectionBody::Text { text: text.into() },
+            });
+        },
+    );
+    let c = ctx.clone();
+    func(
+        "data",
+        &["title: &str", "data: ?", "()"],
+        "Add structured data (any value) as a section.",
+    )
+    .set_into_module(&mut m, move |title: &str, data: Dynamic| {
+        c.report().sections.push(Section {
+            title: title.into(),
+            body: SectionBody::Data { data: to_json(&data) },
+        });
+    });
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str) -> (Ctx, Result<Dynamic, Box<EvalAltResult>>) {
+        let ctx = Ctx::new(Default::default(), Default::default());
+        let mut e = rhai::Engine::new();
+        e.register_static_module("report", create_module(&ctx).into());
+        let r = e.eval::<Dynamic>(script);
+        (ctx, r)
+    }
+
+    #[test]
+    fn builds_report() {
+        let (ctx, r) = run(r#"
+            report::title("T");
+            report::table("t", ["a", "b"], [[1, "x"], #{b: "y"}]);
+            report::finding(#{kind: "snat_pressure", severity: "critical", summary: "s", netns: 5, destination: "203.0.113.5:443", evidence: #{flows: 900}});
+            report::verdict("pressure_found", "one pod");
+        "#);
+        let _ = r.unwrap();
+        let rep = ctx.report();
+        assert_eq!(rep.verdict, Some(Verdict::PressureFound));
+        assert_eq!(rep.findings[0].destination, Some("203.0.113.5:443".parse().unwrap()));
+        assert_eq!(rep.findings[0].evidence["flows"], 900);
+        match &rep.sections[0].body {
+            SectionBody::Table { rows, .. } => assert_eq!(rows[1], vec![Value::Null, Value::from("y")]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(
+            run(r#"report::verdict("maybe", "")"#)
+                .1
+                .unwrap_err()
+                .to_string()
+                .contains("unknown verdict")
+        );
+        assert!(
+            run(r#"report::finding(#{kind: "k", severity: "bad", summary: ""})"#)
+                .1
+                .is_err()
+        );
+        assert!(
+            run(r#"report::table("t", ["a"], [[1, 2]])"#)
+                .1
+                .unwrap_err()
+                .to_string()
+                .contains("2 cells")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The playbook's report: what `snat-run` prints when the playbook ends, as a human table
+//! (`--output table`) or as exactly one JSON document on stdout (`--output json`).
+//!
+//! JSON document, field by field:
+//!
+//! | field | type | meaning |
+//! | --- | --- | --- |
+//! | `schema` | string | `"snat.report/v1"` |
+//! | `playbook` | string | playbook path as given |
+//! | `run_id` | string | the run's id, also in the audit record |
+//! | `audit_record` | string or null | path of the run's audit record |
+//! | `title` | string or null | set by `report::title` |
+//! | `verdict` | `"pressure_found"`, `"clear"` or null | set by `report::verdict` |
+//! | `summary` | string or null | one line, set with the verdict |
+//! | `findings` | array | [`snat_core::model::Finding`] objects, in the order added |
+//! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}` or `{title, kind: "data", data}` |
+//! | `exit_code` | integer | what the process exits with |
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use snat_core::audit::Verdict;
+use snat_core::model::Finding;
+
+/// One section of a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Section {
+    /// Heading.
+    pub title: String,
+    /// Content.
+    #[serde(flatten)]
+    pub body: SectionBody,
+}
+
+/// The content of a section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SectionBody {
+    /// A table.
+    Table {
+        /// Column headings.
+        columns: Vec<String>,
+        /// Rows, one value per column.
+        rows: Vec<Vec<Value>>,
+    },
+    /// Free text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// Structured data (printed as indented JSON in table output).
+    Data {
+        /// The data.
+        data: Value,
+    },
+}
+
+/// What a playbook reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Title.
+    pub title: Option<String>,
+    /// Verdict.
+    pub verdict: Option<Verdict>,
+    /// One-line summary.
+    pub summary: Option<String>,
+    /// Findings, in the order added.
+    pub findings: Vec<Finding>,
+    /// Sections, in the order added.
+    pub sections: Vec<Section>,
+}
+
+/// Facts about the run that the report carries besides what the playbook added.
+#[derive(Debug, Clone)]
+pub struct RunFacts<'a> {
+    /// Playbook path.
+    pub playbook: &'a str,
+    /// Run id.
+    pub run_id: &'a str,
+    /// Audit record path.
+    pub audit_record: Option<&'a str>,
+    /// Exit code.
+    pub exit_code: u8,
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Align `rows` under `columns`, two spaces between columns.
+pub fn render_table(columns: &[String], rows: &[Vec<Value>]) -> String {
+    let text: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            text.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .chain(std::iter::once(columns[i].chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            s.push_str(&format!("{c:<w$}  "));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(columns);
+    for r in &text {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+impl Report {
+    /// The JSON document printed with `--output json`.
+    pub fn to_json(&self, facts: &RunFacts<'_>) -> Value {
+        json!({
+            "schema": "snat.report/v1",
+            "playbook": facts.playbook,
+            "run_id": facts.run_id,
+            "audit_record": facts.audit_record,
+            "title": self.title,
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "findings": self.findings,
+            "sections": self.sections,
+            "exit_code": facts.exit_code,
+        })
+    }
+
+    /// The human rendering printed with `--output table`.
+    pub fn to_text(&self, facts: &RunFacts<'_>) -> String {
+        let mut out = String::new();
+        if let Some(t) = &self.title {
+            out.push_str(&format!("{t}\n{}\n\n", "=".repeat(t.chars().count())));
+        }
+        for s in &self.sections {
+            out.push_str(&format!("## {}\n", s.title));
+            match &s.body {
+                SectionBody::Table { columns, rows } => {
+                    if rows.is_empty() {
+                        out.push_str("(no rows)\n");
+                    } else {
+                        out.push_str(&render_table(columns, rows));
+                    }
+                }
+                SectionBody::Text { text } => {
+                    out.push_str(text);
+                    if !text.ends_with('\n') {
+                        out.push('\n');
+                    }
+                }
+                SectionBody::Data { data } => {
+                    out.push_str(&serde_json::to_string_pretty(data).unwrap_or_default());
+                    out.push('\n');
+                }
+            }
+            out.push('\n');
+        }
+        if !self.findings.is_empty() {
+            out.push_str("## Findings\n");
+            for f in &self.findings {
+                let sev = serde_json::to_value(f.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string));
+                out.push_str(&format!("- [{}] {}\n", sev.unwrap_or_default(), f.summary));
+            }
+            out.push('\n');
+        }
+        let verdict = match self.verdict {
+            Some(Verdict::PressureFound) => "SNAT pressure found",
+            Some(Verdict::Clear) => "clear: no SNAT pressure found",
+            None => "no verdict",
+        };
+        out.push_str(&format!("Verdict: {verdict}"));
+        if let Some(s) = &self.summary {
+            out.push_str(&format!(" ({s})"));
+        }
+        out.push('\n');
+        out.push_str(&format!("Run {} exit {}", facts.run_id, facts.exit_code));
+        if let Some(a) = facts.audit_record {
+            out.push_str(&format!(", audit record {a}"));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = render_table(
+            &["Count".into(), "SADDR".into()],
+            &[vec![json!(387), json!("1.2.3.4")], vec![json!(8), json!(null)]],
+        );
+        assert_eq!(t, "Count  SADDR\n387    1.2.3.4\n8      -\n");
+    }
+
+    #[test]
+    fn json_has_documented_fields() {
+        let r = Report {
+            verdict: Some(Verdict::PressureFound),
+            ..Report::default()
+        };
+        let j = r.to_json(&RunFacts {
+            playbook: "p.rhai",
+            run_id: "x",
+            audit_record: None,
+            exit_code: 3,
+        });
+        for k in [
+            "schema",
+            "playbook",
+            "run_id",
+            "audit_record",
+            "title",
+            "verdict",
+            "summary",
+            "findings",
+            "sections",
+            "exit_code",
+        ] {
+            assert!(j.get(k).is_some(), "{k}");
+        }
+        assert_eq!(j["verdict"], "pressure_found");
+    }
+}
