@@ -47,4 +47,41 @@ pub enum Error {
         /// Groupings kept.
         kept: String,
     },
+
+    // ----- audit ------------------------------------------------------------------
+    /// The audit directory cannot be created or written: the run must not start.
+    #[error(
+        "audit directory {} is not usable: {what}: {source}; pass --audit-dir DIR with a writable directory, or fix the permissions of this one (it needs to be a directory the user can create files in)",
+        dir.display()
+    )]
+    AuditDirUnusable {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed, e.g. "cannot create it".
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing, locking or reading an audit record file failed.
+    #[error("audit: {what} {}: {source}", path.display())]
+    AuditIo {
+        /// What was being done, e.g. "cannot write the record".
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A record handed to the writer cannot be written as it is (a bug in the caller).
+    #[error("audit record of run {run_id:?} cannot be written: {reason}")]
+    AuditRecordInvalid {
+        /// The record's run id, as given.
+        run_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
