@@ -47,4 +47,25 @@ pub enum Error {
         /// Groupings kept.
         kept: String,
     },
+
+    // ----- policy -----------------------------------------------------------------
+    /// A user-given range is not a CIDR.
+    #[error(
+        "invalid CIDR {cidr:?} for a {set} range: {reason} (expected e.g. 10.240.0.0/16, fd00::/8 or a single address)"
+    )]
+    InvalidCidr {
+        /// The text given.
+        cidr: String,
+        /// Which set it was for: `private` or `public`.
+        set: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A user range kind is not one snat knows.
+    #[error("unknown range kind {kind:?} (expected vnet, peered-vnet, pod, service or other)")]
+    UnknownRangeKind {
+        /// The text given.
+        kind: String,
+    },
 }
