@@ -68,4 +68,18 @@ pub enum Error {
         /// The text given.
         kind: String,
     },
+
+    // ----- cgroup -----------------------------------------------------------------
+    /// Content given as a `/proc/PID/cgroup` file is not one.
+    #[error(
+        "not a /proc/PID/cgroup file: line {line} ({text:?}): {reason} (each line must be hierarchy:controllers:/path, e.g. 0::/kubepods.slice)"
+    )]
+    NotCgroupFile {
+        /// 1-based line number.
+        line: usize,
+        /// The line (at most 80 characters).
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
