@@ -297,8 +297,3 @@ pub enum Verdict {
     /// Nothing found (exit 0).
     Clear,
 }
-
-/// The current time, RFC 3339 in UTC with nanoseconds.
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
-}

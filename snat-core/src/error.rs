@@ -84,4 +84,38 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    // ----- policy -----------------------------------------------------------------
+    /// A user-given range is not a CIDR.
+    #[error(
+        "invalid CIDR {cidr:?} for a {set} range: {reason} (expected e.g. 10.240.0.0/16, fd00::/8 or a single address)"
+    )]
+    InvalidCidr {
+        /// The text given.
+        cidr: String,
+        /// Which set it was for: `private` or `public`.
+        set: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A user range kind is not one snat knows.
+    #[error("unknown range kind {kind:?} (expected vnet, peered-vnet, pod, service or other)")]
+    UnknownRangeKind {
+        /// The text given.
+        kind: String,
+    },
+
+    // ----- cgroup -----------------------------------------------------------------
+    /// Content given as a `/proc/PID/cgroup` file is not one.
+    #[error(
+        "not a /proc/PID/cgroup file: line {line} ({text:?}): {reason} (each line must be hierarchy:controllers:/path, e.g. 0::/kubepods.slice)"
+    )]
+    NotCgroupFile {
+        /// 1-based line number.
+        line: usize,
+        /// The line (at most 80 characters).
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }

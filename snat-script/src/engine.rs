@@ -68,7 +68,13 @@ pub fn build(ctx: &Ctx, limits: &Limits) -> Engine {
         _ => eprintln!("{s}"),
     });
     let cancel: Arc<AtomicBool> = ctx.cancel_flag();
-    e.on_progress(move |_| if cancel.load(Ordering::SeqCst) { Some(Dynamic::from("interrupted")) } else { None });
+    e.on_progress(move |_| {
+        if cancel.load(Ordering::SeqCst) {
+            Some(Dynamic::from("interrupted"))
+        } else {
+            None
+        }
+    });
     modules::register_all(&mut e, ctx);
     e
 }
@@ -88,8 +94,11 @@ pub enum Failure {
 pub fn snippet(source: &str, line: usize, col: usize) -> String {
     match source.lines().nth(line.saturating_sub(1)) {
         Some(text) if line > 0 => {
-            let caret_pad: String =
-                text.chars().take(col.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+            let caret_pad: String = text
+                .chars()
+                .take(col.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
             format!("\n{:>5} | {text}\n      | {caret_pad}^", line)
         }
         _ => String::new(),
@@ -99,12 +108,23 @@ pub fn snippet(source: &str, line: usize, col: usize) -> String {
 fn playbook_error(path: &Path, source: &str, pos: Position, message: String) -> Error {
     let line = pos.line().unwrap_or(0);
     let col = pos.position().unwrap_or(0);
-    Error::Playbook { path: path.to_path_buf(), line, col, message, snippet: snippet(source, line, col) }
+    Error::Playbook {
+        path: path.to_path_buf(),
+        line,
+        col,
+        message,
+        snippet: snippet(source, line, col),
+    }
 }
 
 /// A parse error as a playbook error.
 pub fn parse_failure(path: &Path, source: &str, err: &ParseError) -> Error {
-    playbook_error(path, source, err.position(), format!("syntax error: {}", err.err_type()))
+    playbook_error(
+        path,
+        source,
+        err.position(),
+        format!("syntax error: {}", err.err_type()),
+    )
 }
 
 /// Walk down wrapped errors to the innermost one: the position the user should look at.
@@ -120,7 +140,11 @@ fn innermost(err: &EvalAltResult) -> &EvalAltResult {
 /// Where an error happened: the innermost position that is known, else the outer one.
 fn best_position(err: &EvalAltResult) -> Position {
     let inner = innermost(err);
-    if !inner.position().is_none() { inner.position() } else { err.position() }
+    if !inner.position().is_none() {
+        inner.position()
+    } else {
+        err.position()
+    }
 }
 
 /// Classify an evaluation error.
@@ -135,8 +159,14 @@ pub fn eval_failure(path: &Path, source: &str, err: &EvalAltResult) -> Failure {
             } else if f.usage {
                 Failure::Playbook(playbook_error(path, source, pos, format!("{}: {}", f.stage, f.message)))
             } else {
-                let line = pos.line().map(|l| format!(" (called at {}:{l})", path.display())).unwrap_or_default();
-                Failure::Stage(Error::Stage { stage: f.stage.clone(), message: format!("{}{line}", f.message) })
+                let line = pos
+                    .line()
+                    .map(|l| format!(" (called at {}:{l})", path.display()))
+                    .unwrap_or_default();
+                Failure::Stage(Error::Stage {
+                    stage: f.stage.clone(),
+                    message: format!("{}{line}", f.message),
+                })
             }
         }
         EvalAltResult::ErrorTerminated(..) => Failure::Interrupted,
@@ -156,16 +186,22 @@ pub fn eval_failure(path: &Path, source: &str, err: &EvalAltResult) -> Failure {
             path,
             source,
             pos,
-            format!(
-                "limit hit: {what} too large; raise it with --max-string-size, --max-array-size or --max-map-size"
-            ),
+            format!("limit hit: {what} too large; raise it with --max-string-size, --max-array-size or --max-map-size"),
         )),
-        EvalAltResult::ErrorTooManyModules(_) | EvalAltResult::ErrorModuleNotFound(..) => Failure::Playbook(
-            playbook_error(path, source, pos, "`import` is not allowed in playbooks (sandbox)".into()),
-        ),
-        EvalAltResult::ErrorRuntime(v, _) => {
-            Failure::Playbook(playbook_error(path, source, pos, if v.is_string() { v.to_string() } else { format!("{v:?}") }))
+        EvalAltResult::ErrorTooManyModules(_) | EvalAltResult::ErrorModuleNotFound(..) => {
+            Failure::Playbook(playbook_error(
+                path,
+                source,
+                pos,
+                "`import` is not allowed in playbooks (sandbox)".into(),
+            ))
         }
+        EvalAltResult::ErrorRuntime(v, _) => Failure::Playbook(playbook_error(
+            path,
+            source,
+            pos,
+            if v.is_string() { v.to_string() } else { format!("{v:?}") },
+        )),
         other => {
             let msg = other.to_string();
             // Rhai appends " (line L, position C)" to its messages; the prefix says it already.
@@ -212,7 +248,13 @@ mod tests {
 
     #[test]
     fn endless_loop_stops_with_clear_message() {
-        let m = msg(fail("let i = 0;\nloop { i += 1; }", Limits { max_operations: 10_000, ..Limits::default() }));
+        let m = msg(fail(
+            "let i = 0;\nloop { i += 1; }",
+            Limits {
+                max_operations: 10_000,
+                ..Limits::default()
+            },
+        ));
         assert!(m.contains("limit hit: too many operations"), "{m}");
         assert!(m.contains("--max-operations"), "{m}");
     }
@@ -235,7 +277,13 @@ mod tests {
     fn recursion_and_big_strings_hit_limits() {
         let m = msg(fail("fn f(x) { f(x + 1) }\nf(0)", Limits::default()));
         assert!(m.contains("--max-call-depth"), "{m}");
-        let m = msg(fail("let s = \"xxxxxxxx\";\nloop { s += s; }", Limits { max_string_size: 1024, ..Limits::default() }));
+        let m = msg(fail(
+            "let s = \"xxxxxxxx\";\nloop { s += s; }",
+            Limits {
+                max_string_size: 1024,
+                ..Limits::default()
+            },
+        ));
         assert!(m.contains("--max-string-size"), "{m}");
     }
 

@@ -73,11 +73,20 @@ struct Finalizer {
 }
 
 impl Finalizer {
-    fn finish(mut self, kind: OutcomeKind, error: Option<&Error>, verdict: Option<Verdict>, exit_code: u8) -> RunResult {
+    fn finish(
+        mut self,
+        kind: OutcomeKind,
+        error: Option<&Error>,
+        verdict: Option<Verdict>,
+        exit_code: u8,
+    ) -> RunResult {
         self.record.ended_at = audit::now_rfc3339();
         self.record.stages = self.ctx.stages();
         self.record.actions = self.ctx.actions();
-        self.record.outcome = Outcome { kind, message: error.map(|e| e.to_string()) };
+        self.record.outcome = Outcome {
+            kind,
+            message: error.map(|e| e.to_string()),
+        };
         self.record.verdict = verdict;
         self.record.exit_code = i32::from(exit_code);
         let written = self.dir.write(&mut self.record);
@@ -86,8 +95,19 @@ impl Finalizer {
             Err(e) => (None, 1, Some(Error::Audit(e))),
         };
         let report = self.ctx.report().clone();
-        print_report(&report, self.output, &self.record, audit_path.as_deref(), exit_code, error.or(audit_err.as_ref()));
-        RunResult { exit_code, error: audit_err.or(None), audit_record: audit_path }
+        print_report(
+            &report,
+            self.output,
+            &self.record,
+            audit_path.as_deref(),
+            exit_code,
+            error.or(audit_err.as_ref()),
+        );
+        RunResult {
+            exit_code,
+            error: audit_err.or(None),
+            audit_record: audit_path,
+        }
     }
 }
 
@@ -139,10 +159,14 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => {
             let k = k.trim();
-            if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            if k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
                 Ok((k.to_string(), v.to_string()))
             } else {
-                Err(format!("bad parameter name {k:?}: use letters, digits, '_', '-' or '.'"))
+                Err(format!(
+                    "bad parameter name {k:?}: use letters, digits, '_', '-' or '.'"
+                ))
             }
         }
         _ => Err(format!("bad --param {s:?}: expected KEY=VALUE")),
@@ -153,7 +177,11 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
 const SIGNALS: [i32; 2] = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
 
 fn signal_name(sig: i32) -> &'static str {
-    if sig == signal_hook::consts::SIGTERM { "SIGTERM" } else { "SIGINT" }
+    if sig == signal_hook::consts::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    }
 }
 
 /// Run one playbook. Prints the report on stdout; returns the exit code.
@@ -161,7 +189,13 @@ pub fn run(req: RunRequest) -> RunResult {
     let started_at = audit::now_rfc3339();
     let dir = match AuditDir::open(&req.audit_dir) {
         Ok(d) => d,
-        Err(e) => return RunResult { exit_code: 1, error: Some(Error::Audit(e)), audit_record: None },
+        Err(e) => {
+            return RunResult {
+                exit_code: 1,
+                error: Some(Error::Audit(e)),
+                audit_record: None,
+            };
+        }
     };
     let source = std::fs::read(&req.playbook);
     let playbook_info = PlaybookInfo {
@@ -172,7 +206,10 @@ pub fn run(req: RunRequest) -> RunResult {
     let record = AuditRecord {
         schema_version: SCHEMA_VERSION,
         run_id: uuid::Uuid::new_v4().to_string(),
-        tool: ToolInfo { name: "snat-run".into(), version: env!("CARGO_PKG_VERSION").into() },
+        tool: ToolInfo {
+            name: "snat-run".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
         playbook: playbook_info,
         params: audit::redact_params(&req.params),
         started_at,
@@ -180,12 +217,20 @@ pub fn run(req: RunRequest) -> RunResult {
         host: HostInfo::current(),
         stages: Vec::new(),
         actions: Vec::new(),
-        outcome: Outcome { kind: OutcomeKind::Completed, message: None },
+        outcome: Outcome {
+            kind: OutcomeKind::Completed,
+            message: None,
+        },
         verdict: None,
         exit_code: 0,
         prev_sha256: None,
     };
-    let finalizer = Arc::new(Mutex::new(Some(Finalizer { dir, record, ctx: ctx.clone(), output: req.output })));
+    let finalizer = Arc::new(Mutex::new(Some(Finalizer {
+        dir,
+        record,
+        ctx: ctx.clone(),
+        output: req.output,
+    })));
     let take = {
         let f = finalizer.clone();
         move || f.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -211,10 +256,15 @@ pub fn run(req: RunRequest) -> RunResult {
             if let Some(sig) = sigs.forever().next() {
                 *caught.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
                 cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("snat-run: {} received, stopping (the audit record will be written)", signal_name(sig));
+                eprintln!(
+                    "snat-run: {} received, stopping (the audit record will be written)",
+                    signal_name(sig)
+                );
                 std::thread::sleep(grace);
                 if let Some(f) = take() {
-                    let err = Error::Interrupted { signal: signal_name(sig) };
+                    let err = Error::Interrupted {
+                        signal: signal_name(sig),
+                    };
                     let code = err.exit_code();
                     let r = f.finish(OutcomeKind::Interrupted, Some(&err), None, code);
                     eprintln!("snat-run: {err}");
@@ -227,7 +277,9 @@ pub fn run(req: RunRequest) -> RunResult {
     let (kind, error, verdict, code) = execute(&req, &ctx, source);
     let (kind, error, code) = match *caught.lock().unwrap_or_else(|p| p.into_inner()) {
         Some(sig) if kind == OutcomeKind::Interrupted || code != 0 && code != 3 => {
-            let e = Error::Interrupted { signal: signal_name(sig) };
+            let e = Error::Interrupted {
+                signal: signal_name(sig),
+            };
             let c = e.exit_code();
             (OutcomeKind::Interrupted, Some(e), c)
         }
@@ -258,12 +310,21 @@ fn execute(
 ) -> (OutcomeKind, Option<Error>, Option<Verdict>, u8) {
     let fail = |e: Error| {
         let code = e.exit_code();
-        let kind = if code == 2 { OutcomeKind::PlaybookError } else { OutcomeKind::StageFailed };
+        let kind = if code == 2 {
+            OutcomeKind::PlaybookError
+        } else {
+            OutcomeKind::StageFailed
+        };
         (kind, Some(e), None, code)
     };
     let bytes = match source {
         Ok(b) => b,
-        Err(e) => return fail(Error::ReadPlaybook { path: req.playbook.clone(), source: e }),
+        Err(e) => {
+            return fail(Error::ReadPlaybook {
+                path: req.playbook.clone(),
+                source: e,
+            });
+        }
     };
     let script = match String::from_utf8(bytes) {
         Ok(s) => s,
@@ -272,7 +333,10 @@ fn execute(
                 path: req.playbook.clone(),
                 line: 0,
                 col: 0,
-                message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                message: format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
                 snippet: String::new(),
             });
         }
@@ -291,7 +355,12 @@ fn execute(
         }
         Err(err) => match engine::eval_failure(&req.playbook, &script, &err) {
             Failure::Playbook(e) | Failure::Stage(e) => fail(e),
-            Failure::Interrupted => (OutcomeKind::Interrupted, Some(Error::Interrupted { signal: "SIGINT" }), None, 130),
+            Failure::Interrupted => (
+                OutcomeKind::Interrupted,
+                Some(Error::Interrupted { signal: "SIGINT" }),
+                None,
+                130,
+            ),
         },
     }
 }

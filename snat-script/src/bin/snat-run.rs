@@ -173,7 +173,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNAT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn print_chain(err: &(dyn std::error::Error + 'static)) {
@@ -190,7 +193,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Some(Command::Audit { command: AuditCommand::Verify { dir } }) => audit_verify(&dir),
+        Some(Command::Audit {
+            command: AuditCommand::Verify { dir },
+        }) => audit_verify(&dir),
         None => run(cli.run),
     }
 }

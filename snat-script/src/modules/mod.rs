@@ -133,9 +133,15 @@ pub fn describe_functions(meta_json: &str) -> Result<String, serde_json::Error> 
                     .collect()
             })
             .unwrap_or_default();
-        let ret = f["returnType"].as_str().filter(|r| !r.is_empty() && *r != "()").map(|r| format!(" -> {r}"));
+        let ret = f["returnType"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != "()")
+            .map(|r| format!(" -> {r}"));
         let sig = if let Some(prop) = name.strip_prefix("get$") {
-            let ty = params.first().map(|p| p.trim_start_matches("self: ").to_string()).unwrap_or_default();
+            let ty = params
+                .first()
+                .map(|p| p.trim_start_matches("self: ").to_string())
+                .unwrap_or_default();
             format!("{ty}.{prop}{}", ret.unwrap_or_default())
         } else if ns.is_empty() {
             format!("{name}({}){}", params.join(", "), ret.unwrap_or_default())
@@ -159,9 +165,16 @@ pub fn describe_functions(meta_json: &str) -> Result<String, serde_json::Error> 
         let fns = if ns.name.is_empty() {
             meta["functions"].as_array().cloned().unwrap_or_default()
         } else {
-            meta["modules"][ns.name]["functions"].as_array().cloned().unwrap_or_default()
+            meta["modules"][ns.name]["functions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         };
-        let title = if ns.name.is_empty() { "(global)".to_string() } else { format!("{}::", ns.name) };
+        let title = if ns.name.is_empty() {
+            "(global)".to_string()
+        } else {
+            format!("{}::", ns.name)
+        };
         out.push_str(&format!("{title}  {}\n", ns.doc));
         let mut rows: Vec<(String, String)> = fns.iter().map(|f| render(f, ns.name)).collect();
         rows.sort();
