@@ -275,6 +275,10 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
         Ok(rep) => match rep.first_break {
             None => {
                 println!("ok: {} record(s) in {}, chain intact", rep.records, dir.display());
+                if let (Some(head), Some(sha)) = (&rep.head, &rep.head_sha256) {
+                    println!("head: {} sha256 {sha}", head.display());
+                    println!("(nothing in the directory vouches for the newest record: keep this hash elsewhere)");
+                }
                 ExitCode::SUCCESS
             }
             Some(b) => {

@@ -10,6 +10,7 @@ use rhai::{Engine, FuncRegistration, Module};
 use crate::ctx::Ctx;
 
 pub mod params;
+pub mod policy;
 pub mod report;
 pub mod types;
 
@@ -46,6 +47,9 @@ pub const NAMESPACES: &[Namespace] = &[
 pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(types::create_module(ctx).into());
     engine.register_global_module(params::create_module(ctx).into());
+    let policy_module: rhai::Shared<Module> = policy::create_module(ctx).into();
+    engine.register_global_module(policy_module.clone());
+    engine.register_static_module("policy", policy_module);
     engine.register_static_module("report", report::create_module(ctx).into());
 }
 
