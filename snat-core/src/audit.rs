@@ -131,10 +131,12 @@ use serde::{Deserialize, Serialize};
 mod dir;
 mod host;
 mod redact;
+mod verify;
 
-pub use dir::{AuditDir, ChainBreak, VerifyReport, default_dir, now_rfc3339, record_file_name, sha256_hex, verify};
+pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
 pub use host::decode_capabilities;
 pub use redact::{REDACTED, is_secret_key, looks_secret_value, redact_json, redact_params};
+pub use verify::{ChainBreak, VerifyReport, verify};
 
 /// Version of the record format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -281,6 +281,53 @@ fn concurrent_writers_make_one_linear_chain() {
     assert_eq!(exit_codes, want, "every record written exactly once");
 }
 
+/// Tells [`child_writer`] which directory to write to.
+const CHILD_ENV: &str = "SNAT_AUDIT_TEST_CHILD_DIR";
+const CHILD_RECORDS: usize = 10;
+
+/// Not a test by itself: run in child processes by
+/// [`concurrent_processes_make_one_linear_chain`] (without the variable it does nothing).
+#[test]
+#[ignore = "helper run by concurrent_processes_make_one_linear_chain"]
+fn child_writer() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let dir = AuditDir::open(PathBuf::from(path)).unwrap();
+    for _ in 0..CHILD_RECORDS {
+        dir.write(&mut record(T1)).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_processes_make_one_linear_chain() {
+    const CHILDREN: usize = 4;
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..CHILDREN)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--ignored", "--exact", "child_writer", "--test-threads=1"])
+                .env(CHILD_ENV, tmp.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the helper ran"
+        );
+    }
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.records, CHILDREN * CHILD_RECORDS);
+    assert_eq!(report.first_break, None, "{:?}", report.first_break);
+}
+
 #[test]
 fn open_creates_missing_parents_with_mode_0700_and_leaves_no_probe() {
     let tmp = tempfile::tempdir().unwrap();
@@ -331,6 +378,12 @@ fn a_read_only_filesystem_is_refused_even_for_root() {
     // /proc/self/fdinfo is a directory nobody, root included, can create files in.
     let dir = Path::new("/proc/self/fdinfo");
     assert_unusable(AuditDir::open(dir), dir, "cannot create a file in it");
+}
+
+#[test]
+fn a_directory_that_cannot_be_created_is_refused_even_for_root() {
+    let dir = Path::new("/proc/self/fdinfo/snat-audit/audit");
+    assert_unusable(AuditDir::open(dir), dir, "cannot create it");
 }
 
 #[test]
