@@ -14,6 +14,41 @@
 //! SIGINT, SIGTERM). The JSON Schema of a record (draft 2020-12) is
 //! `schemas/audit-record.schema.json` at the root of the repository.
 //!
+//! ```
+//! use snat_core::audit::{self, AuditDir, AuditRecord, HostInfo, Outcome, OutcomeKind};
+//!
+//! # fn main() -> Result<(), snat_core::Error> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir_path = tmp.path().join("audit");
+//! // At start-up, before anything else: fails with a clear message if unusable.
+//! let dir = AuditDir::open(dir_path)?; // the runner passes --audit-dir or audit::default_dir()
+//! let started_at = audit::now_rfc3339();
+//! // ... the run ...
+//! let mut record = AuditRecord {
+//!     schema_version: audit::SCHEMA_VERSION,
+//!     run_id: "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f".into(),
+//!     tool: audit::ToolInfo { name: "snat-run".into(), version: "0.1.0".into() },
+//!     playbook: audit::PlaybookInfo { path: "triage.rhai".into(), sha256: None },
+//!     params: audit::redact_params(&Default::default()),
+//!     started_at,
+//!     ended_at: audit::now_rfc3339(),
+//!     host: HostInfo::current(),
+//!     stages: vec![],
+//!     actions: vec![],
+//!     outcome: Outcome { kind: OutcomeKind::Completed, message: None },
+//!     verdict: None,
+//!     exit_code: 0,
+//!     prev_sha256: None, // set by write
+//! };
+//! let path = dir.write(&mut record)?;
+//! assert!(path.ends_with(audit::record_file_name(&record)?));
+//!
+//! let report = audit::verify(dir.path())?;
+//! assert_eq!((report.records, report.first_break), (1, None));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The record format (schema version 1)
 //!
 //! A record is one JSON object, pretty-printed, ending with a newline. Every key below is

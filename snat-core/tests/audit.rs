@@ -431,6 +431,35 @@ fn the_writer_redacts_secrets_and_normalises_times() {
     assert_eq!(r.started_at, "2026-11-21T05:00:00.250000000Z");
     let on_disk: AuditRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(on_disk, r, "the caller's record is what was written");
+    let value: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(errors(&validator(), &value), Vec::<String>::new());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever replaces a record file, verify reports a break (or, for the newest record,
+    /// a new head hash) and never fails or panics.
+    #[test]
+    fn verify_survives_any_record_content(
+        which in 0usize..3,
+        content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+    ) {
+        let (_tmp, dir, paths) = chain_of_three();
+        let before = dir.verify().unwrap();
+        let original = fs::read(&paths[which]).unwrap();
+        fs::write(&paths[which], &content).unwrap();
+        let report = dir.verify().unwrap();
+        proptest::prop_assert_eq!(report.records, 3);
+        if content != original {
+            if which == 2 {
+                proptest::prop_assert_ne!(report.head_sha256, before.head_sha256);
+            } else {
+                let brk = report.first_break.unwrap();
+                proptest::prop_assert!(brk.file == paths[which] || brk.file == paths[which + 1], "{:?}", brk);
+            }
+        }
+    }
 }
 
 #[test]
