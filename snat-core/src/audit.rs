@@ -140,9 +140,10 @@
 //!   one, never a partial `.json` file (a stale `.tmp-…` file at most).
 //! - Files whose name starts with a dot (`.lock`, `.tmp-…`, `.probe-…`) and files not
 //!   ending in `.json` are not records and are ignored. Any other `.json` file is
-//!   examined: one that is not named like a record, or not a valid record, is a break
-//!   of the chain ([`verify`] names it), but it does not enter the chain (the next
-//!   record is chained to the record before it).
+//!   examined. One not named like a record is a break ([`verify`] names it) but stays
+//!   out of the chain: the writer never chains to it, and the record after it is checked
+//!   against the record before it. A file named like a record is always in the chain,
+//!   even when its content is broken (the next record carries the hash of its bytes).
 //! - [`verify`] reads the records in name order and checks that each is valid JSON, has a
 //!   supported `schema_version`, is an audit record, matches its file name, and that its
 //!   `prev_sha256` is the SHA-256 of the previous record file (`null` for the first).
