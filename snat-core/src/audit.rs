@@ -14,6 +14,41 @@
 //! SIGINT, SIGTERM). The JSON Schema of a record (draft 2020-12) is
 //! `schemas/audit-record.schema.json` at the root of the repository.
 //!
+//! ```
+//! use snat_core::audit::{self, AuditDir, AuditRecord, HostInfo, Outcome, OutcomeKind};
+//!
+//! # fn main() -> Result<(), snat_core::Error> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir_path = tmp.path().join("audit");
+//! // At start-up, before anything else: fails with a clear message if unusable.
+//! let dir = AuditDir::open(dir_path)?; // the runner passes --audit-dir or audit::default_dir()
+//! let started_at = audit::now_rfc3339();
+//! // ... the run ...
+//! let mut record = AuditRecord {
+//!     schema_version: audit::SCHEMA_VERSION,
+//!     run_id: "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f".into(),
+//!     tool: audit::ToolInfo { name: "snat-run".into(), version: "0.1.0".into() },
+//!     playbook: audit::PlaybookInfo { path: "triage.rhai".into(), sha256: None },
+//!     params: audit::redact_params(&Default::default()),
+//!     started_at,
+//!     ended_at: audit::now_rfc3339(),
+//!     host: HostInfo::current(),
+//!     stages: vec![],
+//!     actions: vec![],
+//!     outcome: Outcome { kind: OutcomeKind::Completed, message: None },
+//!     verdict: None,
+//!     exit_code: 0,
+//!     prev_sha256: None, // set by write
+//! };
+//! let path = dir.write(&mut record)?;
+//! assert!(path.ends_with(audit::record_file_name(&record)?));
+//!
+//! let report = audit::verify(dir.path())?;
+//! assert_eq!((report.records, report.first_break), (1, None));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The record format (schema version 1)
 //!
 //! A record is one JSON object, pretty-printed, ending with a newline. Every key below is
@@ -105,9 +140,10 @@
 //!   one, never a partial `.json` file (a stale `.tmp-…` file at most).
 //! - Files whose name starts with a dot (`.lock`, `.tmp-…`, `.probe-…`) and files not
 //!   ending in `.json` are not records and are ignored. Any other `.json` file is
-//!   examined: one that is not named like a record, or not a valid record, is a break
-//!   of the chain ([`verify`] names it), but it does not enter the chain (the next
-//!   record is chained to the record before it).
+//!   examined. One not named like a record is a break ([`verify`] names it) but stays
+//!   out of the chain: the writer never chains to it, and the record after it is checked
+//!   against the record before it. A file named like a record is always in the chain,
+//!   even when its content is broken (the next record carries the hash of its bytes).
 //! - [`verify`] reads the records in name order and checks that each is valid JSON, has a
 //!   supported `schema_version`, is an audit record, matches its file name, and that its
 //!   `prev_sha256` is the SHA-256 of the previous record file (`null` for the first).
@@ -131,10 +167,12 @@ use serde::{Deserialize, Serialize};
 mod dir;
 mod host;
 mod redact;
+mod verify;
 
-pub use dir::{AuditDir, ChainBreak, VerifyReport, default_dir, now_rfc3339, record_file_name, sha256_hex, verify};
+pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
 pub use host::decode_capabilities;
 pub use redact::{REDACTED, is_secret_key, looks_secret_value, redact_json, redact_params};
+pub use verify::{ChainBreak, VerifyReport, verify};
 
 /// Version of the record format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -281,6 +281,53 @@ fn concurrent_writers_make_one_linear_chain() {
     assert_eq!(exit_codes, want, "every record written exactly once");
 }
 
+/// Tells [`child_writer`] which directory to write to.
+const CHILD_ENV: &str = "SNAT_AUDIT_TEST_CHILD_DIR";
+const CHILD_RECORDS: usize = 10;
+
+/// Not a test by itself: run in child processes by
+/// [`concurrent_processes_make_one_linear_chain`] (without the variable it does nothing).
+#[test]
+#[ignore = "helper run by concurrent_processes_make_one_linear_chain"]
+fn child_writer() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let dir = AuditDir::open(PathBuf::from(path)).unwrap();
+    for _ in 0..CHILD_RECORDS {
+        dir.write(&mut record(T1)).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_processes_make_one_linear_chain() {
+    const CHILDREN: usize = 4;
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..CHILDREN)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--ignored", "--exact", "child_writer", "--test-threads=1"])
+                .env(CHILD_ENV, tmp.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the helper ran"
+        );
+    }
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.records, CHILDREN * CHILD_RECORDS);
+    assert_eq!(report.first_break, None, "{:?}", report.first_break);
+}
+
 #[test]
 fn open_creates_missing_parents_with_mode_0700_and_leaves_no_probe() {
     let tmp = tempfile::tempdir().unwrap();
@@ -334,6 +381,12 @@ fn a_read_only_filesystem_is_refused_even_for_root() {
 }
 
 #[test]
+fn a_directory_that_cannot_be_created_is_refused_even_for_root() {
+    let dir = Path::new("/proc/self/fdinfo/snat-audit/audit");
+    assert_unusable(AuditDir::open(dir), dir, "cannot create it");
+}
+
+#[test]
 fn a_directory_without_write_permission_is_refused() {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -378,6 +431,35 @@ fn the_writer_redacts_secrets_and_normalises_times() {
     assert_eq!(r.started_at, "2026-11-21T05:00:00.250000000Z");
     let on_disk: AuditRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(on_disk, r, "the caller's record is what was written");
+    let value: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(errors(&validator(), &value), Vec::<String>::new());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever replaces a record file, verify reports a break (or, for the newest record,
+    /// a new head hash) and never fails or panics.
+    #[test]
+    fn verify_survives_any_record_content(
+        which in 0usize..3,
+        content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+    ) {
+        let (_tmp, dir, paths) = chain_of_three();
+        let before = dir.verify().unwrap();
+        let original = fs::read(&paths[which]).unwrap();
+        fs::write(&paths[which], &content).unwrap();
+        let report = dir.verify().unwrap();
+        proptest::prop_assert_eq!(report.records, 3);
+        if content != original {
+            if which == 2 {
+                proptest::prop_assert_ne!(report.head_sha256, before.head_sha256);
+            } else {
+                let brk = report.first_break.unwrap();
+                proptest::prop_assert!(brk.file == paths[which] || brk.file == paths[which + 1], "{:?}", brk);
+            }
+        }
+    }
 }
 
 #[test]
