@@ -38,8 +38,9 @@ pub const NAT_GATEWAY_MAX_IPS: u32 = 16;
 /// Concurrent connections a NAT gateway IP carries to one destination (nat-gateway-resource.md).
 pub const NAT_GATEWAY_CONNECTIONS_PER_IP_PER_DESTINATION: u32 = 50_000;
 
-/// Azure's default SNAT port pre-allocation: `(largest backend pool size, ports per
-/// instance)`, smallest pools first (load-balancer-outbound-connections.md). The table
+/// Azure's default SNAT port pre-allocation for ONE frontend IP: `(largest backend pool
+/// size, ports per instance)`, smallest pools first (load-balancer-outbound-connections.md).
+/// Each extra frontend IP adds as much again, up to [`DEFAULT_ALLOCATION_CAP`]. The table
 /// ends at 1,000 instances.
 pub const DEFAULT_PORT_TABLE: [(u32, u32); 6] = [(50, 1024), (100, 512), (200, 256), (400, 128), (800, 64), (1000, 32)];
 
@@ -49,7 +50,8 @@ pub const DEFAULT_PORT_TABLE: [(u32, u32); 6] = [(50, 1024), (100, 512), (200, 2
 /// margin for the ports closed connections keep for a while (about 240 s after FIN).
 pub const DEFAULT_HEADROOM: f64 = 1.5;
 
-/// Default ports per node for a backend pool of `pool_size` instances.
+/// Default ports per node for a backend pool of `pool_size` instances and one frontend IP
+/// (see [`default_ports_with_ips`] for more IPs).
 ///
 /// Errors for an empty pool, and for pools beyond 1,000 instances, where the published
 /// table ends.
@@ -64,12 +66,28 @@ pub fn default_ports_per_node(pool_size: u32) -> Result<u32, Error> {
         .ok_or(Error::PoolBeyondTable { nodes: pool_size })
 }
 
-/// The largest pool size that still gets `default_ports_per_node(pool_size)` ports.
-fn tier_end(pool_size: u32) -> Option<u32> {
+/// The most ports default allocation gives a node, however many frontend IPs there are
+/// (load-balancer-outbound-connections.md: the table's ports per frontend IP, "up to a
+/// maximum of 1024").
+pub const DEFAULT_ALLOCATION_CAP: u32 = 1024;
+
+/// Ports per node under default allocation with `frontend_ips` IPs: the table's value
+/// for the pool, per frontend IP, capped at 1,024.
+pub fn default_ports_with_ips(pool_size: u32, frontend_ips: u32) -> Result<u32, Error> {
+    let per_ip = default_ports_per_node(pool_size)?;
+    Ok(per_ip.saturating_mul(frontend_ips).min(DEFAULT_ALLOCATION_CAP))
+}
+
+/// The largest pool, from `pool_size` up, whose nodes keep the same default allocation.
+fn tier_end(pool_size: u32, frontend_ips: u32) -> u32 {
+    let ports = default_ports_with_ips(pool_size, frontend_ips).ok();
     DEFAULT_PORT_TABLE
         .iter()
-        .find(|(max, _)| pool_size <= *max)
+        .filter(|(max, _)| *max >= pool_size)
+        .take_while(|(max, _)| default_ports_with_ips(*max, frontend_ips).ok() == ports)
         .map(|(max, _)| *max)
+        .last()
+        .unwrap_or(pool_size)
 }
 
 /// Checks an `allocatedOutboundPorts` value: 0..=64000, a multiple of 8.
@@ -199,9 +217,9 @@ impl AllocationInput {
                 }
             }
             None => {
-                let ports = default_ports_per_node(self.nodes)?;
-                let during_surge = default_ports_per_node(with_surge).ok();
-                let end = tier_end(self.nodes).unwrap_or(self.nodes);
+                let ports = default_ports_with_ips(self.nodes, self.frontend_ips)?;
+                let during_surge = default_ports_with_ips(with_surge, self.frontend_ips).ok();
+                let end = tier_end(self.nodes, self.frontend_ips);
                 match during_surge {
                     None => notes.push(format!(
                         "with {} surge node(s) the pool ({with_surge}) goes beyond the default table's 1000 nodes: set allocatedOutboundPorts",
@@ -212,10 +230,12 @@ impl AllocationInput {
                     )),
                     Some(_) => {}
                 }
-                if self.frontend_ips > 1 {
+                let uncapped = default_ports_per_node(self.nodes)?.saturating_mul(self.frontend_ips);
+                if uncapped > DEFAULT_ALLOCATION_CAP {
                     notes.push(format!(
-                        "with the default table, each node gets {ports} ports whatever the number of IPs (our reading of the Azure docs): to use the {total_ports} ports of {} IPs, set allocatedOutboundPorts",
-                        self.frontend_ips
+                        "default allocation stops at {DEFAULT_ALLOCATION_CAP} ports per node, so part of the {total_ports} ports of {} frontend IP(s) is unused: set allocatedOutboundPorts (up to {}) to use them",
+                        self.frontend_ips,
+                        largest_manual_ports(total_ports, with_surge)
                     ));
                 }
                 Allocation {
@@ -268,7 +288,7 @@ pub struct Allocation {
     /// `frontend_ips` x 64,000.
     pub total_ports: u64,
     /// Manual: the most nodes that fit (`total_ports / ports_per_node`). Table: the
-    /// largest pool that keeps `ports_per_node` (past it, every node's ports halve).
+    /// largest pool that keeps `ports_per_node` (past it, every node's ports drop).
     pub max_nodes_that_fit: u32,
     /// Whether the current nodes fit (always true for the table, which is sized to fit).
     pub fits: bool,
@@ -305,9 +325,10 @@ pub struct Recommendation {
     /// Outbound IPs for `allocated_outbound_ports` on `nodes + surge_nodes` nodes
     /// (`ceil(ports x nodes / 64,000)`); None when it does not fit.
     pub outbound_ips_needed: Option<u32>,
-    /// What the default table gives `nodes + surge_nodes` (None beyond 1,000 nodes).
+    /// What default allocation gives each of `nodes + surge_nodes` nodes with one frontend
+    /// IP (None beyond 1,000 nodes); more IPs multiply it, up to 1,024.
     pub default_table_ports: Option<u32>,
-    /// Whether the default table already gives `ports_needed`, so nothing needs changing.
+    /// Whether default allocation with one frontend IP already gives `ports_needed`.
     pub default_table_suffices: bool,
     /// Whether a load balancer can carry the peak at all (`ports_needed <= 64,000`).
     pub fits_load_balancer: bool,
@@ -365,7 +386,7 @@ pub fn recommend(
     let nat_gateway_ips_needed = (nat_ips <= u64::from(NAT_GATEWAY_MAX_IPS)).then_some(nat_ips as u32);
     let advice = match (allocated, outbound_ips_needed) {
         (Some(p), Some(ips)) if default_table_suffices => format!(
-            "a peak of {peak} concurrent flows to one destination needs {ports_needed} ports with {headroom}x headroom; the default table already gives {} ports to each of {pool} nodes, so no change is needed (set allocatedOutboundPorts={p} with {ips} outbound IP(s) to pin it)",
+            "a peak of {peak} concurrent flows to one destination needs {ports_needed} ports with {headroom}x headroom; default allocation already gives each of {pool} nodes {} ports with one frontend IP, so no change is needed (set allocatedOutboundPorts={p} with {ips} outbound IP(s) to pin it)",
             default_table_ports.unwrap_or(0)
         ),
         (Some(p), Some(ips)) => format!(
@@ -458,6 +479,12 @@ mod tests {
     #[case((10, 1, Some(8000), 0), (8000, PortSource::Manual, 8, false, false))]
     #[case((1, 1, Some(64_000), 0), (64_000, PortSource::Manual, 1, true, true))]
     #[case((3, 4, Some(64_000), 1), (64_000, PortSource::Manual, 4, true, true))]
+    // Default allocation: the table's ports per frontend IP, capped at 1024.
+    #[case((60, 2, None, 0), (1024, PortSource::Table, 100, true, true))]
+    #[case((10, 3, None, 0), (1024, PortSource::Table, 100, true, true))]
+    #[case((150, 4, None, 60), (1024, PortSource::Table, 200, true, false))]
+    #[case((150, 4, None, 50), (1024, PortSource::Table, 200, true, true))]
+    #[case((900, 2, Some(0), 0), (64, PortSource::Table, 1000, true, true))]
     fn allocations(#[case] input: (u32, u32, Option<u32>, u32), #[case] want: (u32, PortSource, u32, bool, bool)) {
         let (nodes, ips, manual, surge) = input;
         let input = AllocationInput {
@@ -478,8 +505,23 @@ mod tests {
             want
         );
         assert_eq!(a.total_ports, u64::from(ips) * 64_000);
-        let quiet = a.fits_with_surge && (ips == 1 || a.source == PortSource::Manual);
+        let capped = a.source == PortSource::Table && default_ports_per_node(nodes).unwrap() * ips > 1024;
+        let quiet = a.fits_with_surge && !capped;
         assert_eq!(a.notes.is_empty(), quiet, "{:?}", a.notes);
+    }
+
+    #[test]
+    fn default_allocation_cap_is_explained() {
+        let a = AllocationInput::new(10).frontend_ips(3).compute().unwrap();
+        assert_eq!(a.ports_per_node, 1024);
+        assert!(
+            a.notes[0].contains("stops at 1024") && a.notes[0].contains("up to 19200"),
+            "{:?}",
+            a.notes
+        );
+        assert_eq!(default_ports_with_ips(100, 2).unwrap(), 1024);
+        assert_eq!(default_ports_with_ips(101, 2).unwrap(), 512);
+        assert_eq!(default_ports_with_ips(1000, 5).unwrap(), 160);
     }
 
     #[test]
