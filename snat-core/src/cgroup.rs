@@ -554,6 +554,22 @@ mod tests {
         assert_eq!(parse(content).unwrap().pod_uid, None, "{content}");
     }
 
+    #[rstest]
+    // A systemd pod slice with a cgroupfs-style leaf, and the reverse: the drivers disagree.
+    #[case(format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/{C1}", UID1.replace('-', "_")), CgroupLayout::Mixed)]
+    #[case(format!("0::/kubepods/burstable/pod{UID1}/cri-containerd-{C1}.scope"), CgroupLayout::Mixed)]
+    #[case(format!("0::/kubepods/burstable/pod{UID1}/crio-{C1}"), CgroupLayout::Cgroupfs)]
+    #[case(format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-{C1}.scope", UID1.replace('-', "_")), CgroupLayout::Systemd)]
+    fn layout_is_detected_from_names(#[case] content: String, #[case] layout: CgroupLayout) {
+        let id = parse(&content).unwrap();
+        assert_eq!(
+            (id.pod_uid.as_deref(), id.layout),
+            (Some(UID1), Some(layout)),
+            "{content}"
+        );
+        assert_eq!(id.container.unwrap().id, C1);
+    }
+
     #[test]
     fn pod_without_container_is_the_pod_cgroup() {
         let id = parse("0::/kubepods.slice/kubepods-pod1b4e28ba_2fa1_41d2_883f_0016d3cca427.slice\n").unwrap();

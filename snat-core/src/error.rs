@@ -118,4 +118,25 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+
+    // ----- allocation -------------------------------------------------------------
+    /// A backend pool is larger than Azure's default port table covers.
+    #[error(
+        "a backend pool of {nodes} nodes is beyond Azure's default SNAT port table, which ends at 1000 instances: set allocatedOutboundPorts explicitly (or use a NAT gateway)"
+    )]
+    PoolBeyondTable {
+        /// Nodes in the pool.
+        nodes: u32,
+    },
+
+    /// An `allocatedOutboundPorts` value Azure would reject.
+    #[error(
+        "allocatedOutboundPorts {ports} is invalid: {reason} (it must be a multiple of 8 from 0 to 64000; 0 means Azure's default table)"
+    )]
+    InvalidAllocatedPorts {
+        /// The value given.
+        ports: u32,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
