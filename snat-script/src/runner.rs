@@ -341,19 +341,43 @@ fn execute(
             });
         }
     };
-    let engine = engine::build(ctx, &req.limits);
+    let engine = Arc::new(engine::build(ctx, &req.limits));
     let mut ast = match engine.compile(&script) {
         Ok(a) => a,
         Err(pe) => return fail(engine::parse_failure(&req.playbook, &script, &pe)),
     };
     ast.set_source(req.playbook.display().to_string());
-    match engine.eval_ast::<rhai::Dynamic>(&ast) {
+    let ast = Arc::new(ast);
+    ctx.set_hooks(&engine, &ast);
+    let result = engine.eval_ast::<rhai::Dynamic>(&ast);
+    let outcome = classify(req, &script, ctx, result);
+    if let (Some(e), false) = (&outcome.1, ctx.is_cancelled()) {
+        let arg = serde_json::json!({ "kind": error_kind(e), "message": e.to_string(), "exit_code": outcome.3 });
+        if let Ok(d) = rhai::serde::to_dynamic(&arg) {
+            ctx.fire_hook("on_error", d);
+        }
+    }
+    outcome
+}
+
+fn classify(
+    req: &RunRequest,
+    script: &str,
+    ctx: &Ctx,
+    result: Result<rhai::Dynamic, Box<rhai::EvalAltResult>>,
+) -> (OutcomeKind, Option<Error>, Option<Verdict>, u8) {
+    let fail = |e: Error| {
+        let code = e.exit_code();
+        let kind = if code == 2 { OutcomeKind::PlaybookError } else { OutcomeKind::StageFailed };
+        (kind, Some(e), None, code)
+    };
+    match result {
         Ok(_) => {
             let verdict = ctx.report().verdict;
             let code = if verdict == Some(Verdict::PressureFound) { 3 } else { 0 };
             (OutcomeKind::Completed, None, verdict, code)
         }
-        Err(err) => match engine::eval_failure(&req.playbook, &script, &err) {
+        Err(err) => match engine::eval_failure(&req.playbook, script, &err) {
             Failure::Playbook(e) | Failure::Stage(e) => fail(e),
             Failure::Interrupted => (
                 OutcomeKind::Interrupted,

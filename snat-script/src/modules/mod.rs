@@ -9,9 +9,11 @@ use rhai::{Engine, FuncRegistration, Module};
 
 use crate::ctx::Ctx;
 
+pub mod alloc;
 pub mod params;
 pub mod policy;
 pub mod report;
+pub mod tcptracer;
 pub mod types;
 
 /// A namespace registered in the engine.
@@ -41,6 +43,10 @@ pub const NAMESPACES: &[Namespace] = &[
         name: "report",
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
+    Namespace {
+        name: "alloc",
+        doc: "SNAT port budgets: ports per node, what a peak needs, per-destination pressure.",
+    },
 ];
 
 /// Register every namespace into `engine`.
@@ -51,6 +57,8 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(policy_module.clone());
     engine.register_static_module("policy", policy_module);
     engine.register_static_module("report", report::create_module(ctx).into());
+    engine.register_static_module("alloc", alloc::create_module(ctx).into());
+    engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {
