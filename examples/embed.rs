@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         eprintln!("usage: embed TCPTRACER_LOG   (`-` for stdin)");
         return ExitCode::from(2);
     };
-    let summary = match LogReader::new().groupings(TraceSummary::default_groupings()).read_path(&path) {
+    let summary = match LogReader::new()
+        .groupings(TraceSummary::default_groupings())
+        .read_path(&path)
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("embed: {e}");
@@ -40,13 +43,19 @@ fn main() -> ExitCode {
             if let Value::Ip(ip) = row.key[1] {
                 let v = policy.classify(ip);
                 if v.snat {
-                    println!("{} {} {} {} {}", row.counts.connects, row.key[0], ip, row.key[2], v.rule.name);
+                    println!(
+                        "{} {} {} {} {}",
+                        row.counts.connects, row.key[0], ip, row.key[2], v.rule.name
+                    );
                 }
             }
         }
     }
     if summary.lost_events > 0 || summary.malformed_lines > 0 {
-        eprintln!("note: {} lost events, {} malformed lines", summary.lost_events, summary.malformed_lines);
+        eprintln!(
+            "note: {} lost events, {} malformed lines",
+            summary.lost_events, summary.malformed_lines
+        );
     }
     ExitCode::SUCCESS
 }

@@ -27,7 +27,9 @@ struct Run {
 
 impl Run {
     fn new() -> Run {
-        Run { dir: tempfile::tempdir().unwrap() }
+        Run {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn audit(&self) -> PathBuf {
@@ -42,7 +44,11 @@ impl Run {
 
     fn cmd(&self, playbook: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.arg(playbook).arg("--audit-dir").arg(self.audit()).args(args).env_remove("SNAT_AUDIT_DIR");
+        c.arg(playbook)
+            .arg("--audit-dir")
+            .arg(self.audit())
+            .args(args)
+            .env_remove("SNAT_AUDIT_DIR");
         c
     }
 
@@ -52,10 +58,17 @@ impl Run {
 
     fn records(&self) -> Vec<Value> {
         let mut names: Vec<PathBuf> = std::fs::read_dir(self.audit())
-            .map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
-        names.iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect()
+        names
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
     }
 }
 
@@ -68,16 +81,24 @@ fn code(o: &Output) -> i32 {
 }
 
 fn validator() -> jsonschema::Validator {
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/audit-record.schema.json")).unwrap())
-            .unwrap();
-    jsonschema::draft202012::options().should_validate_formats(true).build(&schema).unwrap()
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/audit-record.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
 }
 
 fn assert_schema_valid(record: &Value) {
     let v = validator();
     let errs: Vec<String> = v.iter_errors(record).map(|e| e.to_string()).collect();
-    assert!(errs.is_empty(), "record does not match the schema: {errs:?}\n{record:#}");
+    assert!(
+        errs.is_empty(),
+        "record does not match the schema: {errs:?}\n{record:#}"
+    );
 }
 
 const VERDICT_FOUND: &str = r#"
@@ -131,7 +152,11 @@ fn missing_and_bad_params_exit_2() {
     let p = r.playbook("p.rhai", "let log = param(\"log\");\nlet n = param(\"n\", 3);\n");
     let o = r.run(&p, &[]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("missing parameter `log`: pass --param log=VALUE"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing parameter `log`: pass --param log=VALUE"),
+        "{}",
+        stderr(&o)
+    );
     let o = r.run(&p, &["--param", "log=x", "--param", "n=lots"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains(":2:9: parameter `n`"), "{}", stderr(&o));
@@ -139,7 +164,11 @@ fn missing_and_bad_params_exit_2() {
     let o = r.run(&p, &["--param", "novalue"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
-    assert_eq!(r.records().len(), 2, "clap usage errors run no playbook and leave no record");
+    assert_eq!(
+        r.records().len(),
+        2,
+        "clap usage errors run no playbook and leave no record"
+    );
 }
 
 #[test]
@@ -190,7 +219,12 @@ fn unwritable_audit_dir_fails_before_running() {
     // directory's parent is a regular file, which fails for root too.
     let p = r.playbook("x.rhai", VERDICT_FOUND);
     std::fs::write(&marker, "file").unwrap();
-    let o = Command::new(bin()).arg(&p).arg("--audit-dir").arg(marker.join("audit")).output().unwrap();
+    let o = Command::new(bin())
+        .arg(&p)
+        .arg("--audit-dir")
+        .arg(marker.join("audit"))
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("--audit-dir"), "{}", stderr(&o));
     assert!(o.stdout.is_empty(), "nothing ran, nothing printed");
@@ -199,7 +233,10 @@ fn unwritable_audit_dir_fails_before_running() {
 #[test]
 fn json_output_is_exactly_one_document() {
     let r = Run::new();
-    let p = r.playbook("j.rhai", "print(\"to stderr\");\nreport::table(\"t\", [\"a\"], [[1]]);\nreport::verdict(\"clear\", \"ok\");\n");
+    let p = r.playbook(
+        "j.rhai",
+        "print(\"to stderr\");\nreport::table(\"t\", [\"a\"], [[1]]);\nreport::verdict(\"clear\", \"ok\");\n",
+    );
     let o = r.run(&p, &["--output", "json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
@@ -230,10 +267,16 @@ fn records_chain_and_tampering_is_named() {
     let o = verify(&r.audit());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 record(s)"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(r.audit()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(r.audit())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     files.sort();
     // Change the middle record's exit code: the third record's prev_sha256 no longer matches.
-    let text = std::fs::read_to_string(&files[1]).unwrap().replace("\"exit_code\": 3", "\"exit_code\": 0");
+    let text = std::fs::read_to_string(&files[1])
+        .unwrap()
+        .replace("\"exit_code\": 3", "\"exit_code\": 0");
     std::fs::write(&files[1], text).unwrap();
     let o = verify(&r.audit());
     assert_eq!(code(&o), 1);
@@ -246,7 +289,10 @@ fn records_chain_and_tampering_is_named() {
 fn params_with_secret_names_are_redacted() {
     let r = Run::new();
     let p = r.playbook("s.rhai", "let t = param(\"token\");");
-    assert_eq!(code(&r.run(&p, &["--param", "token=hunter2", "--param", "log=x.log"])), 0);
+    assert_eq!(
+        code(&r.run(&p, &["--param", "token=hunter2", "--param", "log=x.log"])),
+        0
+    );
     let rec = &r.records()[0];
     assert_eq!(rec["params"]["token"], "<redacted>");
     assert_eq!(rec["params"]["log"], "x.log");
@@ -273,7 +319,13 @@ fn signal(child: &Child, sig: i32) {
 fn sigint_mid_run_still_writes_the_record() {
     let r = Run::new();
     let p = r.playbook("l.rhai", "let i = 0;\nloop { i += 1; }\n");
-    let mut child = r.cmd(&p, &["--max-operations", "0"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = r
+        .cmd(&p, &["--max-operations", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_start(&mut child, &r.audit());
     signal(&child, libc::SIGINT);
     let o = child.wait_with_output().unwrap();
@@ -290,9 +342,17 @@ fn sigterm_while_a_stage_blocks_still_writes_the_record() {
     let r = Run::new();
     // Reading a log from stdin that never ends: the stage blocks in read(2).
     let p = r.playbook("b.rhai", "let t = tcptracer::read(\"-\");\n");
-    let mut child = r.cmd(&p, &[]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = r
+        .cmd(&p, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"Tracing TCP established connections. Ctrl-C to end.\n").unwrap();
+    stdin
+        .write_all(b"Tracing TCP established connections. Ctrl-C to end.\n")
+        .unwrap();
     wait_for_start(&mut child, &r.audit());
     signal(&child, libc::SIGTERM);
     let o = child.wait_with_output().unwrap();
@@ -307,21 +367,40 @@ fn sigterm_while_a_stage_blocks_still_writes_the_record() {
 #[test]
 fn functions_lists_every_namespace_and_writes_definitions() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(bin()).args(["functions", "--definitions"]).arg(dir.path()).output().unwrap();
+    let o = Command::new(bin())
+        .args(["functions", "--definitions"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["tcptracer::read(", "policy::azure(", "report::verdict(", "Trace.events", "param(name: &str"] {
+    for needle in [
+        "tcptracer::read(",
+        "policy::azure(",
+        "report::verdict(",
+        "Trace.events",
+        "param(name: &str",
+    ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
-    let defs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(defs.iter().any(|n| n.to_string_lossy().ends_with(".d.rhai")), "{defs:?}");
+    let defs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        defs.iter().any(|n| n.to_string_lossy().ends_with(".d.rhai")),
+        "{defs:?}"
+    );
 }
 
 #[test]
 fn tcptracer_example_ranks_the_sample_log() {
     let r = Run::new();
     let log = data("tcptracer/sample-t4v.log");
-    let o = r.run(&example("tcptracer-log.rhai"), &["--param", &format!("log={}", log.display()), "--output", "json"]);
+    let o = r.run(
+        &example("tcptracer-log.rhai"),
+        &["--param", &format!("log={}", log.display()), "--output", "json"],
+    );
     assert!(matches!(code(&o), 0 | 3), "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
     // The first table is the article's ranking by (SADDR, NETNS); recompute it the way the
@@ -334,7 +413,12 @@ fn tcptracer_example_ranks_the_sample_log() {
             // TIME TYPE PID COMM(no spaces in the sample's first columns is not assumed) ...:
             // the sample's last five fields are IP SADDR DADDR SPORT DPORT NETNS.
             let n = f.len();
-            *counts.entry((f[n - 5].trim_matches(|c| c == '[' || c == ']').to_string(), f[n - 1].to_string())).or_default() += 1;
+            *counts
+                .entry((
+                    f[n - 5].trim_matches(|c| c == '[' || c == ']').to_string(),
+                    f[n - 1].to_string(),
+                ))
+                .or_default() += 1;
         }
     }
     let mut expect: Vec<(u64, (String, String))> = counts.into_iter().map(|(k, v)| (v, k)).collect();
@@ -369,8 +453,17 @@ let missing = tcptracer::read("/nonexistent.log");
     assert!(e.contains("hook finding: k warning"), "{e}");
     assert!(e.contains("hook error: stage_failed exit=1"), "{e}");
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let titles: Vec<&str> = doc["sections"].as_array().unwrap().iter().map(|s| s["title"].as_str().unwrap()).collect();
-    assert_eq!(titles, ["stage tcptracer::read", "stage tcptracer::read"], "one on_stage_end per stage call");
+    let titles: Vec<&str> = doc["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        ["stage tcptracer::read", "stage tcptracer::read"],
+        "one on_stage_end per stage call"
+    );
     assert!(doc["sections"][0]["text"].as_str().unwrap().starts_with("ok items="));
     assert!(doc["sections"][1]["text"].as_str().unwrap().starts_with("failed"));
 }

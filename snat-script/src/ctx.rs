@@ -239,7 +239,15 @@ impl Ctx {
             }
         };
         tracing::debug!(stage = name, duration_ms, ?outcome, "stage end");
-        let call = StageCall { name: name.to_string(), args, started_at, duration_ms, items, outcome, error };
+        let call = StageCall {
+            name: name.to_string(),
+            args,
+            started_at,
+            duration_ms,
+            items,
+            outcome,
+            error,
+        };
         let hook_arg = rhai::serde::to_dynamic(&call).ok();
         lock(&self.0.stages).push(call);
         if let Some(arg) = hook_arg {
@@ -256,7 +264,11 @@ impl Ctx {
             .filter(|f| HOOKS.contains(&f.name) && f.params.len() == 1)
             .map(|f| f.name.to_string())
             .collect();
-        *lock(&self.0.hooks) = Some(HookSet { engine: Arc::downgrade(engine), ast: ast.clone(), defined });
+        *lock(&self.0.hooks) = Some(HookSet {
+            engine: Arc::downgrade(engine),
+            ast: ast.clone(),
+            defined,
+        });
     }
 
     /// Whether the playbook defines a hook.
@@ -269,7 +281,9 @@ impl Ctx {
     pub fn fire_hook(&self, name: &str, arg: rhai::Dynamic) {
         let (engine, ast) = {
             let g = lock(&self.0.hooks);
-            let Some(h) = g.as_ref().filter(|h| h.defined.contains(name)) else { return };
+            let Some(h) = g.as_ref().filter(|h| h.defined.contains(name)) else {
+                return;
+            };
             let Some(engine) = h.engine.upgrade() else { return };
             (engine, h.ast.clone())
         };

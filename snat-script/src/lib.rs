@@ -4,6 +4,7 @@
 pub mod ctx;
 pub mod engine;
 pub mod error;
+pub mod html;
 pub mod modules;
 pub mod report;
 pub mod runner;

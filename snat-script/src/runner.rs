@@ -46,6 +46,8 @@ pub struct RunRequest {
     pub limits: Limits,
     /// Output format.
     pub output: OutputFormat,
+    /// Also write the self-contained HTML report here.
+    pub html: Option<PathBuf>,
     /// Audit directory.
     pub audit_dir: PathBuf,
     /// How long stages get to notice SIGINT/SIGTERM before the record is written without
@@ -70,6 +72,7 @@ struct Finalizer {
     record: AuditRecord,
     ctx: Ctx,
     output: OutputFormat,
+    html: Option<PathBuf>,
 }
 
 impl Finalizer {
@@ -95,6 +98,22 @@ impl Finalizer {
             Err(e) => (None, 1, Some(Error::Audit(e))),
         };
         let report = self.ctx.report().clone();
+        if let Some(path) = &self.html {
+            let audit_s = audit_path.as_ref().map(|p| p.display().to_string());
+            let facts = RunFacts {
+                playbook: &self.record.playbook.path,
+                run_id: &self.record.run_id,
+                audit_record: audit_s.as_deref(),
+                exit_code,
+            };
+            match std::fs::write(path, crate::html::render(&report, &facts)) {
+                Ok(()) => eprintln!("HTML report: {}", path.display()),
+                Err(e) => eprintln!(
+                    "snat-run: warning: cannot write the HTML report {}: {e}",
+                    path.display()
+                ),
+            }
+        }
         print_report(
             &report,
             self.output,
@@ -230,6 +249,7 @@ pub fn run(req: RunRequest) -> RunResult {
         record,
         ctx: ctx.clone(),
         output: req.output,
+        html: req.html.clone(),
     })));
     let take = {
         let f = finalizer.clone();
@@ -368,7 +388,11 @@ fn classify(
 ) -> (OutcomeKind, Option<Error>, Option<Verdict>, u8) {
     let fail = |e: Error| {
         let code = e.exit_code();
-        let kind = if code == 2 { OutcomeKind::PlaybookError } else { OutcomeKind::StageFailed };
+        let kind = if code == 2 {
+            OutcomeKind::PlaybookError
+        } else {
+            OutcomeKind::StageFailed
+        };
         (kind, Some(e), None, code)
     };
     match result {

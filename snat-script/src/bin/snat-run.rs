@@ -70,6 +70,10 @@ struct RunArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 
+    /// Also write a self-contained HTML report (tables, findings, charts) to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+
     /// Where the run's audit record goes [default: $SNAT_AUDIT_DIR, else /var/lib/snat/audit
     /// as root, else ~/.local/state/snat/audit]. The run fails before doing anything if it
     /// is not writable.
@@ -236,6 +240,7 @@ fn run(a: RunArgs) -> ExitCode {
             Output::Table => OutputFormat::Table,
             Output::Json => OutputFormat::Json,
         },
+        html: a.html,
         audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
         signal_grace: Duration::from_secs(3),
     };

@@ -38,7 +38,11 @@ fn core_err(e: snat_core::Error) -> Box<EvalAltResult> {
 }
 
 fn ports(m: &Map) -> Result<Dynamic, Box<EvalAltResult>> {
-    check_keys(m, &["nodes", "frontend_ips", "allocated_outbound_ports", "surge_nodes"], "alloc::ports")?;
+    check_keys(
+        m,
+        &["nodes", "frontend_ips", "allocated_outbound_ports", "surge_nodes"],
+        "alloc::ports",
+    )?;
     let Some(nodes) = int_opt(m, "nodes")? else {
         return usage("alloc::ports needs `nodes`");
     };
@@ -57,14 +61,20 @@ fn ports(m: &Map) -> Result<Dynamic, Box<EvalAltResult>> {
 
 fn recommend_map(m: &Map) -> Result<Dynamic, Box<EvalAltResult>> {
     check_keys(m, &["peak", "nodes", "surge_nodes", "headroom"], "alloc::recommend")?;
-    let peak = m.get("peak").and_then(|v| v.as_int().ok()).and_then(|n| u64::try_from(n).ok());
+    let peak = m
+        .get("peak")
+        .and_then(|v| v.as_int().ok())
+        .and_then(|n| u64::try_from(n).ok());
     let (Some(peak), Some(nodes)) = (peak, int_opt(m, "nodes")?) else {
         return usage("alloc::recommend needs `peak` (concurrent flows to one destination) and `nodes`");
     };
     let surge = int_opt(m, "surge_nodes")?.unwrap_or(0);
     let headroom = match m.get("headroom") {
         None => DEFAULT_HEADROOM,
-        Some(v) => v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).or_else(|_| usage("`headroom` must be a number"))?,
+        Some(v) => v
+            .as_float()
+            .or_else(|_| v.as_int().map(|i| i as f64))
+            .or_else(|_| usage("`headroom` must be a number"))?,
     };
     to_dyn(&recommend(peak, nodes, surge, headroom).map_err(core_err)?)
 }
@@ -81,7 +91,10 @@ fn pressure_of(flows: &Array, budget: i64) -> Result<Dynamic, Box<EvalAltResult>
         let dst: SocketAddr = dst_text
             .parse()
             .or_else(|_| usage(format!("flow dst {dst_text:?} is not ip:port (IPv6 as [addr]:port)")))?;
-        let n = m.get("flows").and_then(|v| v.as_int().ok()).and_then(|n| u64::try_from(n).ok());
+        let n = m
+            .get("flows")
+            .and_then(|v| v.as_int().ok())
+            .and_then(|n| u64::try_from(n).ok());
         let Some(n) = n else {
             return usage("each flow needs `flows`, a non-negative integer");
         };
@@ -121,15 +134,24 @@ mod tests {
 
     fn eval(script: &str) -> Result<Dynamic, Box<EvalAltResult>> {
         let mut e = rhai::Engine::new();
-        e.register_static_module("alloc", create_module(&Ctx::new(Default::default(), Default::default())).into());
+        e.register_static_module(
+            "alloc",
+            create_module(&Ctx::new(Default::default(), Default::default())).into(),
+        );
         e.eval::<Dynamic>(script)
     }
 
     #[rstest]
     #[case("alloc::ports(#{nodes: 30}).ports_per_node", "1024")]
     #[case("alloc::ports(#{nodes: 51}).ports_per_node", "512")]
-    #[case("alloc::ports(#{nodes: 10, frontend_ips: 2, allocated_outbound_ports: 4000}).max_nodes_that_fit", "32")]
-    #[case("alloc::recommend(#{peak: 1500, nodes: 20, surge_nodes: 2}).allocated_outbound_ports", "2256")]
+    #[case(
+        "alloc::ports(#{nodes: 10, frontend_ips: 2, allocated_outbound_ports: 4000}).max_nodes_that_fit",
+        "32"
+    )]
+    #[case(
+        "alloc::recommend(#{peak: 1500, nodes: 20, surge_nodes: 2}).allocated_outbound_ports",
+        "2256"
+    )]
     #[case(r#"let p = alloc::pressure([#{owner: "a", dst: "203.0.113.5:443", flows: 800}, #{owner: "b", dst: "203.0.113.5:443", flows: 100}], 1024); `${p.level} ${p.owners[0].owner} ${p.hottest.flows}`"#, "warning a 900")]
     fn computes(#[case] script: &str, #[case] want: &str) {
         assert_eq!(eval(script).unwrap().to_string(), want);

@@ -26,7 +26,11 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
                 Some(n) => reader = reader.max_reported_errors(n),
                 None => return usage("option `max_errors` must be a non-negative integer"),
             },
-            other => return usage(format!("unknown option `{other}` for tcptracer::read (known: by, strict, max_errors)")),
+            other => {
+                return usage(format!(
+                    "unknown option `{other}` for tcptracer::read (known: by, strict, max_errors)"
+                ));
+            }
         }
     }
     let reader = reader.groupings(groupings);
