@@ -515,6 +515,10 @@ impl Policy {
     /// user private rule says otherwise (e.g. a private range reached through an SNATing
     /// firewall, or 100.64.0.0/10 in setups where it is internet-bound). These overrides
     /// beat every other rule.
+    ///
+    /// For both `add_*` methods: IPv4-mapped addresses are classified as IPv4, so an IPv6
+    /// range such as `::/0` never matches them; give the IPv4 range (or its `::ffff:` form,
+    /// which is stored as IPv4).
     pub fn add_public(&mut self, cidr: &str, label: Option<&str>) -> Result<(), Error> {
         let net = parse_cidr(cidr, "public")?;
         let label = label.map(str::to_string).filter(|l| !l.trim().is_empty());
