@@ -3,7 +3,7 @@
 //!
 //! The order matters. The audit directory is proven writable *before* anything runs (a
 //! run without its record is not allowed). From then on every ending (success, playbook
-//! error, stage failure, SIGINT, SIGTERM) goes through one [`Finalizer`], which writes the
+//! error, stage failure, SIGINT, SIGTERM) goes through one finalizer, which writes the
 //! record once: whoever gets there first (the main thread when the playbook returns, or
 //! the signal thread when a stage does not notice the cancellation within the grace
 //! period) writes it, and the other does nothing.
