@@ -236,10 +236,48 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
     })
 }
 
+/// Column separators: spaces, tabs, `\r` (and other control characters, which tcptracer
+/// never prints).
+#[inline]
 fn is_blank(b: u8) -> bool {
-    b == b' ' || b == b'\t' || b == b'\r'
+    b <= b' '
 }
 
+const EIGHT_SPACES: u64 = u64::from_le_bytes(*b"        ");
+
+/// The eight bytes at `at` as one word (0 if out of range, which is never all spaces).
+#[inline]
+fn word(line: &[u8], at: usize) -> u64 {
+    line.get(at..at + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// First non-blank at or after `pos` (or `limit`). Padding runs are skipped a word at a time.
+#[inline]
+fn skip_blanks(line: &[u8], mut pos: usize, limit: usize) -> usize {
+    while pos + 8 <= limit && word(line, pos) == EIGHT_SPACES {
+        pos += 8;
+    }
+    while pos < limit && is_blank(line[pos]) {
+        pos += 1;
+    }
+    pos
+}
+
+/// One past the last non-blank before `end` (or 0).
+#[inline]
+fn skip_blanks_back(line: &[u8], mut end: usize) -> usize {
+    while end >= 8 && word(line, end - 8) == EIGHT_SPACES {
+        end -= 8;
+    }
+    while end > 0 && is_blank(line[end - 1]) {
+        end -= 1;
+    }
+    end
+}
+
+#[inline]
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s
         && is_blank(*first)
@@ -258,6 +296,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+#[inline]
 fn parse_raw(line: &[u8]) -> Result<RawLine<'_>, LineError> {
     let line = trim(line);
     match line.first() {
@@ -317,6 +356,7 @@ fn parse_lost(line: &[u8]) -> Option<u64> {
     parse_u64(trim(rest))
 }
 
+#[inline]
 fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 20 {
         return None;
@@ -332,6 +372,7 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+#[inline]
 fn parse_kind(b: &[u8]) -> Option<EventKind> {
     Some(match b {
         b"connect" | b"C" => EventKind::Connect,
@@ -344,6 +385,7 @@ fn parse_kind(b: &[u8]) -> Option<EventKind> {
 }
 
 /// TIME: integer nanoseconds (`-t -v`), seconds with decimals (`-t`), or `-` (no time).
+#[inline]
 fn parse_time(b: &[u8]) -> Option<Option<u64>> {
     if b == b"-" {
         return Some(None);
@@ -371,39 +413,38 @@ fn parse_time(b: &[u8]) -> Option<Option<u64>> {
     }
 }
 
+#[inline]
 fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut i = 0;
-    let mut val: u32 = 0;
-    let mut digits = 0;
-    for &c in b {
-        if c == b'.' {
-            if digits == 0 || i == 3 {
-                return None;
-            }
-            octets[i] = val as u8;
-            i += 1;
-            val = 0;
-            digits = 0;
-        } else {
+    let mut rest = b;
+    for (i, o) in octets.iter_mut().enumerate() {
+        // Up to three digits, no leading zero (as inet_ntop prints and std parses).
+        let mut val: u32 = 0;
+        let mut digits = 0;
+        while let Some((&c, tail)) = rest.split_first() {
             let d = c.wrapping_sub(b'0');
-            if d > 9 || digits == 3 || (digits > 0 && val == 0) {
+            if d > 9 {
+                break;
+            }
+            if digits == 3 || (digits == 1 && val == 0) {
                 return None;
             }
             val = val * 10 + u32::from(d);
-            if val > 255 {
-                return None;
-            }
             digits += 1;
+            rest = tail;
+        }
+        if digits == 0 || val > 255 {
+            return None;
+        }
+        *o = val as u8;
+        if i < 3 {
+            rest = rest.strip_prefix(b".")?;
         }
     }
-    if i != 3 || digits == 0 {
-        return None;
-    }
-    octets[3] = val as u8;
-    Some(Ipv4Addr::from(octets))
+    rest.is_empty().then(|| Ipv4Addr::from(octets))
 }
 
+#[inline]
 fn parse_addr(b: &[u8], family: Family, column: &'static str) -> Result<IpAddr, LineError> {
     let bad = || LineError::BadAddress { column, text: text(b) };
     match family {
@@ -419,20 +460,20 @@ fn parse_addr(b: &[u8], family: Family, column: &'static str) -> Result<IpAddr, 
     }
 }
 
+#[inline]
 fn is_address_token(b: &[u8]) -> bool {
     b.first() == Some(&b'[') || b.iter().any(|&c| c == b'.' || c == b':')
 }
 
 /// Up to `N` whitespace-separated tokens taken from the end of `line`, as (start, end)
 /// offsets, last token first.
+#[inline]
 fn tail_tokens<const N: usize>(line: &[u8]) -> ([(usize, usize); N], usize) {
     let mut out = [(0, 0); N];
     let mut n = 0;
     let mut end = line.len();
     while n < N {
-        while end > 0 && is_blank(line[end - 1]) {
-            end -= 1;
-        }
+        end = skip_blanks_back(line, end);
         if end == 0 {
             break;
         }
@@ -448,10 +489,9 @@ fn tail_tokens<const N: usize>(line: &[u8]) -> ([(usize, usize); N], usize) {
 }
 
 /// The next token at or after `pos` and before `limit`, as (start, end).
-fn next_token(line: &[u8], mut pos: usize, limit: usize) -> Option<(usize, usize)> {
-    while pos < limit && is_blank(line[pos]) {
-        pos += 1;
-    }
+#[inline]
+fn next_token(line: &[u8], pos: usize, limit: usize) -> Option<(usize, usize)> {
+    let mut pos = skip_blanks(line, pos, limit);
     if pos >= limit {
         return None;
     }
@@ -462,6 +502,7 @@ fn next_token(line: &[u8], mut pos: usize, limit: usize) -> Option<(usize, usize
     Some((start, pos))
 }
 
+#[inline]
 fn parse_event(line: &[u8]) -> Result<RawEvent<'_>, LineError> {
     // The tail: IP SADDR DADDR SPORT DPORT [NETNS], from the right.
     let (tail, found) = tail_tokens::<6>(line);
@@ -646,6 +687,7 @@ fn kind_code(k: EventKind) -> u8 {
     }
 }
 
+#[inline]
 fn encode_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(a) => {
@@ -659,6 +701,7 @@ fn encode_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
     }
 }
 
+#[inline]
 fn encode_key(ev: &RawEvent<'_>, fields: &[Field], buf: &mut Vec<u8>) {
     buf.clear();
     for f in fields {
