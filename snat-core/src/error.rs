@@ -139,4 +139,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+
+    // ----- tcptracer --------------------------------------------------------------
+    /// A tcptracer log line could not be parsed (strict mode, or [`crate::tcptracer::LogEvents`]).
+    #[error(
+        "{log}:{line}: not a tcptracer line: {reason}: {text:?} (fix or delete the line, or read the log without strict mode to count and skip malformed lines)"
+    )]
+    TcptracerLine {
+        /// The log (a path, or `-` for stdin).
+        log: String,
+        /// 1-based line number.
+        line: u64,
+        /// The line (its first 200 bytes).
+        text: String,
+        /// Why it is not a tcptracer line.
+        reason: crate::tcptracer::LineError,
+    },
 }

@@ -290,11 +290,12 @@ impl Ctx {
         if self.0.in_hook.swap(true, Ordering::SeqCst) {
             return;
         }
-        let r = engine.call_fn::<rhai::Dynamic>(&mut rhai::Scope::new(), &ast, name, (arg,));
+        // eval_ast(false): call the function only, never re-run the playbook's top level.
+        let opts = rhai::CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let r = engine.call_fn_with_options::<rhai::Dynamic>(opts, &mut rhai::Scope::new(), &ast, name, (arg,));
         self.0.in_hook.store(false, Ordering::SeqCst);
         if let Err(e) = r {
             eprintln!("snat-run: warning: hook {name} failed: {e}");
-            tracing::warn!(hook = name, error = %e, "hook failed");
         }
     }
 

@@ -14,11 +14,11 @@ fn bin() -> PathBuf {
 }
 
 fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(rel)
 }
 
 fn example(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(rel)
 }
 
 struct Run {
@@ -82,7 +82,7 @@ fn code(o: &Output) -> i32 {
 
 fn validator() -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/audit-record.schema.json"))
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/audit-record.schema.json"))
             .unwrap(),
     )
     .unwrap();
@@ -439,7 +439,7 @@ fn hooks_are_called_for_stages_findings_and_errors() {
     let p = r.playbook(
         "h.rhai",
         r#"
-fn on_stage_end(call) { report::text("stage " + call.name, `${call.outcome} items=${call.items}`); }
+fn on_stage_end(st) { report::text("stage " + st.name, `${st.outcome} items=${st.items}`); }
 fn on_finding(f) { print(`hook finding: ${f.kind} ${f.severity}`); }
 fn on_error(e) { print(`hook error: ${e.kind} exit=${e.exit_code}`); }
 let t = tcptracer::read(param("log"));
@@ -466,4 +466,39 @@ let missing = tcptracer::read("/nonexistent.log");
     );
     assert!(doc["sections"][0]["text"].as_str().unwrap().starts_with("ok items="));
     assert!(doc["sections"][1]["text"].as_str().unwrap().starts_with("failed"));
+}
+
+#[test]
+fn tcptracer_example_finds_the_culprit_not_the_busier_private_decoy() {
+    let r = Run::new();
+    let log = data("tcptracer/incident-t4v.log");
+    let o = r.run(
+        &example("tcptracer-log.rhai"),
+        &["--param", &format!("log={}", log.display()), "--output", "json"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["verdict"], "pressure_found");
+    let findings = doc["findings"].as_array().unwrap();
+    assert_eq!(
+        findings.len(),
+        1,
+        "only the public destination is pressure: {findings:#?}"
+    );
+    assert_eq!(findings[0]["destination"], "203.0.113.10:443");
+    assert_eq!(findings[0]["evidence"]["connects"], 880);
+    // The article's ranking puts the decoy (2,400 lines, all to a private database) first;
+    // the namespaces-by-public-connects table puts the culprit first.
+    let sections = doc["sections"].as_array().unwrap();
+    assert_eq!(sections[0]["rows"][0][1], "10.244.1.23");
+    let by_public = sections
+        .iter()
+        .find(|s| s["title"].as_str().unwrap().starts_with("Network namespaces by"))
+        .unwrap();
+    assert_eq!(by_public["rows"][0], serde_json::json!([880, "4026532785"]));
+    assert_eq!(
+        by_public["rows"].as_array().unwrap().len(),
+        5,
+        "decoy and nginx have no public connects"
+    );
 }
