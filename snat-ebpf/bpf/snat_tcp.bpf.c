@@ -360,8 +360,6 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 				si.owner_known = 1;
 			}
 		}
-		if (!si.owner_known)
-			stat_inc(STAT_OWNER_UNKNOWN);
 		si.key = k;
 		si.established_ns = now;
 		si.flags = SI_ESTABLISHED;
@@ -372,6 +370,8 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 		}
 		if (bpf_map_update_elem(&socks, &skey, &si, BPF_ANY))
 			stat_inc(STAT_SOCKS_FULL);
+		if (!si.owner_known)
+			stat_inc(STAT_OWNER_UNKNOWN);
 		struct flow_counts *c = flow_get(&k);
 		if (c) {
 			if (kind == KIND_CONNECT)
@@ -412,10 +412,10 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 		}
 		if (known)
 			bpf_map_delete_elem(&socks, &skey);
-		if (!owner_known)
-			stat_inc(STAT_OWNER_UNKNOWN);
 		if (!wanted(k.netns, family, k.port, &o, owner_known))
 			return 0;
+		if (!owner_known)
+			stat_inc(STAT_OWNER_UNKNOWN);
 		__s32 err = BPF_CORE_READ(sk, sk_err);
 		struct flow_counts *c = flow_get(&k);
 		if (c)

@@ -374,6 +374,36 @@ fn load_error(e: ProgramError) -> Error {
     }
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` for a program, returning its `recursion_misses`.
+fn prog_recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is a plain C struct of integers; all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd).ok()?,
+        info_len: u32::try_from(size_of::<bpf_prog_info>()).ok()?,
+        info: (&raw mut info) as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr points to a valid, initialised attribute block of the size passed, and
+    // attr.info to a writable bpf_prog_info of info_len bytes that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}
+
 fn page_size() -> u32 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -469,6 +499,10 @@ pub struct KernelStats {
     pub counted: u64,
     /// Socket-table updates that failed.
     pub socks_full: u64,
+    /// Program runs the kernel skipped because another eBPF program was running on the
+    /// same CPU (`recursion_misses`): each may have been an event, so this is an upper
+    /// bound on events the kernel never showed the program.
+    pub missed_runs: u64,
     /// Events read from the ring buffer by this process.
     pub events_read: u64,
     /// Ring-buffer records that could not be decoded.
@@ -478,6 +512,8 @@ pub struct KernelStats {
 impl KernelStats {
     /// Every event lost on the way: dropped in the kernel, not counted for lack of map
     /// space, or sent but never read (only possible if the reader stopped early).
+    ///
+    /// Does not include [`KernelStats::missed_runs`]; see [`KernelStats::possibly_lost`].
     pub fn lost(&self) -> u64 {
         self.events_dropped
             + self.flows_full
@@ -485,6 +521,12 @@ impl KernelStats {
             + self
                 .events_sent
                 .saturating_sub(self.events_read + self.events_malformed)
+    }
+
+    /// [`KernelStats::lost`] plus the program runs the kernel skipped: an upper bound on
+    /// every event missing from the trace.
+    pub fn possibly_lost(&self) -> u64 {
+        self.lost() + self.missed_runs
     }
 }
 
@@ -552,6 +594,21 @@ impl Tracer {
     /// The mode it runs in.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog` lists it).
+    pub fn program_id(&self) -> Option<u32> {
+        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
+        prog.info().ok().map(|i| i.id())
+    }
+
+    /// How many times the kernel skipped running the program because another eBPF
+    /// program was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
+    /// skipped run may have been an event.
+    pub fn missed_runs(&self) -> Option<u64> {
+        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
+        let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+        prog_recursion_misses(fd)
     }
 
     /// Whether the program is still attached.
@@ -692,6 +749,7 @@ impl Tracer {
             owner_unknown: get(abi::STAT_OWNER_UNKNOWN)?,
             counted: get(abi::STAT_COUNTED)?,
             socks_full: get(abi::STAT_SOCKS_FULL)?,
+            missed_runs: self.missed_runs().unwrap_or(0),
             events_read: self.events_read,
             events_malformed: self.events_malformed,
         })
