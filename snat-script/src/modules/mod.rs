@@ -11,6 +11,7 @@ use crate::ctx::Ctx;
 
 pub mod params;
 pub mod report;
+pub mod trace;
 pub mod types;
 
 /// A namespace registered in the engine.
@@ -33,6 +34,10 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Read BCC tcptracer logs (the article's Step 2) into a Trace.",
     },
     Namespace {
+        name: "trace",
+        doc: "Trace TCP connections on this node live with eBPF into a Trace (same API as tcptracer logs).",
+    },
+    Namespace {
         name: "policy",
         doc: "Which destinations consume SNAT ports (public-IP policy).",
     },
@@ -47,6 +52,7 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(types::create_module(ctx).into());
     engine.register_global_module(params::create_module(ctx).into());
     engine.register_static_module("report", report::create_module(ctx).into());
+    engine.register_static_module("trace", trace::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {
