@@ -1,2 +1,33 @@
-//! snat-ebpf: the kernel-side TCP tracer and its loader (not yet implemented).
+//! snat-ebpf: snat's live TCP tracer. A small CO-RE kernel program (C, `bpf/snat_tcp.bpf.c`,
+//! committed compiled as `bpf/snat_tcp.bpf.o` and embedded here, so building this crate
+//! needs no clang) on tracepoint `sock:inet_sock_set_state`, and its loader on aya.
+//!
+//! It needs no kprobes, no fentry and no kernel headers, only BTF
+//! (`/sys/kernel/btf/vmlinux`), tracefs, and root or CAP_BPF + CAP_PERFMON. It reports
+//! what BCC's tcptracer reports (connect, accept, close, with pid, comm, addresses, ports
+//! and netns inode) plus **failed connects** (SYN_SENT -> CLOSE: refused, reset, timed out,
+//! with the socket error) and, for closes, the state left and the connection's lifetime.
+//!
+//! - [`TracerBuilder`] / [`Tracer`]: configure (duration, [`Filters`] applied in the
+//!   kernel, [`Mode`]), attach, run, finish. Nothing stays attached after the tracer is
+//!   gone.
+//! - [`FlowRow`]: the kernel's per-flow counters; implements
+//!   [`snat_core::aggregate::Record`], so a [`snat_core::aggregate::TraceSummary`] ranks
+//!   a live window exactly like a tcptracer log.
+//! - [`output`]: tcptracer `-t -v` text and JSON Lines writers.
+//!
+//! Attribution: pid/comm/cgroup are those of the task that called `connect()` (recorded at
+//! SYN_SENT) or `listen()` (recorded at LISTEN; accepted sockets inherit it, which is wrong
+//! for pre-fork servers and sockets passed to another process). Sockets and listeners
+//! created before the trace started have an unknown owner (pid 0, empty comm).
 #![deny(missing_docs)]
+
+pub mod abi;
+pub mod error;
+pub mod flow;
+pub mod output;
+pub mod tracer;
+
+pub use error::Error;
+pub use flow::{FlowRow, KindRow, WallClock, event_from_raw};
+pub use tracer::{Filters, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object, preflight};

@@ -14,6 +14,7 @@ pub mod params;
 pub mod policy;
 pub mod report;
 pub mod tcptracer;
+pub mod trace;
 pub mod types;
 
 /// A namespace registered in the engine.
@@ -34,6 +35,10 @@ pub const NAMESPACES: &[Namespace] = &[
     Namespace {
         name: "tcptracer",
         doc: "Read BCC tcptracer logs (the article's Step 2) into a Trace.",
+    },
+    Namespace {
+        name: "trace",
+        doc: "Trace TCP connections on this node live with eBPF into a Trace (same API as tcptracer logs).",
     },
     Namespace {
         name: "policy",
@@ -59,6 +64,7 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_static_module("report", report::create_module(ctx).into());
     engine.register_static_module("alloc", alloc::create_module(ctx).into());
     engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());
+    engine.register_static_module("trace", trace::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {

@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The few kernel types snat's tracer reads, written by hand for CO-RE.
+ *
+ * Only the members the program touches are declared. `preserve_access_index` makes clang
+ * record every member access as a BTF relocation, and the loader (aya) rewrites each
+ * offset against the running kernel's BTF (/sys/kernel/btf/vmlinux), so the layouts below
+ * do not need to match any particular kernel. Anonymous unions/structs are nested as in
+ * the kernel so that the member paths match.
+ */
+#ifndef SNAT_VMLINUX_MIN_H
+#define SNAT_VMLINUX_MIN_H
+
+#include <linux/types.h>
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct sock_common {
+	union {
+		__u64 skc_addrpair;
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	unsigned short skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	int sk_err;
+};
+
+#pragma clang attribute pop
+
+/*
+ * The context of tracepoint sock:inet_sock_set_state, as in
+ * /sys/kernel/tracing/events/sock/inet_sock_set_state/format. Tracepoint formats are not
+ * relocated: this one has been stable since Linux 4.16. The first 8 bytes (common_*) may
+ * not be read by a tracepoint program.
+ */
+struct inet_sock_set_state_args {
+	__u64 common;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+#endif

@@ -1,0 +1,256 @@
+//! The binary interface with the kernel program: Rust mirrors of the C structs in
+//! `bpf/snat_tcp.bpf.c`, the constants they use, and the names of its maps and globals.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so that it has no hidden bytes; the
+//! test `object_layout` checks sizes and member offsets against the committed object's BTF.
+
+/// Name of the tracepoint program in the object.
+pub const PROGRAM: &str = "snat_tcp_state";
+/// Tracepoint category.
+pub const TP_CATEGORY: &str = "sock";
+/// Tracepoint name.
+pub const TP_NAME: &str = "inet_sock_set_state";
+
+/// Map: per-flow counters (`HASH`, [`FlowKey`] -> [`FlowCounts`]).
+pub const MAP_FLOWS: &str = "flows";
+/// Map: per-socket owner and state (`LRU_HASH`, socket pointer -> [`SockInfo`]).
+pub const MAP_SOCKS: &str = "socks";
+/// Map: listener owners (`LRU_HASH`, [`ListenKey`] -> [`ListenInfo`]).
+pub const MAP_LISTENERS: &str = "listeners";
+/// Map: the netns filter set (`HASH`, netns inode -> 1).
+pub const MAP_NETNS_ALLOW: &str = "netns_allow";
+/// Map: counters (`PERCPU_ARRAY`, index `STAT_*` -> u64).
+pub const MAP_STATS: &str = "stats";
+/// Map: the event stream (`RINGBUF` of [`RawEvent`]).
+pub const MAP_EVENTS: &str = "events";
+/// Map: never written; carries [`RawEvent`] into the object's BTF for the layout test.
+pub const MAP_EVENT_LAYOUT: &str = "event_layout";
+
+/// Global: write events to the ring buffer (u8, 0/1).
+pub const CFG_EMIT_EVENTS: &str = "cfg_emit_events";
+/// Global: only count netns in `netns_allow` (u8, 0/1).
+pub const CFG_FILTER_NETNS: &str = "cfg_filter_netns";
+/// Global: only this address family (u16, `AF_INET`/`AF_INET6`, 0 = any).
+pub const CFG_FAMILY: &str = "cfg_family";
+/// Global: only this server port (u16, 0 = any): the remote port of an outbound
+/// connection, the local port of an inbound one.
+pub const CFG_PORT: &str = "cfg_port";
+/// Global: only sockets owned by this process (u32 tgid, 0 = any).
+pub const CFG_PID: &str = "cfg_pid";
+/// Global: force a ring-buffer wakeup once this many bytes wait (u64).
+pub const CFG_WAKEUP_BYTES: &str = "cfg_wakeup_bytes";
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// [`RawEvent::kind`]: connect.
+pub const KIND_CONNECT: u8 = 1;
+/// [`RawEvent::kind`]: accept.
+pub const KIND_ACCEPT: u8 = 2;
+/// [`RawEvent::kind`]: close.
+pub const KIND_CLOSE: u8 = 3;
+/// [`RawEvent::kind`]: failed connect.
+pub const KIND_FAILED_CONNECT: u8 = 4;
+
+/// Direction: a close of a connection established before the trace started.
+pub const DIR_UNKNOWN: u8 = 0;
+/// Direction: this side called `connect()`.
+pub const DIR_OUTBOUND: u8 = 1;
+/// Direction: this side accepted.
+pub const DIR_INBOUND: u8 = 2;
+
+/// [`RawEvent::flags`]: pid, comm and cgroup id are known.
+pub const FLAG_OWNER_KNOWN: u8 = 1;
+/// [`RawEvent::flags`]: `duration_ns` is known.
+pub const FLAG_DURATION_KNOWN: u8 = 2;
+
+/// `stats[0]`: events written to the ring buffer.
+pub const STAT_EVENTS_SENT: u32 = 0;
+/// `stats[1]`: events lost because the ring buffer was full.
+pub const STAT_EVENTS_DROPPED: u32 = 1;
+/// `stats[2]`: counts lost because the `flows` map was full.
+pub const STAT_FLOWS_FULL: u32 = 2;
+/// `stats[3]`: connects/accepts/failures whose owner was not recorded (socket or
+/// listener created before the trace started).
+pub const STAT_OWNER_UNKNOWN: u32 = 3;
+/// `stats[4]`: events counted (passing the filters).
+pub const STAT_COUNTED: u32 = 4;
+/// `stats[5]`: socket-table updates that failed.
+pub const STAT_SOCKS_FULL: u32 = 5;
+/// Number of `stats` slots.
+pub const STAT_MAX: u32 = 8;
+
+/// Owner of a socket, recorded in process context (mirror of `struct owner`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Task command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of the `flows` map (mirror of `struct flow_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Server port: remote port (outbound, unknown), local port (inbound).
+    pub port: u16,
+    /// `DIR_*`.
+    pub direction: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Local address (IPv4 in the first 4 bytes), network order.
+    pub saddr: [u8; 16],
+    /// Remote address, network order.
+    pub daddr: [u8; 16],
+}
+
+/// Value of the `flows` map (mirror of `struct flow_counts`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// Connects that reached ESTABLISHED.
+    pub connects: u64,
+    /// Accepted connections.
+    pub accepts: u64,
+    /// Connects that went SYN_SENT -> CLOSE.
+    pub failed_connects: u64,
+    /// Closes.
+    pub closes: u64,
+    /// Established in the window and not closed yet.
+    pub open: u64,
+}
+
+/// Value of the `socks` map (mirror of `struct sock_info`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// Owner, when `owner_known`.
+    pub owner: Owner,
+    /// The flow the socket was counted under.
+    pub key: FlowKey,
+    /// Zero.
+    pub pad: u32,
+    /// Boot-clock time of ESTABLISHED.
+    pub established_ns: u64,
+    /// Internal flags.
+    pub flags: u32,
+    /// 1 when `owner` is set.
+    pub owner_known: u32,
+}
+
+/// Key of the `listeners` map (mirror of `struct listen_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// Value of the `listeners` map (mirror of `struct listen_info`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenInfo {
+    /// Who called `listen()`.
+    pub owner: Owner,
+    /// The listening socket.
+    pub sk: u64,
+}
+
+/// One ring-buffer record (mirror of `struct tcp_event`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawEvent {
+    /// Boot-clock (`CLOCK_BOOTTIME`) nanoseconds.
+    pub ts_ns: u64,
+    /// For closes: time since ESTABLISHED.
+    pub duration_ns: u64,
+    /// Owner's cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Owner's pid (0 when unknown).
+    pub pid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// For failed connects: `sk->sk_err` (positive errno, 0 when none).
+    pub error: i32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port.
+    pub sport: u16,
+    /// Remote port.
+    pub dport: u16,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// TCP state left.
+    pub prev_state: u8,
+    /// `FLAG_*`.
+    pub flags: u8,
+    /// `DIR_*`.
+    pub direction: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+    /// Local address, network order.
+    pub saddr: [u8; 16],
+    /// Remote address, network order.
+    pub daddr: [u8; 16],
+    /// Owner's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+// SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit
+// padding fields: every bit pattern is valid and there are no uninitialised bytes.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowCounts {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RawEvent {}
+
+impl RawEvent {
+    /// Decode a ring-buffer record; `None` when it is too short.
+    pub fn from_bytes(b: &[u8]) -> Option<RawEvent> {
+        if b.len() < size_of::<RawEvent>() {
+            return None;
+        }
+        // SAFETY: RawEvent is Pod (any bit pattern valid) and `b` holds at least
+        // size_of::<RawEvent>() bytes; read_unaligned has no alignment requirement.
+        Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<RawEvent>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_no_hidden_padding() {
+        assert_eq!(size_of::<Owner>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 44);
+        assert_eq!(size_of::<FlowCounts>(), 40);
+        assert_eq!(size_of::<SockInfo>(), 32 + 44 + 4 + 8 + 8);
+        assert_eq!(size_of::<ListenKey>(), 8);
+        assert_eq!(size_of::<RawEvent>(), 96);
+    }
+
+    #[test]
+    fn short_record_is_rejected() {
+        assert!(RawEvent::from_bytes(&[0u8; 95]).is_none());
+        let mut b = [0u8; 96];
+        b[0] = 7;
+        assert_eq!(RawEvent::from_bytes(&b).unwrap().ts_ns, 7);
+    }
+}

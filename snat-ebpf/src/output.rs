@@ -1,0 +1,199 @@
+//! Writing live events the way existing habits and scripts read them: BCC tcptracer's
+//! `-t -v` text (what the article's Step 2 pipes into `awk`) and JSON Lines (one
+//! [`TcpEvent`] per line, snat's own format).
+//!
+//! The text formatting here is the tracer's own; if `snat_core::tcptracer` grows a
+//! formatter of its own, [`tcptracer_line`] is the one function to swap for it.
+
+use std::io::{self, Write};
+
+use snat_core::model::{Family, TcpEvent};
+
+/// tcptracer's first line.
+pub const TCPTRACER_BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
+
+/// The `-t -v` column header (`TIME(ns) TYPE PID COMM IP SADDR DADDR SPORT DPORT NETNS`).
+pub fn tcptracer_header() -> String {
+    format!(
+        "{:<14}{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6} {:<8}",
+        "TIME(ns)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS"
+    )
+    .trim_end()
+    .to_string()
+}
+
+fn addr(ev_family: Family, ip: &std::net::IpAddr) -> String {
+    match ev_family {
+        Family::Ipv4 => ip.to_string(),
+        Family::Ipv6 => format!("[{ip}]"),
+    }
+}
+
+/// One event as a `tcptracer -t -v` line (no newline). `start_ns` is the time of the
+/// first event of the trace: tcptracer's TIME column counts from it. Failed connects, which
+/// tcptracer never reports, are typed `failed_connect` (snat's log reader accepts it).
+/// An owner the tracer could not know is printed as pid 0 and comm `[unknown]`.
+pub fn tcptracer_line(ev: &TcpEvent, start_ns: u64) -> String {
+    let t = ev.time_ns.map_or(0, |t| t.saturating_sub(start_ns));
+    let comm = if ev.comm.is_empty() {
+        "[unknown]"
+    } else {
+        ev.comm.as_str()
+    };
+    format!(
+        "{:<14}{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6} {:<8}",
+        t,
+        ev.kind.as_str(),
+        ev.pid,
+        comm,
+        ev.family.number(),
+        addr(ev.family, &ev.saddr),
+        addr(ev.family, &ev.daddr),
+        ev.sport,
+        ev.dport,
+        ev.netns.map_or_else(|| "0".to_string(), |n| n.to_string()),
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// Writes events as tcptracer `-t -v` text: the banner and header first, then one line per
+/// event, times relative to the first event.
+#[derive(Debug)]
+pub struct TextWriter<W: Write> {
+    out: W,
+    start_ns: Option<u64>,
+}
+
+impl<W: Write> TextWriter<W> {
+    /// Start a text trace on `out` (writes the banner and the header).
+    pub fn new(mut out: W) -> io::Result<Self> {
+        writeln!(out, "{TCPTRACER_BANNER}")?;
+        writeln!(out, "{}", tcptracer_header())?;
+        Ok(TextWriter { out, start_ns: None })
+    }
+
+    /// Write one event.
+    pub fn write(&mut self, ev: &TcpEvent) -> io::Result<()> {
+        let start = *self.start_ns.get_or_insert(ev.time_ns.unwrap_or(0));
+        writeln!(self.out, "{}", tcptracer_line(ev, start))
+    }
+
+    /// Flush and return the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Writes events as JSON Lines (serde of [`TcpEvent`]).
+#[derive(Debug)]
+pub struct JsonlWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonlWriter<W> {
+    /// A JSON Lines writer on `out`.
+    pub fn new(out: W) -> Self {
+        JsonlWriter { out }
+    }
+
+    /// Write one event as one line.
+    pub fn write(&mut self, ev: &TcpEvent) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, ev)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Flush and return the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snat_core::model::{Clock, EventKind};
+
+    fn ev(kind: EventKind, family: Family, s: &str, d: &str, t: u64) -> TcpEvent {
+        TcpEvent {
+            time_ns: Some(t),
+            clock: Clock::Unix,
+            kind,
+            pid: 4242,
+            comm: "curl worker".into(),
+            family,
+            saddr: s.parse().unwrap(),
+            daddr: d.parse().unwrap(),
+            sport: 40000,
+            dport: 443,
+            netns: Some(4026532785),
+            cgroup_id: None,
+            prev_state: None,
+            duration_ns: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn text_has_tcptracer_columns() {
+        let mut w = TextWriter::new(Vec::new()).unwrap();
+        w.write(&ev(EventKind::Connect, Family::Ipv4, "10.0.0.1", "203.0.113.5", 1_000))
+            .unwrap();
+        w.write(&ev(
+            EventKind::FailedConnect,
+            Family::Ipv6,
+            "fd00::1",
+            "2001:db8::5",
+            1_500,
+        ))
+        .unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], TCPTRACER_BANNER);
+        let head: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            head,
+            [
+                "TIME(ns)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS"
+            ]
+        );
+        let l: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            l,
+            [
+                "0",
+                "connect",
+                "4242",
+                "curl",
+                "worker",
+                "4",
+                "10.0.0.1",
+                "203.0.113.5",
+                "40000",
+                "443",
+                "4026532785"
+            ]
+        );
+        let l: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(l[0], "500");
+        assert_eq!(l[1], "failed_connect");
+        assert_eq!(l[6], "[fd00::1]");
+        assert_eq!(l[7], "[2001:db8::5]");
+        // Fixed columns as tcptracer prints them: TYPE starts at column 14, PID at 27.
+        assert_eq!(&lines[2][14..21], "connect");
+        assert_eq!(&lines[2][27..31], "4242");
+    }
+
+    #[test]
+    fn jsonl_round_trips() {
+        let mut w = JsonlWriter::new(Vec::new());
+        let e = ev(EventKind::Close, Family::Ipv4, "10.0.0.1", "203.0.113.5", 7);
+        w.write(&e).unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert!(text.ends_with('\n'));
+        let back: TcpEvent = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(back, e);
+    }
+}

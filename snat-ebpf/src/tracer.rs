@@ -1,0 +1,801 @@
+//! Loading, configuring, running and detaching the kernel program.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use snat_ebpf::{Mode, TracerBuilder};
+//!
+//! # fn main() -> Result<(), snat_ebpf::Error> {
+//! let mut tracer = TracerBuilder::new()
+//!     .duration(Duration::from_secs(10))
+//!     .mode(Mode::Stream)
+//!     .dport(443)
+//!     .attach()?; // tracing starts here; dropping `tracer` detaches it
+//! tracer.run(|ev| println!("{ev:?}"), |_progress| {})?;
+//! let result = tracer.finish(|ev| println!("{ev:?}"))?;
+//! println!("{} flows, {} events lost", result.flows.len(), result.stats.lost());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Nothing stays attached once the [`Tracer`] is gone: the program's link is owned by it,
+//! so it is detached by [`Tracer::finish`], by `Drop` (also while a panic unwinds), and the
+//! run loop returns as soon as the caller's cancel flag (set by a SIGINT/SIGTERM handler)
+//! is seen.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, TracePoint, trace_point::TracePointLinkId};
+use aya::{Ebpf, EbpfLoader};
+use snat_core::model::{Family, TcpEvent};
+
+use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
+use crate::error::{Error, is_permission};
+use crate::flow::{FlowRow, WallClock, event_from_raw};
+
+/// The compiled kernel program (`bpf/snat_tcp.bpf.o`, built by `scripts/build-bpf`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/snat_tcp.bpf.o");
+
+/// The compiled kernel program, as embedded in this crate.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// What the kernel program produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Only per-flow counters in a kernel map (cheapest; no pid/comm/sport per event).
+    #[default]
+    Aggregated,
+    /// Counters plus one ring-buffer record per event, with batched wakeups.
+    Stream,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "aggregated" | "aggregate" | "agg" => Ok(Mode::Aggregated),
+            "stream" | "events" => Ok(Mode::Stream),
+            other => Err(Error::InvalidOption(format!(
+                "unknown mode {other:?}: expected \"aggregated\" or \"stream\""
+            ))),
+        }
+    }
+}
+
+/// Which events are counted, decided in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only these network namespaces (inodes); empty: all.
+    pub netns: Vec<u64>,
+    /// Only sockets owned by this process (tgid): the `connect()` caller, or the
+    /// `listen()` caller for accepted sockets.
+    pub pid: Option<u32>,
+    /// Only this server port: the remote port of outbound connections, the local
+    /// (listening) port of inbound ones.
+    pub dport: Option<u16>,
+    /// Only this address family.
+    pub family: Option<Family>,
+}
+
+/// Configures and starts a [`Tracer`].
+#[derive(Debug, Clone)]
+pub struct TracerBuilder {
+    duration: Option<Duration>,
+    mode: Mode,
+    filters: Filters,
+    ring_bytes: u32,
+    wakeup_bytes: u64,
+    drain_interval: Duration,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for TracerBuilder {
+    fn default() -> Self {
+        TracerBuilder::new()
+    }
+}
+
+impl TracerBuilder {
+    /// Defaults: aggregated mode, no filter, no time limit (runs until cancelled), a
+    /// 4 MiB ring buffer, wakeups forced past 256 KiB of waiting events, drained every
+    /// 100 ms.
+    pub fn new() -> TracerBuilder {
+        TracerBuilder {
+            duration: None,
+            mode: Mode::Aggregated,
+            filters: Filters::default(),
+            ring_bytes: 4 << 20,
+            wakeup_bytes: 256 << 10,
+            drain_interval: Duration::from_millis(100),
+            cancel: None,
+        }
+    }
+
+    /// How long [`Tracer::run`] traces.
+    pub fn duration(mut self, d: Duration) -> Self {
+        self.duration = Some(d);
+        self
+    }
+
+    /// Aggregated counters only, or also the event stream.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// All filters at once.
+    pub fn filters(mut self, f: Filters) -> Self {
+        self.filters = f;
+        self
+    }
+
+    /// Only these network namespaces (inode numbers, as `stat -L -c %i /proc/PID/ns/net`).
+    pub fn netns(mut self, inodes: impl IntoIterator<Item = u64>) -> Self {
+        self.filters.netns = inodes.into_iter().collect();
+        self
+    }
+
+    /// Only sockets owned by this process.
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.filters.pid = Some(pid);
+        self
+    }
+
+    /// Only this server port (see [`Filters::dport`]).
+    pub fn dport(mut self, port: u16) -> Self {
+        self.filters.dport = Some(port);
+        self
+    }
+
+    /// Only this family.
+    pub fn family(mut self, family: Family) -> Self {
+        self.filters.family = Some(family);
+        self
+    }
+
+    /// Ring-buffer size in bytes (a power of two, at least one page). Stream mode only.
+    pub fn ring_buffer_bytes(mut self, n: u32) -> Self {
+        self.ring_bytes = n;
+        self
+    }
+
+    /// Force a wakeup of the reader once this many bytes wait in the ring buffer; below
+    /// that, the reader drains on its timer.
+    pub fn wakeup_bytes(mut self, n: u64) -> Self {
+        self.wakeup_bytes = n;
+        self
+    }
+
+    /// How often the reader drains the ring buffer without a wakeup (and polls the
+    /// cancel flag).
+    pub fn drain_interval(mut self, d: Duration) -> Self {
+        self.drain_interval = d;
+        self
+    }
+
+    /// A flag that stops [`Tracer::run`] when set (e.g. by a SIGINT/SIGTERM handler).
+    pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.duration == Some(Duration::ZERO) {
+            return Err(Error::InvalidOption("duration must be more than 0 seconds".into()));
+        }
+        if self.mode == Mode::Stream && (!self.ring_bytes.is_power_of_two() || self.ring_bytes < page_size()) {
+            return Err(Error::InvalidOption(format!(
+                "ring buffer size {} must be a power of two and at least one page ({} bytes)",
+                self.ring_bytes,
+                page_size()
+            )));
+        }
+        if self.drain_interval.is_zero() {
+            return Err(Error::InvalidOption("drain interval must be more than 0".into()));
+        }
+        if self.filters.netns.len() > 256 {
+            return Err(Error::InvalidOption(format!(
+                "at most 256 network namespaces can be filtered on, got {}",
+                self.filters.netns.len()
+            )));
+        }
+        if let Some(n) = self
+            .filters
+            .netns
+            .iter()
+            .find(|n| u32::try_from(**n).is_err() || **n == 0)
+        {
+            return Err(Error::InvalidOption(format!(
+                "{n} is not a network namespace inode (expected e.g. 4026531840)"
+            )));
+        }
+        if self.filters.pid == Some(0) {
+            return Err(Error::InvalidOption("pid filter must not be 0".into()));
+        }
+        if self.filters.dport == Some(0) {
+            return Err(Error::InvalidOption("port filter must not be 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Check the host, load the program with this configuration and attach it: tracing
+    /// starts when this returns.
+    pub fn attach(self) -> Result<Tracer, Error> {
+        self.validate()?;
+        preflight()?;
+        let clock = WallClock::now();
+        let emit: u8 = u8::from(self.mode == Mode::Stream);
+        let filter_netns: u8 = u8::from(!self.filters.netns.is_empty());
+        let family: u16 = match self.filters.family {
+            None => 0,
+            Some(Family::Ipv4) => abi::AF_INET,
+            Some(Family::Ipv6) => abi::AF_INET6,
+        };
+        let port: u16 = self.filters.dport.unwrap_or(0);
+        let pid: u32 = self.filters.pid.unwrap_or(0);
+        let wakeup: u64 = self.wakeup_bytes;
+        let ring = if self.mode == Mode::Stream {
+            self.ring_bytes
+        } else {
+            page_size()
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(abi::CFG_EMIT_EVENTS, &emit, true)
+            .override_global(abi::CFG_FILTER_NETNS, &filter_netns, true)
+            .override_global(abi::CFG_FAMILY, &family, true)
+            .override_global(abi::CFG_PORT, &port, true)
+            .override_global(abi::CFG_PID, &pid, true)
+            .override_global(abi::CFG_WAKEUP_BYTES, &wakeup, true)
+            .map_max_entries(abi::MAP_EVENTS, ring)
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission(&e) {
+                    Error::NotPermitted {
+                        what: "create eBPF maps".into(),
+                        source: Some(Box::new(e)),
+                    }
+                } else {
+                    Error::Load {
+                        message: "creating maps or applying CO-RE relocations failed".into(),
+                        source: Box::new(e),
+                    }
+                }
+            })?;
+
+        if !self.filters.netns.is_empty() {
+            let map = ebpf.map_mut(abi::MAP_NETNS_ALLOW).ok_or(Error::Map {
+                name: abi::MAP_NETNS_ALLOW,
+                what: "missing from the object".into(),
+                source: None,
+            })?;
+            let mut allow: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_NETNS_ALLOW, e))?;
+            for n in &self.filters.netns {
+                let n = u32::try_from(*n).unwrap_or(0);
+                allow.insert(n, 1, 0).map_err(|e| map_err(abi::MAP_NETNS_ALLOW, e))?;
+            }
+        }
+
+        let ring = if self.mode == Mode::Stream {
+            let map = ebpf.take_map(abi::MAP_EVENTS).ok_or(Error::Map {
+                name: abi::MAP_EVENTS,
+                what: "missing from the object".into(),
+                source: None,
+            })?;
+            Some(RingBuf::try_from(map).map_err(|e| map_err(abi::MAP_EVENTS, e))?)
+        } else {
+            None
+        };
+
+        let prog: &mut TracePoint = ebpf
+            .program_mut(abi::PROGRAM)
+            .ok_or_else(|| Error::Map {
+                name: "program",
+                what: format!("program {} missing from the object", abi::PROGRAM),
+                source: None,
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| Error::ProgramLoad {
+                program: abi::PROGRAM.into(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(load_error)?;
+        let link = prog.attach(abi::TP_CATEGORY, abi::TP_NAME).map_err(|e| {
+            if is_permission(&e) {
+                Error::NotPermitted {
+                    what: format!("attach to tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME),
+                    source: Some(Box::new(e)),
+                }
+            } else {
+                Error::Attach {
+                    tracepoint: format!("{}/{}", abi::TP_CATEGORY, abi::TP_NAME),
+                    source: Box::new(e),
+                }
+            }
+        })?;
+        tracing::debug!(mode = ?self.mode, filters = ?self.filters, "snat tracer attached");
+        Ok(Tracer {
+            ebpf,
+            link: Some(link),
+            ring,
+            mode: self.mode,
+            duration: self.duration,
+            drain_interval: self.drain_interval,
+            cancel: self.cancel,
+            started: Instant::now(),
+            clock,
+            events_read: 0,
+            events_malformed: 0,
+        })
+    }
+}
+
+fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
+    Error::Map {
+        name,
+        what: "cannot use it".into(),
+        source: Some(Box::new(e)),
+    }
+}
+
+fn load_error(e: ProgramError) -> Error {
+    match e {
+        ProgramError::LoadError {
+            ref io_error,
+            ref verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if matches!(io_error.raw_os_error(), Some(libc::EPERM)) && log.trim().is_empty() {
+                Error::NotPermitted {
+                    what: format!("load eBPF program {} (BPF_PROG_LOAD returned EPERM)", abi::PROGRAM),
+                    source: Some(Box::new(e)),
+                }
+            } else {
+                Error::Verifier {
+                    program: abi::PROGRAM.into(),
+                    log: format!("{io_error}\n{log}"),
+                }
+            }
+        }
+        other => Error::ProgramLoad {
+            program: abi::PROGRAM.into(),
+            source: Box::new(other),
+        },
+    }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a program, returning its `recursion_misses`.
+fn prog_recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is a plain C struct of integers; all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd).ok()?,
+        info_len: u32::try_from(size_of::<bpf_prog_info>()).ok()?,
+        info: (&raw mut info) as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr points to a valid, initialised attribute block of the size passed, and
+    // attr.info to a writable bpf_prog_info of info_len bytes that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).unwrap_or(4096)
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Check what the tracer needs before touching the kernel: capabilities, BTF, tracefs
+/// (mounted here when missing and allowed). Each failure says what to do.
+pub fn preflight() -> Result<(), Error> {
+    if let Some(caps) = effective_caps() {
+        let has = |c: u32| caps & (1u64 << c) != 0;
+        if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+            return Err(Error::NotPermitted {
+                what: "load eBPF programs (this process has neither CAP_SYS_ADMIN nor CAP_BPF + CAP_PERFMON)".into(),
+                source: None,
+            });
+        }
+    }
+    if !Path::new(BTF_PATH).exists() {
+        return Err(Error::NoBtf { path: BTF_PATH.into() });
+    }
+    ensure_tracefs()
+}
+
+fn tracepoint_dir(root: &str) -> std::path::PathBuf {
+    Path::new(root).join("events").join(abi::TP_CATEGORY).join(abi::TP_NAME)
+}
+
+fn ensure_tracefs() -> Result<(), Error> {
+    if tracepoint_dir(TRACEFS).exists() || tracepoint_dir(DEBUGFS_TRACING).exists() {
+        return Ok(());
+    }
+    if Path::new(TRACEFS).join("events").exists() {
+        return Err(Error::TracefsUnavailable {
+            detail: format!(
+                "tracefs is mounted but has no {}/{} tracepoint (kernel older than 4.16?)",
+                abi::TP_CATEGORY,
+                abi::TP_NAME
+            ),
+            source: None,
+        });
+    }
+    let src = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(Error::TracefsUnavailable {
+            detail: format!("{TRACEFS}/events is absent and mounting tracefs there failed"),
+            source: Some(std::io::Error::last_os_error()),
+        });
+    }
+    tracing::info!("mounted tracefs on {TRACEFS}");
+    if tracepoint_dir(TRACEFS).exists() {
+        Ok(())
+    } else {
+        Err(Error::TracefsUnavailable {
+            detail: format!(
+                "mounted tracefs on {TRACEFS} but it has no {}/{} tracepoint",
+                abi::TP_CATEGORY,
+                abi::TP_NAME
+            ),
+            source: None,
+        })
+    }
+}
+
+/// Counters kept by the kernel program (summed over CPUs) and by the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    /// Events the program wrote to the ring buffer.
+    pub events_sent: u64,
+    /// Events lost because the ring buffer was full (reader too slow).
+    pub events_dropped: u64,
+    /// Events not counted because the flow table was full.
+    pub flows_full: u64,
+    /// Connects/accepts/failures whose owner was unknown (socket or listener older than
+    /// the trace): reported with pid 0.
+    pub owner_unknown: u64,
+    /// Events that passed the filters and were counted.
+    pub counted: u64,
+    /// Socket-table updates that failed.
+    pub socks_full: u64,
+    /// Program runs the kernel skipped because another eBPF program was running on the
+    /// same CPU (`recursion_misses`): each may have been an event, so this is an upper
+    /// bound on events the kernel never showed the program.
+    pub missed_runs: u64,
+    /// Events read from the ring buffer by this process.
+    pub events_read: u64,
+    /// Ring-buffer records that could not be decoded.
+    pub events_malformed: u64,
+}
+
+impl KernelStats {
+    /// Every event lost on the way: dropped in the kernel, not counted for lack of map
+    /// space, or sent but never read (only possible if the reader stopped early).
+    ///
+    /// Does not include [`KernelStats::missed_runs`]; see [`KernelStats::possibly_lost`].
+    pub fn lost(&self) -> u64 {
+        self.events_dropped
+            + self.flows_full
+            + self.events_malformed
+            + self
+                .events_sent
+                .saturating_sub(self.events_read + self.events_malformed)
+    }
+
+    /// [`KernelStats::lost`] plus the program runs the kernel skipped: an upper bound on
+    /// every event missing from the trace.
+    pub fn possibly_lost(&self) -> u64 {
+        self.lost() + self.missed_runs
+    }
+}
+
+/// Progress of a running trace, for a progress line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Time since the tracer was attached.
+    pub elapsed: Duration,
+    /// Time left, when there is a duration.
+    pub remaining: Option<Duration>,
+    /// Events counted so far (in the kernel).
+    pub events: u64,
+    /// Events lost so far.
+    pub lost: u64,
+}
+
+/// Why [`Tracer::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The duration elapsed.
+    Elapsed,
+    /// The cancel flag was set.
+    Cancelled,
+}
+
+/// What a finished trace produced.
+#[derive(Debug, Clone)]
+pub struct TraceResult {
+    /// The kernel's per-flow counters, sorted by key.
+    pub flows: Vec<FlowRow>,
+    /// Loss accounting and counters.
+    pub stats: KernelStats,
+    /// Time between attach and detach.
+    pub elapsed: Duration,
+    /// The mode it ran in.
+    pub mode: Mode,
+}
+
+/// An attached tracer. Dropping it detaches the program and frees its maps.
+pub struct Tracer {
+    ebpf: Ebpf,
+    link: Option<TracePointLinkId>,
+    ring: Option<RingBuf<MapData>>,
+    mode: Mode,
+    duration: Option<Duration>,
+    drain_interval: Duration,
+    cancel: Option<Arc<AtomicBool>>,
+    started: Instant,
+    clock: WallClock,
+    events_read: u64,
+    events_malformed: u64,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("mode", &self.mode)
+            .field("attached", &self.link.is_some())
+            .field("events_read", &self.events_read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// The mode it runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog` lists it).
+    pub fn program_id(&self) -> Option<u32> {
+        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
+        prog.info().ok().map(|i| i.id())
+    }
+
+    /// How many times the kernel skipped running the program because another eBPF
+    /// program was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
+    /// skipped run may have been an event.
+    pub fn missed_runs(&self) -> Option<u64> {
+        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
+        let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+        prog_recursion_misses(fd)
+    }
+
+    /// Whether the program is still attached.
+    pub fn is_attached(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Read every event waiting in the ring buffer, without blocking. Returns how many
+    /// were read. Does nothing in aggregated mode.
+    pub fn drain(&mut self, on_event: &mut dyn FnMut(TcpEvent)) -> usize {
+        let Some(ring) = self.ring.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            match RawEvent::from_bytes(&item).and_then(|r| event_from_raw(&r, &self.clock)) {
+                Some(ev) => {
+                    self.events_read += 1;
+                    n += 1;
+                    on_event(ev);
+                }
+                None => self.events_malformed += 1,
+            }
+        }
+        n
+    }
+
+    /// Wait up to `timeout` for the kernel to signal waiting events (it does once
+    /// [`TracerBuilder::wakeup_bytes`] wait). In aggregated mode this just sleeps.
+    pub fn wait(&self, timeout: Duration) -> Result<(), Error> {
+        let Some(ring) = self.ring.as_ref() else {
+            std::thread::sleep(timeout);
+            return Ok(());
+        };
+        let mut pfd = libc::pollfd {
+            fd: ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: pfd is a valid pollfd and we pass a count of 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Io {
+                    what: "poll on the ring buffer",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
+    /// Trace until the duration elapses or the cancel flag is set, passing each event to
+    /// `on_event` (stream mode) and a [`Progress`] about once a second to `on_progress`.
+    /// Without a duration and a cancel flag this would never end, so it is refused.
+    pub fn run(
+        &mut self,
+        mut on_event: impl FnMut(TcpEvent),
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<RunEnd, Error> {
+        if self.duration.is_none() && self.cancel.is_none() {
+            return Err(Error::InvalidOption(
+                "Tracer::run needs a duration or a cancel flag, or it would never end".into(),
+            ));
+        }
+        let deadline = self.duration.map(|d| self.started + d);
+        let mut last_progress = Instant::now();
+        loop {
+            if self.cancelled() {
+                return Ok(RunEnd::Cancelled);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(RunEnd::Elapsed);
+            }
+            let step = deadline.map_or(self.drain_interval, |d| self.drain_interval.min(d - now));
+            self.wait(step)?;
+            self.drain(&mut on_event);
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let s = self.stats()?;
+                on_progress(&Progress {
+                    elapsed: self.started.elapsed(),
+                    remaining: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+                    events: s.counted,
+                    lost: s.lost(),
+                });
+            }
+        }
+    }
+
+    /// Detach the program (no more events are produced); the maps stay readable.
+    pub fn detach(&mut self) -> Result<(), Error> {
+        if let Some(link) = self.link.take() {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(abi::PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Map {
+                    name: "program",
+                    what: "program vanished".into(),
+                    source: None,
+                })?;
+            prog.detach(link).map_err(|e| Error::Attach {
+                tracepoint: format!("{}/{} (detach)", abi::TP_CATEGORY, abi::TP_NAME),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters so far.
+    pub fn stats(&self) -> Result<KernelStats, Error> {
+        let map = self.ebpf.map(abi::MAP_STATS).ok_or(Error::Map {
+            name: abi::MAP_STATS,
+            what: "missing from the object".into(),
+            source: None,
+        })?;
+        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| map_err(abi::MAP_STATS, e))?;
+        let get = |i: u32| -> Result<u64, Error> {
+            Ok(arr
+                .get(&i, 0)
+                .map_err(|e| map_err(abi::MAP_STATS, e))?
+                .iter()
+                .copied()
+                .fold(0u64, u64::saturating_add))
+        };
+        Ok(KernelStats {
+            events_sent: get(abi::STAT_EVENTS_SENT)?,
+            events_dropped: get(abi::STAT_EVENTS_DROPPED)?,
+            flows_full: get(abi::STAT_FLOWS_FULL)?,
+            owner_unknown: get(abi::STAT_OWNER_UNKNOWN)?,
+            counted: get(abi::STAT_COUNTED)?,
+            socks_full: get(abi::STAT_SOCKS_FULL)?,
+            missed_runs: self.missed_runs().unwrap_or(0),
+            events_read: self.events_read,
+            events_malformed: self.events_malformed,
+        })
+    }
+
+    /// The kernel's per-flow counters so far, sorted by key.
+    pub fn flows(&self) -> Result<Vec<FlowRow>, Error> {
+        let map = self.ebpf.map(abi::MAP_FLOWS).ok_or(Error::Map {
+            name: abi::MAP_FLOWS,
+            what: "missing from the object".into(),
+            source: None,
+        })?;
+        let flows: BpfHashMap<_, FlowKey, FlowCounts> =
+            BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
+        let mut rows = Vec::new();
+        for item in flows.iter() {
+            match item {
+                Ok((k, c)) => rows.extend(FlowRow::from_raw(&k, &c)),
+                // An entry deleted while iterating is skipped; the map is never deleted from.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(abi::MAP_FLOWS, e)),
+            }
+        }
+        rows.sort_by(|a, b| {
+            (a.netns, a.family, a.direction, a.saddr, a.daddr, a.port).cmp(&(
+                b.netns,
+                b.family,
+                b.direction,
+                b.saddr,
+                b.daddr,
+                b.port,
+            ))
+        });
+        Ok(rows)
+    }
+
+    /// Detach, read the last events (passed to `on_event`), then the counters.
+    pub fn finish(mut self, mut on_event: impl FnMut(TcpEvent)) -> Result<TraceResult, Error> {
+        self.detach()?;
+        let elapsed = self.started.elapsed();
+        self.drain(&mut on_event);
+        Ok(TraceResult {
+            flows: self.flows()?,
+            stats: self.stats()?,
+            elapsed,
+            mode: self.mode,
+        })
+    }
+}

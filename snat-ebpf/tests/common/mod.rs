@@ -1,0 +1,266 @@
+//! Small, self-contained helpers for the privileged tests: the root/CI skip rule, network
+//! namespaces joined by veth pairs (each a guard that removes itself on drop, also when a
+//! test fails), threads running inside a namespace, and a server process in a namespace.
+//!
+//! Names are unique per process and call (pid + counter), so tests run in parallel.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when the test may run. Not root and no `CI`: prints `skipped: needs root` and
+/// returns false. Not root with `CI` set: fails.
+pub fn need_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root, and CI is set: run the test suite as root");
+    }
+    println!("skipped: needs root");
+    false
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name: prefix + pid + counter (fits interface names, 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id() % 1_000_000)
+}
+
+/// Run a command; panic with its output if it fails.
+pub fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("snt");
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// The namespace's inode, as the kernel program reports it.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(self.path()).expect("stat netns").ino()
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v);
+    }
+
+    /// Set a sysctl inside the namespace (net.* sysctls are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Run `f` on a new thread named `thread_name` that has entered this namespace; the
+    /// thread's comm is its name and its pid (tgid) is this process's.
+    pub fn in_thread<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on a valid fd; it only changes this thread's namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .expect("spawn thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A veth pair joining two namespaces, with one address on each end (IPv4 /24 and IPv6
+/// /64 on both, `nodad` so IPv6 is usable at once). Deleted with the namespaces; the
+/// guard removes it in case a namespace outlives it.
+#[derive(Debug)]
+pub struct Veth {
+    pub a_name: String,
+    pub a_ns: String,
+}
+
+pub const A4: &str = "198.18.0.1";
+pub const B4: &str = "198.18.0.2";
+pub const A6: &str = "fd00:5a7::1";
+pub const B6: &str = "fd00:5a7::2";
+
+impl Veth {
+    pub fn join(a: &Netns, b: &Netns) -> Veth {
+        let an = unique("va");
+        let bn = unique("vb");
+        run(&["ip", "link", "add", &an, "type", "veth", "peer", "name", &bn]);
+        let guard = Veth {
+            a_name: an.clone(),
+            a_ns: a.name.clone(),
+        };
+        run(&["ip", "link", "set", &an, "netns", &a.name]);
+        run(&["ip", "link", "set", &bn, "netns", &b.name]);
+        for (ns, dev, v4, v6) in [(a, &an, A4, A6), (b, &bn, B4, B6)] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.exec(&["ip", "link", "set", dev, "up"]);
+        }
+        guard
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.a_ns, "ip", "link", "del", &self.a_name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A TCP server process (`python3`) in a namespace: accepts connections, reads each to
+/// EOF, closes it. Killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The server's pid (reported by the process itself).
+    pub pid: u32,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its command name.
+    pub comm: String,
+}
+
+const SERVER_PY: &str = r#"
+import os, socket, sys, threading
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 0))
+s.listen(1024)
+print("READY", os.getpid(), s.getsockname()[1], flush=True)
+def serve(c):
+    while c.recv(4096):
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+impl Server {
+    pub fn start(ns: &Netns, addr: IpAddr) -> Server {
+        let python = if std::path::Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, python, "-c", SERVER_PY, &addr.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("server output");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(parts.first(), Some(&"READY"), "server said {line:?}");
+        let pid: u32 = parts[1].parse().unwrap();
+        let port: u16 = parts[2].parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server { child, pid, port, comm }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a firewall tool usable inside a namespace is installed: `nft`, else `iptables`.
+pub fn firewall_tool() -> Option<&'static str> {
+    ["nft", "iptables"].into_iter().find(|t| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Drop incoming TCP SYNs to `port` inside `ns` only.
+pub fn drop_syns(ns: &Netns, port: u16) {
+    let p = port.to_string();
+    match firewall_tool() {
+        Some("nft") => {
+            ns.exec(&["nft", "add", "table", "inet", "snat_test"]);
+            ns.exec(&[
+                "nft",
+                "add chain inet snat_test input { type filter hook input priority 0 ; }",
+            ]);
+            ns.exec(&[
+                "nft",
+                "add",
+                "rule",
+                "inet",
+                "snat_test",
+                "input",
+                "tcp",
+                "dport",
+                &p,
+                "drop",
+            ]);
+        }
+        Some(_) => {
+            ns.exec(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"]);
+            ns.exec(&["ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"]);
+        }
+        None => panic!("neither nft nor iptables is installed: apt-get install -y nftables"),
+    }
+}

@@ -1,0 +1,446 @@
+//! `trace::` — live TCP tracing on this node with eBPF (snat-ebpf), returning the same
+//! `Trace` as `tcptracer::read`, so one playbook ranks a live window or a log.
+//!
+//! ```rhai
+//! let t = trace::run(#{seconds: 30, mode: "aggregated", by: [["saddr", "netns"], ["netns", "daddr", "dport"]]});
+//! report::table("top talkers", t.rank(["saddr", "netns"]).top(10));
+//! ```
+//!
+//! Options (all optional):
+//!
+//! | option | meaning | default |
+//! | --- | --- | --- |
+//! | `seconds` | how long to trace (integer or float, > 0) | 10 |
+//! | `mode` | `"aggregated"` (counters in the kernel) or `"stream"` (one event per connection) | `"aggregated"` |
+//! | `by` | groupings to keep, arrays of field names | `[["saddr","netns"],["netns","daddr","dport"]]` |
+//! | `netns` | network namespace inodes to trace (array of integers) | all |
+//! | `pid` | only sockets owned by this process | all |
+//! | `dport` | only this server port (remote port outbound, local port inbound) | all |
+//! | `family` | `"ipv4"` or `"ipv6"` | both |
+//! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
+//! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
+//!
+//! In aggregated mode the kernel keeps one port per row (the remote port of outbound
+//! connections, the listening port of inbound ones) and no pid or comm: grouping by `pid`
+//! or `comm` needs `mode: "stream"`; `dport` of an inbound row and `sport` of an outbound
+//! row are `()`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rhai::{Dynamic, EvalAltResult, Map, Module};
+use snat_core::aggregate::{Field, TraceSummary};
+use snat_core::model::{Family, TcpEvent};
+use snat_ebpf::output::{JsonlWriter, TextWriter};
+use snat_ebpf::{Mode, Progress, RunEnd, TraceResult, TracerBuilder};
+
+use super::types::{Trace, groupings_of};
+use super::{func, to_json};
+use crate::ctx::{Ctx, StageError};
+
+const KNOWN: [&str; 9] = [
+    "seconds",
+    "mode",
+    "by",
+    "netns",
+    "pid",
+    "dport",
+    "family",
+    "text_out",
+    "jsonl_out",
+];
+
+/// The parsed options of `trace::run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceOptions {
+    /// How long to trace.
+    pub duration: Duration,
+    /// Aggregated or stream.
+    pub mode: Mode,
+    /// Groupings to keep.
+    pub by: Vec<Vec<Field>>,
+    /// netns filter.
+    pub netns: Vec<u64>,
+    /// pid filter.
+    pub pid: Option<u32>,
+    /// port filter.
+    pub dport: Option<u16>,
+    /// family filter.
+    pub family: Option<Family>,
+    /// tcptracer text output file.
+    pub text_out: Option<PathBuf>,
+    /// JSON Lines output file.
+    pub jsonl_out: Option<PathBuf>,
+}
+
+fn int_in<T: TryFrom<i64>>(name: &str, v: &Dynamic, what: &str) -> Result<T, String> {
+    let n = v
+        .as_int()
+        .map_err(|t| format!("option `{name}` must be an integer ({what}), got {t}"))?;
+    T::try_from(n).map_err(|_| format!("option `{name}`: {n} is not {what}"))
+}
+
+fn string_of(name: &str, v: &Dynamic) -> Result<String, String> {
+    v.clone()
+        .into_string()
+        .map_err(|t| format!("option `{name}` must be a string, got {t}"))
+}
+
+/// Parse and check `trace::run`'s options (a playbook mistake is an `Err` message).
+pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
+    if let Some(k) = opts.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown option `{k}` for trace::run: expected one of {}",
+            KNOWN.join(", ")
+        ));
+    }
+    let seconds = match opts.get("seconds") {
+        None => 10.0,
+        Some(v) if v.is_int() => v.as_int().unwrap_or(0) as f64,
+        Some(v) if v.is_float() => v.as_float().unwrap_or(0.0),
+        Some(v) => return Err(format!("option `seconds` must be a number, got {}", v.type_name())),
+    };
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!(
+            "option `seconds` must be more than 0 and at most 86400, got {seconds}"
+        ));
+    }
+    let mode = match opts.get("mode") {
+        None => Mode::Aggregated,
+        Some(v) => string_of("mode", v)?.parse::<Mode>().map_err(|e| e.to_string())?,
+    };
+    let by = match opts.get("by") {
+        None => TraceSummary::default_groupings(),
+        Some(v) => groupings_of(v).map_err(|e| e.to_string())?,
+    };
+    if mode == Mode::Aggregated
+        && let Some(f) = by.iter().flatten().find(|f| matches!(f, Field::Pid | Field::Comm))
+    {
+        return Err(format!(
+            "grouping by `{f}` needs mode: \"stream\" (the kernel's aggregation keeps no pid or comm)"
+        ));
+    }
+    let netns = match opts.get("netns") {
+        None => Vec::new(),
+        Some(v) => {
+            let arr = v
+                .clone()
+                .into_array()
+                .map_err(|t| format!("option `netns` must be an array of inode numbers, got {t}"))?;
+            if arr.is_empty() {
+                return Err("option `netns` is empty: leave it out to trace every namespace".into());
+            }
+            arr.iter()
+                .map(|d| int_in::<u32>("netns", d, "a network namespace inode").map(u64::from))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let pid = opts
+        .get("pid")
+        .map(|v| int_in::<u32>("pid", v, "a process id"))
+        .transpose()?;
+    if pid == Some(0) {
+        return Err("option `pid` must not be 0".into());
+    }
+    let dport = opts
+        .get("dport")
+        .map(|v| int_in::<u16>("dport", v, "a port (1-65535)"))
+        .transpose()?;
+    if dport == Some(0) {
+        return Err("option `dport` must be a port (1-65535), got 0".into());
+    }
+    let family = match opts.get("family") {
+        None => None,
+        Some(v) => Some(match string_of("family", v)?.to_ascii_lowercase().as_str() {
+            "ipv4" | "4" | "inet" => Family::Ipv4,
+            "ipv6" | "6" | "inet6" => Family::Ipv6,
+            other => return Err(format!("option `family`: {other:?} is not \"ipv4\" or \"ipv6\"")),
+        }),
+    };
+    let path = |name: &str| -> Result<Option<PathBuf>, String> {
+        opts.get(name)
+            .map(|v| string_of(name, v).map(PathBuf::from))
+            .transpose()
+    };
+    let text_out = path("text_out")?;
+    let jsonl_out = path("jsonl_out")?;
+    if mode == Mode::Aggregated && (text_out.is_some() || jsonl_out.is_some()) {
+        return Err("options `text_out` and `jsonl_out` write events: they need mode: \"stream\"".into());
+    }
+    Ok(TraceOptions {
+        duration: Duration::from_secs_f64(seconds),
+        mode,
+        by,
+        netns,
+        pid,
+        dport,
+        family,
+        text_out,
+        jsonl_out,
+    })
+}
+
+fn create(path: &PathBuf) -> Result<BufWriter<File>, StageError> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| StageError::Failed(format!("cannot create trace output file {}: {e}", path.display()).into()))
+}
+
+fn ebpf_error(e: snat_ebpf::Error) -> StageError {
+    match e {
+        snat_ebpf::Error::InvalidOption(m) => StageError::Usage(m),
+        other => StageError::failed(other),
+    }
+}
+
+fn progress_line(p: &Progress) {
+    let remaining = p
+        .remaining
+        .map_or(String::new(), |r| format!(", {}s left", r.as_secs()));
+    eprint!(
+        "\rtrace: {}s elapsed{remaining}, {} events, {} lost   ",
+        p.elapsed.as_secs(),
+        p.events,
+        p.lost
+    );
+}
+
+/// Build the summary: feed rows (aggregated) or events (stream), account for losses, and
+/// explain the attribution.
+fn summarise(o: &TraceOptions, events: Vec<TcpEvent>, res: &TraceResult) -> Result<TraceSummary, StageError> {
+    let mut s = TraceSummary::new("live", o.by.clone());
+    match o.mode {
+        Mode::Stream => {
+            for e in &events {
+                s.add(e)?;
+            }
+            // Open connections are only known from the kernel's counters.
+            s.totals.open = res.flows.iter().map(|f| f.open).sum();
+        }
+        Mode::Aggregated => {
+            for f in &res.flows {
+                for part in f.split_by_kind() {
+                    s.add(&part)?;
+                }
+            }
+        }
+    }
+    let st = &res.stats;
+    s.lost_events = st.possibly_lost();
+    s.notes.push(format!(
+        "live trace, {} mode, {:.1} s; {} events counted in the kernel",
+        match o.mode {
+            Mode::Aggregated => "aggregated",
+            Mode::Stream => "stream",
+        },
+        res.elapsed.as_secs_f64(),
+        st.counted
+    ));
+    s.notes.push(
+        "pid/comm are the connect() caller's for connects and the listen() caller's for accepts (wrong for pre-fork servers and sockets passed to another process)"
+            .into(),
+    );
+    if st.events_dropped > 0 {
+        s.notes.push(format!(
+            "{} events lost: the ring buffer was full (reader too slow); kernel counters are complete",
+            st.events_dropped
+        ));
+    }
+    if st.flows_full > 0 {
+        s.notes.push(format!(
+            "{} events not counted: the kernel's flow table was full",
+            st.flows_full
+        ));
+    }
+    if st.missed_runs > 0 {
+        s.notes.push(format!(
+            "the kernel skipped the tracer {} times (another eBPF program was running on that CPU): up to that many events are missing, included in lost_events",
+            st.missed_runs
+        ));
+    }
+    if st.owner_unknown > 0 {
+        s.notes.push(format!(
+            "{} connects/accepts/failures have no owner (pid 0): their socket or listener predates the trace",
+            st.owner_unknown
+        ));
+    }
+    Ok(s)
+}
+
+fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
+    let mut text = o
+        .text_out
+        .as_ref()
+        .map(create)
+        .transpose()?
+        .map(TextWriter::new)
+        .transpose()
+        .map_err(|e| StageError::Failed(format!("cannot write trace output: {e}").into()))?;
+    let mut jsonl = o.jsonl_out.as_ref().map(create).transpose()?.map(JsonlWriter::new);
+    let mut b = TracerBuilder::new()
+        .duration(o.duration)
+        .mode(o.mode)
+        .cancel_flag(ctx.cancel_flag());
+    if !o.netns.is_empty() {
+        b = b.netns(o.netns.iter().copied());
+    }
+    if let Some(p) = o.pid {
+        b = b.pid(p);
+    }
+    if let Some(p) = o.dport {
+        b = b.dport(p);
+    }
+    if let Some(f) = o.family {
+        b = b.family(f);
+    }
+    let mut tracer = b.attach().map_err(ebpf_error)?;
+    let mut events: Vec<TcpEvent> = Vec::new();
+    let mut write_err: Option<std::io::Error> = None;
+    let mut on_event = |ev: TcpEvent| {
+        if write_err.is_none() {
+            let r = text
+                .as_mut()
+                .map_or(Ok(()), |t| t.write(&ev))
+                .and_then(|()| jsonl.as_mut().map_or(Ok(()), |j| j.write(&ev)));
+            if let Err(e) = r {
+                write_err = Some(e);
+            }
+        }
+        events.push(ev);
+    };
+    let show = ctx.options().progress;
+    let end = tracer
+        .run(&mut on_event, |p| {
+            if show {
+                progress_line(p);
+            }
+        })
+        .map_err(ebpf_error)?;
+    let res = tracer.finish(&mut on_event).map_err(ebpf_error)?;
+    if show {
+        eprintln!();
+    }
+    if end == RunEnd::Cancelled {
+        return Err(StageError::Interrupted);
+    }
+    if let Some(e) = write_err {
+        return Err(StageError::Failed(format!("cannot write trace output: {e}").into()));
+    }
+    let flush = |r: std::io::Result<BufWriter<File>>| -> Result<(), StageError> {
+        r.and_then(|mut w| w.flush())
+            .map_err(|e| StageError::Failed(format!("cannot write trace output: {e}").into()))
+    };
+    if let Some(t) = text {
+        flush(t.finish())?;
+    }
+    if let Some(j) = jsonl {
+        flush(j.finish())?;
+    }
+    let s = summarise(&o, events, &res)?;
+    let n = s.totals.events;
+    Ok((Trace(Arc::new(s)), Some(n)))
+}
+
+/// The `trace` module.
+pub fn create_module(ctx: &Ctx) -> Module {
+    let mut m = Module::new();
+    let c = ctx.clone();
+    func(
+        "run",
+        &["options: Map", "Trace"],
+        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
+    )
+    .set_into_module(&mut m, move |opts: Map| -> Result<Trace, Box<EvalAltResult>> {
+        let args = to_json(&Dynamic::from_map(opts.clone()));
+        c.stage("trace::run", args, || {
+            let o = parse_options(&opts).map_err(StageError::Usage)?;
+            run(&c, o)
+        })
+    });
+    let c = ctx.clone();
+    func(
+        "run",
+        &["Trace"],
+        "trace::run with default options: 10 seconds, aggregated, groupings (saddr, netns) and (netns, daddr, dport).",
+    )
+    .set_into_module(&mut m, move || -> Result<Trace, Box<EvalAltResult>> {
+        c.stage("trace::run", serde_json::json!({}), || {
+            let o = parse_options(&Map::new()).map_err(StageError::Usage)?;
+            run(&c, o)
+        })
+    });
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(script: &str) -> Result<TraceOptions, String> {
+        let e = rhai::Engine::new();
+        let m: Map = e.eval(script).unwrap();
+        parse_options(&m)
+    }
+
+    #[test]
+    fn defaults() {
+        let o = opts("#{}").unwrap();
+        assert_eq!(o.duration, Duration::from_secs(10));
+        assert_eq!(o.mode, Mode::Aggregated);
+        assert_eq!(o.by, TraceSummary::default_groupings());
+        assert!(o.netns.is_empty() && o.pid.is_none() && o.text_out.is_none());
+    }
+
+    #[test]
+    fn all_options() {
+        let o = opts(
+            r#"#{seconds: 2.5, mode: "stream", by: [["pid", "comm"]], netns: [4026531840], pid: 12, dport: 443,
+                 family: "ipv6", text_out: "t.log", jsonl_out: "t.jsonl"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.duration, Duration::from_millis(2500));
+        assert_eq!(o.mode, Mode::Stream);
+        assert_eq!(o.by, vec![vec![Field::Pid, Field::Comm]]);
+        assert_eq!(o.netns, vec![4026531840]);
+        assert_eq!((o.pid, o.dport, o.family), (Some(12), Some(443), Some(Family::Ipv6)));
+        assert_eq!(o.text_out, Some(PathBuf::from("t.log")));
+    }
+
+    #[test]
+    fn bad_options_are_playbook_errors() {
+        for (script, needle) in [
+            ("#{secs: 1}", "unknown option `secs`"),
+            ("#{seconds: 0}", "more than 0"),
+            ("#{seconds: \"ten\"}", "must be a number"),
+            ("#{mode: \"fast\"}", "unknown mode"),
+            ("#{by: [[\"pid\"]]}", "needs mode: \"stream\""),
+            ("#{by: [[\"bogus\"]]}", "unknown field"),
+            ("#{netns: []}", "empty"),
+            ("#{netns: [-1]}", "not a network namespace inode"),
+            ("#{pid: 0}", "must not be 0"),
+            ("#{dport: 70000}", "not a port"),
+            ("#{family: \"ipx\"}", "not \"ipv4\""),
+            ("#{text_out: \"x\"}", "need mode: \"stream\""),
+        ] {
+            let err = opts(script).unwrap_err();
+            assert!(err.contains(needle), "{script}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_options_fail_the_stage_as_usage_before_touching_the_kernel() {
+        let ctx = Ctx::new(Default::default(), Default::default());
+        let mut e = rhai::Engine::new();
+        e.register_static_module("trace", create_module(&ctx).into());
+        let err = e.eval::<Dynamic>("trace::run(#{mode: \"fast\"})").unwrap_err();
+        let failure = match *err {
+            EvalAltResult::ErrorRuntime(d, _) => d.try_cast::<crate::ctx::StageFailure>().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(failure.usage, "{failure:?}");
+        assert_eq!(ctx.stages()[0].name, "trace::run");
+    }
+}
