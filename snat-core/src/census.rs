@@ -221,8 +221,7 @@ impl Census {
     /// namespace listens on, on the same address or on a wildcard address.
     pub fn is_inbound(&self, s: &Socket) -> bool {
         self.listeners.iter().any(|l| {
-            l.port() == s.local.port()
-                && (l.ip().is_unspecified() || canonical(l.ip()) == canonical(s.local.ip()))
+            l.port() == s.local.port() && (l.ip().is_unspecified() || canonical(l.ip()) == canonical(s.local.ip()))
         })
     }
 
@@ -427,7 +426,9 @@ fn sock_diag_family(fd: &OwnedFd, family: u8, states: StateSet, seq: u32, out: &
             )));
         }
         if n == 0 {
-            return Err(Error::SockDiagMalformed("netlink socket closed before NLMSG_DONE".into()));
+            return Err(Error::SockDiagMalformed(
+                "netlink socket closed before NLMSG_DONE".into(),
+            ));
         }
         if parse_dump_chunk(&buf[..n], seq, out, states)? {
             return Ok(());
@@ -635,7 +636,8 @@ mod tests {
             format!("{}:{:04X}", words.concat(), a.port())
         };
         let mut s = if family == Family::Ipv4 {
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_string()
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+                .to_string()
         } else {
             "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_string()
         };

@@ -7,6 +7,9 @@
 //! - [`tcptracer`]: reads BCC `tcptracer` logs (the article's Step 2), streaming.
 //! - [`aggregate`]: counts and ranks events by any subset of fields.
 //! - [`policy`]: which destinations consume SNAT ports, and which rule says so.
+//! - [`procindex`]: which processes live in which network namespace, from /proc.
+//! - [`census`]: the TCP sockets of a network namespace (sock_diag, or /proc/net/tcp).
+//! - [`resolve`]: from a network namespace (or a socket) to its pod or process.
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //!
 //! ```ignore
@@ -32,6 +35,7 @@ pub mod model;
 pub mod policy;
 pub mod pressure;
 pub mod procindex;
+pub mod resolve;
 pub mod tcptracer;
 
 #[cfg(feature = "kube")]

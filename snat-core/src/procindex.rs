@@ -430,7 +430,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         use std::os::fd::AsRawFd;
-        let ino = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino();
+        let ino = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+            .unwrap()
+            .ino();
         let owners = socket_owners(Path::new("/proc"), &[std::process::id()]).unwrap();
         assert_eq!(owners.get(&ino), Some(&std::process::id()));
     }

@@ -71,9 +71,11 @@ impl From<snat_core::Error> for StageError {
     fn from(e: snat_core::Error) -> Self {
         use snat_core::Error as E;
         match e {
-            E::InvalidArgument(_) | E::FieldUnavailable { .. } | E::GroupingNotKept { .. } => {
-                StageError::Usage(e.to_string())
-            }
+            E::InvalidArgument(_)
+            | E::FieldUnavailable { .. }
+            | E::GroupingNotKept { .. }
+            | E::InvalidCidr { .. }
+            | E::UnknownRangeKind { .. } => StageError::Usage(e.to_string()),
             other => StageError::Failed(Box::new(other)),
         }
     }

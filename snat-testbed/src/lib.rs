@@ -178,7 +178,18 @@ impl Veth {
         run(
             "ip",
             &[
-                "link", "add", "name", &dev_a, "netns", a.name(), "type", "veth", "peer", "name", &dev_b, "netns",
+                "link",
+                "add",
+                "name",
+                &dev_a,
+                "netns",
+                a.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &dev_b,
+                "netns",
                 b.name(),
             ],
         )?;
@@ -332,7 +343,14 @@ impl PodCgroup {
     pub fn new(layout: Layout, qos: Qos) -> io::Result<PodCgroup> {
         let r = random_bytes::<16>();
         let h = hex(&r);
-        let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+        let uid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
         let container_id = hex(&random_bytes::<32>());
         let level = match qos {
             Qos::Guaranteed => None,
@@ -437,7 +455,9 @@ fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -519,7 +539,11 @@ unsafe fn child(
 pub fn spawn_holder(netns: Option<&Path>, cgroup: Option<&Cgroup>, plan: &[Plan]) -> io::Result<Holder> {
     let netns_file = netns.map(std::fs::File::open).transpose()?;
     let cgroup_file = cgroup
-        .map(|c| std::fs::OpenOptions::new().write(true).open(c.dir().join("cgroup.procs")))
+        .map(|c| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.dir().join("cgroup.procs"))
+        })
         .transpose()?;
     let steps: Vec<_> = plan
         .iter()
@@ -579,7 +603,9 @@ pub fn spawn_holder(netns: Option<&Path>, cgroup: Option<&Cgroup>, plan: &[Plan]
         16 => "listen()",
         _ => "unknown step",
     };
-    Err(io::Error::other(format!("holder process failed at {step} (status {status})")))
+    Err(io::Error::other(format!(
+        "holder process failed at {step} (status {status})"
+    )))
 }
 
 /// Spawn a short-lived command (e.g. `true`) in a netns through `ip netns exec`; for
