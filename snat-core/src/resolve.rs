@@ -197,7 +197,8 @@ pub fn group_by_owner(
         Unknown,
     }
     let mut pod_of_pid: HashMap<u32, Option<PodRef>> = HashMap::new();
-    let mut groups: HashMap<Key, (Option<PodRef>, Option<ProcessRef>, Vec<u32>, Census)> = HashMap::new();
+    type Acc = (Option<PodRef>, Option<ProcessRef>, Vec<u32>, Census);
+    let mut groups: HashMap<Key, Acc> = HashMap::new();
     let empty = |c: &Census| Census {
         netns: c.netns,
         method: c.method,

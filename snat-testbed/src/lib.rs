@@ -168,6 +168,7 @@ impl Drop for Netns {
 pub struct Veth {
     ns_a: String,
     dev_a: String,
+    dev_b: String,
 }
 
 impl Veth {
@@ -196,6 +197,7 @@ impl Veth {
         let v = Veth {
             ns_a: a.name().to_string(),
             dev_a: dev_a.clone(),
+            dev_b: dev_b.clone(),
         };
         a.ip(&["addr", "add", a_cidr, "dev", &dev_a])?;
         b.ip(&["addr", "add", b_cidr, "dev", &dev_b])?;
@@ -207,6 +209,11 @@ impl Veth {
     /// The device name in the first namespace.
     pub fn dev_a(&self) -> &str {
         &self.dev_a
+    }
+
+    /// The device name in the second namespace.
+    pub fn dev_b(&self) -> &str {
+        &self.dev_b
     }
 }
 
