@@ -2,9 +2,9 @@
 //!
 //! [`ProcIndex::scan`] walks a `/proc` tree (the host's, or one mounted elsewhere such as
 //! `/host/proc` when snat runs in a container) once and records, for every process, its
-//! network namespace inode (from the `/proc/PID/ns/net` link, `net:[4026531992]`), its
-//! command name and line, and the raw content of `/proc/PID/cgroup`, from which the pod is
-//! later told. Processes that exit during the scan are skipped and counted, never fatal;
+//! network namespace inode (from the `/proc/PID/ns/net` link, `net:[4026531992]`); its
+//! command name and line and the raw content of `/proc/PID/cgroup` (from which the pod is
+//! told) are read on first use only. Processes that exit during the scan are skipped and counted, never fatal;
 //! a permission error says that root (or CAP_SYS_PTRACE) is needed. [`socket_owners`] maps
 //! socket inodes to the processes holding them, from `/proc/PID/fd`, for a chosen set of
 //! processes only (one namespace's), which is what names hostNetwork pods.
@@ -12,44 +12,123 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::Error;
 use crate::model::ProcessRef;
 
-/// One process found by a scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One process found by a scan. The scan only reads the namespace link; the cgroup, and
+/// separately the command name and line, are read on first use (and are empty if the
+/// process has exited by then), which keeps a scan of thousands of processes cheap.
+#[derive(Debug, Clone)]
 pub struct ProcEntry {
     /// Process id, in the pid namespace of the /proc that was read.
     pub pid: u32,
     /// Network namespace inode.
     pub netns: u64,
-    /// Command name (`/proc/PID/comm`, trailing newline removed).
-    pub comm: String,
-    /// Command line, arguments joined by spaces (empty for kernel threads).
-    pub cmdline: String,
-    /// Raw content of `/proc/PID/cgroup` (one `hierarchy:controllers:path` line per
-    /// hierarchy); empty when the file could not be read.
-    pub cgroup: String,
+    root: Arc<PathBuf>,
+    cgroup: OnceLock<String>,
+    names: OnceLock<(String, String)>,
 }
 
+impl PartialEq for ProcEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.pid, self.netns, self.comm(), self.cmdline(), self.cgroup())
+            == (other.pid, other.netns, other.comm(), other.cmdline(), other.cgroup())
+    }
+}
+
+impl Eq for ProcEntry {}
+
 impl ProcEntry {
+    /// An entry whose details are already known (tests, or another source of processes).
+    pub fn with_details(pid: u32, netns: u64, comm: &str, cmdline: &str, cgroup: &str) -> ProcEntry {
+        ProcEntry {
+            pid,
+            netns,
+            root: Arc::new(PathBuf::new()),
+            cgroup: OnceLock::from(cgroup.to_string()),
+            names: OnceLock::from((comm.to_string(), cmdline.to_string())),
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        let mut p = (*self.root).clone();
+        p.push(self.pid.to_string());
+        p.push(name);
+        p
+    }
+
+    fn names(&self) -> &(String, String) {
+        self.names.get_or_init(|| {
+            let comm = String::from_utf8_lossy(&read_small(&self.file("comm")))
+                .trim_end_matches('\n')
+                .to_string();
+            let cmdline = String::from_utf8_lossy(&read_small(&self.file("cmdline")))
+                .trim_end_matches('\0')
+                .replace('\0', " ");
+            (comm, cmdline)
+        })
+    }
+
+    /// Command name (`/proc/PID/comm`, trailing newline removed).
+    pub fn comm(&self) -> &str {
+        &self.names().0
+    }
+
+    /// Command line, arguments joined by spaces (empty for kernel threads).
+    pub fn cmdline(&self) -> &str {
+        &self.names().1
+    }
+
+    /// Raw content of `/proc/PID/cgroup` (one `hierarchy:controllers:path` line per
+    /// hierarchy).
+    pub fn cgroup(&self) -> &str {
+        self.cgroup
+            .get_or_init(|| String::from_utf8_lossy(&read_small(&self.file("cgroup"))).into_owned())
+    }
+
     /// The cgroup path most useful to tell the owner: the cgroup v2 path (`0::` line) when
     /// it is more than `/`, else the v1 `name=systemd` path, else the first other
     /// non-root path, else `/` (or `None` when the file was empty).
     pub fn cgroup_path(&self) -> Option<&str> {
-        cgroup_path(&self.cgroup)
+        cgroup_path(self.cgroup())
     }
 
     /// This process as the data model's [`ProcessRef`].
     pub fn to_ref(&self) -> ProcessRef {
         ProcessRef {
             pid: self.pid,
-            comm: self.comm.clone(),
-            cmdline: self.cmdline.clone(),
+            comm: self.comm().to_string(),
+            cmdline: self.cmdline().to_string(),
             netns: Some(self.netns),
             cgroup: self.cgroup_path().map(str::to_string),
         }
     }
+}
+
+/// Read a small /proc file with one `open`, as few `read`s as it takes (usually one) and
+/// one `close`; empty when the process has gone or the file is unreadable.
+fn read_small(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // procfs hands out everything available in one read when it fits.
+                if n < buf.len() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// See [`ProcEntry::cgroup_path`]; works on the raw content of `/proc/PID/cgroup`.
@@ -150,38 +229,6 @@ pub fn netns_of(proc_root: &Path, pid: u32) -> Result<Option<u64>, Error> {
     }
 }
 
-fn read_entry(proc_root: &Path, pid: u32) -> Result<Option<ProcEntry>, Error> {
-    let dir = proc_root.join(pid.to_string());
-    let Some(netns) = netns_of(proc_root, pid)? else {
-        return Ok(None);
-    };
-    let comm_path = dir.join("comm");
-    let comm = match classify(&comm_path, std::fs::read(&comm_path))? {
-        Read::Ok(b) => String::from_utf8_lossy(&b).trim_end_matches('\n').to_string(),
-        Read::Vanished => return Ok(None),
-    };
-    let cmd_path = dir.join("cmdline");
-    let cmdline = match classify(&cmd_path, std::fs::read(&cmd_path))? {
-        Read::Ok(b) => {
-            let s = String::from_utf8_lossy(&b);
-            s.trim_end_matches('\0').replace('\0', " ")
-        }
-        Read::Vanished => return Ok(None),
-    };
-    let cg_path = dir.join("cgroup");
-    let cgroup = match classify(&cg_path, std::fs::read_to_string(&cg_path))? {
-        Read::Ok(s) => s,
-        Read::Vanished => return Ok(None),
-    };
-    Ok(Some(ProcEntry {
-        pid,
-        netns,
-        comm,
-        cmdline,
-        cgroup,
-    }))
-}
-
 /// The numeric entries (processes) of a /proc directory, ascending.
 pub fn list_pids(proc_root: &Path) -> Result<Vec<u32>, Error> {
     let rd = std::fs::read_dir(proc_root).map_err(|source| Error::Io {
@@ -210,9 +257,16 @@ impl ProcIndex {
         let mut denied = Vec::new();
         let mut first_denial = None;
         let root = is_root();
+        let root_arc = Arc::new(proc_root.to_path_buf());
         for pid in pids {
-            match read_entry(proc_root, pid) {
-                Ok(Some(e)) => processes.push(e),
+            match netns_of(proc_root, pid) {
+                Ok(Some(netns)) => processes.push(ProcEntry {
+                    pid,
+                    netns,
+                    root: root_arc.clone(),
+                    cgroup: OnceLock::new(),
+                    names: OnceLock::new(),
+                }),
                 Ok(None) => vanished += 1,
                 Err(e @ Error::ProcPermission { .. }) if !root => return Err(e),
                 Err(e @ Error::ProcPermission { .. }) => {
@@ -244,7 +298,7 @@ impl ProcIndex {
         let host_netns = processes
             .iter()
             .find(|p| p.pid == 1)
-            .or_else(|| processes.iter().find(|p| p.pid == 2 && p.comm == "kthreadd"))
+            .or_else(|| processes.iter().find(|p| p.pid == 2 && p.comm() == "kthreadd"))
             .map(|p| p.netns);
         ProcIndex {
             proc_root: proc_root.to_path_buf(),
@@ -390,23 +444,28 @@ mod tests {
         mk(1, 100, "init", "0::/init.scope\n");
         mk(20, 200, "app", "0::/kubepods/pod1/abc\n");
         mk(21, 200, "side car", "0::/kubepods/pod1/def\n");
-        // pid 30: exited after readdir (no files at all); pid 31: exited between reads.
+        // pid 30: exited after readdir (no files at all); pid 31: its namespace link gone
+        // (a zombie); pid 32: exits after the scan, before its details are read.
         std::fs::create_dir_all(root.join("30")).unwrap();
-        mk(31, 200, "gone", "");
-        std::fs::remove_file(root.join("31/cgroup")).unwrap();
+        mk(31, 200, "zombie", "");
+        std::fs::remove_file(root.join("31/ns/net")).unwrap();
+        mk(32, 200, "late", "0::/x\n");
         std::fs::create_dir_all(root.join("self")).unwrap();
 
         let idx = ProcIndex::scan(root).unwrap();
         assert_eq!(idx.vanished, 2);
         assert_eq!(idx.namespaces().collect::<Vec<_>>(), vec![100, 200]);
-        assert_eq!(idx.pids_in(200), vec![20, 21]);
+        assert_eq!(idx.pids_in(200), vec![20, 21, 32]);
         assert_eq!(idx.host_netns, Some(100));
         let p = idx.get(21).unwrap();
-        assert_eq!(p.comm, "side car");
-        assert_eq!(p.cmdline, "side car --flag");
+        assert_eq!(p.comm(), "side car");
+        assert_eq!(p.cmdline(), "side car --flag");
         assert_eq!(p.to_ref().cgroup.as_deref(), Some("/kubepods/pod1/def"));
         assert_eq!(idx.netns_file(200), Some(root.join("20/ns/net")));
         assert_eq!(idx.netns_file(999), None);
+        std::fs::remove_dir_all(root.join("32")).unwrap();
+        let late = idx.get(32).unwrap();
+        assert_eq!((late.comm(), late.cgroup(), late.cgroup_path()), ("", "", None));
     }
 
     #[test]
@@ -422,7 +481,7 @@ mod tests {
         let me = std::process::id();
         let entry = idx.get(me).expect("own process in the index");
         assert_eq!(Some(entry.netns), netns_of(Path::new("/proc"), me).unwrap());
-        assert!(!entry.cgroup.is_empty());
+        assert!(!entry.cgroup().is_empty());
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct NetnsOwner {
     /// The pods whose processes are in it, by UID (for the host namespace: hostNetwork
     /// pods, with `host_network` set).
     pub pods: Vec<PodRef>,
-    /// The processes in it.
+    /// The processes that tell the owner: for a pod's namespace its first process only,
+    /// otherwise one process per distinct cgroup (see [`resolve_one`]).
     pub processes: Vec<ProcessRef>,
 }
 
@@ -84,9 +85,9 @@ impl NetnsOwner {
                 p.comm,
                 p.pid,
                 p.cgroup.as_deref().unwrap_or("?"),
-                match self.processes.len() {
+                match self.pids.len() {
                     1 => String::new(),
-                    n => format!(" (+{} more)", n - 1),
+                    n => format!(" (+{} more processes)", n - 1),
                 }
             ),
             None => "no process".to_string(),
@@ -95,24 +96,44 @@ impl NetnsOwner {
 }
 
 /// Resolve one namespace of the index (`None` when no process is in it).
+///
+/// A namespace whose first process (lowest pid: usually the pod's sandbox) is in a pod's
+/// cgroup is that pod's: a pod has a namespace of its own, so the other processes are not
+/// read, and `processes` holds that first process only (as `lsns` shows one process per
+/// namespace). Otherwise, and always for the host namespace (where hostNetwork pods are
+/// found), every process's cgroup is read, and `processes` holds one process per distinct
+/// cgroup (its lowest pid), so each service or container is named once.
 pub fn resolve_one(index: &ProcIndex, netns: u64, lookup: PodLookup<'_>) -> Option<NetnsOwner> {
     let host = index.host_netns == Some(netns);
+    let mut members = index.in_netns(netns).peekable();
+    let first = *members.peek()?;
+    let pids: Vec<u32> = index.in_netns(netns).map(|p| p.pid).collect();
+    if !host && let Some(pod) = lookup(first.cgroup()) {
+        return Some(NetnsOwner {
+            netns,
+            host_netns: false,
+            pids,
+            pods: vec![pod],
+            processes: vec![first.to_ref()],
+        });
+    }
     let mut pods: BTreeMap<String, PodRef> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     let mut processes = Vec::new();
-    for p in index.in_netns(netns) {
-        if let Some(mut pod) = lookup(&p.cgroup) {
+    for p in members {
+        if !seen.insert(p.cgroup()) {
+            continue;
+        }
+        if let Some(mut pod) = lookup(p.cgroup()) {
             pod.host_network = host;
             pods.entry(pod.uid.clone()).or_insert(pod);
         }
         processes.push(p.to_ref());
     }
-    if processes.is_empty() {
-        return None;
-    }
     Some(NetnsOwner {
         netns,
         host_netns: host,
-        pids: processes.iter().map(|p| p.pid).collect(),
+        pids,
         pods: pods.into_values().collect(),
         processes,
     })
@@ -213,7 +234,7 @@ pub fn group_by_owner(
                 let pod = pod_of_pid
                     .entry(pid)
                     .or_insert_with(|| {
-                        lookup(&p.cgroup).map(|mut pod| {
+                        lookup(p.cgroup()).map(|mut pod| {
                             pod.host_network = index.host_netns == Some(p.netns);
                             pod
                         })
@@ -279,13 +300,7 @@ mod tests {
     }
 
     fn entry(pid: u32, netns: u64, comm: &str, cg: &str) -> ProcEntry {
-        ProcEntry {
-            pid,
-            netns,
-            comm: comm.into(),
-            cmdline: comm.into(),
-            cgroup: format!("0::{cg}\n"),
-        }
+        ProcEntry::with_details(pid, netns, comm, comm, &format!("0::{cg}\n"))
     }
 
     fn index() -> ProcIndex {
@@ -298,6 +313,8 @@ mod tests {
                 entry(70, 20, "pause", "/kubepods/podaaa/s1"),
                 entry(71, 20, "app", "/kubepods/podaaa/c1"),
                 entry(80, 30, "qemu", "/machine.slice/vm1"),
+                entry(81, 30, "qemu-worker", "/machine.slice/vm1"),
+                entry(82, 30, "helper", "/machine.slice/vm2"),
             ],
             0,
         )
@@ -315,7 +332,11 @@ mod tests {
         assert_eq!(owners[1].label(), "pod aaa");
         assert!(!owners[1].pods[0].host_network);
         assert_eq!(owners[1].pids, vec![70, 71]);
-        assert_eq!(owners[2].label(), "qemu[80] /machine.slice/vm1");
+        assert_eq!(owners[1].processes.len(), 1, "a pod's namespace: first process only");
+        assert_eq!(owners[0].processes.len(), 3, "the host's: one per cgroup");
+        assert_eq!(owners[2].label(), "qemu[80] /machine.slice/vm1 (+2 more processes)");
+        let named: Vec<u32> = owners[2].processes.iter().map(|p| p.pid).collect();
+        assert_eq!(named, vec![80, 82], "one process per distinct cgroup");
     }
 
     #[test]
