@@ -150,9 +150,14 @@ impl Netns {
         run("ip", &a)
     }
 
-    /// Add an address (CIDR) to the loopback device, e.g. a destination in a world.
+    /// Add an address (CIDR) to the loopback device, e.g. a destination in a world. IPv6
+    /// addresses skip duplicate address detection, so they can be bound at once.
     pub fn add_lo_addr(&self, cidr: &str) -> io::Result<()> {
-        self.ip(&["addr", "add", cidr, "dev", "lo"]).map(drop)
+        if cidr.contains(':') {
+            self.ip(&["addr", "add", cidr, "dev", "lo", "nodad"]).map(drop)
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", "lo"]).map(drop)
+        }
     }
 }
 
@@ -226,8 +231,8 @@ impl Drop for Veth {
 // ----- cgroups ------------------------------------------------------------------------
 
 /// A cgroup v2 directory under [`CGROUP2_ROOT`]. On drop, its member processes are
-/// killed and the directories this guard created are removed, deepest first (shared
-/// parents still in use by another test stay).
+/// killed and the directories this guard created are removed, deepest first, then any
+/// empty `kubepods*` parents (shared parents still in use by another test stay).
 #[derive(Debug)]
 pub struct Cgroup {
     rel: String,
@@ -309,6 +314,23 @@ impl Drop for Cgroup {
         for dir in self.created.iter().rev() {
             // Busy (children of another test) or already gone: leave it.
             let _ = std::fs::remove_dir(dir);
+        }
+        // Shared `kubepods*` parents another guard created but could not remove while we
+        // used them: remove them once empty (a parent still in use refuses, harmlessly).
+        let mut cur = self.dir();
+        while let Some(parent) = cur.parent().map(Path::to_path_buf) {
+            let is_kubepods = parent
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kubepods"));
+            if !is_kubepods {
+                break;
+            }
+            match std::fs::remove_dir(&parent) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => break,
+                _ => {}
+            }
+            cur = parent;
         }
     }
 }
@@ -488,13 +510,24 @@ unsafe fn child(
 ) -> i32 {
     // SAFETY (whole body): raw system calls on valid descriptors and buffers.
     unsafe {
+        // Report a failure: code, plan step and errno through the pipe, then exit.
+        let fail = |code: u8, step: usize| -> i32 {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[0] = b'E';
+            msg[1] = code;
+            msg[2..4].copy_from_slice(&(step as u16).to_ne_bytes());
+            msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(ready_fd, msg.as_ptr().cast(), msg.len());
+            i32::from(code)
+        };
         if netns_fd >= 0 && libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-            return 10;
+            return fail(10, 0);
         }
         if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
-            return 11;
+            return fail(11, 0);
         }
-        for (kind, ss, len, family, count) in steps {
+        for (step, (kind, ss, len, family, count)) in steps.iter().enumerate() {
             let addr = (ss as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
             match kind {
                 0 | 1 => {
@@ -502,18 +535,18 @@ unsafe fn child(
                         let flags = if *kind == 1 { libc::SOCK_NONBLOCK } else { 0 };
                         let fd = libc::socket(*family, libc::SOCK_STREAM | flags, 0);
                         if fd < 0 {
-                            return 12;
+                            return fail(12, step);
                         }
                         let rc = libc::connect(fd, addr, *len);
                         if rc != 0 && *kind == 0 {
-                            return 13;
+                            return fail(13, step);
                         }
                     }
                 }
                 _ => {
                     let fd = libc::socket(*family, libc::SOCK_STREAM, 0);
                     if fd < 0 {
-                        return 14;
+                        return fail(14, step);
                     }
                     let one: libc::c_int = 1;
                     libc::setsockopt(
@@ -524,10 +557,10 @@ unsafe fn child(
                         std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                     );
                     if libc::bind(fd, addr, *len) != 0 {
-                        return 15;
+                        return fail(15, step);
                     }
                     if libc::listen(fd, *count as i32) != 0 {
-                        return 16;
+                        return fail(16, step);
                     }
                 }
             }
@@ -591,27 +624,36 @@ pub fn spawn_holder(netns: Option<&Path>, cgroup: Option<&Cgroup>, plan: &[Plan]
     }
     drop(wr);
     let holder = Holder { pid: pid as u32 };
-    let mut b = [0u8; 1];
-    // SAFETY: reading one byte into a valid buffer. EOF means the child exited.
-    let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-    if n == 1 {
+    let mut b = [0u8; 8];
+    // SAFETY: reading into a valid buffer. EOF means the child exited.
+    let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+    if n == 1 && b[0] == b'R' {
         return Ok(holder);
     }
     let mut status = 0;
     // SAFETY: reap our child to learn why it exited.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     std::mem::forget(holder);
-    let step = match libc::WEXITSTATUS(status) {
-        10 => "setns",
-        11 => "joining the cgroup",
-        12 | 14 => "socket()",
-        13 => "connect()",
-        15 => "bind()",
-        16 => "listen()",
-        _ => "unknown step",
-    };
+    if n == 8 && b[0] == b'E' {
+        let what = match b[1] {
+            10 => "setns",
+            11 => "joining the cgroup",
+            12 | 14 => "socket()",
+            13 => "connect()",
+            15 => "bind()",
+            16 => "listen()",
+            _ => "unknown step",
+        };
+        let step = usize::from(u16::from_ne_bytes([b[2], b[3]]));
+        let errno = i32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+        let detail = plan.get(step).map(|p| format!(" for {p:?}")).unwrap_or_default();
+        return Err(io::Error::other(format!(
+            "holder process failed at {what}{detail}: {}",
+            io::Error::from_raw_os_error(errno)
+        )));
+    }
     Err(io::Error::other(format!(
-        "holder process failed at {step} (status {status})"
+        "holder process exited early (status {status})"
     )))
 }
 
