@@ -172,6 +172,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Every process of a network namespace exited since the process index was taken.
+    #[error(
+        "network namespace {netns} has no process left (its pod or processes ended since the scan); scan again to see the current namespaces"
+    )]
+    NetnsGone {
+        /// The namespace inode.
+        netns: u64,
+    },
+
     /// The dedicated census thread could not be started or died.
     #[error("socket census thread: {0}")]
     CensusThread(String),

@@ -153,15 +153,21 @@ pub fn resolve(index: &ProcIndex, lookup: PodLookup<'_>) -> Vec<NetnsOwner> {
 /// every socket tied to the process holding it (from the `/proc/PID/fd` of the
 /// namespace's processes only).
 ///
-/// Errors: no process of the namespace is alive any more ([`Error::InvalidArgument`]),
+/// Errors: every process of the namespace has exited since the scan
+/// ([`Error::NetnsGone`]: a pod that ended, normal during a run; callers usually skip it),
 /// or the census fails (see [`census_netns`]).
 pub fn census_owned(index: &ProcIndex, netns: u64, opts: CensusOptions) -> Result<Census, Error> {
-    let file = index.netns_file(netns).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "network namespace {netns} has no live process left to enter it through"
-        ))
-    })?;
-    let mut census = census_netns(&file, opts)?;
+    let gone = || Error::NetnsGone { netns };
+    let file = index.netns_file(netns).ok_or_else(gone)?;
+    let mut census = match census_netns(&file, opts) {
+        // The process exited between the check and the open.
+        Err(Error::Io { source, .. }) if crate::procindex::is_vanished(&source) => return Err(gone()),
+        other => other?,
+    };
+    // Its pid was reused by a process elsewhere: not the namespace asked for.
+    if census.netns.is_some_and(|n| n != netns) {
+        return Err(gone());
+    }
     let owners = socket_owners(&index.proc_root, &index.pids_in(netns))?;
     census.attach_owners(&owners);
     Ok(census)
@@ -318,6 +324,15 @@ mod tests {
             ],
             0,
         )
+    }
+
+    #[test]
+    fn census_of_a_namespace_whose_processes_exited_says_so() {
+        let idx = ProcIndex::from_entries(Path::new("/nonexistent-proc"), vec![entry(4242, 77, "gone", "/x")], 0);
+        let err = census_owned(&idx, 77, CensusOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NetnsGone { netns: 77 }), "{err}");
+        let err = census_owned(&idx, 78, CensusOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NetnsGone { netns: 78 }), "{err}");
     }
 
     #[test]

@@ -361,3 +361,54 @@ fn entering_a_non_network_namespace_is_a_clear_error() {
     let err = census_netns(Path::new("/nonexistent/ns"), CensusOptions::default()).unwrap_err();
     assert!(err.to_string().contains("cannot open network namespace file"), "{err}");
 }
+
+/// Without root, a scan that meets other users' processes fails and says what is needed.
+#[test]
+fn scan_without_privilege_says_root_is_needed() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !require_root() {
+        return;
+    }
+    // Re-run this test binary as nobody (from a copy that nobody may execute), asking for
+    // the helper below.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("census_node");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A process forked by a parallel test may hold the copy's write descriptor for a
+    // moment (ETXTBSY): retry.
+    let mut tries = 0;
+    let out = loop {
+        let r = std::process::Command::new(&exe)
+            .args(["--exact", "unprivileged_scan_helper", "--ignored", "--nocapture"])
+            .env("SNAT_UNPRIVILEGED_SCAN", "1")
+            .uid(65534)
+            .gid(65534)
+            .output();
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("scan error: cannot read /proc/"), "{text}");
+    assert!(text.contains("needs root (or CAP_SYS_PTRACE)"), "{text}");
+}
+
+#[test]
+#[ignore = "helper: run as nobody by scan_without_privilege_says_root_is_needed"]
+fn unprivileged_scan_helper() {
+    assert_eq!(std::env::var("SNAT_UNPRIVILEGED_SCAN").as_deref(), Ok("1"));
+    let err = ProcIndex::scan("/proc").expect_err("a scan as nobody must fail");
+    println!("scan error: {err}");
+}

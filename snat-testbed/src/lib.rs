@@ -521,6 +521,21 @@ unsafe fn child(
             libc::write(ready_fd, msg.as_ptr().cast(), msg.len());
             i32::from(code)
         };
+        // Hold nothing of the parent's but our three descriptors (other tests' files and
+        // sockets must not live on in this process).
+        let mut keep = [netns_fd, cgroup_fd, ready_fd];
+        keep.sort_unstable();
+        let mut lo: u32 = 3;
+        for fd in keep {
+            if fd >= 3 {
+                let fd = fd as u32;
+                if fd > lo {
+                    libc::syscall(libc::SYS_close_range, lo, fd - 1, 0);
+                }
+                lo = lo.max(fd + 1);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0);
         if netns_fd >= 0 && libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
             return fail(10, 0);
         }
@@ -657,13 +672,45 @@ pub fn spawn_holder(netns: Option<&Path>, cgroup: Option<&Cgroup>, plan: &[Plan]
     )))
 }
 
-/// Spawn a short-lived command (e.g. `true`) in a netns through `ip netns exec`; for
-/// tests that need processes to come and go.
-pub fn spawn_in_netns(ns: &Netns, program: &str, args: &[&str]) -> io::Result<std::process::Child> {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name(), program])
-        .args(args)
-        .spawn()
+/// Spawn a command (e.g. `curl`, or `true` for processes that come and go) inside
+/// `netns` and `cgroup` (each optional): the child enters both before `exec`, so it never
+/// runs outside them. The caller owns the child (kill and wait for it).
+pub fn spawn_command(
+    netns: Option<&Path>,
+    cgroup: Option<&Cgroup>,
+    program: &str,
+    args: &[&str],
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let netns_file = netns.map(std::fs::File::open).transpose()?;
+    let cgroup_file = cgroup
+        .map(|c| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.dir().join("cgroup.procs"))
+        })
+        .transpose()?;
+    let nfd = netns_file.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let cfd = cgroup_file.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: the closure only makes async-signal-safe system calls on descriptors that
+    // stay open until spawn returns (they are close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if nfd >= 0 && libc::setns(nfd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if cfd >= 0 && libc::write(cfd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(netns_file);
+    drop(cgroup_file);
+    child
 }
 
 /// Wait until `f` returns true, checking every 20 ms, for at most `timeout`.
@@ -712,9 +759,15 @@ mod tests {
         assert!(cg.contains(&format!("0::{}", p.cgroup.rel())), "{cg}");
         let link = std::fs::read_link(format!("/proc/{}/ns/net", h.pid())).unwrap();
         assert_eq!(link.to_string_lossy(), format!("net:[{}]", ns.inode().unwrap()));
+        let mut c = spawn_command(Some(&ns.path()), Some(&p.cgroup), "sleep", &["30"]).unwrap();
+        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", c.id())).unwrap();
+        assert!(cg.contains(&format!("0::{}", p.cgroup.rel())), "{cg}");
+        let link = std::fs::read_link(format!("/proc/{}/ns/net", c.id())).unwrap();
+        assert_eq!(link.to_string_lossy(), format!("net:[{}]", ns.inode().unwrap()));
         let dir = p.cgroup.dir();
         drop(p);
-        assert!(!dir.exists());
+        assert!(!dir.exists(), "the guard killed its members and removed the cgroup");
+        let _ = c.wait();
         let f = PodCgroup::new(Layout::Cgroupfs, Qos::Guaranteed).unwrap();
         assert_eq!(f.cgroup.rel(), format!("/kubepods/pod{}/{}", f.uid, f.container_id));
     }

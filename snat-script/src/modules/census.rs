@@ -35,6 +35,7 @@ pub struct Census {
     inner: Arc<CoreCensus>,
     index: Option<Arc<ProcIndex>>,
     owner: Option<Arc<NetnsOwner>>,
+    gone: bool,
 }
 
 fn pod_map(p: &PodRef) -> Dynamic {
@@ -148,12 +149,28 @@ fn scan(ctx: &Ctx) -> Result<ProcIndex, StageError> {
     Ok(ProcIndex::scan(&ctx.options().host_proc)?)
 }
 
+/// A namespace whose processes all ended since the scan (a pod that terminated) gives an
+/// empty census with `gone` set, so a playbook looping over namespaces carries on.
 fn sockets_of_owner(index: Arc<ProcIndex>, owner: Arc<NetnsOwner>, opts: CensusOptions) -> Result<Census, StageError> {
-    let c = resolve::census_owned(&index, owner.netns, opts)?;
+    let (c, gone) = match resolve::census_owned(&index, owner.netns, opts) {
+        Ok(c) => (c, false),
+        Err(snat_core::Error::NetnsGone { netns }) => (
+            CoreCensus {
+                netns: Some(netns),
+                method: snat_core::census::Method::SockDiag,
+                fallback_reason: None,
+                sockets: Vec::new(),
+                listeners: Vec::new(),
+            },
+            true,
+        ),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Census {
         inner: Arc::new(c),
         index: Some(index),
         owner: Some(owner),
+        gone,
     })
 }
 
@@ -315,6 +332,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
                         inner: Arc::new(r),
                         index: None,
                         owner: None,
+                        gone: false,
                     },
                     Some(n),
                 ))
@@ -417,6 +435,13 @@ pub fn create_module(ctx: &Ctx) -> Module {
         "?",
         "Why sock_diag was not used, or ().",
         |c: &mut Census| c.inner.fallback_reason.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    getter(
+        &mut m,
+        "gone",
+        "bool",
+        "Whether every process of the namespace ended before the census (the census is then empty).",
+        |c: &mut Census| c.gone,
     );
     getter(&mut m, "total", "i64", "Number of sockets.", |c: &mut Census| {
         c.inner.sockets.len() as i64
@@ -563,6 +588,7 @@ mod tests {
             }),
             index: None,
             owner: None,
+            gone: false,
         }
     }
 
