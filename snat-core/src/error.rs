@@ -155,4 +155,69 @@ pub enum Error {
         /// Why it is not a tcptracer line.
         reason: crate::tcptracer::LineError,
     },
+    // ----- procindex --------------------------------------------------------------
+    /// A process's /proc files could not be read for lack of privilege.
+    #[error(
+        "cannot read {}: {source}; reading other processes' namespaces, cgroups and file descriptors needs root (or CAP_SYS_PTRACE)",
+        path.display()
+    )]
+    ProcPermission {
+        /// The file.
+        path: PathBuf,
+        /// The cause (EACCES or EPERM).
+        #[source]
+        source: std::io::Error,
+    },
+
+    // ----- census -----------------------------------------------------------------
+    /// A netlink sock_diag call failed.
+    #[error("sock_diag netlink {what} failed: {source} (the census can fall back to /proc/net/tcp)")]
+    SockDiag {
+        /// Which call: socket, send, recv, dump request.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The kernel's sock_diag answer could not be decoded.
+    #[error("malformed sock_diag answer: {0} (the census can fall back to /proc/net/tcp)")]
+    SockDiagMalformed(String),
+
+    /// A line of /proc/net/tcp or tcp6 text is not a socket line.
+    #[error("cannot parse /proc/net/tcp text, line {line}: {reason}: {text:?}")]
+    ProcNetTcpParse {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+        /// The line (at most 200 characters).
+        text: String,
+    },
+
+    /// A network namespace could not be entered.
+    #[error(
+        "cannot enter network namespace {} (setns CLONE_NEWNET): {source}; is it a network namespace file, and are we root (CAP_SYS_ADMIN)?",
+        path.display()
+    )]
+    EnterNetns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Every process of a network namespace exited since the process index was taken.
+    #[error(
+        "network namespace {netns} has no process left (its pod or processes ended since the scan); scan again to see the current namespaces"
+    )]
+    NetnsGone {
+        /// The namespace inode.
+        netns: u64,
+    },
+
+    /// The dedicated census thread could not be started or died.
+    #[error("socket census thread: {0}")]
+    CensusThread(String),
 }

@@ -10,6 +10,9 @@
 //! - [`cgroup`]: pod UID, QoS and container of a process, from `/proc/PID/cgroup`.
 //! - [`pressure`]: per-node SNAT pressure by destination, and each owner's share.
 //! - [`allocation`]: Azure SNAT port budgets per node, and what a peak needs.
+//! - [`procindex`]: which processes live in which network namespace, from /proc.
+//! - [`census`]: the TCP sockets of a network namespace (sock_diag, or /proc/net/tcp).
+//! - [`resolve`]: from a network namespace (or a socket) to its pod or process.
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //!
 //! ```ignore
@@ -36,6 +39,7 @@ pub mod model;
 pub mod policy;
 pub mod pressure;
 pub mod procindex;
+pub mod resolve;
 pub mod tcptracer;
 
 #[cfg(feature = "kube")]

@@ -10,6 +10,7 @@ use rhai::{Engine, FuncRegistration, Module};
 use crate::ctx::Ctx;
 
 pub mod alloc;
+pub mod census;
 pub mod params;
 pub mod policy;
 pub mod report;
@@ -45,6 +46,10 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Which destinations consume SNAT ports (public-IP policy).",
     },
     Namespace {
+        name: "census",
+        doc: "Network namespaces and their owners (pod or process), and their TCP sockets by state and public destination.",
+    },
+    Namespace {
         name: "report",
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
@@ -61,6 +66,9 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     let policy_module: rhai::Shared<Module> = policy::create_module(ctx).into();
     engine.register_global_module(policy_module.clone());
     engine.register_static_module("policy", policy_module);
+    let census_module: rhai::Shared<Module> = census::create_module(ctx).into();
+    engine.register_global_module(census_module.clone());
+    engine.register_static_module("census", census_module);
     engine.register_static_module("report", report::create_module(ctx).into());
     engine.register_static_module("alloc", alloc::create_module(ctx).into());
     engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());

@@ -1,0 +1,393 @@
+//! From a network namespace to its owner: the pod (told by the cgroup of the processes in
+//! it) or, with no Kubernetes on the host, the processes and their cgroup paths.
+//!
+//! [`resolve`] turns a [`ProcIndex`] into one [`NetnsOwner`] per network namespace. The
+//! host's namespace is shared by the node's daemons and by hostNetwork pods, so its
+//! sockets are attributed per process instead: [`census_owned`] ties each socket to the
+//! process holding it (socket inode -> pid through `/proc/PID/fd`), and
+//! [`group_by_owner`] groups a census by pod (through that process's cgroup) or by
+//! process, so a hostNetwork pod is still named rather than lumped in with the node.
+//!
+//! Pod identity comes from a [`PodLookup`]: a function from the raw content of
+//! `/proc/PID/cgroup` to a [`PodRef`]. [`pod_of_cgroup`] is the default one and the only
+//! place that calls into cgroup parsing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::census::{Census, CensusOptions, DestinationCount, StateCounts, census_netns};
+use crate::error::Error;
+use crate::model::{PodRef, ProcessRef};
+use crate::procindex::{ProcIndex, socket_owners};
+
+/// A function from the raw content of `/proc/PID/cgroup` to the pod it names, if any.
+pub type PodLookup<'a> = &'a dyn Fn(&str) -> Option<PodRef>;
+
+/// The default [`PodLookup`]: the pod named by a process's cgroup, from
+/// [`cgroup::parse`](crate::cgroup::parse) (UID and QoS; name, namespace and owner are
+/// left for the Kubernetes API). This is the one seam between resolution and cgroup
+/// parsing.
+pub fn pod_of_cgroup(content: &str) -> Option<PodRef> {
+    let id = crate::cgroup::parse(content).ok()?;
+    Some(PodRef {
+        uid: id.pod_uid?,
+        namespace: None,
+        name: None,
+        qos: id.qos,
+        owner: None,
+        host_network: false,
+    })
+}
+
+/// Who owns one network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsOwner {
+    /// Network namespace inode.
+    pub netns: u64,
+    /// Whether this is the host's (node's) namespace.
+    pub host_netns: bool,
+    /// Every process in it, ascending.
+    pub pids: Vec<u32>,
+    /// The pods whose processes are in it, by UID (for the host namespace: hostNetwork
+    /// pods, with `host_network` set).
+    pub pods: Vec<PodRef>,
+    /// The processes that tell the owner: for a pod's namespace its first process only,
+    /// otherwise one process per distinct cgroup (see [`resolve_one`]).
+    pub processes: Vec<ProcessRef>,
+}
+
+impl NetnsOwner {
+    /// A short human label: `pod <uid>` (or several), `host`, or `<comm>[<pid>] <cgroup>`
+    /// for the first process of a namespace no pod owns.
+    pub fn label(&self) -> String {
+        if self.host_netns {
+            return match self.pods.len() {
+                0 => "host".to_string(),
+                n => format!("host (+{n} hostNetwork pod{})", if n == 1 { "" } else { "s" }),
+            };
+        }
+        if !self.pods.is_empty() {
+            return self
+                .pods
+                .iter()
+                .map(|p| match (&p.namespace, &p.name) {
+                    (Some(ns), Some(n)) => format!("pod {ns}/{n}"),
+                    _ => format!("pod {}", p.uid),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        match self.processes.first() {
+            Some(p) => format!(
+                "{}[{}] {}{}",
+                p.comm,
+                p.pid,
+                p.cgroup.as_deref().unwrap_or("?"),
+                match self.pids.len() {
+                    1 => String::new(),
+                    n => format!(" (+{} more processes)", n - 1),
+                }
+            ),
+            None => "no process".to_string(),
+        }
+    }
+}
+
+/// Resolve one namespace of the index (`None` when no process is in it).
+///
+/// A namespace whose first process (lowest pid: usually the pod's sandbox) is in a pod's
+/// cgroup is that pod's: a pod has a namespace of its own, so the other processes are not
+/// read, and `processes` holds that first process only (as `lsns` shows one process per
+/// namespace). Otherwise, and always for the host namespace (where hostNetwork pods are
+/// found), every process's cgroup is read, and `processes` holds one process per distinct
+/// cgroup (its lowest pid), so each service or container is named once.
+pub fn resolve_one(index: &ProcIndex, netns: u64, lookup: PodLookup<'_>) -> Option<NetnsOwner> {
+    let host = index.host_netns == Some(netns);
+    let mut members = index.in_netns(netns).peekable();
+    let first = *members.peek()?;
+    let pids: Vec<u32> = index.in_netns(netns).map(|p| p.pid).collect();
+    if !host && let Some(pod) = lookup(first.cgroup()) {
+        return Some(NetnsOwner {
+            netns,
+            host_netns: false,
+            pids,
+            pods: vec![pod],
+            processes: vec![first.to_ref()],
+        });
+    }
+    let mut pods: BTreeMap<String, PodRef> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut processes = Vec::new();
+    for p in members {
+        if !seen.insert(p.cgroup()) {
+            continue;
+        }
+        if let Some(mut pod) = lookup(p.cgroup()) {
+            pod.host_network = host;
+            pods.entry(pod.uid.clone()).or_insert(pod);
+        }
+        processes.push(p.to_ref());
+    }
+    Some(NetnsOwner {
+        netns,
+        host_netns: host,
+        pids,
+        pods: pods.into_values().collect(),
+        processes,
+    })
+}
+
+/// Resolve every namespace of the index, host namespace first, then by inode.
+pub fn resolve(index: &ProcIndex, lookup: PodLookup<'_>) -> Vec<NetnsOwner> {
+    let mut v: Vec<NetnsOwner> = index
+        .namespaces()
+        .filter_map(|ns| resolve_one(index, ns, lookup))
+        .collect();
+    v.sort_by_key(|o| (!o.host_netns, o.netns));
+    v
+}
+
+/// Census of one namespace of the index, entered through one of its processes, with
+/// every socket tied to the process holding it (from the `/proc/PID/fd` of the
+/// namespace's processes only).
+///
+/// Errors: every process of the namespace has exited since the scan
+/// ([`Error::NetnsGone`]: a pod that ended, normal during a run; callers usually skip it),
+/// or the census fails (see [`census_netns`]).
+pub fn census_owned(index: &ProcIndex, netns: u64, opts: CensusOptions) -> Result<Census, Error> {
+    let gone = || Error::NetnsGone { netns };
+    let file = index.netns_file(netns).ok_or_else(gone)?;
+    let mut census = match census_netns(&file, opts) {
+        // The process exited between the check and the open.
+        Err(Error::Io { source, .. }) if crate::procindex::is_vanished(&source) => return Err(gone()),
+        other => other?,
+    };
+    // Its pid was reused by a process elsewhere: not the namespace asked for.
+    if census.netns.is_some_and(|n| n != netns) {
+        return Err(gone());
+    }
+    let owners = socket_owners(&index.proc_root, &index.pids_in(netns))?;
+    census.attach_owners(&owners);
+    Ok(census)
+}
+
+/// The sockets of one owner (a pod, a process, or nobody known) within a census.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerGroup {
+    /// The pod, when the owning process's cgroup names one.
+    pub pod: Option<PodRef>,
+    /// The owning process, when no pod is known (the first one, for a pod).
+    pub process: Option<ProcessRef>,
+    /// The owning processes.
+    pub pids: Vec<u32>,
+    /// All sockets, by state.
+    pub counts: StateCounts,
+    /// Outgoing sockets to public destinations, by destination, ranked.
+    pub destinations: Vec<DestinationCount>,
+}
+
+impl OwnerGroup {
+    /// ESTABLISHED + SYN_SENT sockets to public destinations.
+    pub fn public_active(&self) -> u64 {
+        self.destinations.iter().map(|d| d.counts.active()).sum()
+    }
+
+    /// A short human label: `pod <uid>`, `<comm>[<pid>]`, or `unknown owner`.
+    pub fn label(&self) -> String {
+        match (&self.pod, &self.process) {
+            (Some(p), _) => match (&p.namespace, &p.name) {
+                (Some(ns), Some(n)) => format!("pod {ns}/{n}"),
+                _ => format!("pod {}", p.uid),
+            },
+            (None, Some(p)) => format!("{}[{}]", p.comm, p.pid),
+            (None, None) => "unknown owner".to_string(),
+        }
+    }
+}
+
+/// Group a census (with owners attached, see [`census_owned`]) by pod, or by process when
+/// the process belongs to no pod. Sockets without a known owner (TIME_WAIT has no file;
+/// processes root may not read) form one group with neither pod nor process. Ranked by
+/// [`OwnerGroup::public_active`], then total sockets.
+pub fn group_by_owner(
+    census: &Census,
+    index: &ProcIndex,
+    lookup: PodLookup<'_>,
+    is_public: &dyn Fn(IpAddr) -> bool,
+) -> Vec<OwnerGroup> {
+    #[derive(PartialEq, Eq, Hash, Clone)]
+    enum Key {
+        Pod(String),
+        Pid(u32),
+        Unknown,
+    }
+    let mut pod_of_pid: HashMap<u32, Option<PodRef>> = HashMap::new();
+    type Acc = (Option<PodRef>, Option<ProcessRef>, Vec<u32>, Census);
+    let mut groups: HashMap<Key, Acc> = HashMap::new();
+    let empty = |c: &Census| Census {
+        netns: c.netns,
+        method: c.method,
+        fallback_reason: None,
+        sockets: Vec::new(),
+        listeners: c.listeners.clone(),
+    };
+    for s in &census.sockets {
+        let proc_entry = s.owner_pid.and_then(|pid| index.get(pid));
+        let (key, pod) = match (s.owner_pid, proc_entry) {
+            (Some(pid), Some(p)) => {
+                let pod = pod_of_pid
+                    .entry(pid)
+                    .or_insert_with(|| {
+                        lookup(p.cgroup()).map(|mut pod| {
+                            pod.host_network = index.host_netns == Some(p.netns);
+                            pod
+                        })
+                    })
+                    .clone();
+                match &pod {
+                    Some(pod) => (Key::Pod(pod.uid.clone()), Some(pod.clone())),
+                    None => (Key::Pid(pid), None),
+                }
+            }
+            (Some(pid), None) => (Key::Pid(pid), None),
+            _ => (Key::Unknown, None),
+        };
+        let g = groups
+            .entry(key.clone())
+            .or_insert_with(|| (pod, proc_entry.map(|p| p.to_ref()), Vec::new(), empty(census)));
+        if let Some(pid) = s.owner_pid
+            && !g.2.contains(&pid)
+        {
+            g.2.push(pid);
+        }
+        g.3.sockets.push(s.clone());
+    }
+    let mut v: Vec<OwnerGroup> = groups
+        .into_values()
+        .map(|(pod, process, mut pids, c)| {
+            pids.sort_unstable();
+            OwnerGroup {
+                pod,
+                process,
+                pids,
+                counts: c.counts(),
+                destinations: c.destinations(is_public),
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        (b.public_active(), b.counts.total)
+            .cmp(&(a.public_active(), a.counts.total))
+            .then_with(|| a.label().cmp(&b.label()))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::Method;
+    use crate::model::{Family, Socket, TcpState};
+    use crate::procindex::ProcEntry;
+    use std::path::Path;
+
+    fn lookup(cg: &str) -> Option<PodRef> {
+        let uid = cg.split('/').find_map(|c| c.strip_prefix("pod"))?;
+        Some(PodRef {
+            uid: uid.to_string(),
+            namespace: None,
+            name: None,
+            qos: None,
+            owner: None,
+            host_network: false,
+        })
+    }
+
+    fn entry(pid: u32, netns: u64, comm: &str, cg: &str) -> ProcEntry {
+        ProcEntry::with_details(pid, netns, comm, comm, &format!("0::{cg}\n"))
+    }
+
+    fn index() -> ProcIndex {
+        ProcIndex::from_entries(
+            Path::new("/proc"),
+            vec![
+                entry(1, 10, "systemd", "/init.scope"),
+                entry(50, 10, "kubelet", "/system.slice/kubelet.service"),
+                entry(60, 10, "agent", "/kubepods/podhost1/abc"),
+                entry(70, 20, "pause", "/kubepods/podaaa/s1"),
+                entry(71, 20, "app", "/kubepods/podaaa/c1"),
+                entry(80, 30, "qemu", "/machine.slice/vm1"),
+                entry(81, 30, "qemu-worker", "/machine.slice/vm1"),
+                entry(82, 30, "helper", "/machine.slice/vm2"),
+            ],
+            0,
+        )
+    }
+
+    #[test]
+    fn census_of_a_namespace_whose_processes_exited_says_so() {
+        let idx = ProcIndex::from_entries(Path::new("/nonexistent-proc"), vec![entry(4242, 77, "gone", "/x")], 0);
+        let err = census_owned(&idx, 77, CensusOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NetnsGone { netns: 77 }), "{err}");
+        let err = census_owned(&idx, 78, CensusOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NetnsGone { netns: 78 }), "{err}");
+    }
+
+    #[test]
+    fn resolves_pods_host_and_processes() {
+        let owners = resolve(&index(), &lookup);
+        assert_eq!(owners.iter().map(|o| o.netns).collect::<Vec<_>>(), vec![10, 20, 30]);
+        assert!(owners[0].host_netns);
+        assert_eq!(owners[0].pods.len(), 1);
+        assert!(owners[0].pods[0].host_network);
+        assert_eq!(owners[0].label(), "host (+1 hostNetwork pod)");
+        assert_eq!(owners[1].pods.len(), 1, "pause and app are one pod");
+        assert_eq!(owners[1].label(), "pod aaa");
+        assert!(!owners[1].pods[0].host_network);
+        assert_eq!(owners[1].pids, vec![70, 71]);
+        assert_eq!(owners[1].processes.len(), 1, "a pod's namespace: first process only");
+        assert_eq!(owners[0].processes.len(), 3, "the host's: one per cgroup");
+        assert_eq!(owners[2].label(), "qemu[80] /machine.slice/vm1 (+2 more processes)");
+        let named: Vec<u32> = owners[2].processes.iter().map(|p| p.pid).collect();
+        assert_eq!(named, vec![80, 82], "one process per distinct cgroup");
+    }
+
+    #[test]
+    fn groups_host_sockets_by_pod_and_process() {
+        let idx = index();
+        let s = |pid: Option<u32>, state, remote: &str| Socket {
+            family: Family::Ipv4,
+            state,
+            local: "10.0.0.4:40000".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode: if pid.is_some() { 5 } else { 0 },
+            uid: 0,
+            owner_pid: pid,
+        };
+        let census = Census {
+            netns: Some(10),
+            method: Method::SockDiag,
+            fallback_reason: None,
+            listeners: vec![],
+            sockets: vec![
+                s(Some(60), TcpState::Established, "198.18.0.1:443"),
+                s(Some(60), TcpState::SynSent, "198.18.0.1:443"),
+                s(Some(50), TcpState::Established, "198.18.0.2:443"),
+                s(Some(50), TcpState::Established, "10.0.0.9:443"),
+                s(None, TcpState::TimeWait, "198.18.0.1:443"),
+            ],
+        };
+        let public = |ip: IpAddr| ip.to_string().starts_with("198.18.");
+        let g = group_by_owner(&census, &idx, &lookup, &public);
+        assert_eq!(g.len(), 3);
+        assert_eq!(g[0].label(), "pod host1");
+        assert_eq!(g[0].public_active(), 2);
+        assert!(g[0].pod.as_ref().unwrap().host_network);
+        assert_eq!(g[1].label(), "kubelet[50]");
+        assert_eq!((g[1].public_active(), g[1].counts.total), (1, 2));
+        assert_eq!(g[2].label(), "unknown owner");
+        assert_eq!(g[2].counts.time_wait, 1);
+    }
+}

@@ -1,0 +1,103 @@
+//! examples/census.rhai on a simulated node (needs root): a pod holding many flows to one
+//! public destination and connects stuck in SYN_SENT is named by its UID, with the
+//! per-destination pressure, and the verdict is "pressure found".
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use snat_core::audit::Verdict;
+use snat_script::engine::{Limits, build};
+use snat_script::{Ctx, RunOptions};
+use snat_testbed::{Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn census_playbook_names_the_pod_under_pressure() {
+    if !require_root() {
+        return;
+    }
+    let world = Netns::new("w").unwrap();
+    world.add_lo_addr("198.18.0.1/32").unwrap();
+    world.add_lo_addr("10.99.0.1/32").unwrap();
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[
+            Plan::Listen {
+                on: sa("198.18.0.1:443"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("10.99.0.1:443"),
+                backlog: 1024,
+            },
+        ],
+    )
+    .unwrap();
+    let pod_ns = Netns::new("p").unwrap();
+    let _veth = Veth::new(&pod_ns, "10.201.7.2/24", &world, "10.201.7.1/24").unwrap();
+    pod_ns.ip(&["route", "add", "default", "via", "10.201.7.1"]).unwrap();
+    let pod = PodCgroup::new(Layout::Systemd, Qos::Burstable).unwrap();
+    let _app = spawn_holder(
+        Some(&pod_ns.path()),
+        Some(&pod.cgroup),
+        &[
+            Plan::Connect {
+                to: sa("198.18.0.1:443"),
+                count: 30,
+            },
+            // Private: must not count.
+            Plan::Connect {
+                to: sa("10.99.0.1:443"),
+                count: 50,
+            },
+            Plan::ConnectNoWait {
+                to: sa("198.18.9.9:443"),
+                count: 3,
+            },
+        ],
+    )
+    .unwrap();
+
+    let params = BTreeMap::from([("warn".to_string(), "25".to_string())]);
+    let ctx = Ctx::new(RunOptions::default(), params);
+    let engine = build(&ctx, &Limits::default());
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/census.rhai")).unwrap();
+    engine.run(&script).unwrap();
+
+    let report = ctx.report();
+    assert_eq!(report.verdict, Some(Verdict::PressureFound));
+    let ours: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.summary.contains(&pod.uid))
+        .collect();
+    assert_eq!(ours.len(), 1, "{:?}", report.findings);
+    assert_eq!(ours[0].destination, Some(sa("198.18.0.1:443")));
+    assert_eq!(ours[0].evidence["established"], 30);
+    assert_eq!(ours[0].netns, Some(pod_ns.inode().unwrap()));
+    // The namespace table: our pod's row has 30 public ESTABLISHED and 3 SYN_SENT.
+    let table = report
+        .sections
+        .iter()
+        .find_map(|s| match &s.body {
+            snat_script::report::SectionBody::Table { columns, rows } if columns[0] == "netns" => {
+                Some((columns.clone(), rows.clone()))
+            }
+            _ => None,
+        })
+        .expect("namespace table");
+    let col = |name: &str| table.0.iter().position(|c| c == name).unwrap();
+    let row = table
+        .1
+        .iter()
+        .find(|r| r[col("netns")] == pod_ns.inode().unwrap())
+        .expect("a row for the pod's namespace");
+    assert_eq!(row[col("owner")], format!("pod {}", pod.uid));
+    assert_eq!(row[col("public_established")], 30);
+    assert_eq!(row[col("public_syn_sent")], 3);
+    assert_eq!(row[col("established")], 80);
+}
