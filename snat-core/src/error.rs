@@ -47,4 +47,30 @@ pub enum Error {
         /// Groupings kept.
         kept: String,
     },
+
+    // ----- metrics ----------------------------------------------------------------
+    /// An Azure Monitor metrics document is not what `az monitor metrics list -o json` or
+    /// the REST API return.
+    #[error(
+        "metrics {source_name}: at {path}: {problem} (expected the JSON of `az monitor metrics list -o json` or the Azure Monitor REST API)"
+    )]
+    MetricsFormat {
+        /// Where the document came from (path, `-`, command).
+        source_name: String,
+        /// JSON path of the problem, e.g. `$.value[0].timeseries[1].data[2].average`.
+        path: String,
+        /// What is wrong there.
+        problem: String,
+    },
+
+    /// The Azure CLI failed.
+    #[error("`{command}` failed ({status}): {stderr} (check `az login` and `az account set --subscription ...`)")]
+    AzCli {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard error (truncated).
+        stderr: String,
+    },
 }
