@@ -97,13 +97,16 @@ pub enum Error {
 
     /// RBAC denied an operation (HTTP 403).
     #[error(
-        "forbidden: cannot {verb} {resource} {scope} (RBAC): grant `{verb}` on `{resource}` to your user or to snat's ServiceAccount (see deploy/rbac.yaml); API server said: {message}"
+        "forbidden: cannot {verb} {resource}{} {scope} (RBAC): grant `{verb}` on `{resource}` to your user or to snat's ServiceAccount (see deploy/rbac.yaml); API server said: {message}",
+        name.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default()
     )]
     KubeForbidden {
         /// RBAC verb.
         verb: &'static str,
         /// RBAC resource (with group), e.g. `pods`, `jobs.batch`.
         resource: &'static str,
+        /// The object's name, for single-object operations.
+        name: Option<String>,
         /// "at cluster scope" or "in namespace ...".
         scope: String,
         /// The API server's message.

@@ -327,6 +327,7 @@ pub(crate) fn api_error(op: &Op, status: StatusCode, body: &[u8], attempts: u32)
         StatusCode::FORBIDDEN => Error::KubeForbidden {
             verb: op.verb,
             resource: op.resource,
+            name: op.name.clone(),
             scope: op.scope.to_string(),
             message,
         },

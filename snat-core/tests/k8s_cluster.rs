@@ -1,0 +1,657 @@
+//! snat's Kubernetes stages through the real kube client, configured from a real kubeconfig
+//! file, against a loopback API server (tests/support/apiserver.rs).
+#![cfg(feature = "kube")]
+
+mod support {
+    pub mod apiserver;
+}
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::{Container, Node, NodeAddress, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::json;
+use snat_core::Error;
+use snat_core::k8s::fleet::{self, FleetSpec, NodeOutcome};
+use snat_core::k8s::{Kube, KubeOptions, exec, lookup};
+use support::apiserver::{ExecReply, FakeApi, Fault, State};
+
+fn node(name: &str, internal: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        status: Some(NodeStatus {
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: name.into(),
+                },
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: internal.into(),
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn owner(kind: &str, name: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        controller: Some(true),
+        ..Default::default()
+    }
+}
+
+fn pod(ns: &str, name: &str, uid: &str, node: &str, own: Option<OwnerReference>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            uid: Some(uid.into()),
+            owner_references: own.map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            containers: vec![Container {
+                name: "app".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            qos_class: Some("Burstable".into()),
+            pod_ip: Some("10.244.1.7".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn cluster() -> State {
+    let mut pods = Vec::new();
+    // 7 pods on node-a (more than a page of 3), 2 on node-b.
+    for i in 0..5 {
+        pods.push(pod(
+            "shop",
+            &format!("api-7d9f-{i}"),
+            &format!("00000000-0000-0000-0000-00000000000{i}"),
+            "node-a",
+            Some(owner("ReplicaSet", "api-7d9f")),
+        ));
+    }
+    pods.push(pod(
+        "batch",
+        "report-28900-x",
+        "11111111-0000-0000-0000-000000000001",
+        "node-a",
+        Some(owner("Job", "report-28900")),
+    ));
+    pods.push(pod(
+        "batch",
+        "once-y",
+        "11111111-0000-0000-0000-000000000002",
+        "node-a",
+        Some(owner("Job", "once")),
+    ));
+    pods.push(pod(
+        "kube-system",
+        "dns-1",
+        "22222222-0000-0000-0000-000000000001",
+        "node-b",
+        None,
+    ));
+    pods.push(pod(
+        "kube-system",
+        "proxy-1",
+        "22222222-0000-0000-0000-000000000002",
+        "node-b",
+        Some(owner("DaemonSet", "kube-proxy")),
+    ));
+    let rs = ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some("api-7d9f".into()),
+            namespace: Some("shop".into()),
+            owner_references: Some(vec![owner("Deployment", "api")]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let finished = Job {
+        metadata: ObjectMeta {
+            name: Some("report-28900".into()),
+            namespace: Some("batch".into()),
+            owner_references: Some(vec![owner("CronJob", "report")]),
+            ..Default::default()
+        },
+        status: Some(JobStatus {
+            active: Some(0),
+            succeeded: Some(1),
+            completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2024-06-01T10:00:00Z".parse().unwrap(),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let running = Job {
+        metadata: ObjectMeta {
+            name: Some("once".into()),
+            namespace: Some("batch".into()),
+            ..Default::default()
+        },
+        status: Some(JobStatus {
+            active: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    State {
+        token: "t0ken".into(),
+        nodes: vec![node("node-a", "10.224.0.4"), node("node-b", "10.224.0.5")].into(),
+        pods: pods.into(),
+        replicasets: vec![rs].into(),
+        jobs: vec![finished, running].into(),
+        max_page: 3,
+        ..Default::default()
+    }
+}
+
+struct Env {
+    api: FakeApi,
+    _dir: tempfile::TempDir,
+    kube: Kube,
+}
+
+fn fast_opts(kubeconfig: std::path::PathBuf) -> KubeOptions {
+    KubeOptions {
+        kubeconfig: Some(kubeconfig),
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(3),
+        backoff_base: Duration::from_millis(10),
+        page_size: 100,
+        ..Default::default()
+    }
+}
+
+async fn env(state: State) -> Env {
+    let api = FakeApi::start(state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[]);
+    let kube = Kube::connect(&fast_opts(kc)).await.unwrap();
+    Env { api, _dir: dir, kube }
+}
+
+fn requests(api: &FakeApi) -> Vec<String> {
+    api.state.requests.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn node_by_ip_finds_internal_ip() {
+    let e = env(cluster()).await;
+    let n = lookup::node_by_ip(&e.kube, "10.224.0.5".parse::<IpAddr>().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.name.as_deref(), Some("node-b"));
+    assert!(
+        lookup::node_by_ip(&e.kube, "10.9.9.9".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        requests(&e.api)
+            .iter()
+            .all(|r| r.starts_with("GET /api/v1/nodes?") && r.contains("limit="))
+    );
+}
+
+#[tokio::test]
+async fn pods_on_node_follow_continue_and_send_the_field_selector() {
+    let e = env(cluster()).await;
+    let pods = lookup::pods_on_node(&e.kube, "node-a", false).await.unwrap();
+    let names: Vec<_> = pods.iter().map(|p| p.pod.name.clone().unwrap()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(pods.iter().all(|p| p.node.as_deref() == Some("node-a")));
+    assert_eq!(pods[0].containers, vec!["app".to_string()]);
+    assert_eq!(pods[0].pod.qos, Some(snat_core::model::Qos::Burstable));
+    // Server pages are at most 3 items: 7 pods take 3 requests, each after the first
+    // carrying the previous page's continue token.
+    let reqs: Vec<_> = requests(&e.api)
+        .into_iter()
+        .filter(|r| r.contains("/api/v1/pods"))
+        .collect();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(!reqs[0].contains("continue="));
+    assert!(
+        reqs[1].contains("continue=off-3") && reqs[2].contains("continue=off-6"),
+        "{reqs:?}"
+    );
+    let sels = e.api.state.field_selectors.lock().unwrap().clone();
+    assert_eq!(sels, vec!["spec.nodeName=node-a"; 3]);
+    let b = lookup::pods_on_node(&e.kube, "node-b", false).await.unwrap();
+    assert_eq!(b.len(), 2);
+}
+
+#[tokio::test]
+async fn owners_resolve_through_replicasets_and_jobs() {
+    let e = env(cluster()).await;
+    let pods = lookup::pods_on_node(&e.kube, "node-a", true).await.unwrap();
+    let by_name = |n: &str| {
+        pods.iter()
+            .find(|p| p.pod.name.as_deref() == Some(n))
+            .unwrap()
+            .pod
+            .owner
+            .clone()
+            .unwrap()
+    };
+    let dep = by_name("api-7d9f-0");
+    assert_eq!(
+        (dep.kind.as_str(), dep.name.as_str(), dep.active),
+        ("Deployment", "api", None)
+    );
+    let cron = by_name("report-28900-x");
+    assert_eq!(
+        (cron.kind.as_str(), cron.name.as_str(), cron.active),
+        ("CronJob", "report", Some(false))
+    );
+    assert!(lookup::finished_job_note(&cron).unwrap().contains("has finished"));
+    let job = by_name("once-y");
+    assert_eq!((job.kind.as_str(), job.active), ("Job", Some(true)));
+    assert!(lookup::finished_job_note(&job).is_none());
+    // Five pods of one ReplicaSet cost one `get`.
+    let rs_gets = requests(&e.api).iter().filter(|r| r.contains("/replicasets/")).count();
+    assert_eq!(rs_gets, 1);
+}
+
+#[tokio::test]
+async fn pod_by_uid_finds_the_pod_and_its_owner() {
+    let e = env(cluster()).await;
+    let p = lookup::pod_by_uid(&e.kube, "22222222-0000-0000-0000-000000000002", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("proxy-1"));
+    assert_eq!(p.pod.owner.unwrap().kind, "DaemonSet");
+    // Static-pod style (no dashes) also matches; restricted to a node.
+    let p = lookup::pod_by_uid(&e.kube, "00000000000000000000000000000003", Some("node-a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("api-7d9f-3"));
+    assert!(
+        lookup::pod_by_uid(&e.kube, "nope", Some("node-b"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn context_selects_the_cluster() {
+    let a = FakeApi::start(cluster()).await;
+    let mut other = cluster();
+    other.nodes = vec![node("other-node", "10.1.0.4")].into();
+    let b = FakeApi::start(other).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = a.kubeconfig(dir.path(), &[("second", format!("http://{}", b.addr))]);
+    let mut o = fast_opts(kc);
+    o.context = Some("second".into());
+    let kube = Kube::connect(&o).await.unwrap();
+    let n = lookup::node_by_ip(&kube, "10.1.0.4".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.name.as_deref(), Some("other-node"));
+    assert!(requests(&a).is_empty());
+    o.context = Some("missing".into());
+    let err = Kube::connect(&o).await.unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("kubeconfig"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_token_is_unauthorized() {
+    let api = FakeApi::start(cluster()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[]);
+    let text = std::fs::read_to_string(&kc).unwrap().replace("t0ken", "expired");
+    std::fs::write(&kc, text).unwrap();
+    let kube = Kube::connect(&fast_opts(kc)).await.unwrap();
+    let err = lookup::pods_on_node(&kube, "node-a", false).await.unwrap_err();
+    assert!(matches!(err, Error::KubeUnauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("az aks get-credentials"));
+}
+
+#[tokio::test]
+async fn forbidden_names_verb_and_resource() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/pods".into(), Fault::Status(403, None)));
+    let err = lookup::pods_on_node(&e.kube, "node-a", false).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("forbidden: cannot list pods at cluster scope (RBAC): grant `list` on `pods`"),
+        "{msg}"
+    );
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/replicasets/".into(), Fault::Status(403, None)));
+    let msg = lookup::pods_on_node(&e.kube, "node-a", true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cannot get replicasets.apps \"api-7d9f\" in namespace \"shop\""),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_then_ok_succeeds_after_retry_after() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes".into(), Fault::Status(429, Some(1))));
+    let t0 = Instant::now();
+    let n = lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n.unwrap().name.as_deref(), Some("node-a"));
+    // The server said Retry-After: 1; backoff alone would have waited 10 ms.
+    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    assert_eq!(requests(&e.api).len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_retry_then_give_up_with_attempt_count() {
+    let e = env(cluster()).await;
+    for _ in 0..2 {
+        e.api
+            .state
+            .faults
+            .lock()
+            .unwrap()
+            .push_back(("/api/v1/nodes".into(), Fault::Status(500, None)));
+    }
+    assert!(
+        lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for _ in 0..10 {
+        e.api
+            .state
+            .faults
+            .lock()
+            .unwrap()
+            .push_back(("/api/v1/nodes".into(), Fault::Status(503, None)));
+    }
+    let err = lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    match &err {
+        Error::KubeApi { code, attempts, .. } => assert_eq!((*code, *attempts), (503, 5)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hang_times_out() {
+    let api = FakeApi::start(cluster()).await;
+    api.state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes".into(), Fault::Hang));
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = fast_opts(api.kubeconfig(dir.path(), &[]));
+    o.read_timeout = Duration::from_millis(300);
+    o.connect_timeout = Duration::from_millis(300);
+    let kube = Kube::connect(&o).await.unwrap();
+    let t0 = Instant::now();
+    let err = lookup::node_by_ip(&kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KubeTimeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("timed out trying to list nodes"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transport_error() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = FakeApi::start(cluster()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[("dead", format!("http://127.0.0.1:{port}"))]);
+    let mut o = fast_opts(kc);
+    o.context = Some("dead".into());
+    let kube = Kube::connect(&o).await.unwrap();
+    let err = lookup::node_by_ip(&kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach the API server"), "{err}");
+}
+
+const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 2100E00A:A0C6 0500A8C0:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 20 4 30 10 -1\n   1: 2100E00A:A0C8 0B0B0B14:01BB 02 00000000:00000000 00:00000000 00000000  1000        0 12346 1 0000000000000000 20 4 30 10 -1\n";
+const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0\n";
+
+#[tokio::test]
+async fn exec_census_over_websocket() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", Some("app"))
+        .await
+        .unwrap();
+    assert_eq!(c.sockets.len(), 3);
+    assert_eq!(c.sockets[1].remote.to_string(), "20.11.11.11:443");
+    assert_eq!(c.sockets[1].state, snat_core::model::TcpState::SynSent);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let r = requests(&e.api).into_iter().find(|r| r.contains("/exec")).unwrap();
+    assert!(
+        r.contains("command=cat") && r.contains("command=%2Fproc%2Fnet%2Ftcp6") && r.contains("container=app"),
+        "{r}"
+    );
+    assert!(!r.contains("stdin=true"));
+}
+
+#[tokio::test]
+async fn exec_census_without_tcp6_warns() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: b"cat: can't open '/proc/net/tcp6': No such file or directory\n".to_vec(),
+        status: json!({"metadata": {}, "status": "Failure", "message": "command terminated with non-zero exit code",
+                       "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": "1"}]}}),
+    });
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    assert_eq!(c.sockets.len(), 2);
+    assert!(c.warnings.iter().any(|w| w.contains("tcp6")), "{:?}", c.warnings);
+}
+
+#[tokio::test]
+async fn exec_without_cat_fails_clearly() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: vec![],
+        stderr: b"exec: \"cat\": executable file not found in $PATH".to_vec(),
+        status: json!({"metadata": {}, "status": "Failure", "message": "executable file not found", "reason": "InternalError"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "distroless-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/distroless-0") && err.contains("needs `cat`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn exec_forbidden_names_pods_exec() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/exec".into(), Fault::Status(403, None)));
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot create pods/exec \"api-7d9f-0\" in namespace \"shop\""),
+        "{err}"
+    );
+}
+
+fn spec(concurrency: usize) -> FleetSpec {
+    let mut s = FleetSpec::new("registry.example/snat:0.1.0", "census.rhai", "report::title(\"x\");");
+    s.concurrency = concurrency;
+    s.poll_interval = Duration::from_millis(5);
+    s.run_id = "0123abcd-0000-4000-8000-000000000000".into();
+    s
+}
+
+#[tokio::test]
+async fn fleet_runs_jobs_and_merges_records() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(20));
+    let e = env(st).await;
+    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(nodes, vec!["node-a", "node-b"]);
+    let res = fleet::run_fleet(&e.kube, &spec(4), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    assert_eq!(res.record.nodes.len(), 2);
+    for (entry, n) in res.record.nodes.iter().zip(&nodes) {
+        assert_eq!(&entry.node, n);
+        assert_eq!(entry.outcome, NodeOutcome::Completed, "{entry:?}");
+        assert_eq!(entry.exit_code, Some(0));
+        assert_eq!(entry.audit_run_id.as_deref(), Some(format!("run-{n}").as_str()));
+        assert_eq!(entry.verdict, Some(json!("clear")));
+    }
+    let run = &res.runs[0];
+    assert_eq!(run.output.as_ref().unwrap().report.as_ref().unwrap()["node"], "node-a");
+    // Every Job created was deleted.
+    let s = &e.api.state;
+    assert_eq!(s.created.load(Ordering::SeqCst), 2);
+    assert_eq!(s.deleted.load(Ordering::SeqCst), 2);
+    // Written record references the node audit files by SHA-256.
+    let dir = tempfile::tempdir().unwrap();
+    let p = fleet::write_fleet(dir.path(), &res).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let f = rec["nodes"][1]["audit_file"].as_str().unwrap();
+    let bytes = std::fs::read(dir.path().join(f)).unwrap();
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(rec["nodes"][1]["audit_sha256"], json!(sha));
+}
+
+#[tokio::test]
+async fn fleet_fan_out_over_1000_nodes_respects_concurrency() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(15));
+    let e = env(st).await;
+    let nodes: Vec<String> = (0..1000).map(|i| format!("aks-pool-{i:04}")).collect();
+    let t0 = Instant::now();
+    let res = fleet::run_fleet(&e.kube, &spec(25), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let s = &e.api.state;
+    let max = s.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 25, "server saw {max} Jobs in flight");
+    assert!(max >= 2, "no concurrency at all ({max})");
+    assert_eq!(s.created.load(Ordering::SeqCst), 1000);
+    assert_eq!(s.in_flight.load(Ordering::SeqCst), 0);
+    assert!(res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Completed));
+    // Distinct Job names for distinct nodes.
+    let names: std::collections::HashSet<_> = res.runs.iter().map(|r| r.job.clone()).collect();
+    assert_eq!(names.len(), 1000);
+    eprintln!("fan-out: 1000 nodes, concurrency 25, max in flight {max}, took {took:?}");
+}
+
+#[tokio::test]
+async fn fleet_cancel_deletes_running_jobs() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None; // Jobs never finish.
+    let e = env(st).await;
+    let nodes: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let state = e.api.state.clone();
+    tokio::spawn(async move {
+        while state.created.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c2.store(true, Ordering::SeqCst);
+    });
+    let res = fleet::run_fleet(&e.kube, &spec(3), &nodes, cancel).await.unwrap();
+    assert!(res.record.cancelled);
+    assert!(
+        res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Cancelled),
+        "{:?}",
+        res.record.nodes
+    );
+    let s = &e.api.state;
+    assert_eq!(s.created.load(Ordering::SeqCst), 3, "no new Jobs after cancel");
+    assert_eq!(s.in_flight.load(Ordering::SeqCst), 0, "every created Job deleted");
+}
+
+#[tokio::test]
+async fn fleet_job_manifest_arrives_as_built() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    fleet::run_fleet(
+        &e.kube,
+        &spec(1),
+        &["node-a".to_string()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let got = e.api.state.manifests.lock().unwrap()[0].clone();
+    assert_eq!(got, fleet::job_manifest(&spec(1), "node-a"));
+    let req = requests(&e.api).into_iter().find(|r| r.starts_with("POST")).unwrap();
+    assert_eq!(req, "POST /apis/batch/v1/namespaces/snat/jobs?");
+}
