@@ -655,3 +655,111 @@ async fn fleet_job_manifest_arrives_as_built() {
     let req = requests(&e.api).into_iter().find(|r| r.starts_with("POST")).unwrap();
     assert_eq!(req, "POST /apis/batch/v1/namespaces/snat/jobs?");
 }
+
+/// (api group, resource[/subresource], verb, namespace or None for cluster-wide).
+type Access = (String, String, String, Option<String>);
+
+fn access_of(request: &str) -> Access {
+    let (method, pq) = request.split_once(' ').unwrap();
+    let path = pq.split('?').next().unwrap();
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match seg[0] {
+        "api" => (String::new(), &seg[2..]),
+        _ => (seg[1].to_string(), &seg[3..]),
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, rest @ ..] => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (resource, has_name) = match rest {
+        [r] => (r.to_string(), false),
+        [r, _name] => (r.to_string(), true),
+        [r, _name, sub] => (format!("{r}/{sub}"), true),
+        other => panic!("unexpected path {other:?}"),
+    };
+    let verb = match (method, has_name) {
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, verb.to_string(), ns)
+}
+
+fn rules(doc: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for r in doc["rules"].as_array().unwrap() {
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    out.push((
+                        g.as_str().unwrap().into(),
+                        res.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn rbac_grants_exactly_what_the_code_calls() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    *st.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let e = env(st).await;
+    // Every API-calling stage snat has.
+    lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap();
+    lookup::pods_on_node(&e.kube, "node-a", true).await.unwrap();
+    lookup::pod_by_uid(&e.kube, "22222222-0000-0000-0000-000000000002", None)
+        .await
+        .unwrap();
+    exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let of_kind = |k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
+    let cluster_rules = of_kind("ClusterRole");
+    let ns_rules = of_kind("Role");
+    let role_ns = docs.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
+    assert_eq!(role_ns, "snat");
+
+    let mut used_cluster = std::collections::BTreeSet::new();
+    let mut used_ns = std::collections::BTreeSet::new();
+    for r in requests(&e.api) {
+        let (g, res, verb, ns) = access_of(&r);
+        let key = (g, res, verb);
+        // The fleet's own calls are in namespace snat and must be covered by the Role;
+        // everything else by the ClusterRole.
+        if ns.as_deref() == Some("snat") {
+            assert!(ns_rules.contains(&key), "{r} needs {key:?} in the snat-fleet Role");
+            used_ns.insert(key);
+        } else {
+            assert!(
+                cluster_rules.contains(&key),
+                "{r} needs {key:?} in the snat-reader ClusterRole"
+            );
+            used_cluster.insert(key);
+        }
+    }
+    // And nothing granted goes unused (pods/exec `create` is how newer API servers
+    // authorize the same WebSocket GET).
+    used_cluster.insert(("".into(), "pods/exec".into(), "create".into()));
+    let granted_cluster: std::collections::BTreeSet<_> = cluster_rules.into_iter().collect();
+    let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
+    assert_eq!(granted_cluster, used_cluster);
+    assert_eq!(granted_ns, used_ns);
+}

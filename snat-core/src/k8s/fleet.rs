@@ -45,11 +45,11 @@ pub const WORK_DIR: &str = "/tmp/snat";
 pub const HOST_PROC: &str = "/host/proc";
 
 /// The container's shell script. `$@` is the snat-run command line; the playbook arrives in
-/// `$SNAT_PLAYBOOK`. It always exits 0 once it has printed the framed output, because the
+/// `$SNAT_PLAYBOOK` and is written to `$SNAT_WORK/playbook.rhai` (default [`WORK_DIR`]). It always exits 0 once it has printed the framed output, because the
 /// playbook's own exit code (3 = pressure found) travels in the `--- snat:exit N ---` line
 /// and must not make the Job "fail".
 pub const NODE_SCRIPT: &str = r#"set -u
-w=/tmp/snat
+w=${SNAT_WORK:-/tmp/snat}
 mkdir -p "$w/audit" || exit 70
 printf '%s' "$SNAT_PLAYBOOK" > "$w/playbook.rhai" || exit 70
 "$@" > "$w/report.json" 2> "$w/stderr"
@@ -705,4 +705,205 @@ pub fn write_fleet(dir: &Path, result: &FleetResult) -> Result<PathBuf, Error> {
     let text = serde_json::to_string_pretty(&result.record).unwrap_or_default();
     std::fs::write(&p, text).map_err(io("cannot write fleet record", &p))?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn spec() -> FleetSpec {
+        let mut s = FleetSpec::new("registry.example/snat:0.1.0", "census.rhai", "report::title(\"t\");");
+        s.run_id = "0123abcd-0000-4000-8000-000000000000".into();
+        s.extra_args = vec!["--param".into(), "top=5".into()];
+        s
+    }
+
+    #[test]
+    fn job_manifest_fields() {
+        let j = job_manifest(&spec(), "aks-nodepool1-12345678-vmss000003");
+        let meta = &j.metadata;
+        assert_eq!(
+            meta.name.as_deref(),
+            Some(job_name(&spec().run_id, "aks-nodepool1-12345678-vmss000003").as_str())
+        );
+        assert_eq!(meta.namespace.as_deref(), Some("snat"));
+        assert_eq!(meta.labels.as_ref().unwrap()["snat.io/run-id"], spec().run_id);
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()["snat.io/node"],
+            "aks-nodepool1-12345678-vmss000003"
+        );
+        let js = j.spec.as_ref().unwrap();
+        assert_eq!(js.backoff_limit, Some(0));
+        assert_eq!(js.ttl_seconds_after_finished, Some(600));
+        assert_eq!(js.active_deadline_seconds, Some(900));
+        let ps = js.template.spec.as_ref().unwrap();
+        assert_eq!(ps.node_name.as_deref(), Some("aks-nodepool1-12345678-vmss000003"));
+        assert_eq!(ps.host_pid, Some(true));
+        assert_eq!(ps.host_network, Some(true));
+        assert_eq!(ps.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(ps.service_account_name.as_deref(), Some("snat-node"));
+        assert_eq!(ps.automount_service_account_token, Some(false));
+        let tol = ps.tolerations.as_ref().unwrap();
+        assert_eq!(tol.len(), 1);
+        assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tol[0].key, None);
+        assert_eq!(tol[0].effect, None);
+        let c = &ps.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/snat:0.1.0"));
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        let cmd = c.command.as_ref().unwrap();
+        assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
+        assert_eq!(cmd[2], NODE_SCRIPT);
+        assert_eq!(
+            &cmd[4..],
+            [
+                "snat-run",
+                "--output",
+                "json",
+                "--audit-dir",
+                "/tmp/snat/audit",
+                "--host-proc",
+                "/host/proc",
+                "--param",
+                "top=5",
+                "/tmp/snat/playbook.rhai"
+            ]
+        );
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(env[0].name, "SNAT_PLAYBOOK");
+        assert_eq!(env[0].value.as_deref(), Some("report::title(\"t\");"));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        let m = |n: &str| mounts.iter().find(|m| m.name == n).unwrap();
+        assert_eq!(
+            (m("host-proc").mount_path.as_str(), m("host-proc").read_only),
+            ("/host/proc", Some(true))
+        );
+        assert_eq!(
+            (m("btf").mount_path.as_str(), m("btf").read_only),
+            ("/sys/kernel/btf", Some(true))
+        );
+        assert_eq!(m("work").mount_path, WORK_DIR);
+        let vols = ps.volumes.as_ref().unwrap();
+        let v = |n: &str| vols.iter().find(|v| v.name == n).unwrap();
+        assert_eq!(v("host-proc").host_path.as_ref().unwrap().path, "/proc");
+        assert_eq!(v("btf").host_path.as_ref().unwrap().path, "/sys/kernel/btf");
+        assert!(v("work").empty_dir.is_some());
+    }
+
+    #[rstest]
+    #[case("0123abcd-0000", "node-a")]
+    #[case("RUN_ID with spaces!", "aks-nodepool1-12345678-vmss000003")]
+    #[case("", "x")]
+    fn job_names_are_dns_labels(#[case] run: &str, #[case] node: &str) {
+        let n = job_name(run, node);
+        assert!(n.len() <= 63, "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{n}"
+        );
+        assert!(n.starts_with("snat-") && !n.ends_with('-'));
+        assert_ne!(job_name(run, node), job_name(run, &format!("{node}x")));
+    }
+
+    #[rstest]
+    #[case::complete(
+        "--- snat:report ---\n{\"verdict\":\"pressure_found\"}\n\n--- snat:audit ---\n{\"run_id\":\"r1\"}\n\n--- snat:stderr ---\nwarn: x\n\n--- snat:exit 3 ---\n",
+        Some(3),
+        true,
+        true,
+        0
+    )]
+    #[case::cut_short("--- snat:report ---\n{\"verdict\":\"clear\"}\n", None, true, false, 2)]
+    #[case::bad_json(
+        "--- snat:report ---\n{oops\n--- snat:audit ---\n{}\n--- snat:exit 1 ---\n",
+        Some(1),
+        false,
+        true,
+        1
+    )]
+    #[case::empty("", None, false, false, 3)]
+    fn node_output_sections(
+        #[case] log: &str,
+        #[case] exit: Option<i32>,
+        #[case] has_report: bool,
+        #[case] has_audit: bool,
+        #[case] problems: usize,
+    ) {
+        let o = parse_node_output(log);
+        assert_eq!(o.exit_code, exit);
+        assert_eq!(o.report.is_some(), has_report);
+        assert_eq!(o.audit.is_some(), has_audit);
+        assert_eq!(o.problems.len(), problems, "{:?}", o.problems);
+        if let Some(t) = &o.audit_text {
+            assert_eq!(o.audit_sha256.as_deref(), Some(hex_sha256(t.as_bytes()).as_str()));
+        }
+    }
+
+    #[test]
+    fn node_script_frames_a_real_run() {
+        // Run the container script with /bin/sh and a stand-in snat-run that writes a report,
+        // an audit record, some stderr, and exits 3 (pressure found).
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("snat-run");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nwhile [ $# -gt 1 ]; do [ \"$1\" = --audit-dir ] && a=$2; shift; done\n\
+             echo '{\"playbook\":\"'\"$1\"'\",\"verdict\":\"pressure_found\"}'\n\
+             printf '{\"run_id\":\"abc\"}' > \"$a/run.json\"\necho 'tracing...' >&2\nexit 3\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let work = dir.path().join("work");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(NODE_SCRIPT)
+            .arg("snat-node")
+            .arg(&fake)
+            .arg("--audit-dir")
+            .arg(work.join("audit"))
+            .arg(work.join("playbook.rhai"))
+            .env("SNAT_WORK", &work)
+            .env("SNAT_PLAYBOOK", "let x = 1;\n")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the script must exit 0 whatever snat-run returned"
+        );
+        let o = parse_node_output(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(o.exit_code, Some(3));
+        assert_eq!(o.report.as_ref().unwrap()["verdict"], "pressure_found");
+        assert_eq!(o.audit.as_ref().unwrap()["run_id"], "abc");
+        assert_eq!(o.audit_text.as_deref(), Some("{\"run_id\":\"abc\"}"));
+        assert_eq!(o.stderr, "tracing...");
+        assert!(o.problems.is_empty(), "{:?}", o.problems);
+        assert_eq!(
+            std::fs::read_to_string(work.join("playbook.rhai")).unwrap(),
+            "let x = 1;\n"
+        );
+    }
+
+    #[test]
+    fn deploy_job_template_mirrors_the_code() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/job-template.yaml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut file: Job = serde_saphyr::from_str(&text).unwrap();
+        let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", "PLAYBOOK_TEXT");
+        s.run_id = "RUN_ID".into();
+        let built = job_manifest(&s, "NODE_NAME");
+        // The file's name is a placeholder: the code derives it from the run id and node.
+        assert_eq!(file.metadata.name.as_deref(), Some("snat-RUN-NODEHASH"));
+        file.metadata.name = built.metadata.name.clone();
+        assert_eq!(file, built);
+    }
+
+    #[test]
+    fn node_output_keeps_stderr() {
+        let o = parse_node_output("--- snat:stderr ---\nerror: no BTF\n--- snat:exit 1 ---\n");
+        assert_eq!(o.stderr, "error: no BTF");
+        assert_eq!(o.exit_code, Some(1));
+    }
 }
