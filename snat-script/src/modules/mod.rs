@@ -9,6 +9,8 @@ use rhai::{Engine, FuncRegistration, Module};
 
 use crate::ctx::Ctx;
 
+pub mod kube;
+pub mod metrics;
 pub mod params;
 pub mod report;
 pub mod types;
@@ -37,6 +39,14 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Which destinations consume SNAT ports (public-IP policy).",
     },
     Namespace {
+        name: "metrics",
+        doc: "Azure Monitor SNAT metrics (the article's Step 1): rank node IPs by port usage and failed connections.",
+    },
+    Namespace {
+        name: "kube",
+        doc: "Kubernetes API: node by IP, pods on a node, pod by UID and owner, socket census in a pod via exec.",
+    },
+    Namespace {
         name: "report",
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
@@ -47,6 +57,8 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(types::create_module(ctx).into());
     engine.register_global_module(params::create_module(ctx).into());
     engine.register_static_module("report", report::create_module(ctx).into());
+    engine.register_static_module("metrics", metrics::create_module(ctx).into());
+    engine.register_static_module("kube", kube::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {
