@@ -759,6 +759,35 @@ mod tests {
         assert_eq!(a.timespan.as_deref(), Some("2024-06-01T10:00:00Z/2024-06-01T10:02:00Z"));
     }
 
+    #[rstest]
+    #[case::lower("backendipaddress", "connectionstate")]
+    #[case::portal("BackendIPAddress", "ConnectionState")]
+    #[case::shouting("BACKENDIPADDRESS", "CONNECTIONSTATE")]
+    fn dimension_names_match_case_insensitively(#[case] backend: &str, #[case] state: &str) {
+        let text = data("rest-lb-metrics.json")
+            .replace("\"backendipaddress\"", &format!("\"{backend}\""))
+            .replace("\"connectionstate\"", &format!("\"{state}\""));
+        let a = analyze(&parse(&text, "case").unwrap()).unwrap();
+        assert_eq!(a.by_failed[0].backend_ip.to_string(), "10.224.0.5");
+        assert_eq!(a.by_failed[0].failed, 7.0);
+        assert_eq!(a.by_ratio[0].peak_ratio, Some(1.0));
+    }
+
+    #[test]
+    fn metric_errors_become_notes() {
+        let mut v: Value = serde_json::from_str(&data("rest-lb-metrics.json")).unwrap();
+        v["value"][2]["errorCode"] = "Throttled".into();
+        v["value"][2]["errorMessage"] = "Too many requests".into();
+        let a = analyze(&parse(&v.to_string(), "err").unwrap()).unwrap();
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n == "metric SnatConnectionCount returned an error: Throttled: Too many requests"),
+            "{:?}",
+            a.notes
+        );
+    }
+
     #[test]
     fn nat_gateway_is_recognised_and_says_no_per_node_split() {
         let a = analyze(&parse(&data("natgw-metrics.json"), "natgw").unwrap()).unwrap();

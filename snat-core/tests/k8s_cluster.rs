@@ -152,6 +152,34 @@ async fn pod_by_uid_finds_the_pod_and_its_owner() {
 }
 
 #[tokio::test]
+async fn pod_by_uid_stops_at_the_page_that_has_it() {
+    let e = env(cluster()).await;
+    // The first pod of the cluster is on the first page (server pages hold 3 pods of 9).
+    let p = lookup::pod_by_uid(&e.kube, "00000000-0000-0000-0000-000000000000", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("api-7d9f-0"));
+    let lists = requests(&e.api)
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .count();
+    assert_eq!(lists, 1);
+    // A UID that is nowhere walks every page: 9 pods in pages of 3.
+    assert!(
+        lookup::pod_by_uid(&e.kube, "ffffffff-0000-0000-0000-000000000000", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let lists = requests(&e.api)
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .count();
+    assert_eq!(lists, 1 + 3);
+}
+
+#[tokio::test]
 async fn context_selects_the_cluster() {
     let a = FakeApi::start(cluster()).await;
     let mut other = cluster();
@@ -283,13 +311,11 @@ async fn hang_times_out() {
     o.read_timeout = Duration::from_millis(300);
     o.connect_timeout = Duration::from_millis(300);
     let kube = Kube::connect(&o).await.unwrap();
-    let t0 = Instant::now();
     let err = lookup::node_by_ip(&kube, "10.224.0.4".parse().unwrap())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::KubeTimeout { .. }), "{err:?}");
     assert!(err.to_string().contains("timed out trying to list nodes"), "{err}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -611,4 +637,56 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
     assert_eq!(granted_cluster, used_cluster);
     assert_eq!(granted_ns, used_ns);
+}
+
+#[tokio::test]
+async fn fleet_reports_each_nodes_failure_and_carries_on() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    st.failing_nodes.lock().unwrap().push("n2".into());
+    let e = env(st).await;
+    // RBAC refuses the first Job; n2's Job fails; n3 completes.
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/jobs".into(), Fault::Status(403, None)));
+    let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let res = fleet::run_fleet(&e.kube, &spec(1), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let n = &res.record.nodes;
+    assert_eq!(n[0].outcome, NodeOutcome::Failed);
+    let err = n[0].error.as_deref().unwrap();
+    assert!(
+        err.starts_with("forbidden: cannot create jobs.batch in namespace \"snat\" (RBAC)"),
+        "{err}"
+    );
+    assert_eq!(n[1].outcome, NodeOutcome::Failed);
+    assert!(n[1].error.as_deref().unwrap().contains("cut short"), "{:?}", n[1].error);
+    assert_eq!(n[1].audit_file, None);
+    assert_eq!(n[2].outcome, NodeOutcome::Completed);
+    assert_eq!(
+        e.api.state.in_flight.load(Ordering::SeqCst),
+        0,
+        "the failed Job was deleted too"
+    );
+}
+
+#[tokio::test]
+async fn fleet_rejects_unusable_specs() {
+    let e = env(cluster()).await;
+    let mut s = spec(0);
+    let err = fleet::run_fleet(&e.kube, &s, &["n".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("concurrency"), "{err}");
+    s.concurrency = 1;
+    s.image = " ".into();
+    let err = fleet::run_fleet(&e.kube, &s, &["n".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no image"), "{err}");
+    assert!(requests(&e.api).is_empty());
 }

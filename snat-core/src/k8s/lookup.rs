@@ -32,16 +32,17 @@ struct Page<K> {
     items: Vec<K>,
 }
 
-/// List every object at `url_path`, page by page (`limit` = the client's page size,
-/// following `continue` tokens), with the given selectors.
-pub async fn list_all<K: DeserializeOwned>(
+/// Walk the objects at `url_path` page by page (`limit` = the client's page size, following
+/// `continue` tokens), with the given selectors, handing each page to `visit` until it
+/// returns `false` or the list ends.
+pub async fn for_each_page<K: DeserializeOwned>(
     kube: &Kube,
     op: &Op,
     url_path: &str,
     field_selector: Option<&str>,
     label_selector: Option<&str>,
-) -> Result<Vec<K>, Error> {
-    let mut out = Vec::new();
+    mut visit: impl FnMut(Vec<K>) -> bool,
+) -> Result<(), Error> {
     let mut token: Option<String> = None;
     let req = Request::new(url_path);
     for _page in 0..100_000u32 {
@@ -56,16 +57,35 @@ pub async fn list_all<K: DeserializeOwned>(
             lp = lp.continue_token(t);
         }
         let page: Page<K> = kube.send_json(op, true, || req.list(&lp)).await?;
-        out.extend(page.items);
+        if !visit(page.items) {
+            return Ok(());
+        }
         match page.metadata.continue_ {
             Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok(out),
+            _ => return Ok(()),
         }
     }
     Err(Error::KubeDecode {
-        op: format!("{} {}", op.verb, op.resource),
+        op: op.describe(),
         message: "the API server kept returning continue tokens (100000 pages): giving up".into(),
     })
+}
+
+/// List every object at `url_path` (all pages), with the given selectors.
+pub async fn list_all<K: DeserializeOwned>(
+    kube: &Kube,
+    op: &Op,
+    url_path: &str,
+    field_selector: Option<&str>,
+    label_selector: Option<&str>,
+) -> Result<Vec<K>, Error> {
+    let mut out = Vec::new();
+    for_each_page(kube, op, url_path, field_selector, label_selector, |items| {
+        out.extend(items);
+        true
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Find the node that has `ip` as an InternalIP or ExternalIP address (the load balancer's
@@ -168,20 +188,39 @@ pub async fn pods_on_node(kube: &Kube, node: &str, resolve_owners: bool) -> Resu
 /// The pod with this UID (dashed or, for static pods, 32 hex digits), searching only `node`
 /// when given. Its owner is resolved. `None` when no pod has it.
 pub async fn pod_by_uid(kube: &Kube, uid: &str, node: Option<&str>) -> Result<Option<PodInfo>, Error> {
-    let want = uid.trim().to_ascii_lowercase();
-    let pods = match node {
-        Some(n) => list_pods(kube, Some(&format!("spec.nodeName={n}"))).await?,
-        None => list_pods(kube, None).await?,
+    let want = uid.trim().replace('-', "").to_ascii_lowercase();
+    if want.is_empty() {
+        return Err(Error::InvalidArgument("empty pod UID".into()));
+    }
+    let op = Op {
+        verb: "list",
+        resource: "pods",
+        scope: Scope::Cluster,
+        name: None,
     };
-    let Some(p) = pods.iter().find(|p| {
-        p.metadata.uid.as_deref().map(str::to_ascii_lowercase).as_deref() == Some(want.as_str())
-            || p.metadata
-                .uid
-                .as_deref()
-                .map(|u| u.replace('-', "").to_ascii_lowercase())
-                .as_deref()
-                == Some(want.as_str())
-    }) else {
+    let selector = node.map(|n| format!("spec.nodeName={n}"));
+    let mut found: Option<Pod> = None;
+    // Stop at the page that has it: on a large cluster, most pages are never fetched.
+    for_each_page(
+        kube,
+        &op,
+        &Pod::url_path(&(), None),
+        selector.as_deref(),
+        None,
+        |items: Vec<Pod>| {
+            found = items.into_iter().find(|p| {
+                p.metadata
+                    .uid
+                    .as_deref()
+                    .map(|u| u.replace('-', "").to_ascii_lowercase())
+                    .as_deref()
+                    == Some(want.as_str())
+            });
+            found.is_none()
+        },
+    )
+    .await?;
+    let Some(p) = found.as_ref() else {
         return Ok(None);
     };
     let mut info = pod_info(p);

@@ -96,7 +96,8 @@ pub struct Op {
 }
 
 impl Op {
-    fn describe(&self) -> String {
+    /// "verb resource [name] scope", as error messages say it.
+    pub fn describe(&self) -> String {
         match &self.name {
             Some(n) => format!("{} {} {n:?} {}", self.verb, self.resource, self.scope),
             None => format!("{} {} {}", self.verb, self.resource, self.scope),

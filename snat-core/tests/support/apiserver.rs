@@ -68,8 +68,10 @@ pub struct State {
     /// Fleet: created Jobs by name (node, creation time, the manifest).
     pub fleet_jobs: Mutex<HashMap<String, (String, Instant)>>,
     pub manifests: Mutex<Vec<Job>>,
-    /// Fleet: how long a Job takes to succeed; `None` = never finishes.
+    /// Fleet: how long a Job takes to finish; `None` = never finishes.
     pub job_runtime: Mutex<Option<Duration>>,
+    /// Fleet: nodes whose Jobs fail (status.failed = 1) and print a cut-short log.
+    pub failing_nodes: Mutex<Vec<String>>,
 }
 
 pub struct FakeApi {
@@ -282,6 +284,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         (Method::GET, ["apis", "batch", "v1", "namespaces", ns, "jobs", name]) => {
             if let Some((node, t0)) = state.fleet_jobs.lock().unwrap().get(*name).cloned() {
                 let done = state.job_runtime.lock().unwrap().is_some_and(|d| t0.elapsed() >= d);
+                let fails = state.failing_nodes.lock().unwrap().contains(&node);
                 let j = Job {
                     metadata: ObjectMeta {
                         name: Some(name.to_string()),
@@ -290,12 +293,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                     },
                     status: Some(JobStatus {
                         active: Some(if done { 0 } else { 1 }),
-                        succeeded: Some(if done { 1 } else { 0 }),
+                        succeeded: Some(if done && !fails { 1 } else { 0 }),
+                        failed: Some(if done && fails { 1 } else { 0 }),
                         ..Default::default()
                     }),
                     ..Default::default()
                 };
-                let _ = node;
                 return Ok(respond(200, serde_json::to_value(j).unwrap()));
             }
             let j = state
@@ -384,11 +387,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             let job = pod.trim_end_matches("-abcde");
             let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
             match node {
-                Some(node) => Response::builder()
-                    .status(200)
-                    .header("content-type", "text/plain")
-                    .body(Full::new(Bytes::from(node_log(&node))))
-                    .unwrap(),
+                Some(node) => {
+                    let mut log = node_log(&node);
+                    if state.failing_nodes.lock().unwrap().contains(&node) {
+                        log = "--- snat:report ---\n".to_string();
+                    }
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain")
+                        .body(Full::new(Bytes::from(log)))
+                        .unwrap()
+                }
                 None => status(404, "NotFound", "no such pod"),
             }
         }
