@@ -365,6 +365,20 @@ async fn exec_census_over_websocket() {
 }
 
 #[tokio::test]
+async fn exec_census_over_the_v5_protocol() {
+    let st = cluster();
+    *st.exec_protocol.lock().unwrap() = Some("v5.channel.k8s.io".into());
+    *st.exec.lock().unwrap() = Some(ExecReply {
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let e = env(st).await;
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    assert_eq!(c.sockets.len(), 3);
+}
+
+#[tokio::test]
 async fn exec_census_without_tcp6_warns() {
     let e = env(cluster()).await;
     *e.api.state.exec.lock().unwrap() = Some(ExecReply {
@@ -671,6 +685,31 @@ async fn fleet_reports_each_nodes_failure_and_carries_on() {
         e.api.state.in_flight.load(Ordering::SeqCst),
         0,
         "the failed Job was deleted too"
+    );
+}
+
+#[tokio::test]
+async fn fleet_fails_fast_on_a_pod_that_cannot_start() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None; // Never finishes by itself.
+    st.stuck_nodes.lock().unwrap().push("n1".into());
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::ZERO;
+    let res = fleet::run_fleet(&e.kube, &s, &["n1".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let n = &res.record.nodes[0];
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(
+        err.contains("cannot start: ImagePullBackOff: Back-off pulling image"),
+        "{err}"
+    );
+    assert_eq!(
+        e.api.state.in_flight.load(Ordering::SeqCst),
+        0,
+        "the stuck Job was deleted"
     );
 }
 

@@ -90,6 +90,10 @@ pub struct FleetSpec {
     pub active_deadline_seconds: i64,
     /// How often a Job's status is polled (default 2 s).
     pub poll_interval: Duration,
+    /// After this long, each poll also looks at the Job's pod so a pod that can never start
+    /// (image pull failures, bad config) fails the node at once instead of at the deadline
+    /// (default 20 s).
+    pub stuck_check_after: Duration,
     /// Run id (UUID v4 by default), in every Job's labels.
     pub run_id: String,
 }
@@ -108,6 +112,7 @@ impl FleetSpec {
             ttl_seconds_after_finished: 600,
             active_deadline_seconds: 900,
             poll_interval: Duration::from_secs(2),
+            stuck_check_after: Duration::from_secs(20),
             run_id: uuid::Uuid::new_v4().to_string(),
         }
     }
@@ -448,6 +453,29 @@ fn safe_file(node: &str) -> String {
         .collect()
 }
 
+/// Container waiting reasons that never resolve by themselves.
+const STUCK_REASONS: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a Job's pod cannot start, if it cannot.
+fn stuck_reason(p: &Pod) -> Option<String> {
+    let st = p.status.as_ref()?;
+    st.container_statuses.iter().flatten().find_map(|c| {
+        let w = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.as_deref()?;
+        STUCK_REASONS.contains(&reason).then(|| match &w.message {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_string(),
+        })
+    })
+}
+
 /// Every node's name (`list nodes`), for `--all-nodes`.
 pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
     use k8s_openapi::api::core::v1::Node;
@@ -543,6 +571,21 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                 return Err(Error::Fleet(format!(
                     "Job {job} on node {node} did not finish within {deadline:?}"
                 )));
+            }
+            if t0.elapsed() >= spec.stuck_check_after {
+                let pods: Vec<Pod> = list_all(
+                    kube,
+                    &list,
+                    &Pod::url_path(&(), Some(ns)),
+                    None,
+                    Some(&format!("job-name={job}")),
+                )
+                .await?;
+                if let Some(why) = pods.iter().find_map(stuck_reason) {
+                    return Err(Error::Fleet(format!(
+                        "Job {job} on node {node} cannot start: {why} (check the image name and that the node can pull it)"
+                    )));
+                }
             }
             tokio::time::sleep(spec.poll_interval).await;
         };

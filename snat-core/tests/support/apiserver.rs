@@ -70,6 +70,12 @@ pub struct State {
     pub manifests: Mutex<Vec<Job>>,
     /// Fleet: how long a Job takes to finish; `None` = never finishes.
     pub job_runtime: Mutex<Option<Duration>>,
+    /// Fleet: nodes whose Job pods wait in ImagePullBackOff forever.
+    pub stuck_nodes: Mutex<Vec<String>>,
+    /// Exec: the subprotocol the server picks (default v4.channel.k8s.io).
+    pub exec_protocol: Mutex<Option<String>>,
+    /// Exec: binary frames the client sent (channel byte first).
+    pub exec_client_frames: Mutex<Vec<Vec<u8>>>,
     /// Fleet: nodes whose Jobs fail (status.failed = 1) and print a cut-short log.
     pub failing_nodes: Mutex<Vec<String>>,
 }
@@ -366,20 +372,31 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                     "test server: expected labelSelector job-name=...",
                 ));
             };
-            let items = if state.fleet_jobs.lock().unwrap().contains_key(job) {
-                vec![
-                    serde_json::to_value(Pod {
-                        metadata: ObjectMeta {
-                            name: Some(format!("{job}-abcde")),
-                            namespace: Some(ns.to_string()),
+            let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
+            let items = match node {
+                Some(node) => {
+                    let stuck = state.stuck_nodes.lock().unwrap().contains(&node);
+                    let status = stuck.then(|| {
+                        serde_json::from_value(json!({"phase": "Pending", "containerStatuses": [{
+                            "name": "snat", "image": "IMAGE", "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                  "message": "Back-off pulling image \"IMAGE\""}}}]}))
+                        .unwrap()
+                    });
+                    vec![
+                        serde_json::to_value(Pod {
+                            metadata: ObjectMeta {
+                                name: Some(format!("{job}-abcde")),
+                                namespace: Some(ns.to_string()),
+                                ..Default::default()
+                            },
+                            status,
                             ..Default::default()
-                        },
-                        ..Default::default()
-                    })
-                    .unwrap(),
-                ]
-            } else {
-                vec![]
+                        })
+                        .unwrap(),
+                    ]
+                }
+                None => vec![],
             };
             page(&state, &q, "PodList", items)
         }
@@ -411,9 +428,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if !protos.split(',').any(|p| p.trim() == "v4.channel.k8s.io") {
+            let proto = state
+                .exec_protocol
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or("v4.channel.k8s.io".into());
+            if !protos.split(',').any(|p| p.trim() == proto) {
                 return Ok(status(400, "BadRequest", "no supported channel.k8s.io subprotocol"));
             }
+            let st2 = state.clone();
             let reply = state.exec.lock().unwrap().clone().unwrap_or(ExecReply {
                 stdout: vec![],
                 stderr: vec![],
@@ -437,13 +461,20 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 }
                 let _ = ws.send(frame(3, reply.status.to_string().as_bytes())).await;
                 let _ = ws.close(None).await;
+                // Drain what the client sends until it closes (v5 clients may send close signals).
+                use futures_util::StreamExt;
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Binary(b) = m {
+                        st2.exec_client_frames.lock().unwrap().push(b.to_vec());
+                    }
+                }
             });
             return Ok(Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "Upgrade")
                 .header("upgrade", "websocket")
                 .header("sec-websocket-accept", accept)
-                .header("sec-websocket-protocol", "v4.channel.k8s.io")
+                .header("sec-websocket-protocol", proto)
                 .body(Full::new(Bytes::new()))
                 .unwrap());
         }
