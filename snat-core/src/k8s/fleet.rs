@@ -41,6 +41,9 @@ pub const FLEET_SCHEMA_VERSION: u32 = 1;
 /// Where the container works (an `emptyDir`, so the image may have a read-only root).
 pub const WORK_DIR: &str = "/tmp/snat";
 
+/// Most bytes of a node Job's log read back (the framed report and audit record).
+pub const MAX_LOG_BYTES: i64 = 32 << 20;
+
 /// Where the host's `/proc` is mounted in the container.
 pub const HOST_PROC: &str = "/host/proc";
 
@@ -601,8 +604,13 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             return Err(Error::Fleet(format!("Job {job} has no pod (was it evicted?)")));
         };
         let pods_req = Request::new(Pod::url_path(&(), Some(ns)));
+        // Reports are small; a runaway log must not exhaust memory across 1,000 nodes.
+        let log_params = LogParams {
+            limit_bytes: Some(MAX_LOG_BYTES),
+            ..Default::default()
+        };
         let log = kube
-            .send_raw(&logs, true, || pods_req.logs(&pod, &LogParams::default()))
+            .send_raw(&logs, true, || pods_req.logs(&pod, &log_params))
             .await?;
         Ok(Some((succeeded, pod, String::from_utf8_lossy(&log).into_owned())))
     }
