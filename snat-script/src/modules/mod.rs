@@ -11,6 +11,8 @@ use crate::ctx::Ctx;
 
 pub mod alloc;
 pub mod census;
+pub mod kube;
+pub mod metrics;
 pub mod params;
 pub mod policy;
 pub mod report;
@@ -50,6 +52,14 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Network namespaces and their owners (pod or process), and their TCP sockets by state and public destination.",
     },
     Namespace {
+        name: "metrics",
+        doc: "Azure Monitor SNAT metrics (the article's Step 1): rank node IPs by port usage and failed connections.",
+    },
+    Namespace {
+        name: "kube",
+        doc: "Kubernetes API: node by IP, pods on a node, pod by UID and owner, socket census in a pod via exec.",
+    },
+    Namespace {
         name: "report",
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
@@ -73,6 +83,8 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_static_module("alloc", alloc::create_module(ctx).into());
     engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());
     engine.register_static_module("trace", trace::create_module(ctx).into());
+    engine.register_static_module("metrics", metrics::create_module(ctx).into());
+    engine.register_static_module("kube", kube::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {

@@ -1,1 +1,0 @@
-//! Kubernetes API stages (not yet implemented).

@@ -1,0 +1,269 @@
+//! Socket census inside a pod, for users who may `kubectl exec` but cannot reach the node.
+//!
+//! The article's Step 3 installs netstat in the pod; this stage installs nothing. It runs
+//! `cat /proc/net/tcp /proc/net/tcp6` in one of the pod's containers through the exec API
+//! (the WebSocket `v4`/`v5.channel.k8s.io` protocol: stdout on channel 1, the exit status on
+//! channel 3), splits the output into its two tables and parses them into [`Socket`]s with
+//! the same format rules the node-side census uses. The container only needs `cat`; a pod
+//! without IPv6 has no `/proc/net/tcp6`, which is reported as a warning, not a failure.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{Kube, Op, Scope};
+use crate::error::Error;
+use crate::model::{Family, Socket};
+
+/// The command run in the pod.
+pub const PROC_NET_COMMAND: [&str; 3] = ["cat", "/proc/net/tcp", "/proc/net/tcp6"];
+
+/// Largest output read from the pod (a pod with ~1.5 million sockets).
+pub const MAX_OUTPUT: u64 = 256 << 20;
+
+/// What a census in a pod found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodCensus {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The container the command ran in (`None`: the pod's default container).
+    pub container: Option<String>,
+    /// Every TCP socket of the pod's network namespace.
+    pub sockets: Vec<Socket>,
+    /// Things that did not stop the census (e.g. no IPv6 table).
+    pub warnings: Vec<String>,
+}
+
+/// The tables of `cat /proc/net/tcp /proc/net/tcp6` output, by family, in output order.
+///
+/// Each table starts with its header line (`sl local_address rem_address ...` for IPv4,
+/// `sl local_address remote_address ...` for IPv6); text before the first header is an error.
+pub fn split_proc_net(text: &str) -> Result<Vec<(Family, String)>, String> {
+    let mut tables: Vec<(Family, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("sl ") && t.contains("local_address") {
+            let fam = if t.contains("remote_address") {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
+            };
+            tables.push((fam, String::new()));
+            continue;
+        }
+        if t.is_empty() {
+            continue;
+        }
+        match tables.last_mut() {
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {
+                return Err(format!(
+                    "line {}: expected a /proc/net/tcp header (\"sl local_address ...\"), got {:?}",
+                    i + 1,
+                    line.chars().take(80).collect::<String>()
+                ));
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// Parse the rows of one /proc/net/tcp{,6} table (header removed) into sockets.
+///
+/// Local stand-in for the census module's parser: on merge, replace the call in
+/// [`parse_tables`] with `crate::census::parse_proc_net_tcp(text, family)`.
+fn parse_table(text: &str, family: Family) -> Result<Vec<Socket>, String> {
+    use crate::model::TcpState;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    fn addr(s: &str, family: Family) -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let ip = match (family, ip.len()) {
+            (Family::Ipv4, 8) => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes())),
+            (Family::Ipv6, 32) => {
+                let mut b = [0u8; 16];
+                for w in 0..4 {
+                    let word = u32::from_str_radix(ip.get(w * 8..w * 8 + 8)?, 16).ok()?;
+                    b[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
+                }
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let bad = || {
+            format!(
+                "{family} table row {}: cannot parse {:?}",
+                i + 1,
+                line.chars().take(120).collect::<String>()
+            )
+        };
+        if f.len() < 10 {
+            return Err(bad());
+        }
+        let state = u8::from_str_radix(f[3], 16)
+            .ok()
+            .and_then(TcpState::from_number)
+            .ok_or_else(bad)?;
+        out.push(Socket {
+            family,
+            state,
+            local: addr(f[1], family).ok_or_else(bad)?,
+            remote: addr(f[2], family).ok_or_else(bad)?,
+            inode: f[9].parse().map_err(|_| bad())?,
+            uid: f[7].parse().map_err(|_| bad())?,
+            owner_pid: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Split and parse `cat /proc/net/tcp /proc/net/tcp6` output.
+pub fn parse_tables(text: &str) -> Result<(Vec<Socket>, Vec<String>), String> {
+    let tables = split_proc_net(text)?;
+    let mut sockets = Vec::new();
+    let mut warnings = Vec::new();
+    for (family, body) in &tables {
+        sockets.extend(parse_table(body, *family)?);
+    }
+    if !tables.iter().any(|(f, _)| *f == Family::Ipv4) {
+        warnings.push("no /proc/net/tcp table in the output".to_string());
+    }
+    if !tables.iter().any(|(f, _)| *f == Family::Ipv6) {
+        warnings.push("no /proc/net/tcp6 table (IPv6 disabled in the pod?): IPv4 sockets only".to_string());
+    }
+    Ok((sockets, warnings))
+}
+
+/// Run the census in `namespace/pod` (in `container`, else the pod's default container).
+///
+/// Needs RBAC `create` (and, for older API servers, `get`) on `pods/exec` in the namespace.
+pub async fn census_in_pod(
+    kube: &Kube,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+) -> Result<PodCensus, Error> {
+    let who = match container {
+        Some(c) => format!("{namespace}/{pod}/{c}"),
+        None => format!("{namespace}/{pod}"),
+    };
+    let exec_err = |message: String| Error::KubeExec {
+        pod: who.clone(),
+        message,
+    };
+    let op = Op {
+        verb: "create",
+        resource: "pods/exec",
+        scope: Scope::Namespace(namespace.to_string()),
+        name: Some(pod.to_string()),
+    };
+    let api: Api<Pod> = Api::namespaced(kube.client().clone(), namespace);
+    let mut ap = AttachParams::default().stdin(false).stdout(true).stderr(true);
+    if let Some(c) = container {
+        ap = ap.container(c);
+    }
+    let limit: Duration = kube.options().connect_timeout + kube.options().read_timeout;
+    let run = async {
+        let mut proc = match api.exec(pod, PROC_NET_COMMAND, &ap).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(st)) => {
+                let code = http::StatusCode::from_u16(st.code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                let body = serde_json::to_vec(&*st).unwrap_or_default();
+                return Err(super::api_error(&op, code, &body, 1));
+            }
+            Err(e) => return Err(exec_err(format!("cannot open the exec stream: {e}"))),
+        };
+        let mut stdout = proc.stdout().ok_or_else(|| exec_err("no stdout stream".into()))?;
+        let mut stderr = proc.stderr().ok_or_else(|| exec_err("no stderr stream".into()))?;
+        let status = proc.take_status().ok_or_else(|| exec_err("no status channel".into()))?;
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut out_lim = (&mut stdout).take(MAX_OUTPUT);
+        let mut err_lim = (&mut stderr).take(1 << 20);
+        let (r1, r2) = tokio::join!(out_lim.read_to_end(&mut out), err_lim.read_to_end(&mut err));
+        r1.map_err(|e| exec_err(format!("reading stdout: {e}")))?;
+        r2.map_err(|e| exec_err(format!("reading stderr: {e}")))?;
+        let status = status.await;
+        drop((stdout, stderr));
+        let _ = proc.join().await;
+        Ok((out, err, status))
+    };
+    let (out, err, status) = tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| Error::KubeTimeout {
+            op: format!("exec `cat /proc/net/tcp /proc/net/tcp6` in {who}"),
+            server: kube.server().to_string(),
+            timeout: format!("{limit:?}"),
+        })??;
+    let text = String::from_utf8_lossy(&out);
+    let (sockets, mut warnings) = parse_tables(&text).map_err(|m| exec_err(format!("unexpected output: {m}")))?;
+    let stderr = String::from_utf8_lossy(&err).trim().to_string();
+    let failed = status.as_ref().is_some_and(|s| s.status.as_deref() == Some("Failure"));
+    if failed || !stderr.is_empty() {
+        // `cat` exits 1 when /proc/net/tcp6 is missing but still prints the IPv4 table.
+        if sockets.is_empty() && !text.contains("local_address") {
+            let msg = status.and_then(|s| s.message).unwrap_or_default();
+            return Err(exec_err(format!(
+                "`cat /proc/net/tcp /proc/net/tcp6` failed: {msg} {stderr} (the container needs `cat`; pick another container with the container option)"
+            )));
+        }
+        if !stderr.is_empty() {
+            warnings.push(format!("stderr: {stderr}"));
+        }
+    }
+    Ok(PodCensus {
+        pod: format!("{namespace}/{pod}"),
+        container: container.map(str::to_string),
+        sockets,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 2100E00A:A0C6 0500A8C0:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 20 4 30 10 -1\n";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0\n";
+
+    #[rstest]
+    #[case::both(format!("{TCP}{TCP6}"), 2, 0)]
+    #[case::v4_only(TCP.to_string(), 1, 1)]
+    #[case::headers_only("  sl  local_address rem_address   st\n  sl  local_address remote_address st\n".to_string(), 0, 0)]
+    fn splits_and_parses(#[case] text: String, #[case] sockets: usize, #[case] warnings: usize) {
+        let (s, w) = parse_tables(&text).unwrap();
+        assert_eq!(s.len(), sockets);
+        assert_eq!(w.len(), warnings, "{w:?}");
+    }
+
+    #[test]
+    fn decodes_addresses() {
+        let (s, _) = parse_tables(&format!("{TCP}{TCP6}")).unwrap();
+        assert_eq!(s[0].local.to_string(), "10.224.0.33:41158");
+        assert_eq!(s[0].remote.to_string(), "192.168.0.5:443");
+        assert_eq!(s[0].uid, 1000);
+        assert_eq!(s[0].inode, 12345);
+        assert_eq!(s[1].local.to_string(), "[::1]:8080");
+        assert_eq!(s[1].state, crate::model::TcpState::Listen);
+    }
+
+    #[rstest]
+    #[case::no_header("cat: /proc/net/tcp: No such file\n")]
+    #[case::short_row("  sl  local_address rem_address\n 0: 0100007F:0050\n")]
+    #[case::bad_state("  sl  local_address rem_address\n 0: 0100007F:0050 00000000:0000 FF 0:0 0:0 0 0 0 1\n")]
+    fn rejects_garbage(#[case] text: &str) {
+        assert!(parse_tables(text).is_err());
+    }
+}

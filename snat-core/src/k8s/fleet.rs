@@ -1,0 +1,960 @@
+//! A playbook on many nodes at once, as short-lived Kubernetes Jobs (`snat-run --on-node`,
+//! `--all-nodes`), for nodes nobody can SSH into.
+//!
+//! Each node gets one Job pinned to it by `nodeName`, privileged with the host's PID and
+//! network namespaces, the host's `/proc` and `/sys/kernel/btf` mounted read-only, tolerating
+//! every taint, and removed by the API server `ttlSecondsAfterFinished` after it ends even if
+//! snat never comes back. The Job's container receives the playbook in an environment
+//! variable, runs `snat-run --output json --audit-dir ...` and prints a framed log
+//! ([`NODE_SCRIPT`]): the JSON report, the node's audit record, snat-run's stderr and its
+//! exit code, each after a marker line. [`run_fleet`] creates the Jobs with bounded
+//! concurrency, waits for each, reads its pod's log, deletes the Job, and merges the results
+//! into one [`FleetRecord`] that references every node's audit record by run id and SHA-256.
+//! Setting the cancel flag (Ctrl-C) deletes every Job still running and starts no more.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext,
+    Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::api::{DeleteParams, GetParams, LogParams, PostParams};
+use kube::core::Request;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::lookup::list_all;
+use super::{Kube, Op, Scope};
+use crate::error::Error;
+
+/// Version of the fleet record format.
+pub const FLEET_SCHEMA_VERSION: u32 = 1;
+
+/// Where the container works (an `emptyDir`, so the image may have a read-only root).
+pub const WORK_DIR: &str = "/tmp/snat";
+
+/// Most bytes of a node Job's log read back (the framed report and audit record).
+pub const MAX_LOG_BYTES: i64 = 32 << 20;
+
+/// Where the host's `/proc` is mounted in the container.
+pub const HOST_PROC: &str = "/host/proc";
+
+/// The container's shell script. `$@` is the snat-run command line; the playbook arrives in
+/// `$SNAT_PLAYBOOK` and is written to `$SNAT_WORK/playbook.rhai` (default [`WORK_DIR`]). It always exits 0 once it has printed the framed output, because the
+/// playbook's own exit code (3 = pressure found) travels in the `--- snat:exit N ---` line
+/// and must not make the Job "fail".
+pub const NODE_SCRIPT: &str = r#"set -u
+w=${SNAT_WORK:-/tmp/snat}
+mkdir -p "$w/audit" || exit 70
+printf '%s' "$SNAT_PLAYBOOK" > "$w/playbook.rhai" || exit 70
+"$@" > "$w/report.json" 2> "$w/stderr"
+rc=$?
+echo '--- snat:report ---'
+cat "$w/report.json"
+echo
+echo '--- snat:audit ---'
+for f in "$w"/audit/*.json; do [ -f "$f" ] && cat "$f"; done
+echo
+echo '--- snat:stderr ---'
+tail -c 65536 "$w/stderr"
+echo
+echo "--- snat:exit $rc ---"
+exit 0
+"#;
+
+/// What to run on the nodes and how.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Namespace of the Jobs (default `snat`; see `deploy/namespace.yaml`).
+    pub namespace: String,
+    /// Container image with `snat-run` and `/bin/sh` (see `deploy/Dockerfile`).
+    pub image: String,
+    /// ServiceAccount of the Job pods (default `snat-node`; its token is not mounted).
+    pub service_account: String,
+    /// The playbook's source text.
+    pub playbook: String,
+    /// The playbook's name or path, for the record.
+    pub playbook_name: String,
+    /// Extra `snat-run` arguments (e.g. `--param`, `--dry-run`), before the playbook path.
+    pub extra_args: Vec<String>,
+    /// Most Jobs in flight at once (default 10).
+    pub concurrency: usize,
+    /// `ttlSecondsAfterFinished` (default 600).
+    pub ttl_seconds_after_finished: i32,
+    /// `activeDeadlineSeconds` (default 900).
+    pub active_deadline_seconds: i64,
+    /// How often a Job's status is polled (default 2 s).
+    pub poll_interval: Duration,
+    /// After this long, each poll also looks at the Job's pod so a pod that can never start
+    /// (image pull failures, bad config) fails the node at once instead of at the deadline
+    /// (default 20 s).
+    pub stuck_check_after: Duration,
+    /// Run id (UUID v4 by default), in every Job's labels.
+    pub run_id: String,
+}
+
+impl FleetSpec {
+    /// A spec with the defaults above.
+    pub fn new(image: impl Into<String>, playbook_name: impl Into<String>, playbook: impl Into<String>) -> FleetSpec {
+        FleetSpec {
+            namespace: "snat".into(),
+            image: image.into(),
+            service_account: "snat-node".into(),
+            playbook: playbook.into(),
+            playbook_name: playbook_name.into(),
+            extra_args: Vec::new(),
+            concurrency: 10,
+            ttl_seconds_after_finished: 600,
+            active_deadline_seconds: 900,
+            poll_interval: Duration::from_secs(2),
+            stuck_check_after: Duration::from_secs(20),
+            run_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The `snat-run` command line the Job runs (the script's `$@`).
+    pub fn snat_run_argv(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "snat-run",
+            "--output",
+            "json",
+            "--audit-dir",
+            "/tmp/snat/audit",
+            "--host-proc",
+            HOST_PROC,
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(self.extra_args.iter().cloned());
+        a.push(format!("{WORK_DIR}/playbook.rhai"));
+        a
+    }
+}
+
+/// The Job name for a node: `snat-<first 8 of run id>-<first 10 hex of sha256(node)>`, a
+/// valid DNS label whatever the node's name.
+pub fn job_name(run_id: &str, node: &str) -> String {
+    let run: String = run_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let h = Sha256::digest(node.as_bytes());
+    let hex: String = h.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("snat-{}-{hex}", run.to_ascii_lowercase())
+}
+
+fn labels(spec: &FleetSpec) -> BTreeMap<String, String> {
+    let run: String = spec
+        .run_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(63)
+        .collect();
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "snat".to_string()),
+        ("app.kubernetes.io/component".to_string(), "node-run".to_string()),
+        ("snat.io/run-id".to_string(), run),
+    ])
+}
+
+/// The Job that runs the playbook on `node` (mirrored by `deploy/job-template.yaml`).
+pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
+    let mount = |name: &str, path: &str, ro: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(ro),
+        ..Default::default()
+    };
+    let host = |name: &str, path: &str, ty: &str| Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(ty.into()),
+        }),
+        ..Default::default()
+    };
+    let mut command = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        NODE_SCRIPT.into(),
+        "snat-node".into(),
+    ];
+    command.extend(spec.snat_run_argv());
+    let labels = labels(spec);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&spec.run_id, node)),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([("snat.io/node".to_string(), node.to_string())])),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            ttl_seconds_after_finished: Some(spec.ttl_seconds_after_finished),
+            active_deadline_seconds: Some(spec.active_deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    node_name: Some(node.to_string()),
+                    host_pid: Some(true),
+                    host_network: Some(true),
+                    dns_policy: Some("ClusterFirstWithHostNet".into()),
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(spec.service_account.clone()),
+                    automount_service_account_token: Some(false),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }]),
+                    containers: vec![Container {
+                        name: "snat".into(),
+                        image: Some(spec.image.clone()),
+                        image_pull_policy: Some("IfNotPresent".into()),
+                        command: Some(command),
+                        env: Some(vec![EnvVar {
+                            name: "SNAT_PLAYBOOK".into(),
+                            value: Some(spec.playbook.clone()),
+                            ..Default::default()
+                        }]),
+                        security_context: Some(SecurityContext {
+                            privileged: Some(true),
+                            read_only_root_filesystem: Some(true),
+                            ..Default::default()
+                        }),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_string(), Quantity("50m".into())),
+                                ("memory".to_string(), Quantity("64Mi".into())),
+                            ])),
+                            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(vec![
+                            mount("host-proc", HOST_PROC, true),
+                            mount("btf", "/sys/kernel/btf", true),
+                            mount("work", WORK_DIR, false),
+                        ]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![
+                        host("host-proc", "/proc", "Directory"),
+                        host("btf", "/sys/kernel/btf", "Directory"),
+                        Volume {
+                            name: "work".into(),
+                            empty_dir: Some(Default::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a node's Job printed, unframed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeOutput {
+    /// The JSON report (`snat-run --output json`).
+    pub report: Option<serde_json::Value>,
+    /// The node's audit record, as printed.
+    pub audit_text: Option<String>,
+    /// The node's audit record, parsed.
+    pub audit: Option<serde_json::Value>,
+    /// SHA-256 (hex) of `audit_text`: the bytes written to `<node>.audit.json`.
+    pub audit_sha256: Option<String>,
+    /// snat-run's stderr (last 64 KiB).
+    pub stderr: String,
+    /// snat-run's exit code (0 clear, 3 pressure found, 1 failed, 2 playbook error).
+    pub exit_code: Option<i32>,
+    /// What could not be read (truncated log, bad JSON).
+    pub problems: Vec<String>,
+}
+
+/// Split a node Job's log into its sections (see [`NODE_SCRIPT`]). Never fails: what
+/// cannot be read is listed in `problems`.
+pub fn parse_node_output(log: &str) -> NodeOutput {
+    let mut sections: BTreeMap<&str, String> = BTreeMap::new();
+    let mut current: Option<&str> = None;
+    let mut exit_code = None;
+    let mut problems = Vec::new();
+    for line in log.lines() {
+        let t = line.trim_end();
+        if let Some(rest) = t.strip_prefix("--- snat:").and_then(|r| r.strip_suffix(" ---")) {
+            if let Some(code) = rest.strip_prefix("exit ") {
+                exit_code = code.trim().parse().ok();
+                current = None;
+                continue;
+            }
+            if matches!(rest, "report" | "audit" | "stderr") {
+                current = Some(match rest {
+                    "report" => "report",
+                    "audit" => "audit",
+                    _ => "stderr",
+                });
+                sections.entry(current.unwrap_or("stderr")).or_default();
+                continue;
+            }
+        }
+        if let Some(c) = current {
+            let s = sections.entry(c).or_default();
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    if exit_code.is_none() {
+        problems
+            .push("the log has no `--- snat:exit N ---` line: the Job was cut short (killed, deadline, OOM?)".into());
+    }
+    let json = |name: &str, problems: &mut Vec<String>| -> (Option<String>, Option<serde_json::Value>) {
+        let text = sections
+            .get(name)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let v = text.as_deref().and_then(|t| match serde_json::from_str(t) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(format!("the {name} section is not JSON: {e}"));
+                None
+            }
+        });
+        if text.is_none() {
+            problems.push(format!("no {name} in the log"));
+        }
+        (text, v)
+    };
+    let (_, report) = json("report", &mut problems);
+    let (audit_text, audit) = json("audit", &mut problems);
+    NodeOutput {
+        report,
+        audit_sha256: audit_text.as_ref().map(|t| hex_sha256(t.as_bytes())),
+        audit_text,
+        audit,
+        stderr: sections.get("stderr").map(|s| s.trim().to_string()).unwrap_or_default(),
+        exit_code,
+        problems,
+    }
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// How one node's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeOutcome {
+    /// The Job ran and its output was read.
+    Completed,
+    /// The Job failed (deadline, image, OOM...) or its output could not be read.
+    Failed,
+    /// Cancelled before or while it ran; its Job was deleted.
+    Cancelled,
+}
+
+/// One node's run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRun {
+    /// Node name.
+    pub node: String,
+    /// Job name.
+    pub job: String,
+    /// The Job's pod, once known.
+    pub pod: Option<String>,
+    /// How it ended.
+    pub outcome: NodeOutcome,
+    /// What the Job printed (absent when it never ran or its log could not be read).
+    pub output: Option<NodeOutput>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Wall time, in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// One node in the fleet record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetNodeEntry {
+    /// Node name.
+    pub node: String,
+    /// Job name.
+    pub job: String,
+    /// How it ended.
+    pub outcome: NodeOutcome,
+    /// snat-run's exit code on the node.
+    pub exit_code: Option<i32>,
+    /// The node report's verdict, if it had one.
+    pub verdict: Option<serde_json::Value>,
+    /// `run_id` of the node's audit record.
+    pub audit_run_id: Option<String>,
+    /// SHA-256 of the node's audit record file.
+    pub audit_sha256: Option<String>,
+    /// File name of the node's audit record, relative to the fleet record.
+    pub audit_file: Option<String>,
+    /// File name of the node's report.
+    pub report_file: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The record of a fleet run: which playbook ran where, and a reference to each node's own
+/// audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetRecord {
+    /// [`FLEET_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The fleet run id (also the `snat.io/run-id` label of its Jobs).
+    pub run_id: String,
+    /// Start, RFC 3339 UTC.
+    pub started_at: String,
+    /// End, RFC 3339 UTC.
+    pub ended_at: String,
+    /// Playbook name or path.
+    pub playbook: String,
+    /// SHA-256 of the playbook's text.
+    pub playbook_sha256: String,
+    /// Image the Jobs ran.
+    pub image: String,
+    /// Namespace of the Jobs.
+    pub namespace: String,
+    /// Concurrency bound.
+    pub concurrency: usize,
+    /// Whether the run was cancelled.
+    pub cancelled: bool,
+    /// One entry per node, in the order asked.
+    pub nodes: Vec<FleetNodeEntry>,
+}
+
+/// The result of [`run_fleet`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetResult {
+    /// The merged record.
+    pub record: FleetRecord,
+    /// Each node's run, in the order asked.
+    pub runs: Vec<NodeRun>,
+}
+
+fn safe_file(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Container waiting reasons that never resolve by themselves.
+const STUCK_REASONS: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a Job's pod cannot start, if it cannot.
+fn stuck_reason(p: &Pod) -> Option<String> {
+    let st = p.status.as_ref()?;
+    st.container_statuses.iter().flatten().find_map(|c| {
+        let w = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.as_deref()?;
+        STUCK_REASONS.contains(&reason).then(|| match &w.message {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_string(),
+        })
+    })
+}
+
+/// Every node's name (`list nodes`), for `--all-nodes`.
+pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
+    use k8s_openapi::api::core::v1::Node;
+    let op = Op {
+        verb: "list",
+        resource: "nodes",
+        scope: Scope::Cluster,
+        name: None,
+    };
+    let nodes: Vec<Node> = list_all(kube, &op, &Node::url_path(&(), None), None, None).await?;
+    Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
+}
+
+fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
+    let o = |verb, resource| Op {
+        verb,
+        resource,
+        scope: Scope::Namespace(ns.to_string()),
+        name: None,
+    };
+    (
+        o("create", "jobs.batch"),
+        o("get", "jobs.batch"),
+        o("list", "pods"),
+        o("get", "pods/log"),
+        o("delete", "jobs.batch"),
+    )
+}
+
+async fn delete_job(kube: &Kube, ns: &str, job: &str) -> Result<(), Error> {
+    let (.., del) = ops(ns);
+    let req = Request::new(Job::url_path(&(), Some(ns)));
+    match kube
+        .send_raw(&del, true, || req.delete(job, &DeleteParams::background()))
+        .await
+    {
+        Ok(_) | Err(Error::KubeNotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool) -> NodeRun {
+    let t0 = Instant::now();
+    let job = job_name(&spec.run_id, node);
+    let mut run = NodeRun {
+        node: node.to_string(),
+        job: job.clone(),
+        pod: None,
+        outcome: NodeOutcome::Failed,
+        output: None,
+        error: None,
+        duration_ms: 0.0,
+    };
+    if cancel.load(Ordering::SeqCst) {
+        run.outcome = NodeOutcome::Cancelled;
+        return run;
+    }
+    let ns = spec.namespace.as_str();
+    let (create, get, list, logs, _) = ops(ns);
+    let jobs_req = Request::new(Job::url_path(&(), Some(ns)));
+    let body = match serde_json::to_vec(&job_manifest(spec, node)) {
+        Ok(b) => b,
+        Err(e) => {
+            run.error = Some(format!("cannot encode the Job: {e}"));
+            return run;
+        }
+    };
+    if let Err(e) = kube
+        .send_raw(&create, false, || jobs_req.create(&PostParams::default(), body.clone()))
+        .await
+    {
+        run.error = Some(super::chain(&e));
+        run.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        return run;
+    }
+    let result = async {
+        let deadline = Duration::from_secs(u64::try_from(spec.active_deadline_seconds).unwrap_or(900) + 120);
+        let succeeded = loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let j: Job = kube
+                .send_json(&get, true, || jobs_req.get(&job, &GetParams::default()))
+                .await?;
+            let st = j.status.unwrap_or_default();
+            if st.succeeded.unwrap_or(0) > 0 {
+                break true;
+            }
+            if st.failed.unwrap_or(0) > 0 {
+                break false;
+            }
+            if t0.elapsed() > deadline {
+                return Err(Error::Fleet(format!(
+                    "Job {job} on node {node} did not finish within {deadline:?}"
+                )));
+            }
+            if t0.elapsed() >= spec.stuck_check_after {
+                let pods: Vec<Pod> = list_all(
+                    kube,
+                    &list,
+                    &Pod::url_path(&(), Some(ns)),
+                    None,
+                    Some(&format!("job-name={job}")),
+                )
+                .await?;
+                if let Some(why) = pods.iter().find_map(stuck_reason) {
+                    return Err(Error::Fleet(format!(
+                        "Job {job} on node {node} cannot start: {why} (check the image name and that the node can pull it)"
+                    )));
+                }
+            }
+            tokio::time::sleep(spec.poll_interval).await;
+        };
+        let pods: Vec<Pod> = list_all(
+            kube,
+            &list,
+            &Pod::url_path(&(), Some(ns)),
+            None,
+            Some(&format!("job-name={job}")),
+        )
+        .await?;
+        let Some(pod) = pods.iter().filter_map(|p| p.metadata.name.clone()).next_back() else {
+            return Err(Error::Fleet(format!("Job {job} has no pod (was it evicted?)")));
+        };
+        let pods_req = Request::new(Pod::url_path(&(), Some(ns)));
+        // Reports are small; a runaway log must not exhaust memory across 1,000 nodes.
+        let log_params = LogParams {
+            limit_bytes: Some(MAX_LOG_BYTES),
+            ..Default::default()
+        };
+        let log = kube
+            .send_raw(&logs, true, || pods_req.logs(&pod, &log_params))
+            .await?;
+        Ok(Some((succeeded, pod, String::from_utf8_lossy(&log).into_owned())))
+    }
+    .await;
+    match result {
+        Ok(None) => run.outcome = NodeOutcome::Cancelled,
+        Ok(Some((succeeded, pod, log))) => {
+            let out = parse_node_output(&log);
+            run.outcome = if succeeded && out.exit_code.is_some() {
+                NodeOutcome::Completed
+            } else {
+                NodeOutcome::Failed
+            };
+            if run.outcome == NodeOutcome::Failed {
+                run.error = Some(if out.problems.is_empty() {
+                    "the Job failed".to_string()
+                } else {
+                    out.problems.join("; ")
+                });
+            }
+            run.pod = Some(pod);
+            run.output = Some(out);
+        }
+        Err(e) => run.error = Some(super::chain(&e)),
+    }
+    if let Err(e) = delete_job(kube, ns, &job).await {
+        let m = format!(
+            "could not delete Job {job} (ttlSecondsAfterFinished will): {}",
+            super::chain(&e)
+        );
+        run.error = Some(match run.error.take() {
+            Some(prev) => format!("{prev}; {m}"),
+            None => m,
+        });
+    }
+    run.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    run
+}
+
+/// Run `spec`'s playbook on `nodes`, at most `spec.concurrency` Jobs at a time. Errors
+/// only for an unusable spec; each node's failure is in its [`NodeRun`].
+pub async fn run_fleet(
+    kube: &Kube,
+    spec: &FleetSpec,
+    nodes: &[String],
+    cancel: Arc<AtomicBool>,
+) -> Result<FleetResult, Error> {
+    if spec.concurrency == 0 {
+        return Err(Error::Fleet("concurrency must be at least 1".into()));
+    }
+    if spec.image.trim().is_empty() {
+        return Err(Error::Fleet("no image: give the snat image to run on the nodes".into()));
+    }
+    if let Some(n) = nodes.iter().find(|n| n.is_empty()) {
+        return Err(Error::Fleet(format!("bad node name {n:?}")));
+    }
+    let started_at = crate::audit::now_rfc3339();
+    let sem = Arc::new(tokio::sync::Semaphore::new(spec.concurrency));
+    let spec_arc = Arc::new(spec.clone());
+    let mut set = tokio::task::JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (sem, spec, kube, cancel, node) = (
+            sem.clone(),
+            spec_arc.clone(),
+            kube.clone(),
+            cancel.clone(),
+            node.clone(),
+        );
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, run_node(&kube, &spec, &node, &cancel).await)
+        });
+    }
+    let mut runs: Vec<Option<NodeRun>> = vec![None; nodes.len()];
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((i, run)) => runs[i] = Some(run),
+            Err(e) => return Err(Error::Fleet(format!("a node task failed: {e}"))),
+        }
+    }
+    let runs: Vec<NodeRun> = runs.into_iter().flatten().collect();
+    let entries = runs
+        .iter()
+        .map(|r| {
+            let out = r.output.as_ref();
+            let has_audit = out.is_some_and(|o| o.audit_text.is_some());
+            FleetNodeEntry {
+                node: r.node.clone(),
+                job: r.job.clone(),
+                outcome: r.outcome,
+                exit_code: out.and_then(|o| o.exit_code),
+                verdict: out.and_then(|o| o.report.as_ref()?.get("verdict").cloned()),
+                audit_run_id: out.and_then(|o| o.audit.as_ref()?.get("run_id")?.as_str().map(str::to_string)),
+                audit_sha256: out.and_then(|o| o.audit_sha256.clone()),
+                audit_file: has_audit.then(|| format!("{}.audit.json", safe_file(&r.node))),
+                report_file: out
+                    .is_some_and(|o| o.report.is_some())
+                    .then(|| format!("{}.report.json", safe_file(&r.node))),
+                error: r.error.clone(),
+            }
+        })
+        .collect();
+    Ok(FleetResult {
+        record: FleetRecord {
+            schema_version: FLEET_SCHEMA_VERSION,
+            run_id: spec.run_id.clone(),
+            started_at,
+            ended_at: crate::audit::now_rfc3339(),
+            playbook: spec.playbook_name.clone(),
+            playbook_sha256: hex_sha256(spec.playbook.as_bytes()),
+            image: spec.image.clone(),
+            namespace: spec.namespace.clone(),
+            concurrency: spec.concurrency,
+            cancelled: cancel.load(Ordering::SeqCst),
+            nodes: entries,
+        },
+        runs,
+    })
+}
+
+/// Write a fleet run to `dir`: `fleet-<run id>.json` (the record) and, per node,
+/// `<node>.audit.json` (the node's audit record, byte for byte, so its SHA-256 matches) and
+/// `<node>.report.json`. Returns the record's path.
+pub fn write_fleet(dir: &Path, result: &FleetResult) -> Result<PathBuf, Error> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("cannot create fleet output directory", dir))?;
+    for (run, entry) in result.runs.iter().zip(&result.record.nodes) {
+        let Some(out) = &run.output else { continue };
+        if let (Some(f), Some(text)) = (&entry.audit_file, &out.audit_text) {
+            let p = dir.join(f);
+            std::fs::write(&p, text).map_err(io("cannot write node audit record", &p))?;
+        }
+        if let (Some(f), Some(rep)) = (&entry.report_file, &out.report) {
+            let p = dir.join(f);
+            let text = serde_json::to_string_pretty(rep).unwrap_or_default();
+            std::fs::write(&p, text).map_err(io("cannot write node report", &p))?;
+        }
+    }
+    let p = dir.join(format!("fleet-{}.json", safe_file(&result.record.run_id)));
+    let text = serde_json::to_string_pretty(&result.record).unwrap_or_default();
+    std::fs::write(&p, text).map_err(io("cannot write fleet record", &p))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn spec() -> FleetSpec {
+        let mut s = FleetSpec::new("registry.example/snat:0.1.0", "census.rhai", "report::title(\"t\");");
+        s.run_id = "0123abcd-0000-4000-8000-000000000000".into();
+        s.extra_args = vec!["--param".into(), "top=5".into()];
+        s
+    }
+
+    #[test]
+    fn job_manifest_fields() {
+        let j = job_manifest(&spec(), "aks-nodepool1-12345678-vmss000003");
+        let meta = &j.metadata;
+        assert_eq!(
+            meta.name.as_deref(),
+            Some(job_name(&spec().run_id, "aks-nodepool1-12345678-vmss000003").as_str())
+        );
+        assert_eq!(meta.namespace.as_deref(), Some("snat"));
+        assert_eq!(meta.labels.as_ref().unwrap()["snat.io/run-id"], spec().run_id);
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()["snat.io/node"],
+            "aks-nodepool1-12345678-vmss000003"
+        );
+        let js = j.spec.as_ref().unwrap();
+        assert_eq!(js.backoff_limit, Some(0));
+        assert_eq!(js.ttl_seconds_after_finished, Some(600));
+        assert_eq!(js.active_deadline_seconds, Some(900));
+        let ps = js.template.spec.as_ref().unwrap();
+        assert_eq!(ps.node_name.as_deref(), Some("aks-nodepool1-12345678-vmss000003"));
+        assert_eq!(ps.host_pid, Some(true));
+        assert_eq!(ps.host_network, Some(true));
+        assert_eq!(ps.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(ps.service_account_name.as_deref(), Some("snat-node"));
+        assert_eq!(ps.automount_service_account_token, Some(false));
+        let tol = ps.tolerations.as_ref().unwrap();
+        assert_eq!(tol.len(), 1);
+        assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tol[0].key, None);
+        assert_eq!(tol[0].effect, None);
+        let c = &ps.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/snat:0.1.0"));
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        let cmd = c.command.as_ref().unwrap();
+        assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
+        assert_eq!(cmd[2], NODE_SCRIPT);
+        assert_eq!(
+            &cmd[4..],
+            [
+                "snat-run",
+                "--output",
+                "json",
+                "--audit-dir",
+                "/tmp/snat/audit",
+                "--host-proc",
+                "/host/proc",
+                "--param",
+                "top=5",
+                "/tmp/snat/playbook.rhai"
+            ]
+        );
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(env[0].name, "SNAT_PLAYBOOK");
+        assert_eq!(env[0].value.as_deref(), Some("report::title(\"t\");"));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        let m = |n: &str| mounts.iter().find(|m| m.name == n).unwrap();
+        assert_eq!(
+            (m("host-proc").mount_path.as_str(), m("host-proc").read_only),
+            ("/host/proc", Some(true))
+        );
+        assert_eq!(
+            (m("btf").mount_path.as_str(), m("btf").read_only),
+            ("/sys/kernel/btf", Some(true))
+        );
+        assert_eq!(m("work").mount_path, WORK_DIR);
+        let vols = ps.volumes.as_ref().unwrap();
+        let v = |n: &str| vols.iter().find(|v| v.name == n).unwrap();
+        assert_eq!(v("host-proc").host_path.as_ref().unwrap().path, "/proc");
+        assert_eq!(v("btf").host_path.as_ref().unwrap().path, "/sys/kernel/btf");
+        assert!(v("work").empty_dir.is_some());
+    }
+
+    #[rstest]
+    #[case("0123abcd-0000", "node-a")]
+    #[case("RUN_ID with spaces!", "aks-nodepool1-12345678-vmss000003")]
+    #[case("", "x")]
+    fn job_names_are_dns_labels(#[case] run: &str, #[case] node: &str) {
+        let n = job_name(run, node);
+        assert!(n.len() <= 63, "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{n}"
+        );
+        assert!(n.starts_with("snat-") && !n.ends_with('-'));
+        assert_ne!(job_name(run, node), job_name(run, &format!("{node}x")));
+    }
+
+    #[rstest]
+    #[case::complete(
+        "--- snat:report ---\n{\"verdict\":\"pressure_found\"}\n\n--- snat:audit ---\n{\"run_id\":\"r1\"}\n\n--- snat:stderr ---\nwarn: x\n\n--- snat:exit 3 ---\n",
+        Some(3),
+        true,
+        true,
+        0
+    )]
+    #[case::cut_short("--- snat:report ---\n{\"verdict\":\"clear\"}\n", None, true, false, 2)]
+    #[case::bad_json(
+        "--- snat:report ---\n{oops\n--- snat:audit ---\n{}\n--- snat:exit 1 ---\n",
+        Some(1),
+        false,
+        true,
+        1
+    )]
+    #[case::empty("", None, false, false, 3)]
+    fn node_output_sections(
+        #[case] log: &str,
+        #[case] exit: Option<i32>,
+        #[case] has_report: bool,
+        #[case] has_audit: bool,
+        #[case] problems: usize,
+    ) {
+        let o = parse_node_output(log);
+        assert_eq!(o.exit_code, exit);
+        assert_eq!(o.report.is_some(), has_report);
+        assert_eq!(o.audit.is_some(), has_audit);
+        assert_eq!(o.problems.len(), problems, "{:?}", o.problems);
+        if let Some(t) = &o.audit_text {
+            assert_eq!(o.audit_sha256.as_deref(), Some(hex_sha256(t.as_bytes()).as_str()));
+        }
+    }
+
+    #[test]
+    fn node_script_frames_a_real_run() {
+        // Run the container script with /bin/sh and a stand-in snat-run that writes a report,
+        // an audit record, some stderr, and exits 3 (pressure found).
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("snat-run");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nwhile [ $# -gt 1 ]; do [ \"$1\" = --audit-dir ] && a=$2; shift; done\n\
+             echo '{\"playbook\":\"'\"$1\"'\",\"verdict\":\"pressure_found\"}'\n\
+             printf '{\"run_id\":\"abc\"}' > \"$a/run.json\"\necho 'tracing...' >&2\nexit 3\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let work = dir.path().join("work");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(NODE_SCRIPT)
+            .arg("snat-node")
+            .arg(&fake)
+            .arg("--audit-dir")
+            .arg(work.join("audit"))
+            .arg(work.join("playbook.rhai"))
+            .env("SNAT_WORK", &work)
+            .env("SNAT_PLAYBOOK", "let x = 1;\n")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the script must exit 0 whatever snat-run returned"
+        );
+        let o = parse_node_output(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(o.exit_code, Some(3));
+        assert_eq!(o.report.as_ref().unwrap()["verdict"], "pressure_found");
+        assert_eq!(o.audit.as_ref().unwrap()["run_id"], "abc");
+        assert_eq!(o.audit_text.as_deref(), Some("{\"run_id\":\"abc\"}"));
+        assert_eq!(o.stderr, "tracing...");
+        assert!(o.problems.is_empty(), "{:?}", o.problems);
+        assert_eq!(
+            std::fs::read_to_string(work.join("playbook.rhai")).unwrap(),
+            "let x = 1;\n"
+        );
+    }
+
+    #[test]
+    fn deploy_job_template_mirrors_the_code() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/job-template.yaml");
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut file: Job = serde_saphyr::from_str(&text).unwrap();
+        let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", "PLAYBOOK_TEXT");
+        s.run_id = "RUN_ID".into();
+        let built = job_manifest(&s, "NODE_NAME");
+        // The file's name is a placeholder: the code derives it from the run id and node.
+        assert_eq!(file.metadata.name.as_deref(), Some("snat-RUN-NODEHASH"));
+        file.metadata.name = built.metadata.name.clone();
+        assert_eq!(file, built);
+    }
+
+    #[test]
+    fn node_output_keeps_stderr() {
+        let o = parse_node_output("--- snat:stderr ---\nerror: no BTF\n--- snat:exit 1 ---\n");
+        assert_eq!(o.stderr, "error: no BTF");
+        assert_eq!(o.exit_code, Some(1));
+    }
+}

@@ -1,0 +1,731 @@
+//! snat's Kubernetes stages through the real kube client, configured from a real kubeconfig
+//! file, against a loopback API server (tests/support/apiserver.rs).
+#![cfg(feature = "kube")]
+
+mod support {
+    pub mod apiserver;
+    pub mod fixtures;
+}
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use snat_core::Error;
+use snat_core::k8s::fleet::{self, FleetSpec, NodeOutcome};
+use snat_core::k8s::{Kube, KubeOptions, exec, lookup};
+use support::apiserver::{ExecReply, FakeApi, Fault, State};
+use support::fixtures::{cluster, node};
+
+struct Env {
+    api: FakeApi,
+    _dir: tempfile::TempDir,
+    kube: Kube,
+}
+
+fn fast_opts(kubeconfig: std::path::PathBuf) -> KubeOptions {
+    KubeOptions {
+        kubeconfig: Some(kubeconfig),
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(3),
+        backoff_base: Duration::from_millis(10),
+        page_size: 100,
+        ..Default::default()
+    }
+}
+
+async fn env(state: State) -> Env {
+    let api = FakeApi::start(state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[]);
+    let kube = Kube::connect(&fast_opts(kc)).await.unwrap();
+    Env { api, _dir: dir, kube }
+}
+
+fn requests(api: &FakeApi) -> Vec<String> {
+    api.state.requests.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn node_by_ip_finds_internal_ip() {
+    let e = env(cluster()).await;
+    let n = lookup::node_by_ip(&e.kube, "10.224.0.5".parse::<IpAddr>().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.name.as_deref(), Some("node-b"));
+    assert!(
+        lookup::node_by_ip(&e.kube, "10.9.9.9".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        requests(&e.api)
+            .iter()
+            .all(|r| r.starts_with("GET /api/v1/nodes?") && r.contains("limit="))
+    );
+}
+
+#[tokio::test]
+async fn pods_on_node_follow_continue_and_send_the_field_selector() {
+    let e = env(cluster()).await;
+    let pods = lookup::pods_on_node(&e.kube, "node-a", false).await.unwrap();
+    let names: Vec<_> = pods.iter().map(|p| p.pod.name.clone().unwrap()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(pods.iter().all(|p| p.node.as_deref() == Some("node-a")));
+    assert_eq!(pods[0].containers, vec!["app".to_string()]);
+    assert_eq!(pods[0].pod.qos, Some(snat_core::model::Qos::Burstable));
+    // Server pages are at most 3 items: 7 pods take 3 requests, each after the first
+    // carrying the previous page's continue token.
+    let reqs: Vec<_> = requests(&e.api)
+        .into_iter()
+        .filter(|r| r.contains("/api/v1/pods"))
+        .collect();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(!reqs[0].contains("continue="));
+    assert!(
+        reqs[1].contains("continue=off-3") && reqs[2].contains("continue=off-6"),
+        "{reqs:?}"
+    );
+    let sels = e.api.state.field_selectors.lock().unwrap().clone();
+    assert_eq!(sels, vec!["spec.nodeName=node-a"; 3]);
+    let b = lookup::pods_on_node(&e.kube, "node-b", false).await.unwrap();
+    assert_eq!(b.len(), 2);
+}
+
+#[tokio::test]
+async fn owners_resolve_through_replicasets_and_jobs() {
+    let e = env(cluster()).await;
+    let pods = lookup::pods_on_node(&e.kube, "node-a", true).await.unwrap();
+    let by_name = |n: &str| {
+        pods.iter()
+            .find(|p| p.pod.name.as_deref() == Some(n))
+            .unwrap()
+            .pod
+            .owner
+            .clone()
+            .unwrap()
+    };
+    let dep = by_name("api-7d9f-0");
+    assert_eq!(
+        (dep.kind.as_str(), dep.name.as_str(), dep.active),
+        ("Deployment", "api", None)
+    );
+    let cron = by_name("report-28900-x");
+    assert_eq!(
+        (cron.kind.as_str(), cron.name.as_str(), cron.active),
+        ("CronJob", "report", Some(false))
+    );
+    assert!(lookup::finished_job_note(&cron).unwrap().contains("has finished"));
+    let job = by_name("once-y");
+    assert_eq!((job.kind.as_str(), job.active), ("Job", Some(true)));
+    assert!(lookup::finished_job_note(&job).is_none());
+    // Five pods of one ReplicaSet cost one `get`.
+    let rs_gets = requests(&e.api).iter().filter(|r| r.contains("/replicasets/")).count();
+    assert_eq!(rs_gets, 1);
+}
+
+#[tokio::test]
+async fn pod_by_uid_finds_the_pod_and_its_owner() {
+    let e = env(cluster()).await;
+    let p = lookup::pod_by_uid(&e.kube, "22222222-0000-0000-0000-000000000002", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("proxy-1"));
+    assert_eq!(p.pod.owner.unwrap().kind, "DaemonSet");
+    // Static-pod style (no dashes) also matches; restricted to a node.
+    let p = lookup::pod_by_uid(&e.kube, "00000000000000000000000000000003", Some("node-a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("api-7d9f-3"));
+    assert!(
+        lookup::pod_by_uid(&e.kube, "nope", Some("node-b"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn pod_by_uid_stops_at_the_page_that_has_it() {
+    let e = env(cluster()).await;
+    // The first pod of the cluster is on the first page (server pages hold 3 pods of 9).
+    let p = lookup::pod_by_uid(&e.kube, "00000000-0000-0000-0000-000000000000", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("api-7d9f-0"));
+    let lists = requests(&e.api)
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .count();
+    assert_eq!(lists, 1);
+    // A UID that is nowhere walks every page: 9 pods in pages of 3.
+    assert!(
+        lookup::pod_by_uid(&e.kube, "ffffffff-0000-0000-0000-000000000000", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let lists = requests(&e.api)
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .count();
+    assert_eq!(lists, 1 + 3);
+}
+
+#[tokio::test]
+async fn context_selects_the_cluster() {
+    let a = FakeApi::start(cluster()).await;
+    let mut other = cluster();
+    other.nodes = vec![node("other-node", "10.1.0.4")].into();
+    let b = FakeApi::start(other).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = a.kubeconfig(dir.path(), &[("second", format!("http://{}", b.addr))]);
+    let mut o = fast_opts(kc);
+    o.context = Some("second".into());
+    let kube = Kube::connect(&o).await.unwrap();
+    let n = lookup::node_by_ip(&kube, "10.1.0.4".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.name.as_deref(), Some("other-node"));
+    assert!(requests(&a).is_empty());
+    o.context = Some("missing".into());
+    let err = Kube::connect(&o).await.unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("kubeconfig"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_token_is_unauthorized() {
+    let api = FakeApi::start(cluster()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[]);
+    let text = std::fs::read_to_string(&kc).unwrap().replace("t0ken", "expired");
+    std::fs::write(&kc, text).unwrap();
+    let kube = Kube::connect(&fast_opts(kc)).await.unwrap();
+    let err = lookup::pods_on_node(&kube, "node-a", false).await.unwrap_err();
+    assert!(matches!(err, Error::KubeUnauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("az aks get-credentials"));
+}
+
+#[tokio::test]
+async fn forbidden_names_verb_and_resource() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/pods".into(), Fault::Status(403, None)));
+    let err = lookup::pods_on_node(&e.kube, "node-a", false).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("forbidden: cannot list pods at cluster scope (RBAC): grant `list` on `pods`"),
+        "{msg}"
+    );
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/replicasets/".into(), Fault::Status(403, None)));
+    let msg = lookup::pods_on_node(&e.kube, "node-a", true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cannot get replicasets.apps \"api-7d9f\" in namespace \"shop\""),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_then_ok_succeeds_after_retry_after() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes".into(), Fault::Status(429, Some(1))));
+    let t0 = Instant::now();
+    let n = lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n.unwrap().name.as_deref(), Some("node-a"));
+    // The server said Retry-After: 1; backoff alone would have waited 10 ms.
+    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    assert_eq!(requests(&e.api).len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_retry_then_give_up_with_attempt_count() {
+    let e = env(cluster()).await;
+    for _ in 0..2 {
+        e.api
+            .state
+            .faults
+            .lock()
+            .unwrap()
+            .push_back(("/api/v1/nodes".into(), Fault::Status(500, None)));
+    }
+    assert!(
+        lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for _ in 0..10 {
+        e.api
+            .state
+            .faults
+            .lock()
+            .unwrap()
+            .push_back(("/api/v1/nodes".into(), Fault::Status(503, None)));
+    }
+    let err = lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    match &err {
+        Error::KubeApi { code, attempts, .. } => assert_eq!((*code, *attempts), (503, 5)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hang_times_out() {
+    let api = FakeApi::start(cluster()).await;
+    api.state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes".into(), Fault::Hang));
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = fast_opts(api.kubeconfig(dir.path(), &[]));
+    o.read_timeout = Duration::from_millis(300);
+    o.connect_timeout = Duration::from_millis(300);
+    let kube = Kube::connect(&o).await.unwrap();
+    let err = lookup::node_by_ip(&kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KubeTimeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("timed out trying to list nodes"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transport_error() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = FakeApi::start(cluster()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path(), &[("dead", format!("http://127.0.0.1:{port}"))]);
+    let mut o = fast_opts(kc);
+    o.context = Some("dead".into());
+    let kube = Kube::connect(&o).await.unwrap();
+    let err = lookup::node_by_ip(&kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach the API server"), "{err}");
+}
+
+const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 2100E00A:A0C6 0500A8C0:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 20 4 30 10 -1\n   1: 2100E00A:A0C8 0B0B0B14:01BB 02 00000000:00000000 00:00000000 00000000  1000        0 12346 1 0000000000000000 20 4 30 10 -1\n";
+const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0\n";
+
+#[tokio::test]
+async fn exec_census_over_websocket() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", Some("app"))
+        .await
+        .unwrap();
+    assert_eq!(c.sockets.len(), 3);
+    assert_eq!(c.sockets[1].remote.to_string(), "20.11.11.11:443");
+    assert_eq!(c.sockets[1].state, snat_core::model::TcpState::SynSent);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let r = requests(&e.api).into_iter().find(|r| r.contains("/exec")).unwrap();
+    assert!(
+        r.contains("command=cat") && r.contains("command=%2Fproc%2Fnet%2Ftcp6") && r.contains("container=app"),
+        "{r}"
+    );
+    assert!(!r.contains("stdin=true"));
+}
+
+#[tokio::test]
+async fn exec_census_over_the_v5_protocol() {
+    let st = cluster();
+    *st.exec_protocol.lock().unwrap() = Some("v5.channel.k8s.io".into());
+    *st.exec.lock().unwrap() = Some(ExecReply {
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let e = env(st).await;
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    assert_eq!(c.sockets.len(), 3);
+}
+
+#[tokio::test]
+async fn exec_census_without_tcp6_warns() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: b"cat: can't open '/proc/net/tcp6': No such file or directory\n".to_vec(),
+        status: json!({"metadata": {}, "status": "Failure", "message": "command terminated with non-zero exit code",
+                       "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": "1"}]}}),
+    });
+    let c = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    assert_eq!(c.sockets.len(), 2);
+    assert!(c.warnings.iter().any(|w| w.contains("tcp6")), "{:?}", c.warnings);
+}
+
+#[tokio::test]
+async fn exec_without_cat_fails_clearly() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: vec![],
+        stderr: b"exec: \"cat\": executable file not found in $PATH".to_vec(),
+        status: json!({"metadata": {}, "status": "Failure", "message": "executable file not found", "reason": "InternalError"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "distroless-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/distroless-0") && err.contains("needs `cat`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn exec_forbidden_names_pods_exec() {
+    let e = env(cluster()).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/exec".into(), Fault::Status(403, None)));
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot create pods/exec \"api-7d9f-0\" in namespace \"shop\""),
+        "{err}"
+    );
+}
+
+fn spec(concurrency: usize) -> FleetSpec {
+    let mut s = FleetSpec::new("registry.example/snat:0.1.0", "census.rhai", "report::title(\"x\");");
+    s.concurrency = concurrency;
+    s.poll_interval = Duration::from_millis(5);
+    s.run_id = "0123abcd-0000-4000-8000-000000000000".into();
+    s
+}
+
+#[tokio::test]
+async fn fleet_runs_jobs_and_merges_records() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(20));
+    let e = env(st).await;
+    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(nodes, vec!["node-a", "node-b"]);
+    let res = fleet::run_fleet(&e.kube, &spec(4), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    assert_eq!(res.record.nodes.len(), 2);
+    for (entry, n) in res.record.nodes.iter().zip(&nodes) {
+        assert_eq!(&entry.node, n);
+        assert_eq!(entry.outcome, NodeOutcome::Completed, "{entry:?}");
+        assert_eq!(entry.exit_code, Some(0));
+        assert_eq!(entry.audit_run_id.as_deref(), Some(format!("run-{n}").as_str()));
+        assert_eq!(entry.verdict, Some(json!("clear")));
+    }
+    let run = &res.runs[0];
+    assert_eq!(run.output.as_ref().unwrap().report.as_ref().unwrap()["node"], "node-a");
+    // Every Job created was deleted.
+    let s = &e.api.state;
+    assert_eq!(s.created.load(Ordering::SeqCst), 2);
+    assert_eq!(s.deleted.load(Ordering::SeqCst), 2);
+    // Written record references the node audit files by SHA-256.
+    let dir = tempfile::tempdir().unwrap();
+    let p = fleet::write_fleet(dir.path(), &res).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let f = rec["nodes"][1]["audit_file"].as_str().unwrap();
+    let bytes = std::fs::read(dir.path().join(f)).unwrap();
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(rec["nodes"][1]["audit_sha256"], json!(sha));
+}
+
+#[tokio::test]
+async fn fleet_fan_out_over_1000_nodes_respects_concurrency() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(15));
+    let e = env(st).await;
+    let nodes: Vec<String> = (0..1000).map(|i| format!("aks-pool-{i:04}")).collect();
+    let t0 = Instant::now();
+    let res = fleet::run_fleet(&e.kube, &spec(25), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let s = &e.api.state;
+    let max = s.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 25, "server saw {max} Jobs in flight");
+    assert!(max >= 2, "no concurrency at all ({max})");
+    assert_eq!(s.created.load(Ordering::SeqCst), 1000);
+    assert_eq!(s.in_flight.load(Ordering::SeqCst), 0);
+    assert!(res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Completed));
+    // Distinct Job names for distinct nodes.
+    let names: std::collections::HashSet<_> = res.runs.iter().map(|r| r.job.clone()).collect();
+    assert_eq!(names.len(), 1000);
+    eprintln!("fan-out: 1000 nodes, concurrency 25, max in flight {max}, took {took:?}");
+}
+
+#[tokio::test]
+async fn fleet_cancel_deletes_running_jobs() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None; // Jobs never finish.
+    let e = env(st).await;
+    let nodes: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let state = e.api.state.clone();
+    tokio::spawn(async move {
+        while state.created.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c2.store(true, Ordering::SeqCst);
+    });
+    let res = fleet::run_fleet(&e.kube, &spec(3), &nodes, cancel).await.unwrap();
+    assert!(res.record.cancelled);
+    assert!(
+        res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Cancelled),
+        "{:?}",
+        res.record.nodes
+    );
+    let s = &e.api.state;
+    assert_eq!(s.created.load(Ordering::SeqCst), 3, "no new Jobs after cancel");
+    assert_eq!(s.in_flight.load(Ordering::SeqCst), 0, "every created Job deleted");
+}
+
+#[tokio::test]
+async fn fleet_job_manifest_arrives_as_built() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    fleet::run_fleet(
+        &e.kube,
+        &spec(1),
+        &["node-a".to_string()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let got = e.api.state.manifests.lock().unwrap()[0].clone();
+    assert_eq!(got, fleet::job_manifest(&spec(1), "node-a"));
+    let req = requests(&e.api).into_iter().find(|r| r.starts_with("POST")).unwrap();
+    assert_eq!(req, "POST /apis/batch/v1/namespaces/snat/jobs?");
+}
+
+/// (api group, resource[/subresource], verb, namespace or None for cluster-wide).
+type Access = (String, String, String, Option<String>);
+
+fn access_of(request: &str) -> Access {
+    let (method, pq) = request.split_once(' ').unwrap();
+    let path = pq.split('?').next().unwrap();
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match seg[0] {
+        "api" => (String::new(), &seg[2..]),
+        _ => (seg[1].to_string(), &seg[3..]),
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, rest @ ..] => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (resource, has_name) = match rest {
+        [r] => (r.to_string(), false),
+        [r, _name] => (r.to_string(), true),
+        [r, _name, sub] => (format!("{r}/{sub}"), true),
+        other => panic!("unexpected path {other:?}"),
+    };
+    let verb = match (method, has_name) {
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, verb.to_string(), ns)
+}
+
+fn rules(doc: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for r in doc["rules"].as_array().unwrap() {
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    out.push((
+                        g.as_str().unwrap().into(),
+                        res.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn rbac_grants_exactly_what_the_code_calls() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    *st.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let e = env(st).await;
+    // Every API-calling stage snat has.
+    lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
+        .await
+        .unwrap();
+    lookup::pods_on_node(&e.kube, "node-a", true).await.unwrap();
+    lookup::pod_by_uid(&e.kube, "22222222-0000-0000-0000-000000000002", None)
+        .await
+        .unwrap();
+    exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
+    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let of_kind = |k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
+    let cluster_rules = of_kind("ClusterRole");
+    let ns_rules = of_kind("Role");
+    let role_ns = docs.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
+    assert_eq!(role_ns, "snat");
+
+    let mut used_cluster = std::collections::BTreeSet::new();
+    let mut used_ns = std::collections::BTreeSet::new();
+    for r in requests(&e.api) {
+        let (g, res, verb, ns) = access_of(&r);
+        let key = (g, res, verb);
+        // The fleet's own calls are in namespace snat and must be covered by the Role;
+        // everything else by the ClusterRole.
+        if ns.as_deref() == Some("snat") {
+            assert!(ns_rules.contains(&key), "{r} needs {key:?} in the snat-fleet Role");
+            used_ns.insert(key);
+        } else {
+            assert!(
+                cluster_rules.contains(&key),
+                "{r} needs {key:?} in the snat-reader ClusterRole"
+            );
+            used_cluster.insert(key);
+        }
+    }
+    // And nothing granted goes unused (pods/exec `create` is how newer API servers
+    // authorize the same WebSocket GET).
+    used_cluster.insert(("".into(), "pods/exec".into(), "create".into()));
+    let granted_cluster: std::collections::BTreeSet<_> = cluster_rules.into_iter().collect();
+    let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
+    assert_eq!(granted_cluster, used_cluster);
+    assert_eq!(granted_ns, used_ns);
+}
+
+#[tokio::test]
+async fn fleet_reports_each_nodes_failure_and_carries_on() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    st.failing_nodes.lock().unwrap().push("n2".into());
+    let e = env(st).await;
+    // RBAC refuses the first Job; n2's Job fails; n3 completes.
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/jobs".into(), Fault::Status(403, None)));
+    let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let res = fleet::run_fleet(&e.kube, &spec(1), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let n = &res.record.nodes;
+    assert_eq!(n[0].outcome, NodeOutcome::Failed);
+    let err = n[0].error.as_deref().unwrap();
+    assert!(
+        err.starts_with("forbidden: cannot create jobs.batch in namespace \"snat\" (RBAC)"),
+        "{err}"
+    );
+    assert_eq!(n[1].outcome, NodeOutcome::Failed);
+    assert!(n[1].error.as_deref().unwrap().contains("cut short"), "{:?}", n[1].error);
+    assert_eq!(n[1].audit_file, None);
+    assert_eq!(n[2].outcome, NodeOutcome::Completed);
+    assert_eq!(
+        e.api.state.in_flight.load(Ordering::SeqCst),
+        0,
+        "the failed Job was deleted too"
+    );
+}
+
+#[tokio::test]
+async fn fleet_fails_fast_on_a_pod_that_cannot_start() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None; // Never finishes by itself.
+    st.stuck_nodes.lock().unwrap().push("n1".into());
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::ZERO;
+    let res = fleet::run_fleet(&e.kube, &s, &["n1".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let n = &res.record.nodes[0];
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(
+        err.contains("cannot start: ImagePullBackOff: Back-off pulling image"),
+        "{err}"
+    );
+    assert_eq!(
+        e.api.state.in_flight.load(Ordering::SeqCst),
+        0,
+        "the stuck Job was deleted"
+    );
+}
+
+#[tokio::test]
+async fn fleet_rejects_unusable_specs() {
+    let e = env(cluster()).await;
+    let mut s = spec(0);
+    let err = fleet::run_fleet(&e.kube, &s, &["n".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("concurrency"), "{err}");
+    s.concurrency = 1;
+    s.image = " ".into();
+    let err = fleet::run_fleet(&e.kube, &s, &["n".into()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no image"), "{err}");
+    assert!(requests(&e.api).is_empty());
+}

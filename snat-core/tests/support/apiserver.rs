@@ -1,0 +1,493 @@
+//! A loopback Kubernetes API server for tests: enough of the real API (JSON built from
+//! k8s-openapi types, `limit`/`continue` pagination it enforces, field and label selectors,
+//! the exec WebSocket protocol, Jobs and pod logs) to drive snat's real kube client.
+//! Faults (status codes, Retry-After, hangs) are scripted per path.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// A scripted answer for requests whose path contains `path_contains`.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status (and `Retry-After` seconds, if given) and a Status body.
+    Status(u16, Option<u64>),
+    /// Never answer.
+    Hang,
+}
+
+/// What the exec endpoint sends back.
+#[derive(Debug, Clone)]
+pub struct ExecReply {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: Value,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub token: String,
+    pub nodes: Mutex<Vec<Node>>,
+    pub pods: Mutex<Vec<Pod>>,
+    pub replicasets: Mutex<Vec<ReplicaSet>>,
+    pub jobs: Mutex<Vec<Job>>,
+    /// Largest page the server returns; it also refuses lists without `limit`.
+    pub max_page: usize,
+    /// Every request: "METHOD path?query".
+    pub requests: Mutex<Vec<String>>,
+    /// Field selectors received on pod lists.
+    pub field_selectors: Mutex<Vec<String>>,
+    /// Faults, consumed in order, by path substring.
+    pub faults: Mutex<VecDeque<(String, Fault)>>,
+    pub exec: Mutex<Option<ExecReply>>,
+    /// Fleet: Jobs created and not yet deleted.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    pub created: AtomicUsize,
+    pub deleted: AtomicUsize,
+    /// Fleet: created Jobs by name (node, creation time, the manifest).
+    pub fleet_jobs: Mutex<HashMap<String, (String, Instant)>>,
+    pub manifests: Mutex<Vec<Job>>,
+    /// Fleet: how long a Job takes to finish; `None` = never finishes.
+    pub job_runtime: Mutex<Option<Duration>>,
+    /// Fleet: nodes whose Job pods wait in ImagePullBackOff forever.
+    pub stuck_nodes: Mutex<Vec<String>>,
+    /// Exec: the subprotocol the server picks (default v4.channel.k8s.io).
+    pub exec_protocol: Mutex<Option<String>>,
+    /// Exec: binary frames the client sent (channel byte first).
+    pub exec_client_frames: Mutex<Vec<Vec<u8>>>,
+    /// Fleet: nodes whose Jobs fail (status.failed = 1) and print a cut-short log.
+    pub failing_nodes: Mutex<Vec<String>>,
+}
+
+pub struct FakeApi {
+    pub state: Arc<State>,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApi {
+    pub async fn start(state: State) -> FakeApi {
+        let state = Arc::new(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        FakeApi { state, addr, task }
+    }
+
+    /// Write a kubeconfig with contexts `fake` (this server, current) and any `extra`
+    /// (name, server URL) contexts.
+    pub fn kubeconfig(&self, dir: &Path, extra: &[(&str, String)]) -> PathBuf {
+        let mut clusters = format!("- name: fake\n  cluster:\n    server: http://{}\n", self.addr);
+        let mut contexts = "- name: fake\n  context:\n    cluster: fake\n    user: fake\n".to_string();
+        for (name, url) in extra {
+            clusters.push_str(&format!("- name: {name}\n  cluster:\n    server: {url}\n"));
+            contexts.push_str(&format!(
+                "- name: {name}\n  context:\n    cluster: {name}\n    user: fake\n"
+            ));
+        }
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n{clusters}contexts:\n{contexts}current-context: fake\nusers:\n- name: fake\n  user:\n    token: {}\n",
+            self.state.token
+        );
+        let p = dir.join("kubeconfig");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn respond(code: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    respond(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pair in req.uri().query().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            let s = s.replace('+', " ");
+            let bytes = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' && i + 2 < bytes.len() {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        };
+        m.entry(dec(k)).or_default().push(dec(v));
+    }
+    m
+}
+
+/// A page of `items` as a List, enforcing `limit`.
+fn page(state: &State, q: &BTreeMap<String, Vec<String>>, kind: &str, items: Vec<Value>) -> Response<Full<Bytes>> {
+    let Some(limit) = q.get("limit").and_then(|v| v[0].parse::<usize>().ok()) else {
+        return status(400, "BadRequest", "test server: lists must be paginated with limit");
+    };
+    let limit = limit.min(state.max_page.max(1));
+    let start = match q.get("continue") {
+        Some(v) => match v[0].strip_prefix("off-").and_then(|s| s.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => return status(400, "BadRequest", "bad continue token"),
+        },
+        None => 0,
+    };
+    let end = (start + limit).min(items.len());
+    let cont = (end < items.len()).then(|| format!("off-{end}"));
+    let mut meta = json!({"resourceVersion": "1"});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    respond(
+        200,
+        json!({"kind": kind, "apiVersion": "v1", "metadata": meta, "items": items[start.min(end)..end]}),
+    )
+}
+
+fn ws_accept(req: &Request<Incoming>) -> Option<String> {
+    let key = req.headers().get("sec-websocket-key")?.as_bytes();
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key))
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    state.requests.lock().unwrap().push(format!("{} {pq}", req.method()));
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth != format!("Bearer {}", state.token) {
+        return Ok(status(401, "Unauthorized", "Unauthorized"));
+    }
+    let fault = {
+        let mut f = state.faults.lock().unwrap();
+        let pos = f.iter().position(|(p, _)| path.contains(p.as_str()));
+        pos.and_then(|i| f.remove(i)).map(|(_, f)| f)
+    };
+    match fault {
+        Some(Fault::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Some(Fault::Status(code, retry_after)) => {
+            let mut r = status(code, "Scripted", &format!("scripted {code} for {path}"));
+            if let Some(s) = retry_after {
+                r.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
+            }
+            return Ok(r);
+        }
+        None => {}
+    }
+    let q = query(&req);
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let r = match (method, seg.as_slice()) {
+        (Method::GET, ["api", "v1", "nodes"]) => {
+            let items = state
+                .nodes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|n| serde_json::to_value(n).unwrap())
+                .collect();
+            page(&state, &q, "NodeList", items)
+        }
+        (Method::GET, ["api", "v1", "pods"]) => {
+            let sel = q.get("fieldSelector").map(|v| v[0].clone());
+            let node = match &sel {
+                None => None,
+                Some(s) => {
+                    state.field_selectors.lock().unwrap().push(s.clone());
+                    match s.strip_prefix("spec.nodeName=") {
+                        Some(n) if !n.contains(',') => Some(n.to_string()),
+                        _ => return Ok(status(400, "BadRequest", &format!("field label not supported: {s}"))),
+                    }
+                }
+            };
+            let items = state
+                .pods
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| node.is_none() || p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == node.as_deref())
+                .map(|p| serde_json::to_value(p).unwrap())
+                .collect();
+            page(&state, &q, "PodList", items)
+        }
+        (Method::GET, ["apis", "apps", "v1", "namespaces", ns, "replicasets", name]) => {
+            let rs = state
+                .replicasets
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.metadata.namespace.as_deref() == Some(*ns) && r.metadata.name.as_deref() == Some(*name))
+                .cloned();
+            match rs {
+                Some(r) => respond(200, serde_json::to_value(r).unwrap()),
+                None => status(404, "NotFound", &format!("replicasets.apps \"{name}\" not found")),
+            }
+        }
+        (Method::GET, ["apis", "batch", "v1", "namespaces", ns, "jobs", name]) => {
+            if let Some((node, t0)) = state.fleet_jobs.lock().unwrap().get(*name).cloned() {
+                let done = state.job_runtime.lock().unwrap().is_some_and(|d| t0.elapsed() >= d);
+                let fails = state.failing_nodes.lock().unwrap().contains(&node);
+                let j = Job {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        namespace: Some(ns.to_string()),
+                        ..Default::default()
+                    },
+                    status: Some(JobStatus {
+                        active: Some(if done { 0 } else { 1 }),
+                        succeeded: Some(if done && !fails { 1 } else { 0 }),
+                        failed: Some(if done && fails { 1 } else { 0 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                return Ok(respond(200, serde_json::to_value(j).unwrap()));
+            }
+            let j = state
+                .jobs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|j| j.metadata.namespace.as_deref() == Some(*ns) && j.metadata.name.as_deref() == Some(*name))
+                .cloned();
+            match j {
+                Some(j) => respond(200, serde_json::to_value(j).unwrap()),
+                None => status(404, "NotFound", &format!("jobs.batch \"{name}\" not found")),
+            }
+        }
+        (Method::POST, ["apis", "batch", "v1", "namespaces", _ns, "jobs"]) => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let job: Job = match serde_json::from_slice(&body) {
+                Ok(j) => j,
+                Err(e) => return Ok(status(400, "BadRequest", &format!("bad Job: {e}"))),
+            };
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let node = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            if state
+                .fleet_jobs
+                .lock()
+                .unwrap()
+                .insert(name.clone(), (node, Instant::now()))
+                .is_some()
+            {
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("jobs.batch \"{name}\" already exists"),
+                ));
+            }
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            state.created.fetch_add(1, Ordering::SeqCst);
+            state.manifests.lock().unwrap().push(job.clone());
+            respond(201, serde_json::to_value(job).unwrap())
+        }
+        (Method::DELETE, ["apis", "batch", "v1", "namespaces", _ns, "jobs", name]) => {
+            if state.fleet_jobs.lock().unwrap().remove(*name).is_some() {
+                state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                state.deleted.fetch_add(1, Ordering::SeqCst);
+                respond(
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+                )
+            } else {
+                status(404, "NotFound", &format!("jobs.batch \"{name}\" not found"))
+            }
+        }
+        (Method::GET, ["api", "v1", "namespaces", ns, "pods"]) => {
+            let sel = q.get("labelSelector").map(|v| v[0].clone()).unwrap_or_default();
+            let Some(job) = sel.strip_prefix("job-name=") else {
+                return Ok(status(
+                    400,
+                    "BadRequest",
+                    "test server: expected labelSelector job-name=...",
+                ));
+            };
+            let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
+            let items = match node {
+                Some(node) => {
+                    let stuck = state.stuck_nodes.lock().unwrap().contains(&node);
+                    let status = stuck.then(|| {
+                        serde_json::from_value(json!({"phase": "Pending", "containerStatuses": [{
+                            "name": "snat", "image": "IMAGE", "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                  "message": "Back-off pulling image \"IMAGE\""}}}]}))
+                        .unwrap()
+                    });
+                    vec![
+                        serde_json::to_value(Pod {
+                            metadata: ObjectMeta {
+                                name: Some(format!("{job}-abcde")),
+                                namespace: Some(ns.to_string()),
+                                ..Default::default()
+                            },
+                            status,
+                            ..Default::default()
+                        })
+                        .unwrap(),
+                    ]
+                }
+                None => vec![],
+            };
+            page(&state, &q, "PodList", items)
+        }
+        (Method::GET, ["api", "v1", "namespaces", _ns, "pods", pod, "log"]) => {
+            let job = pod.trim_end_matches("-abcde");
+            let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
+            match node {
+                Some(node) => {
+                    let mut log = node_log(&node);
+                    if state.failing_nodes.lock().unwrap().contains(&node) {
+                        log = "--- snat:report ---\n".to_string();
+                    }
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain")
+                        .body(Full::new(Bytes::from(log)))
+                        .unwrap()
+                }
+                None => status(404, "NotFound", "no such pod"),
+            }
+        }
+        (Method::GET, ["api", "v1", "namespaces", _ns, "pods", _pod, "exec"]) => {
+            let Some(accept) = ws_accept(&req) else {
+                return Ok(status(400, "BadRequest", "exec needs a WebSocket upgrade"));
+            };
+            let protos = req
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let proto = state
+                .exec_protocol
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or("v4.channel.k8s.io".into());
+            if !protos.split(',').any(|p| p.trim() == proto) {
+                return Ok(status(400, "BadRequest", "no supported channel.k8s.io subprotocol"));
+            }
+            let st2 = state.clone();
+            let reply = state.exec.lock().unwrap().clone().unwrap_or(ExecReply {
+                stdout: vec![],
+                stderr: vec![],
+                status: json!({"metadata": {}, "status": "Success"}),
+            });
+            let upgrade = hyper::upgrade::on(req);
+            tokio::spawn(async move {
+                let Ok(up) = upgrade.await else { return };
+                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                let frame = |ch: u8, data: &[u8]| {
+                    let mut v = vec![ch];
+                    v.extend_from_slice(data);
+                    Message::Binary(v.into())
+                };
+                // stdout in two frames, to exercise reassembly.
+                let mid = reply.stdout.len() / 2;
+                let _ = ws.send(frame(1, &reply.stdout[..mid])).await;
+                let _ = ws.send(frame(1, &reply.stdout[mid..])).await;
+                if !reply.stderr.is_empty() {
+                    let _ = ws.send(frame(2, &reply.stderr)).await;
+                }
+                let _ = ws.send(frame(3, reply.status.to_string().as_bytes())).await;
+                let _ = ws.close(None).await;
+                // Drain what the client sends until it closes (v5 clients may send close signals).
+                use futures_util::StreamExt;
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Binary(b) = m {
+                        st2.exec_client_frames.lock().unwrap().push(b.to_vec());
+                    }
+                }
+            });
+            return Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .header("sec-websocket-protocol", proto)
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
+        _ => status(404, "NotFound", &format!("test server has no route for {path}")),
+    };
+    Ok(r)
+}
+
+/// The framed log a node Job prints (see snat_core::k8s::fleet::NODE_SCRIPT).
+pub fn node_log(node: &str) -> String {
+    let report = json!({"title": "node census", "node": node, "verdict": "clear", "findings": []});
+    let audit = json!({"schema_version": 1, "run_id": format!("run-{node}"), "exit_code": 0});
+    format!(
+        "--- snat:report ---\n{report}\n\n--- snat:audit ---\n{audit}\n\n--- snat:stderr ---\n\n--- snat:exit 0 ---\n"
+    )
+}

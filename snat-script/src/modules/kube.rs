@@ -1,0 +1,263 @@
+//! `kube::` — the Kubernetes API from a playbook: node by IP, pods on a node, pod by UID
+//! with its owner workload, and a socket census inside a pod through `exec`. The cluster is
+//! the one `--kubeconfig` / `--context` name (else `KUBECONFIG`, `~/.kube/config`, or the
+//! in-cluster ServiceAccount). Every function is a stage: it is recorded in the audit
+//! record, and a failure (unreachable cluster, RBAC) is a run-time error a playbook can catch
+//! with `try { ... } catch (e) { ... }`.
+
+use std::sync::{Arc, Mutex};
+
+use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
+use serde_json::json;
+use snat_core::k8s::lookup::{self, PodInfo};
+use snat_core::k8s::{Kube, KubeOptions, exec};
+
+use super::{func, getter, method, to_dyn};
+use crate::ctx::{Ctx, StageError, StageFailure};
+
+/// The connected client, made on first use and shared by the run's stages.
+#[derive(Clone, Default)]
+struct Conn(Arc<Mutex<Option<Kube>>>);
+
+impl Conn {
+    fn get(&self, ctx: &Ctx) -> Result<Kube, StageError> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = g.as_ref() {
+            return Ok(k.clone());
+        }
+        let opts = KubeOptions {
+            kubeconfig: ctx.options().kubeconfig.clone(),
+            context: ctx.options().kube_context.clone(),
+            ..Default::default()
+        };
+        let k = ctx.block_on(Kube::connect(&opts))??;
+        *g = Some(k.clone());
+        Ok(k)
+    }
+}
+
+fn pod_dyn(p: &PodInfo) -> Dynamic {
+    let mut d = to_dyn(p).unwrap_or(Dynamic::UNIT);
+    // Flatten the most used fields so a playbook writes `p.name`, not `p.pod.name`.
+    if let (Some(mut m), Some(pm)) = (
+        d.clone().try_cast::<Map>(),
+        to_dyn(&p.pod).ok().and_then(|x| x.try_cast::<Map>()),
+    ) {
+        for (k, v) in pm {
+            m.entry(k).or_insert(v);
+        }
+        if let Some(o) = &p.pod.owner
+            && let Some(note) = lookup::finished_job_note(o)
+        {
+            m.insert("note".into(), note.into());
+        }
+        d = Dynamic::from_map(m);
+    }
+    d
+}
+
+/// The module.
+pub fn create_module(ctx: &Ctx) -> Module {
+    let mut m = Module::new();
+    let conn = Conn::default();
+
+    // A caught stage failure (`try { kube::... } catch (e) { ... }`) prints as its message and
+    // has getters. (Generic: belongs with the other shared types; registered here so playbooks
+    // can report "no cluster reachable" today.)
+    m.set_custom_type::<StageFailure>("StageFailure");
+    method(
+        "to_string",
+        &["failure: StageFailure", "String"],
+        "A caught stage failure as `stage: message`.",
+    )
+    .set_into_module(&mut m, |f: &mut StageFailure| f.to_string());
+    getter(
+        &mut m,
+        "message",
+        "String",
+        "What failed and why.",
+        |f: &mut StageFailure| f.message.clone(),
+    );
+    getter(
+        &mut m,
+        "stage",
+        "String",
+        "The stage that failed, e.g. `kube::pods_on_node`.",
+        |f: &mut StageFailure| f.stage.clone(),
+    );
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
+        "node_by_ip",
+        &["ip: &str", "?"],
+        "The node with this InternalIP/ExternalIP (e.g. a load balancer BackendIPAddress): #{name, ip}, or () when\nno node has it. `kubectl get nodes -o wide | grep IP`. Needs RBAC list nodes.",
+    )
+    .set_into_module(&mut m, move |ip: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+        c.stage("kube::node_by_ip", json!({ "ip": ip }), || {
+            let addr: std::net::IpAddr = ip
+                .trim()
+                .parse()
+                .map_err(|_| StageError::Usage(format!("{ip:?} is not an IP address")))?;
+            let kube = k.get(&c)?;
+            let n = c.block_on(lookup::node_by_ip(&kube, addr))??;
+            let found = n.is_some() as u64;
+            Ok((n.map_or(Dynamic::UNIT, |n| to_dyn(&n).unwrap_or(Dynamic::UNIT)), Some(found)))
+        })
+    });
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
+        "pods_on_node",
+        &["node: &str", "Array"],
+        "Every pod on a node, all namespaces (`--field-selector spec.nodeName=NODE`), each a map: uid, namespace,\nname, qos, owner #{kind, name, active}, host_network, node, pod_ip, phase, containers, and `note` when the\nowner is a Job that has finished. Needs RBAC list pods (+ get replicasets, jobs for owners).",
+    )
+    .set_into_module(&mut m, move |node: &str| -> Result<Array, Box<EvalAltResult>> {
+        c.stage("kube::pods_on_node", json!({ "node": node }), || {
+            let kube = k.get(&c)?;
+            let pods = c.block_on(lookup::pods_on_node(&kube, node, true))??;
+            let n = pods.len() as u64;
+            Ok((pods.iter().map(pod_dyn).collect(), Some(n)))
+        })
+    });
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
+        "pod_by_uid",
+        &["uid: &str", "?"],
+        "The pod with this UID (as found in a cgroup path), with its owner; () when none. Searches all nodes.",
+    )
+    .set_into_module(&mut m, move |uid: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+        c.stage("kube::pod_by_uid", json!({ "uid": uid }), || {
+            let kube = k.get(&c)?;
+            let p = c.block_on(lookup::pod_by_uid(&kube, uid, None))??;
+            let n = p.is_some() as u64;
+            Ok((p.as_ref().map_or(Dynamic::UNIT, pod_dyn), Some(n)))
+        })
+    });
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
+        "pod_by_uid",
+        &["uid: &str", "node: &str", "?"],
+        "The pod with this UID among one node's pods (cheaper on big clusters); () when none.",
+    )
+    .set_into_module(
+        &mut m,
+        move |uid: &str, node: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            c.stage("kube::pod_by_uid", json!({ "uid": uid, "node": node }), || {
+                let kube = k.get(&c)?;
+                let p = c.block_on(lookup::pod_by_uid(&kube, uid, Some(node)))??;
+                let n = p.is_some() as u64;
+                Ok((p.as_ref().map_or(Dynamic::UNIT, pod_dyn), Some(n)))
+            })
+        },
+    );
+
+    for with_container in [false, true] {
+        let (c, k) = (ctx.clone(), conn.clone());
+        let f = move |ns: &str, pod: &str, container: Option<&str>| -> Result<Map, Box<EvalAltResult>> {
+            c.stage(
+                "kube::census_in_pod",
+                json!({ "namespace": ns, "pod": pod, "container": container }),
+                || {
+                    let kube = k.get(&c)?;
+                    let r = c.block_on(exec::census_in_pod(&kube, ns, pod, container))??;
+                    let n = r.sockets.len() as u64;
+                    let map = to_dyn(&r).ok().and_then(|d| d.try_cast::<Map>()).unwrap_or_default();
+                    Ok((map, Some(n)))
+                },
+            )
+        };
+        if with_container {
+            func(
+                "census_in_pod",
+                &["namespace: &str", "pod: &str", "container: &str", "Map"],
+                "Same as census_in_pod(namespace, pod), in the named container.",
+            )
+            .set_into_module(&mut m, move |ns: &str, pod: &str, ctr: &str| f(ns, pod, Some(ctr)));
+        } else {
+            func(
+                "census_in_pod",
+                &["namespace: &str", "pod: &str", "Map"],
+                "Every TCP socket of a pod, read with `cat /proc/net/tcp /proc/net/tcp6` through the exec API (nothing\ninstalled, no node access): #{pod, container, sockets: [#{family, state, local, remote, inode, uid}],\nwarnings}. Needs RBAC create (and get) on pods/exec, and `cat` in the container.",
+            )
+            .set_into_module(&mut m, move |ns: &str, pod: &str| f(ns, pod, None));
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ctx::RunOptions;
+
+    pub(crate) fn failure(e: Box<EvalAltResult>) -> StageFailure {
+        match e.as_ref() {
+            EvalAltResult::ErrorRuntime(d, _) => d.clone().try_cast::<StageFailure>().expect("a StageFailure"),
+            other => panic!("not a stage failure: {other}"),
+        }
+    }
+
+    #[test]
+    fn unreachable_cluster_is_a_failed_stage_with_a_clear_message() {
+        // A kubeconfig pointing at a loopback port where nothing listens.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n"
+            ),
+        )
+        .unwrap();
+        let ctx = Ctx::new(
+            RunOptions {
+                kubeconfig: Some(kc),
+                ..Default::default()
+            },
+            Default::default(),
+        );
+        let mut e = rhai::Engine::new();
+        e.register_static_module("kube", create_module(&ctx).into());
+        let msg = e
+            .eval::<String>(
+                r#"let r = ""; try { kube::node_by_ip("10.224.0.4"); r = "reached"; } catch (err) { r = `${err.stage}|${err}`; } r"#,
+            )
+            .unwrap();
+        assert!(
+            msg.starts_with("kube::node_by_ip|kube::node_by_ip: cannot reach the API server"),
+            "{msg}"
+        );
+        let st = ctx.stages();
+        assert_eq!(st[0].name, "kube::node_by_ip");
+        assert_eq!(st[0].args["ip"], "10.224.0.4");
+        assert_eq!(st[0].outcome, snat_core::audit::StageOutcome::Failed);
+        // A bad IP is a playbook error, before any connection.
+        let err = failure(e.eval::<Dynamic>(r#"kube::node_by_ip("node-1")"#).unwrap_err());
+        assert!(err.usage && err.message.contains("not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn missing_kubeconfig_file_is_named() {
+        let ctx = Ctx::new(
+            RunOptions {
+                kubeconfig: Some("/nonexistent/snat-test-kubeconfig".into()),
+                ..Default::default()
+            },
+            Default::default(),
+        );
+        let mut e = rhai::Engine::new();
+        e.register_static_module("kube", create_module(&ctx).into());
+        let err = failure(e.eval::<Dynamic>(r#"kube::pods_on_node("n")"#).unwrap_err()).message;
+        assert!(
+            err.contains("cannot read kubeconfig") && err.contains("snat-test-kubeconfig"),
+            "{err}"
+        );
+    }
+}
