@@ -97,6 +97,8 @@ pub struct TracerBuilder {
     wakeup_bytes: u64,
     drain_interval: Duration,
     cancel: Option<Arc<AtomicBool>>,
+    flow_entries: Option<u32>,
+    socket_entries: Option<u32>,
 }
 
 impl Default for TracerBuilder {
@@ -118,7 +120,25 @@ impl TracerBuilder {
             wakeup_bytes: 256 << 10,
             drain_interval: Duration::from_millis(100),
             cancel: None,
+            flow_entries: None,
+            socket_entries: None,
         }
+    }
+
+    /// Size of the kernel's flow table (distinct (netns, family, direction, port, saddr,
+    /// daddr) keys; default 16384). Events of keys that do not fit are counted in
+    /// [`KernelStats::flows_full`].
+    pub fn flow_table_entries(mut self, n: u32) -> Self {
+        self.flow_entries = Some(n);
+        self
+    }
+
+    /// Size of the kernel's socket table (sockets being connected or established during
+    /// the trace, an LRU; default 131072, about 20 MB of kernel memory). Past it, the
+    /// oldest sockets lose their owner: their close is counted without direction.
+    pub fn socket_table_entries(mut self, n: u32) -> Self {
+        self.socket_entries = Some(n);
+        self
     }
 
     /// How long [`Tracer::run`] traces.
@@ -219,6 +239,11 @@ impl TracerBuilder {
                 "{n} is not a network namespace inode (expected e.g. 4026531840)"
             )));
         }
+        if self.flow_entries == Some(0) || self.socket_entries == Some(0) {
+            return Err(Error::InvalidOption(
+                "flow and socket tables need at least one entry".into(),
+            ));
+        }
         if self.filters.pid == Some(0) {
             return Err(Error::InvalidOption("pid filter must not be 0".into()));
         }
@@ -249,7 +274,14 @@ impl TracerBuilder {
         } else {
             page_size()
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(n) = self.flow_entries {
+            loader.map_max_entries(abi::MAP_FLOWS, n);
+        }
+        if let Some(n) = self.socket_entries {
+            loader.map_max_entries(abi::MAP_SOCKS, n);
+        }
+        let mut ebpf = loader
             .override_global(abi::CFG_EMIT_EVENTS, &emit, true)
             .override_global(abi::CFG_FILTER_NETNS, &filter_netns, true)
             .override_global(abi::CFG_FAMILY, &family, true)
@@ -410,9 +442,10 @@ fn page_size() -> u32 {
     u32::try_from(n).unwrap_or(4096)
 }
 
-/// Effective capabilities of this process, from /proc/self/status.
+/// Effective capabilities of the calling thread (capabilities are per thread), from
+/// /proc/thread-self/status.
 fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
     u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
 }

@@ -208,18 +208,12 @@ fn progress_line(p: &Progress) {
     );
 }
 
-/// Build the summary: feed rows (aggregated) or events (stream), account for losses, and
-/// explain the attribution.
-fn summarise(o: &TraceOptions, events: Vec<TcpEvent>, res: &TraceResult) -> Result<TraceSummary, StageError> {
-    let mut s = TraceSummary::new("live", o.by.clone());
+/// Finish the summary: feed the kernel's rows (aggregated mode; in stream mode the events
+/// were fed as they came), account for losses, and explain the attribution.
+fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result<TraceSummary, StageError> {
     match o.mode {
-        Mode::Stream => {
-            for e in &events {
-                s.add(e)?;
-            }
-            // Open connections are only known from the kernel's counters.
-            s.totals.open = res.flows.iter().map(|f| f.open).sum();
-        }
+        // Open connections are only known from the kernel's counters.
+        Mode::Stream => s.totals.open = res.flows.iter().map(|f| f.open).sum(),
         Mode::Aggregated => {
             for f in &res.flows {
                 for part in f.split_by_kind() {
@@ -297,9 +291,16 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
         b = b.family(f);
     }
     let mut tracer = b.attach().map_err(ebpf_error)?;
-    let mut events: Vec<TcpEvent> = Vec::new();
+    // Events are counted as they come: memory grows with distinct keys, not with events.
+    let mut summary = TraceSummary::new("live", o.by.clone());
+    let mut add_err: Option<snat_core::Error> = None;
     let mut write_err: Option<std::io::Error> = None;
     let mut on_event = |ev: TcpEvent| {
+        if add_err.is_none()
+            && let Err(e) = summary.add(&ev)
+        {
+            add_err = Some(e);
+        }
         if write_err.is_none() {
             let r = text
                 .as_mut()
@@ -309,7 +310,6 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
                 write_err = Some(e);
             }
         }
-        events.push(ev);
     };
     let show = ctx.options().progress;
     let end = tracer
@@ -326,6 +326,9 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     if end == RunEnd::Cancelled {
         return Err(StageError::Interrupted);
     }
+    if let Some(e) = add_err {
+        return Err(e.into());
+    }
     if let Some(e) = write_err {
         return Err(StageError::Failed(format!("cannot write trace output: {e}").into()));
     }
@@ -339,7 +342,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     if let Some(j) = jsonl {
         flush(j.finish())?;
     }
-    let s = summarise(&o, events, &res)?;
+    let s = summarise(&o, summary, &res)?;
     let n = s.totals.events;
     Ok((Trace(Arc::new(s)), Some(n)))
 }
