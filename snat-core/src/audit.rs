@@ -7,11 +7,172 @@
 //! SHA-256 of the previous record file in the same directory, so a removed or edited record
 //! is detected by [`verify`].
 //!
-//! (Writer, chain verification and schema: in progress.)
+//! The runner opens the directory with [`AuditDir::open`] *before* it does anything (so a
+//! directory it cannot write stops the run at once, with a message saying which directory,
+//! why, and what to do), fills an [`AuditRecord`] as the run goes, and hands it to
+//! [`AuditDir::write`] once, whatever the ending (completed, playbook error, stage failure,
+//! SIGINT, SIGTERM). The JSON Schema of a record (draft 2020-12) is
+//! `schemas/audit-record.schema.json` at the root of the repository.
+//!
+//! ```
+//! use snat_core::audit::{self, AuditDir, AuditRecord, HostInfo, Outcome, OutcomeKind};
+//!
+//! # fn main() -> Result<(), snat_core::Error> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir_path = tmp.path().join("audit");
+//! // At start-up, before anything else: fails with a clear message if unusable.
+//! let dir = AuditDir::open(dir_path)?; // the runner passes --audit-dir or audit::default_dir()
+//! let started_at = audit::now_rfc3339();
+//! // ... the run ...
+//! let mut record = AuditRecord {
+//!     schema_version: audit::SCHEMA_VERSION,
+//!     run_id: "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f".into(),
+//!     tool: audit::ToolInfo { name: "snat-run".into(), version: "0.1.0".into() },
+//!     playbook: audit::PlaybookInfo { path: "triage.rhai".into(), sha256: None },
+//!     params: audit::redact_params(&Default::default()),
+//!     started_at,
+//!     ended_at: audit::now_rfc3339(),
+//!     host: HostInfo::current(),
+//!     stages: vec![],
+//!     actions: vec![],
+//!     outcome: Outcome { kind: OutcomeKind::Completed, message: None },
+//!     verdict: None,
+//!     exit_code: 0,
+//!     prev_sha256: None, // set by write
+//! };
+//! let path = dir.write(&mut record)?;
+//! assert!(path.ends_with(audit::record_file_name(&record)?));
+//!
+//! let report = audit::verify(dir.path())?;
+//! assert_eq!((report.records, report.first_break), (1, None));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The record format (schema version 1)
+//!
+//! A record is one JSON object, pretty-printed, ending with a newline. Every key below is
+//! always present; a value documented as "or `null`" is written as `null` when absent. Times
+//! are RFC 3339 strings in UTC with nine fractional digits, e.g.
+//! `"2026-11-21T05:59:05.123456789Z"` (see [`now_rfc3339`]). Hashes are SHA-256 as 64
+//! lower-case hex digits.
+//!
+//! - `schema_version` (integer): `1`. Bumped on any incompatible change.
+//! - `run_id` (string): the run's UUID, lower-case hyphenated, e.g.
+//!   `"3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f"`. Also the end of the file name.
+//! - `tool` (object): the program that wrote the record.
+//!   - `name` (string): e.g. `"snat-run"`.
+//!   - `version` (string): its version, e.g. `"0.1.0"`.
+//! - `playbook` (object): the playbook that ran.
+//!   - `path` (string): as given on the command line.
+//!   - `sha256` (hash or `null`): of the playbook file's bytes; `null` when it could not be
+//!     read (the outcome then says why).
+//! - `params` (object of string to string): the `--param KEY=VALUE` pairs, with the value of
+//!   every key that looks secret replaced by `"<redacted>"` (see [`redact_params`]).
+//! - `started_at`, `ended_at` (time): start and end of the run.
+//! - `host` (object): where and as whom the run happened.
+//!   - `hostname` (string): the host name (`uname -n`).
+//!   - `kernel_release` (string): `uname -r`, e.g. `"6.18.0-1-amd64"`.
+//!   - `uid`, `euid` (integer): real and effective user id.
+//!   - `capabilities` (array of string): the effective capabilities of the process
+//!     (`CapEff` in `/proc/self/status`) by name, in bit order, e.g.
+//!     `["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_BPF"]`; a bit this version does not know is
+//!     written `CAP_<bit>` (see [`decode_capabilities`]).
+//! - `stages` (array of object): one entry per stage call, in call order.
+//!   - `name` (string): `namespace::function`, e.g. `"tcptracer::read"`.
+//!   - `args` (any JSON): the call's arguments; keys that look secret are redacted as in
+//!     `params` (see [`redact_json`]).
+//!   - `started_at` (time): when the call started.
+//!   - `duration_ms` (number, at least 0): how long it took, in milliseconds.
+//!   - `items` (integer or `null`): how many items it produced, where that means something.
+//!   - `outcome` (string): `"ok"`, `"failed"` or `"interrupted"`.
+//!   - `error` (string or `null`): the error message of a failed call.
+//! - `actions` (array of object): remediation actions, planned and applied.
+//!   - `action` (string): e.g. `"event"`, `"annotate"`, `"label"`, `"restart"`, `"cordon"`.
+//!   - `target` (string): e.g. `"pod/default/api-7d9f"`.
+//!   - `request` (any JSON): the exact API request (method, path, body), as the runner
+//!     gives it; it never holds headers, so no credential.
+//!   - `state` (string): `"planned"`, `"applied"`, `"unchanged"` or `"failed"`.
+//!   - `result` (string or `null`): the API's answer, or why it was not applied.
+//! - `outcome` (object): how the run ended.
+//!   - `kind` (string): `"completed"`, `"playbook_error"`, `"stage_failed"` or
+//!     `"interrupted"`.
+//!   - `message` (string or `null`): what went wrong, for anything but `"completed"`.
+//! - `verdict` (string or `null`): `"pressure_found"`, `"clear"`, or `null` when the
+//!   playbook gave none.
+//! - `exit_code` (integer): the exit code of `snat-run`.
+//! - `prev_sha256` (hash or `null`): SHA-256 of the exact bytes of the previous record file
+//!   in the directory; `null` for the first record.
+//!
+//! # What never enters a record
+//!
+//! No environment variable, no token, no kubeconfig (neither its content nor the
+//! credentials it points to), no HTTP header. Parameters and stage arguments go through
+//! [`redact_params`] / [`redact_json`] (the writer applies them again, so a caller that
+//! forgets cannot leak): a value is replaced by `"<redacted>"` when its key contains, in
+//! any case, one of `token`, `password`, `passwd`, `pwd`, `secret`, `key`, `credential`,
+//! `auth`, `cookie`, `session`, `private`, `cert`, `bearer`, `kubeconfig`, `sas`,
+//! `signature`; or when the value itself looks like a secret: a PEM block (`-----BEGIN`),
+//! a JSON Web Token (`eyJ...` with three dot-separated base64url parts), kubeconfig
+//! credential data (`client-key-data`, `client-certificate-data`, `token:`), an
+//! `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a shared-access
+//! signature (`sig=`). The rule is deliberately wide: a redacted harmless value costs
+//! little, a leaked token costs a lot.
+//!
+//! # The directory and the chain
+//!
+//! - The default directory is [`default_dir`]: `$SNAT_AUDIT_DIR` if set, else
+//!   `/var/lib/snat/audit` for root, else `$XDG_STATE_HOME/snat/audit` or
+//!   `$HOME/.local/state/snat/audit`. [`AuditDir::open`] creates it (and its parents)
+//!   with mode 0700 if missing; an existing directory keeps its permissions. Record files
+//!   are created with mode 0600.
+//! - A record file is named `<time>-<run_id>.json`, where `<time>` is
+//!   `YYYYMMDDTHHMMSS.nnnnnnnnnZ` (UTC), so that the names sort by time; records that
+//!   would sort equal are ordered by the full name (byte order). `<time>` is the record's
+//!   `started_at`, except when a record already in the directory sorts at or after it (a
+//!   concurrent run that started later but finished first, or a clock stepped back): then
+//!   it is the newest record's time plus one nanosecond, so that name order is always
+//!   chain order. `started_at` inside the record is always the true start.
+//! - Writing takes an exclusive `flock` on `.lock` in the directory, so concurrent runs
+//!   (processes or threads) chain one after the other; hashes the newest record file;
+//!   writes the new record to a temporary `.tmp-…` file, fsyncs it, renames it to its
+//!   final name and fsyncs the directory. A crash leaves either no record or a complete
+//!   one, never a partial `.json` file (a stale `.tmp-…` file at most).
+//! - Files whose name starts with a dot (`.lock`, `.tmp-…`, `.probe-…`) and files not
+//!   ending in `.json` are not records and are ignored. Any other `.json` file is
+//!   examined. One not named like a record is a break ([`verify`] names it) but stays
+//!   out of the chain: the writer never chains to it, and the record after it is checked
+//!   against the record before it. A file named like a record is always in the chain,
+//!   even when its content is broken (the next record carries the hash of its bytes).
+//! - [`verify`] reads the records in name order and checks that each is valid JSON, has a
+//!   supported `schema_version`, is an audit record, matches its file name, and that its
+//!   `prev_sha256` is the SHA-256 of the previous record file (`null` for the first).
+//!
+//! # Limitations
+//!
+//! - The newest record has no successor to vouch for it: editing it, or removing the
+//!   newest records, cannot be seen from the files alone. [`VerifyReport::head_sha256`]
+//!   gives the hash of the newest record so that a caller can pin it elsewhere (print it,
+//!   ship it to a log collector) and compare later. The next run chains to the newest
+//!   file as it is then, edited or not.
+//! - The hashes are not keyed or signed: someone who can write the directory can rewrite
+//!   the whole chain consistently, or delete every record. The chain detects edits and
+//!   removals by people and tools that do not rewrite every later record; shipping
+//!   records (or the head hash) off the host is what protects against more.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+mod dir;
+mod host;
+mod redact;
+mod verify;
+
+pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
+pub use host::decode_capabilities;
+pub use redact::{REDACTED, is_secret_key, looks_secret_value, redact_json, redact_params};
+pub use verify::{ChainBreak, VerifyReport, verify};
 
 /// Version of the record format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -173,9 +334,4 @@ pub enum Verdict {
     PressureFound,
     /// Nothing found (exit 0).
     Clear,
-}
-
-/// The current time, RFC 3339 in UTC with nanoseconds.
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
 }

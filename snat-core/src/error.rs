@@ -182,4 +182,112 @@ pub enum Error {
     /// A fleet run could not proceed (bad spec, cancelled).
     #[error("fleet run: {0}")]
     Fleet(String),
+
+    // ----- audit ------------------------------------------------------------------
+    /// The audit directory cannot be created or written: the run must not start.
+    #[error(
+        "audit directory {} is not usable: {what}: {source}; pass --audit-dir DIR with a writable directory, or fix the permissions of this one (it needs to be a directory the user can create files in)",
+        dir.display()
+    )]
+    AuditDirUnusable {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed, e.g. "cannot create it".
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing, locking or reading an audit record file failed.
+    #[error("audit: {what} {}: {source}", path.display())]
+    AuditIo {
+        /// What was being done, e.g. "cannot write the record".
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A record handed to the writer cannot be written as it is (a bug in the caller).
+    #[error("audit record of run {run_id:?} cannot be written: {reason}")]
+    AuditRecordInvalid {
+        /// The record's run id, as given.
+        run_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    // ----- policy -----------------------------------------------------------------
+    /// A user-given range is not a CIDR.
+    #[error(
+        "invalid CIDR {cidr:?} for a {set} range: {reason} (expected e.g. 10.240.0.0/16, fd00::/8 or a single address)"
+    )]
+    InvalidCidr {
+        /// The text given.
+        cidr: String,
+        /// Which set it was for: `private` or `public`.
+        set: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A user range kind is not one snat knows.
+    #[error("unknown range kind {kind:?} (expected vnet, peered-vnet, pod, service or other)")]
+    UnknownRangeKind {
+        /// The text given.
+        kind: String,
+    },
+
+    // ----- cgroup -----------------------------------------------------------------
+    /// Content given as a `/proc/PID/cgroup` file is not one.
+    #[error(
+        "not a /proc/PID/cgroup file: line {line} ({text:?}): {reason} (each line must be hierarchy:controllers:/path, e.g. 0::/kubepods.slice)"
+    )]
+    NotCgroupFile {
+        /// 1-based line number.
+        line: usize,
+        /// The line (at most 80 characters).
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    // ----- allocation -------------------------------------------------------------
+    /// A backend pool is larger than Azure's default port table covers.
+    #[error(
+        "a backend pool of {nodes} nodes is beyond Azure's default SNAT port table, which ends at 1000 instances: set allocatedOutboundPorts explicitly (or use a NAT gateway)"
+    )]
+    PoolBeyondTable {
+        /// Nodes in the pool.
+        nodes: u32,
+    },
+
+    /// An `allocatedOutboundPorts` value Azure would reject.
+    #[error(
+        "allocatedOutboundPorts {ports} is invalid: {reason} (it must be a multiple of 8 from 0 to 64000; 0 means Azure's default table)"
+    )]
+    InvalidAllocatedPorts {
+        /// The value given.
+        ports: u32,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    // ----- tcptracer --------------------------------------------------------------
+    /// A tcptracer log line could not be parsed (strict mode, or [`crate::tcptracer::LogEvents`]).
+    #[error(
+        "{log}:{line}: not a tcptracer line: {reason}: {text:?} (fix or delete the line, or read the log without strict mode to count and skip malformed lines)"
+    )]
+    TcptracerLine {
+        /// The log (a path, or `-` for stdin).
+        log: String,
+        /// 1-based line number.
+        line: u64,
+        /// The line (its first 200 bytes).
+        text: String,
+        /// Why it is not a tcptracer line.
+        reason: crate::tcptracer::LineError,
+    },
 }

@@ -7,6 +7,9 @@
 //! - [`tcptracer`]: reads BCC `tcptracer` logs (the article's Step 2), streaming.
 //! - [`aggregate`]: counts and ranks events by any subset of fields.
 //! - [`policy`]: which destinations consume SNAT ports, and which rule says so.
+//! - [`cgroup`]: pod UID, QoS and container of a process, from `/proc/PID/cgroup`.
+//! - [`pressure`]: per-node SNAT pressure by destination, and each owner's share.
+//! - [`allocation`]: Azure SNAT port budgets per node, and what a peak needs.
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //!
 //! ```ignore
@@ -23,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod allocation;
 pub mod audit;
 pub mod census;
 pub mod cgroup;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use rhai::{Dynamic, EvalAltResult, Position};
@@ -71,9 +71,11 @@ impl From<snat_core::Error> for StageError {
     fn from(e: snat_core::Error) -> Self {
         use snat_core::Error as E;
         match e {
-            E::InvalidArgument(_) | E::FieldUnavailable { .. } | E::GroupingNotKept { .. } => {
-                StageError::Usage(e.to_string())
-            }
+            E::InvalidArgument(_)
+            | E::FieldUnavailable { .. }
+            | E::GroupingNotKept { .. }
+            | E::InvalidCidr { .. }
+            | E::UnknownRangeKind { .. } => StageError::Usage(e.to_string()),
             other => StageError::Failed(Box::new(other)),
         }
     }
@@ -114,7 +116,20 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The playbook's hook functions (`on_finding`, `on_stage_end`, `on_error`), called by the
+/// runner as things happen.
+struct HookSet {
+    engine: Weak<rhai::Engine>,
+    ast: Arc<rhai::AST>,
+    defined: BTreeSet<String>,
+}
+
+/// The hooks a playbook may define, each taking one map argument.
+pub const HOOKS: [&str; 3] = ["on_finding", "on_stage_end", "on_error"];
+
 struct Inner {
+    hooks: Mutex<Option<HookSet>>,
+    in_hook: AtomicBool,
     options: RunOptions,
     params: BTreeMap<String, String>,
     stages: Mutex<Vec<StageCall>>,
@@ -144,6 +159,8 @@ impl Ctx {
     /// A new context.
     pub fn new(options: RunOptions, params: BTreeMap<String, String>) -> Ctx {
         Ctx(Arc::new(Inner {
+            hooks: Mutex::new(None),
+            in_hook: AtomicBool::new(false),
             options,
             params,
             stages: Mutex::new(Vec::new()),
@@ -222,7 +239,7 @@ impl Ctx {
             }
         };
         tracing::debug!(stage = name, duration_ms, ?outcome, "stage end");
-        lock(&self.0.stages).push(StageCall {
+        let call = StageCall {
             name: name.to_string(),
             args,
             started_at,
@@ -230,8 +247,56 @@ impl Ctx {
             items,
             outcome,
             error,
-        });
+        };
+        let hook_arg = rhai::serde::to_dynamic(&call).ok();
+        lock(&self.0.stages).push(call);
+        if let Some(arg) = hook_arg {
+            self.fire_hook("on_stage_end", arg);
+        }
         ret
+    }
+
+    /// Tell the context which engine and script run, so hooks can be called. Only hooks
+    /// the script defines (with one parameter) are called.
+    pub fn set_hooks(&self, engine: &Arc<rhai::Engine>, ast: &Arc<rhai::AST>) {
+        let defined = ast
+            .iter_functions()
+            .filter(|f| HOOKS.contains(&f.name) && f.params.len() == 1)
+            .map(|f| f.name.to_string())
+            .collect();
+        *lock(&self.0.hooks) = Some(HookSet {
+            engine: Arc::downgrade(engine),
+            ast: ast.clone(),
+            defined,
+        });
+    }
+
+    /// Whether the playbook defines a hook.
+    pub fn has_hook(&self, name: &str) -> bool {
+        lock(&self.0.hooks).as_ref().is_some_and(|h| h.defined.contains(name))
+    }
+
+    /// Call the playbook's hook `name` with `arg`, if it defines it. Hooks do not fire
+    /// from inside hooks. A failing hook is reported on stderr and does not stop the run.
+    pub fn fire_hook(&self, name: &str, arg: rhai::Dynamic) {
+        let (engine, ast) = {
+            let g = lock(&self.0.hooks);
+            let Some(h) = g.as_ref().filter(|h| h.defined.contains(name)) else {
+                return;
+            };
+            let Some(engine) = h.engine.upgrade() else { return };
+            (engine, h.ast.clone())
+        };
+        if self.0.in_hook.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // eval_ast(false): call the function only, never re-run the playbook's top level.
+        let opts = rhai::CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let r = engine.call_fn_with_options::<rhai::Dynamic>(opts, &mut rhai::Scope::new(), &ast, name, (arg,));
+        self.0.in_hook.store(false, Ordering::SeqCst);
+        if let Err(e) = r {
+            eprintln!("snat-run: warning: hook {name} failed: {e}");
+        }
     }
 
     /// A snapshot of the stage log.

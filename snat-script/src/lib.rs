@@ -2,9 +2,12 @@
 #![deny(missing_docs)]
 
 pub mod ctx;
+pub mod engine;
 pub mod error;
+pub mod html;
 pub mod modules;
 pub mod report;
+pub mod runner;
 
 pub use ctx::{Ctx, RunOptions, StageError};
 pub use error::Error;

@@ -13,7 +13,7 @@
 //! | `verdict` | `"pressure_found"`, `"clear"` or null | set by `report::verdict` |
 //! | `summary` | string or null | one line, set with the verdict |
 //! | `findings` | array | [`snat_core::model::Finding`] objects, in the order added |
-//! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}` or `{title, kind: "data", data}` |
+//! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}`, `{title, kind: "data", data}` or `{title, kind: "chart", x_label, y_label, series: [{name, points: [[x, y]...]}]}` |
 //! | `exit_code` | integer | what the process exits with |
 
 use serde::Serialize;
@@ -51,6 +51,15 @@ pub enum SectionBody {
     Data {
         /// The data.
         data: Value,
+    },
+    /// Lines over time (a chart in the HTML report, a summary per series in tables).
+    Chart {
+        /// What the x axis measures, e.g. "seconds into the trace".
+        x_label: String,
+        /// What the y axis measures, e.g. "open connections".
+        y_label: String,
+        /// `[{name, points: [[x, y], ...]}, ...]`.
+        series: Vec<Value>,
     },
 }
 
@@ -160,6 +169,33 @@ impl Report {
                 SectionBody::Data { data } => {
                     out.push_str(&serde_json::to_string_pretty(data).unwrap_or_default());
                     out.push('\n');
+                }
+                SectionBody::Chart {
+                    x_label,
+                    y_label,
+                    series,
+                } => {
+                    let rows: Vec<Vec<Value>> = series
+                        .iter()
+                        .map(|s| {
+                            let ys: Vec<f64> = s["points"]
+                                .as_array()
+                                .map(|p| p.iter().filter_map(|pt| pt.get(1).and_then(Value::as_f64)).collect())
+                                .unwrap_or_default();
+                            let max = ys.iter().copied().fold(f64::NAN, f64::max);
+                            vec![s["name"].clone(), Value::from(ys.len()), json!(max), json!(ys.last())]
+                        })
+                        .collect();
+                    out.push_str(&format!(
+                        "({y_label} over {x_label}; the chart is in the HTML report)\n"
+                    ));
+                    let cols = [
+                        "series".to_string(),
+                        "points".into(),
+                        format!("max {y_label}"),
+                        "last".into(),
+                    ];
+                    out.push_str(&render_table(&cols, &rows));
                 }
             }
             out.push('\n');

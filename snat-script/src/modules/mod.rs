@@ -9,10 +9,13 @@ use rhai::{Engine, FuncRegistration, Module};
 
 use crate::ctx::Ctx;
 
+pub mod alloc;
 pub mod kube;
 pub mod metrics;
 pub mod params;
+pub mod policy;
 pub mod report;
+pub mod tcptracer;
 pub mod types;
 
 /// A namespace registered in the engine.
@@ -50,15 +53,24 @@ pub const NAMESPACES: &[Namespace] = &[
         name: "report",
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
+    Namespace {
+        name: "alloc",
+        doc: "SNAT port budgets: ports per node, what a peak needs, per-destination pressure.",
+    },
 ];
 
 /// Register every namespace into `engine`.
 pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(types::create_module(ctx).into());
     engine.register_global_module(params::create_module(ctx).into());
+    let policy_module: rhai::Shared<Module> = policy::create_module(ctx).into();
+    engine.register_global_module(policy_module.clone());
+    engine.register_static_module("policy", policy_module);
     engine.register_static_module("report", report::create_module(ctx).into());
     engine.register_static_module("metrics", metrics::create_module(ctx).into());
     engine.register_static_module("kube", kube::create_module(ctx).into());
+    engine.register_static_module("alloc", alloc::create_module(ctx).into());
+    engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {
@@ -122,4 +134,82 @@ pub(crate) fn to_json(v: &rhai::Dynamic) -> serde_json::Value {
 /// A plain script error (a playbook mistake: exit 2).
 pub(crate) fn usage<T>(msg: impl Into<String>) -> Result<T, Box<rhai::EvalAltResult>> {
     Err(msg.into().into())
+}
+
+/// Render Rhai's function metadata (from `Engine::gen_fn_metadata_to_json`) as the text
+/// `snat-run functions` prints: one block per namespace, each function with its signature
+/// and documentation; getters are shown as `Type.property`.
+pub fn describe_functions(meta_json: &str) -> Result<String, serde_json::Error> {
+    let meta: serde_json::Value = serde_json::from_str(meta_json)?;
+    let mut out = String::new();
+    let render = |f: &serde_json::Value, ns: &str| -> (String, String) {
+        let name = f["name"].as_str().unwrap_or("?");
+        let params: Vec<String> = f["params"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| match (p["name"].as_str(), p["type"].as_str()) {
+                        (Some(n), Some(t)) if n != "_" => format!("{n}: {t}"),
+                        (_, Some(t)) => t.to_string(),
+                        (Some(n), None) => n.to_string(),
+                        _ => "?".into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ret = f["returnType"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != "()")
+            .map(|r| format!(" -> {r}"));
+        let sig = if let Some(prop) = name.strip_prefix("get$") {
+            let ty = params
+                .first()
+                .map(|p| p.trim_start_matches("self: ").to_string())
+                .unwrap_or_default();
+            format!("{ty}.{prop}{}", ret.unwrap_or_default())
+        } else if ns.is_empty() {
+            format!("{name}({}){}", params.join(", "), ret.unwrap_or_default())
+        } else {
+            format!("{ns}::{name}({}){}", params.join(", "), ret.unwrap_or_default())
+        };
+        let doc = f["docComments"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|c| c.as_str())
+                    .flat_map(|c| c.lines())
+                    .map(|l| l.trim_start_matches("///").trim().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        (sig, doc)
+    };
+    for ns in NAMESPACES {
+        let fns = if ns.name.is_empty() {
+            meta["functions"].as_array().cloned().unwrap_or_default()
+        } else {
+            meta["modules"][ns.name]["functions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let title = if ns.name.is_empty() {
+            "(global)".to_string()
+        } else {
+            format!("{}::", ns.name)
+        };
+        out.push_str(&format!("{title}  {}\n", ns.doc));
+        let mut rows: Vec<(String, String)> = fns.iter().map(|f| render(f, ns.name)).collect();
+        rows.sort();
+        rows.dedup();
+        for (sig, doc) in rows {
+            out.push_str(&format!("  {sig}\n"));
+            for l in doc.lines().filter(|l| !l.is_empty()) {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }

@@ -77,7 +77,9 @@ pub fn create_module(ctx: &Ctx) -> Module {
     .set_into_module(&mut m, move |f: Map| -> Result<(), Box<EvalAltResult>> {
         let json = to_json(&Dynamic::from_map(f));
         let finding: Finding = serde_json::from_value(json).map_err(|e| format!("bad finding: {e}"))?;
+        let arg = super::to_dyn(&finding)?;
         c.report().findings.push(finding);
+        c.fire_hook("on_finding", arg);
         Ok(())
     });
     let c = ctx.clone();

@@ -1,0 +1,61 @@
+//! Using snat's stages from Rust, without Rhai: read a tcptracer log, rank it the way the
+//! article does, and keep only the destinations that consume SNAT ports.
+//!
+//! ```sh
+//! cargo run --example embed -- tests/data/tcptracer/sample-t4v.log
+//! ```
+
+use std::process::ExitCode;
+
+use snat::core::aggregate::{Field, Metric, TraceSummary, Value};
+use snat::core::policy::Policy;
+use snat::core::tcptracer::LogReader;
+
+fn main() -> ExitCode {
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: embed TCPTRACER_LOG   (`-` for stdin)");
+        return ExitCode::from(2);
+    };
+    let summary = match LogReader::new()
+        .groupings(TraceSummary::default_groupings())
+        .read_path(&path)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("embed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // The article's `awk '{print $6,$10}' log | sort | uniq -c | sort -nrk 1`.
+    match summary.rank(&[Field::Saddr, Field::Netns], Metric::Events) {
+        Ok(r) => print!("{}", r.top(10).to_text()),
+        Err(e) => {
+            eprintln!("embed: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    // Connects to public destinations, per network namespace and destination.
+    let policy = Policy::new();
+    println!();
+    println!("public destinations (connects, netns, daddr, dport, rule):");
+    if let Ok(r) = summary.rank(&[Field::Netns, Field::Daddr, Field::Dport], Metric::Connects) {
+        for row in r.rows.iter().take(10) {
+            if let Value::Ip(ip) = row.key[1] {
+                let v = policy.classify(ip);
+                if v.snat {
+                    println!(
+                        "{} {} {} {} {}",
+                        row.counts.connects, row.key[0], ip, row.key[2], v.rule.name
+                    );
+                }
+            }
+        }
+    }
+    if summary.lost_events > 0 || summary.malformed_lines > 0 {
+        eprintln!(
+            "note: {} lost events, {} malformed lines",
+            summary.lost_events, summary.malformed_lines
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,504 @@
+//! End-to-end tests of the `snat-run` binary: exit codes, error positions, sandbox limits,
+//! signals mid-run, audit records (one per run, schema-valid, chained, tamper-evident) and
+//! the JSON output contract.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_snat-run"))
+}
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(rel)
+}
+
+fn example(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(rel)
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn audit(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    fn playbook(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn cmd(&self, playbook: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg(playbook)
+            .arg("--audit-dir")
+            .arg(self.audit())
+            .args(args)
+            .env_remove("SNAT_AUDIT_DIR");
+        c
+    }
+
+    fn run(&self, playbook: &Path, args: &[&str]) -> Output {
+        self.cmd(playbook, args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn records(&self) -> Vec<Value> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.audit())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/audit-record.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
+}
+
+fn assert_schema_valid(record: &Value) {
+    let v = validator();
+    let errs: Vec<String> = v.iter_errors(record).map(|e| e.to_string()).collect();
+    assert!(
+        errs.is_empty(),
+        "record does not match the schema: {errs:?}\n{record:#}"
+    );
+}
+
+const VERDICT_FOUND: &str = r#"
+report::title("t");
+report::verdict("pressure_found", "test");
+"#;
+
+#[test]
+fn exit_0_when_clear_and_3_when_pressure_found() {
+    let r = Run::new();
+    let clear = r.playbook("clear.rhai", "report::verdict(\"clear\", \"nothing\");");
+    let o = r.run(&clear, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let none = r.playbook("none.rhai", "let x = 1;");
+    assert_eq!(code(&r.run(&none, &[])), 0);
+    let found = r.playbook("found.rhai", VERDICT_FOUND);
+    let o = r.run(&found, &[]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let recs = r.records();
+    assert_eq!(recs.len(), 3, "one record per run");
+    assert_eq!(recs[2]["verdict"], "pressure_found");
+    assert_eq!(recs[2]["exit_code"], 3);
+    assert_eq!(recs[0]["verdict"], "clear");
+    for rec in &recs {
+        assert_schema_valid(rec);
+        assert_eq!(rec["outcome"]["kind"], "completed");
+    }
+}
+
+#[test]
+fn syntax_error_exit_2_with_position_caret_and_record() {
+    let r = Run::new();
+    let p = r.playbook("bad.rhai", "let a = 1;\nlet b = a +* 2;\n");
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), 2);
+    let e = stderr(&o);
+    let expect = format!("{}:2:", p.display());
+    assert!(e.contains(&expect), "{e}");
+    assert!(e.contains("let b = a +* 2;"), "{e}");
+    assert!(e.contains('^'), "{e}");
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    assert_eq!(recs[0]["exit_code"], 2);
+    assert_schema_valid(&recs[0]);
+}
+
+#[test]
+fn missing_and_bad_params_exit_2() {
+    let r = Run::new();
+    let p = r.playbook("p.rhai", "let log = param(\"log\");\nlet n = param(\"n\", 3);\n");
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("missing parameter `log`: pass --param log=VALUE"),
+        "{}",
+        stderr(&o)
+    );
+    let o = r.run(&p, &["--param", "log=x", "--param", "n=lots"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains(":2:9: parameter `n`"), "{}", stderr(&o));
+    // A malformed --param is a usage error before anything runs.
+    let o = r.run(&p, &["--param", "novalue"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
+    assert_eq!(
+        r.records().len(),
+        2,
+        "clap usage errors run no playbook and leave no record"
+    );
+}
+
+#[test]
+fn endless_loop_stops_at_the_operation_limit() {
+    let r = Run::new();
+    let p = r.playbook("loop.rhai", "let i = 0;\nwhile true { i += 1; }\n");
+    let t0 = Instant::now();
+    let o = r.run(&p, &["--max-operations", "200000"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("limit hit: too many operations"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--max-operations"), "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.records()[0]["outcome"]["kind"], "playbook_error");
+}
+
+#[test]
+fn sandbox_refuses_eval_and_import() {
+    let r = Run::new();
+    for (name, text) in [("e.rhai", "eval(\"40 + 2\")"), ("i.rhai", "import \"other\" as o;")] {
+        let p = r.playbook(name, text);
+        let o = r.run(&p, &[]);
+        assert_eq!(code(&o), 2, "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("{}:1:", p.display())), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn stage_failure_exit_1_names_the_stage() {
+    let r = Run::new();
+    let p = r.playbook("s.rhai", "let t = tcptracer::read(\"/nonexistent/tcptracer.log\");\n");
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("stage tcptracer::read failed"), "{e}");
+    assert!(e.contains("/nonexistent/tcptracer.log"), "{e}");
+    let rec = &r.records()[0];
+    assert_eq!(rec["outcome"]["kind"], "stage_failed");
+    assert_eq!(rec["stages"][0]["name"], "tcptracer::read");
+    assert_eq!(rec["stages"][0]["outcome"], "failed");
+    assert_schema_valid(rec);
+}
+
+#[test]
+fn unwritable_audit_dir_fails_before_running() {
+    let r = Run::new();
+    let marker = r.dir.path().join("ran");
+    // If the playbook ran, the stage would create nothing, but its record would exist; the
+    // directory's parent is a regular file, which fails for root too.
+    let p = r.playbook("x.rhai", VERDICT_FOUND);
+    std::fs::write(&marker, "file").unwrap();
+    let o = Command::new(bin())
+        .arg(&p)
+        .arg("--audit-dir")
+        .arg(marker.join("audit"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--audit-dir"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "nothing ran, nothing printed");
+}
+
+#[test]
+fn json_output_is_exactly_one_document() {
+    let r = Run::new();
+    let p = r.playbook(
+        "j.rhai",
+        "print(\"to stderr\");\nreport::table(\"t\", [\"a\"], [[1]]);\nreport::verdict(\"clear\", \"ok\");\n",
+    );
+    let o = r.run(&p, &["--output", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["schema"], "snat.report/v1");
+    assert_eq!(doc["verdict"], "clear");
+    assert_eq!(doc["sections"][0]["rows"][0][0], 1);
+    assert!(stderr(&o).contains("to stderr"));
+    let rec_path = doc["audit_record"].as_str().unwrap();
+    let rec: Value = serde_json::from_slice(&std::fs::read(rec_path).unwrap()).unwrap();
+    assert_eq!(rec["run_id"], doc["run_id"]);
+    // Failures still print one document, with the error.
+    let bad = r.playbook("b.rhai", "let x = ;");
+    let o = r.run(&bad, &["--output", "json"]);
+    assert_eq!(code(&o), 2);
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "playbook_error");
+    assert_eq!(doc["exit_code"], 2);
+}
+
+#[test]
+fn records_chain_and_tampering_is_named() {
+    let r = Run::new();
+    let p = r.playbook("c.rhai", VERDICT_FOUND);
+    for _ in 0..3 {
+        assert_eq!(code(&r.run(&p, &[])), 3);
+    }
+    let verify = |dir: &Path| Command::new(bin()).args(["audit", "verify"]).arg(dir).output().unwrap();
+    let o = verify(&r.audit());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("3 record(s)"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(r.audit())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    // Change the middle record's exit code: the third record's prev_sha256 no longer matches.
+    let text = std::fs::read_to_string(&files[1])
+        .unwrap()
+        .replace("\"exit_code\": 3", "\"exit_code\": 0");
+    std::fs::write(&files[1], text).unwrap();
+    let o = verify(&r.audit());
+    assert_eq!(code(&o), 1);
+    let e = stderr(&o);
+    let third = files[2].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(e.contains(&third), "names the record that breaks the chain: {e}");
+}
+
+#[test]
+fn params_with_secret_names_are_redacted() {
+    let r = Run::new();
+    let p = r.playbook("s.rhai", "let t = param(\"token\");");
+    assert_eq!(
+        code(&r.run(&p, &["--param", "token=hunter2", "--param", "log=x.log"])),
+        0
+    );
+    let rec = &r.records()[0];
+    assert_eq!(rec["params"]["token"], "<redacted>");
+    assert_eq!(rec["params"]["log"], "x.log");
+    assert!(!serde_json::to_string(rec).unwrap().contains("hunter2"));
+}
+
+fn wait_for_start(child: &mut Child, audit: &Path) {
+    // The audit directory is created before the playbook runs; give the engine a moment.
+    let t0 = Instant::now();
+    while !audit.exists() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+}
+
+fn signal(child: &Child, sig: i32) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[test]
+fn sigint_mid_run_still_writes_the_record() {
+    let r = Run::new();
+    let p = r.playbook("l.rhai", "let i = 0;\nloop { i += 1; }\n");
+    let mut child = r
+        .cmd(&p, &["--max-operations", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_start(&mut child, &r.audit());
+    signal(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 130, "{}", stderr(&o));
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_eq!(recs[0]["exit_code"], 130);
+    assert_schema_valid(&recs[0]);
+}
+
+#[test]
+fn sigterm_while_a_stage_blocks_still_writes_the_record() {
+    let r = Run::new();
+    // Reading a log from stdin that never ends: the stage blocks in read(2).
+    let p = r.playbook("b.rhai", "let t = tcptracer::read(\"-\");\n");
+    let mut child = r
+        .cmd(&p, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Tracing TCP established connections. Ctrl-C to end.\n")
+        .unwrap();
+    wait_for_start(&mut child, &r.audit());
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(code(&o), 143, "{}", stderr(&o));
+    let recs = r.records();
+    assert_eq!(recs.len(), 1, "exactly one record");
+    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_schema_valid(&recs[0]);
+}
+
+#[test]
+fn functions_lists_every_namespace_and_writes_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["functions", "--definitions"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "tcptracer::read(",
+        "policy::azure(",
+        "report::verdict(",
+        "Trace.events",
+        "param(name: &str",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    let defs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        defs.iter().any(|n| n.to_string_lossy().ends_with(".d.rhai")),
+        "{defs:?}"
+    );
+}
+
+#[test]
+fn tcptracer_example_ranks_the_sample_log() {
+    let r = Run::new();
+    let log = data("tcptracer/sample-t4v.log");
+    let o = r.run(
+        &example("tcptracer-log.rhai"),
+        &["--param", &format!("log={}", log.display()), "--output", "json"],
+    );
+    assert!(matches!(code(&o), 0 | 3), "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The first table is the article's ranking by (SADDR, NETNS); recompute it the way the
+    // article does and compare.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 10 && f[1].chars().all(|c| c.is_ascii_lowercase()) && f[0].chars().all(|c| c.is_ascii_digit()) {
+            // TIME TYPE PID COMM(no spaces in the sample's first columns is not assumed) ...:
+            // the sample's last five fields are IP SADDR DADDR SPORT DPORT NETNS.
+            let n = f.len();
+            *counts
+                .entry((
+                    f[n - 5].trim_matches(|c| c == '[' || c == ']').to_string(),
+                    f[n - 1].to_string(),
+                ))
+                .or_default() += 1;
+        }
+    }
+    let mut expect: Vec<(u64, (String, String))> = counts.into_iter().map(|(k, v)| (v, k)).collect();
+    expect.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let table = &doc["sections"][0];
+    let top = &table["rows"][0];
+    assert_eq!(top[0].as_u64().unwrap(), expect[0].0, "top count");
+    assert_eq!(top[1].as_str().unwrap(), expect[0].1.0, "top saddr");
+    let rec = &r.records()[0];
+    assert_eq!(rec["stages"][0]["name"], "tcptracer::read");
+    assert_schema_valid(rec);
+}
+
+#[test]
+fn hooks_are_called_for_stages_findings_and_errors() {
+    let r = Run::new();
+    let log = data("tcptracer/sample-t4v.log");
+    let p = r.playbook(
+        "h.rhai",
+        r#"
+fn on_stage_end(st) { report::text("stage " + st.name, `${st.outcome} items=${st.items}`); }
+fn on_finding(f) { print(`hook finding: ${f.kind} ${f.severity}`); }
+fn on_error(e) { print(`hook error: ${e.kind} exit=${e.exit_code}`); }
+let t = tcptracer::read(param("log"));
+report::finding(#{kind: "k", severity: "warning", summary: "s"});
+let missing = tcptracer::read("/nonexistent.log");
+"#,
+    );
+    let o = r.run(&p, &["--param", &format!("log={}", log.display()), "--output", "json"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("hook finding: k warning"), "{e}");
+    assert!(e.contains("hook error: stage_failed exit=1"), "{e}");
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let titles: Vec<&str> = doc["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        ["stage tcptracer::read", "stage tcptracer::read"],
+        "one on_stage_end per stage call"
+    );
+    assert!(doc["sections"][0]["text"].as_str().unwrap().starts_with("ok items="));
+    assert!(doc["sections"][1]["text"].as_str().unwrap().starts_with("failed"));
+}
+
+#[test]
+fn tcptracer_example_finds_the_culprit_not_the_busier_private_decoy() {
+    let r = Run::new();
+    let log = data("tcptracer/incident-t4v.log");
+    let o = r.run(
+        &example("tcptracer-log.rhai"),
+        &["--param", &format!("log={}", log.display()), "--output", "json"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["verdict"], "pressure_found");
+    let findings = doc["findings"].as_array().unwrap();
+    assert_eq!(
+        findings.len(),
+        1,
+        "only the public destination is pressure: {findings:#?}"
+    );
+    assert_eq!(findings[0]["destination"], "203.0.113.10:443");
+    assert_eq!(findings[0]["evidence"]["connects"], 880);
+    // The article's ranking puts the decoy (2,400 lines, all to a private database) first;
+    // the namespaces-by-public-connects table puts the culprit first.
+    let sections = doc["sections"].as_array().unwrap();
+    assert_eq!(sections[0]["rows"][0][1], "10.244.1.23");
+    let by_public = sections
+        .iter()
+        .find(|s| s["title"].as_str().unwrap().starts_with("Network namespaces by"))
+        .unwrap();
+    assert_eq!(by_public["rows"][0], serde_json::json!([880, "4026532785"]));
+    assert_eq!(
+        by_public["rows"].as_array().unwrap().len(),
+        5,
+        "decoy and nginx have no public connects"
+    );
+}
