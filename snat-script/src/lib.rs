@@ -1,6 +1,7 @@
 //! snat-script: the Rhai bindings for snat's stages and the `snat-run` playbook runner.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod ctx;
 pub mod engine;
 pub mod error;

@@ -74,59 +74,6 @@ pub fn split_proc_net(text: &str) -> Result<Vec<(Family, String)>, String> {
     Ok(tables)
 }
 
-/// Parse the rows of one /proc/net/tcp{,6} table (header removed) into sockets.
-///
-/// Local stand-in for the census module's parser: on merge, replace the call in
-/// [`parse_tables`] with `crate::census::parse_proc_net_tcp(text, family)`.
-fn parse_table(text: &str, family: Family) -> Result<Vec<Socket>, String> {
-    use crate::model::TcpState;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-    fn addr(s: &str, family: Family) -> Option<SocketAddr> {
-        let (ip, port) = s.split_once(':')?;
-        let port = u16::from_str_radix(port, 16).ok()?;
-        let ip = match (family, ip.len()) {
-            (Family::Ipv4, 8) => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes())),
-            (Family::Ipv6, 32) => {
-                let mut b = [0u8; 16];
-                for w in 0..4 {
-                    let word = u32::from_str_radix(ip.get(w * 8..w * 8 + 8)?, 16).ok()?;
-                    b[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
-                }
-                IpAddr::V6(Ipv6Addr::from(b))
-            }
-            _ => return None,
-        };
-        Some(SocketAddr::new(ip, port))
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || {
-            format!(
-                "{family} table row {}: cannot parse {:?}",
-                i + 1,
-                line.chars().take(120).collect::<String>()
-            )
-        };
-        if f.len() < 10 {
-            return Err(bad());
-        }
-        let state = u8::from_str_radix(f[3], 16)
-            .ok()
-            .and_then(TcpState::from_number)
-            .ok_or_else(bad)?;
-        out.push(Socket {
-            family,
-            state,
-            local: addr(f[1], family).ok_or_else(bad)?,
-            remote: addr(f[2], family).ok_or_else(bad)?,
-            inode: f[9].parse().map_err(|_| bad())?,
-            uid: f[7].parse().map_err(|_| bad())?,
-            owner_pid: None,
-        });
-    }
-    Ok(out)
-}
 
 /// Split and parse `cat /proc/net/tcp /proc/net/tcp6` output.
 pub fn parse_tables(text: &str) -> Result<(Vec<Socket>, Vec<String>), String> {
@@ -134,7 +81,7 @@ pub fn parse_tables(text: &str) -> Result<(Vec<Socket>, Vec<String>), String> {
     let mut sockets = Vec::new();
     let mut warnings = Vec::new();
     for (family, body) in &tables {
-        sockets.extend(parse_table(body, *family)?);
+        sockets.extend(crate::census::parse_proc_net_tcp(body, *family).map_err(|e| e.to_string())?);
     }
     if !tables.iter().any(|(f, _)| *f == Family::Ipv4) {
         warnings.push("no /proc/net/tcp table in the output".to_string());

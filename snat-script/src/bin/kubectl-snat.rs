@@ -1,0 +1,5 @@
+//! `kubectl-snat`: see [`snat_script::cli`].
+
+fn main() -> std::process::ExitCode {
+    snat_script::cli::main()
+}

@@ -1,0 +1,301 @@
+//! The `snat-run` command line (also installed as `kubectl-snat`, so that `kubectl snat ...`
+//! works as a kubectl plugin): run a playbook, list the functions playbooks can call,
+//! verify audit records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::ctx::RunOptions;
+use crate::engine::Limits;
+use crate::runner::{self, OutputFormat, RunRequest};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the playbook ran and found nothing (verdict \"clear\" or none)
+  3  the playbook ran and its verdict is \"SNAT pressure found\"
+  2  the playbook or its parameters are wrong (syntax, limit hit, missing/bad --param),
+     reported as PLAYBOOK:LINE:COL: message, with the source line and a caret
+  1  a stage failed at run time (permissions, I/O, API), or the audit record cannot be written
+  130/143  interrupted by SIGINT/SIGTERM (the audit record is still written)
+
+Every run of a playbook leaves exactly one JSON audit record in the audit directory:
+--audit-dir, else $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root, else
+$XDG_STATE_HOME/snat/audit (~/.local/state/snat/audit). Check the chain with
+`snat-run audit verify DIR`.
+
+Examples:
+  snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
+  tcptracer -t4v | snat-run examples/tcptracer-log.rhai --param log=- --output json
+  snat-run functions
+  snat-run audit verify /var/lib/snat/audit";
+
+/// Find which pod on which node is exhausting SNAT ports: run a snat playbook.
+///
+/// A playbook is a Rhai script that calls snat's stages (read a tcptracer log, trace live,
+/// census sockets, resolve pods, read SNAT metrics...) and builds a report. `snat-run
+/// functions` lists everything a playbook can call.
+#[derive(Debug, Parser)]
+#[command(
+    name = "snat-run",
+    version,
+    after_long_help = EXIT_CODES,
+    after_help = "Exit codes: 0 clear, 3 SNAT pressure found, 2 playbook/param error, 1 stage failure. See --help.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The playbook to run (a .rhai file).
+    #[arg(value_name = "PLAYBOOK.rhai", required = true)]
+    playbook: Option<PathBuf>,
+
+    /// A parameter for the playbook, read there with param("KEY"). Repeatable.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = runner::parse_param)]
+    params: Vec<(String, String)>,
+
+    /// How to print the report: aligned tables, or exactly one JSON document on stdout
+    /// (logs always go to stderr).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    /// Also write a self-contained HTML report (tables, findings, charts) to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+
+    /// Where the run's audit record goes [default: $SNAT_AUDIT_DIR, else /var/lib/snat/audit
+    /// as root, else ~/.local/state/snat/audit]. The run fails before doing anything if it
+    /// is not writable.
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+
+    /// Plan remediation actions and print the exact API requests, but change nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Allow a remediation action (event, annotate, label, restart, cordon). Repeatable.
+    /// Every action is off unless named here.
+    #[arg(long, value_name = "ACTION")]
+    allow: Vec<String>,
+
+    /// Root of the host's /proc (e.g. /host/proc when running in a container).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    host_proc: PathBuf,
+
+    /// Path to the kubeconfig file to use (as kubectl's --kubeconfig).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (as kubectl's --context).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Sandbox limits (the defaults suit every shipped playbook).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sandbox limits")]
+struct LimitArgs {
+    /// Operations before the playbook is stopped (endless-loop guard).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_operations)]
+    max_operations: u64,
+    /// Nested function calls.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_call_depth)]
+    max_call_depth: usize,
+    /// Bytes in one string.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_string_size)]
+    max_string_size: usize,
+    /// Items in one array.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_array_size)]
+    max_array_size: usize,
+    /// Entries in one map.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_map_size)]
+    max_map_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every function a playbook can call, with its signature and documentation.
+    Functions {
+        /// Print as JSON (Rhai's metadata format).
+        #[arg(long)]
+        json: bool,
+        /// Also write Rhai definition files (.d.rhai) for editors into DIR.
+        #[arg(long, value_name = "DIR")]
+        definitions: Option<PathBuf>,
+    },
+    /// Work with audit records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of the records in DIR; exit 1 and name the first record
+    /// that breaks it.
+    Verify {
+        /// The audit directory.
+        dir: PathBuf,
+    },
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn print_chain(err: &(dyn std::error::Error + 'static)) {
+    eprintln!("snat-run: error: {}", crate::ctx::error_chain(err));
+}
+
+/// Parse the command line, run, and return the exit code (errors already printed).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Functions { json, definitions }) => match functions(json, definitions) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("snat-run: error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Audit {
+            command: AuditCommand::Verify { dir },
+        }) => audit_verify(&dir),
+        None => run(cli.run),
+    }
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    init_tracing(a.verbose);
+    let Some(playbook) = a.playbook else {
+        eprintln!("snat-run: error: no playbook given (see --help)");
+        return ExitCode::from(2);
+    };
+    let mut params = BTreeMap::new();
+    for (k, v) in a.params {
+        if params.insert(k.clone(), v).is_some() {
+            eprintln!("snat-run: error: --param {k} given twice");
+            return ExitCode::from(2);
+        }
+    }
+    let req = RunRequest {
+        playbook,
+        params,
+        options: RunOptions {
+            dry_run: a.dry_run,
+            host_proc: a.host_proc,
+            allow: a.allow.into_iter().collect::<BTreeSet<_>>(),
+            kubeconfig: a.kubeconfig,
+            kube_context: a.context,
+            progress: !a.quiet && runner::stderr_is_terminal(),
+        },
+        limits: Limits {
+            max_operations: a.limits.max_operations,
+            max_call_depth: a.limits.max_call_depth,
+            max_string_size: a.limits.max_string_size,
+            max_array_size: a.limits.max_array_size,
+            max_map_size: a.limits.max_map_size,
+            ..Limits::default()
+        },
+        output: match a.output {
+            Output::Table => OutputFormat::Table,
+            Output::Json => OutputFormat::Json,
+        },
+        html: a.html,
+        audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
+        signal_grace: Duration::from_secs(3),
+    };
+    let r = runner::run(req);
+    if let Some(e) = &r.error {
+        print_chain(e);
+    }
+    ExitCode::from(r.exit_code)
+}
+
+fn functions(json: bool, definitions: Option<PathBuf>) -> anyhow::Result<()> {
+    let engine = crate::engine::build(
+        &crate::Ctx::new(RunOptions::default(), BTreeMap::new()),
+        &Limits::default(),
+    );
+    if let Some(dir) = &definitions {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        engine
+            .definitions()
+            .with_headers(true)
+            .include_standard_packages(false)
+            .write_to_dir(dir)
+            .with_context(|| format!("cannot write definition files into {}", dir.display()))?;
+        eprintln!("wrote Rhai definition files into {}", dir.display());
+    }
+    let meta = engine.gen_fn_metadata_to_json(false).context("cannot list functions")?;
+    if json {
+        println!("{meta}");
+        return Ok(());
+    }
+    print!("{}", crate::modules::describe_functions(&meta)?);
+    Ok(())
+}
+
+fn audit_verify(dir: &std::path::Path) -> ExitCode {
+    match snat_core::audit::verify(dir) {
+        Ok(rep) => match rep.first_break {
+            None => {
+                println!("ok: {} record(s) in {}, chain intact", rep.records, dir.display());
+                if let (Some(head), Some(sha)) = (&rep.head, &rep.head_sha256) {
+                    println!("head: {} sha256 {sha}", head.display());
+                    println!("(nothing in the directory vouches for the newest record: keep this hash elsewhere)");
+                }
+                ExitCode::SUCCESS
+            }
+            Some(b) => {
+                eprintln!("snat-run: audit chain broken at {}: {}", b.file.display(), b.reason);
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            print_chain(&e);
+            ExitCode::from(1)
+        }
+    }
+}
