@@ -885,27 +885,34 @@ impl ChunkState {
         }
     }
 
+    /// Take the line at the start of `buf` if the fast path can ([`fast::scan`]): its
+    /// length with the newline, or `None` (nothing counted) to leave it to [`Self::line`].
+    #[inline(always)]
+    fn fast_line(&mut self, buf: &[u8]) -> Option<usize> {
+        let (m, len) = fast::Masks::line(buf)?;
+        let ev = fast::scan(&buf[..len], &m)?;
+        self.lines += 1;
+        self.events += 1;
+        bump(&mut self.totals, ev.kind);
+        for g in &mut self.groups {
+            fast::encode_raw_key(&ev, &g.fields, &mut self.key_buf);
+            match g.raw.get_mut(self.key_buf.as_slice()) {
+                Some(v) => bump(v, ev.kind),
+                None => {
+                    let mut c = Counts::default();
+                    bump(&mut c, ev.kind);
+                    g.raw.insert(self.key_buf.as_slice().into(), c);
+                }
+            }
+        }
+        Some(len + 1)
+    }
+
     /// Take one line (without its newline). Returns false when reading must stop (strict
     /// mode hit a malformed line).
     #[inline]
     fn line(&mut self, line: &[u8], terminated: bool) -> bool {
         self.lines += 1;
-        if terminated && let Some(ev) = fast::scan(line) {
-            self.events += 1;
-            bump(&mut self.totals, ev.kind);
-            for g in &mut self.groups {
-                fast::encode_raw_key(&ev, &g.fields, &mut self.key_buf);
-                match g.raw.get_mut(self.key_buf.as_slice()) {
-                    Some(v) => bump(v, ev.kind),
-                    None => {
-                        let mut c = Counts::default();
-                        bump(&mut c, ev.kind);
-                        g.raw.insert(self.key_buf.as_slice().into(), c);
-                    }
-                }
-            }
-            return true;
-        }
         let parsed = if line.len() > MAX_LINE {
             Err(LineError::TooLong { len: line.len() })
         } else {
@@ -993,7 +1000,22 @@ fn drive<R: Read>(mut input: R, state: &mut ChunkState, skip_first: bool, limit:
         let scan_from = filled;
         filled += n;
         let mut search = scan_from.max(pos);
-        while let Some(i) = memchr::memchr(b'\n', &buf[search..filled]) {
+        loop {
+            if !skipping && overlong.is_none() {
+                // Lines starting before `lim` (relative to buf) are this chunk's.
+                let lim = limit.map_or(usize::MAX, |l| {
+                    l.saturating_sub(consumed).min(usize::MAX as u64) as usize
+                });
+                while pos < lim
+                    && let Some(n) = state.fast_line(&buf[pos..filled])
+                {
+                    pos += n;
+                }
+                search = search.max(pos);
+            }
+            let Some(i) = memchr::memchr(b'\n', &buf[search..filled]) else {
+                break;
+            };
             let nl = search + i;
             let start_abs = consumed + pos as u64;
             if skipping {
