@@ -86,8 +86,10 @@ pub(super) fn classify16(chunk: &[u8; 16]) -> Classes {
 /// a column then costs a few bit operations instead of a loop over its bytes.
 pub(super) struct Masks {
     blank: [u64; WORDS],
-    digit: [u64; WORDS],
-    dot: [u64; WORDS],
+    // One word more than the line can fill (always 0), so that any 64-bit window starting
+    // inside the line can be read from two words.
+    digit: [u64; WORDS + 1],
+    dot: [u64; WORDS + 1],
 }
 
 impl Masks {
@@ -98,8 +100,8 @@ impl Masks {
     pub(super) fn line(buf: &[u8]) -> Option<(Masks, usize)> {
         let mut m = Masks {
             blank: [!0; WORDS],
-            digit: [0; WORDS],
-            dot: [0; WORDS],
+            digit: [0; WORDS + 1],
+            dot: [0; WORDS + 1],
         };
         let (chunks, _) = buf.as_chunks::<16>();
         let n = chunks.len().min(FAST_MAX / 16);
@@ -182,71 +184,63 @@ impl Masks {
     }
 }
 
-/// Whether every bit of `m` in positions `s..e` is set.
-#[inline(always)]
-fn all_set(m: &[u64; WORDS], s: usize, e: usize) -> bool {
-    if s >= e {
-        return true;
-    }
-    let (first, last) = (s >> 6, (e - 1) >> 6);
-    let lo = !0u64 << (s & 63);
-    let hi = !0u64 >> (63 - ((e - 1) & 63));
-    if first == last {
-        let r = lo & hi;
-        return m[first] & r == r;
-    }
-    m[first] & lo == lo && m[first + 1..last].iter().all(|&w| w == !0) && m[last] & hi == hi
-}
-
 /// `u64::MAX` in decimal.
 const U64_MAX: &[u8] = b"18446744073709551615";
 
-/// Bytes `s..e` are 1 to `max` digits and, at exactly `max` digits, at most `limit` (a
-/// string of `max` digits).
+/// The 64 bits of `m` from position `s` on (`s < FAST_MAX`), bit 0 for byte `s`.
+#[inline(always)]
+fn window(m: &[u64; WORDS + 1], s: usize) -> u64 {
+    let k = s >> 6;
+    let pair = (u128::from(m[k + 1]) << 64) | u128::from(m[k]);
+    (pair >> (s & 63)) as u64
+}
+
+/// The low `n` bits set (`n <= 63`).
+#[inline(always)]
+fn low(n: usize) -> u64 {
+    (1u64 << n) - 1
+}
+
+/// Bytes `s..e` are 1 to `max` (at most 20) digits and, at exactly `max` digits, at most
+/// `limit` (a string of `max` digits).
 #[inline(always)]
 fn number_ok(line: &[u8], m: &Masks, s: usize, e: usize, max: usize, limit: &[u8]) -> bool {
     let n = e.wrapping_sub(s);
-    n > 0 && n <= max && all_set(&m.digit, s, e) && (n < max || &line[s..e] <= limit)
+    if n == 0 || n > max {
+        return false;
+    }
+    let full = low(n);
+    window(&m.digit, s) & full == full && (n < max || &line[s..e] <= limit)
 }
 
 /// What [`super::parse_ipv4`] accepts (four decimal octets of 1 to 3 digits, no leading
 /// zero, each at most 255), checked on the masks without building the address.
 #[inline(always)]
 fn ipv4_ok(line: &[u8], m: &Masks, s: usize, e: usize) -> bool {
-    if !(7..=15).contains(&(e - s)) {
+    let n = e - s;
+    if !(7..=15).contains(&n) {
         return false;
     }
-    let mut seg = s;
-    for i in 0..4 {
-        let seg_e = if i < 3 {
-            // The next dot (the token is at most 15 bytes, so within two words).
-            let k = seg >> 6;
-            let w = m.dot[k] & (!0u64 << (seg & 63));
-            if w != 0 {
-                k * 64 + w.trailing_zeros() as usize
-            } else if k + 1 < WORDS && m.dot[k + 1] != 0 {
-                (k + 1) * 64 + m.dot[k + 1].trailing_zeros() as usize
-            } else {
-                return false;
-            }
-        } else {
-            e
-        };
-        if seg_e > e {
-            return false;
-        }
-        let n = seg_e - seg;
-        if n == 0
-            || n > 3
-            || !all_set(&m.digit, seg, seg_e)
-            || (n > 1 && line[seg] == b'0')
-            || (n == 3 && line[seg..seg_e] > b"255"[..])
-        {
-            return false;
-        }
-        seg = seg_e + 1;
+    let full = low(n);
+    let dots = window(&m.dot, s) & full;
+    if dots | (window(&m.digit, s) & full) != full {
+        return false;
     }
-    true
+    // Exactly three dots: take them off one by one.
+    let d1 = dots.trailing_zeros() as usize;
+    let rest = dots & dots.wrapping_sub(1);
+    let d2 = rest.trailing_zeros() as usize;
+    let rest = rest & rest.wrapping_sub(1);
+    let d3 = rest.trailing_zeros() as usize;
+    if rest == 0 || rest & rest.wrapping_sub(1) != 0 {
+        return false;
+    }
+    // Octets between the dots (and the ends): 1 to 3 digits, no leading zero, <= 255.
+    let octet_ok = |a: usize, b: usize| {
+        let len = b.wrapping_sub(a);
+        (1..=3).contains(&len) && (len == 1 || line[s + a] != b'0') && (len < 3 || line[s + a..s + b] <= b"255"[..])
+    };
+    octet_ok(0, d1) && octet_ok(d1 + 1, d2) && octet_ok(d2 + 1, d3) && octet_ok(d3 + 1, n)
 }
 
 /// Locate and check the columns of a `[TIME] TYPE PID COMM IP SADDR DADDR SPORT DPORT NETNS`
