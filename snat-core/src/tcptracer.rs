@@ -27,6 +27,8 @@ use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value};
 use crate::error::Error;
 use crate::model::{Clock, EventKind, Family, TcpEvent};
 
+mod fast;
+
 /// The first line tcptracer prints.
 pub const BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
 
@@ -669,12 +671,57 @@ pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String 
 
 type FastMap = HashMap<Box<[u8]>, Counts, foldhash::fast::FixedState>;
 
-/// One grouping's table, keyed by a compact byte encoding of the key so that a lookup
-/// borrows a reused buffer instead of allocating per line.
+/// One grouping's tables, keyed by byte encodings of the key so that a lookup borrows a
+/// reused buffer instead of allocating per line: `table` by the compact encoding of parsed
+/// values ([`encode_key`]), `raw` by the key columns' bytes as the fast path found them
+/// ([`fast::encode_raw_key`]), parsed once per distinct key when chunks are put together.
 #[derive(Debug)]
 struct FastGroup {
     fields: Vec<Field>,
     table: FastMap,
+    raw: FastMap,
+}
+
+impl FastGroup {
+    /// Move the raw table into `table`, parsing each distinct raw key once.
+    fn fold_raw(&mut self) {
+        let mut buf = Vec::with_capacity(64);
+        for (k, c) in std::mem::take(&mut self.raw) {
+            // Raw keys come only from lines the fast path checked, so they always parse.
+            if fast::raw_to_key(&k, &self.fields, &mut buf).is_some() {
+                match self.table.get_mut(buf.as_slice()) {
+                    Some(v) => v.add(&c),
+                    None => {
+                        self.table.insert(buf.as_slice().into(), c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Add one event of `kind` to `c` (what `c.add(&Counts::of_kind(kind))` does, cheaper).
+#[inline(always)]
+fn bump(c: &mut Counts, kind: EventKind) {
+    c.events = c.events.saturating_add(1);
+    let f = match kind {
+        EventKind::Connect => &mut c.connects,
+        EventKind::Accept => &mut c.accepts,
+        EventKind::Close => &mut c.closes,
+        EventKind::FailedConnect => &mut c.failed_connects,
+        EventKind::Unknown => &mut c.unknown,
+    };
+    *f = f.saturating_add(1);
+}
+
+fn kind_of_code(c: u8) -> EventKind {
+    match c {
+        0 => EventKind::Connect,
+        1 => EventKind::Accept,
+        2 => EventKind::Close,
+        3 => EventKind::FailedConnect,
+        _ => EventKind::Unknown,
+    }
 }
 
 fn kind_code(k: EventKind) -> u8 {
@@ -751,13 +798,7 @@ fn decode_key(mut b: &[u8], fields: &[Field]) -> Vec<Value> {
     fields
         .iter()
         .map(|f| match f {
-            Field::Kind => Value::Kind(match take(b, 1)[0] {
-                0 => EventKind::Connect,
-                1 => EventKind::Accept,
-                2 => EventKind::Close,
-                3 => EventKind::FailedConnect,
-                _ => EventKind::Unknown,
-            }),
+            Field::Kind => Value::Kind(kind_of_code(take(b, 1)[0])),
             Field::Pid => Value::Int(u64::from(u32::from_le_bytes(take(b, 4).try_into().unwrap_or_default()))),
             Field::Comm => {
                 let len = u32::from_le_bytes(take(b, 4).try_into().unwrap_or_default()) as usize;
@@ -825,6 +866,7 @@ impl ChunkState {
                 .map(|f| FastGroup {
                     fields: f.clone(),
                     table: FastMap::default(),
+                    raw: FastMap::default(),
                 })
                 .collect(),
             totals: Counts::default(),
@@ -843,8 +885,32 @@ impl ChunkState {
         }
     }
 
+    /// Take the line at the start of `buf` if the fast path can ([`fast::scan`]): its
+    /// length with the newline, or `None` (nothing counted) to leave it to [`Self::line`].
+    #[inline(always)]
+    fn fast_line(&mut self, buf: &[u8]) -> Option<usize> {
+        let (m, len) = fast::Masks::line(buf)?;
+        let ev = fast::scan(&buf[..len], &m)?;
+        self.lines += 1;
+        self.events += 1;
+        bump(&mut self.totals, ev.kind);
+        for g in &mut self.groups {
+            fast::encode_raw_key(&ev, &g.fields, &mut self.key_buf);
+            match g.raw.get_mut(self.key_buf.as_slice()) {
+                Some(v) => bump(v, ev.kind),
+                None => {
+                    let mut c = Counts::default();
+                    bump(&mut c, ev.kind);
+                    g.raw.insert(self.key_buf.as_slice().into(), c);
+                }
+            }
+        }
+        Some(len + 1)
+    }
+
     /// Take one line (without its newline). Returns false when reading must stop (strict
     /// mode hit a malformed line).
+    #[inline]
     fn line(&mut self, line: &[u8], terminated: bool) -> bool {
         self.lines += 1;
         let parsed = if line.len() > MAX_LINE {
@@ -934,7 +1000,22 @@ fn drive<R: Read>(mut input: R, state: &mut ChunkState, skip_first: bool, limit:
         let scan_from = filled;
         filled += n;
         let mut search = scan_from.max(pos);
-        while let Some(i) = memchr::memchr(b'\n', &buf[search..filled]) {
+        loop {
+            if !skipping && overlong.is_none() {
+                // Lines starting before `lim` (relative to buf) are this chunk's.
+                let lim = limit.map_or(usize::MAX, |l| {
+                    l.saturating_sub(consumed).min(usize::MAX as u64) as usize
+                });
+                while pos < lim
+                    && let Some(n) = state.fast_line(&buf[pos..filled])
+                {
+                    pos += n;
+                }
+                search = search.max(pos);
+            }
+            let Some(i) = memchr::memchr(b'\n', &buf[search..filled]) else {
+                break;
+            };
             let nl = search + i;
             let start_abs = consumed + pos as u64;
             if skipping {
@@ -1187,7 +1268,8 @@ impl LogReader {
             summary.lost_events = summary.lost_events.saturating_add(st.lost);
             summary.malformed_lines += st.malformed;
             summary.totals.add(&st.totals);
-            for (t, g) in tables.iter_mut().zip(st.groups) {
+            for (t, mut g) in tables.iter_mut().zip(st.groups) {
+                g.fold_raw();
                 if t.is_empty() {
                     *t = g.table;
                 } else {

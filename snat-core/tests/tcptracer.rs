@@ -881,4 +881,64 @@ proptest! {
         }
         prop_assert_eq!((s.totals.events, s.malformed_lines), (events, bad));
     }
+
+    /// The fast path for `-t4v` lines must count exactly what the full parser reads: every
+    /// field of every event, and every malformed line, also with near-miss corruptions
+    /// (a digit, dot, blank or letter written over any byte) and any thread split.
+    #[test]
+    fn corrupted_t4v_logs_count_like_the_line_parser(
+        evs in proptest::collection::vec(
+            (arb_event(), proptest::collection::vec((any::<proptest::sample::Index>(), 0usize..12), 0..3)),
+            1..80,
+        ),
+        threads in 1usize..4,
+    ) {
+        const BYTES: &[u8] = b"0159. \tx:-[\r";
+        let all = vec![
+            Field::Kind, Field::Pid, Field::Comm, Field::Family, Field::Saddr,
+            Field::Daddr, Field::Sport, Field::Dport, Field::Netns,
+        ];
+        let mut log = format!("{BANNER}\n{}\n", bcc_header(Some(TimeUnit::Nanoseconds), true, true));
+        let mut want: BTreeMap<Vec<String>, (u64, u64)> = BTreeMap::new();
+        let (mut events, mut bad) = (0u64, 0u64);
+        for (e, muts) in &evs {
+            let mut line = bcc_line(e, Some(TimeUnit::Nanoseconds), true, true).into_bytes();
+            for (at, b) in muts {
+                let at = at.index(line.len());
+                line[at] = BYTES[*b];
+            }
+            let line = String::from_utf8(line).unwrap();
+            match parse_line(&line) {
+                Ok(Line::Event(ev)) => {
+                    events += 1;
+                    let key = vec![
+                        ev.kind.as_str().to_string(), ev.pid.to_string(), ev.comm.clone(),
+                        ev.family.number().to_string(), ev.saddr.to_string(), ev.daddr.to_string(),
+                        ev.sport.to_string(), ev.dport.to_string(),
+                        ev.netns.map_or("-".into(), |n| n.to_string()),
+                    ];
+                    let c = want.entry(key).or_default();
+                    c.0 += 1;
+                    c.1 += u64::from(ev.kind == EventKind::Close);
+                }
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t4v.log");
+        std::fs::write(&path, &log).unwrap();
+        let s = LogReader::new().groupings(vec![all.clone()]).threads(threads).read_path(&path).unwrap();
+        prop_assert_eq!((s.totals.events, s.malformed_lines), (events, bad), "{:?}", s.notes);
+        let got: BTreeMap<Vec<String>, (u64, u64)> = s
+            .rank(&all, Metric::Events)
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| (r.key.iter().map(|v| v.to_string()).collect(), (r.counts.events, r.counts.closes)))
+            .collect();
+        prop_assert_eq!(got, want);
+    }
 }
