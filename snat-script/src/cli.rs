@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::ctx::RunOptions;
 use crate::engine::Limits;
 use crate::runner::{self, OutputFormat, RunRequest};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -74,7 +74,6 @@ pub fn split_proc_net(text: &str) -> Result<Vec<(Family, String)>, String> {
     Ok(tables)
 }
 
-
 /// Split and parse `cat /proc/net/tcp /proc/net/tcp6` output.
 pub fn parse_tables(text: &str) -> Result<(Vec<Socket>, Vec<String>), String> {
     let tables = split_proc_net(text)?;
