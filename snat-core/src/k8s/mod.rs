@@ -98,7 +98,7 @@ pub struct Op {
 }
 
 impl Op {
-    /// "verb resource [name] scope", as error messages say it.
+    /// "verb resource \[name\] scope", as error messages say it.
     pub fn describe(&self) -> String {
         match &self.name {
             Some(n) => format!("{} {} {n:?} {}", self.verb, self.resource, self.scope),
