@@ -117,6 +117,27 @@ fn planned(r: Result<Plan, snat_core::Error>) -> Result<Planned, StageError> {
     }
 }
 
+/// When `--allow` named something that is not an action (a typo), say so: otherwise the
+/// user believes an action is allowed and sees it only planned.
+fn unknown_allow_hint(ctx: &Ctx) -> String {
+    let unknown: Vec<&str> = ctx
+        .options()
+        .allow
+        .iter()
+        .map(String::as_str)
+        .filter(|a| Action::from_name(a).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    let known: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+    format!(
+        " (--allow got unknown action(s) {}; known: {})",
+        unknown.join(", "),
+        known.join(", ")
+    )
+}
+
 /// Decide, apply and record one action; the map returned to the playbook.
 fn act(ctx: &Ctx, conn: &Conn, action: Action, planned: Planned) -> (Map, Option<u64>) {
     let name = action.name();
@@ -146,7 +167,10 @@ fn act(ctx: &Ctx, conn: &Conn, action: Action, planned: Planned) -> (Map, Option
                     "snat-run: act::{name} on {} planned only: not allowed (pass --allow {name})",
                     plan.target
                 );
-                (ActionState::Planned, format!("not allowed: pass --allow {name}"))
+                (
+                    ActionState::Planned,
+                    format!("not allowed: pass --allow {name}{}", unknown_allow_hint(ctx)),
+                )
             } else {
                 let outcome = conn.get(ctx).and_then(|kube| {
                     ctx.block_on(remediate::apply(&kube, &plan))
@@ -337,4 +361,111 @@ pub fn create_module(ctx: &Ctx) -> Module {
         }
     });
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::RunOptions;
+
+    fn engine(ctx: &Ctx) -> rhai::Engine {
+        let mut e = rhai::Engine::new();
+        e.register_static_module("act", create_module(ctx).into());
+        e
+    }
+
+    const POD: &str = r#"#{namespace: "shop", name: "api-7d9f-0", uid: "u-1", node: "node-a", owner: #{kind: "Deployment", name: "api"}}"#;
+
+    #[test]
+    fn not_allowed_is_planned_without_any_connection_and_names_a_typo() {
+        // No kubeconfig anywhere: a planned action must not try to connect.
+        let ctx = Ctx::new(
+            RunOptions {
+                kubeconfig: Some("/nonexistent/snat-test-kubeconfig".into()),
+                allow: ["evnt".to_string()].into(),
+                ..Default::default()
+            },
+            Default::default(),
+        );
+        let r = engine(&ctx)
+            .eval::<Map>(&format!(r#"act::event({POD}, "SNATPressure", "m")"#))
+            .unwrap();
+        assert_eq!(r["state"].clone().into_string().unwrap(), "planned");
+        let result = r["result"].clone().into_string().unwrap();
+        assert_eq!(
+            result,
+            "not allowed: pass --allow event (--allow got unknown action(s) evnt; known: event, annotate, label, restart, cordon)"
+        );
+        let a = ctx.actions();
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].action.as_str(), a[0].state), ("event", ActionState::Planned));
+        assert_eq!(a[0].request["path"], "/api/v1/namespaces/shop/events");
+        assert_eq!(ctx.stages()[0].name, "act::event");
+    }
+
+    #[test]
+    fn an_unreachable_cluster_is_a_failed_action_not_a_script_error() {
+        let ctx = Ctx::new(
+            RunOptions {
+                kubeconfig: Some("/nonexistent/snat-test-kubeconfig".into()),
+                allow: ["cordon".to_string()].into(),
+                ..Default::default()
+            },
+            Default::default(),
+        );
+        let r = engine(&ctx).eval::<Map>(&format!("act::cordon({POD})")).unwrap();
+        assert_eq!(r["state"].clone().into_string().unwrap(), "failed");
+        assert!(
+            r["result"]
+                .clone()
+                .into_string()
+                .unwrap()
+                .contains("cannot read kubeconfig"),
+            "{r:?}"
+        );
+        assert_eq!(ctx.actions()[0].target, "node/node-a");
+        assert_eq!(ctx.actions()[0].state, ActionState::Failed);
+    }
+
+    #[test]
+    fn bad_arguments_are_playbook_errors_and_record_no_action() {
+        let ctx = Ctx::new(RunOptions::default(), Default::default());
+        let e = engine(&ctx);
+        for (script, want) in [
+            (
+                r#"act::event(#{name: "x"}, "SNATPressure", "m")"#.to_string(),
+                "needs a map with a `namespace`",
+            ),
+            (
+                format!(r#"act::event({POD}, "not a reason", "m")"#),
+                "is not an Event reason",
+            ),
+            (
+                format!(r#"act::label({POD}, "k", "two words")"#),
+                "not a valid label value",
+            ),
+            (
+                r#"act::restart(#{namespace: "shop", kind: "Deployment", name: "api"})"#.to_string(),
+                "needs a key naming the finding",
+            ),
+            (
+                r#"act::cordon(#{namespace: "shop", name: "api"})"#.to_string(),
+                "needs a node name",
+            ),
+        ] {
+            let err = e.eval::<Map>(&script).unwrap_err();
+            let msg = match err.as_ref() {
+                EvalAltResult::ErrorRuntime(d, _) => match d.clone().try_cast::<crate::ctx::StageFailure>() {
+                    Some(f) => {
+                        assert!(f.usage, "{script}: {f}");
+                        f.message
+                    }
+                    None => d.to_string(),
+                },
+                other => other.to_string(),
+            };
+            assert!(msg.contains(want), "{script}: {msg}");
+        }
+        assert!(ctx.actions().is_empty());
+    }
 }
