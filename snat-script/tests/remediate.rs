@@ -185,6 +185,15 @@ async fn dry_run_calls_nothing_and_records_the_exact_requests() {
     let rec = e.last_record();
     validate(&rec);
     assert_eq!(states(&rec), all("planned"));
+    // Stage arguments survive the writer's redaction (no argument is named like a secret).
+    let label = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "act::label")
+        .unwrap();
+    assert_eq!(label["args"]["name"], "snat.io/snat-pressure");
+    assert_eq!(label["args"]["value"], "true");
     let acts = rec["actions"].as_array().unwrap();
     assert!(acts.iter().all(|a| a["result"] == "dry run: not sent"));
     let ev = &acts[0];

@@ -15,6 +15,9 @@
 //!   verb to grant), or the target cannot take it (a pod that was replaced, an owner that is
 //!   a Job).
 //!
+//! Stage arguments name the idempotency key `dedup` and an annotation/label key `name`: the
+//! audit writer redacts any argument whose name contains `key`.
+//!
 //! A failed action does not raise a script error: the findings the playbook has made so
 //! far still reach the report and the verdict still decides the exit code. Each function
 //! returns `#{action, target, state, result, request}` for the playbook to check. Arguments
@@ -220,7 +223,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
         let (c, k) = (ctx.clone(), conn.clone());
         let f = move |pod: Map, reason: &str, message: &str, key: Option<&str>| -> R {
             let args = json!({"pod": format!("{}/{}", text(&pod, "namespace").unwrap_or_default(), text(&pod, "name").unwrap_or_default()),
-                              "uid": text(&pod, "uid"), "reason": reason, "message": message, "key": key});
+                              "uid": text(&pod, "uid"), "reason": reason, "message": message, "dedup": key});
             c.stage("act::event", args, || {
                 let target = pod_target(&pod, "act::event")?;
                 let p = planned(remediate::plan_event(
@@ -266,7 +269,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
             &mut m,
             move |pod: Map, key: &str, value: &str| -> R {
                 let args = json!({"pod": format!("{}/{}", text(&pod, "namespace").unwrap_or_default(), text(&pod, "name").unwrap_or_default()),
-                                  "uid": text(&pod, "uid"), "key": key, "value": value});
+                                  "uid": text(&pod, "uid"), "name": key, "value": value});
                 c.stage(&stage, args, || {
                     let target = pod_target(&pod, &stage)?;
                     let p = if action == Action::Label {
@@ -284,7 +287,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
         let (c, k) = (ctx.clone(), conn.clone());
         let f = move |target: Map, key: Option<&str>| -> R {
             let owner = target.get("owner").and_then(|o| o.clone().try_cast::<Map>());
-            let args = json!({"target": super::to_json(&Dynamic::from_map(target.clone())), "key": key});
+            let args = json!({"target": super::to_json(&Dynamic::from_map(target.clone())), "dedup": key});
             c.stage("act::restart", args, || {
                 let ns = need(&target, "namespace", "act::restart")?;
                 // A pod (with `owner`): restart its owner, keyed by the pod's UID by default.
