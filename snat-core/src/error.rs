@@ -354,4 +354,17 @@ pub enum Error {
     /// A fleet run could not proceed (bad spec, cancelled).
     #[error("fleet run: {0}")]
     Fleet(String),
+
+    // ----- remediate --------------------------------------------------------------
+    /// A remediation action cannot be applied to its target as it is now (the pod was
+    /// replaced, the owner is not a kind that can be restarted...).
+    #[error("cannot {action} {target}: {message}")]
+    RemediationTarget {
+        /// The action (`event`, `annotate`, `label`, `restart`, `cordon`).
+        action: &'static str,
+        /// `kind/namespace/name` of the target.
+        target: String,
+        /// Why, and what to do.
+        message: String,
+    },
 }

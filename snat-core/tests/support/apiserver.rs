@@ -4,6 +4,8 @@
 //! Faults (status codes, Retry-After, hangs) are scripted per path.
 
 #![allow(dead_code)]
+// Handlers return early with a ready response; its size does not matter in a test server.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -78,6 +80,55 @@ pub struct State {
     pub exec_client_frames: Mutex<Vec<Vec<u8>>>,
     /// Fleet: nodes whose Jobs fail (status.failed = 1) and print a cut-short log.
     pub failing_nodes: Mutex<Vec<String>>,
+    /// Remediation: every POST/PATCH body received ("METHOD path", content type, JSON body).
+    pub bodies: Mutex<Vec<(String, String, Value)>>,
+    /// Remediation: core/v1 Events created.
+    pub events: Mutex<Vec<Value>>,
+    /// Remediation: Deployments, StatefulSets and DaemonSets (JSON with `kind`).
+    pub workloads: Mutex<Vec<Value>>,
+    /// Remediation: resourceVersion counter for patched objects.
+    pub version: AtomicUsize,
+}
+
+/// Apply a JSON merge patch (RFC 7386) to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Patch `obj` as the API server does for a merge patch: the UID in the patch, if any, must
+/// match; metadata.resourceVersion is bumped only when something changed.
+fn patch_object(state: &State, obj: &mut Value, patch: &Value) -> Result<(), Response<Full<Bytes>>> {
+    if let Some(uid) = patch.pointer("/metadata/uid")
+        && obj.pointer("/metadata/uid") != Some(uid)
+    {
+        return Err(status(
+            409,
+            "Conflict",
+            "Precondition failed: UID in precondition does not match UID in object",
+        ));
+    }
+    let before = obj.clone();
+    merge_patch(obj, patch);
+    if *obj != before {
+        let v = state.version.fetch_add(1, Ordering::SeqCst) + 100;
+        obj["metadata"]["resourceVersion"] = json!(v.to_string());
+    }
+    Ok(())
 }
 
 pub struct FakeApi {
@@ -478,9 +529,167 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 .body(Full::new(Bytes::new()))
                 .unwrap());
         }
+        (Method::GET, ["api", "v1", "namespaces", ns, "events", name]) => {
+            let ev = state
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["metadata"]["namespace"] == *ns && e["metadata"]["name"] == *name)
+                .cloned();
+            match ev {
+                Some(e) => respond(200, e),
+                None => status(404, "NotFound", &format!("events \"{name}\" not found")),
+            }
+        }
+        (Method::POST, ["api", "v1", "namespaces", ns, "events"]) => {
+            let (ns, path) = (ns.to_string(), path.clone());
+            let mut ev = match read_body(&state, "POST", &path, req).await {
+                Ok(v) => v,
+                Err(r) => return Ok(r),
+            };
+            let name = ev["metadata"]["name"].as_str().unwrap_or("").to_string();
+            if ev["metadata"]["namespace"] != ns.as_str() || ev["involvedObject"]["namespace"] != ns.as_str() {
+                return Ok(status(422, "Invalid", "event namespace does not match the request"));
+            }
+            let mut events = state.events.lock().unwrap();
+            if events.iter().any(|e| e["metadata"]["name"] == name.as_str()) {
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("events \"{name}\" already exists"),
+                ));
+            }
+            ev["metadata"]["uid"] = json!(format!("ev-uid-{}", events.len()));
+            ev["metadata"]["resourceVersion"] = json!("1");
+            events.push(ev.clone());
+            respond(201, ev)
+        }
+        (Method::GET, ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let pod = state
+                .pods
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| p.metadata.namespace.as_deref() == Some(*ns) && p.metadata.name.as_deref() == Some(*name))
+                .cloned();
+            match pod {
+                Some(p) => respond(200, serde_json::to_value(p).unwrap()),
+                None => status(404, "NotFound", &format!("pods \"{name}\" not found")),
+            }
+        }
+        (Method::PATCH, ["api", "v1", "namespaces", ns, "pods", name]) => {
+            let (ns, name, path) = (ns.to_string(), name.to_string(), path.clone());
+            let patch = match read_body(&state, "PATCH", &path, req).await {
+                Ok(v) => v,
+                Err(r) => return Ok(r),
+            };
+            let mut pods = state.pods.lock().unwrap();
+            let Some(p) = pods
+                .iter_mut()
+                .find(|p| p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&name))
+            else {
+                return Ok(status(404, "NotFound", &format!("pods \"{name}\" not found")));
+            };
+            let mut v = serde_json::to_value(&*p).unwrap();
+            if let Err(r) = patch_object(&state, &mut v, &patch) {
+                return Ok(r);
+            }
+            *p = serde_json::from_value(v.clone()).unwrap();
+            respond(200, v)
+        }
+        (Method::GET | Method::PATCH, ["apis", "apps", "v1", "namespaces", ns, plural, name])
+            if ["deployments", "statefulsets", "daemonsets"].contains(plural) =>
+        {
+            let kind = match *plural {
+                "deployments" => "Deployment",
+                "statefulsets" => "StatefulSet",
+                _ => "DaemonSet",
+            };
+            let (ns, name, path) = (ns.to_string(), name.to_string(), path.clone());
+            let is_patch = req.method() == Method::PATCH;
+            let patch = if is_patch {
+                match read_body(&state, "PATCH", &path, req).await {
+                    Ok(v) => Some(v),
+                    Err(r) => return Ok(r),
+                }
+            } else {
+                None
+            };
+            let mut wl = state.workloads.lock().unwrap();
+            let Some(w) = wl.iter_mut().find(|w| {
+                w["kind"] == kind && w["metadata"]["namespace"] == ns.as_str() && w["metadata"]["name"] == name.as_str()
+            }) else {
+                return Ok(status(404, "NotFound", &format!("{plural}.apps \"{name}\" not found")));
+            };
+            if let Some(p) = patch
+                && let Err(r) = patch_object(&state, w, &p)
+            {
+                return Ok(r);
+            }
+            respond(200, w.clone())
+        }
+        (Method::GET | Method::PATCH, ["api", "v1", "nodes", name]) => {
+            let (name, path) = (name.to_string(), path.clone());
+            let patch = if req.method() == Method::PATCH {
+                match read_body(&state, "PATCH", &path, req).await {
+                    Ok(v) => Some(v),
+                    Err(r) => return Ok(r),
+                }
+            } else {
+                None
+            };
+            let mut nodes = state.nodes.lock().unwrap();
+            let Some(n) = nodes.iter_mut().find(|n| n.metadata.name.as_deref() == Some(&name)) else {
+                return Ok(status(404, "NotFound", &format!("nodes \"{name}\" not found")));
+            };
+            let mut v = serde_json::to_value(&*n).unwrap();
+            if let Some(p) = patch {
+                if let Err(r) = patch_object(&state, &mut v, &p) {
+                    return Ok(r);
+                }
+                *n = serde_json::from_value(v.clone()).unwrap();
+            }
+            respond(200, v)
+        }
         _ => status(404, "NotFound", &format!("test server has no route for {path}")),
     };
     Ok(r)
+}
+
+/// Read a JSON request body, recording it; PATCH must be a JSON merge patch.
+async fn read_body(
+    state: &State,
+    method: &str,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Value, Response<Full<Bytes>>> {
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).map_err(|e| status(400, "BadRequest", &format!("bad JSON: {e}")))?;
+    state
+        .bodies
+        .lock()
+        .unwrap()
+        .push((format!("{method} {path}"), ct.clone(), v.clone()));
+    let want = if method == "PATCH" {
+        "application/merge-patch+json"
+    } else {
+        "application/json"
+    };
+    if ct != want {
+        return Err(status(
+            415,
+            "UnsupportedMediaType",
+            &format!("expected {want}, got {ct:?}"),
+        ));
+    }
+    Ok(v)
 }
 
 /// The framed log a node Job prints (see snat_core::k8s::fleet::NODE_SCRIPT).

@@ -154,6 +154,15 @@ pub fn cluster() -> State {
         pods: pods.into(),
         replicasets: vec![rs].into(),
         jobs: vec![finished, running].into(),
+        workloads: vec![
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "api", "namespace": "shop", "uid": "uid-api", "resourceVersion": "7"},
+                "spec": {"template": {"metadata": {"labels": {"app": "api"}}}}}),
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "kube-proxy", "namespace": "kube-system", "uid": "uid-kube-proxy"},
+                "spec": {"template": {"metadata": {}}}}),
+        ]
+        .into(),
         max_page: 3,
         ..Default::default()
     }

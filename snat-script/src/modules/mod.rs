@@ -9,6 +9,7 @@ use rhai::{Engine, FuncRegistration, Module};
 
 use crate::ctx::Ctx;
 
+pub mod act;
 pub mod alloc;
 pub mod census;
 pub mod kube;
@@ -64,6 +65,10 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
     Namespace {
+        name: "act",
+        doc: "Remediation, each off unless --allow names it: Event on the pod, annotate/label it, restart its owner, cordon its node.",
+    },
+    Namespace {
         name: "alloc",
         doc: "SNAT port budgets: ports per node, what a peak needs, per-destination pressure.",
     },
@@ -85,6 +90,7 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_static_module("trace", trace::create_module(ctx).into());
     engine.register_static_module("metrics", metrics::create_module(ctx).into());
     engine.register_static_module("kube", kube::create_module(ctx).into());
+    engine.register_static_module("act", act::create_module(ctx).into());
 }
 
 fn comments(doc: &str) -> Vec<String> {
