@@ -212,6 +212,19 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("snat-run: error: no playbook given (see --help)");
         return ExitCode::from(2);
     };
+    for a in &a.allow {
+        if snat_core::k8s::remediate::Action::from_name(a).is_none() {
+            let known: Vec<&str> = snat_core::k8s::remediate::Action::ALL
+                .iter()
+                .map(|x| x.name())
+                .collect();
+            eprintln!(
+                "snat-run: error: --allow {a}: no such action (known: {})",
+                known.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     let mut params = BTreeMap::new();
     for (k, v) in a.params {
         if params.insert(k.clone(), v).is_some() {

@@ -502,3 +502,17 @@ fn tcptracer_example_finds_the_culprit_not_the_busier_private_decoy() {
         "decoy and nginx have no public connects"
     );
 }
+
+#[test]
+fn unknown_allow_action_is_a_usage_error() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "let x = 1;");
+    let o = r.run(&p, &["--allow", "evnt"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("--allow evnt: no such action (known: event"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(r.records().is_empty(), "rejected before anything runs");
+}

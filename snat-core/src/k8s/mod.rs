@@ -9,8 +9,9 @@
 //!
 //! The stages themselves live in submodules: [`lookup`] (node by IP, pods on a node, pod by
 //! UID and its owner workload), [`exec`] (a socket census inside a pod through the exec API,
-//! for users who cannot reach the node) and [`fleet`] (a playbook on many nodes as
-//! short-lived Jobs).
+//! for users who cannot reach the node), [`fleet`] (a playbook on many nodes as
+//! short-lived Jobs) and [`remediate`] (Events, annotations, labels, rollout restarts and
+//! cordons on a culprit, gated by the caller and idempotent).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::error::Error;
 pub mod exec;
 pub mod fleet;
 pub mod lookup;
+pub mod remediate;
 
 /// How to reach the cluster and how patient to be.
 #[derive(Debug, Clone)]
