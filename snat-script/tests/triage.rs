@@ -1,0 +1,455 @@
+//! examples/triage.rhai end to end on a simulated node (needs root): ten pods in their own
+//! network namespaces with kubelet-named cgroups, a world namespace holding the
+//! destinations, a loopback API server with the matching Node and Pods, and a live eBPF
+//! trace. The culprit (many flows to one public destination, failed connects) is named
+//! with its workload and exact counts, not the decoy with more flows to a private
+//! destination; the run exits 3 and leaves a valid audit record.
+
+#[path = "../../snat-core/tests/support/apiserver.rs"]
+mod apiserver;
+#[path = "../../snat-core/tests/support/fixtures.rs"]
+mod fixtures;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+use snat_testbed::{Holder, Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The fake API server on its own runtime thread.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(state: apiserver::State) -> Server {
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let api = apiserver::FakeApi::start(state).await;
+                tx.send(api.addr).unwrap();
+                let _ = stop_rx.await;
+                drop(api);
+            });
+        });
+        Server {
+            addr: rx.recv().unwrap(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
+
+/// Run `f` on a thread that entered the namespace `ns` (setns is per thread).
+fn in_netns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+}
+
+struct Pod {
+    ns: Netns,
+    _veth: Veth,
+    cg: PodCgroup,
+}
+
+fn pod(world: &Netns, i: u32, layout: Layout) -> Pod {
+    let ns = Netns::new("tp").unwrap();
+    let veth = Veth::new(&ns, &format!("10.201.{i}.2/24"), world, &format!("10.201.{i}.1/24")).unwrap();
+    ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.1")])
+        .unwrap();
+    let cg = PodCgroup::new(layout, Qos::Burstable).unwrap();
+    Pod { ns, _veth: veth, cg }
+}
+
+fn kubeconfig(dir: &std::path::Path, server: SocketAddr) -> PathBuf {
+    let p = dir.join("kubeconfig");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t0ken\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
+    if !require_root() {
+        return;
+    }
+    // The world: public destinations (198.18.0.1, 203.0.113.10, 2001:db8::10), a private
+    // one (10.99.0.1), a closed public port (refused: failed connects) and a server that
+    // closes after the client (TIME_WAIT on the client side).
+    let world = Netns::new("tw").unwrap();
+    for a in ["198.18.0.1/32", "203.0.113.10/32", "10.99.0.1/32", "2001:db8::10/128"] {
+        world.add_lo_addr(a).unwrap();
+    }
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[
+            Plan::Listen {
+                on: sa("198.18.0.1:443"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("203.0.113.10:80"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("10.99.0.1:443"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("[2001:db8::10]:443"),
+                backlog: 1024,
+            },
+        ],
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A server that accepts, reads to EOF and closes (the client closes first).
+    let closer = {
+        let stop = stop.clone();
+        let (tx, rx) = mpsc::channel();
+        let h = in_netns(world.path(), move || {
+            let l = TcpListener::bind("203.0.113.10:8080").unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let _ = std::io::copy(&mut s, &mut std::io::sink());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv().unwrap();
+        h
+    };
+
+    let mut holders: Vec<Holder> = Vec::new();
+    let pods: Vec<Pod> = (0..10)
+        .map(|i| {
+            pod(
+                &world,
+                i + 1,
+                if i % 2 == 0 { Layout::Systemd } else { Layout::Cgroupfs },
+            )
+        })
+        .collect();
+    // 0: the culprit: 120 flows to one public destination, 4 more waiting, failed connects.
+    holders.push(
+        spawn_holder(
+            Some(&pods[0].ns.path()),
+            Some(&pods[0].cg.cgroup),
+            &[
+                Plan::Connect {
+                    to: sa("198.18.0.1:443"),
+                    count: 120,
+                },
+                Plan::ConnectNoWait {
+                    to: sa("198.18.9.9:443"),
+                    count: 4,
+                },
+            ],
+        )
+        .unwrap(),
+    );
+    // 1: the decoy: more flows (200), all private.
+    holders.push(
+        spawn_holder(
+            Some(&pods[1].ns.path()),
+            Some(&pods[1].cg.cgroup),
+            &[Plan::Connect {
+                to: sa("10.99.0.1:443"),
+                count: 200,
+            }],
+        )
+        .unwrap(),
+    );
+    // 2: TIME_WAIT churn: one held flow, then 40 connections opened and closed.
+    holders.push(
+        spawn_holder(
+            Some(&pods[2].ns.path()),
+            Some(&pods[2].cg.cgroup),
+            &[Plan::Connect {
+                to: sa("203.0.113.10:80"),
+                count: 1,
+            }],
+        )
+        .unwrap(),
+    );
+    in_netns(pods[2].ns.path(), || {
+        for _ in 0..40 {
+            let s = TcpStream::connect("203.0.113.10:8080").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut &s, &mut buf);
+        }
+    })
+    .join()
+    .unwrap();
+    // 3: IPv6 public flows.
+    let v = &pods[3];
+    v.ns.ip(&["addr", "add", "fd00:201:4::2/64", "dev", v._veth.dev_a(), "nodad"])
+        .unwrap();
+    world
+        .ip(&["addr", "add", "fd00:201:4::1/64", "dev", v._veth.dev_b(), "nodad"])
+        .unwrap();
+    v.ns.ip(&["-6", "route", "add", "default", "via", "fd00:201:4::1"])
+        .unwrap();
+    holders.push(
+        spawn_holder(
+            Some(&v.ns.path()),
+            Some(&v.cg.cgroup),
+            &[Plan::Connect {
+                to: sa("[2001:db8::10]:443"),
+                count: 6,
+            }],
+        )
+        .unwrap(),
+    );
+    // 4..9: quiet pods, 2 public flows each.
+    for p in &pods[4..] {
+        holders.push(
+            spawn_holder(
+                Some(&p.ns.path()),
+                Some(&p.cg.cgroup),
+                &[Plan::Connect {
+                    to: sa("203.0.113.10:80"),
+                    count: 2,
+                }],
+            )
+            .unwrap(),
+        );
+    }
+    // A hostNetwork pod: in the host namespace, flows to loopback only.
+    let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_addr = host_listener.local_addr().unwrap();
+    let host_pod = PodCgroup::new(Layout::Systemd, Qos::BestEffort).unwrap();
+    holders.push(
+        spawn_holder(
+            None,
+            Some(&host_pod.cgroup),
+            &[Plan::Connect {
+                to: host_addr,
+                count: 5,
+            }],
+        )
+        .unwrap(),
+    );
+
+    // The cluster: the node and its pods, the culprit owned by Deployment checkout.
+    let mut api_pods = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let own = match i {
+            0 => Some(fixtures::owner("ReplicaSet", "checkout-5c8d")),
+            1 => Some(fixtures::owner("ReplicaSet", "cache-warmer-77")),
+            _ => None,
+        };
+        let name = if i == 0 {
+            "checkout-5c8d-x7k2p".to_string()
+        } else {
+            format!("pod-{i}")
+        };
+        api_pods.push(fixtures::pod("shop", &name, &p.cg.uid, "node-t", own));
+    }
+    let mut hp = fixtures::pod("kube-system", "agent-h", &host_pod.uid, "node-t", None);
+    hp.spec.as_mut().unwrap().host_network = Some(true);
+    api_pods.push(hp);
+    let rs = |name: &str, dep: &str| ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            owner_references: Some(vec![fixtures::owner("Deployment", dep)]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::start(apiserver::State {
+        token: "t0ken".into(),
+        nodes: vec![fixtures::node("node-t", "10.224.0.9")].into(),
+        pods: api_pods.into(),
+        replicasets: vec![rs("checkout-5c8d", "checkout"), rs("cache-warmer-77", "cache-warmer")].into(),
+        max_page: 50,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), server.addr);
+
+    // During the trace the culprit's connects to a closed public port are refused.
+    let failer = {
+        let stop = stop.clone();
+        in_netns(pods[0].ns.path(), move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                if TcpStream::connect("198.18.0.1:444").is_err() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+
+    let audit_dir = dir.path().join("audit");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=3",
+            "-p",
+            "node=node-t",
+            "-p",
+            "ports=128",
+            "-p",
+            "nodes=3",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(&audit_dir)
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let failed_sent = failer.join().unwrap();
+    closer.join().unwrap();
+    assert!(failed_sent > 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::fs::write(dir.path().join("before.json"), &out.stdout).unwrap();
+
+    // The audit record: valid against the schema, verdict pressure_found.
+    let path = report["audit_record"].as_str().expect("an audit record");
+    let rec: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(format!("{ROOT}/schemas/audit-record.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&rec).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rec["verdict"], "pressure_found");
+    assert_eq!(rec["exit_code"], 3);
+    let stages: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        stages.contains(&"trace::run") && stages.contains(&"kube::pods_on_node"),
+        "{stages:?}"
+    );
+
+    // The culprit: first finding, named with its workload, exact counts.
+    let findings = report["findings"].as_array().expect("findings in the record");
+    let culprit = &findings[0];
+    assert_eq!(culprit["pod"]["uid"], pods[0].cg.uid.as_str(), "{findings:#?}");
+    assert_eq!(culprit["pod"]["name"], "checkout-5c8d-x7k2p");
+    assert_eq!(culprit["pod"]["namespace"], "shop");
+    assert_eq!(culprit["pod"]["owner"]["kind"], "Deployment");
+    assert_eq!(culprit["pod"]["owner"]["name"], "checkout");
+    assert_eq!(culprit["destination"], "198.18.0.1:443");
+    assert_eq!(culprit["evidence"]["public_established"], 120);
+    assert_eq!(culprit["evidence"]["public_syn_sent"], 4);
+    assert_eq!(culprit["evidence"]["top_flows"], 120);
+    assert!(
+        culprit["evidence"]["failed_connects"].as_u64().unwrap() >= 1,
+        "{culprit:#}"
+    );
+    assert_eq!(culprit["severity"], "critical");
+    // The decoy holds more flows, all private: never a culprit.
+    for f in findings {
+        assert_ne!(f["pod"]["uid"], pods[1].cg.uid.as_str(), "{f:#}");
+        assert_ne!(f["pod"]["uid"], host_pod.uid.as_str(), "{f:#}");
+    }
+    // The IPv6 flows and the churn are counted exactly.
+    let v6 = findings
+        .iter()
+        .find(|f| f["pod"]["uid"] == pods[3].cg.uid.as_str())
+        .expect("the IPv6 pod");
+    assert_eq!(v6["destination"], "[2001:db8::10]:443");
+    assert_eq!(v6["evidence"]["public_established"], 6);
+    let table = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"].as_str().unwrap().starts_with("Step 3"))
+        .expect("the owners table")
+        .clone();
+    let cols: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let col = |n: &str| cols.iter().position(|c| *c == n).unwrap();
+    let churn = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[col("owner")].as_str().unwrap().contains(&pods[2].cg.uid))
+        .expect("a row for the churning pod");
+    assert_eq!(churn[col("time_wait")], 40, "{churn:?}");
+    assert_eq!(churn[col("public_established")], 1);
+    let summary = report["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("shop/checkout-5c8d-x7k2p (Deployment/checkout"),
+        "{summary}"
+    );
+    let advice = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Advice")
+        .unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        advice.contains("pool them per destination") && advice.contains("back-off"),
+        "{advice}"
+    );
+    assert!(advice.contains("TIME_WAIT"), "{advice}");
+    drop(holders);
+}
