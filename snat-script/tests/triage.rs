@@ -312,12 +312,14 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), server.addr);
 
-    // During the trace the culprit's connects to a closed public port are refused.
+    // During the trace the culprit's connects to a closed public port are refused. They
+    // stop before the census (netlink dumps of a changing socket table are not atomic).
     let failer = {
         let stop = stop.clone();
         in_netns(pods[0].ns.path(), move || {
             let mut n = 0u32;
-            while !stop.load(Ordering::SeqCst) {
+            let t0 = std::time::Instant::now();
+            while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(2500) {
                 if TcpStream::connect("198.18.0.1:444").is_err() {
                     n += 1;
                 }
@@ -451,5 +453,63 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         "{advice}"
     );
     assert!(advice.contains("TIME_WAIT"), "{advice}");
+
+    // The fix: the culprit now reuses a pool of 4 connections. A second triage is clear,
+    // and verify-fix reports the drop, from the two saved reports and against a census now.
+    holders[0] = spawn_holder(
+        Some(&pods[0].ns.path()),
+        Some(&pods[0].cg.cgroup),
+        &[Plan::Connect {
+            to: sa("198.18.0.1:443"),
+            count: 4,
+        }],
+    )
+    .unwrap();
+    let snat_run = |playbook: &str, params: &[String]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"));
+        c.arg(format!("{ROOT}/examples/{playbook}"))
+            .args(["-o", "json", "-q", "--kubeconfig"])
+            .arg(&kc)
+            .arg("--audit-dir")
+            .arg(&audit_dir)
+            .env_remove("SNAT_AUDIT_DIR")
+            .stdin(std::process::Stdio::null());
+        for p in params {
+            c.args(["-p", p]);
+        }
+        c.output().unwrap()
+    };
+    let after = snat_run(
+        "triage.rhai",
+        &["seconds=1", "node=node-t", "ports=128", "nodes=3"].map(String::from),
+    );
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    std::fs::write(dir.path().join("after.json"), &after.stdout).unwrap();
+    let before_p = format!("before={}", dir.path().join("before.json").display());
+    let after_p = format!("after={}", dir.path().join("after.json").display());
+    for params in [vec![before_p.clone(), after_p], vec![before_p]] {
+        let out = snat_run("verify-fix.rhai", &params);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{params:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = rep["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["summary"].as_str().unwrap().starts_with("shop/Deployment/checkout:"))
+            .unwrap_or_else(|| panic!("{params:?}: {rep:#}"));
+        assert_eq!(f["kind"], "pressure_dropped");
+        assert_eq!(f["evidence"]["before_flows"], 124);
+        assert_eq!(f["evidence"]["after_flows"], 4, "{params:?}");
+    }
     drop(holders);
 }
