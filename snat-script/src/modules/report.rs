@@ -255,8 +255,9 @@ mod tests {
 
     /// The message of a failed stage raised in the script.
     fn stage_message(e: Box<EvalAltResult>) -> String {
-        match *e {
+        match e.unwrap_inner() {
             EvalAltResult::ErrorRuntime(d, _) => d
+                .clone()
                 .try_cast::<crate::ctx::StageFailure>()
                 .map_or_else(|| "not a stage failure".into(), |f| f.to_string()),
             other => other.to_string(),
