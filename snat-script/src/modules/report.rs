@@ -254,7 +254,7 @@ mod tests {
     }
 
     /// The message of a failed stage raised in the script.
-    fn stage_message(e: Box<EvalAltResult>) -> String {
+    fn stage_message(e: &EvalAltResult) -> String {
         match e.unwrap_inner() {
             EvalAltResult::ErrorRuntime(d, _) => d
                 .clone()
@@ -286,7 +286,7 @@ mod tests {
         match want {
             Ok(kind) => assert_eq!(r.unwrap().into_string().unwrap(), kind),
             Err(msg) => {
-                let e = stage_message(r.unwrap_err());
+                let e = stage_message(&r.unwrap_err());
                 assert!(e.contains(msg) && e.contains("saved.json"), "{e}");
             }
         }
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn load_names_a_missing_file() {
-        let e = stage_message(run(r#"report::load("/nonexistent/snat-report.json")"#).1.unwrap_err());
+        let e = stage_message(&run(r#"report::load("/nonexistent/snat-report.json")"#).1.unwrap_err());
         assert!(
             e.contains("cannot read saved report /nonexistent/snat-report.json"),
             "{e}"
