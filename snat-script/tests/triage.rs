@@ -5,10 +5,9 @@
 //! with its workload and exact counts, not the decoy with more flows to a private
 //! destination; the run exits 3 and leaves a valid audit record.
 
-#[path = "../../snat-core/tests/support/apiserver.rs"]
-mod apiserver;
-#[path = "../../snat-core/tests/support/fixtures.rs"]
-mod fixtures;
+mod common;
+
+use common::{Server, apiserver, fixtures, kubeconfig};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -27,44 +26,6 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// The fake API server on its own runtime thread.
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(state: apiserver::State) -> Server {
-        let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let api = apiserver::FakeApi::start(state).await;
-                tx.send(api.addr).unwrap();
-                let _ = stop_rx.await;
-                drop(api);
-            });
-        });
-        Server {
-            addr: rx.recv().unwrap(),
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
 }
 
 /// Run `f` on a thread that entered the namespace `ns` (setns is per thread).
@@ -90,18 +51,6 @@ fn pod(world: &Netns, i: u32, layout: Layout) -> Pod {
         .unwrap();
     let cg = PodCgroup::new(layout, Qos::Burstable).unwrap();
     Pod { ns, _veth: veth, cg }
-}
-
-fn kubeconfig(dir: &std::path::Path, server: SocketAddr) -> PathBuf {
-    let p = dir.join("kubeconfig");
-    std::fs::write(
-        &p,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t0ken\n"
-        ),
-    )
-    .unwrap();
-    p
 }
 
 #[test]
