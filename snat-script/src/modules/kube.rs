@@ -122,6 +122,21 @@ pub fn create_module(ctx: &Ctx) -> Module {
 
     let (c, k) = (ctx.clone(), conn.clone());
     func(
+        "nodes",
+        &["Array"],
+        "Every node's name (`kubectl get nodes`). Needs RBAC list nodes.",
+    )
+    .set_into_module(&mut m, move || -> Result<Array, Box<EvalAltResult>> {
+        c.stage("kube::nodes", json!({}), || {
+            let kube = k.get(&c)?;
+            let names = c.block_on(snat_core::k8s::fleet::all_node_names(&kube))??;
+            let n = names.len() as u64;
+            Ok((names.into_iter().map(Dynamic::from).collect(), Some(n)))
+        })
+    });
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
         "active_job_pods",
         &["node: &str", "wait_seconds: i64", "Array"],
         "The Running pods on a node whose Job (or CronJob, through its Job) is still active, as pods_on_node maps.\nWhen there is none, polls every 2 s for up to `wait_seconds` (0: look once) for one to start; [] when none did.\nThe article: troubleshoot Jobs only while they run.",
