@@ -402,6 +402,13 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         "{advice}"
     );
     assert!(advice.contains("TIME_WAIT"), "{advice}");
+    // The hottest destination holds 120 flows: 180 ports with headroom, more than the 128.
+    assert!(
+        advice.contains(
+            "has 128 SNAT ports (--param ports) and the peak needs 180: set allocatedOutboundPorts to at least 184"
+        ),
+        "{advice}"
+    );
 
     // The fix: the culprit now reuses a pool of 4 connections. A second triage is clear,
     // and verify-fix reports the drop, from the two saved reports and against a census now.
