@@ -290,6 +290,8 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
             "ports=128",
             "-p",
             "nodes=3",
+            "-p",
+            "top=50",
             "-o",
             "json",
             "-q",
@@ -468,4 +470,113 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         assert_eq!(f["evidence"]["after_flows"], 4, "{params:?}");
     }
     drop(holders);
+}
+
+#[test]
+fn without_a_cluster_triage_names_pods_by_uid_and_processes_by_pid_and_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let world = Netns::new("tw").unwrap();
+    world.add_lo_addr("203.0.113.77/32").unwrap();
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[Plan::Listen {
+            on: sa("203.0.113.77:443"),
+            backlog: 1024,
+        }],
+    )
+    .unwrap();
+    let p = pod(&world, 77, Layout::Systemd);
+    let _in_pod = spawn_holder(
+        Some(&p.ns.path()),
+        Some(&p.cg.cgroup),
+        &[Plan::Connect {
+            to: sa("203.0.113.77:443"),
+            count: 20,
+        }],
+    )
+    .unwrap();
+    // A process outside any pod, in its own namespace.
+    let bare = pod(&world, 78, Layout::Cgroupfs);
+    let proc_holder = spawn_holder(
+        Some(&bare.ns.path()),
+        None,
+        &[Plan::Connect {
+            to: sa("203.0.113.77:443"),
+            count: 30,
+        }],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig pointing at a loopback port where nothing listens.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let kc = kubeconfig(dir.path(), closed);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=0",
+            "-p",
+            "node=node-x",
+            "-p",
+            "ports=32",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let by_proc = findings
+        .iter()
+        .find(|f| f["process"]["pid"] == proc_holder.pid())
+        .unwrap_or_else(|| panic!("no finding for the bare process: {findings:#?}"));
+    assert_eq!(by_proc["evidence"]["public_established"], 30);
+    assert!(by_proc["evidence"]["cgroup"].is_string(), "{by_proc:#}");
+    assert!(by_proc["pod"].is_null());
+    let by_pod = findings
+        .iter()
+        .find(|f| f["pod"]["uid"] == p.cg.uid.as_str())
+        .expect("a finding for the pod");
+    assert_eq!(by_pod["evidence"]["public_established"], 20);
+    assert!(by_pod["pod"]["name"].is_null());
+    assert!(
+        by_pod["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pod {}:", p.cg.uid)),
+        "{by_pod:#}"
+    );
+    let k = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Kubernetes")
+        .expect("a Kubernetes section");
+    assert!(
+        k["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pods are named by UID and processes by pid and cgroup: "),
+        "{k}"
+    );
+    // No trace was asked for.
+    let rec: Value = serde_json::from_slice(&std::fs::read(report["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(
+        rec["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "trace::run")
+    );
 }
