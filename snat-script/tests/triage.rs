@@ -580,3 +580,59 @@ fn without_a_cluster_triage_names_pods_by_uid_and_processes_by_pid_and_cgroup() 
             .all(|s| s["name"] != "trace::run")
     );
 }
+
+#[test]
+fn metrics_name_the_node_and_give_the_port_budget() {
+    if !require_root() {
+        return;
+    }
+    let server = Server::start(fixtures::cluster());
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), server.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .arg("-p")
+        .arg(format!("metrics={ROOT}/tests/data/metrics/sample-az-metrics.json"))
+        .args(["-p", "seconds=0", "-o", "json", "-q", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    // The verdict depends on this host's own sockets: only the plumbing is checked here.
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let titles: Vec<&str> = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert!(titles.contains(&"Step 1: hottest backend in the metrics"), "{titles:?}");
+    assert!(
+        titles.contains(
+            &"Step 4: public flows per destination against 1024 SNAT ports (AllocatedSnatPorts in the metrics)"
+        ),
+        "{titles:?}"
+    );
+    assert!(!titles.contains(&"Kubernetes"), "the cluster answered: {titles:?}");
+    let rec: Value = serde_json::from_slice(&std::fs::read(report["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    let stages: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &stages[..3],
+        ["metrics::read", "kube::node_by_ip", "kube::pods_on_node"]
+    );
+    assert_eq!(rec["stages"][1]["args"]["ip"], "10.224.0.4");
+    assert_eq!(rec["stages"][2]["args"]["node"], "node-a");
+}
