@@ -367,4 +367,17 @@ pub enum Error {
         /// Why, and what to do.
         message: String,
     },
+
+    // ----- report (saved reports) -------------------------------------------------
+    /// A saved report or audit record could not be read as one.
+    #[error(
+        "{} is not a saved snat report or audit record: {reason} (expected the JSON of `snat-run --output json` or a record from the audit directory)",
+        path.display()
+    )]
+    SavedReport {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

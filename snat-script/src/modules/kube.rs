@@ -122,6 +122,69 @@ pub fn create_module(ctx: &Ctx) -> Module {
 
     let (c, k) = (ctx.clone(), conn.clone());
     func(
+        "nodes",
+        &["Array"],
+        "Every node's name (`kubectl get nodes`). Needs RBAC list nodes.",
+    )
+    .set_into_module(&mut m, move || -> Result<Array, Box<EvalAltResult>> {
+        c.stage("kube::nodes", json!({}), || {
+            let kube = k.get(&c)?;
+            let names = c.block_on(snat_core::k8s::fleet::all_node_names(&kube))??;
+            let n = names.len() as u64;
+            Ok((names.into_iter().map(Dynamic::from).collect(), Some(n)))
+        })
+    });
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
+        "active_job_pods",
+        &["node: &str", "wait_seconds: i64", "Array"],
+        "The Running pods on a node whose Job (or CronJob, through its Job) is still active, as pods_on_node maps.\nWhen there is none, polls every 2 s for up to `wait_seconds` (0: look once) for one to start; [] when none did.\nThe article: troubleshoot Jobs only while they run.",
+    )
+    .set_into_module(
+        &mut m,
+        move |node: &str, wait: i64| -> Result<Array, Box<EvalAltResult>> {
+            c.stage(
+                "kube::active_job_pods",
+                json!({ "node": node, "wait_seconds": wait }),
+                || {
+                    if wait < 0 {
+                        return Err(StageError::Usage(format!(
+                            "wait_seconds must be 0 or more, got {wait}"
+                        )));
+                    }
+                    let kube = k.get(&c)?;
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
+                    loop {
+                        let pods = c.block_on(lookup::pods_on_node(&kube, node, true))??;
+                        let active: Array = pods
+                            .iter()
+                            .filter(|p| {
+                                p.phase.as_deref() == Some("Running")
+                                    && p.pod.owner.as_ref().is_some_and(|o| {
+                                        matches!(o.kind.as_str(), "Job" | "CronJob") && o.active == Some(true)
+                                    })
+                            })
+                            .map(pod_dyn)
+                            .collect();
+                        let now = std::time::Instant::now();
+                        if !active.is_empty() || now >= deadline {
+                            let n = active.len() as u64;
+                            return Ok((active, Some(n)));
+                        }
+                        if c.is_cancelled() {
+                            return Err(StageError::Interrupted);
+                        }
+                        let nap = (deadline - now).min(std::time::Duration::from_secs(2));
+                        c.block_on(async move { tokio::time::sleep(nap).await })?;
+                    }
+                },
+            )
+        },
+    );
+
+    let (c, k) = (ctx.clone(), conn.clone());
+    func(
         "pod_by_uid",
         &["uid: &str", "?"],
         "The pod with this UID (as found in a cgroup path), with its owner; () when none. Searches all nodes.",

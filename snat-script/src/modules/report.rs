@@ -148,7 +148,55 @@ pub fn create_module(ctx: &Ctx) -> Module {
             body: SectionBody::Data { data: to_json(&data) },
         });
     });
+    let c = ctx.clone();
+    func(
+        "load",
+        &["path: &str", "Map"],
+        "Read a saved report (the JSON of `snat-run --output json`) or an audit record into a map, with\n`kind`: \"report\" or \"audit_record\". A stage: a missing or malformed file fails with its path.",
+    )
+    .set_into_module(&mut m, move |path: &str| -> Result<Map, Box<EvalAltResult>> {
+        c.stage("report::load", serde_json::json!({ "path": path }), || {
+            let v = load_saved(std::path::Path::new(path))?;
+            let d = rhai::serde::to_dynamic(&v).map_err(|e| crate::ctx::StageError::Usage(e.to_string()))?;
+            Ok((d.cast::<Map>(), None))
+        })
+    });
     m
+}
+
+/// Read a saved report or audit record, checking its shape; adds `kind`.
+fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
+    let bad = |reason: String| snat_core::Error::SavedReport {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| snat_core::Error::Io {
+        what: "cannot read saved report",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(bad("the document is not a JSON object".into()));
+    };
+    let kind = if obj.get("schema").and_then(Value::as_str) == Some("snat.report/v1") {
+        for key in ["findings", "sections"] {
+            if !obj.get(key).is_some_and(Value::is_array) {
+                return Err(bad(format!("`{key}` is missing or not an array")));
+            }
+        }
+        "report"
+    } else if obj.contains_key("schema_version") && obj.contains_key("run_id") && obj.contains_key("stages") {
+        "audit_record"
+    } else if let Some(s) = obj.get("schema") {
+        return Err(bad(format!("unknown schema {s}")));
+    } else {
+        return Err(bad(
+            "neither `schema: snat.report/v1` nor an audit record's `schema_version` and `run_id`".into(),
+        ));
+    };
+    obj.insert("kind".into(), Value::from(kind));
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -202,6 +250,55 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("2 cells")
+        );
+    }
+
+    /// The message of a failed stage raised in the script.
+    fn stage_message(e: &EvalAltResult) -> String {
+        match e.unwrap_inner() {
+            EvalAltResult::ErrorRuntime(d, _) => d
+                .clone()
+                .try_cast::<crate::ctx::StageFailure>()
+                .map_or_else(|| "not a stage failure".into(), |f| f.to_string()),
+            other => other.to_string(),
+        }
+    }
+
+    #[rstest::rstest]
+    #[case::report(
+        r#"{"schema":"snat.report/v1","findings":[{"kind":"k"}],"sections":[],"verdict":"clear"}"#,
+        Ok("report")
+    )]
+    #[case::audit(
+        r#"{"schema_version":1,"run_id":"r","stages":[],"verdict":null}"#,
+        Ok("audit_record")
+    )]
+    #[case::not_json("{not json", Err("not JSON"))]
+    #[case::array("[1,2]", Err("not a JSON object"))]
+    #[case::other_schema(r#"{"schema":"x/v9"}"#, Err("unknown schema \"x/v9\""))]
+    #[case::no_findings(r#"{"schema":"snat.report/v1","sections":[]}"#, Err("`findings` is missing"))]
+    #[case::random_object(r#"{"a":1}"#, Err("neither"))]
+    fn load_reads_reports_and_records(#[case] text: &str, #[case] want: Result<&str, &str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saved.json");
+        std::fs::write(&path, text).unwrap();
+        let (ctx, r) = run(&format!("report::load({:?}).kind", path.display().to_string()));
+        match want {
+            Ok(kind) => assert_eq!(r.unwrap().into_string().unwrap(), kind),
+            Err(msg) => {
+                let e = stage_message(&r.unwrap_err());
+                assert!(e.contains(msg) && e.contains("saved.json"), "{e}");
+            }
+        }
+        assert_eq!(ctx.stages()[0].name, "report::load");
+    }
+
+    #[test]
+    fn load_names_a_missing_file() {
+        let e = stage_message(&run(r#"report::load("/nonexistent/snat-report.json")"#).1.unwrap_err());
+        assert!(
+            e.contains("cannot read saved report /nonexistent/snat-report.json"),
+            "{e}"
         );
     }
 }

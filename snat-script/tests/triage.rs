@@ -1,0 +1,638 @@
+//! examples/triage.rhai end to end on a simulated node (needs root): ten pods in their own
+//! network namespaces with kubelet-named cgroups, a world namespace holding the
+//! destinations, a loopback API server with the matching Node and Pods, and a live eBPF
+//! trace. The culprit (many flows to one public destination, failed connects) is named
+//! with its workload and exact counts, not the decoy with more flows to a private
+//! destination; the run exits 3 and leaves a valid audit record.
+
+mod common;
+
+use common::{Server, apiserver, fixtures, kubeconfig};
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+use snat_testbed::{Holder, Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Run `f` on a thread that entered the namespace `ns` (setns is per thread).
+fn in_netns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+}
+
+struct Pod {
+    ns: Netns,
+    _veth: Veth,
+    cg: PodCgroup,
+}
+
+fn pod(world: &Netns, i: u32, layout: Layout) -> Pod {
+    let ns = Netns::new("tp").unwrap();
+    let veth = Veth::new(&ns, &format!("10.201.{i}.2/24"), world, &format!("10.201.{i}.1/24")).unwrap();
+    ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.1")])
+        .unwrap();
+    let cg = PodCgroup::new(layout, Qos::Burstable).unwrap();
+    Pod { ns, _veth: veth, cg }
+}
+
+#[test]
+fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
+    if !require_root() {
+        return;
+    }
+    // The world: public destinations (198.18.0.1, 203.0.113.10, 2001:db8::10), a private
+    // one (10.99.0.1), a closed public port (refused: failed connects) and a server that
+    // closes after the client (TIME_WAIT on the client side).
+    let world = Netns::new("tw").unwrap();
+    for a in ["198.18.0.1/32", "203.0.113.10/32", "10.99.0.1/32", "2001:db8::10/128"] {
+        world.add_lo_addr(a).unwrap();
+    }
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[
+            Plan::Listen {
+                on: sa("198.18.0.1:443"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("203.0.113.10:80"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("10.99.0.1:443"),
+                backlog: 1024,
+            },
+            Plan::Listen {
+                on: sa("[2001:db8::10]:443"),
+                backlog: 1024,
+            },
+        ],
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A server that accepts, reads to EOF and closes (the client closes first).
+    let closer = {
+        let stop = stop.clone();
+        let (tx, rx) = mpsc::channel();
+        let h = in_netns(world.path(), move || {
+            let l = TcpListener::bind("203.0.113.10:8080").unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let _ = std::io::copy(&mut s, &mut std::io::sink());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv().unwrap();
+        h
+    };
+
+    let mut holders: Vec<Holder> = Vec::new();
+    let pods: Vec<Pod> = (0..10)
+        .map(|i| {
+            pod(
+                &world,
+                i + 1,
+                if i % 2 == 0 { Layout::Systemd } else { Layout::Cgroupfs },
+            )
+        })
+        .collect();
+    // 0: the culprit: 120 flows to one public destination, 4 more waiting, failed connects.
+    holders.push(
+        spawn_holder(
+            Some(&pods[0].ns.path()),
+            Some(&pods[0].cg.cgroup),
+            &[
+                Plan::Connect {
+                    to: sa("198.18.0.1:443"),
+                    count: 120,
+                },
+                Plan::ConnectNoWait {
+                    to: sa("198.18.9.9:443"),
+                    count: 4,
+                },
+            ],
+        )
+        .unwrap(),
+    );
+    // 1: the decoy: more flows (200), all private.
+    holders.push(
+        spawn_holder(
+            Some(&pods[1].ns.path()),
+            Some(&pods[1].cg.cgroup),
+            &[Plan::Connect {
+                to: sa("10.99.0.1:443"),
+                count: 200,
+            }],
+        )
+        .unwrap(),
+    );
+    // 2: TIME_WAIT churn: one held flow, then 40 connections opened and closed.
+    holders.push(
+        spawn_holder(
+            Some(&pods[2].ns.path()),
+            Some(&pods[2].cg.cgroup),
+            &[Plan::Connect {
+                to: sa("203.0.113.10:80"),
+                count: 1,
+            }],
+        )
+        .unwrap(),
+    );
+    in_netns(pods[2].ns.path(), || {
+        for _ in 0..40 {
+            let s = TcpStream::connect("203.0.113.10:8080").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut &s, &mut buf);
+        }
+    })
+    .join()
+    .unwrap();
+    // 3: IPv6 public flows.
+    let v = &pods[3];
+    v.ns.ip(&["addr", "add", "fd00:201:4::2/64", "dev", v._veth.dev_a(), "nodad"])
+        .unwrap();
+    world
+        .ip(&["addr", "add", "fd00:201:4::1/64", "dev", v._veth.dev_b(), "nodad"])
+        .unwrap();
+    v.ns.ip(&["-6", "route", "add", "default", "via", "fd00:201:4::1"])
+        .unwrap();
+    holders.push(
+        spawn_holder(
+            Some(&v.ns.path()),
+            Some(&v.cg.cgroup),
+            &[Plan::Connect {
+                to: sa("[2001:db8::10]:443"),
+                count: 6,
+            }],
+        )
+        .unwrap(),
+    );
+    // 4..9: quiet pods, 2 public flows each.
+    for p in &pods[4..] {
+        holders.push(
+            spawn_holder(
+                Some(&p.ns.path()),
+                Some(&p.cg.cgroup),
+                &[Plan::Connect {
+                    to: sa("203.0.113.10:80"),
+                    count: 2,
+                }],
+            )
+            .unwrap(),
+        );
+    }
+    // A hostNetwork pod: in the host namespace, flows to loopback only.
+    let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_addr = host_listener.local_addr().unwrap();
+    let host_pod = PodCgroup::new(Layout::Systemd, Qos::BestEffort).unwrap();
+    holders.push(
+        spawn_holder(
+            None,
+            Some(&host_pod.cgroup),
+            &[Plan::Connect {
+                to: host_addr,
+                count: 5,
+            }],
+        )
+        .unwrap(),
+    );
+
+    // The cluster: the node and its pods, the culprit owned by Deployment checkout.
+    let mut api_pods = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let own = match i {
+            0 => Some(fixtures::owner("ReplicaSet", "checkout-5c8d")),
+            1 => Some(fixtures::owner("ReplicaSet", "cache-warmer-77")),
+            _ => None,
+        };
+        let name = if i == 0 {
+            "checkout-5c8d-x7k2p".to_string()
+        } else {
+            format!("pod-{i}")
+        };
+        api_pods.push(fixtures::pod("shop", &name, &p.cg.uid, "node-t", own));
+    }
+    let mut hp = fixtures::pod("kube-system", "agent-h", &host_pod.uid, "node-t", None);
+    hp.spec.as_mut().unwrap().host_network = Some(true);
+    api_pods.push(hp);
+    let rs = |name: &str, dep: &str| ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            owner_references: Some(vec![fixtures::owner("Deployment", dep)]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::start(apiserver::State {
+        token: "t0ken".into(),
+        nodes: vec![fixtures::node("node-t", "10.224.0.9")].into(),
+        pods: api_pods.into(),
+        replicasets: vec![rs("checkout-5c8d", "checkout"), rs("cache-warmer-77", "cache-warmer")].into(),
+        max_page: 50,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), server.addr);
+
+    // During the trace the culprit's connects to a closed public port are refused. They
+    // stop before the census (netlink dumps of a changing socket table are not atomic).
+    let failer = {
+        let stop = stop.clone();
+        in_netns(pods[0].ns.path(), move || {
+            let mut n = 0u32;
+            let t0 = std::time::Instant::now();
+            while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(2500) {
+                if TcpStream::connect("198.18.0.1:444").is_err() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+
+    let audit_dir = dir.path().join("audit");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=3",
+            "-p",
+            "node=node-t",
+            "-p",
+            "ports=128",
+            "-p",
+            "nodes=3",
+            "-p",
+            "top=50",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(&audit_dir)
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let failed_sent = failer.join().unwrap();
+    closer.join().unwrap();
+    assert!(failed_sent > 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::fs::write(dir.path().join("before.json"), &out.stdout).unwrap();
+
+    // The audit record: valid against the schema, verdict pressure_found.
+    let path = report["audit_record"].as_str().expect("an audit record");
+    let rec: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(format!("{ROOT}/schemas/audit-record.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&rec).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rec["verdict"], "pressure_found");
+    assert_eq!(rec["exit_code"], 3);
+    let stages: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        stages.contains(&"trace::run") && stages.contains(&"kube::pods_on_node"),
+        "{stages:?}"
+    );
+
+    // The culprit: first finding, named with its workload, exact counts.
+    let findings = report["findings"].as_array().expect("findings in the record");
+    let culprit = &findings[0];
+    assert_eq!(culprit["pod"]["uid"], pods[0].cg.uid.as_str(), "{findings:#?}");
+    assert_eq!(culprit["pod"]["name"], "checkout-5c8d-x7k2p");
+    assert_eq!(culprit["pod"]["namespace"], "shop");
+    assert_eq!(culprit["pod"]["owner"]["kind"], "Deployment");
+    assert_eq!(culprit["pod"]["owner"]["name"], "checkout");
+    assert_eq!(culprit["destination"], "198.18.0.1:443");
+    assert_eq!(culprit["evidence"]["public_established"], 120);
+    assert_eq!(culprit["evidence"]["public_syn_sent"], 4);
+    assert_eq!(culprit["evidence"]["top_flows"], 120);
+    assert!(
+        culprit["evidence"]["failed_connects"].as_u64().unwrap() >= 1,
+        "{culprit:#}"
+    );
+    assert_eq!(culprit["severity"], "critical");
+    // The decoy holds more flows, all private: never a culprit.
+    for f in findings {
+        assert_ne!(f["pod"]["uid"], pods[1].cg.uid.as_str(), "{f:#}");
+        assert_ne!(f["pod"]["uid"], host_pod.uid.as_str(), "{f:#}");
+    }
+    // The IPv6 flows and the churn are counted exactly.
+    let v6 = findings
+        .iter()
+        .find(|f| f["pod"]["uid"] == pods[3].cg.uid.as_str())
+        .expect("the IPv6 pod");
+    assert_eq!(v6["destination"], "[2001:db8::10]:443");
+    assert_eq!(v6["evidence"]["public_established"], 6);
+    let table = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"].as_str().unwrap().starts_with("Step 3"))
+        .expect("the owners table")
+        .clone();
+    let cols: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let col = |n: &str| cols.iter().position(|c| *c == n).unwrap();
+    let churn = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[col("owner")].as_str().unwrap().contains(&pods[2].cg.uid))
+        .expect("a row for the churning pod");
+    assert_eq!(churn[col("time_wait")], 40, "{churn:?}");
+    assert_eq!(churn[col("public_established")], 1);
+    let summary = report["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("shop/checkout-5c8d-x7k2p (Deployment/checkout"),
+        "{summary}"
+    );
+    let advice = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Advice")
+        .unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        advice.contains("pool them per destination") && advice.contains("back-off"),
+        "{advice}"
+    );
+    assert!(advice.contains("TIME_WAIT"), "{advice}");
+    // The hottest destination holds 120 flows: 180 ports with headroom, more than the 128.
+    assert!(
+        advice.contains(
+            "has 128 SNAT ports (--param ports) and the peak needs 180: set allocatedOutboundPorts to at least 184"
+        ),
+        "{advice}"
+    );
+
+    // The fix: the culprit now reuses a pool of 4 connections. A second triage is clear,
+    // and verify-fix reports the drop, from the two saved reports and against a census now.
+    holders[0] = spawn_holder(
+        Some(&pods[0].ns.path()),
+        Some(&pods[0].cg.cgroup),
+        &[Plan::Connect {
+            to: sa("198.18.0.1:443"),
+            count: 4,
+        }],
+    )
+    .unwrap();
+    let snat_run = |playbook: &str, params: &[String]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"));
+        c.arg(format!("{ROOT}/examples/{playbook}"))
+            .args(["-o", "json", "-q", "--kubeconfig"])
+            .arg(&kc)
+            .arg("--audit-dir")
+            .arg(&audit_dir)
+            .env_remove("SNAT_AUDIT_DIR")
+            .stdin(std::process::Stdio::null());
+        for p in params {
+            c.args(["-p", p]);
+        }
+        c.output().unwrap()
+    };
+    let after = snat_run(
+        "triage.rhai",
+        &["seconds=1", "node=node-t", "ports=128", "nodes=3"].map(String::from),
+    );
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    std::fs::write(dir.path().join("after.json"), &after.stdout).unwrap();
+    let before_p = format!("before={}", dir.path().join("before.json").display());
+    let after_p = format!("after={}", dir.path().join("after.json").display());
+    for params in [vec![before_p.clone(), after_p], vec![before_p]] {
+        let out = snat_run("verify-fix.rhai", &params);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{params:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = rep["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["summary"].as_str().unwrap().starts_with("shop/Deployment/checkout:"))
+            .unwrap_or_else(|| panic!("{params:?}: {rep:#}"));
+        assert_eq!(f["kind"], "pressure_dropped");
+        assert_eq!(f["evidence"]["before_flows"], 124);
+        assert_eq!(f["evidence"]["after_flows"], 4, "{params:?}");
+    }
+    drop(holders);
+}
+
+#[test]
+fn without_a_cluster_triage_names_pods_by_uid_and_processes_by_pid_and_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let world = Netns::new("tw").unwrap();
+    world.add_lo_addr("203.0.113.77/32").unwrap();
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[Plan::Listen {
+            on: sa("203.0.113.77:443"),
+            backlog: 1024,
+        }],
+    )
+    .unwrap();
+    let p = pod(&world, 77, Layout::Systemd);
+    let _in_pod = spawn_holder(
+        Some(&p.ns.path()),
+        Some(&p.cg.cgroup),
+        &[Plan::Connect {
+            to: sa("203.0.113.77:443"),
+            count: 20,
+        }],
+    )
+    .unwrap();
+    // A process outside any pod, in its own namespace.
+    let bare = pod(&world, 78, Layout::Cgroupfs);
+    let proc_holder = spawn_holder(
+        Some(&bare.ns.path()),
+        None,
+        &[Plan::Connect {
+            to: sa("203.0.113.77:443"),
+            count: 30,
+        }],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig pointing at a loopback port where nothing listens.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let kc = kubeconfig(dir.path(), closed);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=0",
+            "-p",
+            "node=node-x",
+            "-p",
+            "ports=32",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let by_proc = findings
+        .iter()
+        .find(|f| f["process"]["pid"] == proc_holder.pid())
+        .unwrap_or_else(|| panic!("no finding for the bare process: {findings:#?}"));
+    assert_eq!(by_proc["evidence"]["public_established"], 30);
+    assert!(by_proc["evidence"]["cgroup"].is_string(), "{by_proc:#}");
+    assert!(by_proc["pod"].is_null());
+    let by_pod = findings
+        .iter()
+        .find(|f| f["pod"]["uid"] == p.cg.uid.as_str())
+        .expect("a finding for the pod");
+    assert_eq!(by_pod["evidence"]["public_established"], 20);
+    assert!(by_pod["pod"]["name"].is_null());
+    assert!(
+        by_pod["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pod {}:", p.cg.uid)),
+        "{by_pod:#}"
+    );
+    let k = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Kubernetes")
+        .expect("a Kubernetes section");
+    assert!(
+        k["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pods are named by UID and processes by pid and cgroup: "),
+        "{k}"
+    );
+    // No trace was asked for.
+    let rec: Value = serde_json::from_slice(&std::fs::read(report["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(
+        rec["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "trace::run")
+    );
+}
+
+#[test]
+fn metrics_name_the_node_and_give_the_port_budget() {
+    if !require_root() {
+        return;
+    }
+    let server = Server::start(fixtures::cluster());
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), server.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{ROOT}/examples/triage.rhai"))
+        .arg("-p")
+        .arg(format!("metrics={ROOT}/tests/data/metrics/sample-az-metrics.json"))
+        .args(["-p", "seconds=0", "-o", "json", "-q", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    // The verdict depends on this host's own sockets: only the plumbing is checked here.
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let titles: Vec<&str> = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert!(titles.contains(&"Step 1: hottest backend in the metrics"), "{titles:?}");
+    assert!(
+        titles.contains(
+            &"Step 4: public flows per destination against 1024 SNAT ports (AllocatedSnatPorts in the metrics)"
+        ),
+        "{titles:?}"
+    );
+    assert!(!titles.contains(&"Kubernetes"), "the cluster answered: {titles:?}");
+    let rec: Value = serde_json::from_slice(&std::fs::read(report["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    let stages: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &stages[..3],
+        ["metrics::read", "kube::node_by_ip", "kube::pods_on_node"]
+    );
+    assert_eq!(rec["stages"][1]["args"]["ip"], "10.224.0.4");
+    assert_eq!(rec["stages"][2]["args"]["node"], "node-a");
+}
