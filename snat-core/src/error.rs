@@ -381,3 +381,19 @@ pub enum Error {
         reason: String,
     },
 }
+
+/// Render an error with its whole `source()` chain, `: `-joined, skipping a cause whose text
+/// the message already contains (thiserror messages often embed their source).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -101,20 +101,8 @@ impl std::fmt::Display for StageFailure {
     }
 }
 
-/// Render an error with its whole `source()` chain.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+/// Render an error with its whole `source()` chain (see [`snat_core::error::chain`]).
+pub use snat_core::error::chain as error_chain;
 
 /// The playbook's hook functions (`on_finding`, `on_stage_end`, `on_error`), called by the
 /// runner as things happen.

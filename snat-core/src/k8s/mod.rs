@@ -347,17 +347,4 @@ pub(crate) fn api_error(op: &Op, status: StatusCode, body: &[u8], attempts: u32)
     }
 }
 
-/// An error and its causes, `: `-joined.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use crate::error::chain;

@@ -12,8 +12,8 @@ use serde_json::json;
 use snat_core::k8s::lookup::{self, PodInfo};
 use snat_core::k8s::{Kube, KubeOptions, exec};
 
-use super::{func, getter, method, to_dyn};
-use crate::ctx::{Ctx, StageError, StageFailure};
+use super::{func, to_dyn};
+use crate::ctx::{Ctx, StageError};
 
 /// The connected client, made on first use and shared by the run's stages.
 #[derive(Clone, Default)]
@@ -60,31 +60,6 @@ fn pod_dyn(p: &PodInfo) -> Dynamic {
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
     let conn = Conn::default();
-
-    // A caught stage failure (`try { kube::... } catch (e) { ... }`) prints as its message and
-    // has getters. (Generic: belongs with the other shared types; registered here so playbooks
-    // can report "no cluster reachable" today.)
-    m.set_custom_type::<StageFailure>("StageFailure");
-    method(
-        "to_string",
-        &["failure: StageFailure", "String"],
-        "A caught stage failure as `stage: message`.",
-    )
-    .set_into_module(&mut m, |f: &mut StageFailure| f.to_string());
-    getter(
-        &mut m,
-        "message",
-        "String",
-        "What failed and why.",
-        |f: &mut StageFailure| f.message.clone(),
-    );
-    getter(
-        &mut m,
-        "stage",
-        "String",
-        "The stage that failed, e.g. `kube::pods_on_node`.",
-        |f: &mut StageFailure| f.stage.clone(),
-    );
 
     let (c, k) = (ctx.clone(), conn.clone());
     func(
@@ -255,9 +230,12 @@ pub(crate) mod tests {
     use super::*;
     use crate::ctx::RunOptions;
 
-    pub(crate) fn failure(e: Box<EvalAltResult>) -> StageFailure {
+    pub(crate) fn failure(e: Box<EvalAltResult>) -> crate::ctx::StageFailure {
         match e.as_ref() {
-            EvalAltResult::ErrorRuntime(d, _) => d.clone().try_cast::<StageFailure>().expect("a StageFailure"),
+            EvalAltResult::ErrorRuntime(d, _) => d
+                .clone()
+                .try_cast::<crate::ctx::StageFailure>()
+                .expect("a StageFailure"),
             other => panic!("not a stage failure: {other}"),
         }
     }

@@ -8,7 +8,7 @@ use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Module};
 use snat_core::aggregate::{Counts, Field, Metric, RankRow as CoreRow, Ranking as CoreRanking, TraceSummary, Value};
 
 use super::{getter, method, to_dyn, usage};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, StageFailure};
 
 /// A consumed trace: totals, loss accounting and the groupings it kept.
 #[derive(Debug, Clone)]
@@ -104,6 +104,30 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     m.set_custom_type::<Trace>("Trace");
     m.set_custom_type::<Ranking>("Ranking");
     m.set_custom_type::<RankRow>("RankRow");
+
+    // ---- StageFailure: what `catch (e)` gets when a stage fails, so a playbook can go on
+    // (e.g. "no cluster reachable") and say why.
+    m.set_custom_type::<StageFailure>("StageFailure");
+    method(
+        "to_string",
+        &["failure: StageFailure", "String"],
+        "A caught stage failure as `stage: message`.",
+    )
+    .set_into_module(&mut m, |f: &mut StageFailure| f.to_string());
+    getter(
+        &mut m,
+        "message",
+        "String",
+        "What failed and why.",
+        |f: &mut StageFailure| f.message.clone(),
+    );
+    getter(
+        &mut m,
+        "stage",
+        "String",
+        "The stage that failed, e.g. `kube::pods_on_node`.",
+        |f: &mut StageFailure| f.stage.clone(),
+    );
 
     // ---- Trace
     getter(
