@@ -265,6 +265,7 @@ pub(crate) mod tests {
             Default::default(),
         );
         let mut e = rhai::Engine::new();
+        e.register_global_module(crate::modules::types::create_module(&ctx).into());
         e.register_static_module("kube", create_module(&ctx).into());
         let msg = e
             .eval::<String>(
