@@ -260,3 +260,45 @@ fn on_node_without_image_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn sigint_deletes_the_running_jobs_and_still_writes_the_record() {
+    let st = fixtures::cluster();
+    *st.job_runtime.lock().unwrap() = None; // the Jobs never finish
+    let srv = Server::start(st);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), srv.addr);
+    let audit = dir.path().join("audit");
+    let child = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(PLAYBOOK)
+        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(&audit)
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while srv.state.created.load(Ordering::SeqCst) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the Jobs were never created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(srv.state.deleted.load(Ordering::SeqCst), 2, "every Job deleted");
+    assert!(srv.state.fleet_jobs.lock().unwrap().is_empty());
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_eq!(recs[0]["stages"][0]["name"], "fleet::run");
+    audit_verify(&audit);
+}
