@@ -30,6 +30,7 @@ $XDG_STATE_HOME/snat/audit (~/.local/state/snat/audit). Check the chain with
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
   tcptracer -t4v | snat-run examples/tcptracer-log.rhai --param log=- --output json
+  snat-run examples/census.rhai --all-nodes --image myregistry.azurecr.io/snat:0.1.0
   snat-run functions
   snat-run audit verify /var/lib/snat/audit";
 
@@ -112,6 +113,35 @@ struct RunArgs {
 
     #[command(flatten)]
     limits: LimitArgs,
+
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+/// Running the playbook on cluster nodes, as Kubernetes Jobs, instead of here.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "On cluster nodes")]
+struct FleetArgs {
+    /// Run the playbook on this node, as a Job pinned to it (privileged, host PID and network
+    /// namespaces), instead of here. Repeatable. Needs --image.
+    #[arg(long, value_name = "NODE")]
+    on_node: Vec<String>,
+
+    /// Run the playbook on every node of the cluster. Needs --image.
+    #[arg(long, conflicts_with = "on_node")]
+    all_nodes: bool,
+
+    /// The snat image the node Jobs run (e.g. myregistry.azurecr.io/snat:0.1.0).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+
+    /// At most this many node Jobs at a time.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    concurrency: usize,
+
+    /// Namespace of the node Jobs (with the snat-node ServiceAccount).
+    #[arg(long, value_name = "NS", default_value = "snat")]
+    namespace: String,
 }
 
 /// Sandbox limits (the defaults suit every shipped playbook).
@@ -232,6 +262,44 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
+    let fleet = if on_nodes {
+        let Some(image) = a.fleet.image.filter(|i| !i.trim().is_empty()) else {
+            eprintln!("snat-run: error: --on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run");
+            return ExitCode::from(2);
+        };
+        if a.fleet.concurrency == 0 {
+            eprintln!("snat-run: error: --concurrency must be at least 1");
+            return ExitCode::from(2);
+        }
+        if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
+            eprintln!("snat-run: error: --on-node {n:?}: empty node name");
+            return ExitCode::from(2);
+        }
+        let mut extra_args = Vec::new();
+        for (k, v) in &params {
+            extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
+        }
+        if a.dry_run {
+            extra_args.push("--dry-run".into());
+        }
+        for x in &a.allow {
+            extra_args.extend(["--allow".to_string(), x.clone()]);
+        }
+        Some(crate::fleet::FleetOptions {
+            nodes: a.fleet.on_node,
+            all_nodes: a.fleet.all_nodes,
+            image,
+            concurrency: a.fleet.concurrency,
+            namespace: a.fleet.namespace,
+            extra_args,
+        })
+    } else {
+        if a.fleet.image.is_some() {
+            eprintln!("snat-run: warning: --image is only used with --on-node or --all-nodes");
+        }
+        None
+    };
     let req = RunRequest {
         playbook,
         params,
@@ -257,7 +325,9 @@ fn run(a: RunArgs) -> ExitCode {
         },
         html: a.html,
         audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
-        signal_grace: Duration::from_secs(3),
+        // Node Jobs still running are deleted on SIGINT/SIGTERM: give that time.
+        signal_grace: Duration::from_secs(if fleet.is_some() { 15 } else { 3 }),
+        fleet,
     };
     let r = runner::run(req);
     if let Some(e) = &r.error {

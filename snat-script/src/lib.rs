@@ -5,6 +5,7 @@ pub mod cli;
 pub mod ctx;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod html;
 pub mod modules;
 pub mod report;

@@ -53,6 +53,9 @@ pub struct RunRequest {
     /// How long stages get to notice SIGINT/SIGTERM before the record is written without
     /// them and the process exits.
     pub signal_grace: Duration,
+    /// Run the playbook on cluster nodes as Jobs instead of locally (`--on-node`,
+    /// `--all-nodes`): one `fleet::run` stage, see [`crate::fleet`].
+    pub fleet: Option<crate::fleet::FleetOptions>,
 }
 
 /// What a run ended with.
@@ -222,9 +225,10 @@ pub fn run(req: RunRequest) -> RunResult {
         sha256: source.as_ref().ok().map(|b| audit::sha256_hex(b)),
     };
     let ctx = Ctx::new(req.options.clone(), req.params.clone());
+    let run_id = uuid::Uuid::new_v4().to_string();
     let record = AuditRecord {
         schema_version: SCHEMA_VERSION,
-        run_id: uuid::Uuid::new_v4().to_string(),
+        run_id: run_id.clone(),
         tool: ToolInfo {
             name: "snat-run".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -294,7 +298,7 @@ pub fn run(req: RunRequest) -> RunResult {
         });
     }
 
-    let (kind, error, verdict, code) = execute(&req, &ctx, source);
+    let (kind, error, verdict, code) = execute(&req, &ctx, source, &run_id);
     let (kind, error, code) = match *caught.lock().unwrap_or_else(|p| p.into_inner()) {
         Some(sig) if kind == OutcomeKind::Interrupted || code != 0 && code != 3 => {
             let e = Error::Interrupted {
@@ -327,6 +331,7 @@ fn execute(
     req: &RunRequest,
     ctx: &Ctx,
     source: std::io::Result<Vec<u8>>,
+    run_id: &str,
 ) -> (OutcomeKind, Option<Error>, Option<Verdict>, u8) {
     let fail = |e: Error| {
         let code = e.exit_code();
@@ -366,6 +371,11 @@ fn execute(
         Ok(a) => a,
         Err(pe) => return fail(engine::parse_failure(&req.playbook, &script, &pe)),
     };
+    // On nodes: the playbook was checked for syntax here, and runs there.
+    if let Some(f) = &req.fleet {
+        let result = crate::fleet::run(ctx, f, &req.playbook, &script, run_id, &req.audit_dir);
+        return classify(req, &script, ctx, result);
+    }
     ast.set_source(req.playbook.display().to_string());
     let ast = Arc::new(ast);
     ctx.set_hooks(&engine, &ast);

@@ -80,6 +80,8 @@ pub struct State {
     pub exec_client_frames: Mutex<Vec<Vec<u8>>>,
     /// Fleet: nodes whose Jobs fail (status.failed = 1) and print a cut-short log.
     pub failing_nodes: Mutex<Vec<String>>,
+    /// Fleet: the log a node's Job prints instead of [`node_log`]'s.
+    pub node_logs: Mutex<HashMap<String, String>>,
     /// Remediation: every POST/PATCH body received ("METHOD path", content type, JSON body).
     pub bodies: Mutex<Vec<(String, String, Value)>>,
     /// Remediation: core/v1 Events created.
@@ -456,7 +458,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
             match node {
                 Some(node) => {
-                    let mut log = node_log(&node);
+                    let mut log = state
+                        .node_logs
+                        .lock()
+                        .unwrap()
+                        .get(&node)
+                        .cloned()
+                        .unwrap_or_else(|| node_log(&node));
                     if state.failing_nodes.lock().unwrap().contains(&node) {
                         log = "--- snat:report ---\n".to_string();
                     }

@@ -1,0 +1,170 @@
+//! `snat-run --on-node NODE` / `--all-nodes`: run the playbook on cluster nodes as
+//! Kubernetes Jobs (snat_core::k8s::fleet) instead of locally, as one stage, `fleet::run`,
+//! of an ordinary run. So the run keeps everything a local run has: the audit directory is
+//! checked first, SIGINT/SIGTERM set the cancel flag (which deletes the Jobs still
+//! running), and exactly one local audit record is written, its stage log holding the fleet
+//! call. The fleet record and each node's audit record and report go to
+//! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
+//! directory only sees the chain). The merged report has one row per node; the verdict is
+//! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
+//! node failed, else "clear" (exit 0).
+
+use std::path::{Path, PathBuf};
+
+use rhai::{Dynamic, EvalAltResult};
+use serde_json::{Value, json};
+use snat_core::audit::Verdict;
+use snat_core::k8s::fleet::{self, FleetResult, FleetSpec, NodeOutcome};
+use snat_core::k8s::{Kube, KubeOptions};
+
+use crate::ctx::{Ctx, StageError};
+use crate::report::{Section, SectionBody};
+
+/// Where and how to run the playbook on nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// The nodes named with `--on-node` (ignored with `all_nodes`).
+    pub nodes: Vec<String>,
+    /// Every node of the cluster (`--all-nodes`).
+    pub all_nodes: bool,
+    /// The snat image the Jobs run.
+    pub image: String,
+    /// At most this many Jobs at a time.
+    pub concurrency: usize,
+    /// Namespace of the Jobs.
+    pub namespace: String,
+    /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`, `--allow`).
+    pub extra_args: Vec<String>,
+}
+
+/// What one node found, as the merged report shows it.
+fn node_pressure(r: &fleet::FleetNodeEntry) -> bool {
+    r.exit_code == Some(3) || r.verdict.as_ref().and_then(|v| v.as_str()) == Some("pressure_found")
+}
+
+fn node_failed(r: &fleet::FleetNodeEntry) -> bool {
+    r.outcome != NodeOutcome::Completed || !matches!(r.exit_code, Some(0) | Some(3))
+}
+
+fn top_finding(res: &FleetResult, i: usize) -> Value {
+    res.runs
+        .get(i)
+        .and_then(|r| r.output.as_ref()?.report.as_ref()?.get("findings")?.get(0).cloned())
+        .map(|f| f.get("summary").cloned().unwrap_or(f))
+        .unwrap_or(Value::Null)
+}
+
+/// Fill the run's report from a fleet result; returns (pressure nodes, failed nodes).
+fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) -> (usize, Vec<String>) {
+    let mut rows = Vec::new();
+    let (mut pressure, mut failed) = (0, Vec::new());
+    for (i, n) in res.record.nodes.iter().enumerate() {
+        if node_pressure(n) {
+            pressure += 1;
+        }
+        if node_failed(n) {
+            failed.push(n.node.clone());
+        }
+        let outcome = serde_json::to_value(n.outcome).unwrap_or(Value::Null);
+        rows.push(vec![
+            json!(n.node),
+            outcome,
+            n.exit_code.map_or(Value::Null, |c| json!(c)),
+            n.verdict.clone().unwrap_or(Value::Null),
+            top_finding(res, i),
+            n.error.clone().map_or(Value::Null, Value::String),
+        ]);
+    }
+    let total = res.record.nodes.len();
+    let mut rep = ctx.report();
+    rep.title = Some(format!("{} on {total} node(s)", playbook.display()));
+    rep.verdict = if pressure > 0 {
+        Some(Verdict::PressureFound)
+    } else if failed.is_empty() {
+        Some(Verdict::Clear)
+    } else {
+        None
+    };
+    rep.summary = Some(format!(
+        "{pressure} of {total} node(s) found SNAT pressure, {} failed",
+        failed.len()
+    ));
+    rep.sections.push(Section {
+        title: "Nodes".into(),
+        body: SectionBody::Table {
+            columns: ["node", "outcome", "exit", "verdict", "top finding", "error"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        },
+    });
+    rep.sections.push(Section {
+        title: "Fleet record".into(),
+        body: SectionBody::Text {
+            text: format!(
+                "{} (each node's audit record and report are next to it)",
+                record.display()
+            ),
+        },
+    });
+    (pressure, failed)
+}
+
+/// Run `script` on the nodes `opts` names, as the stage `fleet::run`, writing the fleet
+/// files under `<audit_dir>/fleet/<run_id>/` and the merged report into `ctx`'s report.
+pub fn run(
+    ctx: &Ctx,
+    opts: &FleetOptions,
+    playbook: &Path,
+    script: &str,
+    run_id: &str,
+    audit_dir: &Path,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let args = json!({
+        "nodes": if opts.all_nodes { json!("all") } else { json!(opts.nodes) },
+        "image": opts.image,
+        "namespace": opts.namespace,
+        "concurrency": opts.concurrency,
+        "extra_args": opts.extra_args,
+    });
+    ctx.stage("fleet::run", args, || {
+        let kopts = KubeOptions {
+            kubeconfig: ctx.options().kubeconfig.clone(),
+            context: ctx.options().kube_context.clone(),
+            ..Default::default()
+        };
+        let kube = ctx.block_on(Kube::connect(&kopts))??;
+        let nodes = if opts.all_nodes {
+            ctx.block_on(fleet::all_node_names(&kube))??
+        } else {
+            opts.nodes.clone()
+        };
+        if nodes.is_empty() {
+            return Err(StageError::failed(snat_core::Error::Fleet(
+                "the cluster has no nodes to run on".into(),
+            )));
+        }
+        let mut spec = FleetSpec::new(opts.image.clone(), playbook.display().to_string(), script);
+        spec.namespace = opts.namespace.clone();
+        spec.concurrency = opts.concurrency;
+        spec.extra_args = opts.extra_args.clone();
+        spec.run_id = run_id.to_string();
+        let res = ctx.block_on(fleet::run_fleet(&kube, &spec, &nodes, ctx.cancel_flag()))??;
+        let dir: PathBuf = audit_dir.join("fleet").join(run_id);
+        let record = fleet::write_fleet(&dir, &res)?;
+        let (pressure, failed) = merge_report(ctx, playbook, &res, &record);
+        if res.record.cancelled {
+            return Err(StageError::Interrupted);
+        }
+        if pressure == 0 && !failed.is_empty() {
+            return Err(StageError::failed(snat_core::Error::Fleet(format!(
+                "{} of {} node(s) failed: {} (see {})",
+                failed.len(),
+                nodes.len(),
+                failed.join(", "),
+                record.display()
+            ))));
+        }
+        Ok((Dynamic::UNIT, Some(nodes.len() as u64)))
+    })
+}

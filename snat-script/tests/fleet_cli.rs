@@ -1,0 +1,304 @@
+//! `snat-run --on-node` / `--all-nodes` against the loopback API server, whose Jobs "run"
+//! by printing a framed node log: the merged report and exit code follow the nodes, the
+//! parameters reach each node's command line, every Job is deleted, exactly one local audit
+//! record is written (its stages hold the fleet call) and the fleet files land in a
+//! subdirectory that `audit verify` does not trip on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Server, fixtures, kubeconfig};
+use serde_json::{Value, json};
+
+const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/census.rhai");
+
+fn server() -> Server {
+    let st = fixtures::cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(10));
+    Server::start(st)
+}
+
+fn snat_run(dir: &Path, server: &Server, args: &[&str]) -> Output {
+    let kc = kubeconfig(dir, server.addr);
+    Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(PLAYBOOK)
+        .args(["--output", "json", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn node_rows(rep: &Value) -> Vec<Value> {
+    let s = rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Nodes")
+        .unwrap_or_else(|| panic!("no Nodes section: {rep:#}"));
+    s["rows"].as_array().unwrap().clone()
+}
+
+/// The top-level audit records (every `*.json` directly in the audit directory).
+fn records(audit: &Path) -> Vec<Value> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(audit).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() && p.extension().is_some_and(|x| x == "json") {
+            v.push(serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap());
+        }
+    }
+    v
+}
+
+fn audit_verify(audit: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .args(["audit", "verify"])
+        .arg(audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pressure_log(node: &str) -> String {
+    let report = json!({
+        "title": "node census", "node": node, "verdict": "pressure_found",
+        "findings": [{"kind": "snat_pressure", "severity": "critical", "summary": "pod shop/api-0 holds 900 ports to 20.1.1.1:443"}],
+    });
+    let audit = json!({"schema_version": 1, "run_id": format!("run-{node}"), "exit_code": 3});
+    format!(
+        "--- snat:report ---\n{report}\n\n--- snat:audit ---\n{audit}\n\n--- snat:stderr ---\n\n--- snat:exit 3 ---\n"
+    )
+}
+
+#[test]
+fn on_node_runs_one_job_and_reports_its_pressure() {
+    let srv = server();
+    srv.state
+        .node_logs
+        .lock()
+        .unwrap()
+        .insert("node-a".into(), pressure_log("node-a"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &[
+            "--on-node",
+            "node-a",
+            "--image",
+            "registry.example/snat:1",
+            "--param",
+            "dest=20.1.1.1",
+            "--dry-run",
+            "--allow",
+            "event",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = report(&out);
+    assert_eq!(rep["verdict"], "pressure_found", "{rep:#}");
+    assert_eq!(rep["exit_code"], 3);
+    let rows = node_rows(&rep);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][0], "node-a");
+    assert_eq!(rows[0][2], 3);
+    assert_eq!(rows[0][3], "pressure_found");
+    assert_eq!(rows[0][4], "pod shop/api-0 holds 900 ports to 20.1.1.1:443");
+
+    // One Job, on node-a, deleted afterwards; it carries the image and the run's options.
+    let s = &srv.state;
+    assert_eq!(s.created.load(Ordering::SeqCst), 1);
+    assert_eq!(s.deleted.load(Ordering::SeqCst), 1);
+    let job = serde_json::to_value(&s.manifests.lock().unwrap()[0]).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeName"], "node-a");
+    assert_eq!(job["metadata"]["namespace"], "snat");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "registry.example/snat:1");
+    let argv: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for w in [
+        ["--param", "dest=20.1.1.1"].as_slice(),
+        &["--dry-run"],
+        &["--allow", "event"],
+    ] {
+        assert!(argv.windows(w.len()).any(|x| x == w), "{w:?} not in {argv:?}");
+    }
+
+    // Exactly one local record, with the fleet stage; the fleet files in fleet/<run id>/.
+    let audit = dir.path().join("audit");
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    let rec = &recs[0];
+    assert_eq!(rec["exit_code"], 3);
+    let stages = rec["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "{stages:?}");
+    assert_eq!(stages[0]["name"], "fleet::run");
+    let run_id = rec["run_id"].as_str().unwrap();
+    assert_eq!(rep["run_id"], run_id);
+    let fdir = audit.join("fleet").join(run_id);
+    let fleet: Value =
+        serde_json::from_str(&std::fs::read_to_string(fdir.join(format!("fleet-{run_id}.json"))).unwrap()).unwrap();
+    assert_eq!(fleet["run_id"], run_id);
+    assert_eq!(fleet["nodes"][0]["node"], "node-a");
+    assert_eq!(fleet["nodes"][0]["audit_run_id"], "run-node-a");
+    assert!(fdir.join(fleet["nodes"][0]["audit_file"].as_str().unwrap()).is_file());
+    audit_verify(&audit);
+}
+
+#[test]
+fn all_nodes_covers_every_node() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &[
+            "--all-nodes",
+            "--image",
+            "img:1",
+            "--namespace",
+            "ops",
+            "--concurrency",
+            "1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = report(&out);
+    assert_eq!(rep["verdict"], "clear");
+    let nodes: Vec<Value> = node_rows(&rep).iter().map(|r| r[0].clone()).collect();
+    assert_eq!(nodes, vec![json!("node-a"), json!("node-b")]);
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 2);
+    assert_eq!(srv.state.deleted.load(Ordering::SeqCst), 2);
+    assert_eq!(srv.state.max_in_flight.load(Ordering::SeqCst), 1);
+    for j in srv.state.manifests.lock().unwrap().iter() {
+        assert_eq!(j.metadata.namespace.as_deref(), Some("ops"));
+    }
+    let audit = dir.path().join("audit");
+    assert_eq!(records(&audit).len(), 1);
+    audit_verify(&audit);
+}
+
+#[test]
+fn a_failed_node_without_pressure_fails_the_run() {
+    let srv = server();
+    srv.state.failing_nodes.lock().unwrap().push("node-b".into());
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--all-nodes", "--image", "img:1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = report(&out);
+    let rows = node_rows(&rep);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][0], "node-b");
+    assert_eq!(rows[1][1], "failed");
+    assert!(rep["error"]["message"].as_str().unwrap().contains("node-b"), "{rep:#}");
+    let audit = dir.path().join("audit");
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["stages"][0]["outcome"], "failed");
+    audit_verify(&audit);
+}
+
+#[test]
+fn on_node_without_image_is_a_usage_error() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-a"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--image"), "{err}");
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--all-nodes", "--image", "i"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn sigint_deletes_the_running_jobs_and_still_writes_the_record() {
+    let st = fixtures::cluster();
+    *st.job_runtime.lock().unwrap() = None; // the Jobs never finish
+    let srv = Server::start(st);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), srv.addr);
+    let audit = dir.path().join("audit");
+    let child = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(PLAYBOOK)
+        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(&audit)
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while srv.state.created.load(Ordering::SeqCst) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the Jobs were never created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(srv.state.deleted.load(Ordering::SeqCst), 2, "every Job deleted");
+    assert!(srv.state.fleet_jobs.lock().unwrap().is_empty());
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_eq!(recs[0]["stages"][0]["name"], "fleet::run");
+    audit_verify(&audit);
+}
