@@ -116,6 +116,7 @@ struct HookSet {
 pub const HOOKS: [&str; 3] = ["on_finding", "on_stage_end", "on_error"];
 
 struct Inner {
+    kube: Mutex<Option<snat_core::k8s::Kube>>,
     hooks: Mutex<Option<HookSet>>,
     in_hook: AtomicBool,
     options: RunOptions,
@@ -147,6 +148,7 @@ impl Ctx {
     /// A new context.
     pub fn new(options: RunOptions, params: BTreeMap<String, String>) -> Ctx {
         Ctx(Arc::new(Inner {
+            kube: Mutex::new(None),
             hooks: Mutex::new(None),
             in_hook: AtomicBool::new(false),
             options,
@@ -305,6 +307,23 @@ impl Ctx {
     /// The playbook's report, for reading or adding to.
     pub fn report(&self) -> MutexGuard<'_, Report> {
         lock(&self.0.report)
+    }
+
+    /// The run's Kubernetes client (`--kubeconfig`, `--context`), connected on first use and
+    /// shared by every stage that talks to the API.
+    pub fn kube(&self) -> Result<snat_core::k8s::Kube, StageError> {
+        let mut g = lock(&self.0.kube);
+        if let Some(k) = g.as_ref() {
+            return Ok(k.clone());
+        }
+        let opts = snat_core::k8s::KubeOptions {
+            kubeconfig: self.options().kubeconfig.clone(),
+            context: self.options().kube_context.clone(),
+            ..Default::default()
+        };
+        let k = self.block_on(snat_core::k8s::Kube::connect(&opts))??;
+        *g = Some(k.clone());
+        Ok(k)
     }
 
     /// Run a future to completion on the run's tokio runtime (created on first use), for

@@ -24,20 +24,13 @@
 //! that cannot make a valid request (a pod map without namespace, a label value with
 //! spaces, a bad reason) are playbook errors (exit 2), raised before anything is recorded.
 
-use std::sync::{Arc, Mutex};
-
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use serde_json::{Value, json};
 use snat_core::audit::{ActionRecord, ActionState};
 use snat_core::k8s::remediate::{self, Action, Applied, Plan, PodTarget, WorkloadTarget};
-use snat_core::k8s::{Kube, KubeOptions};
 
 use super::func;
 use crate::ctx::{Ctx, StageError, error_chain};
-
-/// The connected client, made on first use and shared by the run's actions.
-#[derive(Clone, Default)]
-struct Conn(Arc<Mutex<Option<Kube>>>);
 
 /// A stage error from the runtime as a message (the runtime failing to start is the only
 /// case).
@@ -46,26 +39,6 @@ fn runtime_msg(e: StageError) -> String {
         StageError::Failed(e) => error_chain(e.as_ref()),
         StageError::Usage(m) => m,
         StageError::Interrupted => "interrupted".into(),
-    }
-}
-
-impl Conn {
-    fn get(&self, ctx: &Ctx) -> Result<Kube, String> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = g.as_ref() {
-            return Ok(k.clone());
-        }
-        let opts = KubeOptions {
-            kubeconfig: ctx.options().kubeconfig.clone(),
-            context: ctx.options().kube_context.clone(),
-            ..Default::default()
-        };
-        let k = ctx
-            .block_on(Kube::connect(&opts))
-            .map_err(runtime_msg)?
-            .map_err(|e| error_chain(&e))?;
-        *g = Some(k.clone());
-        Ok(k)
     }
 }
 
@@ -142,7 +115,7 @@ fn unknown_allow_hint(ctx: &Ctx) -> String {
 }
 
 /// Decide, apply and record one action; the map returned to the playbook.
-fn act(ctx: &Ctx, conn: &Conn, action: Action, planned: Planned) -> (Map, Option<u64>) {
+fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
     let name = action.name();
     let opts = ctx.options();
     let allowed = opts.allow.contains(name);
@@ -175,7 +148,7 @@ fn act(ctx: &Ctx, conn: &Conn, action: Action, planned: Planned) -> (Map, Option
                     format!("not allowed: pass --allow {name}{}", unknown_allow_hint(ctx)),
                 )
             } else {
-                let outcome = conn.get(ctx).and_then(|kube| {
+                let outcome = ctx.kube().map_err(runtime_msg).and_then(|kube| {
                     ctx.block_on(remediate::apply(&kube, &plan))
                         .map_err(runtime_msg)?
                         .map_err(|e| error_chain(&e))
@@ -217,10 +190,9 @@ type R = Result<Map, Box<EvalAltResult>>;
 /// The module.
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
-    let conn = Conn::default();
 
     for keyed in [false, true] {
-        let (c, k) = (ctx.clone(), conn.clone());
+        let c = ctx.clone();
         let f = move |pod: Map, reason: &str, message: &str, key: Option<&str>| -> R {
             let args = json!({"pod": format!("{}/{}", text(&pod, "namespace").unwrap_or_default(), text(&pod, "name").unwrap_or_default()),
                               "uid": text(&pod, "uid"), "reason": reason, "message": message, "dedup": key});
@@ -233,7 +205,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
                     key,
                     &remediate::now_k8s(),
                 ))?;
-                Ok(act(&c, &k, Action::Event, p))
+                Ok(act(&c, Action::Event, p))
             })
         };
         if keyed {
@@ -258,7 +230,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     }
 
     for action in [Action::Annotate, Action::Label] {
-        let (c, k) = (ctx.clone(), conn.clone());
+        let c = ctx.clone();
         let stage = format!("act::{}", action.name());
         let doc = format!(
             "Set {0} `key` to `value` on the pod (merge PATCH; the pod's UID must still match). Unchanged when it\nalready has that value. Needs --allow {1} and RBAC get+patch pods. Returns #{{action, target, state,\nresult, request}}.",
@@ -277,14 +249,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
                     } else {
                         remediate::plan_annotate(&target, key, value)
                     };
-                    Ok(act(&c, &k, action, planned(p)?))
+                    Ok(act(&c, action, planned(p)?))
                 })
             },
         );
     }
 
     for keyed in [false, true] {
-        let (c, k) = (ctx.clone(), conn.clone());
+        let c = ctx.clone();
         let f = move |target: Map, key: Option<&str>| -> R {
             let owner = target.get("owner").and_then(|o| o.clone().try_cast::<Map>());
             let args = json!({"target": super::to_json(&Dynamic::from_map(target.clone())), "dedup": key});
@@ -316,7 +288,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
                     name,
                 };
                 let p = planned(remediate::plan_restart(&w, &key, &remediate::now_k8s()))?;
-                Ok(act(&c, &k, Action::Restart, p))
+                Ok(act(&c, Action::Restart, p))
             })
         };
         if keyed {
@@ -337,11 +309,11 @@ pub fn create_module(ctx: &Ctx) -> Module {
     }
 
     let cordon = {
-        let (c, k) = (ctx.clone(), conn.clone());
+        let c = ctx.clone();
         move |node: String| -> R {
             c.stage("act::cordon", json!({ "node": node }), || {
                 let p = planned(remediate::plan_cordon(&node))?;
-                Ok(act(&c, &k, Action::Cordon, p))
+                Ok(act(&c, Action::Cordon, p))
             })
         }
     };

@@ -5,36 +5,13 @@
 //! record, and a failure (unreachable cluster, RBAC) is a run-time error a playbook can catch
 //! with `try { ... } catch (e) { ... }`.
 
-use std::sync::{Arc, Mutex};
-
 use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
 use serde_json::json;
+use snat_core::k8s::exec;
 use snat_core::k8s::lookup::{self, PodInfo};
-use snat_core::k8s::{Kube, KubeOptions, exec};
 
 use super::{func, to_dyn};
 use crate::ctx::{Ctx, StageError};
-
-/// The connected client, made on first use and shared by the run's stages.
-#[derive(Clone, Default)]
-struct Conn(Arc<Mutex<Option<Kube>>>);
-
-impl Conn {
-    fn get(&self, ctx: &Ctx) -> Result<Kube, StageError> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = g.as_ref() {
-            return Ok(k.clone());
-        }
-        let opts = KubeOptions {
-            kubeconfig: ctx.options().kubeconfig.clone(),
-            context: ctx.options().kube_context.clone(),
-            ..Default::default()
-        };
-        let k = ctx.block_on(Kube::connect(&opts))??;
-        *g = Some(k.clone());
-        Ok(k)
-    }
-}
 
 fn pod_dyn(p: &PodInfo) -> Dynamic {
     let mut d = to_dyn(p).unwrap_or(Dynamic::UNIT);
@@ -59,9 +36,8 @@ fn pod_dyn(p: &PodInfo) -> Dynamic {
 /// The module.
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
-    let conn = Conn::default();
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "node_by_ip",
         &["ip: &str", "?"],
@@ -73,14 +49,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
                 .trim()
                 .parse()
                 .map_err(|_| StageError::Usage(format!("{ip:?} is not an IP address")))?;
-            let kube = k.get(&c)?;
+            let kube = c.kube()?;
             let n = c.block_on(lookup::node_by_ip(&kube, addr))??;
             let found = n.is_some() as u64;
             Ok((n.map_or(Dynamic::UNIT, |n| to_dyn(&n).unwrap_or(Dynamic::UNIT)), Some(found)))
         })
     });
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "pods_on_node",
         &["node: &str", "Array"],
@@ -88,14 +64,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
     )
     .set_into_module(&mut m, move |node: &str| -> Result<Array, Box<EvalAltResult>> {
         c.stage("kube::pods_on_node", json!({ "node": node }), || {
-            let kube = k.get(&c)?;
+            let kube = c.kube()?;
             let pods = c.block_on(lookup::pods_on_node(&kube, node, true))??;
             let n = pods.len() as u64;
             Ok((pods.iter().map(pod_dyn).collect(), Some(n)))
         })
     });
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "nodes",
         &["Array"],
@@ -103,14 +79,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
     )
     .set_into_module(&mut m, move || -> Result<Array, Box<EvalAltResult>> {
         c.stage("kube::nodes", json!({}), || {
-            let kube = k.get(&c)?;
+            let kube = c.kube()?;
             let names = c.block_on(snat_core::k8s::fleet::all_node_names(&kube))??;
             let n = names.len() as u64;
             Ok((names.into_iter().map(Dynamic::from).collect(), Some(n)))
         })
     });
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "active_job_pods",
         &["node: &str", "wait_seconds: i64", "Array"],
@@ -128,7 +104,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
                             "wait_seconds must be 0 or more, got {wait}"
                         )));
                     }
-                    let kube = k.get(&c)?;
+                    let kube = c.kube()?;
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
                     loop {
                         let pods = c.block_on(lookup::pods_on_node(&kube, node, true))??;
@@ -158,7 +134,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
         },
     );
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "pod_by_uid",
         &["uid: &str", "?"],
@@ -166,14 +142,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
     )
     .set_into_module(&mut m, move |uid: &str| -> Result<Dynamic, Box<EvalAltResult>> {
         c.stage("kube::pod_by_uid", json!({ "uid": uid }), || {
-            let kube = k.get(&c)?;
+            let kube = c.kube()?;
             let p = c.block_on(lookup::pod_by_uid(&kube, uid, None))??;
             let n = p.is_some() as u64;
             Ok((p.as_ref().map_or(Dynamic::UNIT, pod_dyn), Some(n)))
         })
     });
 
-    let (c, k) = (ctx.clone(), conn.clone());
+    let c = ctx.clone();
     func(
         "pod_by_uid",
         &["uid: &str", "node: &str", "?"],
@@ -183,7 +159,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
         &mut m,
         move |uid: &str, node: &str| -> Result<Dynamic, Box<EvalAltResult>> {
             c.stage("kube::pod_by_uid", json!({ "uid": uid, "node": node }), || {
-                let kube = k.get(&c)?;
+                let kube = c.kube()?;
                 let p = c.block_on(lookup::pod_by_uid(&kube, uid, Some(node)))??;
                 let n = p.is_some() as u64;
                 Ok((p.as_ref().map_or(Dynamic::UNIT, pod_dyn), Some(n)))
@@ -192,13 +168,13 @@ pub fn create_module(ctx: &Ctx) -> Module {
     );
 
     for with_container in [false, true] {
-        let (c, k) = (ctx.clone(), conn.clone());
+        let c = ctx.clone();
         let f = move |ns: &str, pod: &str, container: Option<&str>| -> Result<Map, Box<EvalAltResult>> {
             c.stage(
                 "kube::census_in_pod",
                 json!({ "namespace": ns, "pod": pod, "container": container }),
                 || {
-                    let kube = k.get(&c)?;
+                    let kube = c.kube()?;
                     let r = c.block_on(exec::census_in_pod(&kube, ns, pod, container))??;
                     let n = r.sockets.len() as u64;
                     let map = to_dyn(&r).ok().and_then(|d| d.try_cast::<Map>()).unwrap_or_default();
