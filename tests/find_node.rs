@@ -1,68 +1,17 @@
 //! examples/find-node.rhai end to end: a metrics file, then (when a cluster answers) the
 //! node and its pods, through the real kube client and a loopback API server.
 
-#[path = "../snat-core/tests/support/apiserver.rs"]
-mod apiserver;
-#[path = "../snat-core/tests/support/fixtures.rs"]
-mod fixtures;
+#[path = "../snat-script/tests/common/mod.rs"]
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use common::{Server, fixtures, kubeconfig};
+
+use std::path::PathBuf;
 
 use snat_core::audit::Verdict;
 use snat_script::{Ctx, RunOptions};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The fake API server on its own runtime thread (the playbook's stages block on theirs).
-struct Server {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let api = apiserver::FakeApi::start(fixtures::cluster()).await;
-                tx.send(api.addr).unwrap();
-                let _ = stop_rx.await;
-                drop(api);
-            });
-        });
-        Server {
-            addr: rx.recv().unwrap(),
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
-}
-
-fn kubeconfig(dir: &Path, server: &str) -> PathBuf {
-    let p = dir.join("kubeconfig");
-    std::fs::write(
-        &p,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t0ken\n"
-        ),
-    )
-    .unwrap();
-    p
-}
 
 fn run(kubeconfig: PathBuf) -> Ctx {
     run_with(kubeconfig, "sample-az-metrics.json")
@@ -88,9 +37,9 @@ fn run_with(kubeconfig: PathBuf, metrics: &str) -> Ctx {
 
 #[test]
 fn names_the_node_and_its_pods_when_the_cluster_answers() {
-    let server = Server::start();
+    let server = Server::start(fixtures::cluster());
     let dir = tempfile::tempdir().unwrap();
-    let ctx = run(kubeconfig(dir.path(), &format!("http://{}", server.addr)));
+    let ctx = run(kubeconfig(dir.path(), server.addr));
     let rep = ctx.report();
     assert_eq!(rep.verdict, Some(Verdict::PressureFound));
     assert!(
@@ -122,7 +71,7 @@ fn names_the_hottest_ip_and_says_no_cluster_is_reachable() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let ctx = run(kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}")));
+    let ctx = run(kubeconfig(dir.path(), ([127, 0, 0, 1], port).into()));
     let rep = ctx.report();
     assert_eq!(rep.verdict, Some(Verdict::PressureFound));
     assert!(
@@ -153,7 +102,7 @@ fn names_the_hottest_ip_and_says_no_cluster_is_reachable() {
 fn nat_gateway_metrics_send_you_to_a_census_of_every_node() {
     let dir = tempfile::tempdir().unwrap();
     // No cluster is contacted for a NAT gateway: the metrics cannot name a node.
-    let ctx = run_with(kubeconfig(dir.path(), "http://127.0.0.1:9"), "natgw-metrics.json");
+    let ctx = run_with(kubeconfig(dir.path(), ([127, 0, 0, 1], 9).into()), "natgw-metrics.json");
     let rep = ctx.report();
     assert_eq!(rep.verdict, Some(Verdict::PressureFound));
     assert_eq!(

@@ -2,31 +2,20 @@
 //! `-t -v` text (what the article's Step 2 pipes into `awk`) and JSON Lines (one
 //! [`TcpEvent`] per line, snat's own format).
 //!
-//! The text formatting here is the tracer's own; if `snat_core::tcptracer` grows a
-//! formatter of its own, [`tcptracer_line`] is the one function to swap for it.
+//! The text is [`snat_core::tcptracer::format_event`]'s, the same formatter the log reader
+//! is tested against, so a live trace written here reads back through `tcptracer::read`.
 
 use std::io::{self, Write};
 
-use snat_core::model::{Family, TcpEvent};
+use snat_core::model::TcpEvent;
+use snat_core::tcptracer::{format_event, format_header};
 
 /// tcptracer's first line.
-pub const TCPTRACER_BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
+pub use snat_core::tcptracer::BANNER as TCPTRACER_BANNER;
 
 /// The `-t -v` column header (`TIME(ns) TYPE PID COMM IP SADDR DADDR SPORT DPORT NETNS`).
 pub fn tcptracer_header() -> String {
-    format!(
-        "{:<14}{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6} {:<8}",
-        "TIME(ns)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS"
-    )
-    .trim_end()
-    .to_string()
-}
-
-fn addr(ev_family: Family, ip: &std::net::IpAddr) -> String {
-    match ev_family {
-        Family::Ipv4 => ip.to_string(),
-        Family::Ipv6 => format!("[{ip}]"),
-    }
+    format_header(true, true)
 }
 
 /// One event as a `tcptracer -t -v` line (no newline). `start_ns` is the time of the
@@ -34,27 +23,12 @@ fn addr(ev_family: Family, ip: &std::net::IpAddr) -> String {
 /// tcptracer never reports, are typed `failed_connect` (snat's log reader accepts it).
 /// An owner the tracer could not know is printed as pid 0 and comm `[unknown]`.
 pub fn tcptracer_line(ev: &TcpEvent, start_ns: u64) -> String {
-    let t = ev.time_ns.map_or(0, |t| t.saturating_sub(start_ns));
-    let comm = if ev.comm.is_empty() {
-        "[unknown]"
-    } else {
-        ev.comm.as_str()
-    };
-    format!(
-        "{:<14}{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6} {:<8}",
-        t,
-        ev.kind.as_str(),
-        ev.pid,
-        comm,
-        ev.family.number(),
-        addr(ev.family, &ev.saddr),
-        addr(ev.family, &ev.daddr),
-        ev.sport,
-        ev.dport,
-        ev.netns.map_or_else(|| "0".to_string(), |n| n.to_string()),
-    )
-    .trim_end()
-    .to_string()
+    let mut rel = ev.clone();
+    rel.time_ns = Some(ev.time_ns.map_or(0, |t| t.saturating_sub(start_ns)));
+    if rel.comm.is_empty() {
+        rel.comm = "[unknown]".into();
+    }
+    format_event(&rel, true, true)
 }
 
 /// Writes events as tcptracer `-t -v` text: the banner and header first, then one line per
@@ -114,7 +88,8 @@ impl<W: Write> JsonlWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snat_core::model::{Clock, EventKind};
+    use snat_core::model::{Clock, EventKind, Family};
+    use snat_core::tcptracer::{Line, parse_line};
 
     fn ev(kind: EventKind, family: Family, s: &str, d: &str, t: u64) -> TcpEvent {
         TcpEvent {
@@ -195,5 +170,29 @@ mod tests {
         assert!(text.ends_with('\n'));
         let back: TcpEvent = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn lines_read_back_through_the_log_reader_even_late_in_long_traces() {
+        // 4 hours in (a 14-digit TIME) and a comm with a control character: both once broke
+        // the columns; the log reader must get the event back.
+        let mut e = ev(
+            EventKind::Close,
+            Family::Ipv4,
+            "10.0.0.1",
+            "203.0.113.5",
+            14_400_000_000_000,
+        );
+        e.comm = "bad\ncomm".into();
+        let line = tcptracer_line(&e, 0);
+        assert!(!line.contains('\n'), "{line:?}");
+        match parse_line(&line).unwrap() {
+            Line::Event(back) => {
+                assert_eq!(back.time_ns, Some(14_400_000_000_000));
+                assert_eq!(back.kind, EventKind::Close);
+                assert_eq!((back.sport, back.dport, back.netns), (40000, 443, Some(4026532785)));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

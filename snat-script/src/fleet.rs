@@ -15,7 +15,6 @@ use rhai::{Dynamic, EvalAltResult};
 use serde_json::{Value, json};
 use snat_core::audit::Verdict;
 use snat_core::k8s::fleet::{self, FleetResult, FleetSpec, NodeOutcome};
-use snat_core::k8s::{Kube, KubeOptions};
 
 use crate::ctx::{Ctx, StageError};
 use crate::report::{Section, SectionBody};
@@ -128,12 +127,7 @@ pub fn run(
         "extra_args": opts.extra_args,
     });
     ctx.stage("fleet::run", args, || {
-        let kopts = KubeOptions {
-            kubeconfig: ctx.options().kubeconfig.clone(),
-            context: ctx.options().kube_context.clone(),
-            ..Default::default()
-        };
-        let kube = ctx.block_on(Kube::connect(&kopts))??;
+        let kube = ctx.kube()?;
         let nodes = if opts.all_nodes {
             ctx.block_on(fleet::all_node_names(&kube))??
         } else {
