@@ -25,7 +25,7 @@ pub enum Error {
 
     /// The kernel does not expose its BTF, which the CO-RE program needs.
     #[error(
-        "the kernel has no BTF ({} is absent): snat's tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions; AKS node images have it)",
+        "the kernel has no BTF ({} is absent): snat's tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions; AKS node images have it); in a container, make the host's /sys visible (a privileged pod has it)",
         path.display()
     )]
     NoBtf {
@@ -35,7 +35,7 @@ pub enum Error {
 
     /// tracefs is not mounted and could not be mounted.
     #[error(
-        "tracefs is not mounted ({detail}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root (or run snat as root, which mounts it itself)"
+        "tracefs is not mounted ({detail}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root, or run snat as root with CAP_SYS_ADMIN (it then mounts tracefs itself)"
     )]
     TracefsUnavailable {
         /// What was tried.

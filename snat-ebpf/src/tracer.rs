@@ -496,9 +496,15 @@ fn ensure_tracefs() -> Result<(), Error> {
     // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let why = match e.raw_os_error() {
+            Some(libc::ENOENT) => format!("{TRACEFS} does not exist (is /sys mounted from the host?)"),
+            Some(libc::EPERM) | Some(libc::EACCES) => "this process lacks CAP_SYS_ADMIN".to_string(),
+            _ => e.to_string(),
+        };
         return Err(Error::TracefsUnavailable {
-            detail: format!("{TRACEFS}/events is absent and mounting tracefs there failed"),
-            source: Some(std::io::Error::last_os_error()),
+            detail: format!("{TRACEFS}/events is absent and mounting tracefs there failed: {why}"),
+            source: Some(e),
         });
     }
     tracing::info!("mounted tracefs on {TRACEFS}");
