@@ -34,7 +34,7 @@ use aya::{Ebpf, EbpfLoader};
 use snat_core::model::{Family, TcpEvent};
 
 use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
-use crate::error::{Error, is_permission};
+use crate::error::{Error, is_permission, load_error};
 use crate::flow::{FlowRow, WallClock, event_from_raw};
 use crate::seed::{self, SeedReport};
 
@@ -412,32 +412,6 @@ fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
         name,
         what: "cannot use it".into(),
         source: Some(Box::new(e)),
-    }
-}
-
-fn load_error(e: ProgramError) -> Error {
-    match e {
-        ProgramError::LoadError {
-            ref io_error,
-            ref verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            if matches!(io_error.raw_os_error(), Some(libc::EPERM)) && log.trim().is_empty() {
-                Error::NotPermitted {
-                    what: format!("load eBPF program {} (BPF_PROG_LOAD returned EPERM)", abi::PROGRAM),
-                    source: Some(Box::new(e)),
-                }
-            } else {
-                Error::Verifier {
-                    program: abi::PROGRAM.into(),
-                    log: format!("{io_error}\n{log}"),
-                }
-            }
-        }
-        other => Error::ProgramLoad {
-            program: abi::PROGRAM.into(),
-            source: Box::new(other),
-        },
     }
 }
 

@@ -355,10 +355,19 @@ fn live_reader_loses_nothing_at_moderate_rate() {
         return;
     }
     const M: usize = 3000;
+    // A ring that holds less than the run's events (each record takes 104 bytes with its
+    // header), so that only a reader that keeps up during the run loses nothing: one that
+    // reads nothing until the end loses about 1,900 events. (The default 4 MiB would
+    // hold all 12,000, and the test would not prove the reader.) Wakeups at 64 KiB wake the
+    // reader every ~630 events, so it would have to stall for ~9,400 events to lose one.
+    const RING: u32 = 1 << 20;
+    const _: () = assert!(4 * M * 104 > RING as usize + 1500 * 104);
     let a = Netns::new();
     let mut tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([a.inode()])
+        .ring_buffer_bytes(RING)
+        .wakeup_bytes(64 << 10)
         .attach()
         .unwrap();
     let (port, server) = loop_server(&a, M);
