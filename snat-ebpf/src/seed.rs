@@ -200,8 +200,10 @@ fn comm_bytes(comm: &str) -> [u8; 16] {
 /// Take the snapshot, seed the kernel's listener table from it, and return the
 /// connections for [`PreExisting::fill`] with a report. `netns`: only these namespaces
 /// (empty: every namespace that has a process). Never fails: what cannot be done is
-/// listed in [`SeedReport::problems`].
-pub fn seed(ebpf: &mut Ebpf, proc_root: &Path, netns: &[u64]) -> (PreExisting, SeedReport) {
+/// listed in [`SeedReport::problems`]. `connections`: also snapshot connections (only
+/// useful in stream mode, where their closes are reported one by one); otherwise only
+/// listeners are listed.
+pub fn seed(ebpf: &mut Ebpf, proc_root: &Path, netns: &[u64], connections: bool) -> (PreExisting, SeedReport) {
     let t0 = Instant::now();
     let mut report = SeedReport::default();
     let mut pre = PreExisting::default();
@@ -218,7 +220,11 @@ pub fn seed(ebpf: &mut Ebpf, proc_root: &Path, netns: &[u64]) -> (PreExisting, S
         netns.iter().copied().collect()
     };
     let opts = CensusOptions {
-        states: StateSet::all(),
+        states: if connections {
+            StateSet::all()
+        } else {
+            StateSet::of(&[TcpState::Listen])
+        },
         method: MethodChoice::Auto,
     };
     // (netns, socket) of every socket with a file.

@@ -211,7 +211,9 @@ impl TracerBuilder {
     /// Whether [`TracerBuilder::attach`] takes a snapshot of the sockets that exist when
     /// tracing starts, so that accepts on older listeners and closes and failures of older
     /// connections carry their owner instead of pid 0 (default: on; see [`crate::seed`]).
-    /// It costs one socket census per network namespace (only the filtered ones with
+    /// In aggregated mode only listeners are seeded (the kernel's rows carry no owner; a
+    /// pid filter then matches accepts on older listeners). It costs one socket census per
+    /// network namespace (only the filtered ones with
     /// [`TracerBuilder::netns`]) and a read of `/proc/PID/fd` of their processes; turn it
     /// off where that matters more than the attribution.
     pub fn seed_owners(mut self, on: bool) -> Self {
@@ -382,7 +384,8 @@ impl TracerBuilder {
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
         let (pre_existing, seed) = if self.seed_owners {
-            let (p, r) = seed::seed(&mut ebpf, &self.seed_proc_root, &self.filters.netns);
+            let stream = self.mode == Mode::Stream;
+            let (p, r) = seed::seed(&mut ebpf, &self.seed_proc_root, &self.filters.netns, stream);
             (Some(p), Some(r))
         } else {
             (None, None)

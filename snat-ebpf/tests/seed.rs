@@ -170,6 +170,20 @@ fn pid_filter_matches_accepts_on_an_older_listener() {
         res.stats
     );
     assert!(events.iter().all(|e| e.pid == server.pid), "{events:#?}");
+
+    // Aggregated mode seeds listeners only, and the kernel's rows count the accepts.
+    let tracer = TracerBuilder::new()
+        .netns([b.inode()])
+        .pid(server.pid)
+        .attach()
+        .unwrap();
+    let report = tracer.seed_report().unwrap().clone();
+    assert!(report.listeners_seeded >= 1 && report.connections == 0, "{report:?}");
+    connect_n(&a, server.port, 3);
+    let (_, res) = collect(tracer, 6);
+    let accepts: u64 = res.flows.iter().map(|f| f.accepts).sum();
+    assert_eq!(accepts, 3, "{:?} {:?}", res.flows, res.stats);
+    assert_eq!(res.stats.owner_unknown, 0, "{:?}", res.stats);
 }
 
 /// Without a namespace filter every namespace is seeded, named ones without a process of
