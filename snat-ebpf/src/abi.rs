@@ -219,6 +219,10 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowCounts {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RawEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ListenKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ListenInfo {}
 
 impl RawEvent {
     /// Decode a ring-buffer record; `None` when it is too short.

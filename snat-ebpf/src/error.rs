@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use aya::programs::ProgramError;
+
+use crate::abi;
+
 /// Errors of the live tracer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -25,7 +29,7 @@ pub enum Error {
 
     /// The kernel does not expose its BTF, which the CO-RE program needs.
     #[error(
-        "the kernel has no BTF ({} is absent): snat's tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions; AKS node images have it)",
+        "the kernel has no BTF ({} is absent): snat's tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions; AKS node images have it); in a container, make the host's /sys visible (a privileged pod has it)",
         path.display()
     )]
     NoBtf {
@@ -35,7 +39,7 @@ pub enum Error {
 
     /// tracefs is not mounted and could not be mounted.
     #[error(
-        "tracefs is not mounted ({detail}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root (or run snat as root, which mounts it itself)"
+        "tracefs is not mounted ({detail}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root, or run snat as root with CAP_SYS_ADMIN (it then mounts tracefs itself)"
     )]
     TracefsUnavailable {
         /// What was tried.
@@ -125,4 +129,64 @@ pub(crate) fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// Classify a failed `BPF_PROG_LOAD`: EPERM without a verifier log is a missing
+/// privilege (or lockdown), anything with a log is the verifier's rejection.
+pub(crate) fn load_error(e: ProgramError) -> Error {
+    match e {
+        ProgramError::LoadError {
+            ref io_error,
+            ref verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if matches!(io_error.raw_os_error(), Some(libc::EPERM)) && log.trim().is_empty() {
+                Error::NotPermitted {
+                    what: format!("load eBPF program {} (BPF_PROG_LOAD returned EPERM)", abi::PROGRAM),
+                    source: Some(Box::new(e)),
+                }
+            } else {
+                Error::Verifier {
+                    program: abi::PROGRAM.into(),
+                    log: format!("{io_error}\n{log}"),
+                }
+            }
+        }
+        other => Error::ProgramLoad {
+            program: abi::PROGRAM.into(),
+            source: Box::new(other),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya_obj::VerifierLog;
+
+    fn load_failure(errno: i32, log: &str) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: VerifierLog::new(log.to_string()),
+        }
+    }
+
+    #[test]
+    fn eperm_without_a_log_is_a_missing_privilege() {
+        let err = load_error(load_failure(libc::EPERM, ""));
+        assert!(matches!(err, Error::NotPermitted { .. }), "{err:?}");
+        assert!(err.to_string().contains("CAP_BPF"), "{err}");
+    }
+
+    #[test]
+    fn a_rejection_with_a_log_carries_the_log() {
+        let log = "0: (79) r1 = *(u64 *)(r1 +0)\ninvalid bpf_context access off=0 size=8\n";
+        for errno in [libc::EACCES, libc::EINVAL, libc::EPERM] {
+            let err = load_error(load_failure(errno, log));
+            assert!(matches!(err, Error::Verifier { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains("invalid bpf_context access off=0 size=8"), "{msg}");
+            assert!(msg.contains("report it with the log below"), "{msg}");
+        }
+    }
 }

@@ -19,15 +19,19 @@
 //! Attribution: pid/comm/cgroup are those of the task that called `connect()` (recorded at
 //! SYN_SENT) or `listen()` (recorded at LISTEN; accepted sockets inherit it, which is wrong
 //! for pre-fork servers and sockets passed to another process). Sockets and listeners
-//! created before the trace started have an unknown owner (pid 0, empty comm).
+//! created before the trace started get their owner from a snapshot taken at attach time
+//! ([`seed`], on by default: [`TracerBuilder::seed_owners`]); those it cannot name have an
+//! unknown owner (pid 0, empty comm).
 #![deny(missing_docs)]
 
 pub mod abi;
 pub mod error;
 pub mod flow;
 pub mod output;
+pub mod seed;
 pub mod tracer;
 
 pub use error::Error;
 pub use flow::{FlowRow, KindRow, WallClock, event_from_raw};
+pub use seed::SeedReport;
 pub use tracer::{Filters, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object, preflight};

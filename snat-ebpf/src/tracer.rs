@@ -23,7 +23,7 @@
 //! is seen.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,8 +34,9 @@ use aya::{Ebpf, EbpfLoader};
 use snat_core::model::{Family, TcpEvent};
 
 use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
-use crate::error::{Error, is_permission};
+use crate::error::{Error, is_permission, load_error};
 use crate::flow::{FlowRow, WallClock, event_from_raw};
+use crate::seed::{self, SeedReport};
 
 /// The compiled kernel program (`bpf/snat_tcp.bpf.o`, built by `scripts/build-bpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/snat_tcp.bpf.o");
@@ -99,6 +100,8 @@ pub struct TracerBuilder {
     cancel: Option<Arc<AtomicBool>>,
     flow_entries: Option<u32>,
     socket_entries: Option<u32>,
+    seed_owners: bool,
+    seed_proc_root: PathBuf,
 }
 
 impl Default for TracerBuilder {
@@ -122,6 +125,8 @@ impl TracerBuilder {
             cancel: None,
             flow_entries: None,
             socket_entries: None,
+            seed_owners: true,
+            seed_proc_root: PathBuf::from("/proc"),
         }
     }
 
@@ -200,6 +205,27 @@ impl TracerBuilder {
     /// cancel flag).
     pub fn drain_interval(mut self, d: Duration) -> Self {
         self.drain_interval = d;
+        self
+    }
+
+    /// Whether [`TracerBuilder::attach`] takes a snapshot of the sockets that exist when
+    /// tracing starts, so that accepts on older listeners and closes and failures of older
+    /// connections carry their owner instead of pid 0 (default: on; see [`crate::seed`]).
+    /// In aggregated mode only listeners are seeded (the kernel's rows carry no owner; a
+    /// pid filter then matches accepts on older listeners). It costs one socket census per
+    /// network namespace (only the filtered ones with
+    /// [`TracerBuilder::netns`]) and a read of `/proc/PID/fd` of their processes; turn it
+    /// off where that matters more than the attribution.
+    pub fn seed_owners(mut self, on: bool) -> Self {
+        self.seed_owners = on;
+        self
+    }
+
+    /// The `/proc` the snapshot of [`TracerBuilder::seed_owners`] reads (default `/proc`;
+    /// e.g. `/host/proc` in a container without the host's pid namespace): its pids must
+    /// be the host's, as the kernel reports them.
+    pub fn seed_proc_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.seed_proc_root = path.into();
         self
     }
 
@@ -356,6 +382,14 @@ impl TracerBuilder {
             }
         })?;
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, "snat tracer attached");
+        // After attaching, so that no socket created meanwhile is missed by both.
+        let (pre_existing, seed) = if self.seed_owners {
+            let stream = self.mode == Mode::Stream;
+            let (p, r) = seed::seed(&mut ebpf, &self.seed_proc_root, &self.filters.netns, stream);
+            (Some(p), Some(r))
+        } else {
+            (None, None)
+        };
         Ok(Tracer {
             ebpf,
             link: Some(link),
@@ -368,6 +402,10 @@ impl TracerBuilder {
             clock,
             events_read: 0,
             events_malformed: 0,
+            pre_existing,
+            seed,
+            owners_filled: 0,
+            owners_unknown: 0,
         })
     }
 }
@@ -377,32 +415,6 @@ fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
         name,
         what: "cannot use it".into(),
         source: Some(Box::new(e)),
-    }
-}
-
-fn load_error(e: ProgramError) -> Error {
-    match e {
-        ProgramError::LoadError {
-            ref io_error,
-            ref verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            if matches!(io_error.raw_os_error(), Some(libc::EPERM)) && log.trim().is_empty() {
-                Error::NotPermitted {
-                    what: format!("load eBPF program {} (BPF_PROG_LOAD returned EPERM)", abi::PROGRAM),
-                    source: Some(Box::new(e)),
-                }
-            } else {
-                Error::Verifier {
-                    program: abi::PROGRAM.into(),
-                    log: format!("{io_error}\n{log}"),
-                }
-            }
-        }
-        other => Error::ProgramLoad {
-            program: abi::PROGRAM.into(),
-            source: Box::new(other),
-        },
     }
 }
 
@@ -496,9 +508,15 @@ fn ensure_tracefs() -> Result<(), Error> {
     // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let why = match e.raw_os_error() {
+            Some(libc::ENOENT) => format!("{TRACEFS} does not exist (is /sys mounted from the host?)"),
+            Some(libc::EPERM) | Some(libc::EACCES) => "this process lacks CAP_SYS_ADMIN".to_string(),
+            _ => e.to_string(),
+        };
         return Err(Error::TracefsUnavailable {
-            detail: format!("{TRACEFS}/events is absent and mounting tracefs there failed"),
-            source: Some(std::io::Error::last_os_error()),
+            detail: format!("{TRACEFS}/events is absent and mounting tracefs there failed: {why}"),
+            source: Some(e),
         });
     }
     tracing::info!("mounted tracefs on {TRACEFS}");
@@ -525,8 +543,10 @@ pub struct KernelStats {
     pub events_dropped: u64,
     /// Events not counted because the flow table was full.
     pub flows_full: u64,
-    /// Connects/accepts/failures whose owner was unknown (socket or listener older than
-    /// the trace): reported with pid 0.
+    /// Connects/accepts/failures whose owner the kernel program did not know (socket or
+    /// listener older than the trace and not seeded): reported with pid 0, unless the
+    /// reader fills it in from the snapshot (see
+    /// [`KernelStats::events_owner_from_snapshot`]).
     pub owner_unknown: u64,
     /// Events that passed the filters and were counted.
     pub counted: u64,
@@ -540,6 +560,13 @@ pub struct KernelStats {
     pub events_read: u64,
     /// Ring-buffer records that could not be decoded.
     pub events_malformed: u64,
+    /// Events read whose owner the program did not know (close or failure of a connection
+    /// older than the trace) and the reader took from the attach-time snapshot
+    /// ([`TracerBuilder::seed_owners`]).
+    pub events_owner_from_snapshot: u64,
+    /// Events read that still have no owner (pid 0): their socket predates the trace and
+    /// the snapshot did not name it (or seeding was off).
+    pub events_owner_unknown: u64,
 }
 
 impl KernelStats {
@@ -596,6 +623,9 @@ pub struct TraceResult {
     pub elapsed: Duration,
     /// The mode it ran in.
     pub mode: Mode,
+    /// What the attach-time snapshot of older sockets seeded (`None` when
+    /// [`TracerBuilder::seed_owners`] was off).
+    pub seed: Option<SeedReport>,
 }
 
 /// An attached tracer. Dropping it detaches the program and frees its maps.
@@ -611,6 +641,10 @@ pub struct Tracer {
     clock: WallClock,
     events_read: u64,
     events_malformed: u64,
+    pre_existing: Option<seed::PreExisting>,
+    seed: Option<SeedReport>,
+    owners_filled: u64,
+    owners_unknown: u64,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -644,6 +678,12 @@ impl Tracer {
         prog_recursion_misses(fd)
     }
 
+    /// What the attach-time snapshot of older sockets seeded (`None` when
+    /// [`TracerBuilder::seed_owners`] was off).
+    pub fn seed_report(&self) -> Option<&SeedReport> {
+        self.seed.as_ref()
+    }
+
     /// Whether the program is still attached.
     pub fn is_attached(&self) -> bool {
         self.link.is_some()
@@ -658,8 +698,15 @@ impl Tracer {
         let mut n = 0;
         while let Some(item) = ring.next() {
             match RawEvent::from_bytes(&item).and_then(|r| event_from_raw(&r, &self.clock)) {
-                Some(ev) => {
+                Some(mut ev) => {
                     self.events_read += 1;
+                    if ev.cgroup_id.is_none() {
+                        if self.pre_existing.as_mut().is_some_and(|p| p.fill(&mut ev)) {
+                            self.owners_filled += 1;
+                        } else {
+                            self.owners_unknown += 1;
+                        }
+                    }
                     n += 1;
                     on_event(ev);
                 }
@@ -785,6 +832,8 @@ impl Tracer {
             missed_runs: self.missed_runs().unwrap_or(0),
             events_read: self.events_read,
             events_malformed: self.events_malformed,
+            events_owner_from_snapshot: self.owners_filled,
+            events_owner_unknown: self.owners_unknown,
         })
     }
 
@@ -829,6 +878,7 @@ impl Tracer {
             stats: self.stats()?,
             elapsed,
             mode: self.mode,
+            seed: self.seed.take(),
         })
     }
 }

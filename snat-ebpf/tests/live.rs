@@ -355,10 +355,19 @@ fn live_reader_loses_nothing_at_moderate_rate() {
         return;
     }
     const M: usize = 3000;
+    // A ring that holds less than the run's events (each record takes 104 bytes with its
+    // header), so that only a reader that keeps up during the run loses nothing: one that
+    // reads nothing until the end loses about 1,900 events. (The default 4 MiB would
+    // hold all 12,000, and the test would not prove the reader.) Wakeups at 64 KiB wake the
+    // reader every ~630 events, so it would have to stall for ~9,400 events to lose one.
+    const RING: u32 = 1 << 20;
+    const _: () = assert!(4 * M * 104 > RING as usize + 1500 * 104);
     let a = Netns::new();
     let mut tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([a.inode()])
+        .ring_buffer_bytes(RING)
+        .wakeup_bytes(64 << 10)
         .attach()
         .unwrap();
     let (port, server) = loop_server(&a, M);
@@ -408,12 +417,14 @@ fn filters_apply_in_the_kernel() {
     let s6 = Server::start(&b, ip(B6));
     drop(tracer);
     // Second tracer: only port s1, IPv4. The listeners were recorded by the first one's
-    // program, not this one's, so accepts here have an unknown owner; connects are known.
+    // program, not this one's, and this one does not seed them from a snapshot, so
+    // accepts here have an unknown owner; connects are known.
     let tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([a.inode(), b.inode()])
         .family(Family::Ipv4)
         .dport(s1.port)
+        .seed_owners(false)
         .attach()
         .unwrap();
     let ports = (s1.port, s2.port, s6.port);
@@ -446,6 +457,8 @@ fn filters_apply_in_the_kernel() {
         3
     );
     assert_eq!(res.stats.owner_unknown, 3);
+    // The reader counts them, and the closes of those accepted sockets, which inherit it.
+    assert_eq!(res.stats.events_owner_unknown, 6);
 
     // pid filter: only the connects' owner (this process) passes; accepts (owner
     // unknown to this tracer) and everything of other processes are left out.
