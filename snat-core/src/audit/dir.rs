@@ -13,7 +13,10 @@ use jiff::tz::Offset;
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
-use super::{AuditRecord, SCHEMA_VERSION, VerifyReport, redact_json, redact_params, verify};
+use super::{
+    AuditRecord, MAX_FINDINGS, MAX_FINDINGS_BYTES, SCHEMA_VERSION, VerifyReport, redact_findings, redact_json,
+    redact_params, verify,
+};
 use crate::Error;
 
 /// The lock file inside the directory (never a record: it starts with a dot).
@@ -183,6 +186,9 @@ fn check_record(record: &AuditRecord) -> Result<(), Error> {
             record.schema_version
         )));
     }
+    if let Some(i) = record.findings.iter().position(|f| !f.is_object()) {
+        return Err(invalid(format!("finding #{i} is not a JSON object")));
+    }
     for (i, s) in record.stages.iter().enumerate() {
         if !s.duration_ms.is_finite() || s.duration_ms < 0.0 {
             return Err(invalid(format!(
@@ -192,6 +198,27 @@ fn check_record(record: &AuditRecord) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Keeps the findings in order while they stay within [`MAX_FINDINGS`] and
+/// [`MAX_FINDINGS_BYTES`] of compact JSON, and adds the number dropped to
+/// `findings_truncated`.
+fn bound_findings(record: &mut AuditRecord) {
+    let mut bytes = 0usize;
+    let mut keep = 0usize;
+    for f in &record.findings {
+        let len = serde_json::to_vec(f).map_or(usize::MAX, |v| v.len());
+        if keep == MAX_FINDINGS || len > MAX_FINDINGS_BYTES - bytes {
+            break;
+        }
+        bytes += len;
+        keep += 1;
+    }
+    let dropped = record.findings.len() - keep;
+    record.findings.truncate(keep);
+    record.findings_truncated = record
+        .findings_truncated
+        .saturating_add(u64::try_from(dropped).unwrap_or(u64::MAX));
 }
 
 /// Rewrites every time of the record in the one form records use (UTC, nine fractional
@@ -302,13 +329,16 @@ impl AuditDir {
     /// of the newest record file (`None` if there is none), names the file (see
     /// [`record_file_name`]; the time part is raised if needed so that the new record
     /// sorts last), and writes it atomically (temporary file, fsync, rename, fsync of the
-    /// directory). The writer also redacts `params` and stage `args` again (see
-    /// [`redact_params`]) and writes every time as UTC with nine fractional digits (the same
-    /// instant); `record` ends up exactly as written.
+    /// directory). The writer also redacts `params`, stage `args` and `findings` again (see
+    /// [`redact_params`], [`redact_findings`]), keeps `findings` within [`MAX_FINDINGS`] and
+    /// [`MAX_FINDINGS_BYTES`] (counting the rest in `findings_truncated`), and writes every
+    /// time as UTC with nine fractional digits (the same instant); `record` ends up exactly
+    /// as written.
     ///
     /// Fails without writing anything when the record cannot be named
     /// ([`Error::AuditRecordInvalid`]: a bad `run_id`, a time that is not RFC 3339, a
-    /// negative or non-finite duration, another schema version), and with [`Error::AuditIo`] on I/O errors.
+    /// negative or non-finite duration, a finding that is not a JSON object, another schema
+    /// version), and with [`Error::AuditIo`] on I/O errors.
     pub fn write(&self, record: &mut AuditRecord) -> Result<PathBuf, Error> {
         check_record(record)?;
         let mut name = record_file_name(record)?;
@@ -317,6 +347,8 @@ impl AuditDir {
         for stage in &mut record.stages {
             stage.args = redact_json(&stage.args);
         }
+        record.findings = redact_findings(&record.findings);
+        bound_findings(record);
 
         let lock_path = self.path.join(LOCK_FILE);
         let io_err = |what: &'static str, path: &Path| {
