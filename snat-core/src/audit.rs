@@ -278,6 +278,13 @@ impl AuditRecord {
     pub fn completed(&self) -> bool {
         self.outcome.kind == OutcomeKind::Completed
     }
+
+    /// Why this record cannot stand for its run's findings (written before records held
+    /// findings, or of a run that did not complete), with what to do instead; `None` when
+    /// it can be compared.
+    pub fn findings_problem(&self) -> Option<String> {
+        select::unusable_reason(self)
+    }
 }
 
 /// The tool that wrote a record.
