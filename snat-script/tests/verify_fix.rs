@@ -29,7 +29,12 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn table_rows(report: &Value) -> Vec<Value> {
-    let t = &report["sections"][0];
+    let t = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "table")
+        .unwrap();
     let cols: Vec<String> = t["columns"]
         .as_array()
         .unwrap()
@@ -108,7 +113,7 @@ fn a_culprit_that_did_not_drop_exits_3_and_is_named() {
 }
 
 #[test]
-fn an_audit_record_or_a_broken_file_is_a_clear_error() {
+fn a_broken_file_or_a_record_of_another_playbook_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{\"schema\": \"snat.report/v1\", \"findings\": ").unwrap();
@@ -123,7 +128,16 @@ fn an_audit_record_or_a_broken_file_is_a_clear_error() {
         "{err}"
     );
 
-    // An audit record is recognised, and refused for lack of findings.
+    // No triage run yet: the defaults find nothing, and say so.
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("matches audit:prev:triage") && err.contains("run the playbook first"),
+        "{err}"
+    );
+
+    // A verify-fix record holds findings, but not triage's: refused, naming its playbook.
     let first = verify(
         dir.path(),
         &[("before", data("before.json")), ("after", data("after-fixed.json"))],
@@ -134,12 +148,157 @@ fn an_audit_record_or_a_broken_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("is an audit record: it holds the verdict but no findings"),
+        err.contains("verify-fix.rhai, whose findings are not triage culprits")
+            && err.contains("-p before=audit:last:triage"),
         "{err}"
     );
-
-    // No before: the playbook says which flag to pass.
-    let out = verify(dir.path(), &[]);
+    // The same record twice is refused.
+    let out = verify(
+        dir.path(),
+        &[("before", data("before.json")), ("after", data("before.json"))],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("before"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the same run"));
+}
+
+// ----- comparing audit records ---------------------------------------------------------------
+
+/// A stand-in for triage.rhai that needs no root: it re-emits the findings and verdict of
+/// a saved triage report (`-p from=`), so its audit record holds exactly those findings.
+/// It fails (exit 1, no findings) when `from` cannot be read.
+const REPLAY: &str = r#"
+let r = report::load(param("from"));
+report::title("SNAT port exhaustion triage (replayed)");
+for f in r.findings { report::finding(f); }
+report::verdict(r.verdict, "replayed");
+"#;
+
+/// Runs the stand-in triage playbook in `dir` against the audit directory of `verify`.
+fn triage(dir: &Path, from: &Path) -> (Output, Value) {
+    let playbook = dir.join("triage.rhai");
+    std::fs::write(&playbook, REPLAY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&playbook)
+        .args(["-o", "json", "-q", "--audit-dir"])
+        .arg(dir.join("audit"))
+        .arg("-p")
+        .arg(format!("from={}", from.display()))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let rep = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, rep)
+}
+
+fn compared(rep: &Value) -> String {
+    rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Compared")
+        .map(|s| s["text"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_last_two_triage_runs_are_compared_by_their_audit_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, before) = triage(dir.path(), &data("before.json"));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, after) = triage(dir.path(), &data("after-fixed.json"));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A triage run that fails leaves a record without a full picture: it is skipped.
+    let (out, _) = triage(dir.path(), &dir.path().join("missing.json"));
+    assert_eq!(out.status.code(), Some(1));
+
+    // The records hold the findings, and the chain across all runs holds.
+    let rec: Value = serde_json::from_slice(&std::fs::read(after["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(rec["schema_version"], 2);
+    assert_eq!(rec["findings"], after["findings"]);
+    assert_eq!(rec["findings_truncated"], 0);
+
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["verdict"], "clear");
+    let text = compared(&rep);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let (b_id, a_id) = (before["run_id"].as_str().unwrap(), after["run_id"].as_str().unwrap());
+    assert!(
+        text.contains(&format!(
+            "before: audit record {}",
+            before["audit_record"].as_str().unwrap()
+        )) && text.contains(&format!("run {b_id} of "))
+            && text.contains(&format!(
+                "after:  audit record {}",
+                after["audit_record"].as_str().unwrap()
+            ))
+            && text.contains(&format!("run {a_id} of ")),
+        "{text}"
+    );
+    let started = rec["started_at"].as_str().unwrap();
+    assert!(text.contains(started), "the times of the runs are shown: {text}");
+    let rows = table_rows(&rep);
+    let checkout = rows
+        .iter()
+        .find(|r| r["culprit"] == "shop/Deployment/checkout")
+        .unwrap();
+    assert_eq!(
+        (checkout["before_flows"].as_i64(), checkout["after_flows"].as_i64()),
+        (Some(124), Some(4))
+    );
+    assert_eq!(checkout["dropped"], true);
+
+    // A partial fix, named by run id: exit 3, naming the culprit that did not drop.
+    let (_, partial) = triage(dir.path(), &data("after-partial.json"));
+    let p_id = partial["run_id"].as_str().unwrap();
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", PathBuf::from(format!("audit:{}", &b_id[..8]))),
+            ("after", PathBuf::from(format!("audit:{p_id}"))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["summary"]
+            .as_str()
+            .unwrap()
+            .contains("pod bbbbbbbb-0000-0000-0000-000000000002"),
+        "{rep:#}"
+    );
+    assert!(compared(&rep).contains(&format!("run {p_id} of ")));
+
+    // Only `after`: before is the triage run before it (the fixed one, not the failed one).
+    let out = verify(dir.path(), &[("after", PathBuf::from(format!("audit:{p_id}")))]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = compared(&rep);
+    assert!(
+        text.contains(&format!(
+            "before: audit record {}",
+            after["audit_record"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+
+    // A saved report and an audit record mix.
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", data("before.json")),
+            ("after", PathBuf::from("audit:last:triage")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(compared(&serde_json::from_slice::<Value>(&out.stdout).unwrap()).contains("before: saved report"));
+
+    // Every run left one record, and the chain holds across them.
+    let status = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 }
