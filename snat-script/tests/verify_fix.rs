@@ -1,6 +1,11 @@
 //! examples/verify-fix.rhai through `snat-run` on saved reports (tests/data/verify-fix):
 //! culprits matched by workload across a restart, the drop per culprit, exit 0 when every
 //! culprit dropped and 3 (naming the ones that did not) otherwise, clear errors on bad files.
+//! Then on audit records: runs of a playbook leave records holding their findings, and
+//! verify-fix compares the last two (or the ones named) without any saved report; with
+//! root, the real triage.rhai on a simulated pod before and after its flows drop.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -301,4 +306,131 @@ fn the_last_two_triage_runs_are_compared_by_their_audit_records() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+}
+
+// ----- the real triage.rhai, before and after (needs root) ---------------------------------
+
+/// Runs examples/triage.rhai (census only, no cluster) into the audit directory of `dir`.
+fn real_triage(dir: &Path, kubeconfig: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(root().join("examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=0",
+            "-p",
+            "node=node-v",
+            "-p",
+            "ports=32",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
+    use snat_testbed::{Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+    if !require_root() {
+        return;
+    }
+    let sa = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+    let world = Netns::new("vw").unwrap();
+    world.add_lo_addr("203.0.113.91/32").unwrap();
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[Plan::Listen {
+            on: sa("203.0.113.91:443"),
+            backlog: 1024,
+        }],
+    )
+    .unwrap();
+    let ns = Netns::new("vp").unwrap();
+    let _veth = Veth::new(&ns, "10.202.91.2/24", &world, "10.202.91.1/24").unwrap();
+    ns.ip(&["route", "add", "default", "via", "10.202.91.1"]).unwrap();
+    let cg = PodCgroup::new(Layout::Systemd, Qos::Burstable).unwrap();
+    let holder = |count: usize| {
+        spawn_holder(
+            Some(&ns.path()),
+            Some(&cg.cgroup),
+            &[Plan::Connect {
+                to: sa("203.0.113.91:443"),
+                count,
+            }],
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kc = common::kubeconfig(dir.path(), closed);
+    let culprit = format!("pod {}", cg.uid);
+
+    // Before: 40 flows to one public destination against 32 ports.
+    let before_holder = holder(40);
+    let before = real_triage(dir.path(), &kc);
+    drop(before_holder);
+    // After the fix: 2 pooled flows.
+    let fixed_holder = holder(2);
+    let after = real_triage(dir.path(), &kc);
+    drop(fixed_holder);
+
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = table_rows(&rep)
+        .into_iter()
+        .find(|r| r["culprit"] == culprit.as_str())
+        .unwrap_or_else(|| panic!("no row for {culprit}: {rep:#}"));
+    assert_eq!(
+        (row["before_flows"].as_i64(), row["after_flows"].as_i64()),
+        (Some(40), Some(2))
+    );
+    assert_eq!(row["dropped"], true);
+    let text = compared(&rep);
+    for r in [&before, &after] {
+        assert!(
+            text.contains(&format!("run {} of ", r["run_id"].as_str().unwrap())),
+            "{text}"
+        );
+    }
+
+    // A fix that did not work: 30 flows left, against the first run by id: exit 3.
+    let _partial = holder(30);
+    real_triage(dir.path(), &kc);
+    let b = format!("audit:{}", before["run_id"].as_str().unwrap());
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", PathBuf::from(b)),
+            ("after", PathBuf::from("audit:last:triage")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = table_rows(&rep)
+        .into_iter()
+        .find(|r| r["culprit"] == culprit.as_str())
+        .unwrap();
+    assert_eq!(
+        (row["before_flows"].as_i64(), row["after_flows"].as_i64()),
+        (Some(40), Some(30))
+    );
+    assert!(rep["summary"].as_str().unwrap().contains(&culprit), "{rep:#}");
 }

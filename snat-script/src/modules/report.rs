@@ -1,6 +1,10 @@
 //! `report::` — building the run's report: title, verdict (which decides exit 0 or 3),
 //! findings, tables, text and data sections. None of these are stages: they shape output
 //! and touch nothing outside the run.
+//!
+//! `report::load` reads an earlier run back: a saved report (`snat-run --output json`), an
+//! audit record file, or `audit:SELECTOR` (`audit:prev:triage`, `audit:<run id>`) for a
+//! record of the run's audit directory; see the `audit` module for selectors.
 
 use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
 use serde_json::Value;
