@@ -508,6 +508,44 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Whatever the findings, the kept ones are a prefix within both bounds, and kept
+        /// plus dropped is what was given.
+        #[test]
+        fn findings_bound_keeps_an_in_order_prefix_within_the_bounds(
+            sizes in proptest::collection::vec(0usize..300_000, 0..12),
+            extra in 0usize..3,
+        ) {
+            let mut record: AuditRecord = serde_json::from_value(serde_json::json!({
+                "schema_version": 2, "run_id": "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f",
+                "tool": {"name": "t", "version": "0"}, "playbook": {"path": "p", "sha256": null},
+                "params": {}, "started_at": "2026-11-21T05:59:05Z", "ended_at": "2026-11-21T05:59:05Z",
+                "host": {"hostname": "h", "kernel_release": "k", "uid": 0, "euid": 0, "capabilities": []},
+                "stages": [], "actions": [], "outcome": {"kind": "completed", "message": null},
+                "verdict": null, "exit_code": 0, "prev_sha256": null,
+            })).unwrap();
+            let mut given: Vec<serde_json::Value> = sizes.iter().enumerate()
+                .map(|(i, n)| serde_json::json!({"i": i, "pad": "x".repeat(*n)})).collect();
+            // Past the count bound too, with small findings.
+            given.extend((0..extra * MAX_FINDINGS).map(|i| serde_json::json!({"i": sizes.len() + i})));
+            record.findings = given.clone();
+            record.findings_truncated = 0;
+            bound_findings(&mut record);
+            let kept = record.findings.len();
+            proptest::prop_assert!(kept <= MAX_FINDINGS);
+            let bytes: usize = record.findings.iter().map(|f| serde_json::to_vec(f).unwrap().len()).sum();
+            proptest::prop_assert!(bytes <= MAX_FINDINGS_BYTES);
+            proptest::prop_assert_eq!(&record.findings[..], &given[..kept]);
+            proptest::prop_assert_eq!(kept as u64 + record.findings_truncated, given.len() as u64);
+            if kept < given.len() && kept < MAX_FINDINGS {
+                let next = serde_json::to_vec(&given[kept]).unwrap().len();
+                proptest::prop_assert!(bytes + next > MAX_FINDINGS_BYTES, "the next one would not fit");
+            }
+        }
+    }
+
+    proptest::proptest! {
         #[test]
         fn parse_name_never_panics(s in "\\PC{0,80}") {
             let _ = parse_name(&s);
