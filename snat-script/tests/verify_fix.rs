@@ -299,6 +299,30 @@ fn the_last_two_triage_runs_are_compared_by_their_audit_records() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(compared(&serde_json::from_slice::<Value>(&out.stdout).unwrap()).contains("before: saved report"));
 
+    // Every record snat-run wrote (completed, failed, verify-fix's own) matches the
+    // committed schema.
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(root().join("schemas/audit-record.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let records: Vec<_> = std::fs::read_dir(dir.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(
+        records.len(),
+        8,
+        "one record per run (4 triage, 4 verify-fix): {records:?}"
+    );
+    for p in &records {
+        let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let errs: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errs.is_empty(), "{}: {errs:?}", p.display());
+    }
+
     // Every run left one record, and the chain holds across them.
     let status = Command::new(env!("CARGO_BIN_EXE_snat-run"))
         .args(["audit", "verify"])
