@@ -39,6 +39,8 @@
 //!     verdict: None,
 //!     exit_code: 0,
 //!     prev_sha256: None, // set by write
+//!     findings: vec![],  // the report's findings, as JSON objects
+//!     findings_truncated: 0,
 //! };
 //! let path = dir.write(&mut record)?;
 //! assert!(path.ends_with(audit::record_file_name(&record)?));
@@ -49,15 +51,17 @@
 //! # }
 //! ```
 //!
-//! # The record format (schema version 1)
+//! # The record format (schema version 2)
 //!
 //! A record is one JSON object, pretty-printed, ending with a newline. Every key below is
-//! always present; a value documented as "or `null`" is written as `null` when absent. Times
+//! always present (in version 1 records, all but `findings` and `findings_truncated`); a value documented as "or `null`" is written as `null` when absent. Times
 //! are RFC 3339 strings in UTC with nine fractional digits, e.g.
 //! `"2026-11-21T05:59:05.123456789Z"` (see [`now_rfc3339`]). Hashes are SHA-256 as 64
 //! lower-case hex digits.
 //!
-//! - `schema_version` (integer): `1`. Bumped on any incompatible change.
+//! - `schema_version` (integer): `2` for records this version writes. Version 1 records
+//!   (written before findings were recorded) are the same without `findings` and
+//!   `findings_truncated`; they still verify and load (see [`SCHEMA_VERSION`]).
 //! - `run_id` (string): the run's UUID, lower-case hyphenated, e.g.
 //!   `"3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f"`. Also the end of the file name.
 //! - `tool` (object): the program that wrote the record.
@@ -103,6 +107,21 @@
 //! - `exit_code` (integer): the exit code of `snat-run`.
 //! - `prev_sha256` (hash or `null`): SHA-256 of the exact bytes of the previous record file
 //!   in the directory; `null` for the first record.
+//! - `findings` (array of object, since version 2): the findings of the run's report, in
+//!   the order the playbook added them, each the same object as in the JSON report
+//!   (`snat-run --output json`), see [`crate::model::Finding`]: `kind`, `severity`
+//!   (`"info"`, `"warning"`, `"critical"`), `summary`, `node`, `pod`, `process`, `netns`,
+//!   `destination` (or `null` each) and `evidence` (an object: the figures behind the
+//!   summary, e.g. `public_established`, `failed_connects`, `failed_by_destination`). They
+//!   go through [`redact_findings`]. At most [`MAX_FINDINGS`] findings and
+//!   [`MAX_FINDINGS_BYTES`] bytes of compact JSON are kept: findings are kept in order
+//!   until the next one would pass either bound, and the rest are dropped.
+//! - `findings_truncated` (integer, since version 2): how many findings were dropped by
+//!   that bound; `0` when `findings` is the whole list.
+//!
+//! A run that did not complete (`outcome.kind` other than `"completed"`) keeps the findings
+//! it had made when it stopped; they are partial, and [`select`] never picks such a record
+//! for a comparison.
 //!
 //! # What never enters a record
 //!
@@ -117,7 +136,10 @@
 //! credential data (`client-key-data`, `client-certificate-data`, `token:`), an
 //! `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a shared-access
 //! signature (`sig=`). The rule is deliberately wide: a redacted harmless value costs
-//! little, a leaked token costs a lot.
+//! little, a leaked token costs a lot. Findings go through [`redact_findings`]: the same
+//! rule at any depth, and in a process's `cmdline` each argument that is a secret on its
+//! own, follows a secret-looking flag (`--password hunter2`) or is the value of one
+//! (`--token=abc`, `password=abc`) is replaced by `<redacted>`, word by word.
 //!
 //! # The directory and the chain
 //!
@@ -145,8 +167,19 @@
 //!   against the record before it. A file named like a record is always in the chain,
 //!   even when its content is broken (the next record carries the hash of its bytes).
 //! - [`verify`] reads the records in name order and checks that each is valid JSON, has a
-//!   supported `schema_version`, is an audit record, matches its file name, and that its
+//!   supported `schema_version` (1 or 2: a directory may mix them, and the chain runs
+//!   across versions), is an audit record, matches its file name, and that its
 //!   `prev_sha256` is the SHA-256 of the previous record file (`null` for the first).
+//!
+//! # Picking records
+//!
+//! [`select`] picks a record of the directory by a [`Selector`], the text after `audit:`
+//! in `report::load("audit:prev:triage")`: `last` (the newest), `prev` (the one before),
+//! `last~N`, or a run id (or a unique prefix of at least 8 characters, `~N` to go back
+//! from it), optionally followed by `:PLAYBOOK` to count only runs of that playbook
+//! (matched by file name, with or without `.rhai`). `last`, `prev` and `~N` count only
+//! records that can be compared: version 2 or later (they hold findings) and of a
+//! completed run.
 //!
 //! # Limitations
 //!
@@ -167,15 +200,29 @@ use serde::{Deserialize, Serialize};
 mod dir;
 mod host;
 mod redact;
+mod select;
 mod verify;
 
 pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
 pub use host::decode_capabilities;
-pub use redact::{REDACTED, is_secret_key, looks_secret_value, redact_json, redact_params};
+pub use redact::{
+    REDACTED, is_secret_key, looks_secret_value, redact_cmdline, redact_findings, redact_json, redact_params,
+};
+pub use select::{Reference, Selected, Selector, playbook_matches, read_record, record_paths, select};
 pub use verify::{ChainBreak, VerifyReport, verify};
 
-/// Version of the record format; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the record format this snat writes; bumped on any change of the format.
+///
+/// Version 2 added `findings` and `findings_truncated`. Readers accept every version from 1
+/// to this one: a version 1 record reads with empty `findings`, and
+/// [`AuditRecord::holds_findings`] tells the two apart.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The most findings a record keeps (see `findings_truncated`).
+pub const MAX_FINDINGS: usize = 500;
+
+/// The most bytes of compact JSON the findings of a record take (1 MiB).
+pub const MAX_FINDINGS_BYTES: usize = 1 << 20;
 
 /// One run of `snat-run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +255,36 @@ pub struct AuditRecord {
     pub exit_code: i32,
     /// SHA-256 (hex) of the previous record file in the directory; `None` for the first.
     pub prev_sha256: Option<String>,
+    /// The findings of the run's report, as the JSON objects of the report (see
+    /// [`crate::model::Finding`]), redacted and bounded by the writer. Empty in version 1
+    /// records, which did not record them.
+    #[serde(default)]
+    pub findings: Vec<serde_json::Value>,
+    /// How many findings the writer dropped to keep the record within [`MAX_FINDINGS`] and
+    /// [`MAX_FINDINGS_BYTES`].
+    #[serde(default)]
+    pub findings_truncated: u64,
+}
+
+impl AuditRecord {
+    /// True when the record holds the run's findings (schema version 2 or later); false for
+    /// version 1 records, whose empty `findings` say nothing.
+    pub fn holds_findings(&self) -> bool {
+        self.schema_version >= 2
+    }
+
+    /// True when the run ran to its end (`outcome.kind` is `completed`), so its findings
+    /// are the whole picture.
+    pub fn completed(&self) -> bool {
+        self.outcome.kind == OutcomeKind::Completed
+    }
+
+    /// Why this record cannot stand for its run's findings (written before records held
+    /// findings, or of a run that did not complete), with what to do instead; `None` when
+    /// it can be compared.
+    pub fn findings_problem(&self) -> Option<String> {
+        select::unusable_reason(self)
+    }
 }
 
 /// The tool that wrote a record.

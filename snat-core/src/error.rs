@@ -84,6 +84,32 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+
+    /// No record of an audit directory answers a selector such as `prev:triage`.
+    #[error(
+        "no audit record in {} matches audit:{selector}: {reason} (list the directory, or give a record's path or run id; --audit-dir picks another directory)",
+        dir.display()
+    )]
+    AuditSelect {
+        /// The audit directory searched.
+        dir: PathBuf,
+        /// The selector, as written after `audit:`.
+        selector: String,
+        /// Why nothing matched, with what was skipped.
+        reason: String,
+    },
+
+    /// An audit record was asked for its findings but cannot give them (written before
+    /// records held findings, or of a run that did not complete).
+    #[error("audit record {} (run {run_id}) has no findings to compare: {reason}", path.display())]
+    AuditNoFindings {
+        /// The record file.
+        path: PathBuf,
+        /// Its run id.
+        run_id: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     // ----- policy -----------------------------------------------------------------
     /// A user-given range is not a CIDR.
     #[error(

@@ -51,7 +51,34 @@ fn record(started_at: &str) -> AuditRecord {
         verdict: Some(Verdict::Clear),
         exit_code: 0,
         prev_sha256: None,
+        findings: vec![finding("checkout", 120)],
+        findings_truncated: 0,
     }
+}
+
+/// A finding as triage.rhai makes it (the JSON of `snat_core::model::Finding`).
+fn finding(pod: &str, flows: u64) -> Value {
+    let f = snat_core::model::Finding {
+        kind: "snat_culprit".into(),
+        severity: snat_core::model::Severity::Critical,
+        summary: format!("{pod}: {flows} public ESTABLISHED flows"),
+        node: None,
+        pod: None,
+        process: None,
+        netns: Some(4026532001),
+        destination: Some("198.18.0.1:443".parse().unwrap()),
+        evidence: json!({
+            "public_established": flows, "public_syn_sent": 4, "failed_connects": 145,
+            "failed_by_destination": [{"destination": "198.18.0.1:443", "count": 145}],
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+    };
+    let mut v = serde_json::to_value(f).unwrap();
+    v["pod"] = json!({"uid": "aaaaaaaa-0000-0000-0000-000000000001", "namespace": "shop", "name": pod,
+                      "qos": null, "host_network": false, "owner": {"kind": "Deployment", "name": pod}});
+    v
 }
 
 /// Writes records started at the given times, in that order; returns their paths.
@@ -214,7 +241,7 @@ fn an_unsupported_schema_version_is_a_break() {
     let (_tmp, dir, paths) = chain_of_three();
     let text = fs::read_to_string(&paths[0])
         .unwrap()
-        .replace("\"schema_version\": 1", "\"schema_version\": 99");
+        .replace("\"schema_version\": 2", "\"schema_version\": 99");
     fs::write(&paths[0], text).unwrap();
     let brk = dir.verify().unwrap().first_break.unwrap();
     assert_eq!(brk.file, paths[0]);
@@ -605,7 +632,13 @@ fn written_record() -> Value {
 #[case::bad_time("/started_at", Some(json!("2026-13-45T99:00:00.000000000Z")))]
 #[case::not_a_time("/ended_at", Some(json!("yesterday")))]
 #[case::local_time("/stages/0/started_at", Some(json!("2026-11-21T07:00:00.000000000+02:00")))]
-#[case::schema_version("/schema_version", Some(json!(2)))]
+#[case::schema_version("/schema_version", Some(json!(3)))]
+#[case::v2_without_findings("/findings", None)]
+#[case::v2_without_truncated("/findings_truncated", None)]
+#[case::finding_not_object("/findings/0", Some(json!("x")))]
+#[case::finding_bad_severity("/findings/0/severity", Some(json!("fatal")))]
+#[case::finding_extra("/findings/0/environment", Some(json!({})))]
+#[case::negative_truncated("/findings_truncated", Some(json!(-1)))]
 #[case::negative_uid("/host/uid", Some(json!(-1)))]
 #[case::bad_cap("/host/capabilities/0", Some(json!("net_admin")))]
 #[case::negative_duration("/stages/0/duration_ms", Some(json!(-0.5)))]
@@ -627,4 +660,275 @@ fn schema_rejects_broken_records(#[case] pointer: &str, #[case] replacement: Opt
         (other, _) => panic!("{pointer}: unexpected parent {other}"),
     }
     assert!(!v.is_valid(&rec), "{pointer} broken but still valid: {rec:#}");
+}
+
+// ----- findings (schema version 2) ----------------------------------------------------------
+
+/// A version 1 record, as snat wrote before findings were recorded: the written form of
+/// `r` without `findings` and `findings_truncated`.
+fn v1_json(r: &AuditRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    let m = v.as_object_mut().unwrap();
+    m.remove("findings");
+    m.remove("findings_truncated");
+    m.insert("schema_version".into(), json!(1));
+    v
+}
+
+/// Puts a version 1 record at the head of `dir`'s chain, as the old writer did.
+fn write_v1(dir: &AuditDir, started_at: &str) -> PathBuf {
+    let mut r = record(started_at);
+    r.prev_sha256 = dir.verify().unwrap().head_sha256;
+    let path = dir.path().join(record_file_name(&r).unwrap());
+    let mut bytes = serde_json::to_vec_pretty(&v1_json(&r)).unwrap();
+    bytes.push(b'\n');
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn findings_round_trip_through_the_record_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let mut r = record(T1);
+    r.findings.push(finding("api", 7));
+    let p = dir.write(&mut r).unwrap();
+    let back = snat_core::audit::read_record(&p).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.schema_version, 2);
+    assert!(back.holds_findings() && back.completed());
+    let f: snat_core::model::Finding = serde_json::from_value(back.findings[0].clone()).unwrap();
+    assert_eq!(f.evidence["public_established"], 120);
+    assert_eq!(f.destination, Some("198.18.0.1:443".parse().unwrap()));
+    assert_eq!(back.findings[0]["evidence"]["failed_by_destination"][0]["count"], 145);
+}
+
+#[test]
+fn the_writer_redacts_findings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let mut r = record(T1);
+    r.findings[0]["process"] = json!({"pid": 9, "comm": "app", "cmdline": "app --db-password s3cr3t-value --port 80",
+                                      "netns": null, "cgroup": null});
+    r.findings[0]["evidence"]["api_token"] = json!("s3cr3t-value");
+    r.findings[0]["summary"] = json!("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl");
+    let p = dir.write(&mut r).unwrap();
+    let text = fs::read_to_string(&p).unwrap();
+    assert!(!text.contains("s3cr3t-value") && !text.contains("eyJhbGci"), "{text}");
+    assert_eq!(
+        r.findings[0]["process"]["cmdline"],
+        "app --db-password <redacted> --port 80"
+    );
+    assert_eq!(r.findings[0]["evidence"]["api_token"], REDACTED);
+    assert_eq!(r.findings[0]["evidence"]["public_established"], 120, "figures are kept");
+    assert_eq!(
+        errors(&validator(), &serde_json::from_str(&text).unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn findings_are_bounded_by_count_and_bytes() {
+    use snat_core::audit::{MAX_FINDINGS, MAX_FINDINGS_BYTES};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+
+    let mut many = record(T1);
+    many.findings = (0..MAX_FINDINGS as u64 + 37).map(|i| finding("p", i)).collect();
+    let p = dir.write(&mut many).unwrap();
+    let on_disk = snat_core::audit::read_record(&p).unwrap();
+    assert_eq!((on_disk.findings.len(), on_disk.findings_truncated), (MAX_FINDINGS, 37));
+    assert_eq!(
+        on_disk.findings[MAX_FINDINGS - 1]["evidence"]["public_established"],
+        MAX_FINDINGS - 1,
+        "the first ones are kept, in order"
+    );
+
+    // Three findings of 400 KiB each: two fit in 1 MiB, the third does not.
+    let mut big = record(T2);
+    let blob = "x".repeat(400 * 1024);
+    big.findings = (0..3)
+        .map(|_| json!({"kind": "k", "severity": "info", "summary": blob, "evidence": {}}))
+        .collect();
+    let p = dir.write(&mut big).unwrap();
+    let on_disk = snat_core::audit::read_record(&p).unwrap();
+    assert_eq!((on_disk.findings.len(), on_disk.findings_truncated), (2, 1));
+    assert!(fs::metadata(&p).unwrap().len() < (MAX_FINDINGS_BYTES + 64 * 1024) as u64);
+
+    // A single finding over the bound leaves none, and says so.
+    let mut huge = record(T3);
+    huge.findings =
+        vec![json!({"kind": "k", "severity": "info", "summary": "x".repeat(MAX_FINDINGS_BYTES), "evidence": {}})];
+    let p = dir.write(&mut huge).unwrap();
+    let on_disk = snat_core::audit::read_record(&p).unwrap();
+    assert_eq!((on_disk.findings.len(), on_disk.findings_truncated), (0, 1));
+    assert!(dir.verify().unwrap().is_ok());
+    for p in snat_core::audit::record_paths(dir.path()).unwrap() {
+        let v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        assert_eq!(errors(&validator(), &v), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn a_finding_that_is_not_an_object_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let mut r = record(T1);
+    r.findings.push(json!([1, 2]));
+    let err = dir.write(&mut r).unwrap_err();
+    assert!(err.to_string().contains("finding #1 is not a JSON object"), "{err}");
+}
+
+#[test]
+fn a_chain_mixing_version_1_and_2_records_verifies_and_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let v1_first = write_v1(&dir, T1);
+    let v2 = dir.write(&mut record(T2)).unwrap();
+    let v1_mid = write_v1(&dir, T3);
+    let v2_last = dir.write(&mut record("2026-11-21T05:00:03Z")).unwrap();
+    let report = dir.verify().unwrap();
+    assert_eq!((report.records, &report.first_break), (4, &None), "{report:?}");
+    assert_eq!(report.head.as_deref(), Some(v2_last.as_path()));
+
+    let v = validator();
+    for (p, version) in [(&v1_first, 1), (&v2, 2), (&v1_mid, 1), (&v2_last, 2)] {
+        let json: Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+        assert_eq!(json["schema_version"], version);
+        assert_eq!(errors(&v, &json), Vec::<String>::new(), "{}", p.display());
+        let r = snat_core::audit::read_record(p).unwrap();
+        assert_eq!(r.holds_findings(), version == 2);
+        assert_eq!(r.findings.is_empty(), version == 1);
+    }
+    // Editing the old record is still seen by the next one.
+    let text = fs::read_to_string(&v1_mid)
+        .unwrap()
+        .replace("aks-nodepool1-0", "aks-nodepool1-9");
+    fs::write(&v1_mid, text).unwrap();
+    assert_eq!(dir.verify().unwrap().first_break.unwrap().file, v2_last);
+}
+
+#[test]
+fn the_schema_keeps_version_1_records_free_of_findings() {
+    let mut v1 = v1_json(&record(&now_rfc3339()));
+    v1["prev_sha256"] = Value::Null;
+    let v = validator();
+    assert_eq!(errors(&v, &v1), Vec::<String>::new());
+    v1["findings"] = json!([]);
+    assert!(!v.is_valid(&v1), "a version 1 record with findings is not one");
+}
+
+// ----- picking records --------------------------------------------------------------------
+
+use snat_core::audit::{Selector, select};
+
+/// Writes a record of `playbook` started at second `s`, ending as `kind`.
+fn write_run(dir: &AuditDir, s: u32, playbook: &str, kind: OutcomeKind, flows: u64) -> AuditRecord {
+    let mut r = record(&format!("2026-11-21T06:00:{s:02}Z"));
+    r.playbook.path = playbook.into();
+    r.outcome.kind = kind;
+    if kind != OutcomeKind::Completed {
+        r.outcome.message = Some("stage tcptracer::read failed".into());
+    }
+    r.findings = vec![finding("checkout", flows)];
+    dir.write(&mut r).unwrap();
+    r
+}
+
+fn pick(dir: &AuditDir, sel: &str) -> Result<AuditRecord, Error> {
+    select(dir.path(), &sel.parse::<Selector>()?).map(|s| s.record)
+}
+
+#[test]
+fn select_picks_by_position_and_playbook_and_skips_what_cannot_be_compared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let t1 = write_run(&dir, 1, "examples/triage.rhai", OutcomeKind::Completed, 120);
+    write_v1(&dir, "2026-11-21T06:00:02Z");
+    let t2 = write_run(&dir, 3, "/opt/snat/triage.rhai", OutcomeKind::Completed, 4);
+    let failed = write_run(&dir, 4, "examples/triage.rhai", OutcomeKind::StageFailed, 0);
+    let vf = write_run(&dir, 5, "examples/verify-fix.rhai", OutcomeKind::Completed, 0);
+
+    assert_eq!(pick(&dir, "last").unwrap().run_id, vf.run_id);
+    assert_eq!(
+        pick(&dir, "prev").unwrap().run_id,
+        t2.run_id,
+        "the failed run and the v1 record are skipped"
+    );
+    assert_eq!(pick(&dir, "last:triage").unwrap().run_id, t2.run_id);
+    assert_eq!(pick(&dir, "prev:triage.rhai").unwrap().run_id, t1.run_id);
+    assert_eq!(pick(&dir, "last~2").unwrap().run_id, t1.run_id);
+    assert_eq!(pick(&dir, &t2.run_id).unwrap().run_id, t2.run_id);
+    assert_eq!(
+        pick(&dir, &format!("{}~1:triage", &t2.run_id[..8])).unwrap().run_id,
+        t1.run_id
+    );
+    // From the failed run, the one before it.
+    assert_eq!(
+        pick(&dir, &format!("{}~:triage", failed.run_id)).unwrap().run_id,
+        t2.run_id
+    );
+
+    // Clear errors.
+    let e = pick(&dir, "last~2:triage").unwrap_err().to_string();
+    assert!(
+        e.contains("only 2 completed run(s) of playbook \"triage\" with findings, and this asks for the 3rd")
+            && e.contains("1 record(s) of runs that did not complete")
+            && e.contains("1 record(s) written before snat recorded findings")
+            && e.contains("1 record(s) of other playbooks")
+            && e.contains(&tmp.path().display().to_string())
+            && e.contains("audit:last~2:triage"),
+        "{e}"
+    );
+    let e = pick(&dir, "last:find-node").unwrap_err().to_string();
+    assert!(e.contains("no completed run of playbook \"find-node\""), "{e}");
+    let e = pick(&dir, &format!("{}:triage", vf.run_id)).unwrap_err().to_string();
+    assert!(
+        e.contains("is of playbook examples/verify-fix.rhai, not \"triage\""),
+        "{e}"
+    );
+    let e = pick(&dir, &failed.run_id).unwrap_err();
+    assert!(matches!(e, Error::AuditNoFindings { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("the run did not complete (stage_failed: stage tcptracer::read failed)"),
+        "{e}"
+    );
+    let old = snat_core::audit::record_paths(dir.path()).unwrap()[3].clone();
+    let old_id = snat_core::audit::read_record(&old).unwrap().run_id;
+    let e = pick(&dir, &old_id).unwrap_err().to_string();
+    assert!(e.contains("did not record findings (schema version 1)"), "{e}");
+    let e = pick(&dir, "00000000").unwrap_err().to_string();
+    assert!(e.contains("no record has a run id starting with 00000000"), "{e}");
+}
+
+#[test]
+fn select_in_an_empty_directory_says_to_run_the_playbook_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    let e = pick(&dir, "prev:triage").unwrap_err().to_string();
+    assert!(e.contains("holds no records yet: run the playbook first"), "{e}");
+}
+
+#[test]
+fn an_ambiguous_run_id_prefix_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = AuditDir::open(tmp.path()).unwrap();
+    for (s, id) in [
+        (1, "aaaaaaaa-0000-4000-8000-000000000001"),
+        (2, "aaaaaaaa-0000-4000-8000-000000000002"),
+    ] {
+        let mut r = record(&format!("2026-11-21T06:00:0{s}Z"));
+        r.run_id = id.into();
+        dir.write(&mut r).unwrap();
+    }
+    let e = pick(&dir, "aaaaaaaa").unwrap_err().to_string();
+    assert!(
+        e.contains("2 records have a run id starting with aaaaaaaa: give more of it"),
+        "{e}"
+    );
+    assert_eq!(
+        pick(&dir, "aaaaaaaa-0000-4000-8000-000000000002").unwrap().run_id,
+        "aaaaaaaa-0000-4000-8000-000000000002"
+    );
 }

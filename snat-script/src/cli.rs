@@ -310,6 +310,7 @@ fn run(a: RunArgs) -> ExitCode {
             kubeconfig: a.kubeconfig,
             kube_context: a.context,
             progress: !a.quiet && runner::stderr_is_terminal(),
+            audit_dir: None, // the runner sets the directory it opened
         },
         limits: Limits {
             max_operations: a.limits.max_operations,

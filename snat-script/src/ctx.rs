@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub kube_context: Option<String>,
     /// Whether to draw progress on stderr (stderr is a terminal and not `--quiet`).
     pub progress: bool,
+    /// The run's audit directory (`--audit-dir`), set by the runner; `None` outside a run,
+    /// where readers of earlier records use [`snat_core::audit::default_dir`].
+    pub audit_dir: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -44,6 +47,7 @@ impl Default for RunOptions {
             kubeconfig: None,
             kube_context: None,
             progress: false,
+            audit_dir: None,
         }
     }
 }

@@ -95,6 +95,14 @@ impl Finalizer {
         };
         self.record.verdict = verdict;
         self.record.exit_code = i32::from(exit_code);
+        // The report's findings, as in the JSON report; the writer redacts and bounds them.
+        self.record.findings = self
+            .ctx
+            .report()
+            .findings
+            .iter()
+            .filter_map(|f| serde_json::to_value(f).ok())
+            .collect();
         let written = self.dir.write(&mut self.record);
         let (audit_path, exit_code, audit_err) = match written {
             Ok(p) => (Some(p), exit_code, None),
@@ -224,7 +232,10 @@ pub fn run(req: RunRequest) -> RunResult {
         path: req.playbook.display().to_string(),
         sha256: source.as_ref().ok().map(|b| audit::sha256_hex(b)),
     };
-    let ctx = Ctx::new(req.options.clone(), req.params.clone());
+    // Stages that read earlier records (`report::load("audit:prev")`) use this run's directory.
+    let mut options = req.options.clone();
+    options.audit_dir = Some(dir.path().to_path_buf());
+    let ctx = Ctx::new(options, req.params.clone());
     let run_id = uuid::Uuid::new_v4().to_string();
     let record = AuditRecord {
         schema_version: SCHEMA_VERSION,
@@ -247,6 +258,8 @@ pub fn run(req: RunRequest) -> RunResult {
         verdict: None,
         exit_code: 0,
         prev_sha256: None,
+        findings: Vec::new(),
+        findings_truncated: 0,
     };
     let finalizer = Arc::new(Mutex::new(Some(Finalizer {
         dir,

@@ -1,6 +1,11 @@
 //! examples/verify-fix.rhai through `snat-run` on saved reports (tests/data/verify-fix):
 //! culprits matched by workload across a restart, the drop per culprit, exit 0 when every
 //! culprit dropped and 3 (naming the ones that did not) otherwise, clear errors on bad files.
+//! Then on audit records: runs of a playbook leave records holding their findings, and
+//! verify-fix compares the last two (or the ones named) without any saved report; with
+//! root, the real triage.rhai on a simulated pod before and after its flows drop.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -29,7 +34,12 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn table_rows(report: &Value) -> Vec<Value> {
-    let t = &report["sections"][0];
+    let t = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "table")
+        .unwrap();
     let cols: Vec<String> = t["columns"]
         .as_array()
         .unwrap()
@@ -108,7 +118,7 @@ fn a_culprit_that_did_not_drop_exits_3_and_is_named() {
 }
 
 #[test]
-fn an_audit_record_or_a_broken_file_is_a_clear_error() {
+fn a_broken_file_or_a_record_of_another_playbook_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{\"schema\": \"snat.report/v1\", \"findings\": ").unwrap();
@@ -123,7 +133,16 @@ fn an_audit_record_or_a_broken_file_is_a_clear_error() {
         "{err}"
     );
 
-    // An audit record is recognised, and refused for lack of findings.
+    // No triage run yet: the defaults find nothing, and say so.
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("matches audit:prev:triage") && err.contains("run the playbook first"),
+        "{err}"
+    );
+
+    // A verify-fix record holds findings, but not triage's: refused, naming its playbook.
     let first = verify(
         dir.path(),
         &[("before", data("before.json")), ("after", data("after-fixed.json"))],
@@ -134,12 +153,308 @@ fn an_audit_record_or_a_broken_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("is an audit record: it holds the verdict but no findings"),
+        err.contains("verify-fix.rhai, whose findings are not triage culprits")
+            && err.contains("-p before=audit:last:triage"),
         "{err}"
     );
-
-    // No before: the playbook says which flag to pass.
-    let out = verify(dir.path(), &[]);
+    // The same record twice is refused.
+    let out = verify(
+        dir.path(),
+        &[("before", data("before.json")), ("after", data("before.json"))],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("before"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the same run"));
+}
+
+// ----- comparing audit records ---------------------------------------------------------------
+
+/// A stand-in for triage.rhai that needs no root: it re-emits the findings and verdict of
+/// a saved triage report (`-p from=`), so its audit record holds exactly those findings.
+/// It fails (exit 1, no findings) when `from` cannot be read.
+const REPLAY: &str = r#"
+let r = report::load(param("from"));
+report::title("SNAT port exhaustion triage (replayed)");
+for f in r.findings { report::finding(f); }
+report::verdict(r.verdict, "replayed");
+"#;
+
+/// Runs the stand-in triage playbook in `dir` against the audit directory of `verify`.
+fn triage(dir: &Path, from: &Path) -> (Output, Value) {
+    let playbook = dir.join("triage.rhai");
+    std::fs::write(&playbook, REPLAY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&playbook)
+        .args(["-o", "json", "-q", "--audit-dir"])
+        .arg(dir.join("audit"))
+        .arg("-p")
+        .arg(format!("from={}", from.display()))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let rep = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, rep)
+}
+
+fn compared(rep: &Value) -> String {
+    rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Compared")
+        .map(|s| s["text"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_last_two_triage_runs_are_compared_by_their_audit_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, before) = triage(dir.path(), &data("before.json"));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, after) = triage(dir.path(), &data("after-fixed.json"));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A triage run that fails leaves a record without a full picture: it is skipped.
+    let (out, _) = triage(dir.path(), &dir.path().join("missing.json"));
+    assert_eq!(out.status.code(), Some(1));
+
+    // The records hold the findings, and the chain across all runs holds.
+    let rec: Value = serde_json::from_slice(&std::fs::read(after["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(rec["schema_version"], 2);
+    assert_eq!(rec["findings"], after["findings"]);
+    assert_eq!(rec["findings_truncated"], 0);
+
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["verdict"], "clear");
+    let text = compared(&rep);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let (b_id, a_id) = (before["run_id"].as_str().unwrap(), after["run_id"].as_str().unwrap());
+    assert!(
+        text.contains(&format!(
+            "before: audit record {}",
+            before["audit_record"].as_str().unwrap()
+        )) && text.contains(&format!("run {b_id} of "))
+            && text.contains(&format!(
+                "after:  audit record {}",
+                after["audit_record"].as_str().unwrap()
+            ))
+            && text.contains(&format!("run {a_id} of ")),
+        "{text}"
+    );
+    let started = rec["started_at"].as_str().unwrap();
+    assert!(text.contains(started), "the times of the runs are shown: {text}");
+    let rows = table_rows(&rep);
+    let checkout = rows
+        .iter()
+        .find(|r| r["culprit"] == "shop/Deployment/checkout")
+        .unwrap();
+    assert_eq!(
+        (checkout["before_flows"].as_i64(), checkout["after_flows"].as_i64()),
+        (Some(124), Some(4))
+    );
+    assert_eq!(checkout["dropped"], true);
+
+    // A partial fix, named by run id: exit 3, naming the culprit that did not drop.
+    let (_, partial) = triage(dir.path(), &data("after-partial.json"));
+    let p_id = partial["run_id"].as_str().unwrap();
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", PathBuf::from(format!("audit:{}", &b_id[..8]))),
+            ("after", PathBuf::from(format!("audit:{p_id}"))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["summary"]
+            .as_str()
+            .unwrap()
+            .contains("pod bbbbbbbb-0000-0000-0000-000000000002"),
+        "{rep:#}"
+    );
+    assert!(compared(&rep).contains(&format!("run {p_id} of ")));
+
+    // Only `after`: before is the triage run before it (the fixed one, not the failed one).
+    let out = verify(dir.path(), &[("after", PathBuf::from(format!("audit:{p_id}")))]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = compared(&rep);
+    assert!(
+        text.contains(&format!(
+            "before: audit record {}",
+            after["audit_record"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+
+    // A saved report and an audit record mix.
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", data("before.json")),
+            ("after", PathBuf::from("audit:last:triage")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(compared(&serde_json::from_slice::<Value>(&out.stdout).unwrap()).contains("before: saved report"));
+
+    // Every record snat-run wrote (completed, failed, verify-fix's own) matches the
+    // committed schema.
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(root().join("schemas/audit-record.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let records: Vec<_> = std::fs::read_dir(dir.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(
+        records.len(),
+        8,
+        "one record per run (4 triage, 4 verify-fix): {records:?}"
+    );
+    for p in &records {
+        let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let errs: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errs.is_empty(), "{}: {errs:?}", p.display());
+    }
+
+    // Every run left one record, and the chain holds across them.
+    let status = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+}
+
+// ----- the real triage.rhai, before and after (needs root) ---------------------------------
+
+/// Runs examples/triage.rhai (census only, no cluster) into the audit directory of `dir`.
+fn real_triage(dir: &Path, kubeconfig: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(root().join("examples/triage.rhai"))
+        .args([
+            "-p",
+            "seconds=0",
+            "-p",
+            "node=node-v",
+            "-p",
+            "ports=32",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
+    use snat_testbed::{Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+    if !require_root() {
+        return;
+    }
+    let sa = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+    let world = Netns::new("vw").unwrap();
+    world.add_lo_addr("203.0.113.91/32").unwrap();
+    let _srv = spawn_holder(
+        Some(&world.path()),
+        None,
+        &[Plan::Listen {
+            on: sa("203.0.113.91:443"),
+            backlog: 1024,
+        }],
+    )
+    .unwrap();
+    let ns = Netns::new("vp").unwrap();
+    let _veth = Veth::new(&ns, "10.202.91.2/24", &world, "10.202.91.1/24").unwrap();
+    ns.ip(&["route", "add", "default", "via", "10.202.91.1"]).unwrap();
+    let cg = PodCgroup::new(Layout::Systemd, Qos::Burstable).unwrap();
+    let holder = |count: usize| {
+        spawn_holder(
+            Some(&ns.path()),
+            Some(&cg.cgroup),
+            &[Plan::Connect {
+                to: sa("203.0.113.91:443"),
+                count,
+            }],
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kc = common::kubeconfig(dir.path(), closed);
+    let culprit = format!("pod {}", cg.uid);
+
+    // Before: 40 flows to one public destination against 32 ports.
+    let before_holder = holder(40);
+    let before = real_triage(dir.path(), &kc);
+    drop(before_holder);
+    // After the fix: 2 pooled flows.
+    let fixed_holder = holder(2);
+    let after = real_triage(dir.path(), &kc);
+    drop(fixed_holder);
+
+    let out = verify(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = table_rows(&rep)
+        .into_iter()
+        .find(|r| r["culprit"] == culprit.as_str())
+        .unwrap_or_else(|| panic!("no row for {culprit}: {rep:#}"));
+    assert_eq!(
+        (row["before_flows"].as_i64(), row["after_flows"].as_i64()),
+        (Some(40), Some(2))
+    );
+    assert_eq!(row["dropped"], true);
+    let text = compared(&rep);
+    for r in [&before, &after] {
+        assert!(
+            text.contains(&format!("run {} of ", r["run_id"].as_str().unwrap())),
+            "{text}"
+        );
+    }
+
+    // A fix that did not work: 30 flows left, against the first run by id: exit 3.
+    let _partial = holder(30);
+    real_triage(dir.path(), &kc);
+    let b = format!("audit:{}", before["run_id"].as_str().unwrap());
+    let out = verify(
+        dir.path(),
+        &[
+            ("before", PathBuf::from(b)),
+            ("after", PathBuf::from("audit:last:triage")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = table_rows(&rep)
+        .into_iter()
+        .find(|r| r["culprit"] == culprit.as_str())
+        .unwrap();
+    assert_eq!(
+        (row["before_flows"].as_i64(), row["after_flows"].as_i64()),
+        (Some(40), Some(30))
+    );
+    assert!(rep["summary"].as_str().unwrap().contains(&culprit), "{rep:#}");
 }

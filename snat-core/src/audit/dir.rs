@@ -13,7 +13,10 @@ use jiff::tz::Offset;
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
-use super::{AuditRecord, SCHEMA_VERSION, VerifyReport, redact_json, redact_params, verify};
+use super::{
+    AuditRecord, MAX_FINDINGS, MAX_FINDINGS_BYTES, SCHEMA_VERSION, VerifyReport, redact_findings, redact_json,
+    redact_params, verify,
+};
 use crate::Error;
 
 /// The lock file inside the directory (never a record: it starts with a dot).
@@ -183,6 +186,9 @@ fn check_record(record: &AuditRecord) -> Result<(), Error> {
             record.schema_version
         )));
     }
+    if let Some(i) = record.findings.iter().position(|f| !f.is_object()) {
+        return Err(invalid(format!("finding #{i} is not a JSON object")));
+    }
     for (i, s) in record.stages.iter().enumerate() {
         if !s.duration_ms.is_finite() || s.duration_ms < 0.0 {
             return Err(invalid(format!(
@@ -192,6 +198,27 @@ fn check_record(record: &AuditRecord) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Keeps the findings in order while they stay within [`MAX_FINDINGS`] and
+/// [`MAX_FINDINGS_BYTES`] of compact JSON, and adds the number dropped to
+/// `findings_truncated`.
+fn bound_findings(record: &mut AuditRecord) {
+    let mut bytes = 0usize;
+    let mut keep = 0usize;
+    for f in &record.findings {
+        let len = serde_json::to_vec(f).map_or(usize::MAX, |v| v.len());
+        if keep == MAX_FINDINGS || len > MAX_FINDINGS_BYTES - bytes {
+            break;
+        }
+        bytes += len;
+        keep += 1;
+    }
+    let dropped = record.findings.len() - keep;
+    record.findings.truncate(keep);
+    record.findings_truncated = record
+        .findings_truncated
+        .saturating_add(u64::try_from(dropped).unwrap_or(u64::MAX));
 }
 
 /// Rewrites every time of the record in the one form records use (UTC, nine fractional
@@ -302,13 +329,16 @@ impl AuditDir {
     /// of the newest record file (`None` if there is none), names the file (see
     /// [`record_file_name`]; the time part is raised if needed so that the new record
     /// sorts last), and writes it atomically (temporary file, fsync, rename, fsync of the
-    /// directory). The writer also redacts `params` and stage `args` again (see
-    /// [`redact_params`]) and writes every time as UTC with nine fractional digits (the same
-    /// instant); `record` ends up exactly as written.
+    /// directory). The writer also redacts `params`, stage `args` and `findings` again (see
+    /// [`redact_params`], [`redact_findings`]), keeps `findings` within [`MAX_FINDINGS`] and
+    /// [`MAX_FINDINGS_BYTES`] (counting the rest in `findings_truncated`), and writes every
+    /// time as UTC with nine fractional digits (the same instant); `record` ends up exactly
+    /// as written.
     ///
     /// Fails without writing anything when the record cannot be named
     /// ([`Error::AuditRecordInvalid`]: a bad `run_id`, a time that is not RFC 3339, a
-    /// negative or non-finite duration, another schema version), and with [`Error::AuditIo`] on I/O errors.
+    /// negative or non-finite duration, a finding that is not a JSON object, another schema
+    /// version), and with [`Error::AuditIo`] on I/O errors.
     pub fn write(&self, record: &mut AuditRecord) -> Result<PathBuf, Error> {
         check_record(record)?;
         let mut name = record_file_name(record)?;
@@ -317,6 +347,8 @@ impl AuditDir {
         for stage in &mut record.stages {
             stage.args = redact_json(&stage.args);
         }
+        record.findings = redact_findings(&record.findings);
+        bound_findings(record);
 
         let lock_path = self.path.join(LOCK_FILE);
         let io_err = |what: &'static str, path: &Path| {
@@ -473,6 +505,44 @@ mod tests {
     #[case::multibyte("2026112é055905.123456789Z-3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f.json", false)]
     fn record_names(#[case] name: &str, #[case] is_record: bool) {
         assert_eq!(parse_name(name).is_some(), is_record, "{name}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Whatever the findings, the kept ones are a prefix within both bounds, and kept
+        /// plus dropped is what was given.
+        #[test]
+        fn findings_bound_keeps_an_in_order_prefix_within_the_bounds(
+            sizes in proptest::collection::vec(0usize..300_000, 0..12),
+            extra in 0usize..3,
+        ) {
+            let mut record: AuditRecord = serde_json::from_value(serde_json::json!({
+                "schema_version": 2, "run_id": "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f",
+                "tool": {"name": "t", "version": "0"}, "playbook": {"path": "p", "sha256": null},
+                "params": {}, "started_at": "2026-11-21T05:59:05Z", "ended_at": "2026-11-21T05:59:05Z",
+                "host": {"hostname": "h", "kernel_release": "k", "uid": 0, "euid": 0, "capabilities": []},
+                "stages": [], "actions": [], "outcome": {"kind": "completed", "message": null},
+                "verdict": null, "exit_code": 0, "prev_sha256": null,
+            })).unwrap();
+            let mut given: Vec<serde_json::Value> = sizes.iter().enumerate()
+                .map(|(i, n)| serde_json::json!({"i": i, "pad": "x".repeat(*n)})).collect();
+            // Past the count bound too, with small findings.
+            given.extend((0..extra * MAX_FINDINGS).map(|i| serde_json::json!({"i": sizes.len() + i})));
+            record.findings = given.clone();
+            record.findings_truncated = 0;
+            bound_findings(&mut record);
+            let kept = record.findings.len();
+            proptest::prop_assert!(kept <= MAX_FINDINGS);
+            let bytes: usize = record.findings.iter().map(|f| serde_json::to_vec(f).unwrap().len()).sum();
+            proptest::prop_assert!(bytes <= MAX_FINDINGS_BYTES);
+            proptest::prop_assert_eq!(&record.findings[..], &given[..kept]);
+            proptest::prop_assert_eq!(kept as u64 + record.findings_truncated, given.len() as u64);
+            if kept < given.len() && kept < MAX_FINDINGS {
+                let next = serde_json::to_vec(&given[kept]).unwrap().len();
+                proptest::prop_assert!(bytes + next > MAX_FINDINGS_BYTES, "the next one would not fit");
+            }
+        }
     }
 
     proptest::proptest! {

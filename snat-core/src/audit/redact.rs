@@ -110,6 +110,66 @@ pub fn redact_json(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// A command line with every secret argument replaced by [`REDACTED`], word by word
+/// (arguments are split on whitespace and joined again with single spaces): an argument
+/// that looks secret itself ([`looks_secret_value`]); the value of a `NAME=VALUE` argument
+/// (`--token=abc`, `PASSWORD=abc`) whose name is a secret key ([`is_secret_key`]); and the
+/// argument after a flag that is a secret key on its own (`--password hunter2`, `-token x`)
+/// or after the word `Bearer` or `Basic`.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut redact_next = false;
+    for word in cmdline.split_whitespace() {
+        if redact_next {
+            redact_next = false;
+            out.push(REDACTED.to_owned());
+            continue;
+        }
+        if let Some((name, _)) = word.split_once('=')
+            && is_secret_key(name.trim_start_matches('-'))
+        {
+            out.push(format!("{name}={REDACTED}"));
+        } else if looks_secret_value(word) {
+            out.push(REDACTED.to_owned());
+        } else {
+            let lower = word.to_ascii_lowercase();
+            redact_next = lower == "bearer"
+                || lower == "basic"
+                || word.starts_with('-') && word.len() > 1 && is_secret_key(word.trim_start_matches('-'));
+            out.push(word.to_owned());
+        }
+    }
+    out.join(" ")
+}
+
+/// Findings as an audit record keeps them: [`redact_json`] at any depth, and every string
+/// under a `cmdline` key through [`redact_cmdline`].
+pub fn redact_findings(findings: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    fn cmdlines(value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Array(items) => items.iter_mut().for_each(cmdlines),
+            Value::Object(members) => {
+                for (k, v) in members.iter_mut() {
+                    match v {
+                        Value::String(s) if k == "cmdline" => *s = redact_cmdline(s),
+                        other => cmdlines(other),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    findings
+        .iter()
+        .map(|f| {
+            let mut f = redact_json(f);
+            cmdlines(&mut f);
+            f
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +251,40 @@ mod tests {
             "secret_ref": null,
         });
         assert_eq!(redact_json(&v), want);
+    }
+
+    #[rstest]
+    #[case::plain("java -jar app.jar --port 8080", "java -jar app.jar --port 8080")]
+    #[case::flag_eq("app --token=abc --x=1", "app --token=<redacted> --x=1")]
+    #[case::flag_space("mysql --password hunter2 -h db", "mysql --password <redacted> -h db")]
+    #[case::env_style("env DB_PASSWORD=p run", "env DB_PASSWORD=<redacted> run")]
+    #[case::bearer_word("curl -H Authorization: Bearer xyz", "curl -H Authorization: Bearer <redacted>")]
+    #[case::jwt("cli eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "cli <redacted>")]
+    #[case::trailing_flag("app --secret", "app --secret")]
+    #[case::spaces("  a   b  ", "a b")]
+    #[case::empty("", "")]
+    fn cmdlines(#[case] cmdline: &str, #[case] want: &str) {
+        assert_eq!(redact_cmdline(cmdline), want);
+    }
+
+    #[test]
+    fn redacts_findings_at_any_depth_and_in_cmdlines() {
+        let f = json!({
+            "kind": "snat_culprit", "severity": "critical", "summary": "pod x",
+            "process": {"pid": 7, "comm": "app", "cmdline": "app --api-key=k3y -v", "cgroup": null},
+            "evidence": {"public_established": 120, "auth_header": "Basic dXNlcjpwYXNz",
+                         "failed_by_destination": [{"destination": "203.0.113.5:443", "count": 3}]},
+        });
+        let out = redact_findings(std::slice::from_ref(&f));
+        assert_eq!(out[0]["process"]["cmdline"], "app --api-key=<redacted> -v");
+        assert_eq!(out[0]["evidence"]["auth_header"], REDACTED);
+        assert_eq!(out[0]["evidence"]["public_established"], 120);
+        assert_eq!(
+            out[0]["evidence"]["failed_by_destination"],
+            f["evidence"]["failed_by_destination"]
+        );
+        assert_eq!(out[0]["summary"], "pod x");
+        assert_eq!(redact_findings(&out), out, "idempotent");
     }
 
     proptest::proptest! {

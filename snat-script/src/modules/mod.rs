@@ -11,6 +11,7 @@ use crate::ctx::Ctx;
 
 pub mod act;
 pub mod alloc;
+pub mod audit;
 pub mod census;
 pub mod kube;
 pub mod metrics;
@@ -65,6 +66,10 @@ pub const NAMESPACES: &[Namespace] = &[
         doc: "Build the run's report: title, verdict, findings, tables.",
     },
     Namespace {
+        name: "audit",
+        doc: "Earlier runs in the audit directory: pick a record by last, prev, run id and playbook, to compare runs.",
+    },
+    Namespace {
         name: "act",
         doc: "Remediation, each off unless --allow names it: Event on the pod, annotate/label it, restart its owner, cordon its node.",
     },
@@ -85,6 +90,7 @@ pub fn register_all(engine: &mut Engine, ctx: &Ctx) {
     engine.register_global_module(census_module.clone());
     engine.register_static_module("census", census_module);
     engine.register_static_module("report", report::create_module(ctx).into());
+    engine.register_static_module("audit", audit::create_module(ctx).into());
     engine.register_static_module("alloc", alloc::create_module(ctx).into());
     engine.register_static_module("tcptracer", tcptracer::create_module(ctx).into());
     engine.register_static_module("trace", trace::create_module(ctx).into());

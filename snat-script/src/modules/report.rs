@@ -1,6 +1,10 @@
 //! `report::` — building the run's report: title, verdict (which decides exit 0 or 3),
 //! findings, tables, text and data sections. None of these are stages: they shape output
 //! and touch nothing outside the run.
+//!
+//! `report::load` reads an earlier run back: a saved report (`snat-run --output json`), an
+//! audit record file, or `audit:SELECTOR` (`audit:prev:triage`, `audit:<run id>`) for a
+//! record of the run's audit directory; see the `audit` module for selectors.
 
 use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
 use serde_json::Value;
@@ -152,19 +156,24 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "load",
         &["path: &str", "Map"],
-        "Read a saved report (the JSON of `snat-run --output json`) or an audit record into a map, with\n`kind`: \"report\" or \"audit_record\". A stage: a missing or malformed file fails with its path.",
+        "Read a saved report (the JSON of `snat-run --output json`) or an audit record into a map with `kind`:\n\"report\" or \"audit_record\", `file` (the file read) and `findings`. `audit:SELECTOR` picks a record of the run's\naudit directory instead of a path: audit:last, audit:prev, audit:last~2, audit:<run id>, each optionally\nfollowed by :PLAYBOOK (audit:prev:triage); see the audit:: namespace. A stage: a missing or malformed file,\nno matching record, or a record without findings (run did not complete, written by an older snat) fails saying which.",
     )
     .set_into_module(&mut m, move |path: &str| -> Result<Map, Box<EvalAltResult>> {
         c.stage("report::load", serde_json::json!({ "path": path }), || {
-            let v = load_saved(std::path::Path::new(path))?;
+            let v = match path.strip_prefix("audit:") {
+                Some(selector) => load_saved(&super::audit::resolve(&c, selector)?.path)?,
+                None => load_saved(std::path::Path::new(path))?,
+            };
+            let n = v["findings"].as_array().map(|a| a.len() as u64);
             let d = rhai::serde::to_dynamic(&v).map_err(|e| crate::ctx::StageError::Usage(e.to_string()))?;
-            Ok((d.cast::<Map>(), None))
+            Ok((d.cast::<Map>(), n))
         })
     });
     m
 }
 
-/// Read a saved report or audit record, checking its shape; adds `kind`.
+/// Read a saved report or audit record, checking its shape (an audit record must hold the
+/// findings of a completed run); adds `kind` and `file`.
 fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
     let bad = |reason: String| snat_core::Error::SavedReport {
         path: path.to_path_buf(),
@@ -187,6 +196,14 @@ fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
         }
         "report"
     } else if obj.contains_key("schema_version") && obj.contains_key("run_id") && obj.contains_key("stages") {
+        let record = snat_core::audit::read_record(path)?;
+        if let Some(reason) = record.findings_problem() {
+            return Err(snat_core::Error::AuditNoFindings {
+                path: path.to_path_buf(),
+                run_id: record.run_id,
+                reason,
+            });
+        }
         "audit_record"
     } else if let Some(s) = obj.get("schema") {
         return Err(bad(format!("unknown schema {s}")));
@@ -196,6 +213,7 @@ fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
         ));
     };
     obj.insert("kind".into(), Value::from(kind));
+    obj.insert("file".into(), Value::from(path.display().to_string()));
     Ok(v)
 }
 
@@ -269,9 +287,9 @@ mod tests {
         r#"{"schema":"snat.report/v1","findings":[{"kind":"k"}],"sections":[],"verdict":"clear"}"#,
         Ok("report")
     )]
-    #[case::audit(
-        r#"{"schema_version":1,"run_id":"r","stages":[],"verdict":null}"#,
-        Ok("audit_record")
+    #[case::not_a_record(
+        r#"{"schema_version":2,"run_id":"r","stages":[],"verdict":null}"#,
+        Err("not a valid audit record")
     )]
     #[case::not_json("{not json", Err("not JSON"))]
     #[case::array("[1,2]", Err("not a JSON object"))]
