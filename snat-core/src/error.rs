@@ -368,6 +368,18 @@ pub enum Error {
         message: String,
     },
 
+    // ----- timeline ---------------------------------------------------------------
+    /// A timeline's bucket cannot be used for its window.
+    #[error("a timeline bucket of {bucket_secs} s over a {window_secs} s window: {reason}")]
+    InvalidBucket {
+        /// The bucket asked for, in seconds.
+        bucket_secs: f64,
+        /// The window, in seconds (0 when not known yet).
+        window_secs: f64,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     // ----- report (saved reports) -------------------------------------------------
     /// A saved report or audit record could not be read as one.
     #[error(

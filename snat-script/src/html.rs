@@ -81,22 +81,38 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
             r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/>"##,
             left - 6.0,
             sy(y) + 4.0,
-            (y.round() as i64),
+            escape(&format_num(y)),
             left + pw,
             yy = sy(y)
         );
     }
+    // x ticks: five evenly spaced values (time into the trace, for a timeline).
+    for i in 0..=4 {
+        let x = xmin + xspan * f64::from(i) / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{xx}" y1="{b}" x2="{xx}" y2="{}" stroke="#444"/><text x="{xx}" y="{}" font-size="11" text-anchor="{anchor}">{}</text>"##,
+            top + ph + 4.0,
+            h - 22.0,
+            escape(&format_num(x)),
+            xx = sx(x),
+            b = top + ph,
+        );
+    }
     let _ = write!(
         svg,
-        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="{left}" y="{}" font-size="11">{}</text><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="12" y="{}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>"#,
         left + pw / 2.0,
-        h - 8.0,
+        h - 6.0,
         escape(x_label),
-        h - 22.0,
-        escape(&format_num(xmin)),
-        left + pw,
-        h - 22.0,
-        escape(&format_num(xmax))
+        top + ph / 2.0,
+        top + ph / 2.0,
+        escape(y_label)
     );
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
@@ -108,6 +124,15 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
             r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
             path.join(" ")
         );
+        // A lone point draws no line: mark it.
+        if let [(x, y)] = p.as_slice() {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                sx(*x),
+                sy(*y)
+            );
+        }
         let name = s["name"].as_str().unwrap_or("?");
         let ly = top + 14.0 + 16.0 * i as f64;
         let _ = write!(
@@ -127,6 +152,8 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
 fn format_num(x: f64) -> String {
     if x.fract() == 0.0 {
         format!("{}", x as i64)
+    } else if x.abs() < 10.0 {
+        format!("{x:.2}").trim_end_matches('0').to_string()
     } else {
         format!("{x:.1}")
     }
@@ -278,5 +305,11 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains(">pod-a<") && svg.contains(">pod-b<"));
         assert!(svg_chart("x", "y", &[]).contains("no data"));
+        // time ticks on x: 0 to 2 in quarters
+        for t in [">0<", ">0.5<", ">1<", ">1.5<", ">2<"] {
+            assert!(svg.contains(t), "{t} in {svg}");
+        }
+        let one = svg_chart("s", "n", &[json!({"name": "lone", "points": [[3, 4]]})]);
+        assert!(one.contains("<circle"), "{one}");
     }
 }
