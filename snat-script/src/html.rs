@@ -36,9 +36,20 @@ const PALETTE: [&str; 8] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
 
+/// Longest series name shown in full in a chart's legend.
+const LEGEND_CHARS: usize = 60;
+
 /// A line chart as inline SVG. `series` is `[{name, points: [[x, y], ...]}, ...]`.
 pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
-    let (w, h, left, bottom, top, right) = (720.0_f64, 300.0_f64, 60.0, 40.0, 10.0, 160.0);
+    // The legend is as wide as the longest name needs, up to LEGEND_CHARS characters.
+    let longest = series
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or("?").chars().count().min(LEGEND_CHARS))
+        .max()
+        .unwrap_or(0);
+    let right = (34.0 + 6.5 * longest as f64).max(160.0);
+    let (h, left, bottom, top) = (300.0_f64, 60.0, 40.0, 10.0);
+    let w = 560.0 + right;
     let pts = |s: &Value| -> Vec<(f64, f64)> {
         s["points"]
             .as_array()
@@ -142,7 +153,7 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
             ly - 9.0,
             left + pw + 24.0,
             ly,
-            escape(&truncate(name, 22))
+            escape(&truncate(name, LEGEND_CHARS))
         );
     }
     svg.push_str("</svg>");
