@@ -370,13 +370,11 @@ pub enum Error {
 
     // ----- timeline ---------------------------------------------------------------
     /// A timeline's bucket cannot be used for its window.
-    #[error("a timeline bucket of {bucket_secs} s over a {window_secs} s window: {reason}")]
+    #[error("timeline bucket of {bucket_secs} s: {reason}")]
     InvalidBucket {
         /// The bucket asked for, in seconds.
         bucket_secs: f64,
-        /// The window, in seconds (0 when not known yet).
-        window_secs: f64,
-        /// What is wrong and what to do.
+        /// What is wrong (with the window, when there is one) and what to do.
         reason: String,
     },
 

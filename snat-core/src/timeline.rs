@@ -31,9 +31,9 @@ pub fn default_bucket(window: Duration) -> Duration {
 /// that the bucket is usable: at least [`MIN_BUCKET`], at most the window, and at most
 /// [`MAX_BUCKETS`] of them.
 pub fn bucket_count(window: Duration, bucket: Duration) -> Result<usize, Error> {
+    let w = window.as_secs_f64();
     let bad = |reason: String| Error::InvalidBucket {
         bucket_secs: bucket.as_secs_f64(),
-        window_secs: window.as_secs_f64(),
         reason,
     };
     if bucket < MIN_BUCKET {
@@ -46,13 +46,15 @@ pub fn bucket_count(window: Duration, bucket: Duration) -> Result<usize, Error> 
         return Err(bad("the window is empty".into()));
     }
     if bucket > window {
-        return Err(bad("the bucket is longer than the window: use a shorter bucket".into()));
+        return Err(bad(format!(
+            "the bucket is longer than the {w} s window: use a shorter bucket"
+        )));
     }
     let n = window.as_nanos().div_ceil(bucket.as_nanos());
     if n > MAX_BUCKETS as u128 {
         return Err(bad(format!(
-            "that makes {n} buckets, at most {MAX_BUCKETS} are kept: use a bucket of at least {} s",
-            window.as_secs_f64() / MAX_BUCKETS as f64
+            "a {w} s window makes {n} buckets, at most {MAX_BUCKETS} are kept: use a bucket of at least {} s",
+            w / MAX_BUCKETS as f64
         )));
     }
     Ok(usize::try_from(n).unwrap_or(MAX_BUCKETS))
@@ -340,7 +342,6 @@ impl TimelineBuilder {
         if bucket < MIN_BUCKET || !(2..=MAX_BUCKETS).contains(&max_buckets) {
             return Err(Error::InvalidBucket {
                 bucket_secs: bucket.as_secs_f64(),
-                window_secs: 0.0,
                 reason: format!(
                     "a growing timeline needs a bucket of at least {} s and 2 to {MAX_BUCKETS} buckets (asked {max_buckets})",
                     MIN_BUCKET.as_secs_f64()
@@ -454,7 +455,7 @@ impl TimelineBuilder {
         let mut notes = Vec::new();
         if self.late > 0 {
             notes.push(format!(
-                "{} events came after the window's last bucket started and were counted in it",
+                "{} events came after the end of the window (while the tracer detached) and were counted in its last bucket",
                 self.late
             ));
         }
@@ -526,8 +527,8 @@ mod tests {
     #[case::partial_last(S(10), S(3), Ok(4))]
     #[case::one(S(10), S(10), Ok(1))]
     #[case::too_short(S(10), Duration::from_millis(100), Err("shorter than 0.5 s"))]
-    #[case::longer_than_window(S(10), S(20), Err("longer than the window"))]
-    #[case::too_many(S(86_400), S(1), Err("86400 buckets, at most 1440"))]
+    #[case::longer_than_window(S(10), S(20), Err("longer than the 10 s window"))]
+    #[case::too_many(S(86_400), S(1), Err("makes 86400 buckets, at most 1440"))]
     fn bucket_count_checks(#[case] window: Duration, #[case] bucket: Duration, #[case] want: Result<usize, &str>) {
         match (bucket_count(window, bucket), want) {
             (Ok(n), Ok(w)) => assert_eq!(n, w),
@@ -556,7 +557,7 @@ mod tests {
         assert_eq!(t.series[0].failed_connects, vec![0, 0, 0, 0, 1, 0]);
         assert_eq!(t.series[1].closes, vec![0, 0, 0, 0, 0, 1]);
         assert_eq!(t.series[0].open, None);
-        assert!(t.notes[0].starts_with("1 events came after"), "{:?}", t.notes);
+        assert!(t.notes[0].starts_with("1 events came after the end"), "{:?}", t.notes);
     }
 
     #[test]

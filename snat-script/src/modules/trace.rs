@@ -513,7 +513,7 @@ mod tests {
             ("#{family: \"ipx\"}", "not \"ipv4\""),
             ("#{text_out: \"x\"}", "need mode: \"stream\""),
             ("#{bucket: 0.1}", "shorter than 0.5 s"),
-            ("#{seconds: 10, bucket: 20}", "longer than the window"),
+            ("#{seconds: 10, bucket: 20}", "longer than the 10 s window"),
             ("#{seconds: 86400, bucket: 1}", "at most 1440"),
             ("#{bucket: \"x\"}", "number of seconds"),
             ("#{bucket: -2}", "more than 0"),
