@@ -414,7 +414,7 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     assert_eq!(alloc_lines.len(), 1, "{advice}");
     assert!(
         alloc_lines[0].starts_with(
-            "Platform: this node has 128 SNAT ports (you set 128 via --param ports; the AKS default for 3 node(s) would be 1024); the peak of 120 concurrent flows to 198.18.0.1:443 needs 180 ports"
+            "Platform: this node has 128 SNAT ports (you set 128 with --param ports; the AKS default for 3 node(s) would be 1024); the peak of 120 concurrent flows to 198.18.0.1:443 needs 180 ports"
         ) && alloc_lines[0].contains("set allocatedOutboundPorts to at least 184"),
         "{advice}"
     );
