@@ -32,6 +32,8 @@ fn cell(v: &Value) -> String {
     }
 }
 
+const DASHES: [&str; 3] = ["", "6 3", "2 2"];
+
 const PALETTE: [&str; 8] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
@@ -48,7 +50,9 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
         .max()
         .unwrap_or(0);
     let right = (34.0 + 6.5 * longest as f64).max(160.0);
-    let (h, left, bottom, top) = (300.0_f64, 60.0, 40.0, 10.0);
+    // Tall enough for one legend line per series.
+    let (left, bottom, top) = (60.0, 40.0, 10.0);
+    let h = (top + 20.0 + 16.0 * series.len() as f64).max(300.0);
     let w = 560.0 + right;
     let pts = |s: &Value| -> Vec<(f64, f64)> {
         s["points"]
@@ -127,12 +131,19 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
     );
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // Past the palette, the same colours come back dashed.
+        let dash = DASHES[(i / PALETTE.len()) % DASHES.len()];
+        let dash = if dash.is_empty() {
+            String::new()
+        } else {
+            format!(r#" stroke-dasharray="{dash}""#)
+        };
         let mut p = pts(s);
         p.sort_by(|a, b| a.0.total_cmp(&b.0));
         let path: Vec<String> = p.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
         let _ = write!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
             path.join(" ")
         );
         // A lone point draws no line: mark it.
@@ -148,12 +159,13 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
         let ly = top + 14.0 + 16.0 * i as f64;
         let _ = write!(
             svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            left + pw + 10.0,
-            ly - 9.0,
+            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            left + pw + 6.0,
+            left + pw + 20.0,
             left + pw + 24.0,
             ly,
-            escape(&truncate(name, LEGEND_CHARS))
+            escape(&truncate(name, LEGEND_CHARS)),
+            y = ly - 4.0,
         );
     }
     svg.push_str("</svg>");
@@ -320,6 +332,15 @@ mod tests {
         for t in [">0<", ">0.5<", ">1<", ">1.5<", ">2<"] {
             assert!(svg.contains(t), "{t} in {svg}");
         }
+        // Many series: the chart grows to fit the legend, and colours repeat dashed.
+        let many: Vec<Value> = (0..20)
+            .map(|i| json!({"name": format!("pod-{i}"), "points": [[0, i], [1, i]]}))
+            .collect();
+        let big = svg_chart("s", "n", &many);
+        assert!(big.contains(r#"height="350""#), "{big}");
+        assert_eq!(big.matches("<polyline").count(), 20);
+        assert_eq!(big.matches(r#"stroke-dasharray="6 3""#).count(), 2 * 8);
+        assert!(big.contains(">pod-19<"));
         let one = svg_chart("s", "n", &[json!({"name": "lone", "points": [[3, 4]]})]);
         assert!(one.contains("<circle"), "{one}");
     }

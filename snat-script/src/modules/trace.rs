@@ -380,6 +380,16 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     } else {
         "aggregated mode: the kernel's counters read at each bucket end; open = established during the trace and not closed yet".into()
     });
+    let lost = if stream {
+        res.stats.possibly_lost()
+    } else {
+        res.stats.flows_full + res.stats.missed_runs
+    };
+    if lost > 0 {
+        timeline.notes.push(format!(
+            "up to {lost} events are missing from the timeline (see the trace's notes): its counts are lower bounds"
+        ));
+    }
     if show {
         eprintln!();
     }
