@@ -199,7 +199,7 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
             };
             if !(b.is_finite() && b > 0.0 && b <= 86_400.0) {
                 return Err(format!(
-                    "option `bucket` must be more than 0 and at most {seconds} (the trace's seconds), got {b}"
+                    "option `bucket` must be more than 0 seconds and at most the trace's {seconds} seconds, got {b}"
                 ));
             }
             Duration::from_secs_f64(b)
