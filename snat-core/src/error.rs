@@ -394,6 +394,16 @@ pub enum Error {
         message: String,
     },
 
+    // ----- timeline ---------------------------------------------------------------
+    /// A timeline's bucket cannot be used for its window.
+    #[error("timeline bucket of {bucket_secs} s: {reason}")]
+    InvalidBucket {
+        /// The bucket asked for, in seconds.
+        bucket_secs: f64,
+        /// What is wrong (with the window, when there is one) and what to do.
+        reason: String,
+    },
+
     // ----- report (saved reports) -------------------------------------------------
     /// A saved report or audit record could not be read as one.
     #[error(

@@ -14,6 +14,7 @@
 //! - [`census`]: the TCP sockets of a network namespace (sock_diag, or /proc/net/tcp).
 //! - [`resolve`]: from a network namespace (or a socket) to its pod or process.
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
+//! - [`timeline`]: connections over a trace window per network namespace, in time buckets.
 //!
 //! ```ignore
 //! use snat_core::aggregate::{Field, Metric};
@@ -41,6 +42,7 @@ pub mod pressure;
 pub mod procindex;
 pub mod resolve;
 pub mod tcptracer;
+pub mod timeline;
 
 #[cfg(feature = "kube")]
 pub mod k8s;

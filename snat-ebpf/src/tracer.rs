@@ -399,6 +399,7 @@ impl TracerBuilder {
             drain_interval: self.drain_interval,
             cancel: self.cancel,
             started: Instant::now(),
+            started_unix_ns: unix_now_ns(),
             clock,
             events_read: 0,
             events_malformed: 0,
@@ -446,6 +447,12 @@ fn prog_recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
         )
     };
     (rc == 0).then_some(info.recursion_misses)
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn page_size() -> u32 {
@@ -638,6 +645,7 @@ pub struct Tracer {
     drain_interval: Duration,
     cancel: Option<Arc<AtomicBool>>,
     started: Instant,
+    started_unix_ns: u64,
     clock: WallClock,
     events_read: u64,
     events_malformed: u64,
@@ -661,6 +669,12 @@ impl Tracer {
     /// The mode it runs in.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// When tracing started (attach), in Unix nanoseconds: the origin of event times
+    /// relative to the trace.
+    pub fn started_unix_ns(&self) -> u64 {
+        self.started_unix_ns
     }
 
     /// The kernel's id of the loaded program (as `bpftool prog` lists it).
@@ -750,18 +764,41 @@ impl Tracer {
     /// Trace until the duration elapses or the cancel flag is set, passing each event to
     /// `on_event` (stream mode) and a [`Progress`] about once a second to `on_progress`.
     /// Without a duration and a cancel flag this would never end, so it is refused.
-    pub fn run(
+    pub fn run(&mut self, on_event: impl FnMut(TcpEvent), on_progress: impl FnMut(&Progress)) -> Result<RunEnd, Error> {
+        self.run_sampled(None, on_event, on_progress, |_, _| {})
+    }
+
+    /// [`Tracer::run`], and also, with `every`, read the kernel's per-flow counters at
+    /// each multiple of `every` after attach that falls before the deadline and pass them
+    /// to `on_sample` with the sample's index (0 for the end of the first interval). The
+    /// events waiting in the ring buffer are drained first. The counters are cumulative;
+    /// the rows after the deadline are [`TraceResult::flows`].
+    pub fn run_sampled(
         &mut self,
+        every: Option<Duration>,
         mut on_event: impl FnMut(TcpEvent),
         mut on_progress: impl FnMut(&Progress),
+        mut on_sample: impl FnMut(usize, &[FlowRow]),
     ) -> Result<RunEnd, Error> {
         if self.duration.is_none() && self.cancel.is_none() {
             return Err(Error::InvalidOption(
                 "Tracer::run needs a duration or a cancel flag, or it would never end".into(),
             ));
         }
+        if every.is_some_and(|e| e.is_zero()) {
+            return Err(Error::InvalidOption("sampling interval must be more than 0".into()));
+        }
         let deadline = self.duration.map(|d| self.started + d);
         let mut last_progress = Instant::now();
+        let mut sample = 0usize;
+        let started = self.started;
+        // The k-th sample is due at (k + 1) x every, if that is before the deadline.
+        let next_sample = |k: usize| {
+            every
+                .map(|e| started + e * u32::try_from(k + 1).unwrap_or(u32::MAX))
+                .filter(|at| deadline.is_none_or(|d| *at < d))
+        };
+        let mut next = next_sample(sample);
         loop {
             if self.cancelled() {
                 return Ok(RunEnd::Cancelled);
@@ -770,7 +807,21 @@ impl Tracer {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(RunEnd::Elapsed);
             }
-            let step = deadline.map_or(self.drain_interval, |d| self.drain_interval.min(d - now));
+            if let Some(at) = next
+                && now >= at
+            {
+                self.drain(&mut on_event);
+                let rows = self.flows()?;
+                on_sample(sample, &rows);
+                sample += 1;
+                // Past the deadline the caller samples the final rows itself.
+                next = next_sample(sample);
+                continue;
+            }
+            let mut step = deadline.map_or(self.drain_interval, |d| self.drain_interval.min(d - now));
+            if let Some(at) = next {
+                step = step.min(at - now);
+            }
             self.wait(step)?;
             self.drain(&mut on_event);
             if last_progress.elapsed() >= Duration::from_secs(1) {

@@ -32,13 +32,28 @@ fn cell(v: &Value) -> String {
     }
 }
 
+const DASHES: [&str; 3] = ["", "6 3", "2 2"];
+
 const PALETTE: [&str; 8] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
 
+/// Longest series name shown in full in a chart's legend.
+const LEGEND_CHARS: usize = 60;
+
 /// A line chart as inline SVG. `series` is `[{name, points: [[x, y], ...]}, ...]`.
 pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
-    let (w, h, left, bottom, top, right) = (720.0_f64, 300.0_f64, 60.0, 40.0, 10.0, 160.0);
+    // The legend is as wide as the longest name needs, up to LEGEND_CHARS characters.
+    let longest = series
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or("?").chars().count().min(LEGEND_CHARS))
+        .max()
+        .unwrap_or(0);
+    let right = (34.0 + 6.5 * longest as f64).max(160.0);
+    // Tall enough for one legend line per series.
+    let (left, bottom, top) = (60.0, 40.0, 10.0);
+    let h = (top + 20.0 + 16.0 * series.len() as f64).max(300.0);
+    let w = 560.0 + right;
     let pts = |s: &Value| -> Vec<(f64, f64)> {
         s["points"]
             .as_array()
@@ -81,43 +96,76 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
             r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/>"##,
             left - 6.0,
             sy(y) + 4.0,
-            (y.round() as i64),
+            escape(&format_num(y)),
             left + pw,
             yy = sy(y)
         );
     }
+    // x ticks: five evenly spaced values (time into the trace, for a timeline).
+    for i in 0..=4 {
+        let x = xmin + xspan * f64::from(i) / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{xx}" y1="{b}" x2="{xx}" y2="{}" stroke="#444"/><text x="{xx}" y="{}" font-size="11" text-anchor="{anchor}">{}</text>"##,
+            top + ph + 4.0,
+            h - 22.0,
+            escape(&format_num(x)),
+            xx = sx(x),
+            b = top + ph,
+        );
+    }
     let _ = write!(
         svg,
-        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="{left}" y="{}" font-size="11">{}</text><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="12" y="{}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>"#,
         left + pw / 2.0,
-        h - 8.0,
+        h - 6.0,
         escape(x_label),
-        h - 22.0,
-        escape(&format_num(xmin)),
-        left + pw,
-        h - 22.0,
-        escape(&format_num(xmax))
+        top + ph / 2.0,
+        top + ph / 2.0,
+        escape(y_label)
     );
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // Past the palette, the same colours come back dashed.
+        let dash = DASHES[(i / PALETTE.len()) % DASHES.len()];
+        let dash = if dash.is_empty() {
+            String::new()
+        } else {
+            format!(r#" stroke-dasharray="{dash}""#)
+        };
         let mut p = pts(s);
         p.sort_by(|a, b| a.0.total_cmp(&b.0));
         let path: Vec<String> = p.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
         let _ = write!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
             path.join(" ")
         );
+        // A lone point draws no line: mark it.
+        if let [(x, y)] = p.as_slice() {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                sx(*x),
+                sy(*y)
+            );
+        }
         let name = s["name"].as_str().unwrap_or("?");
         let ly = top + 14.0 + 16.0 * i as f64;
         let _ = write!(
             svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            left + pw + 10.0,
-            ly - 9.0,
+            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            left + pw + 6.0,
+            left + pw + 20.0,
             left + pw + 24.0,
             ly,
-            escape(&truncate(name, 22))
+            escape(&truncate(name, LEGEND_CHARS)),
+            y = ly - 4.0,
         );
     }
     svg.push_str("</svg>");
@@ -127,6 +175,8 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
 fn format_num(x: f64) -> String {
     if x.fract() == 0.0 {
         format!("{}", x as i64)
+    } else if x.abs() < 10.0 {
+        format!("{x:.2}").trim_end_matches('0').to_string()
     } else {
         format!("{x:.1}")
     }
@@ -278,5 +328,20 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains(">pod-a<") && svg.contains(">pod-b<"));
         assert!(svg_chart("x", "y", &[]).contains("no data"));
+        // time ticks on x: 0 to 2 in quarters
+        for t in [">0<", ">0.5<", ">1<", ">1.5<", ">2<"] {
+            assert!(svg.contains(t), "{t} in {svg}");
+        }
+        // Many series: the chart grows to fit the legend, and colours repeat dashed.
+        let many: Vec<Value> = (0..20)
+            .map(|i| json!({"name": format!("pod-{i}"), "points": [[0, i], [1, i]]}))
+            .collect();
+        let big = svg_chart("s", "n", &many);
+        assert!(big.contains(r#"height="350""#), "{big}");
+        assert_eq!(big.matches("<polyline").count(), 20);
+        assert_eq!(big.matches(r#"stroke-dasharray="6 3""#).count(), 2 * 8);
+        assert!(big.contains(">pod-19<"));
+        let one = svg_chart("s", "n", &[json!({"name": "lone", "points": [[3, 4]]})]);
+        assert!(one.contains("<circle"), "{one}");
     }
 }

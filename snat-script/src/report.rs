@@ -127,6 +127,38 @@ pub fn render_table(columns: &[String], rows: &[Vec<Value>]) -> String {
     out
 }
 
+/// One chart series as a table row: name, number of points, total, peak, the x of the
+/// first peak, and the last value.
+fn chart_summary(s: &Value) -> Vec<Value> {
+    let pts: Vec<(f64, f64)> = s["points"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|pt| Some((pt.get(0)?.as_f64()?, pt.get(1)?.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let num = |x: f64| {
+        if x.fract() == 0.0 && x.abs() < 9e15 {
+            json!(x as i64)
+        } else {
+            json!((x * 10.0).round() / 10.0)
+        }
+    };
+    let peak = pts.iter().copied().fold(None, |m: Option<(f64, f64)>, p| match m {
+        Some(b) if b.1 >= p.1 => Some(b),
+        _ => Some(p),
+    });
+    vec![
+        s["name"].clone(),
+        Value::from(pts.len()),
+        num(pts.iter().map(|p| p.1).sum()),
+        peak.map_or(Value::Null, |p| num(p.1)),
+        peak.map_or(Value::Null, |p| num(p.0)),
+        pts.last().map_or(Value::Null, |p| num(p.1)),
+    ]
+}
+
 impl Report {
     /// The JSON document printed with `--output json`.
     pub fn to_json(&self, facts: &RunFacts<'_>) -> Value {
@@ -175,24 +207,16 @@ impl Report {
                     y_label,
                     series,
                 } => {
-                    let rows: Vec<Vec<Value>> = series
-                        .iter()
-                        .map(|s| {
-                            let ys: Vec<f64> = s["points"]
-                                .as_array()
-                                .map(|p| p.iter().filter_map(|pt| pt.get(1).and_then(Value::as_f64)).collect())
-                                .unwrap_or_default();
-                            let max = ys.iter().copied().fold(f64::NAN, f64::max);
-                            vec![s["name"].clone(), Value::from(ys.len()), json!(max), json!(ys.last())]
-                        })
-                        .collect();
+                    let rows: Vec<Vec<Value>> = series.iter().map(chart_summary).collect();
                     out.push_str(&format!(
                         "({y_label} over {x_label}; the chart is in the HTML report)\n"
                     ));
                     let cols = [
                         "series".to_string(),
                         "points".into(),
-                        format!("max {y_label}"),
+                        "total".into(),
+                        format!("peak {y_label}"),
+                        format!("at {x_label}"),
                         "last".into(),
                     ];
                     out.push_str(&render_table(&cols, &rows));
@@ -240,6 +264,36 @@ mod tests {
             &[vec![json!(387), json!("1.2.3.4")], vec![json!(8), json!(null)]],
         );
         assert_eq!(t, "Count  SADDR\n387    1.2.3.4\n8      -\n");
+    }
+
+    #[test]
+    fn chart_in_text_gives_total_and_peak_with_its_time() {
+        let r = Report {
+            sections: vec![Section {
+                title: "c".into(),
+                body: SectionBody::Chart {
+                    x_label: "s".into(),
+                    y_label: "connects".into(),
+                    series: vec![
+                        json!({"name": "pod-a", "points": [[0, 2], [1.5, 9], [3, 9], [4.5, 1]]}),
+                        json!({"name": "other", "points": []}),
+                    ],
+                },
+            }],
+            ..Report::default()
+        };
+        let text = r.to_text(&RunFacts {
+            playbook: "p",
+            run_id: "r",
+            audit_record: None,
+            exit_code: 0,
+        });
+        assert!(
+            text.contains("series  points  total  peak connects  at s  last"),
+            "{text}"
+        );
+        assert!(text.contains("pod-a   4       21     9              1.5   1"), "{text}");
+        assert!(text.contains("other   0       0      -              -     -"), "{text}");
     }
 
     #[test]

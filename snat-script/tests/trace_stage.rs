@@ -208,3 +208,140 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
     assert!(step2.iter().any(|r| r[1] == "127.0.0.1" && r[2] == netns));
     assert!(rep.findings.iter().any(|f| f.kind == "failed_connects"));
 }
+
+/// Run `f` on a thread inside the network namespace at `ns` (setns is per thread).
+fn in_netns<T: Send + 'static>(
+    ns: std::path::PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+}
+
+/// In the namespace: `n` connections to a fresh loopback listener, each accepted and
+/// closed, then `failed` connects to a closed loopback port.
+fn burst(ns: std::path::PathBuf, n: usize, failed: usize) {
+    in_netns(ns, move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let clients: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        let servers: Vec<TcpStream> = (0..n).map(|_| l.accept().unwrap().0).collect();
+        drop(clients);
+        drop(servers);
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        for _ in 0..failed {
+            assert!(TcpStream::connect(("127.0.0.1", closed)).is_err());
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Burst, pause over two buckets, burst: each namespace's connects land in the bucket of
+/// their phase, in both modes, and a chart of the per-pod series draws one line per pod.
+#[test]
+fn timeline_puts_two_phases_in_their_buckets_per_netns() {
+    if !need_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let a = snat_testbed::Netns::new("tla").unwrap();
+    let b = snat_testbed::Netns::new("tlb").unwrap();
+    let (ia, ib) = (a.inode().unwrap(), b.inode().unwrap());
+    for mode in ["aggregated", "stream"] {
+        let (e, ctx) = engine(&[]);
+        let mut scope = Scope::new();
+        scope.push("mode", mode.to_string());
+        scope.push("na", ia as i64);
+        scope.push("nb", ib as i64);
+        let base = bpf_links();
+        let (pa, pb) = (a.path(), b.path());
+        let traffic = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while bpf_links() <= base {
+                assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let t0 = Instant::now();
+            // Phase 1 in bucket 0; phase 2 3.5 s later, in the middle of bucket 3.
+            burst(pa.clone(), 5, 0);
+            std::thread::sleep(Duration::from_millis(3500).saturating_sub(t0.elapsed()));
+            burst(pb, 7, 2);
+            burst(pa, 2, 0);
+            t0.elapsed()
+        });
+        let trace: Trace = e
+            .eval_with_scope(
+                &mut scope,
+                r#"let t = trace::run(#{seconds: 6, bucket: 1, mode: mode, netns: [na, nb]});
+                   let labels = #{};
+                   labels[`${na}`] = "shop/pod-a";
+                   labels[`${nb}`] = "shop/pod-b";
+                   report::chart("per pod", "seconds into the trace", "attempts",
+                                 t.timeline().grouped(labels, 5, "attempts"));
+                   t"#,
+            )
+            .unwrap();
+        let took = traffic.join().unwrap();
+        assert!(
+            took < Duration::from_millis(3900),
+            "{mode}: the second burst ended late ({took:?})"
+        );
+        let tl = trace.1.as_ref().expect("a live trace keeps a timeline");
+        assert_eq!(tl.bucket_secs, 1.0);
+        assert_eq!(tl.starts, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "{mode}");
+        let series = |ns: u64| {
+            tl.series
+                .iter()
+                .find(|s| s.netns == ns)
+                .unwrap_or_else(|| panic!("{mode}: no series for netns {ns}: {tl:?}"))
+        };
+        let (sa, sb) = (series(ia), series(ib));
+        assert_eq!(tl.series.len(), 2, "{mode}: only the two namespaces are traced: {tl:?}");
+        assert_eq!(sa.connects, vec![5, 0, 0, 2, 0, 0], "{mode}: {sa:?}");
+        assert_eq!(sa.accepts, vec![5, 0, 0, 2, 0, 0], "{mode}: {sa:?}");
+        assert_eq!(sa.failed_connects, vec![0; 6], "{mode}");
+        assert_eq!(sb.connects, vec![0, 0, 0, 7, 0, 0], "{mode}: {sb:?}");
+        assert_eq!(sb.failed_connects, vec![0, 0, 0, 2, 0, 0], "{mode}: {sb:?}");
+        // Every connection was closed: nothing open at any bucket's end after its phase.
+        assert_eq!(sb.open.as_ref().unwrap()[5], 0, "{mode}: {sb:?}");
+        // The buckets add up to the trace's totals.
+        let s = &trace.0;
+        assert_eq!(sa.totals().connects + sb.totals().connects, s.totals.connects);
+        assert_eq!(
+            sa.totals().closes + sb.totals().closes,
+            s.totals.closes,
+            "{mode}: {:?}",
+            s.totals
+        );
+        // The chart: one line per pod, named.
+        let rep = ctx.report();
+        let html = snat_script::html::render(
+            &rep,
+            &snat_script::report::RunFacts {
+                playbook: "t",
+                run_id: "r",
+                audit_record: None,
+                exit_code: 0,
+            },
+        );
+        assert_eq!(html.matches("<polyline").count(), 2, "{mode}: {html}");
+        assert!(html.contains(">shop/pod-a<") && html.contains(">shop/pod-b<"), "{html}");
+        match &rep.sections[0].body {
+            SectionBody::Chart { series, .. } => {
+                assert_eq!(series[0]["name"], "shop/pod-b");
+                assert_eq!(series[0]["total"], 9);
+                assert_eq!(series[0]["peak_at"], 3.0);
+                assert_eq!(series[1]["values"], serde_json::json!([5, 0, 0, 2, 0, 0]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

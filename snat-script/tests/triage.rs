@@ -279,8 +279,11 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     };
 
     let audit_dir = dir.path().join("audit");
+    let html_path = dir.path().join("triage.html");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"))
         .arg(format!("{ROOT}/examples/triage.rhai"))
+        .arg("--html")
+        .arg(&html_path)
         .args([
             "-p",
             "seconds=3",
@@ -405,12 +408,59 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     );
     assert!(advice.contains("TIME_WAIT"), "{advice}");
     // The hottest destination holds 120 flows: 180 ports with headroom, more than the 128.
+    // One allocation statement: the budget the verdict used, and the default table's
+    // figure it differs from, in the same line; nothing says the default suffices.
+    let alloc_lines: Vec<&str> = advice.lines().filter(|l| l.contains("SNAT ports")).collect();
+    assert_eq!(alloc_lines.len(), 1, "{advice}");
     assert!(
-        advice.contains(
-            "has 128 SNAT ports (--param ports) and the peak needs 180: set allocatedOutboundPorts to at least 184"
-        ),
+        alloc_lines[0].starts_with(
+            "Platform: this node has 128 SNAT ports (you set 128 with --param ports; the AKS default for 3 node(s) would be 1024); the peak of 120 concurrent flows to 198.18.0.1:443 needs 180 ports"
+        ) && alloc_lines[0].contains("set allocatedOutboundPorts to at least 184"),
         "{advice}"
     );
+    assert!(!advice.contains("no change is needed"), "{advice}");
+    let alloc_data = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Allocation for the observed peak")
+        .expect("the allocation data");
+    assert_eq!(alloc_data["data"]["budget_used"], 128);
+    assert!(alloc_data["data"].get("advice").is_none(), "{alloc_data:#}");
+
+    // The chart: connection attempts per bucket per pod, the culprit's line adding up to
+    // its failed connects (its flows were opened before the trace), one SVG line per series.
+    let chart = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["kind"] == "chart"
+                && s["title"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Connections over the trace window per pod")
+        })
+        .unwrap_or_else(|| panic!("no chart: {report:#}"));
+    let series = chart["series"].as_array().unwrap();
+    let line = series
+        .iter()
+        .find(|s| s["name"] == "shop/checkout-5c8d-x7k2p")
+        .unwrap_or_else(|| panic!("no culprit line: {series:#?}"));
+    assert_eq!(line["total"], culprit["evidence"]["failed_connects"], "{line:#}");
+    let per_bucket: u64 = culprit["evidence"]["timeline"]["attempts_per_bucket"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(Some(per_bucket), culprit["evidence"]["failed_connects"].as_u64());
+    assert_eq!(line["points"].as_array().unwrap().len(), 3, "3 s in 1 s buckets");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    let at = html.find("Connections over the trace window per pod").unwrap();
+    let svg = &html[at..at + html[at..].find("</svg>").unwrap()];
+    assert_eq!(svg.matches("<polyline").count(), series.len(), "{svg}");
+    assert!(svg.contains(">shop/checkout-5c8d-x7k2p<"), "{svg}");
 
     // The fix: the culprit now reuses a pool of 4 connections. A second triage is clear,
     // and verify-fix reports the drop, from the two saved reports and against a census now.

@@ -49,6 +49,37 @@ fn row_cells(columns: &[String], row: &Dynamic) -> Result<Vec<Value>, Box<EvalAl
     ))
 }
 
+/// Check one chart series: a map with a string `name` and `points`, an array of `[x, y]`
+/// number pairs.
+fn chart_series(d: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
+    let Some(map) = d.clone().try_cast::<Map>() else {
+        return usage(format!(
+            "a chart series must be a map #{{name, points: [[x, y], ...]}}, got {}",
+            d.type_name()
+        ));
+    };
+    let Some(name) = map.get("name").and_then(|n| n.clone().into_string().ok()) else {
+        return usage("a chart series needs a `name` string");
+    };
+    let Some(points) = map.get("points").and_then(|p| p.clone().try_cast::<Array>()) else {
+        return usage(format!(
+            "chart series {name:?} needs `points`: an array of [x, y] pairs"
+        ));
+    };
+    for p in &points {
+        let ok = p
+            .clone()
+            .try_cast::<Array>()
+            .is_some_and(|xy| xy.len() == 2 && xy.iter().all(|v| v.is_int() || v.is_float()));
+        if !ok {
+            return usage(format!(
+                "chart series {name:?}: point {p} is not an [x, y] pair of numbers"
+            ));
+        }
+    }
+    Ok(to_json(d))
+}
+
 /// The `report` module.
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
@@ -130,6 +161,27 @@ pub fn create_module(ctx: &Ctx) -> Module {
             body: SectionBody::Table { columns, rows },
         });
     });
+    let c = ctx.clone();
+    func(
+        "chart",
+        &["title: &str", "x_label: &str", "y_label: &str", "series: Array", "()"],
+        "Add a line chart: series is [#{name, points: [[x, y], ...]}, ...] (other keys are kept in the JSON\nreport). The HTML report draws it as inline SVG with a legend; table output prints each series'\ntotal, peak and where the peak is. timeline.grouped(...) returns series in this shape.",
+    )
+    .set_into_module(
+        &mut m,
+        move |title: &str, x_label: &str, y_label: &str, series: Array| -> Result<(), Box<EvalAltResult>> {
+            let series = series.iter().map(chart_series).collect::<Result<Vec<_>, _>>()?;
+            c.report().sections.push(Section {
+                title: title.into(),
+                body: SectionBody::Chart {
+                    x_label: x_label.into(),
+                    y_label: y_label.into(),
+                    series,
+                },
+            });
+            Ok(())
+        },
+    );
     let c = ctx.clone();
     func("text", &["title: &str", "text: &str", "()"], "Add a text section.").set_into_module(
         &mut m,
@@ -245,6 +297,34 @@ mod tests {
         match &rep.sections[0].body {
             SectionBody::Table { rows, .. } => assert_eq!(rows[1], vec![Value::Null, Value::from("y")]),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chart_keeps_series_and_rejects_bad_points() {
+        let (ctx, r) = run(r#"
+            report::chart("c", "seconds", "connects", [#{name: "a", points: [[0.0, 1], [1.0, 3]], total: 4}]);
+        "#);
+        let _ = r.unwrap();
+        match &ctx.report().sections[0].body {
+            SectionBody::Chart { series, x_label, .. } => {
+                assert_eq!(x_label, "seconds");
+                assert_eq!(series[0]["points"][1][1], 3);
+                assert_eq!(series[0]["total"], 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (script, needle) in [
+            (r#"report::chart("c", "x", "y", [1])"#, "must be a map"),
+            (r#"report::chart("c", "x", "y", [#{points: []}])"#, "needs a `name`"),
+            (r#"report::chart("c", "x", "y", [#{name: "a"}])"#, "needs `points`"),
+            (
+                r#"report::chart("c", "x", "y", [#{name: "a", points: [[1, "z"]]}])"#,
+                "not an [x, y] pair",
+            ),
+        ] {
+            let e = run(script).1.unwrap_err().to_string();
+            assert!(e.contains(needle), "{script}: {e}");
         }
     }
 

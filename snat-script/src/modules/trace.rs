@@ -19,21 +19,31 @@
 //! | `family` | `"ipv4"` or `"ipv6"` | both |
 //! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
 //! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
+//! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
+//!
+//! Every live trace keeps a timeline (`t.timeline()`): per bucket and network namespace,
+//! connects, accepts, failed connects and closes, and the connections still open at each
+//! bucket's end. In aggregated mode the kernel's counters are read at every bucket end and
+//! the differences kept; in stream mode events are bucketed by their timestamp (events
+//! lost from the ring buffer are missing from it, the kernel's counters are not) and the
+//! open connections still come from the counters. Memory is buckets x namespaces.
 //!
 //! In aggregated mode the kernel keeps one port per row (the remote port of outbound
 //! connections, the listening port of inbound ones) and no pid or comm: grouping by `pid`
 //! or `comm` needs `mode: "stream"`; `dport` of an inbound row and `sport` of an outbound
 //! row are `()`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use snat_core::aggregate::{Field, TraceSummary};
 use snat_core::model::{Family, TcpEvent};
+use snat_core::timeline::{self, BucketCounts, TimelineBuilder};
+use snat_ebpf::FlowRow;
 use snat_ebpf::output::{JsonlWriter, TextWriter};
 use snat_ebpf::{Mode, Progress, RunEnd, TraceResult, TracerBuilder};
 
@@ -41,7 +51,7 @@ use super::types::{Trace, groupings_of};
 use super::{func, to_json};
 use crate::ctx::{Ctx, StageError};
 
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 10] = [
     "seconds",
     "mode",
     "by",
@@ -51,6 +61,7 @@ const KNOWN: [&str; 9] = [
     "family",
     "text_out",
     "jsonl_out",
+    "bucket",
 ];
 
 /// The parsed options of `trace::run`.
@@ -74,6 +85,8 @@ pub struct TraceOptions {
     pub text_out: Option<PathBuf>,
     /// JSON Lines output file.
     pub jsonl_out: Option<PathBuf>,
+    /// Timeline bucket.
+    pub bucket: Duration,
 }
 
 fn int_in<T: TryFrom<i64>>(name: &str, v: &Dynamic, what: &str) -> Result<T, String> {
@@ -170,8 +183,32 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
     if mode == Mode::Aggregated && (text_out.is_some() || jsonl_out.is_some()) {
         return Err("options `text_out` and `jsonl_out` write events: they need mode: \"stream\"".into());
     }
+    let duration = Duration::from_secs_f64(seconds);
+    let bucket = match opts.get("bucket") {
+        None => timeline::default_bucket(duration),
+        Some(v) => {
+            let b = if v.is_int() {
+                v.as_int().unwrap_or(0) as f64
+            } else if v.is_float() {
+                v.as_float().unwrap_or(0.0)
+            } else {
+                return Err(format!(
+                    "option `bucket` must be a number of seconds, got {}",
+                    v.type_name()
+                ));
+            };
+            if !(b.is_finite() && b > 0.0 && b <= 86_400.0) {
+                return Err(format!(
+                    "option `bucket` must be more than 0 seconds and at most the trace's {seconds} seconds, got {b}"
+                ));
+            }
+            Duration::from_secs_f64(b)
+        }
+    };
+    timeline::bucket_count(duration, bucket).map_err(|e| format!("option `bucket`: {e}"))?;
     Ok(TraceOptions {
-        duration: Duration::from_secs_f64(seconds),
+        duration,
+        bucket,
         mode,
         by,
         netns,
@@ -290,12 +327,21 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     if let Some(f) = o.family {
         b = b.family(f);
     }
+    let tl = std::cell::RefCell::new(
+        TimelineBuilder::new(o.duration, o.bucket).map_err(|e| StageError::Usage(e.to_string()))?,
+    );
+    let stream = o.mode == Mode::Stream;
     let mut tracer = b.attach().map_err(ebpf_error)?;
+    let start_ns = tracer.started_unix_ns();
     // Events are counted as they come: memory grows with distinct keys, not with events.
     let mut summary = TraceSummary::new("live", o.by.clone());
     let mut add_err: Option<snat_core::Error> = None;
     let mut write_err: Option<std::io::Error> = None;
     let mut on_event = |ev: TcpEvent| {
+        if let Some(t) = ev.time_ns {
+            let offset = Duration::from_nanos(t.saturating_sub(start_ns));
+            tl.borrow_mut().add_event(offset, ev.netns.unwrap_or(0), ev.kind);
+        }
         if add_err.is_none()
             && let Err(e) = summary.add(&ev)
         {
@@ -312,14 +358,38 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
         }
     };
     let show = ctx.options().progress;
+    let on_sample = |i: usize, rows: &[FlowRow]| tl.borrow_mut().sample(i, &per_netns(rows, !stream));
     let end = tracer
-        .run(&mut on_event, |p| {
-            if show {
-                progress_line(p);
-            }
-        })
+        .run_sampled(
+            Some(o.bucket),
+            &mut on_event,
+            |p| {
+                if show {
+                    progress_line(p);
+                }
+            },
+            on_sample,
+        )
         .map_err(ebpf_error)?;
     let res = tracer.finish(&mut on_event).map_err(ebpf_error)?;
+    let mut tl = tl.into_inner();
+    tl.sample(usize::MAX, &per_netns(&res.flows, !stream));
+    let mut timeline = tl.finish(Some(o.duration));
+    timeline.notes.push(if stream {
+        "stream mode: counts from event timestamps (events lost from the ring buffer are missing), open connections from the kernel's counters at each bucket end".into()
+    } else {
+        "aggregated mode: the kernel's counters read at each bucket end; open = established during the trace and not closed yet".into()
+    });
+    let lost = if stream {
+        res.stats.possibly_lost()
+    } else {
+        res.stats.flows_full + res.stats.missed_runs
+    };
+    if lost > 0 {
+        timeline.notes.push(format!(
+            "up to {lost} events are missing from the timeline (see the trace's notes): its counts are lower bounds"
+        ));
+    }
     if show {
         eprintln!();
     }
@@ -344,7 +414,26 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     }
     let s = summarise(&o, summary, &res)?;
     let n = s.totals.events;
-    Ok((Trace(Arc::new(s)), Some(n)))
+    Ok((Trace::with_timeline(s, Some(timeline)), Some(n)))
+}
+
+/// The kernel's cumulative counts (all zero unless `counts`) and open connections per
+/// network namespace.
+fn per_netns(rows: &[FlowRow], counts: bool) -> BTreeMap<u64, (BucketCounts, u64)> {
+    let mut out: BTreeMap<u64, (BucketCounts, u64)> = BTreeMap::new();
+    for r in rows {
+        let e = out.entry(r.netns).or_default();
+        if counts {
+            e.0.add(&BucketCounts {
+                connects: r.connects,
+                accepts: r.accepts,
+                failed_connects: r.failed_connects,
+                closes: r.closes,
+            });
+        }
+        e.1 += r.open;
+    }
+    out
 }
 
 /// The `trace` module.
@@ -354,7 +443,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "run",
         &["options: Map", "Trace"],
-        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
+        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file),\nbucket (timeline bucket in seconds, default max(1, seconds / 60); see trace.timeline()).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
     )
     .set_into_module(&mut m, move |opts: Map| -> Result<Trace, Box<EvalAltResult>> {
         let args = to_json(&Dynamic::from_map(opts.clone()));
@@ -395,6 +484,12 @@ mod tests {
         assert_eq!(o.mode, Mode::Aggregated);
         assert_eq!(o.by, TraceSummary::default_groupings());
         assert!(o.netns.is_empty() && o.pid.is_none() && o.text_out.is_none());
+        assert_eq!(o.bucket, Duration::from_secs(1));
+        assert_eq!(opts("#{seconds: 600}").unwrap().bucket, Duration::from_secs(10));
+        assert_eq!(
+            opts("#{seconds: 30, bucket: 2.5}").unwrap().bucket,
+            Duration::from_millis(2500)
+        );
     }
 
     #[test]
@@ -427,6 +522,11 @@ mod tests {
             ("#{dport: 70000}", "not a port"),
             ("#{family: \"ipx\"}", "not \"ipv4\""),
             ("#{text_out: \"x\"}", "need mode: \"stream\""),
+            ("#{bucket: 0.1}", "shorter than 0.5 s"),
+            ("#{seconds: 10, bucket: 20}", "longer than the 10 s window"),
+            ("#{seconds: 86400, bucket: 1}", "at most 1440"),
+            ("#{bucket: \"x\"}", "number of seconds"),
+            ("#{bucket: -2}", "more than 0"),
         ] {
             let err = opts(script).unwrap_err();
             assert!(err.contains(needle), "{script}: {err}");

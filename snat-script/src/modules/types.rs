@@ -1,18 +1,93 @@
 //! Rhai bindings for the types every trace source returns: `Trace` (a consumed log or
-//! live window), `Ranking` and `RankRow`. A tcptracer log and a live trace give the same
-//! `Trace`, so one playbook ranks either.
+//! live window), `Ranking`, `RankRow` and `Timeline` (connections per bucket and network
+//! namespace over the window). A tcptracer log and a live trace give the same `Trace`, so
+//! one playbook ranks (and charts) either.
 
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Module};
 use snat_core::aggregate::{Counts, Field, Metric, RankRow as CoreRow, Ranking as CoreRanking, TraceSummary, Value};
+use snat_core::timeline::{SeriesMetric, Timeline as CoreTimeline};
 
 use super::{getter, method, to_dyn, usage};
 use crate::ctx::{Ctx, StageFailure};
 
-/// A consumed trace: totals, loss accounting and the groupings it kept.
+/// A consumed trace: totals, loss accounting and the groupings it kept, and its timeline
+/// when the source has one.
 #[derive(Debug, Clone)]
-pub struct Trace(pub Arc<TraceSummary>);
+pub struct Trace(pub Arc<TraceSummary>, pub Option<Arc<CoreTimeline>>);
+
+impl Trace {
+    /// A trace without a timeline.
+    pub fn new(summary: TraceSummary) -> Trace {
+        Trace(Arc::new(summary), None)
+    }
+
+    /// A trace with its timeline.
+    pub fn with_timeline(summary: TraceSummary, timeline: Option<CoreTimeline>) -> Trace {
+        Trace(Arc::new(summary), timeline.map(Arc::new))
+    }
+}
+
+/// Connections per time bucket and network namespace over a trace window.
+#[derive(Debug, Clone)]
+pub struct Timeline(pub Arc<CoreTimeline>);
+
+const NO_TIMELINE: &str = "this trace has no timeline: trace::run always keeps one; for a tcptracer log, read a log with a TIME column (tcptracer -t) with tcptracer::read(path, #{timeline: true})";
+
+impl Timeline {
+    /// Series folded by label (see [`CoreTimeline::grouped`]) as chart-ready maps:
+    /// `#{name, netns, values, total, peak, peak_at, points}`.
+    fn grouped(&self, labels: &Map, top: i64, metric: &str) -> Result<Array, Box<EvalAltResult>> {
+        let metric: SeriesMetric = metric.parse().map_err(|e: snat_core::Error| e.to_string())?;
+        let Ok(top) = usize::try_from(top) else {
+            return usage(format!("top must be 0 or more, got {top}"));
+        };
+        let mut names = std::collections::BTreeMap::new();
+        for (k, v) in labels {
+            let Ok(ns) = k.trim().parse::<u64>() else {
+                return usage(format!(
+                    "timeline labels are keyed by network namespace inode (e.g. \"4026532785\"), got key {k:?}"
+                ));
+            };
+            names.insert(ns, v.to_string());
+        }
+        let starts = &self.0.starts;
+        let out = self.0.grouped(|ns| names.get(&ns).cloned(), top, metric);
+        Ok(out
+            .into_iter()
+            .map(|s| {
+                let mut m = Map::new();
+                let points: Array = starts
+                    .iter()
+                    .zip(&s.values)
+                    .map(|(x, y)| Dynamic::from_array(vec![Dynamic::from_float(*x), Dynamic::from_int(clamp(*y))]))
+                    .collect();
+                m.insert("name".into(), s.name.clone().into());
+                m.insert(
+                    "netns".into(),
+                    Dynamic::from_array(s.netns.iter().map(|n| Dynamic::from_int(clamp(*n))).collect()),
+                );
+                m.insert(
+                    "values".into(),
+                    Dynamic::from_array(s.values.iter().map(|n| Dynamic::from_int(clamp(*n))).collect()),
+                );
+                m.insert("total".into(), Dynamic::from_int(clamp(s.total)));
+                m.insert("peak".into(), Dynamic::from_int(clamp(s.peak)));
+                m.insert(
+                    "peak_at".into(),
+                    Dynamic::from_float(starts.get(s.peak_bucket).copied().unwrap_or(0.0)),
+                );
+                m.insert("points".into(), Dynamic::from_array(points));
+                Dynamic::from_map(m)
+            })
+            .collect())
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 /// A ranking of keys by a metric.
 #[derive(Debug, Clone)]
@@ -104,6 +179,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     m.set_custom_type::<Trace>("Trace");
     m.set_custom_type::<Ranking>("Ranking");
     m.set_custom_type::<RankRow>("RankRow");
+    m.set_custom_type::<Timeline>("Timeline");
 
     // ---- StageFailure: what `catch (e)` gets when a stage fails, so a playbook can go on
     // (e.g. "no cluster reachable") and say why.
@@ -228,6 +304,77 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         },
     );
 
+    getter(
+        &mut m,
+        "has_timeline",
+        "bool",
+        "Whether `timeline()` has data: always for trace::run, for tcptracer::read with `timeline: true`.",
+        |t: &mut Trace| t.1.is_some(),
+    );
+    method(
+        "timeline",
+        &["trace: Trace", "Timeline"],
+        "Connections per time bucket and network namespace over the window: bucket starts in seconds from\nthe start of the trace, and per netns connects, accepts, failed_connects, closes (per bucket) and\nopen (at each bucket's end; live traces only). Fails on a trace read without a timeline.",
+    )
+    .set_into_module(&mut m, |t: &mut Trace| -> Result<Timeline, Box<EvalAltResult>> {
+        match &t.1 {
+            Some(tl) => Ok(Timeline(tl.clone())),
+            None => usage(NO_TIMELINE),
+        }
+    });
+
+    // ---- Timeline
+    getter(
+        &mut m,
+        "bucket_secs",
+        "f64",
+        "Length of a bucket in seconds (the last one may be shorter).",
+        |t: &mut Timeline| t.0.bucket_secs,
+    );
+    getter(
+        &mut m,
+        "window_secs",
+        "f64",
+        "Length of the traced window in seconds.",
+        |t: &mut Timeline| t.0.window_secs,
+    );
+    getter(
+        &mut m,
+        "starts",
+        "Array",
+        "Start of each bucket, in seconds from the start of the trace.",
+        |t: &mut Timeline| t.0.starts.iter().map(|x| Dynamic::from_float(*x)).collect::<Array>(),
+    );
+    getter(
+        &mut m,
+        "series",
+        "Array",
+        "One map per network namespace with any event: #{netns, connects, accepts, failed_connects, closes,\nopen}, each an array with one value per bucket (open is () when the source cannot tell).",
+        |t: &mut Timeline| to_dyn(&t.0.series).unwrap_or(Dynamic::UNIT),
+    );
+    getter(
+        &mut m,
+        "notes",
+        "Array",
+        "Remarks: late events, merged buckets, how open connections were measured.",
+        |t: &mut Timeline| t.0.notes.iter().map(|n| Dynamic::from(n.clone())).collect::<Array>(),
+    );
+    method(
+        "to_map",
+        &["timeline: Timeline", "Map"],
+        "The whole timeline as a map (bucket_secs, window_secs, starts, series, notes), e.g. for report::data.",
+    )
+    .set_into_module(&mut m, |t: &mut Timeline| to_dyn(&*t.0));
+    method(
+        "grouped",
+        &["timeline: Timeline", "labels: Map", "top: i64", "metric: &str", "Array"],
+        "Fold namespaces into labelled series for report::chart: labels maps a netns inode (as a string key)\nto a name (namespaces without one are `netns N`; several with the same name are added up), the\n`top` series by total (by peak for \"open\") are kept and the rest summed as \"other\". metric:\nattempts (connects + failed_connects), connects, accepts, failed_connects, closes or open. Each\nseries: #{name, netns, values, total, peak, peak_at (seconds), points: [[start, value], ...]}.",
+    )
+    .set_into_module(
+        &mut m,
+        |t: &mut Timeline, labels: Map, top: i64, metric: &str| t.grouped(&labels, top, metric),
+    );
+
     // ---- Ranking
     getter(
         &mut m,
@@ -324,6 +471,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
 mod tests {
     use super::*;
     use snat_core::model::{Clock, EventKind, Family, TcpEvent};
+    use std::time::Duration;
 
     fn trace() -> Trace {
         let mut s = TraceSummary::new("mem", TraceSummary::default_groupings());
@@ -347,7 +495,7 @@ mod tests {
             })
             .unwrap();
         }
-        Trace(Arc::new(s))
+        Trace::new(s)
     }
 
     fn engine() -> rhai::Engine {
@@ -372,6 +520,66 @@ mod tests {
             .eval_with_scope(&mut scope, "t.events + t.connects + t.lost_events")
             .unwrap();
         assert_eq!(n, 6);
+    }
+
+    fn timed_trace() -> Trace {
+        use snat_core::timeline::TimelineBuilder;
+        let mut b = TimelineBuilder::new(Duration::from_secs(6), Duration::from_secs(1)).unwrap();
+        for (ms, ns, kind) in [
+            (100, 11, EventKind::Connect),
+            (300, 11, EventKind::FailedConnect),
+            (4200, 11, EventKind::Connect),
+            (4300, 22, EventKind::Connect),
+            (5900, 33, EventKind::Close),
+        ] {
+            b.add_event(Duration::from_millis(ms), ns, kind);
+        }
+        Trace::with_timeline(
+            TraceSummary::new("mem", TraceSummary::default_groupings()),
+            Some(b.finish(None)),
+        )
+    }
+
+    #[test]
+    fn timeline_reads_from_rhai() {
+        let e = engine();
+        let mut scope = rhai::Scope::new();
+        scope.push("t", timed_trace());
+        let out: String = e
+            .eval_with_scope(
+                &mut scope,
+                r#"let tl = t.timeline();
+                   let s = tl.series[0];
+                   let g = tl.grouped(#{"11": "shop/web", "22": "shop/web"}, 1, "attempts");
+                   `${t.has_timeline} ${tl.bucket_secs} ${tl.starts} ${s.netns} ${s.connects} ${s.failed_connects} ${s.open} | ${g.len()} ${g[0].name} ${g[0].values} ${g[0].peak} ${g[0].peak_at} ${g[0].points[4]} ${g[0].netns} | ${tl.to_map().series.len()}`"#,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "true 1.0 [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] 11 [1, 0, 0, 0, 1, 0] [1, 0, 0, 0, 0, 0]  | 1 shop/web [2, 0, 0, 0, 2, 0] 2 0.0 [4.0, 2] [11, 22] | 3"
+        );
+    }
+
+    #[test]
+    fn timeline_mistakes_are_script_errors() {
+        let e = engine();
+        let mut scope = rhai::Scope::new();
+        scope.push("t", timed_trace());
+        scope.push("plain", trace());
+        for (script, needle) in [
+            ("plain.timeline()", "has no timeline"),
+            (r#"t.timeline().grouped(#{}, 3, "bogus")"#, "unknown timeline metric"),
+            (
+                r#"t.timeline().grouped(#{pod: "x"}, 3, "open")"#,
+                "keyed by network namespace inode",
+            ),
+            (r#"t.timeline().grouped(#{}, -1, "open")"#, "top must be 0 or more"),
+        ] {
+            let err = e.eval_with_scope::<Dynamic>(&mut scope, script).unwrap_err();
+            assert!(err.to_string().contains(needle), "{script}: {err}");
+        }
+        let has: bool = e.eval_with_scope(&mut scope, "plain.has_timeline").unwrap();
+        assert!(!has);
     }
 
     #[test]
