@@ -345,3 +345,61 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         }
     }
 }
+
+/// A listener opened before the trace: with `seed_owners` (the default) its accepts carry
+/// this process's pid (so the kernel's pid filter keeps them) and the notes say what the
+/// snapshot named; with `seed_owners: false` they have no owner and the pid filter drops them.
+#[test]
+fn accepts_on_a_listener_older_than_the_trace_have_its_owner() {
+    if !need_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    const N: usize = 5;
+    for seed in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let base = bpf_links();
+        let t = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while bpf_links() <= base {
+                assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // The owner snapshot is taken right after the program attaches (tens to hundreds
+            // of milliseconds): connect once it is done, well inside the 6 s window.
+            std::thread::sleep(Duration::from_millis(2000));
+            for _ in 0..N {
+                let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let (a, _) = listener.accept().unwrap();
+                drop((c, a));
+            }
+        });
+        let (e, _ctx) = engine(&[]);
+        let mut scope = Scope::new();
+        scope.push("me", i64::from(std::process::id()));
+        scope.push("seed", seed);
+        scope.push("port", i64::from(port));
+        let trace: Trace = e
+            .eval_with_scope(
+                &mut scope,
+                r#"trace::run(#{seconds: 6, mode: "stream", pid: me, dport: port, seed_owners: seed,
+                                by: [["pid", "comm"]]})"#,
+            )
+            .unwrap();
+        t.join().unwrap();
+        let s = &trace.0;
+        assert_eq!(s.totals.connects, N as u64, "seed {seed}: {:?}", s.totals);
+        if seed {
+            assert_eq!(s.totals.accepts, N as u64, "{:?} {:?}", s.totals, s.notes);
+            assert!(
+                s.notes.iter().any(|n| n.starts_with("owners of older sockets:")),
+                "{:?}",
+                s.notes
+            );
+        } else {
+            assert_eq!(s.totals.accepts, 0, "{:?} {:?}", s.totals, s.notes);
+            assert!(!s.notes.iter().any(|n| n.starts_with("owners of older sockets:")));
+        }
+    }
+}

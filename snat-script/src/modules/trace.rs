@@ -20,6 +20,7 @@
 //! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
 //! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
+//! | `seed_owners` | at attach, name the owners of sockets older than the trace (listeners; in stream mode also connections) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
 //!
 //! Every live trace keeps a timeline (`t.timeline()`): per bucket and network namespace,
 //! connects, accepts, failed connects and closes, and the connections still open at each
@@ -51,7 +52,7 @@ use super::types::{Trace, groupings_of};
 use super::{func, to_json};
 use crate::ctx::{Ctx, StageError};
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     "seconds",
     "mode",
     "by",
@@ -62,6 +63,7 @@ const KNOWN: [&str; 10] = [
     "text_out",
     "jsonl_out",
     "bucket",
+    "seed_owners",
 ];
 
 /// The parsed options of `trace::run`.
@@ -87,6 +89,8 @@ pub struct TraceOptions {
     pub jsonl_out: Option<PathBuf>,
     /// Timeline bucket.
     pub bucket: Duration,
+    /// Name the owners of sockets older than the trace from a snapshot taken at attach.
+    pub seed_owners: bool,
 }
 
 fn int_in<T: TryFrom<i64>>(name: &str, v: &Dynamic, what: &str) -> Result<T, String> {
@@ -206,7 +210,14 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
         }
     };
     timeline::bucket_count(duration, bucket).map_err(|e| format!("option `bucket`: {e}"))?;
+    let seed_owners = match opts.get("seed_owners") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .map_err(|t| format!("option `seed_owners` must be true or false, got {t}"))?,
+    };
     Ok(TraceOptions {
+        seed_owners,
         duration,
         bucket,
         mode,
@@ -292,13 +303,50 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
             st.missed_runs
         ));
     }
-    if st.owner_unknown > 0 {
-        s.notes.push(format!(
-            "{} connects/accepts/failures have no owner (pid 0): their socket or listener predates the trace",
-            st.owner_unknown
-        ));
+    if let Some(r) = &res.seed {
+        s.notes.push(seed_note(r));
+        s.notes
+            .extend(r.problems.iter().map(|p| format!("owner snapshot: {p}")));
+    }
+    match o.mode {
+        Mode::Stream => {
+            if st.events_owner_from_snapshot > 0 {
+                s.notes.push(format!(
+                    "{} closes/failures of connections older than the trace got their owner from the snapshot taken at attach",
+                    st.events_owner_from_snapshot
+                ));
+            }
+            if st.events_owner_unknown > 0 {
+                s.notes.push(format!(
+                    "{} events have no owner (pid 0): their socket predates the trace and {}",
+                    st.events_owner_unknown,
+                    if o.seed_owners {
+                        "the snapshot taken at attach did not name it"
+                    } else {
+                        "seed_owners is false"
+                    }
+                ));
+            }
+        }
+        Mode::Aggregated => {
+            if st.owner_unknown > 0 {
+                s.notes.push(format!(
+                    "{} connects/accepts/failures had no owner in the kernel: their socket or listener predates the trace{}",
+                    st.owner_unknown,
+                    if o.seed_owners { "" } else { " (seed_owners is false)" }
+                ));
+            }
+        }
     }
     Ok(s)
+}
+
+/// One line on what the attach-time owner snapshot found.
+fn seed_note(r: &snat_ebpf::SeedReport) -> String {
+    format!(
+        "owners of older sockets: {}/{} listeners and {}/{} connections named, in {} namespaces ({} ms at attach)",
+        r.listeners_seeded, r.listeners, r.connections_owned, r.connections, r.namespaces, r.took_ms
+    )
 }
 
 fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
@@ -314,6 +362,8 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     let mut b = TracerBuilder::new()
         .duration(o.duration)
         .mode(o.mode)
+        .seed_owners(o.seed_owners)
+        .seed_proc_root(ctx.options().host_proc.clone())
         .cancel_flag(ctx.cancel_flag());
     if !o.netns.is_empty() {
         b = b.netns(o.netns.iter().copied());
@@ -332,6 +382,11 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     );
     let stream = o.mode == Mode::Stream;
     let mut tracer = b.attach().map_err(ebpf_error)?;
+    if ctx.options().progress
+        && let Some(r) = tracer.seed_report()
+    {
+        eprintln!("trace: {}", seed_note(r));
+    }
     let start_ns = tracer.started_unix_ns();
     // Events are counted as they come: memory grows with distinct keys, not with events.
     let mut summary = TraceSummary::new("live", o.by.clone());
@@ -485,6 +540,8 @@ mod tests {
         assert_eq!(o.by, TraceSummary::default_groupings());
         assert!(o.netns.is_empty() && o.pid.is_none() && o.text_out.is_none());
         assert_eq!(o.bucket, Duration::from_secs(1));
+        assert!(o.seed_owners);
+        assert!(!opts("#{seed_owners: false}").unwrap().seed_owners);
         assert_eq!(opts("#{seconds: 600}").unwrap().bucket, Duration::from_secs(10));
         assert_eq!(
             opts("#{seconds: 30, bucket: 2.5}").unwrap().bucket,
@@ -527,6 +584,7 @@ mod tests {
             ("#{seconds: 86400, bucket: 1}", "at most 1440"),
             ("#{bucket: \"x\"}", "number of seconds"),
             ("#{bucket: -2}", "more than 0"),
+            ("#{seed_owners: \"no\"}", "must be true or false"),
         ] {
             let err = opts(script).unwrap_err();
             assert!(err.contains(needle), "{script}: {err}");
