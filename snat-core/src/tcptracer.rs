@@ -15,6 +15,11 @@
 //! 16-character column, and COMM (whatever lies between PID and IP) may contain spaces.
 //! [`format_event`] writes the same text for snat's own events (with the extra kind
 //! `failed_connect`), so snat's live output round-trips through this reader.
+//!
+//! Each line takes the first of three paths that is sure of it, and all three count the
+//! same: the packed path (`packed`: IPv4 `-t4v` lines, integer keys, for groupings without
+//! COMM), the fast path (`fast`: any `-v` line with NETNS, byte keys), and the full parser
+//! ([`parse_line`]), which alone reports malformed lines.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};

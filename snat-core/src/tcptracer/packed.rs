@@ -335,9 +335,21 @@ impl IntMap {
     }
 }
 
-/// Slots of the address cache (a power of two).
+/// Slots of the address cache: 4096 of 24 bytes, 96 KiB per thread (larger caches measured
+/// no faster on the benchmark's 4,600 distinct addresses).
 const CACHE_SLOTS: usize = 1 << CACHE_BITS;
-const CACHE_BITS: u32 = 14;
+const CACHE_BITS: u32 = 12;
+
+/// `LOW_BYTES[n]`: the low `n` bytes of a `u128` set (`n <= 16`).
+const LOW_BYTES: [u128; 17] = {
+    let mut t = [0u128; 17];
+    let mut n = 1;
+    while n <= 16 {
+        t[n] = u128::MAX >> (8 * (16 - n));
+        n += 1;
+    }
+    t
+};
 
 /// IPv4 addresses already parsed, by their text: direct-mapped, a slot is the text's 16
 /// bytes (zero past its end; tokens never contain a zero byte, which is a blank) and the
@@ -356,23 +368,44 @@ impl Default for AddrCache {
 }
 
 impl AddrCache {
-    /// The IPv4 address `w[s..e]` as the full parser reads it, or `None` if it is not one.
+    /// The text of the address `w[s..e]` as a slot key, and its slot; `None` if it is not
+    /// 7 to 15 bytes long (so not an IPv4 address).
     #[inline(always)]
-    fn get(&mut self, w: &[u8; LOOKAHEAD], s: usize, e: usize) -> Option<u32> {
+    fn key(w: &[u8; LOOKAHEAD], s: usize, e: usize) -> Option<(u64, u64, usize)> {
         let n = e.wrapping_sub(s);
         if !(7..=15).contains(&n) {
             return None;
         }
-        let raw = u128::from_le_bytes(w[s..s + 16].try_into().ok()?) & ((1u128 << (8 * n)) - 1);
+        let raw = u128::from_le_bytes(w[s..s + 16].try_into().ok()?) & LOW_BYTES[n];
         let (lo, hi) = (raw as u64, (raw >> 64) as u64);
         let h = (lo ^ hi.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS);
-        let slot = &mut self.slots[h as usize % CACHE_SLOTS];
-        if slot.0 == lo && slot.1 == hi {
-            return Some(slot.2);
-        }
-        let ip = u32::from(parse_ipv4(&w[s..e])?);
-        *slot = (lo, hi, ip);
-        Some(ip)
+        Some((lo, hi, h as usize % CACHE_SLOTS))
+    }
+
+    /// The IPv4 addresses `w[s1..e1]` and `w[s2..e2]` as the full parser reads them, or
+    /// `None` if one is not an address. Both slots are read before either is compared, so
+    /// that the two memory loads overlap.
+    #[inline(always)]
+    fn get2(&mut self, w: &[u8; LOOKAHEAD], (s1, e1): (usize, usize), (s2, e2): (usize, usize)) -> Option<(u32, u32)> {
+        let (lo1, hi1, i1) = Self::key(w, s1, e1)?;
+        let (lo2, hi2, i2) = Self::key(w, s2, e2)?;
+        let a = self.slots[i1];
+        let b = self.slots[i2];
+        let ip1 = if a.0 == lo1 && a.1 == hi1 {
+            a.2
+        } else {
+            let ip = u32::from(parse_ipv4(&w[s1..e1])?);
+            self.slots[i1] = (lo1, hi1, ip);
+            ip
+        };
+        let ip2 = if b.0 == lo2 && b.1 == hi2 {
+            b.2
+        } else {
+            let ip = u32::from(parse_ipv4(&w[s2..e2])?);
+            self.slots[i2] = (lo2, hi2, ip);
+            ip
+        };
+        Some((ip1, ip2))
     }
 }
 
@@ -414,13 +447,10 @@ fn digits16(w: &[u8; LOOKAHEAD], s: usize, e: usize) -> u64 {
         let v = (v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601) >> 16;
         (v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001) >> 32
     }
-    let hi = u64::from_le_bytes(w[e - 8..e].try_into().unwrap_or_default());
-    let lo = u64::from_le_bytes(w[e - 16..e - 8].try_into().unwrap_or_default());
-    // Digits before `s` read as 0: clear their bytes (b'0' & 0x0F is 0 as well).
-    let n = e - s;
-    let keep = |k: usize| if k >= 8 { !0u64 } else { !(!0u64 >> (8 * k)) };
-    let hi = hi & keep(n.min(8));
-    let lo = lo & keep(n.saturating_sub(8));
+    // The 16 bytes ending at `e`; digits before `s` read as 0: clear their bytes (b'0' &
+    // 0x0F is 0 as well). The last `n` bytes are the high ones of the little-endian word.
+    let v = u128::from_le_bytes(w[e - 16..e].try_into().unwrap_or_default()) & !LOW_BYTES[16 - (e - s)];
+    let (lo, hi) = (v as u64, (v >> 64) as u64);
     eight(lo) * 100_000_000 + eight(hi)
 }
 
@@ -562,8 +592,7 @@ pub(super) fn scan<C: Classify>(w: &[u8; LOOKAHEAD], need: Need, cache: &mut Add
     {
         return None;
     }
-    let saddr = cache.get(w, saddr_s, saddr_e)?;
-    let daddr = cache.get(w, daddr_s, daddr_e)?;
+    let (saddr, daddr) = cache.get2(w, (saddr_s, saddr_e), (daddr_s, daddr_e))?;
     let mut l = IntLine {
         kind,
         saddr,
