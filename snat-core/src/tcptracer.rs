@@ -43,7 +43,7 @@ pub const BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
 const MAX_LINE: usize = 64 * 1024;
 
 /// Read buffer per thread.
-const BUF_SIZE: usize = 1 << 20;
+const BUF_SIZE: usize = 1 << 18;
 
 /// Files smaller than this are read by one thread.
 const PARALLEL_MIN_BYTES: u64 = 8 << 20;

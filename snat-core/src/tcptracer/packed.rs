@@ -213,7 +213,12 @@ impl Layout {
                 Field::Dport => u64::from(l.dport),
                 Field::Netns => l.netns,
             };
-            k[(sh >> 6) as usize & 1] |= v << (sh & 63);
+            // A branch per field, the same every line, keeps both halves in registers.
+            if sh < 64 {
+                k[0] |= v << sh;
+            } else {
+                k[1] |= v << (sh - 64);
+            }
         }
         u128::from(k[0]) | (u128::from(k[1]) << 64)
     }
