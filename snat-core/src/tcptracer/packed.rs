@@ -865,6 +865,38 @@ mod tests {
         }
     }
 
+    /// Addresses looked up again (cache hits), next to near misses that share a prefix or
+    /// hash alike, read as the parser reads them every time.
+    #[test]
+    fn address_cache_hits_agree_with_the_parser() {
+        let addrs = [
+            "10.0.0.1",
+            "10.0.0.10",
+            "10.0.0.100",
+            "1.2.3.4",
+            "01.2.3.4",
+            "256.1.1.1",
+            "10.0.0",
+            "10.0.0.1.",
+            "10.0.0:1",
+            "255.255.255.255",
+            "0.0.0.0",
+        ];
+        let mut cache = AddrCache::default();
+        for _ in 0..3 {
+            for a in addrs {
+                for b in addrs {
+                    let mut w = [b' '; LOOKAHEAD];
+                    w[10..10 + a.len()].copy_from_slice(a.as_bytes());
+                    w[40..40 + b.len()].copy_from_slice(b.as_bytes());
+                    let got = cache.get2(&w, (10, 10 + a.len()), (40, 40 + b.len()));
+                    let p = |t: &str| super::super::parse_ipv4(t.as_bytes()).map(u32::from);
+                    assert_eq!(got, p(a).zip(p(b)), "{a} {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn map_counts_every_key_across_growth() {
         let mut m = IntMap::default();
