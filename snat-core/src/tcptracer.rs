@@ -15,6 +15,11 @@
 //! 16-character column, and COMM (whatever lies between PID and IP) may contain spaces.
 //! [`format_event`] writes the same text for snat's own events (with the extra kind
 //! `failed_connect`), so snat's live output round-trips through this reader.
+//!
+//! Each line takes the first of three paths that is sure of it, and all three count the
+//! same: the packed path (`packed`: IPv4 `-t4v` lines, integer keys, for groupings without
+//! COMM), the fast path (`fast`: any `-v` line with NETNS, byte keys), and the full parser
+//! ([`parse_line`]), which alone reports malformed lines.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -28,6 +33,7 @@ use crate::error::Error;
 use crate::model::{Clock, EventKind, Family, TcpEvent};
 
 mod fast;
+mod packed;
 
 /// The first line tcptracer prints.
 pub const BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
@@ -37,7 +43,7 @@ pub const BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";
 const MAX_LINE: usize = 64 * 1024;
 
 /// Read buffer per thread.
-const BUF_SIZE: usize = 1 << 20;
+const BUF_SIZE: usize = 1 << 18;
 
 /// Files smaller than this are read by one thread.
 const PARALLEL_MIN_BYTES: u64 = 8 << 20;
@@ -853,6 +859,49 @@ struct ChunkState {
     formats: Vec<(u64, Format)>,
     strict_error: Option<BadLine>,
     key_buf: Vec<u8>,
+    /// The integer-keyed path ([`packed`]), when every grouping fits it.
+    int: Option<Box<IntPath>>,
+}
+
+/// State of the integer-keyed path: one packed-key table per grouping, counts per kind,
+/// and the address cache.
+#[derive(Debug)]
+struct IntPath {
+    layouts: Vec<packed::Layout>,
+    maps: Vec<packed::IntMap>,
+    need: packed::Need,
+    cache: packed::AddrCache,
+    kinds: packed::KindCounts,
+}
+
+impl IntPath {
+    /// The path for `groupings`, if every one of them packs into an integer key.
+    fn new(groupings: &[Vec<Field>]) -> Option<Box<IntPath>> {
+        let layouts = groupings
+            .iter()
+            .map(|g| packed::Layout::new(g))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Box::new(IntPath {
+            need: packed::Layout::need(&layouts),
+            maps: layouts.iter().map(|_| packed::IntMap::default()).collect(),
+            layouts,
+            cache: packed::AddrCache::default(),
+            kinds: [0; 5],
+        }))
+    }
+}
+
+/// Counts of one key from its counts per kind code.
+fn counts_of_kinds(k: &packed::KindCounts) -> Counts {
+    Counts {
+        events: k.iter().fold(0u64, |a, b| a.saturating_add(*b)),
+        connects: k[0],
+        accepts: k[1],
+        closes: k[2],
+        failed_connects: k[3],
+        unknown: k[4],
+        open: 0,
+    }
 }
 
 impl ChunkState {
@@ -882,13 +931,47 @@ impl ChunkState {
             formats: Vec::new(),
             strict_error: None,
             key_buf: Vec::with_capacity(64),
+            int: IntPath::new(&reader.groupings),
+        }
+    }
+
+    /// Move what the integer-keyed path counted into the totals and the tables.
+    fn fold_int(&mut self) {
+        let Some(mut p) = self.int.take() else {
+            return;
+        };
+        self.totals.add(&counts_of_kinds(&p.kinds));
+        let mut buf = Vec::with_capacity(64);
+        for ((g, lay), map) in self.groups.iter_mut().zip(&p.layouts).zip(&mut p.maps) {
+            for (k, kc) in map.drain() {
+                lay.encode(k, &g.fields, &mut buf);
+                let c = counts_of_kinds(&kc);
+                match g.table.get_mut(buf.as_slice()) {
+                    Some(v) => v.add(&c),
+                    None => {
+                        g.table.insert(buf.as_slice().into(), c);
+                    }
+                }
+            }
         }
     }
 
     /// Take the line at the start of `buf` if the fast path can ([`fast::scan`]): its
     /// length with the newline, or `None` (nothing counted) to leave it to [`Self::line`].
     #[inline(always)]
-    fn fast_line(&mut self, buf: &[u8]) -> Option<usize> {
+    fn fast_line<C: packed::Classify>(&mut self, buf: &[u8]) -> Option<usize> {
+        if let Some(p) = self.int.as_deref_mut()
+            && let Some(w) = buf.first_chunk::<{ packed::LOOKAHEAD }>()
+            && let Some((n, l)) = packed::scan::<C>(w, p.need, &mut p.cache)
+        {
+            self.lines += 1;
+            self.events += 1;
+            p.kinds[usize::from(l.kind) % 5] += 1;
+            for (lay, map) in p.layouts.iter().zip(&mut p.maps) {
+                map.bump(lay.pack(&l), l.kind);
+            }
+            return Some(n);
+        }
         let (m, len) = fast::Masks::line(buf)?;
         let ev = fast::scan(&buf[..len], &m)?;
         self.lines += 1;
@@ -983,7 +1066,38 @@ impl ChunkState {
 /// Feed the lines of `input` to `state`. With `skip_first`, bytes up to the first newline
 /// belong to the previous chunk. With `limit`, stop at the first line starting at or past
 /// that many bytes into `input`.
-fn drive<R: Read>(mut input: R, state: &mut ChunkState, skip_first: bool, limit: Option<u64>) -> io::Result<()> {
+fn drive<R: Read>(input: R, state: &mut ChunkState, skip_first: bool, limit: Option<u64>) -> io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("lzcnt")
+            && std::arch::is_x86_feature_detected!("popcnt")
+        {
+            // SAFETY: the CPU has every feature `drive_avx2` is compiled for.
+            return unsafe { drive_avx2(input, state, skip_first, limit) };
+        }
+        drive_with::<packed::Sse2, R>(input, state, skip_first, limit)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    drive_with::<packed::Portable, R>(input, state, skip_first, limit)
+}
+
+/// [`drive_with`] compiled for CPUs with AVX2 (and the bit-counting instructions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,lzcnt,popcnt")]
+fn drive_avx2<R: Read>(input: R, state: &mut ChunkState, skip_first: bool, limit: Option<u64>) -> io::Result<()> {
+    drive_with::<packed::Avx2, R>(input, state, skip_first, limit)
+}
+
+/// [`drive`] with the byte classifier `C` for the integer-keyed path.
+#[inline(always)]
+fn drive_with<C: packed::Classify, R: Read>(
+    mut input: R,
+    state: &mut ChunkState,
+    skip_first: bool,
+    limit: Option<u64>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut filled = 0; // bytes in buf
     let mut pos = 0; // start of the unprocessed part of buf
@@ -1007,7 +1121,7 @@ fn drive<R: Read>(mut input: R, state: &mut ChunkState, skip_first: bool, limit:
                     l.saturating_sub(consumed).min(usize::MAX as u64) as usize
                 });
                 while pos < lim
-                    && let Some(n) = state.fast_line(&buf[pos..filled])
+                    && let Some(n) = state.fast_line::<C>(&buf[pos..filled])
                 {
                     pos += n;
                 }
@@ -1240,7 +1354,8 @@ impl LogReader {
         let mut first_lost: Option<u64> = None;
         let mut formats: Vec<(u64, Format)> = Vec::new();
         let mut tables: Vec<FastMap> = self.groupings.iter().map(|_| FastMap::default()).collect();
-        for st in states {
+        for mut st in states {
+            st.fold_int();
             if let Some(e) = st.strict_error {
                 return Err(Error::TcptracerLine {
                     log: source.to_string(),

@@ -1,5 +1,6 @@
 //! Fast path for the common line: a `-v` event with a NETNS column (`tcptracer -t4v`), the
-//! shape nearly every line of a real log has. [`Masks::line`] classifies the line 16 bytes
+//! shape nearly every line of a real log has (the lines the packed path, `super::packed`,
+//! leaves: IPv6, groupings with COMM, long lines). [`Masks::line`] classifies the line 16 bytes
 //! at a time (blanks, digits, dots; SSE2 on x86_64, a portable loop elsewhere) while
 //! finding its newline, so the reader needs no separate newline search. [`scan`] then
 //! locates the columns with bit operations on those masks and checks them completely
