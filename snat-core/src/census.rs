@@ -27,9 +27,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::model::{Family, Socket, TcpState};
 
-mod split;
-pub use split::SPLIT_MIN_SOCKETS;
-
 /// A set of TCP states, as the kernel's `idiag_states` bitmask (`1 << state number`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct StateSet(u32);
@@ -467,11 +464,8 @@ fn sock_diag_dump(fd: &OwnedFd, req: &[u8], seq: u32, states: StateSet, out: &mu
 /// How [`sock_diag_here`] asks the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DumpStyle {
-    /// One `TCPDIAG_GETSOCK` dump for both families (one hash-table walk), split across
-    /// two threads on a busy namespace (see `split`).
+    /// One `TCPDIAG_GETSOCK` dump for both families (one hash-table walk).
     Compat,
-    /// One `TCPDIAG_GETSOCK` dump, never split.
-    Whole,
     /// One `SOCK_DIAG_BY_FAMILY` dump per family (for kernels without the compat request).
     PerFamily,
 }
@@ -482,36 +476,25 @@ fn sock_diag_here(states: StateSet) -> Result<(Vec<Socket>, Vec<SocketAddr>), Er
 }
 
 fn sock_diag_styled(states: StateSet, style: DumpStyle) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
-    if style == DumpStyle::Compat && split::worth_splitting() {
-        match split::sock_diag_split(states) {
-            Ok(r) => return Ok(r),
-            Err(e) => {
-                tracing::debug!(error = %e, "split sock_diag dump failed; dumping in one piece");
-                return sock_diag_styled(states, DumpStyle::Whole);
-            }
-        }
-    }
     let fd = open_sock_diag().map_err(|e| netlink_err("socket(NETLINK_SOCK_DIAG)", e))?;
     let bits = states.with(TcpState::Listen).bits();
     let mut all = Vec::new();
     match style {
-        DumpStyle::Compat | DumpStyle::Whole => {
-            match sock_diag_dump(&fd, &compat_dump_request(bits, 1), 1, states, &mut all) {
-                Ok(()) => {}
-                // A kernel built without the compat request answers EINVAL/ENOENT/EOPNOTSUPP:
-                // ask per family instead. Anything else (EPERM, ...) is the answer.
-                Err(Error::SockDiag { source, .. })
-                    if matches!(
-                        source.raw_os_error(),
-                        Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP)
-                    ) =>
-                {
-                    tracing::debug!(error = %source, "TCPDIAG_GETSOCK refused; dumping per family");
-                    return sock_diag_styled(states, DumpStyle::PerFamily);
-                }
-                Err(e) => return Err(e),
+        DumpStyle::Compat => match sock_diag_dump(&fd, &compat_dump_request(bits, 1), 1, states, &mut all) {
+            Ok(()) => {}
+            // A kernel built without the compat request answers EINVAL/ENOENT/EOPNOTSUPP:
+            // ask per family instead. Anything else (EPERM, ...) is the answer.
+            Err(Error::SockDiag { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP)
+                ) =>
+            {
+                tracing::debug!(error = %source, "TCPDIAG_GETSOCK refused; dumping per family");
+                return sock_diag_styled(states, DumpStyle::PerFamily);
             }
-        }
+            Err(e) => return Err(e),
+        },
         DumpStyle::PerFamily => {
             sock_diag_dump(&fd, &dump_request(libc::AF_INET as u8, bits, 2), 2, states, &mut all)?;
             sock_diag_dump(&fd, &dump_request(libc::AF_INET6 as u8, bits, 3), 3, states, &mut all)?;
@@ -726,8 +709,8 @@ mod tests {
         }
     }
 
-    /// The single compat dump (AF_UNSPEC), its two-thread split and the two per-family
-    /// dumps see the same sockets, in a private network namespace holding known IPv4 and IPv6 connections.
+    /// The single compat dump (AF_UNSPEC) and the two per-family dumps see the same
+    /// sockets, in a private network namespace holding known IPv4 and IPv6 connections.
     #[test]
     fn compat_dump_equals_per_family_dumps() {
         if !privileged("compat_dump_equals_per_family_dumps") {
@@ -759,12 +742,9 @@ mod tests {
                 l.sort();
                 (v, l)
             };
-            let compat = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::Whole).unwrap());
+            let compat = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::Compat).unwrap());
             let per_family = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::PerFamily).unwrap());
             assert_eq!(compat, per_family);
-            // The two-thread split (used on busy namespaces) returns the same sockets.
-            let halves = sorted(split::sock_diag_split(StateSet::connections()).unwrap());
-            assert_eq!(compat, halves);
             let (sockets, listeners) = compat;
             let v4 = sockets.iter().filter(|s| s.family == Family::Ipv4).count();
             let v6 = sockets.iter().filter(|s| s.family == Family::Ipv6).count();
