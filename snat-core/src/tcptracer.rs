@@ -34,6 +34,8 @@ use crate::model::{Clock, EventKind, Family, TcpEvent};
 
 mod fast;
 mod packed;
+#[cfg(test)]
+mod testgen;
 
 /// The first line tcptracer prints.
 pub const BANNER: &str = "Tracing TCP established connections. Ctrl-C to end.";

@@ -11,34 +11,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{A4, A6, B4, B6, Netns, Server, Veth, drop_syns, need_root, unique};
+use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique};
 use snat_core::aggregate::{Field, Metric, TraceSummary};
 use snat_core::model::{Direction, EventKind, Family, TcpEvent, TcpState};
-use snat_ebpf::{FlowRow, KernelStats, Mode, TraceResult, Tracer, TracerBuilder};
-
-/// Drain events (in stream mode) until the kernel has counted `expected` events, or its
-/// count has not moved for 5 s, then detach and read the rest.
-fn collect(mut tracer: Tracer, expected: u64) -> (Vec<TcpEvent>, TraceResult) {
-    let mut events = Vec::new();
-    let mut last = (0, Instant::now());
-    loop {
-        tracer.wait(Duration::from_millis(50)).unwrap();
-        tracer.drain(&mut |e| events.push(e));
-        let s = tracer.stats().unwrap();
-        if s.counted >= expected || last.1.elapsed() > Duration::from_secs(5) {
-            break;
-        }
-        if s.counted != last.0 {
-            last = (s.counted, Instant::now());
-        }
-    }
-    let res = tracer.finish(|e| events.push(e)).unwrap();
-    (events, res)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use snat_ebpf::{FlowRow, KernelStats, Mode, TracerBuilder};
 
 fn of_kind(events: &[TcpEvent], kind: EventKind) -> Vec<&TcpEvent> {
     events.iter().filter(|e| e.kind == kind).collect()

@@ -7,36 +7,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::{IpAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{B4, Netns, Server, Veth, need_root, unique};
+use common::{B4, Netns, Server, Veth, collect, ip, need_root, unique};
 use snat_core::model::{EventKind, TcpEvent};
-use snat_ebpf::{Mode, TraceResult, Tracer, TracerBuilder};
-
-/// Drain events until the kernel has counted `expected` events, or its count has not moved
-/// for 5 s, then detach and read the rest.
-fn collect(mut tracer: Tracer, expected: u64) -> (Vec<TcpEvent>, TraceResult) {
-    let mut events = Vec::new();
-    let mut last = (0, Instant::now());
-    loop {
-        tracer.wait(Duration::from_millis(50)).unwrap();
-        tracer.drain(&mut |e| events.push(e));
-        let s = tracer.stats().unwrap();
-        if s.counted >= expected || last.1.elapsed() > Duration::from_secs(5) {
-            break;
-        }
-        if s.counted != last.0 {
-            last = (s.counted, Instant::now());
-        }
-    }
-    let res = tracer.finish(|e| events.push(e)).unwrap();
-    (events, res)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use snat_ebpf::{Mode, TracerBuilder};
 
 fn connect_n(a: &Netns, port: u16, n: usize) {
     a.in_thread(&unique("sc"), move || {

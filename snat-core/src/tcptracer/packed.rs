@@ -639,6 +639,7 @@ pub(super) fn scan_line<C: Classify>(line: &[u8]) -> Option<IntLine> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testgen::structured_line;
     use super::super::{RawLine, encode_key, parse_raw};
     use super::*;
     use proptest::prelude::*;
@@ -713,62 +714,6 @@ mod tests {
     fn t4v(time: u64, kind: &str, pid: u32, comm: &str, sa: &str, da: &str, sp: u16, dp: u16, ns: u64) -> String {
         let line = format!("{time:<14} {kind:<12} {pid:<6} {comm:<16} 4  {sa:<16} {da:<16} {sp:<6} {dp:<6} {ns:<8}");
         line.trim_end().to_string()
-    }
-
-    fn blanks() -> impl Strategy<Value = String> {
-        prop_oneof![8 => " {1,8}", 1 => "[ \t\r\x0b\x01]{1,9}"]
-    }
-
-    /// Columns that are mostly right, sometimes subtly wrong.
-    fn columns() -> impl Strategy<Value = Vec<String>> {
-        let num = |valid: &'static str| prop_oneof![6 => valid, 1 => "[0-9]{1,21}", 1 => "0[0-9]{1,6}", 1 => "[0-9]{0,3}[a-z.:-][0-9]{0,3}"];
-        let v4 = || {
-            prop_oneof![
-                6 => any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
-                2 => "(0|00|01|[0-9]{1,4})\\.([0-9]{1,4})\\.([0-9]{1,3})(\\.[0-9]{0,4}){0,2}",
-                1 => "(25[6-9]|2[6-9][0-9]|300)\\.1\\.1\\.1",
-                1 => any::<[u8; 16]>().prop_map(|o| format!("[{}]", std::net::Ipv6Addr::from(o))),
-            ]
-        };
-        (
-            prop_oneof![6 => "[0-9]{1,20}", 1 => "[0-9]{21}", 1 => "[0-9]{1,5}\\.[0-9]{3}", 1 => "-", 1 => Just(String::new()), 1 => "[0-9]{14}connect"],
-            prop_oneof![
-                8 => prop_oneof![Just("connect"), Just("accept"), Just("close"), Just("failed_connect"), Just("unknown")],
-                1 => prop_oneof![Just("C"), Just("X"), Just("A"), Just("F"), Just("U"), Just("connects"), Just("Connect"), Just("conne"), Just("TIME(ns)")],
-            ],
-            num("[1-9][0-9]{0,9}"),
-            prop_oneof![4 => "[a-z][a-z0-9_-]{0,14}", 1 => "[ -~]{0,20}", 1 => Just(String::new()), 1 => "[a-z]{1,5} [a-z]{1,5}"],
-            prop_oneof![8 => Just("4".to_string()), 1 => Just("6".to_string()), 1 => "[0-9a-z]{1,2}"],
-            (v4(), v4()),
-            (num("[0-9]{1,5}"), num("[0-9]{1,5}")),
-            prop_oneof![6 => "[1-9][0-9]{0,19}", 1 => "[0-9]{20,21}", 1 => Just("-".to_string()), 1 => Just(String::new())],
-        )
-            .prop_map(|(t, k, pid, comm, fam, (sa, da), (sp, dp), ns)| {
-                vec![t, k.to_string(), pid, comm, fam, sa, da, sp, dp, ns]
-            })
-    }
-
-    fn structured_line() -> impl Strategy<Value = Vec<u8>> {
-        (
-            columns(),
-            proptest::collection::vec(blanks(), 11),
-            any::<bool>(),
-            any::<bool>(),
-        )
-            .prop_map(|(cols, gaps, lead, trail)| {
-                let mut s = String::new();
-                if lead {
-                    s.push_str(&gaps[0]);
-                }
-                for (c, g) in cols.iter().zip(&gaps[1..]) {
-                    s.push_str(c);
-                    s.push_str(g);
-                }
-                if !trail {
-                    s.truncate(s.trim_end_matches([' ', '\t', '\r', '\x0b', '\x01']).len());
-                }
-                s.into_bytes()
-            })
     }
 
     proptest! {

@@ -11,6 +11,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use snat_core::model::TcpEvent;
+use snat_ebpf::{TraceResult, Tracer};
 
 /// True when the test may run. Not root and no `CI`: prints `skipped: needs root` and
 /// returns false. Not root with `CI` set: fails.
@@ -263,4 +267,29 @@ pub fn drop_syns(ns: &Netns, port: u16) {
         }
         None => panic!("neither nft nor iptables is installed: apt-get install -y nftables"),
     }
+}
+
+/// Drain events (in stream mode) until the kernel has counted `expected` events, or its
+/// count has not moved for 5 s, then detach and read the rest.
+pub fn collect(mut tracer: Tracer, expected: u64) -> (Vec<TcpEvent>, TraceResult) {
+    let mut events = Vec::new();
+    let mut last = (0, Instant::now());
+    loop {
+        tracer.wait(Duration::from_millis(50)).unwrap();
+        tracer.drain(&mut |e| events.push(e));
+        let s = tracer.stats().unwrap();
+        if s.counted >= expected || last.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if s.counted != last.0 {
+            last = (s.counted, Instant::now());
+        }
+    }
+    let res = tracer.finish(|e| events.push(e)).unwrap();
+    (events, res)
+}
+
+/// An address literal.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }
