@@ -516,31 +516,7 @@ fn nothing_stays_attached_after_drop_or_panic() {
 
 /// Drop this thread's effective capabilities (capabilities are per thread in Linux).
 fn drop_effective_caps() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut hdr = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a valid v3 header and two data structs, as the ABI wants.
-    unsafe {
-        assert_eq!(libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()), 0);
-        data[0].effective = 0;
-        data[1].effective = 0;
-        assert_eq!(libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()), 0);
-    }
+    common::clear_effective_caps(u64::MAX);
 }
 
 #[test]

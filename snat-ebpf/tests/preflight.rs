@@ -310,31 +310,8 @@ fn without_cap_sys_admin_unmounted_tracefs_is_a_clear_error() {
 
 /// Drop CAP_SYS_ADMIN from the calling thread's effective set, keeping the others.
 fn drop_cap_sys_admin() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     const CAP_SYS_ADMIN: u32 = 21;
-    let mut hdr = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a valid v3 header and two data structs, as the ABI wants.
-    unsafe {
-        assert_eq!(libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()), 0);
-        data[0].effective &= !(1 << CAP_SYS_ADMIN);
-        assert_eq!(libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()), 0);
-    }
+    common::clear_effective_caps(1 << CAP_SYS_ADMIN);
 }
 
 #[test]

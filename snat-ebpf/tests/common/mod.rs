@@ -293,3 +293,33 @@ pub fn collect(mut tracer: Tracer, expected: u64) -> (Vec<TcpEvent>, TraceResult
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// Clear the capabilities in `mask` (bit `n` = capability `n`) from the calling thread's
+/// effective set (capabilities are per thread in Linux); the permitted set is kept.
+pub fn clear_effective_caps(mask: u64) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a valid v3 header and two data structs, as the ABI wants.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()), 0);
+        data[0].effective &= !(mask as u32);
+        data[1].effective &= !((mask >> 32) as u32);
+        assert_eq!(libc::syscall(libc::SYS_capset, &raw mut hdr, data.as_ptr()), 0);
+    }
+}
