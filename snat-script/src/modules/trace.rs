@@ -498,7 +498,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "run",
         &["options: Map", "Trace"],
-        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file),\nbucket (timeline bucket in seconds, default max(1, seconds / 60); see trace.timeline()).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
+        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file),\nbucket (timeline bucket in seconds, default max(1, seconds / 60); see trace.timeline()),\nseed_owners (true: name the owners of sockets older than the trace from a snapshot at attach).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
     )
     .set_into_module(&mut m, move |opts: Map| -> Result<Trace, Box<EvalAltResult>> {
         let args = to_json(&Dynamic::from_map(opts.clone()));
