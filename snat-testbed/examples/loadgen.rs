@@ -1,5 +1,7 @@
 //! Load generator for scripts/bench-census and demos: builds a simulated load, prints
-//! `READY <netns name or ->` on stdout, holds it until stdin closes, then removes it.
+//! `READY <netns name or ->` on stdout, holds it until stdin closes, then removes it. Ctrl-C,
+//! SIGTERM and SIGHUP also remove it (they are blocked while the load is built and handled
+//! once it is held), so an interrupted benchmark leaves no namespace or cgroup behind.
 //!
 //! - `loadgen established N`: one netns with N loopback connections (2N ESTABLISHED
 //!   sockets: client and server side), the clients spread over processes of at most 5,000
@@ -10,8 +12,9 @@
 //! - `loadgen node`: a world and two pods (systemd and cgroupfs cgroups) with public and
 //!   private connections, plus a hostNetwork pod on loopback, for trying examples/census.rhai.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use snat_testbed::{Holder, Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
 
@@ -23,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !require_root() {
         return Ok(());
     }
+    let stop = stop_signals()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let mut namespaces: Vec<Netns> = Vec::new();
@@ -139,15 +143,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("READY {ready}");
     std::io::stdout().flush()?;
-    // Hold until stdin closes.
-    for line in std::io::stdin().lock().lines() {
-        if line.is_err() {
-            break;
-        }
-    }
+    hold(&stop);
     drop(holders);
     drop(keep_cg);
     drop(keep_veth);
     drop(namespaces);
     Ok(())
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP (in this process and the holders it spawns, which it
+/// kills itself) and return a signalfd that reports them.
+fn stop_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local set; sigprocmask and signalfd with valid
+    // pointers; the returned descriptor is owned by the OwnedFd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Wait until stdin reaches end of file (or fails) or a stop signal arrives.
+fn hold(stop: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            eprintln!("loadgen: stop signal: removing the load");
+            return;
+        }
+        if fds[0].revents != 0 {
+            // SAFETY: read into a valid buffer of buf.len() bytes.
+            let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                return;
+            }
+        }
+    }
 }
