@@ -281,8 +281,8 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `TCPDIAG_GETSOCK`: the original inet_diag request, which the kernel still serves. Its
 /// dump has no family (`AF_UNSPEC`), so one walk of the host-wide TCP hash tables yields
 /// both IPv4 and IPv6 sockets, where `SOCK_DIAG_BY_FAMILY` needs one walk per family. The
-/// walk, not the sockets, is most of the cost on a node with few sockets (the established
-/// table has hundreds of thousands of buckets), so this halves a census's kernel time.
+/// walk is most of the cost on a namespace with few sockets (the established table has
+/// hundreds of thousands of buckets); on a busy one the per-socket work dominates.
 const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
