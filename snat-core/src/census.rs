@@ -680,17 +680,6 @@ mod tests {
     use proptest::prelude::*;
     use rstest::rstest;
 
-    /// Root check for privileged unit tests (DEVELOPERS.md): skip without root outside CI.
-    fn privileged(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        assert!(std::env::var_os("CI").is_none(), "{test}: needs root, and CI is set");
-        eprintln!("{test}: skipped: needs root");
-        false
-    }
-
     /// Bring `lo` up in the calling thread's network namespace.
     fn loopback_up() {
         // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; the socket is
@@ -713,7 +702,7 @@ mod tests {
     /// sockets, in a private network namespace holding known IPv4 and IPv6 connections.
     #[test]
     fn compat_dump_equals_per_family_dumps() {
-        if !privileged("compat_dump_equals_per_family_dumps") {
+        if !snat_testbed::require_root() {
             return;
         }
         // unshare on a dedicated thread: only that thread enters the new, unnamed netns,

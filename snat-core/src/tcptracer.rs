@@ -201,6 +201,25 @@ struct RawEvent<'a> {
 }
 
 impl RawEvent<'_> {
+    /// An event with placeholder values, for rebuilding a key's columns one by one
+    /// (`encode_key` reads only the grouping's fields).
+    fn placeholder() -> Self {
+        RawEvent {
+            time_ns: None,
+            kind: EventKind::Unknown,
+            pid: 0,
+            comm: &[],
+            family: Family::Ipv4,
+            saddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            daddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            sport: 0,
+            dport: 0,
+            netns: None,
+        }
+    }
+}
+
+impl RawEvent<'_> {
     fn to_event(self) -> TcpEvent {
         let (time_ns, clock) = match self.time_ns {
             Some(t) if t >= UNIX_CLOCK_MIN_NS => (Some(t), Clock::Unix),

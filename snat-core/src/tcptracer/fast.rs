@@ -386,18 +386,7 @@ pub(super) fn raw_to_key(mut raw: &[u8], fields: &[Field], out: &mut Vec<u8>) ->
     let b = &mut raw;
     // A RawEvent holding the parsed key columns; the others keep placeholder values that
     // encode_key does not read for these fields.
-    let mut ev = RawEvent {
-        time_ns: None,
-        kind: EventKind::Unknown,
-        pid: 0,
-        comm: &[],
-        family: Family::Ipv4,
-        saddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
-        daddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
-        sport: 0,
-        dport: 0,
-        netns: None,
-    };
+    let mut ev = RawEvent::placeholder();
     for f in fields {
         match f {
             Field::Kind => ev.kind = super::kind_of_code(*super::take(b, 1).first()?),

@@ -19,7 +19,6 @@
 //! identical either way (the tests compare the paths on generated and corrupted logs).
 
 use super::{Field, RawEvent, kind_of_code, parse_ipv4, parse_u64};
-use crate::model::{EventKind, Family};
 
 /// Bytes [`scan`] needs in the buffer from the line's start: the 128 classified, plus 16 so
 /// that a 16-byte load at any position inside the line stays in bounds.
@@ -226,18 +225,7 @@ impl Layout {
     /// The event a packed key stands for, as the full path's key encoding for `fields`
     /// (the layout's fields, in order) appended to `out` (cleared first).
     pub(super) fn encode(&self, key: u128, fields: &[Field], out: &mut Vec<u8>) {
-        let mut ev = RawEvent {
-            time_ns: None,
-            kind: EventKind::Unknown,
-            pid: 0,
-            comm: &[],
-            family: Family::Ipv4,
-            saddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            daddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            sport: 0,
-            dport: 0,
-            netns: None,
-        };
+        let mut ev = RawEvent::placeholder();
         for &(f, sh) in &self.parts {
             let bits = |w: u32| ((key >> sh) & ((1u128 << w) - 1)) as u64;
             match f {
@@ -642,6 +630,7 @@ mod tests {
     use super::super::testgen::structured_line;
     use super::super::{RawLine, encode_key, parse_raw};
     use super::*;
+    use crate::model::Family;
     use proptest::prelude::*;
     use std::net::IpAddr;
 
