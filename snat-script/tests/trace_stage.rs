@@ -42,17 +42,23 @@ fn bpf_links() -> usize {
         .unwrap_or(0)
 }
 
+/// Wait (up to 30 s) until this process holds more eBPF links than `base`: a tracer got
+/// attached.
+fn wait_attached(base: usize) {
+    let t0 = Instant::now();
+    while bpf_links() <= base {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// In a thread: wait until a tracer is attached, then open `n` connections to a fresh
 /// loopback listener (reading each to EOF) and `failed` connects to a closed loopback
 /// port. Returns the listener's port.
 fn traffic(n: usize, failed: usize) -> std::thread::JoinHandle<(u16, u16)> {
     let base = bpf_links();
     std::thread::spawn(move || {
-        let t0 = Instant::now();
-        while bpf_links() <= base {
-            assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_attached(base);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
@@ -264,11 +270,7 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         let base = bpf_links();
         let (pa, pb) = (a.path(), b.path());
         let traffic = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while bpf_links() <= base {
-                assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_attached(base);
             let t0 = Instant::now();
             // Phase 1 in bucket 0; phase 2 3.5 s later, in the middle of bucket 3.
             burst(pa.clone(), 5, 0);
@@ -361,11 +363,7 @@ fn accepts_on_a_listener_older_than_the_trace_have_its_owner() {
         let port = listener.local_addr().unwrap().port();
         let base = bpf_links();
         let t = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while bpf_links() <= base {
-                assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_attached(base);
             // The owner snapshot is taken right after the program attaches (tens to hundreds
             // of milliseconds): connect once it is done, well inside the 6 s window.
             std::thread::sleep(Duration::from_millis(2000));
