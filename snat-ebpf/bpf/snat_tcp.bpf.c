@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * snat's kernel-side TCP tracer, on tracepoint sock:inet_sock_set_state (no kprobes).
+ * snat's kernel-side TCP tracer, on tracepoint sock:inet_sock_set_state (no kprobes),
+ * attached raw when the kernel allows it, else as a classic tracepoint: the same code.
  *
  * What it sees, per TCP socket state change:
  *   CLOSE -> SYN_SENT        inside connect(): remember the owner (current task) by socket
@@ -11,12 +12,20 @@
  *   other -> CLOSE           close of an established connection, with the state it left
  *                            and the time since ESTABLISHED
  * At any other transition `current` is whoever runs the softirq, so it is never used.
+ * Owners are only recorded when something uses them: in event-stream mode, or with a pid
+ * filter. Aggregated counts are keyed by network namespace, not by process.
  *
  * Every counted event is added to the `flows` hash map, keyed by
  * (netns, family, direction, port, saddr, daddr) where port is the remote port of an
  * outbound connection and the local (listening) port of an inbound one. With
  * cfg_emit_events set, each event is also written to the `events` ring buffer with
  * batched wakeups. Every loss is counted in `stats`.
+ *
+ * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
+ * a socket's slot is one of SOCK_PROBES consecutive slots from a hash of its address,
+ * claimed with compare-and-swap. A socket's own state changes are serialised by its lock,
+ * so only the claim can race (with other sockets). Array lookups are inlined by the
+ * verifier: this costs a fraction of a hash map's update and delete.
  *
  * The layouts below are mirrored in snat-ebpf/src/abi.rs; tests check them against this
  * object's BTF.
@@ -25,6 +34,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -58,6 +68,9 @@ enum {
 #define SI_ESTABLISHED 1
 #define SI_FILTERED_OUT 2
 
+/* Slots probed per socket in `socks`. */
+#define SOCK_PROBES 8
+
 /* stats indices (abi.rs: STAT_*) */
 #define STAT_EVENTS_SENT 0
 #define STAT_EVENTS_DROPPED 1
@@ -74,6 +87,8 @@ const volatile __u16 cfg_family = 0;
 const volatile __u16 cfg_port = 0;
 const volatile __u32 cfg_pid = 0;
 const volatile __u64 cfg_wakeup_bytes = 65536;
+/* Entries of `socks` minus one (entries are a power of two). */
+const volatile __u32 cfg_socks_mask = 131071;
 
 struct owner {
 	__u64 cgroup_id;
@@ -100,13 +115,15 @@ struct flow_counts {
 	__u64 open;
 };
 
+/* One slot of `socks`: sk is 0 when the slot is free. */
 struct sock_info {
-	struct owner owner;
+	__u64 sk;
+	__u32 flags;
+	__u32 owner_known;
 	struct flow_key key;
 	__u32 pad;
 	__u64 established_ns;
-	__u32 flags;
-	__u32 owner_known;
+	struct owner owner;
 };
 
 struct listen_key {
@@ -148,9 +165,9 @@ struct {
 } flows SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 131072);
-	__type(key, __u64);
+	__type(key, __u32);
 	__type(value, struct sock_info);
 } socks SEC(".maps");
 
@@ -205,20 +222,125 @@ static __always_inline void fill_owner(struct owner *o)
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-static __always_inline __u32 sock_netns(struct sock *sk)
+/* What the program reads of a socket: the start of struct sock_common. */
+struct sk_fields {
+	__u64 net;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* Bytes read from the start of the socket in one go: through skc_v6_rcv_saddr on every
+ * kernel since 4.x (88 on 6.x). */
+#define HEAD_BYTES 96
+
+#define HEAD_OFF(field) bpf_core_field_offset(((struct sock *)0)->__sk_common.field)
+#define HEAD_HAS(field, size) (HEAD_OFF(field) + (size) <= HEAD_BYTES)
+
+/* Read family, ports, addresses and the netns pointer: one probe read of the socket's
+ * first bytes, member by member (CO-RE) if some member lies beyond them. */
+static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (HEAD_HAS(skc_daddr, 4) && HEAD_HAS(skc_rcv_saddr, 4) && HEAD_HAS(skc_dport, 2) &&
+	    HEAD_HAS(skc_num, 2) && HEAD_HAS(skc_family, 2) && HEAD_HAS(skc_net, 8) &&
+	    HEAD_HAS(skc_v6_daddr, 16) && HEAD_HAS(skc_v6_rcv_saddr, 16)) {
+		__u8 h[HEAD_BYTES];
+		if (bpf_probe_read_kernel(h, sizeof(h), sk))
+			return -1;
+		__builtin_memcpy(&f->family, h + HEAD_OFF(skc_family), 2);
+		__builtin_memcpy(&f->net, h + HEAD_OFF(skc_net), 8);
+		__u16 dport, num;
+		__builtin_memcpy(&dport, h + HEAD_OFF(skc_dport), 2);
+		__builtin_memcpy(&num, h + HEAD_OFF(skc_num), 2);
+		f->sport = num;
+		f->dport = bpf_ntohs(dport);
+		if (f->family == AF_INET) {
+			__builtin_memcpy(f->saddr, h + HEAD_OFF(skc_rcv_saddr), 4);
+			__builtin_memcpy(f->daddr, h + HEAD_OFF(skc_daddr), 4);
+		} else {
+			__builtin_memcpy(f->saddr, h + HEAD_OFF(skc_v6_rcv_saddr), 16);
+			__builtin_memcpy(f->daddr, h + HEAD_OFF(skc_v6_daddr), 16);
+		}
+		return 0;
+	}
+	f->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	f->net = (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (f->family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)f->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)f->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		bpf_core_read(f->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(f->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	return 0;
 }
 
-static __always_inline void read_addrs(struct sock *sk, __u16 family, __u8 *saddr, __u8 *daddr)
+static __always_inline __u32 net_inum(__u64 net)
 {
-	if (family == AF_INET) {
-		BPF_CORE_READ_INTO((__u32 *)saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)daddr, sk, __sk_common.skc_daddr);
-	} else {
-		bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	return BPF_CORE_READ((struct net *)net, ns.inum);
+}
+
+/* The local port from inet_sport: at CLOSE the kernel has already released the port and
+ * zeroed skc_num, but inet_sport still holds it (as the classic tracepoint reports it). */
+static __always_inline __u16 local_port(struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
+static __always_inline int is_tcp(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+/* ---- the socket table ---- */
+
+static __always_inline __u32 sock_hash(__u64 sk)
+{
+	return (__u32)((sk * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
+/* The slot holding sk, or NULL. */
+static __always_inline struct sock_info *sock_find(__u64 sk)
+{
+	__u32 h = sock_hash(sk);
+	for (__u32 i = 0; i < SOCK_PROBES; i++) {
+		__u32 idx = (h + i) & cfg_socks_mask;
+		struct sock_info *s = bpf_map_lookup_elem(&socks, &idx);
+		if (s && s->sk == sk)
+			return s;
 	}
+	return NULL;
+}
+
+/* A slot for sk: its own if it has one (a stale one after a missed close), else a free
+ * one claimed with compare-and-swap; NULL when all its slots are taken. The caller fills
+ * in everything but sk. */
+static __always_inline struct sock_info *sock_claim(__u64 sk)
+{
+	__u32 h = sock_hash(sk);
+	for (__u32 i = 0; i < SOCK_PROBES; i++) {
+		__u32 idx = (h + i) & cfg_socks_mask;
+		struct sock_info *s = bpf_map_lookup_elem(&socks, &idx);
+		if (!s)
+			continue;
+		if (s->sk == sk)
+			return s;
+		if (s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, sk) == 0)
+			return s;
+	}
+	stat_inc(STAT_SOCKS_FULL);
+	return NULL;
+}
+
+static __always_inline void sock_release(struct sock_info *s)
+{
+	s->flags = 0;
+	__sync_lock_test_and_set(&s->sk, 0);
 }
 
 /* Whether an event passes the configured filters. */
@@ -285,92 +407,107 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 	stat_inc(STAT_EVENTS_SENT);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int snat_tcp_state(struct inet_sock_set_state_args *ctx)
+/* Whether owners are recorded: only what uses them pays for them. */
+#define TRACK_OWNERS (cfg_emit_events || cfg_pid)
+
+/*
+ * One state change of socket sk. Decided on the states alone first, so that the
+ * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
+ * listener) cost no read of the socket and no map operation.
+ */
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 {
-	/* Each context field is read once into a local (the verifier refuses modified ctx
-	 * pointers); addresses are read from the socket. */
-	const void *skaddr = ctx->skaddr;
-	int oldstate = ctx->oldstate;
-	int newstate = ctx->newstate;
-	__u16 sport = ctx->sport;
-	__u16 dport = ctx->dport;
-	__u16 family = ctx->family;
-	__u16 protocol = ctx->protocol;
-
-	if (protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
-		return 0;
-
-	struct sock *sk = (struct sock *)skaddr;
-	__u64 skey = (__u64)skaddr;
+	__u64 skey = (__u64)sk;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* Inside connect(): current is the caller. */
-		struct sock_info si = {};
-		fill_owner(&si.owner);
-		si.owner_known = 1;
-		if (bpf_map_update_elem(&socks, &skey, &si, BPF_ANY))
-			stat_inc(STAT_SOCKS_FULL);
+		if (!TRACK_OWNERS || !is_tcp(sk))
+			return 0;
+		struct sock_info *s = sock_claim(skey);
+		if (!s)
+			return 0;
+		s->flags = 0;
+		s->owner_known = 1;
+		fill_owner(&s->owner);
 		return 0;
 	}
 
-	if (newstate == TCP_LISTEN) {
-		/* Inside listen(): current is the caller. */
-		struct listen_key lk = { .netns = sock_netns(sk), .port = sport };
-		struct listen_info li = { .sk = skey };
-		fill_owner(&li.owner);
-		bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
+		struct sk_fields f = {};
+		if (!is_tcp(sk) || read_fields(sk, &f))
+			return 0;
+		struct listen_key lk = { .netns = net_inum(f.net), .port = local_port(sk) };
+		if (newstate == TCP_LISTEN) {
+			/* Inside listen(): current is the caller. */
+			struct listen_info li = { .sk = skey };
+			fill_owner(&li.owner);
+			bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
+		} else {
+			struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
+			if (li && li->sk == skey)
+				bpf_map_delete_elem(&listeners, &lk);
+		}
 		return 0;
 	}
 
-	if (oldstate == TCP_LISTEN) {
-		struct listen_key lk = { .netns = sock_netns(sk), .port = sport };
-		struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
-		if (li && li->sk == skey)
-			bpf_map_delete_elem(&listeners, &lk);
-		return 0;
-	}
-
-	__u64 now = bpf_ktime_get_boot_ns();
-
-	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+			return 0;
+		struct sk_fields f = {};
+		if (!is_tcp(sk) || read_fields(sk, &f))
+			return 0;
+		if (f.family != AF_INET && f.family != AF_INET6)
+			return 0;
+		/* Timestamps only travel in events (and durations between them). */
+		__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
 		struct flow_key k = {};
-		k.netns = sock_netns(sk);
-		k.family = family;
-		read_addrs(sk, family, k.saddr, k.daddr);
+		k.netns = net_inum(f.net);
+		k.family = f.family;
+		__builtin_memcpy(k.saddr, f.saddr, 16);
+		__builtin_memcpy(k.daddr, f.daddr, 16);
 		__u8 kind;
-		struct sock_info *known = bpf_map_lookup_elem(&socks, &skey);
-		struct sock_info si = {};
+		struct owner o = {};
+		int owner_known = 0;
+		struct sock_info *s = NULL;
 		if (oldstate == TCP_SYN_SENT) {
 			kind = KIND_CONNECT;
 			k.direction = DIR_OUTBOUND;
-			k.port = dport;
-			if (known && known->owner_known) {
-				si.owner = known->owner;
-				si.owner_known = 1;
+			k.port = f.dport;
+			if (TRACK_OWNERS) {
+				s = sock_find(skey);
+				if (s && s->owner_known) {
+					o = s->owner;
+					owner_known = 1;
+				}
 			}
 		} else {
 			kind = KIND_ACCEPT;
 			k.direction = DIR_INBOUND;
-			k.port = sport;
-			struct listen_key lk = { .netns = k.netns, .port = sport };
-			struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
-			if (li) {
-				si.owner = li->owner;
-				si.owner_known = 1;
+			k.port = f.sport;
+			if (TRACK_OWNERS) {
+				struct listen_key lk = { .netns = k.netns, .port = f.sport };
+				struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
+				if (li) {
+					o = li->owner;
+					owner_known = 1;
+				}
 			}
 		}
-		si.key = k;
-		si.established_ns = now;
-		si.flags = SI_ESTABLISHED;
-		if (!wanted(k.netns, family, k.port, &si.owner, si.owner_known)) {
-			si.flags |= SI_FILTERED_OUT;
-			bpf_map_update_elem(&socks, &skey, &si, BPF_ANY);
-			return 0;
+		int pass = wanted(k.netns, f.family, k.port, &o, owner_known);
+		if (!s)
+			s = sock_claim(skey);
+		if (s) {
+			s->key = k;
+			s->established_ns = now;
+			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT);
+			if (TRACK_OWNERS) {
+				s->owner = o;
+				s->owner_known = owner_known;
+			}
 		}
-		if (bpf_map_update_elem(&socks, &skey, &si, BPF_ANY))
-			stat_inc(STAT_SOCKS_FULL);
-		if (!si.owner_known)
+		if (!pass)
+			return 0;
+		if (TRACK_OWNERS && !owner_known)
 			stat_inc(STAT_OWNER_UNKNOWN);
 		struct flow_counts *c = flow_get(&k);
 		if (c) {
@@ -378,86 +515,122 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 				__sync_fetch_and_add(&c->connects, 1);
 			else
 				__sync_fetch_and_add(&c->accepts, 1);
-			__sync_fetch_and_add(&c->open, 1);
+			/* Open only when its close can be matched: a socket without a slot
+			 * (counted in socks_full) closes without direction. */
+			if (s)
+				__sync_fetch_and_add(&c->open, 1);
 		}
 		stat_inc(STAT_COUNTED);
-		emit(&k, kind, oldstate, sport, dport, &si.owner, si.owner_known, now, 0, 0, 0);
+		emit(&k, kind, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, 0);
 		return 0;
 	}
 
 	if (newstate != TCP_CLOSE)
 		return 0;
 
-	struct sock_info *known = bpf_map_lookup_elem(&socks, &skey);
+	struct sock_info *s = sock_find(skey);
+	__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
 
-	if (oldstate == TCP_SYN_RECV || oldstate == TCP_NEW_SYN_RECV) {
-		/* An incoming connection that never got established: not counted. */
-		if (known)
-			bpf_map_delete_elem(&socks, &skey);
+	if (s && (s->flags & SI_ESTABLISHED)) {
+		/* Close of a connection established during the trace. */
+		if (s->flags & SI_FILTERED_OUT) {
+			sock_release(s);
+			return 0;
+		}
+		struct flow_key k = s->key;
+		struct flow_counts *c = flow_get(&k);
+		if (c) {
+			__sync_fetch_and_add(&c->closes, 1);
+			__sync_fetch_and_add(&c->open, (__u64)-1);
+		}
+		stat_inc(STAT_COUNTED);
+		if (cfg_emit_events) {
+			struct owner o = s->owner;
+			int owner_known = s->owner_known;
+			__u64 since = s->established_ns;
+			sock_release(s);
+			struct sk_fields f = {};
+			read_fields(sk, &f);
+			emit(&k, KIND_CLOSE, oldstate, local_port(sk), f.dport, &o, owner_known, now, now - since, 1, 0);
+		} else {
+			sock_release(s);
+		}
 		return 0;
 	}
 
-	if (oldstate == TCP_SYN_SENT) {
-		struct flow_key k = {};
-		k.netns = sock_netns(sk);
-		k.family = family;
-		k.direction = DIR_OUTBOUND;
-		k.port = dport;
-		read_addrs(sk, family, k.saddr, k.daddr);
-		struct owner o = {};
-		int owner_known = 0;
-		if (known && known->owner_known) {
-			o = known->owner;
+	/* Not established during the trace: its slot holds at most the owner from SYN_SENT. */
+	struct owner o = {};
+	int owner_known = 0;
+	if (s) {
+		if (s->owner_known) {
+			o = s->owner;
 			owner_known = 1;
 		}
-		if (known)
-			bpf_map_delete_elem(&socks, &skey);
-		if (!wanted(k.netns, family, k.port, &o, owner_known))
+		sock_release(s);
+	}
+	if (oldstate == TCP_SYN_RECV || oldstate == TCP_NEW_SYN_RECV)
+		/* An incoming connection that never got established: not counted. */
+		return 0;
+	struct sk_fields f = {};
+	if (!is_tcp(sk) || read_fields(sk, &f))
+		return 0;
+	if (f.family != AF_INET && f.family != AF_INET6)
+		return 0;
+	if (cfg_emit_events)
+		f.sport = local_port(sk);
+	struct flow_key k = {};
+	k.netns = net_inum(f.net);
+	k.family = f.family;
+	k.port = f.dport;
+	__builtin_memcpy(k.saddr, f.saddr, 16);
+	__builtin_memcpy(k.daddr, f.daddr, 16);
+
+	if (oldstate == TCP_SYN_SENT) {
+		/* A connect that never got established. */
+		k.direction = DIR_OUTBOUND;
+		if (!wanted(k.netns, f.family, k.port, &o, owner_known))
 			return 0;
-		if (!owner_known)
+		if (TRACK_OWNERS && !owner_known)
 			stat_inc(STAT_OWNER_UNKNOWN);
 		__s32 err = BPF_CORE_READ(sk, sk_err);
 		struct flow_counts *c = flow_get(&k);
 		if (c)
 			__sync_fetch_and_add(&c->failed_connects, 1);
 		stat_inc(STAT_COUNTED);
-		emit(&k, KIND_FAILED_CONNECT, oldstate, sport, dport, &o, owner_known, now, 0, 0, err);
-		return 0;
-	}
-
-	/* Close of a connection that was established. */
-	if (known) {
-		struct sock_info si = *known;
-		bpf_map_delete_elem(&socks, &skey);
-		if (!(si.flags & SI_ESTABLISHED) || (si.flags & SI_FILTERED_OUT))
-			return 0;
-		struct flow_counts *c = flow_get(&si.key);
-		if (c) {
-			__sync_fetch_and_add(&c->closes, 1);
-			__sync_fetch_and_add(&c->open, (__u64)-1);
-		}
-		stat_inc(STAT_COUNTED);
-		emit(&si.key, KIND_CLOSE, oldstate, sport, dport, &si.owner, si.owner_known, now,
-		     now - si.established_ns, 1, 0);
+		emit(&k, KIND_FAILED_CONNECT, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, err);
 		return 0;
 	}
 
 	/* Established before the trace started: owner and direction unknown. */
-	struct flow_key k = {};
-	k.netns = sock_netns(sk);
-	k.family = family;
 	k.direction = DIR_UNKNOWN;
-	k.port = dport;
-	read_addrs(sk, family, k.saddr, k.daddr);
-	struct owner o = {};
-	if (!wanted(k.netns, family, k.port, &o, 0))
+	struct owner none = {};
+	if (!wanted(k.netns, f.family, k.port, &none, 0))
 		return 0;
 	struct flow_counts *c = flow_get(&k);
 	if (c)
 		__sync_fetch_and_add(&c->closes, 1);
 	stat_inc(STAT_COUNTED);
-	emit(&k, KIND_CLOSE, oldstate, sport, dport, &o, 0, now, 0, 0, 0);
+	emit(&k, KIND_CLOSE, oldstate, f.sport, f.dport, &none, 0, now, 0, 0, 0);
 	return 0;
+}
+
+/* Preferred attach: the raw tracepoint, whose arguments are (sk, oldstate, newstate). The
+ * kernel then builds no trace record: cheaper on every socket state change. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int snat_tcp_state_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_state((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+}
+
+/* Fallback attach: the classic tracepoint, for kernels that refuse raw tracepoints. Each
+ * context field is read once into a local (the verifier refuses modified ctx pointers). */
+SEC("tracepoint/sock/inet_sock_set_state")
+int snat_tcp_state(struct inet_sock_set_state_args *ctx)
+{
+	const void *skaddr = ctx->skaddr;
+	int oldstate = ctx->oldstate;
+	int newstate = ctx->newstate;
+	return on_state((struct sock *)skaddr, oldstate, newstate);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,8 +1,15 @@
 //! A connect/close loop on loopback, for `scripts/bench-trace`: for SECONDS, connect to a
-//! local listener and close at once (with SO_LINGER 0, so no TIME_WAIT piles up and the
-//! ephemeral ports never run out), then print `connections=N seconds=S rate=R`.
+//! local listener, accept the connection, close the client (with SO_LINGER 0, so no
+//! TIME_WAIT piles up and the ephemeral ports never run out), close the accepted socket,
+//! then print `connections=N seconds=S rate=R`.
 //!
 //! Each connection is four tracer events: connect, accept, and two closes.
+//!
+//! One thread does everything: on loopback `connect()` completes inside the call, so the
+//! accept never waits. With a second accepting thread the rate depends on where the
+//! scheduler puts the two threads and on cross-CPU wakeups: consecutive runs on the
+//! benchmark machine differed by 10 % or more, which hides the effect being measured.
+//! Pinned to one CPU (`taskset`), this loop varies by about 3 %.
 //!
 //! Usage: `connect_loop SECONDS`
 
@@ -31,20 +38,14 @@ fn main() -> std::io::Result<()> {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
-    // A deep backlog: a SYN dropped for a full queue costs a 1 s retransmit.
-    // SAFETY: listen on a valid, bound socket fd.
-    unsafe { libc::listen(l.as_raw_fd(), 4096) };
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            drop(c);
-        }
-    });
     let d = Duration::from_secs_f64(secs);
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed() < d {
-        let s = TcpStream::connect(addr)?;
-        linger_zero(&s);
+        let c = TcpStream::connect(addr)?;
+        let (s, _) = l.accept()?;
+        linger_zero(&c);
+        drop(c);
         drop(s);
         n += 1;
     }

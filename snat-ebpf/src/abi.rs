@@ -4,8 +4,10 @@
 //! Every struct is `#[repr(C)]` with explicit padding so that it has no hidden bytes; the
 //! test `object_layout` checks sizes and member offsets against the committed object's BTF.
 
-/// Name of the tracepoint program in the object.
+/// Name of the classic tracepoint program in the object (the fallback).
 pub const PROGRAM: &str = "snat_tcp_state";
+/// Name of the raw tracepoint program in the object (preferred; same code).
+pub const PROGRAM_RAW: &str = "snat_tcp_state_raw";
 /// Tracepoint category.
 pub const TP_CATEGORY: &str = "sock";
 /// Tracepoint name.
@@ -13,7 +15,8 @@ pub const TP_NAME: &str = "inet_sock_set_state";
 
 /// Map: per-flow counters (`HASH`, [`FlowKey`] -> [`FlowCounts`]).
 pub const MAP_FLOWS: &str = "flows";
-/// Map: per-socket owner and state (`LRU_HASH`, socket pointer -> [`SockInfo`]).
+/// Map: per-socket owner and state (`ARRAY` of [`SockInfo`] slots, an open-addressing
+/// table keyed in the kernel by the socket's address).
 pub const MAP_SOCKS: &str = "socks";
 /// Map: listener owners (`LRU_HASH`, [`ListenKey`] -> [`ListenInfo`]).
 pub const MAP_LISTENERS: &str = "listeners";
@@ -39,6 +42,8 @@ pub const CFG_PORT: &str = "cfg_port";
 pub const CFG_PID: &str = "cfg_pid";
 /// Global: force a ring-buffer wakeup once this many bytes wait (u64).
 pub const CFG_WAKEUP_BYTES: &str = "cfg_wakeup_bytes";
+/// Global: entries of the `socks` table minus one (u32; entries are a power of two).
+pub const CFG_SOCKS_MASK: &str = "cfg_socks_mask";
 
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
@@ -132,22 +137,25 @@ pub struct FlowCounts {
     pub open: u64,
 }
 
-/// Value of the `socks` map (mirror of `struct sock_info`).
+/// One slot of the `socks` table (mirror of `struct sock_info`): an open-addressing
+/// table in an `ARRAY` map, keyed in the kernel by the socket's address.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SockInfo {
-    /// Owner, when `owner_known`.
-    pub owner: Owner,
+    /// The socket's kernel address; 0 when the slot is free.
+    pub sk: u64,
+    /// Internal flags.
+    pub flags: u32,
+    /// 1 when `owner` is set.
+    pub owner_known: u32,
     /// The flow the socket was counted under.
     pub key: FlowKey,
     /// Zero.
     pub pad: u32,
     /// Boot-clock time of ESTABLISHED.
     pub established_ns: u64,
-    /// Internal flags.
-    pub flags: u32,
-    /// 1 when `owner` is set.
-    pub owner_known: u32,
+    /// Owner, when `owner_known`.
+    pub owner: Owner,
 }
 
 /// Key of the `listeners` map (mirror of `struct listen_key`).
@@ -245,7 +253,7 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 32);
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(size_of::<FlowCounts>(), 40);
-        assert_eq!(size_of::<SockInfo>(), 32 + 44 + 4 + 8 + 8);
+        assert_eq!(size_of::<SockInfo>(), 8 + 8 + 44 + 4 + 8 + 32);
         assert_eq!(size_of::<ListenKey>(), 8);
         assert_eq!(size_of::<RawEvent>(), 96);
     }

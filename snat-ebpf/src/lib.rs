@@ -34,4 +34,6 @@ pub mod tracer;
 pub use error::Error;
 pub use flow::{FlowRow, KindRow, WallClock, event_from_raw};
 pub use seed::SeedReport;
-pub use tracer::{Filters, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object, preflight};
+pub use tracer::{
+    AttachPoint, Filters, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object, preflight,
+};

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{ProgramError, TracePoint, trace_point::TracePointLinkId};
+use aya::programs::{
+    ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+};
 use aya::{Ebpf, EbpfLoader};
 use snat_core::model::{Family, TcpEvent};
 
@@ -73,6 +75,45 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// How the program is attached to `sock:inet_sock_set_state`. Both run the same code
+/// and count the same events; the raw tracepoint is cheaper (the kernel builds no trace
+/// record for it and needs no tracefs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachPoint {
+    /// The raw tracepoint when the kernel allows it, else the classic tracepoint.
+    #[default]
+    Auto,
+    /// Only the raw tracepoint (`BPF_RAW_TRACEPOINT_OPEN`).
+    RawTracepoint,
+    /// Only the classic tracepoint (perf event; needs tracefs).
+    Tracepoint,
+}
+
+impl std::fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachPoint::Auto => "auto",
+            AttachPoint::RawTracepoint => "raw_tracepoint",
+            AttachPoint::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+impl std::str::FromStr for AttachPoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(AttachPoint::Auto),
+            "raw_tracepoint" | "raw" | "raw_tp" => Ok(AttachPoint::RawTracepoint),
+            "tracepoint" | "tp" => Ok(AttachPoint::Tracepoint),
+            other => Err(Error::InvalidOption(format!(
+                "unknown attach point {other:?}: expected \"auto\", \"raw_tracepoint\" or \"tracepoint\""
+            ))),
+        }
+    }
+}
+
 /// Which events are counted, decided in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filters {
@@ -88,6 +129,11 @@ pub struct Filters {
     pub family: Option<Family>,
 }
 
+/// Default size of the kernel's socket table.
+const DEFAULT_SOCKET_ENTRIES: u32 = 1 << 17;
+/// Largest socket table (about 440 MB of kernel memory).
+const MAX_SOCKET_ENTRIES: u32 = 1 << 22;
+
 /// Configures and starts a [`Tracer`].
 #[derive(Debug, Clone)]
 pub struct TracerBuilder {
@@ -102,6 +148,7 @@ pub struct TracerBuilder {
     socket_entries: Option<u32>,
     seed_owners: bool,
     seed_proc_root: PathBuf,
+    attach_point: AttachPoint,
 }
 
 impl Default for TracerBuilder {
@@ -127,6 +174,7 @@ impl TracerBuilder {
             socket_entries: None,
             seed_owners: true,
             seed_proc_root: PathBuf::from("/proc"),
+            attach_point: AttachPoint::Auto,
         }
     }
 
@@ -139,8 +187,10 @@ impl TracerBuilder {
     }
 
     /// Size of the kernel's socket table (sockets being connected or established during
-    /// the trace, an LRU; default 131072, about 20 MB of kernel memory). Past it, the
-    /// oldest sockets lose their owner: their close is counted without direction.
+    /// the trace; default 131072 slots, 13.6 MB of kernel memory), rounded up to a power
+    /// of two. A socket whose slots are all taken is counted in
+    /// [`KernelStats::socks_full`] and its close is counted without direction. Keep it a
+    /// few times larger than the connections that may be open at once.
     pub fn socket_table_entries(mut self, n: u32) -> Self {
         self.socket_entries = Some(n);
         self
@@ -229,6 +279,14 @@ impl TracerBuilder {
         self
     }
 
+    /// How to attach (default [`AttachPoint::Auto`]: the raw tracepoint, falling back
+    /// to the classic one when the kernel refuses it). [`Tracer::attach_point`] says
+    /// which was used.
+    pub fn attach_point(mut self, p: AttachPoint) -> Self {
+        self.attach_point = p;
+        self
+    }
+
     /// A flag that stops [`Tracer::run`] when set (e.g. by a SIGINT/SIGTERM handler).
     pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.cancel = Some(flag);
@@ -265,6 +323,11 @@ impl TracerBuilder {
                 "{n} is not a network namespace inode (expected e.g. 4026531840)"
             )));
         }
+        if self.socket_entries.is_some_and(|n| n > MAX_SOCKET_ENTRIES) {
+            return Err(Error::InvalidOption(format!(
+                "the socket table holds at most {MAX_SOCKET_ENTRIES} entries"
+            )));
+        }
         if self.flow_entries == Some(0) || self.socket_entries == Some(0) {
             return Err(Error::InvalidOption(
                 "flow and socket tables need at least one entry".into(),
@@ -283,7 +346,7 @@ impl TracerBuilder {
     /// starts when this returns.
     pub fn attach(self) -> Result<Tracer, Error> {
         self.validate()?;
-        preflight()?;
+        check_privileges_and_btf()?;
         let clock = WallClock::now();
         let emit: u8 = u8::from(self.mode == Mode::Stream);
         let filter_netns: u8 = u8::from(!self.filters.netns.is_empty());
@@ -304,9 +367,12 @@ impl TracerBuilder {
         if let Some(n) = self.flow_entries {
             loader.map_max_entries(abi::MAP_FLOWS, n);
         }
-        if let Some(n) = self.socket_entries {
-            loader.map_max_entries(abi::MAP_SOCKS, n);
-        }
+        let socks = self
+            .socket_entries
+            .unwrap_or(DEFAULT_SOCKET_ENTRIES)
+            .next_power_of_two();
+        loader.map_max_entries(abi::MAP_SOCKS, socks);
+        let socks_mask: u32 = socks - 1;
         let mut ebpf = loader
             .override_global(abi::CFG_EMIT_EVENTS, &emit, true)
             .override_global(abi::CFG_FILTER_NETNS, &filter_netns, true)
@@ -314,6 +380,7 @@ impl TracerBuilder {
             .override_global(abi::CFG_PORT, &port, true)
             .override_global(abi::CFG_PID, &pid, true)
             .override_global(abi::CFG_WAKEUP_BYTES, &wakeup, true)
+            .override_global(abi::CFG_SOCKS_MASK, &socks_mask, true)
             .map_max_entries(abi::MAP_EVENTS, ring)
             .load(OBJECT)
             .map_err(|e| {
@@ -355,33 +422,8 @@ impl TracerBuilder {
             None
         };
 
-        let prog: &mut TracePoint = ebpf
-            .program_mut(abi::PROGRAM)
-            .ok_or_else(|| Error::Map {
-                name: "program",
-                what: format!("program {} missing from the object", abi::PROGRAM),
-                source: None,
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| Error::ProgramLoad {
-                program: abi::PROGRAM.into(),
-                source: Box::new(e),
-            })?;
-        prog.load().map_err(load_error)?;
-        let link = prog.attach(abi::TP_CATEGORY, abi::TP_NAME).map_err(|e| {
-            if is_permission(&e) {
-                Error::NotPermitted {
-                    what: format!("attach to tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME),
-                    source: Some(Box::new(e)),
-                }
-            } else {
-                Error::Attach {
-                    tracepoint: format!("{}/{}", abi::TP_CATEGORY, abi::TP_NAME),
-                    source: Box::new(e),
-                }
-            }
-        })?;
-        tracing::debug!(mode = ?self.mode, filters = ?self.filters, "snat tracer attached");
+        let link = attach_program(&mut ebpf, self.attach_point)?;
+        tracing::debug!(mode = ?self.mode, filters = ?self.filters, via = %link.point(), "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
         let (pre_existing, seed) = if self.seed_owners {
             let stream = self.mode == Mode::Stream;
@@ -392,6 +434,7 @@ impl TracerBuilder {
         };
         Ok(Tracer {
             ebpf,
+            attached_via: link.point(),
             link: Some(link),
             ring,
             mode: self.mode,
@@ -473,9 +516,16 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Check what the tracer needs before touching the kernel: capabilities, BTF, tracefs
-/// (mounted here when missing and allowed). Each failure says what to do.
+/// Check what the tracer needs before touching the kernel: capabilities, BTF and, for
+/// the classic tracepoint, tracefs (mounted here when missing and allowed). Each failure
+/// says what to do. [`TracerBuilder::attach`] makes the same checks, tracefs only when it
+/// falls back to the classic tracepoint.
 pub fn preflight() -> Result<(), Error> {
+    check_privileges_and_btf()?;
+    ensure_tracefs()
+}
+
+fn check_privileges_and_btf() -> Result<(), Error> {
     if let Some(caps) = effective_caps() {
         let has = |c: u32| caps & (1u64 << c) != 0;
         if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
@@ -488,7 +538,86 @@ pub fn preflight() -> Result<(), Error> {
     if !Path::new(BTF_PATH).exists() {
         return Err(Error::NoBtf { path: BTF_PATH.into() });
     }
-    ensure_tracefs()
+    Ok(())
+}
+
+/// The attached program's link, by attach point.
+enum Link {
+    Raw(RawTracePointLinkId),
+    Classic(TracePointLinkId),
+}
+
+impl Link {
+    fn point(&self) -> AttachPoint {
+        match self {
+            Link::Raw(_) => AttachPoint::RawTracepoint,
+            Link::Classic(_) => AttachPoint::Tracepoint,
+        }
+    }
+}
+
+fn program_missing(name: &str) -> Error {
+    Error::Map {
+        name: "program",
+        what: format!("program {name} missing from the object"),
+        source: None,
+    }
+}
+
+fn attach_error(e: ProgramError, what: String) -> Error {
+    if is_permission(&e) {
+        Error::NotPermitted {
+            what: format!("attach to {what}"),
+            source: Some(Box::new(e)),
+        }
+    } else {
+        Error::Attach {
+            tracepoint: what,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Load and attach the program at `point`; `Auto` tries the raw tracepoint first and
+/// falls back to the classic one on any error (logged).
+fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<Link, Error> {
+    if point != AttachPoint::Tracepoint {
+        match attach_raw(ebpf) {
+            Ok(link) => return Ok(link),
+            Err(e) if point == AttachPoint::Auto => {
+                tracing::info!(error = %e, "raw tracepoint refused; using the classic tracepoint");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    ensure_tracefs()?;
+    let prog: &mut TracePoint = ebpf
+        .program_mut(abi::PROGRAM)
+        .ok_or_else(|| program_missing(abi::PROGRAM))?
+        .try_into()
+        .map_err(|e: ProgramError| Error::ProgramLoad {
+            program: abi::PROGRAM.into(),
+            source: Box::new(e),
+        })?;
+    prog.load().map_err(load_error)?;
+    prog.attach(abi::TP_CATEGORY, abi::TP_NAME)
+        .map(Link::Classic)
+        .map_err(|e| attach_error(e, format!("tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME)))
+}
+
+fn attach_raw(ebpf: &mut Ebpf) -> Result<Link, Error> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(abi::PROGRAM_RAW)
+        .ok_or_else(|| program_missing(abi::PROGRAM_RAW))?
+        .try_into()
+        .map_err(|e: ProgramError| Error::ProgramLoad {
+            program: abi::PROGRAM_RAW.into(),
+            source: Box::new(e),
+        })?;
+    prog.load().map_err(load_error)?;
+    prog.attach(abi::TP_NAME)
+        .map(Link::Raw)
+        .map_err(|e| attach_error(e, format!("raw tracepoint {}", abi::TP_NAME)))
 }
 
 fn tracepoint_dir(root: &str) -> std::path::PathBuf {
@@ -638,7 +767,8 @@ pub struct TraceResult {
 /// An attached tracer. Dropping it detaches the program and frees its maps.
 pub struct Tracer {
     ebpf: Ebpf,
-    link: Option<TracePointLinkId>,
+    link: Option<Link>,
+    attached_via: AttachPoint,
     ring: Option<RingBuf<MapData>>,
     mode: Mode,
     duration: Option<Duration>,
@@ -677,19 +807,31 @@ impl Tracer {
         self.started_unix_ns
     }
 
+    /// How the program is attached ([`AttachPoint::RawTracepoint`] or
+    /// [`AttachPoint::Tracepoint`]).
+    pub fn attach_point(&self) -> AttachPoint {
+        self.attached_via
+    }
+
+    /// The loaded program, whichever attach point it uses.
+    fn program_info(&self) -> Option<(aya::programs::ProgramInfo, std::os::fd::RawFd)> {
+        let p = match self.attached_via {
+            AttachPoint::Tracepoint => self.ebpf.program(abi::PROGRAM)?,
+            _ => self.ebpf.program(abi::PROGRAM_RAW)?,
+        };
+        Some((p.info().ok()?, p.fd().ok()?.as_fd().as_raw_fd()))
+    }
+
     /// The kernel's id of the loaded program (as `bpftool prog` lists it).
     pub fn program_id(&self) -> Option<u32> {
-        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
-        prog.info().ok().map(|i| i.id())
+        self.program_info().map(|(i, _)| i.id())
     }
 
     /// How many times the kernel skipped running the program because another eBPF
     /// program was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
     /// skipped run may have been an event.
     pub fn missed_runs(&self) -> Option<u64> {
-        let prog: &TracePoint = self.ebpf.program(abi::PROGRAM)?.try_into().ok()?;
-        let fd = prog.fd().ok()?.as_fd().as_raw_fd();
-        prog_recursion_misses(fd)
+        self.program_info().and_then(|(_, fd)| prog_recursion_misses(fd))
     }
 
     /// What the attach-time snapshot of older sockets seeded (`None` when
@@ -839,20 +981,33 @@ impl Tracer {
 
     /// Detach the program (no more events are produced); the maps stay readable.
     pub fn detach(&mut self) -> Result<(), Error> {
-        if let Some(link) = self.link.take() {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(abi::PROGRAM)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Error::Map {
-                    name: "program",
-                    what: "program vanished".into(),
-                    source: None,
-                })?;
-            prog.detach(link).map_err(|e| Error::Attach {
-                tracepoint: format!("{}/{} (detach)", abi::TP_CATEGORY, abi::TP_NAME),
-                source: Box::new(e),
-            })?;
+        let vanished = || Error::Map {
+            name: "program",
+            what: "program vanished".into(),
+            source: None,
+        };
+        let detach_err = |e: ProgramError| Error::Attach {
+            tracepoint: format!("{}/{} (detach)", abi::TP_CATEGORY, abi::TP_NAME),
+            source: Box::new(e),
+        };
+        match self.link.take() {
+            None => {}
+            Some(Link::Raw(link)) => {
+                let prog: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut(abi::PROGRAM_RAW)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(vanished)?;
+                prog.detach(link).map_err(detach_err)?;
+            }
+            Some(Link::Classic(link)) => {
+                let prog: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(abi::PROGRAM)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(vanished)?;
+                prog.detach(link).map_err(detach_err)?;
+            }
         }
         Ok(())
     }

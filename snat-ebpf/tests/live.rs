@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique};
 use snat_core::aggregate::{Field, Metric, TraceSummary};
 use snat_core::model::{Direction, EventKind, Family, TcpEvent, TcpState};
-use snat_ebpf::{FlowRow, KernelStats, Mode, TracerBuilder};
+use snat_ebpf::{AttachPoint, FlowRow, KernelStats, Mode, TracerBuilder};
 
 fn of_kind(events: &[TcpEvent], kind: EventKind) -> Vec<&TcpEvent> {
     events.iter().filter(|e| e.kind == kind).collect()
@@ -45,7 +45,7 @@ fn no_loss(stats: &KernelStats) {
 }
 
 /// N connections from a thread in netns A to a python3 server in netns B.
-fn connections(v6: bool, mode: Mode) {
+fn connections(v6: bool, mode: Mode, point: AttachPoint) {
     if !need_root() {
         return;
     }
@@ -59,8 +59,15 @@ fn connections(v6: bool, mode: Mode) {
     let tracer = TracerBuilder::new()
         .mode(mode)
         .netns([a.inode(), b.inode()])
+        .attach_point(point)
         .attach()
         .unwrap();
+    let expect_point = if point == AttachPoint::Auto {
+        AttachPoint::RawTracepoint
+    } else {
+        point
+    };
+    assert_eq!(tracer.attach_point(), expect_point);
     let server = Server::start(&b, saddr);
     let port = server.port;
     let client = unique("cl");
@@ -170,17 +177,28 @@ fn connections(v6: bool, mode: Mode) {
 
 #[test]
 fn connections_ipv4_stream() {
-    connections(false, Mode::Stream);
+    connections(false, Mode::Stream, AttachPoint::Auto);
 }
 
 #[test]
 fn connections_ipv6_stream() {
-    connections(true, Mode::Stream);
+    connections(true, Mode::Stream, AttachPoint::Auto);
 }
 
 #[test]
 fn connections_ipv4_aggregated() {
-    connections(false, Mode::Aggregated);
+    connections(false, Mode::Aggregated, AttachPoint::Auto);
+}
+
+/// The fallback for kernels that refuse raw tracepoints runs the same code: same events.
+#[test]
+fn connections_ipv6_stream_classic_tracepoint() {
+    connections(true, Mode::Stream, AttachPoint::Tracepoint);
+}
+
+#[test]
+fn connections_ipv4_aggregated_classic_tracepoint() {
+    connections(false, Mode::Aggregated, AttachPoint::Tracepoint);
 }
 
 #[test]
@@ -278,6 +296,49 @@ fn loop_client(ns: &Netns, port: u16, n: usize) -> std::thread::JoinHandle<()> {
             drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
         }
     })
+}
+
+/// A socket table too small for the open connections: every connect and accept is still
+/// counted; the sockets that found no slot are counted in `socks_full`, and their closes
+/// are counted without direction. Nothing is lost or counted twice.
+#[test]
+fn a_full_socket_table_loses_direction_never_counts() {
+    if !need_root() {
+        return;
+    }
+    const N: usize = 10;
+    const SLOTS: u32 = 8;
+    let a = Netns::new();
+    let tracer = TracerBuilder::new()
+        .netns([a.inode()])
+        .socket_table_entries(SLOTS)
+        .attach()
+        .unwrap();
+    let (port, server) = loop_server(&a, N);
+    // All N connections open at once (2N sockets), then all closed.
+    a.in_thread(&unique("fl"), move || {
+        let conns: Vec<TcpStream> = (0..N)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        drop(conns);
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap();
+    let (_, res) = collect(tracer, 4 * N as u64);
+    let s = res.stats;
+    assert_eq!(s.counted, 4 * N as u64, "{s:?}");
+    assert_eq!(s.socks_full, 2 * N as u64 - u64::from(SLOTS), "{s:?}");
+    let sum =
+        |d: Direction, f: fn(&FlowRow) -> u64| -> u64 { res.flows.iter().filter(|r| r.direction == d).map(f).sum() };
+    assert_eq!(sum(Direction::Outbound, |r| r.connects), N as u64);
+    assert_eq!(sum(Direction::Inbound, |r| r.accepts), N as u64);
+    let with_slot = sum(Direction::Outbound, |r| r.closes) + sum(Direction::Inbound, |r| r.closes);
+    assert_eq!(with_slot, u64::from(SLOTS));
+    assert_eq!(sum(Direction::Unknown, |r| r.closes), 2 * N as u64 - u64::from(SLOTS));
+    // A socket without a slot was never counted open: nothing stays open.
+    let open = sum(Direction::Outbound, |r| r.open) + sum(Direction::Inbound, |r| r.open);
+    assert_eq!(open, 0);
 }
 
 #[test]

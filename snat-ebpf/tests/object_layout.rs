@@ -160,6 +160,7 @@ fn structs_match_their_rust_mirrors() {
         "sock_info",
         size_of::<SockInfo>(),
         &[
+            ("sk", offset_of!(SockInfo, sk)),
             ("owner", offset_of!(SockInfo, owner)),
             ("key", offset_of!(SockInfo, key)),
             ("pad", offset_of!(SockInfo, pad)),
@@ -198,7 +199,7 @@ fn maps_have_the_key_and_value_sizes_the_loader_uses() {
             size_of::<FlowKey>() as u32,
             size_of::<FlowCounts>() as u32,
         ),
-        (abi::MAP_SOCKS, 8, size_of::<SockInfo>() as u32),
+        (abi::MAP_SOCKS, 4, size_of::<SockInfo>() as u32),
         (
             abi::MAP_LISTENERS,
             size_of::<ListenKey>() as u32,
@@ -226,11 +227,18 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
     let obj = object::File::parse(snat_ebpf::object()).unwrap();
     let section = format!("tracepoint/{}/{}", abi::TP_CATEGORY, abi::TP_NAME);
     assert!(obj.section_by_name(&section).is_some(), "section {section}");
+    let raw = format!("raw_tracepoint/{}", abi::TP_NAME);
+    assert!(obj.section_by_name(&raw).is_some(), "section {raw}");
     let syms: HashMap<String, u64> = obj
         .symbols()
         .filter_map(|s| Some((s.name().ok()?.to_string(), s.size())))
         .collect();
     assert!(syms.contains_key(abi::PROGRAM), "program symbol {}", abi::PROGRAM);
+    assert!(
+        syms.contains_key(abi::PROGRAM_RAW),
+        "program symbol {}",
+        abi::PROGRAM_RAW
+    );
     for (name, size) in [
         (abi::CFG_EMIT_EVENTS, 1),
         (abi::CFG_FILTER_NETNS, 1),
@@ -238,6 +246,7 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
         (abi::CFG_PORT, 2),
         (abi::CFG_PID, 4),
         (abi::CFG_WAKEUP_BYTES, 8),
+        (abi::CFG_SOCKS_MASK, 4),
     ] {
         assert_eq!(syms.get(name).copied(), Some(size), "global {name}");
     }

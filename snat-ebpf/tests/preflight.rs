@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::need_root;
 use snat_core::model::EventKind;
-use snat_ebpf::{Error, Mode, TracerBuilder};
+use snat_ebpf::{AttachPoint, Error, Mode, TracerBuilder};
 
 const CHILD_ENV: &str = "SNAT_PREFLIGHT_CHILD";
 const TRACEFS_EVENTS: &str = "/sys/kernel/tracing/events";
@@ -171,6 +171,17 @@ fn without_tracefs_root_mounts_it_and_traces() {
     assert!(text.contains("TRACED: connect"), "{text}");
 }
 
+/// The raw tracepoint needs no tracefs: by default the tracer attaches there and leaves
+/// tracefs alone.
+#[test]
+fn without_tracefs_the_raw_tracepoint_traces_and_mounts_nothing() {
+    if !need_root() {
+        return;
+    }
+    let text = run_child("child_raw_without_tracefs");
+    assert!(text.contains("TRACED: connect"), "{text}");
+}
+
 /// Bring `lo` up in the calling thread's network namespace.
 fn loopback_up() {
     // SAFETY: socket/ioctl on a zeroed ifreq naming "lo"; the socket is closed at the end.
@@ -191,12 +202,33 @@ fn loopback_up() {
 #[test]
 #[ignore = "helper run in a child process by without_tracefs_root_mounts_it_and_traces"]
 fn child_without_tracefs() {
-    use std::os::unix::fs::MetadataExt;
     if !is_child("child_without_tracefs") {
         return;
     }
     private_mount_namespace();
     unmount_tracefs();
+    let via = trace_one_connection(AttachPoint::Tracepoint);
+    assert_eq!(via, AttachPoint::Tracepoint);
+    assert!(Path::new(TRACEFS_EVENTS).exists(), "tracefs was not mounted");
+}
+
+#[test]
+#[ignore = "helper run in a child process by without_tracefs_the_raw_tracepoint_traces_and_mounts_nothing"]
+fn child_raw_without_tracefs() {
+    if !is_child("child_raw_without_tracefs") {
+        return;
+    }
+    private_mount_namespace();
+    unmount_tracefs();
+    let via = trace_one_connection(AttachPoint::Auto);
+    assert_eq!(via, AttachPoint::RawTracepoint);
+    assert!(!Path::new(TRACEFS_EVENTS).exists(), "tracefs was mounted");
+}
+
+/// Attach at `point`, trace one connection made in a new network namespace and check
+/// its connect event; prints `TRACED: connect ...` and returns where the tracer attached.
+fn trace_one_connection(point: AttachPoint) -> AttachPoint {
+    use std::os::unix::fs::MetadataExt;
 
     // A thread in a new, unnamed network namespace (gone with the thread): it reports the
     // namespace's inode, waits for the tracer, then connects over loopback.
@@ -226,9 +258,10 @@ fn child_without_tracefs() {
     let mut tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([netns])
+        .attach_point(point)
         .attach()
-        .expect("as root the tracer mounts tracefs itself");
-    assert!(Path::new(TRACEFS_EVENTS).exists(), "tracefs was not mounted");
+        .expect("as root the tracer attaches (mounting tracefs itself when it needs it)");
+    let via = tracer.attach_point();
     tx_go.send(()).unwrap();
     worker.join().unwrap();
 
@@ -249,6 +282,7 @@ fn child_without_tracefs() {
         (std::process::id(), "snat-pf-conn", Some(netns))
     );
     println!("TRACED: connect {connect:?}");
+    via
 }
 
 #[test]
@@ -288,13 +322,21 @@ fn child_tracefs_impossible() {
     assert!(!Path::new("/sys/kernel/tracing").exists());
     assert!(std::fs::create_dir("/sys/kernel/tracing").is_err());
 
-    let err = TracerBuilder::new().attach().unwrap_err();
+    let err = TracerBuilder::new()
+        .attach_point(AttachPoint::Tracepoint)
+        .attach()
+        .unwrap_err();
     assert!(matches!(err, Error::TracefsUnavailable { .. }), "{err:?}");
     let msg = err.to_string();
     println!("ERROR: {msg}");
     for needle in ["mount -t tracefs nodev /sys/kernel/tracing", "does not exist"] {
         assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
     }
+    // The default attach point does not need tracefs.
+    let tracer = TracerBuilder::new()
+        .attach()
+        .expect("the raw tracepoint needs no tracefs");
+    assert_eq!(tracer.attach_point(), AttachPoint::RawTracepoint);
 }
 
 /// With CAP_BPF and CAP_PERFMON but without CAP_SYS_ADMIN (a container granted only the
@@ -323,7 +365,10 @@ fn child_tracefs_no_sys_admin() {
     private_mount_namespace();
     unmount_tracefs();
     drop_cap_sys_admin();
-    let err = TracerBuilder::new().attach().unwrap_err();
+    let err = TracerBuilder::new()
+        .attach_point(AttachPoint::Tracepoint)
+        .attach()
+        .unwrap_err();
     assert!(matches!(err, Error::TracefsUnavailable { .. }), "{err:?}");
     let msg = err.to_string();
     println!("ERROR: {msg}");
