@@ -84,10 +84,10 @@ pub enum Error {
 
     /// Attaching to the tracepoint failed.
     #[error(
-        "cannot attach to tracepoint {tracepoint} (needs Linux 4.16+ and tracefs): check that /sys/kernel/tracing/events/{tracepoint}/id exists"
+        "cannot attach to {tracepoint} (needs Linux 4.16+; the classic tracepoint also needs tracefs): check that /sys/kernel/tracing/events/sock/inet_sock_set_state/id exists, or try the other attach point (TracerBuilder::attach_point, playbook option `attach`)"
     )]
     Attach {
-        /// `category/name`.
+        /// Which attach point, e.g. `tracepoint sock/inet_sock_set_state`.
         tracepoint: String,
         /// The cause.
         #[source]

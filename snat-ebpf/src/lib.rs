@@ -1,9 +1,11 @@
 //! snat-ebpf: snat's live TCP tracer. A small CO-RE kernel program (C, `bpf/snat_tcp.bpf.c`,
 //! committed compiled as `bpf/snat_tcp.bpf.o` and embedded here, so building this crate
-//! needs no clang) on tracepoint `sock:inet_sock_set_state`, and its loader on aya.
+//! needs no clang) on tracepoint `sock:inet_sock_set_state`, and its loader on aya. It
+//! attaches as a raw tracepoint, or as a classic one (through tracefs) on kernels that
+//! refuse raw tracepoints ([`AttachPoint`]).
 //!
 //! It needs no kprobes, no fentry and no kernel headers, only BTF
-//! (`/sys/kernel/btf/vmlinux`), tracefs, and root or CAP_BPF + CAP_PERFMON. It reports
+//! (`/sys/kernel/btf/vmlinux`) and root or CAP_BPF + CAP_PERFMON. It reports
 //! what BCC's tcptracer reports (connect, accept, close, with pid, comm, addresses, ports
 //! and netns inode) plus **failed connects** (SYN_SENT -> CLOSE: refused, reset, timed out,
 //! with the socket error) and, for closes, the state left and the connection's lifetime.

@@ -682,11 +682,14 @@ pub struct KernelStats {
     /// Connects/accepts/failures whose owner the kernel program did not know (socket or
     /// listener older than the trace and not seeded): reported with pid 0, unless the
     /// reader fills it in from the snapshot (see
-    /// [`KernelStats::events_owner_from_snapshot`]).
+    /// [`KernelStats::events_owner_from_snapshot`]). Owners are only recorded in stream
+    /// mode or with a pid filter, so this is 0 otherwise.
     pub owner_unknown: u64,
     /// Events that passed the filters and were counted.
     pub counted: u64,
-    /// Socket-table updates that failed.
+    /// Sockets that found no slot in the kernel's socket table
+    /// ([`TracerBuilder::socket_table_entries`]): counted, but not as open, and their
+    /// close is counted without direction.
     pub socks_full: u64,
     /// Program runs the kernel skipped because another eBPF program was running on the
     /// same CPU (`recursion_misses`): each may have been an event, so this is an upper
@@ -762,6 +765,8 @@ pub struct TraceResult {
     /// What the attach-time snapshot of older sockets seeded (`None` when
     /// [`TracerBuilder::seed_owners`] was off).
     pub seed: Option<SeedReport>,
+    /// Where the program was attached.
+    pub attach_point: AttachPoint,
 }
 
 /// An attached tracer. Dropping it detaches the program and frees its maps.
@@ -1085,6 +1090,7 @@ impl Tracer {
             elapsed,
             mode: self.mode,
             seed: self.seed.take(),
+            attach_point: self.attached_via,
         })
     }
 }

@@ -21,6 +21,7 @@
 //! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
 //! | `seed_owners` | at attach, name the owners of sockets older than the trace (listeners; in stream mode also connections) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
+//! | `attach` | `"auto"` (raw tracepoint, else the classic one), `"raw_tracepoint"` or `"tracepoint"` (needs tracefs): same events, the raw one costs less | `"auto"` |
 //!
 //! Every live trace keeps a timeline (`t.timeline()`): per bucket and network namespace,
 //! connects, accepts, failed connects and closes, and the connections still open at each
@@ -46,13 +47,13 @@ use snat_core::model::{Family, TcpEvent};
 use snat_core::timeline::{self, BucketCounts, TimelineBuilder};
 use snat_ebpf::FlowRow;
 use snat_ebpf::output::{JsonlWriter, TextWriter};
-use snat_ebpf::{Mode, Progress, RunEnd, TraceResult, TracerBuilder};
+use snat_ebpf::{AttachPoint, Mode, Progress, RunEnd, TraceResult, TracerBuilder};
 
 use super::types::{Trace, groupings_of};
 use super::{func, to_json};
 use crate::ctx::{Ctx, StageError};
 
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "seconds",
     "mode",
     "by",
@@ -64,6 +65,7 @@ const KNOWN: [&str; 11] = [
     "jsonl_out",
     "bucket",
     "seed_owners",
+    "attach",
 ];
 
 /// The parsed options of `trace::run`.
@@ -91,6 +93,8 @@ pub struct TraceOptions {
     pub bucket: Duration,
     /// Name the owners of sockets older than the trace from a snapshot taken at attach.
     pub seed_owners: bool,
+    /// Where to attach the program.
+    pub attach: AttachPoint,
 }
 
 fn int_in<T: TryFrom<i64>>(name: &str, v: &Dynamic, what: &str) -> Result<T, String> {
@@ -216,8 +220,18 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
             .as_bool()
             .map_err(|t| format!("option `seed_owners` must be true or false, got {t}"))?,
     };
+    let attach = match opts.get("attach") {
+        None => AttachPoint::Auto,
+        Some(v) => v
+            .clone()
+            .into_immutable_string()
+            .map_err(|t| format!("option `attach` must be a string, got {t}"))?
+            .parse::<AttachPoint>()
+            .map_err(|e| format!("option `attach`: {e}"))?,
+    };
     Ok(TraceOptions {
         seed_owners,
+        attach,
         duration,
         bucket,
         mode,
@@ -273,12 +287,16 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
     let st = &res.stats;
     s.lost_events = st.possibly_lost();
     s.notes.push(format!(
-        "live trace, {} mode, {:.1} s; {} events counted in the kernel",
+        "live trace, {} mode, {:.1} s, {}; {} events counted in the kernel",
         match o.mode {
             Mode::Aggregated => "aggregated",
             Mode::Stream => "stream",
         },
         res.elapsed.as_secs_f64(),
+        match res.attach_point {
+            AttachPoint::Tracepoint => "classic tracepoint",
+            _ => "raw tracepoint",
+        },
         st.counted
     ));
     s.notes.push(
@@ -289,6 +307,12 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
         s.notes.push(format!(
             "{} events lost: the ring buffer was full (reader too slow); kernel counters are complete",
             st.events_dropped
+        ));
+    }
+    if st.socks_full > 0 {
+        s.notes.push(format!(
+            "{} sockets found no slot in the kernel's socket table: counted, but not as open, and their closes have no direction",
+            st.socks_full
         ));
     }
     if st.flows_full > 0 {
@@ -363,6 +387,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
         .duration(o.duration)
         .mode(o.mode)
         .seed_owners(o.seed_owners)
+        .attach_point(o.attach)
         .seed_proc_root(ctx.options().host_proc.clone())
         .cancel_flag(ctx.cancel_flag());
     if !o.netns.is_empty() {
@@ -498,7 +523,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "run",
         &["options: Map", "Trace"],
-        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs) and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file),\nbucket (timeline bucket in seconds, default max(1, seconds / 60); see trace.timeline()),\nseed_owners (true: name the owners of sockets older than the trace from a snapshot at attach).\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
+        "Trace TCP connections on this node live with eBPF (root or CAP_BPF + CAP_PERFMON; BTF; tracefs only for attach \"tracepoint\") and\nreturn a Trace, like tcptracer::read. Options: seconds (10), mode (\"aggregated\" | \"stream\"),\nby ([[\"saddr\",\"netns\"],[\"netns\",\"daddr\",\"dport\"]]), netns ([inode, ...]), pid, dport,\nfamily (\"ipv4\" | \"ipv6\"), text_out (tcptracer -t -v text file), jsonl_out (JSON Lines file),\nbucket (timeline bucket in seconds, default max(1, seconds / 60); see trace.timeline()),\nseed_owners (true: name the owners of sockets older than the trace from a snapshot at attach),\nattach (\"auto\" | \"raw_tracepoint\" | \"tracepoint\").\nFailed connects (SYN_SENT -> CLOSE) are counted too. Lost events are in trace.lost_events.",
     )
     .set_into_module(&mut m, move |opts: Map| -> Result<Trace, Box<EvalAltResult>> {
         let args = to_json(&Dynamic::from_map(opts.clone()));
@@ -542,6 +567,15 @@ mod tests {
         assert_eq!(o.bucket, Duration::from_secs(1));
         assert!(o.seed_owners);
         assert!(!opts("#{seed_owners: false}").unwrap().seed_owners);
+        assert_eq!(o.attach, AttachPoint::Auto);
+        assert_eq!(
+            opts("#{attach: \"tracepoint\"}").unwrap().attach,
+            AttachPoint::Tracepoint
+        );
+        assert_eq!(
+            opts("#{attach: \"raw_tracepoint\"}").unwrap().attach,
+            AttachPoint::RawTracepoint
+        );
         assert_eq!(opts("#{seconds: 600}").unwrap().bucket, Duration::from_secs(10));
         assert_eq!(
             opts("#{seconds: 30, bucket: 2.5}").unwrap().bucket,
@@ -571,6 +605,8 @@ mod tests {
             ("#{seconds: 0}", "more than 0"),
             ("#{seconds: \"ten\"}", "must be a number"),
             ("#{mode: \"fast\"}", "unknown mode"),
+            ("#{attach: \"kprobe\"}", "unknown attach point"),
+            ("#{attach: 1}", "option `attach` must be a string"),
             ("#{by: [[\"pid\"]]}", "needs mode: \"stream\""),
             ("#{by: [[\"bogus\"]]}", "unknown field"),
             ("#{netns: []}", "empty"),
