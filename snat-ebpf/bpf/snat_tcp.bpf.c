@@ -67,6 +67,7 @@ enum {
 /* sock_info flags */
 #define SI_ESTABLISHED 1
 #define SI_FILTERED_OUT 2
+#define SI_OWNER_KNOWN 4
 
 /* Slots probed per socket in `socks`. */
 #define SOCK_PROBES 8
@@ -87,6 +88,8 @@ const volatile __u16 cfg_family = 0;
 const volatile __u16 cfg_port = 0;
 const volatile __u32 cfg_pid = 0;
 const volatile __u64 cfg_wakeup_bytes = 65536;
+/* The largest flow id: entries of `flows` and `flow_counts` minus one. */
+const volatile __u32 cfg_flow_max_id = 16383;
 /* Entries of `socks` minus one (entries are a power of two). */
 const volatile __u32 cfg_socks_mask = 131071;
 
@@ -119,9 +122,10 @@ struct flow_counts {
 struct sock_info {
 	__u64 sk;
 	__u32 flags;
-	__u32 owner_known;
+	__u32 flow_id;
 	struct flow_key key;
-	__u32 pad;
+	__u16 sport;
+	__u16 dport;
 	__u64 established_ns;
 	struct owner owner;
 };
@@ -157,12 +161,43 @@ struct tcp_event {
 	char comm[16];
 };
 
+/* Flows: key -> id in `flows`, counters by id in `flow_counts` (ids are never reused,
+ * flows never deleted), the next id in `flow_next`. A socket's slot keeps its flow's id,
+ * so its close needs no hash lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct flow_key);
-	__type(value, struct flow_counts);
+	__type(value, __u32);
 } flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct flow_counts);
+} flow_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_next SEC(".maps");
+
+/* The flow each CPU used last, checked before the hash: connections come in runs to the
+ * same destination (a storming pod most of all). */
+struct flow_cache {
+	struct flow_key key;
+	__u32 id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_cache);
+} flow_last SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -299,9 +334,13 @@ static __always_inline int is_tcp(struct sock *sk)
 
 /* ---- the socket table ---- */
 
+/* A socket's first slot: its address in units of 2 KiB (TCP sockets are larger, so live
+ * sockets get distinct first slots until the table wraps). Sockets next to each other in
+ * memory get slots next to each other: a hash spreading them over the whole table cost
+ * cache and TLB misses, to this program and to the TCP stack around it. */
 static __always_inline __u32 sock_hash(__u64 sk)
 {
-	return (__u32)((sk * 0x9E3779B97F4A7C15ULL) >> 32);
+	return (__u32)(sk >> 11);
 }
 
 /* The slot holding sk, or NULL. */
@@ -357,17 +396,62 @@ static __always_inline int wanted(__u32 netns, __u16 family, __u16 port, const s
 	return 1;
 }
 
+#define NO_FLOW 0xffffffffu
+
+_Static_assert(sizeof(struct flow_key) == 44, "flow_key is eleven 4-byte words");
+
+static __always_inline int key_eq(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	__u32 diff = 0;
+#pragma unroll
+	for (int i = 0; i < 11; i++)
+		diff |= x[i] ^ y[i];
+	return diff == 0;
+}
+
+/* The id of flow k, made on first sight; NO_FLOW (counted in flows_full) when the table
+ * is full. */
+static __always_inline __u32 flow_id(const struct flow_key *k)
+{
+	__u32 zero = 0;
+	struct flow_cache *last = bpf_map_lookup_elem(&flow_last, &zero);
+	if (last && last->id != NO_FLOW && key_eq(&last->key, k))
+		return last->id;
+	__u32 *found = bpf_map_lookup_elem(&flows, k);
+	__u32 id;
+	if (found) {
+		id = *found;
+	} else {
+		__u32 *next = bpf_map_lookup_elem(&flow_next, &zero);
+		if (!next)
+			return NO_FLOW;
+		id = __sync_fetch_and_add(next, 1);
+		if (id > cfg_flow_max_id || bpf_map_update_elem(&flows, k, &id, BPF_NOEXIST)) {
+			/* Full, or made by another CPU meanwhile (this id is then never used). */
+			found = bpf_map_lookup_elem(&flows, k);
+			if (!found) {
+				stat_inc(STAT_FLOWS_FULL);
+				return NO_FLOW;
+			}
+			id = *found;
+		}
+	}
+	if (last) {
+		last->key = *k;
+		last->id = id;
+	}
+	return id;
+}
+
+static __always_inline struct flow_counts *flow_at(__u32 id)
+{
+	return id == NO_FLOW ? NULL : bpf_map_lookup_elem(&flow_counts, &id);
+}
+
 static __always_inline struct flow_counts *flow_get(const struct flow_key *k)
 {
-	struct flow_counts *c = bpf_map_lookup_elem(&flows, k);
-	if (c)
-		return c;
-	struct flow_counts zero = {};
-	bpf_map_update_elem(&flows, k, &zero, BPF_NOEXIST);
-	c = bpf_map_lookup_elem(&flows, k);
-	if (!c)
-		stat_inc(STAT_FLOWS_FULL);
-	return c;
+	return flow_at(flow_id(k));
 }
 
 static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_state, __u16 sport, __u16 dport,
@@ -426,8 +510,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		struct sock_info *s = sock_claim(skey);
 		if (!s)
 			return 0;
-		s->flags = 0;
-		s->owner_known = 1;
+		s->flags = SI_OWNER_KNOWN;
 		fill_owner(&s->owner);
 		return 0;
 	}
@@ -475,7 +558,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			k.port = f.dport;
 			if (TRACK_OWNERS) {
 				s = sock_find(skey);
-				if (s && s->owner_known) {
+				if (s && (s->flags & SI_OWNER_KNOWN)) {
 					o = s->owner;
 					owner_known = 1;
 				}
@@ -494,22 +577,24 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			}
 		}
 		int pass = wanted(k.netns, f.family, k.port, &o, owner_known);
+		__u32 id = pass ? flow_id(&k) : NO_FLOW;
 		if (!s)
 			s = sock_claim(skey);
 		if (s) {
 			s->key = k;
+			s->flow_id = id;
+			s->sport = f.sport;
+			s->dport = f.dport;
 			s->established_ns = now;
-			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT);
-			if (TRACK_OWNERS) {
+			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT) | (owner_known ? SI_OWNER_KNOWN : 0);
+			if (TRACK_OWNERS)
 				s->owner = o;
-				s->owner_known = owner_known;
-			}
 		}
 		if (!pass)
 			return 0;
 		if (TRACK_OWNERS && !owner_known)
 			stat_inc(STAT_OWNER_UNKNOWN);
-		struct flow_counts *c = flow_get(&k);
+		struct flow_counts *c = flow_at(id);
 		if (c) {
 			if (kind == KIND_CONNECT)
 				__sync_fetch_and_add(&c->connects, 1);
@@ -537,21 +622,23 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			sock_release(s);
 			return 0;
 		}
-		struct flow_key k = s->key;
-		struct flow_counts *c = flow_get(&k);
+		struct flow_counts *c = flow_at(s->flow_id);
 		if (c) {
 			__sync_fetch_and_add(&c->closes, 1);
 			__sync_fetch_and_add(&c->open, (__u64)-1);
+		} else {
+			/* Its flow did not fit in the table when it was established. */
+			stat_inc(STAT_FLOWS_FULL);
 		}
 		stat_inc(STAT_COUNTED);
 		if (cfg_emit_events) {
+			struct flow_key k = s->key;
 			struct owner o = s->owner;
-			int owner_known = s->owner_known;
+			int owner_known = !!(s->flags & SI_OWNER_KNOWN);
 			__u64 since = s->established_ns;
+			__u16 sport = s->sport, dport = s->dport;
 			sock_release(s);
-			struct sk_fields f = {};
-			read_fields(sk, &f);
-			emit(&k, KIND_CLOSE, oldstate, local_port(sk), f.dport, &o, owner_known, now, now - since, 1, 0);
+			emit(&k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0);
 		} else {
 			sock_release(s);
 		}
@@ -562,7 +649,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	struct owner o = {};
 	int owner_known = 0;
 	if (s) {
-		if (s->owner_known) {
+		if (s->flags & SI_OWNER_KNOWN) {
 			o = s->owner;
 			owner_known = 1;
 		}

@@ -41,15 +41,29 @@ fn main() -> std::io::Result<()> {
     let d = Duration::from_secs_f64(secs);
     let t0 = Instant::now();
     let mut n = 0u64;
-    while t0.elapsed() < d {
+    // Per-connection times (ns), for the percentiles: host noise comes in episodes that
+    // slow whole stretches of a run, and the low percentiles show the cost without them.
+    let mut times: Vec<u32> = Vec::with_capacity((secs * 50_000.0) as usize);
+    let mut last = t0;
+    while last.duration_since(t0) < d {
         let c = TcpStream::connect(addr)?;
         let (s, _) = l.accept()?;
         linger_zero(&c);
         drop(c);
         drop(s);
         n += 1;
+        let now = Instant::now();
+        times.push(u32::try_from(now.duration_since(last).as_nanos()).unwrap_or(u32::MAX));
+        last = now;
     }
     let el = t0.elapsed().as_secs_f64();
-    println!("connections={n} seconds={el:.3} rate={:.1}", n as f64 / el);
+    times.sort_unstable();
+    let pct = |p: usize| times.get(times.len() * p / 100).copied().unwrap_or(0);
+    println!(
+        "connections={n} seconds={el:.3} rate={:.1} p10_ns={} p50_ns={}",
+        n as f64 / el,
+        pct(10),
+        pct(50)
+    );
     Ok(())
 }

@@ -13,8 +13,15 @@ pub const TP_CATEGORY: &str = "sock";
 /// Tracepoint name.
 pub const TP_NAME: &str = "inet_sock_set_state";
 
-/// Map: per-flow counters (`HASH`, [`FlowKey`] -> [`FlowCounts`]).
+/// Map: flow ids (`HASH`, [`FlowKey`] -> u32 index into [`MAP_FLOW_COUNTS`]).
 pub const MAP_FLOWS: &str = "flows";
+/// Map: per-flow counters (`ARRAY`, flow id -> [`FlowCounts`]).
+pub const MAP_FLOW_COUNTS: &str = "flow_counts";
+/// Map: the next flow id to hand out (`ARRAY` of one u32).
+pub const MAP_FLOW_NEXT: &str = "flow_next";
+/// Map: each CPU's last flow (`PERCPU_ARRAY` of one [`FlowKey`] + u32 id), checked
+/// before the hash.
+pub const MAP_FLOW_LAST: &str = "flow_last";
 /// Map: per-socket owner and state (`ARRAY` of [`SockInfo`] slots, an open-addressing
 /// table keyed in the kernel by the socket's address).
 pub const MAP_SOCKS: &str = "socks";
@@ -42,6 +49,8 @@ pub const CFG_PORT: &str = "cfg_port";
 pub const CFG_PID: &str = "cfg_pid";
 /// Global: force a ring-buffer wakeup once this many bytes wait (u64).
 pub const CFG_WAKEUP_BYTES: &str = "cfg_wakeup_bytes";
+/// Global: the largest flow id, the flow table's entries minus one (u32).
+pub const CFG_FLOW_MAX_ID: &str = "cfg_flow_max_id";
 /// Global: entries of the `socks` table minus one (u32; entries are a power of two).
 pub const CFG_SOCKS_MASK: &str = "cfg_socks_mask";
 
@@ -144,17 +153,19 @@ pub struct FlowCounts {
 pub struct SockInfo {
     /// The socket's kernel address; 0 when the slot is free.
     pub sk: u64,
-    /// Internal flags.
+    /// Internal flags (established, filtered out, owner known).
     pub flags: u32,
-    /// 1 when `owner` is set.
-    pub owner_known: u32,
+    /// The flow's id (index into [`MAP_FLOW_COUNTS`]), once established.
+    pub flow_id: u32,
     /// The flow the socket was counted under.
     pub key: FlowKey,
-    /// Zero.
-    pub pad: u32,
+    /// Local port.
+    pub sport: u16,
+    /// Remote port.
+    pub dport: u16,
     /// Boot-clock time of ESTABLISHED.
     pub established_ns: u64,
-    /// Owner, when `owner_known`.
+    /// Owner, when `flags` says it is known.
     pub owner: Owner,
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{
     ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
 };
@@ -129,6 +129,8 @@ pub struct Filters {
     pub family: Option<Family>,
 }
 
+/// Default size of the kernel's flow table.
+const DEFAULT_FLOW_ENTRIES: u32 = 1 << 14;
 /// Default size of the kernel's socket table.
 const DEFAULT_SOCKET_ENTRIES: u32 = 1 << 17;
 /// Largest socket table (about 440 MB of kernel memory).
@@ -364,9 +366,10 @@ impl TracerBuilder {
             page_size()
         };
         let mut loader = EbpfLoader::new();
-        if let Some(n) = self.flow_entries {
-            loader.map_max_entries(abi::MAP_FLOWS, n);
-        }
+        let flows = self.flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES);
+        loader.map_max_entries(abi::MAP_FLOWS, flows);
+        loader.map_max_entries(abi::MAP_FLOW_COUNTS, flows);
+        let flow_max_id: u32 = flows - 1;
         let socks = self
             .socket_entries
             .unwrap_or(DEFAULT_SOCKET_ENTRIES)
@@ -381,6 +384,7 @@ impl TracerBuilder {
             .override_global(abi::CFG_PID, &pid, true)
             .override_global(abi::CFG_WAKEUP_BYTES, &wakeup, true)
             .override_global(abi::CFG_SOCKS_MASK, &socks_mask, true)
+            .override_global(abi::CFG_FLOW_MAX_ID, &flow_max_id, true)
             .map_max_entries(abi::MAP_EVENTS, ring)
             .load(OBJECT)
             .map_err(|e| {
@@ -1055,12 +1059,20 @@ impl Tracer {
             what: "missing from the object".into(),
             source: None,
         })?;
-        let flows: BpfHashMap<_, FlowKey, FlowCounts> =
-            BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
+        let flows: BpfHashMap<_, FlowKey, u32> = BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
+        let map = self.ebpf.map(abi::MAP_FLOW_COUNTS).ok_or(Error::Map {
+            name: abi::MAP_FLOW_COUNTS,
+            what: "missing from the object".into(),
+            source: None,
+        })?;
+        let counts: Array<_, FlowCounts> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
         let mut rows = Vec::new();
         for item in flows.iter() {
             match item {
-                Ok((k, c)) => rows.extend(FlowRow::from_raw(&k, &c)),
+                Ok((k, id)) => {
+                    let c = counts.get(&id, 0).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
+                    rows.extend(FlowRow::from_raw(&k, &c));
+                }
                 // An entry deleted while iterating is skipped; the map is never deleted from.
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(abi::MAP_FLOWS, e)),

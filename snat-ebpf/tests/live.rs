@@ -341,6 +341,41 @@ fn a_full_socket_table_loses_direction_never_counts() {
     assert_eq!(open, 0);
 }
 
+/// A flow table too small for the flows: the flows that fit are counted exactly, every
+/// event of the others is counted in `flows_full`, and nothing is counted twice.
+#[test]
+fn a_full_flow_table_counts_what_it_drops() {
+    if !need_root() {
+        return;
+    }
+    const FLOWS: u32 = 2;
+    const PER_PORT: usize = 3;
+    let a = Netns::new();
+    let tracer = TracerBuilder::new()
+        .netns([a.inode()])
+        .flow_table_entries(FLOWS)
+        .attach()
+        .unwrap();
+    // One server port after the other: the first two flows (outbound + inbound of the
+    // first port) fill the table; the other ports' flows do not fit.
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let (port, server) = loop_server(&a, PER_PORT);
+        loop_client(&a, port, PER_PORT).join().unwrap();
+        server.join().unwrap();
+        ports.push(port);
+    }
+    let (_, res) = collect(tracer, 4 * PER_PORT as u64);
+    let s = res.stats;
+    assert_eq!(res.flows.len(), FLOWS as usize, "{:#?}", res.flows);
+    assert!(res.flows.iter().all(|f| f.port == ports[0]), "{:#?}", res.flows);
+    let total: u64 = res.flows.iter().map(|f| f.counts().events).sum();
+    assert_eq!(total, 4 * PER_PORT as u64);
+    assert_eq!(s.counted, 3 * 4 * PER_PORT as u64, "{s:?}");
+    assert_eq!(s.flows_full, 2 * 4 * PER_PORT as u64, "{s:?}");
+    assert_eq!(s.lost(), s.flows_full, "{s:?}");
+}
+
 #[test]
 fn stalled_reader_drops_are_counted_exactly() {
     if !need_root() {

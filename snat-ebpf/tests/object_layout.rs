@@ -163,10 +163,11 @@ fn structs_match_their_rust_mirrors() {
             ("sk", offset_of!(SockInfo, sk)),
             ("owner", offset_of!(SockInfo, owner)),
             ("key", offset_of!(SockInfo, key)),
-            ("pad", offset_of!(SockInfo, pad)),
+            ("sport", offset_of!(SockInfo, sport)),
+            ("dport", offset_of!(SockInfo, dport)),
             ("established_ns", offset_of!(SockInfo, established_ns)),
             ("flags", offset_of!(SockInfo, flags)),
-            ("owner_known", offset_of!(SockInfo, owner_known)),
+            ("flow_id", offset_of!(SockInfo, flow_id)),
         ],
     );
     check(
@@ -193,12 +194,11 @@ fn structs_match_their_rust_mirrors() {
 #[test]
 fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     let obj = aya_obj::Object::parse(snat_ebpf::object()).expect("aya-obj parses the committed object");
-    let expect: [(&str, u32, u32); 7] = [
-        (
-            abi::MAP_FLOWS,
-            size_of::<FlowKey>() as u32,
-            size_of::<FlowCounts>() as u32,
-        ),
+    let expect: [(&str, u32, u32); 10] = [
+        (abi::MAP_FLOWS, size_of::<FlowKey>() as u32, 4),
+        (abi::MAP_FLOW_COUNTS, 4, size_of::<FlowCounts>() as u32),
+        (abi::MAP_FLOW_NEXT, 4, 4),
+        (abi::MAP_FLOW_LAST, 4, size_of::<FlowKey>() as u32 + 4),
         (abi::MAP_SOCKS, 4, size_of::<SockInfo>() as u32),
         (
             abi::MAP_LISTENERS,
@@ -247,6 +247,7 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
         (abi::CFG_PID, 4),
         (abi::CFG_WAKEUP_BYTES, 8),
         (abi::CFG_SOCKS_MASK, 4),
+        (abi::CFG_FLOW_MAX_ID, 4),
     ] {
         assert_eq!(syms.get(name).copied(), Some(size), "global {name}");
     }
