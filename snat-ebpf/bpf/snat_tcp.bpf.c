@@ -382,16 +382,25 @@ static __always_inline void sock_release(struct sock_info *s)
 	__sync_lock_test_and_set(&s->sk, 0);
 }
 
+/* The filters on what a socket is (family, netns): the same at each of its state changes,
+ * so a socket they reject needs no slot to be rejected again at its close. */
+static __always_inline int socket_wanted(__u32 netns, __u16 family)
+{
+	if (cfg_family && family != cfg_family)
+		return 0;
+	if (cfg_filter_netns && !bpf_map_lookup_elem(&netns_allow, &netns))
+		return 0;
+	return 1;
+}
+
 /* Whether an event passes the configured filters. */
 static __always_inline int wanted(__u32 netns, __u16 family, __u16 port, const struct owner *o, int owner_known)
 {
-	if (cfg_family && family != cfg_family)
+	if (!socket_wanted(netns, family))
 		return 0;
 	if (cfg_port && port != cfg_port)
 		return 0;
 	if (cfg_pid && (!owner_known || o->pid != cfg_pid))
-		return 0;
-	if (cfg_filter_netns && !bpf_map_lookup_elem(&netns_allow, &netns))
 		return 0;
 	return 1;
 }
@@ -491,6 +500,21 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 	stat_inc(STAT_EVENTS_SENT);
 }
 
+/* Read a TCP socket (AF_INET or AF_INET6) and start its flow key: netns, family,
+ * addresses. Non-zero for any other socket. */
+static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct flow_key *k)
+{
+	if (!is_tcp(sk) || read_fields(sk, f))
+		return -1;
+	if (f->family != AF_INET && f->family != AF_INET6)
+		return -1;
+	k->netns = net_inum(f->net);
+	k->family = f->family;
+	__builtin_memcpy(k->saddr, f->saddr, 16);
+	__builtin_memcpy(k->daddr, f->daddr, 16);
+	return 0;
+}
+
 /* Whether owners are recorded: only what uses them pays for them. */
 #define TRACK_OWNERS (cfg_emit_events || cfg_pid)
 
@@ -505,8 +529,16 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_SYN_SENT) {
 		/* Inside connect(): current is the caller. */
-		if (!TRACK_OWNERS || !is_tcp(sk))
+		if (!TRACK_OWNERS)
 			return 0;
+		if (cfg_filter_netns || cfg_family) {
+			struct sk_fields f = {};
+			struct flow_key k = {};
+			if (read_tcp(sk, &f, &k) || !socket_wanted(k.netns, k.family))
+				return 0;
+		} else if (!is_tcp(sk)) {
+			return 0;
+		}
 		struct sock_info *s = sock_claim(skey);
 		if (!s)
 			return 0;
@@ -517,9 +549,10 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
 		struct sk_fields f = {};
-		if (!is_tcp(sk) || read_fields(sk, &f))
+		struct flow_key k = {};
+		if (read_tcp(sk, &f, &k))
 			return 0;
-		struct listen_key lk = { .netns = net_inum(f.net), .port = local_port(sk) };
+		struct listen_key lk = { .netns = k.netns, .port = local_port(sk) };
 		if (newstate == TCP_LISTEN) {
 			/* Inside listen(): current is the caller. */
 			struct listen_info li = { .sk = skey };
@@ -537,17 +570,11 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 			return 0;
 		struct sk_fields f = {};
-		if (!is_tcp(sk) || read_fields(sk, &f))
-			return 0;
-		if (f.family != AF_INET && f.family != AF_INET6)
+		struct flow_key k = {};
+		if (read_tcp(sk, &f, &k) || !socket_wanted(k.netns, k.family))
 			return 0;
 		/* Timestamps only travel in events (and durations between them). */
 		__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
-		struct flow_key k = {};
-		k.netns = net_inum(f.net);
-		k.family = f.family;
-		__builtin_memcpy(k.saddr, f.saddr, 16);
-		__builtin_memcpy(k.daddr, f.daddr, 16);
 		__u8 kind;
 		struct owner o = {};
 		int owner_known = 0;
@@ -659,18 +686,12 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		/* An incoming connection that never got established: not counted. */
 		return 0;
 	struct sk_fields f = {};
-	if (!is_tcp(sk) || read_fields(sk, &f))
-		return 0;
-	if (f.family != AF_INET && f.family != AF_INET6)
+	struct flow_key k = {};
+	if (read_tcp(sk, &f, &k))
 		return 0;
 	if (cfg_emit_events)
 		f.sport = local_port(sk);
-	struct flow_key k = {};
-	k.netns = net_inum(f.net);
-	k.family = f.family;
 	k.port = f.dport;
-	__builtin_memcpy(k.saddr, f.saddr, 16);
-	__builtin_memcpy(k.daddr, f.daddr, 16);
 
 	if (oldstate == TCP_SYN_SENT) {
 		/* A connect that never got established. */
