@@ -15,15 +15,16 @@
  * Owners are only recorded when something uses them: in event-stream mode, or with a pid
  * filter. Aggregated counts are keyed by network namespace, not by process.
  *
- * Every counted event is added to the `flows` hash map, keyed by
- * (netns, family, direction, port, saddr, daddr) where port is the remote port of an
- * outbound connection and the local (listening) port of an inbound one. With
+ * Every counted event is added to its flow's counters in `flow_counts`; `flows` maps the
+ * flow's key (netns, family, direction, port, saddr, daddr) to its index there, where port
+ * is the remote port of an outbound connection and the local (listening) port of an
+ * inbound one. With
  * cfg_emit_events set, each event is also written to the `events` ring buffer with
  * batched wakeups. Every loss is counted in `stats`.
  *
  * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
- * a socket's slot is one of SOCK_PROBES consecutive slots from a hash of its address,
- * claimed with compare-and-swap. A socket's own state changes are serialised by its lock,
+ * a socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
+ * claimed with compare-and-swap. The slot keeps the socket's flow id, owner and ports. A socket's own state changes are serialised by its lock,
  * so only the claim can race (with other sockets). Array lookups are inlined by the
  * verifier: this costs a fraction of a hash map's update and delete.
  *
