@@ -51,7 +51,7 @@ pub enum Error {
 
     /// The kernel's verifier rejected the program.
     #[error(
-        "the kernel's verifier rejected program {program}: this kernel is not supported by this build of snat; report it with the log below\n{log}"
+        "the kernel's verifier rejected program {program}: this kernel is not supported by this build of snat (it needs Linux 5.12 or later: BTF, BPF ring buffer, BPF atomics); if the kernel is that recent, report it with the log below\n{log}"
     )]
     Verifier {
         /// Program name.
@@ -61,7 +61,7 @@ pub enum Error {
     },
 
     /// Loading the object (maps, BTF relocations) failed.
-    #[error("cannot load snat's eBPF object: {message}")]
+    #[error("cannot load snat's eBPF object: {message} (it needs Linux 5.12 or later with BTF)")]
     Load {
         /// Short description.
         message: String,
@@ -84,7 +84,7 @@ pub enum Error {
 
     /// Attaching to the tracepoint failed.
     #[error(
-        "cannot attach to {tracepoint} (needs Linux 4.16+; the classic tracepoint also needs tracefs): check that /sys/kernel/tracing/events/sock/inet_sock_set_state/id exists, or try the other attach point (TracerBuilder::attach_point, playbook option `attach`)"
+        "cannot attach to {tracepoint} (needs Linux 5.12+; the classic tracepoint also needs tracefs): check that /sys/kernel/tracing/events/sock/inet_sock_set_state/id exists, or try the other attach point (TracerBuilder::attach_point, playbook option `attach`)"
     )]
     Attach {
         /// Which attach point, e.g. `tracepoint sock/inet_sock_set_state`.
