@@ -496,8 +496,16 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 		__builtin_memcpy(e->comm, o->comm, 16);
 	else
 		__builtin_memset(e->comm, 0, 16);
+	/* Wake the reader once each time the waiting data crosses a multiple of
+	 * cfg_wakeup_bytes, not on every event past it: each wakeup is an interrupt (a VM exit
+	 * in a virtual machine), and until the reader has drained, every further event would
+	 * raise one. A crossing missed in a race between CPUs is caught by the next one or by
+	 * the reader's drain timer. */
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(e, avail >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	__u64 rec = sizeof(*e) + 8; /* record plus the ring buffer's header */
+	__u64 t = cfg_wakeup_bytes ? cfg_wakeup_bytes : 1;
+	int crossed = avail >= rec && avail / t != (avail - rec) / t;
+	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	stat_inc(STAT_EVENTS_SENT);
 }
 
