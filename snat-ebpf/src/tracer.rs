@@ -263,8 +263,9 @@ impl TracerBuilder {
     /// Whether [`TracerBuilder::attach`] takes a snapshot of the sockets that exist when
     /// tracing starts, so that accepts on older listeners and closes and failures of older
     /// connections carry their owner instead of pid 0 (default: on; see [`crate::seed`]).
-    /// In aggregated mode only listeners are seeded (the kernel's rows carry no owner; a
-    /// pid filter then matches accepts on older listeners). It costs one socket census per
+    /// In aggregated mode only listeners are seeded, and only with a pid filter (it then
+    /// matches accepts on older listeners): without one the program records no owners, so
+    /// there is nothing to seed and no snapshot is taken. It costs one socket census per
     /// network namespace (only the filtered ones with
     /// [`TracerBuilder::netns`]) and a read of `/proc/PID/fd` of their processes; turn it
     /// off where that matters more than the attribution.
@@ -429,7 +430,9 @@ impl TracerBuilder {
         let link = attach_program(&mut ebpf, self.attach_point)?;
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, via = %link.point(), "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
-        let (pre_existing, seed) = if self.seed_owners {
+        // The program only looks owners up in stream mode or with a pid filter.
+        let owners_used = self.mode == Mode::Stream || self.filters.pid.is_some();
+        let (pre_existing, seed) = if self.seed_owners && owners_used {
             let stream = self.mode == Mode::Stream;
             let (p, r) = seed::seed(&mut ebpf, &self.seed_proc_root, &self.filters.netns, stream);
             (Some(p), Some(r))

@@ -201,3 +201,23 @@ fn without_a_netns_filter_every_namespace_is_seeded() {
         "{accepts:#?}"
     );
 }
+
+/// Aggregated mode without a pid filter records no owners, so it takes no snapshot (a
+/// census and a /proc scan saved at attach); with a pid filter it seeds the listeners.
+#[test]
+fn aggregated_mode_seeds_only_with_a_pid_filter() {
+    if !need_root() {
+        return;
+    }
+    let a = Netns::new();
+    let tracer = TracerBuilder::new().netns([a.inode()]).attach().unwrap();
+    assert!(tracer.seed_report().is_none());
+    drop(tracer);
+    let tracer = TracerBuilder::new()
+        .netns([a.inode()])
+        .pid(std::process::id())
+        .attach()
+        .unwrap();
+    let report = tracer.seed_report().expect("a pid filter uses owners: seeded");
+    assert_eq!(report.namespaces, 1, "{report:?}");
+}

@@ -20,7 +20,7 @@
 //! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
 //! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
-//! | `seed_owners` | at attach, name the owners of sockets older than the trace (listeners; in stream mode also connections) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
+//! | `seed_owners` | at attach, name the owners of sockets older than the trace (in stream mode listeners and connections; in aggregated mode listeners, and only with a `pid` filter, the one case that uses owners) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
 //! | `attach` | `"auto"` (raw tracepoint, else the classic one), `"raw_tracepoint"` or `"tracepoint"` (needs tracefs): same events, the raw one costs less | `"auto"` |
 //!
 //! Every live trace keeps a timeline (`t.timeline()`): per bucket and network namespace,
