@@ -563,12 +563,22 @@ impl Link {
     }
 }
 
-fn program_missing(name: &str) -> Error {
-    Error::Map {
-        name: "program",
-        what: format!("program {name} missing from the object"),
-        source: None,
-    }
+/// Program `name` of the object, as its aya type (`TracePoint`, `RawTracePoint`).
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Map {
+            name: "program",
+            what: format!("program {name} missing from the object"),
+            source: None,
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| Error::ProgramLoad {
+            program: name.into(),
+            source: Box::new(e),
+        })
 }
 
 fn attach_error(e: ProgramError, what: String) -> Error {
@@ -598,14 +608,7 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<Link, Error> {
         }
     }
     ensure_tracefs()?;
-    let prog: &mut TracePoint = ebpf
-        .program_mut(abi::PROGRAM)
-        .ok_or_else(|| program_missing(abi::PROGRAM))?
-        .try_into()
-        .map_err(|e: ProgramError| Error::ProgramLoad {
-            program: abi::PROGRAM.into(),
-            source: Box::new(e),
-        })?;
+    let prog: &mut TracePoint = program_mut(ebpf, abi::PROGRAM)?;
     prog.load().map_err(load_error)?;
     prog.attach(abi::TP_CATEGORY, abi::TP_NAME)
         .map(Link::Classic)
@@ -613,14 +616,7 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<Link, Error> {
 }
 
 fn attach_raw(ebpf: &mut Ebpf) -> Result<Link, Error> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(abi::PROGRAM_RAW)
-        .ok_or_else(|| program_missing(abi::PROGRAM_RAW))?
-        .try_into()
-        .map_err(|e: ProgramError| Error::ProgramLoad {
-            program: abi::PROGRAM_RAW.into(),
-            source: Box::new(e),
-        })?;
+    let prog: &mut RawTracePoint = program_mut(ebpf, abi::PROGRAM_RAW)?;
     prog.load().map_err(load_error)?;
     prog.attach(abi::TP_NAME)
         .map(Link::Raw)
@@ -993,11 +989,6 @@ impl Tracer {
 
     /// Detach the program (no more events are produced); the maps stay readable.
     pub fn detach(&mut self) -> Result<(), Error> {
-        let vanished = || Error::Map {
-            name: "program",
-            what: "program vanished".into(),
-            source: None,
-        };
         let detach_err = |e: ProgramError| Error::Attach {
             tracepoint: format!("{}/{} (detach)", abi::TP_CATEGORY, abi::TP_NAME),
             source: Box::new(e),
@@ -1005,19 +996,11 @@ impl Tracer {
         match self.link.take() {
             None => {}
             Some(Link::Raw(link)) => {
-                let prog: &mut RawTracePoint = self
-                    .ebpf
-                    .program_mut(abi::PROGRAM_RAW)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(vanished)?;
+                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, abi::PROGRAM_RAW)?;
                 prog.detach(link).map_err(detach_err)?;
             }
             Some(Link::Classic(link)) => {
-                let prog: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(abi::PROGRAM)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(vanished)?;
+                let prog: &mut TracePoint = program_mut(&mut self.ebpf, abi::PROGRAM)?;
                 prog.detach(link).map_err(detach_err)?;
             }
         }
