@@ -377,9 +377,9 @@ static __always_inline struct sock_info *sock_claim(__u64 sk)
 	return NULL;
 }
 
+/* Free the slot (every claim sets all the fields it uses). */
 static __always_inline void sock_release(struct sock_info *s)
 {
-	s->flags = 0;
 	__sync_lock_test_and_set(&s->sk, 0);
 }
 
@@ -394,16 +394,20 @@ static __always_inline int socket_wanted(__u32 netns, __u16 family)
 	return 1;
 }
 
-/* Whether an event passes the configured filters. */
-static __always_inline int wanted(__u32 netns, __u16 family, __u16 port, const struct owner *o, int owner_known)
+/* The filters on the event's port and owner. */
+static __always_inline int event_wanted(__u16 port, const struct owner *o, int owner_known)
 {
-	if (!socket_wanted(netns, family))
-		return 0;
 	if (cfg_port && port != cfg_port)
 		return 0;
 	if (cfg_pid && (!owner_known || o->pid != cfg_pid))
 		return 0;
 	return 1;
+}
+
+/* Whether an event passes the configured filters. */
+static __always_inline int wanted(__u32 netns, __u16 family, __u16 port, const struct owner *o, int owner_known)
+{
+	return socket_wanted(netns, family) && event_wanted(port, o, owner_known);
 }
 
 #define NO_FLOW 0xffffffffu
@@ -612,7 +616,8 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 				}
 			}
 		}
-		int pass = wanted(k.netns, f.family, k.port, &o, owner_known);
+		/* socket_wanted passed above. */
+		int pass = event_wanted(k.port, &o, owner_known);
 		__u32 id = pass ? flow_id(&k) : NO_FLOW;
 		if (!s)
 			s = sock_claim(skey);
