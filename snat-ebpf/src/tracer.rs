@@ -403,11 +403,9 @@ impl TracerBuilder {
             })?;
 
         if !self.filters.netns.is_empty() {
-            let map = ebpf.map_mut(abi::MAP_NETNS_ALLOW).ok_or(Error::Map {
-                name: abi::MAP_NETNS_ALLOW,
-                what: "missing from the object".into(),
-                source: None,
-            })?;
+            let map = ebpf
+                .map_mut(abi::MAP_NETNS_ALLOW)
+                .ok_or_else(|| map_missing(abi::MAP_NETNS_ALLOW))?;
             let mut allow: BpfHashMap<_, u32, u8> =
                 BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_NETNS_ALLOW, e))?;
             for n in &self.filters.netns {
@@ -417,11 +415,9 @@ impl TracerBuilder {
         }
 
         let ring = if self.mode == Mode::Stream {
-            let map = ebpf.take_map(abi::MAP_EVENTS).ok_or(Error::Map {
-                name: abi::MAP_EVENTS,
-                what: "missing from the object".into(),
-                source: None,
-            })?;
+            let map = ebpf
+                .take_map(abi::MAP_EVENTS)
+                .ok_or_else(|| map_missing(abi::MAP_EVENTS))?;
             Some(RingBuf::try_from(map).map_err(|e| map_err(abi::MAP_EVENTS, e))?)
         } else {
             None
@@ -458,6 +454,14 @@ impl TracerBuilder {
             owners_filled: 0,
             owners_unknown: 0,
         })
+    }
+}
+
+fn map_missing(name: &'static str) -> Error {
+    Error::Map {
+        name,
+        what: "missing from the object".into(),
+        source: None,
     }
 }
 
@@ -1009,11 +1013,10 @@ impl Tracer {
 
     /// The kernel's counters so far.
     pub fn stats(&self) -> Result<KernelStats, Error> {
-        let map = self.ebpf.map(abi::MAP_STATS).ok_or(Error::Map {
-            name: abi::MAP_STATS,
-            what: "missing from the object".into(),
-            source: None,
-        })?;
+        let map = self
+            .ebpf
+            .map(abi::MAP_STATS)
+            .ok_or_else(|| map_missing(abi::MAP_STATS))?;
         let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| map_err(abi::MAP_STATS, e))?;
         let get = |i: u32| -> Result<u64, Error> {
             Ok(arr
@@ -1040,17 +1043,15 @@ impl Tracer {
 
     /// The kernel's per-flow counters so far, sorted by key.
     pub fn flows(&self) -> Result<Vec<FlowRow>, Error> {
-        let map = self.ebpf.map(abi::MAP_FLOWS).ok_or(Error::Map {
-            name: abi::MAP_FLOWS,
-            what: "missing from the object".into(),
-            source: None,
-        })?;
+        let map = self
+            .ebpf
+            .map(abi::MAP_FLOWS)
+            .ok_or_else(|| map_missing(abi::MAP_FLOWS))?;
         let flows: BpfHashMap<_, FlowKey, u32> = BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
-        let map = self.ebpf.map(abi::MAP_FLOW_COUNTS).ok_or(Error::Map {
-            name: abi::MAP_FLOW_COUNTS,
-            what: "missing from the object".into(),
-            source: None,
-        })?;
+        let map = self
+            .ebpf
+            .map(abi::MAP_FLOW_COUNTS)
+            .ok_or_else(|| map_missing(abi::MAP_FLOW_COUNTS))?;
         let counts: Array<_, FlowCounts> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
         let mut rows = Vec::new();
         for item in flows.iter() {
