@@ -1,5 +1,6 @@
-//! Benchmark helper: `census_count NETNS_FILE [sock_diag|proc_net_tcp]` prints the number
-//! of ESTABLISHED TCP sockets in a network namespace; `census_count --resolve [PROC]`
+//! Benchmark helper: `census_count NETNS_FILE [auto|sock_diag|proc_net_tcp [THREADS]]`
+//! prints the number of ESTABLISHED TCP sockets in a network namespace (THREADS as in
+//! `CensusOptions::threads`, default 0: automatic); `census_count --resolve [PROC]`
 //! scans /proc and resolves every network namespace to its owner, printing how many.
 
 use snat_core::census::{CensusOptions, MethodChoice, StateSet, census_netns};
@@ -15,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let Some(file) = args.first() else {
-        eprintln!("usage: census_count NETNS_FILE [sock_diag|proc_net_tcp] | --resolve [PROC]");
+        eprintln!("usage: census_count NETNS_FILE [auto|sock_diag|proc_net_tcp [THREADS]] | --resolve [PROC]");
         std::process::exit(2);
     };
     let method = match args.get(1).map(String::as_str) {
@@ -26,6 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = CensusOptions {
         states: StateSet::of(&[TcpState::Established]),
         method,
+        threads: match args.get(2) {
+            Some(t) => t.parse()?,
+            None => 0,
+        },
     };
     let c = census_netns(std::path::Path::new(file), opts)?;
     println!("{} {}", c.sockets.len(), c.method.as_str());

@@ -8,7 +8,9 @@
 //! the kernel for a dump over netlink `NETLINK_SOCK_DIAG` whose state bitmask filters in
 //! the kernel. It sends one `TCPDIAG_GETSOCK` request for IPv4 and IPv6 together, so the
 //! kernel walks its host-wide TCP hash tables once, not once per family; a kernel that
-//! refuses that request gets one `SOCK_DIAG_BY_FAMILY` request per family. When
+//! refuses that request gets one `SOCK_DIAG_BY_FAMILY` request per family. A large
+//! namespace is dumped in parts on parallel threads, each part an `inet_diag` bytecode
+//! filter on ports (see [`CensusOptions::threads`]). When
 //! sock_diag is not available it falls back to `/proc/thread-self/net/tcp{,6}`, and the
 //! [`Census`] says which [`Method`] was used and why. [`parse_proc_net_tcp`] parses the
 //! text of those files given as a string (the in-pod census reads them through the
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::diag_split;
 use crate::error::Error;
 use crate::model::{Family, Socket, TcpState};
 
@@ -121,6 +124,11 @@ pub struct CensusOptions {
     pub states: StateSet,
     /// Method to use.
     pub method: MethodChoice,
+    /// How many threads the sock_diag dump may use, each asking the kernel for a disjoint
+    /// part of the sockets (split by port; see the module docs). 0 (the default) chooses:
+    /// two when the namespace holds at least 4,096 TCP sockets and the process may use two
+    /// CPUs, else one. 1 is always a single dump; larger values are used as given, up to 16.
+    pub threads: usize,
 }
 
 impl Default for CensusOptions {
@@ -128,6 +136,7 @@ impl Default for CensusOptions {
         CensusOptions {
             states: StateSet::connections(),
             method: MethodChoice::Auto,
+            threads: 0,
         }
     }
 }
@@ -470,9 +479,82 @@ enum DumpStyle {
     PerFamily,
 }
 
-/// sock_diag census of the calling thread's network namespace.
-fn sock_diag_here(states: StateSet) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
+/// A dump refused because the kernel does not know the request (or its filter): EINVAL,
+/// ENOENT or EOPNOTSUPP. Anything else (EPERM, ...) is the answer.
+fn refused(e: &Error) -> bool {
+    matches!(e, Error::SockDiag { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP)))
+}
+
+/// sock_diag census of the calling thread's network namespace, in as many parallel parts
+/// as `threads` and the namespace's size call for ([`diag_split::parts_for`]).
+fn sock_diag_here(states: StateSet, threads: usize) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
+    let here = |name: &str| std::fs::read_to_string(Path::new("/proc/thread-self/net").join(name)).ok();
+    let sockets = here("sockstat").as_deref().and_then(diag_split::sockstat_tcp);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let parts = diag_split::parts_for(threads, sockets, cpus);
+    if parts > 1 {
+        match sock_diag_split(states, &diag_split::split(parts, ephemeral_here())) {
+            Err(e) if refused(&e) => tracing::debug!(error = %e, "split dump refused; dumping in one part"),
+            r => return r,
+        }
+    }
     sock_diag_styled(states, DumpStyle::Compat)
+}
+
+/// The ephemeral port range of the calling thread's network namespace (the sysctl file
+/// follows the reader's netns), or Linux's default when it cannot be read.
+fn ephemeral_here() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| diag_split::port_range(&t))
+        .unwrap_or(diag_split::DEFAULT_EPHEMERAL)
+}
+
+/// One compat dump per part, the first on the calling thread and each other on a thread
+/// of its own (threads inherit the caller's network namespace). A part whose thread cannot
+/// be started is dumped on the calling thread.
+fn sock_diag_split(states: StateSet, parts: &[diag_split::PortPart]) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
+    let bits = states.with(TcpState::Listen).bits();
+    let dump = |part: diag_split::PortPart| -> Result<Vec<Socket>, Error> {
+        let fd = open_sock_diag().map_err(|e| netlink_err("socket(NETLINK_SOCK_DIAG)", e))?;
+        let mut req = compat_dump_request(bits, 1).to_vec();
+        req.extend_from_slice(&part.attribute());
+        let len = req.len() as u32;
+        req[0..4].copy_from_slice(&len.to_ne_bytes());
+        let mut out = Vec::new();
+        sock_diag_dump(&fd, &req, 1, states, &mut out)?;
+        Ok(out)
+    };
+    let results: Vec<Result<Vec<Socket>, Error>> = std::thread::scope(|scope| {
+        let dump = &dump;
+        let mut inline = Vec::new();
+        let mut spawned = Vec::new();
+        for &part in &parts[1..] {
+            match std::thread::Builder::new()
+                .name("snat-census-part".into())
+                .spawn_scoped(scope, move || dump(part))
+            {
+                Ok(h) => spawned.push(h),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot start a census thread; dumping its part inline");
+                    inline.push(part);
+                }
+            }
+        }
+        let mut results = vec![dump(parts[0])];
+        results.extend(inline.into_iter().map(dump));
+        results.extend(spawned.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::CensusThread("a census thread panicked".into())))
+        }));
+        results
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(split_listeners(all, states))
 }
 
 fn sock_diag_styled(states: StateSet, style: DumpStyle) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
@@ -482,15 +564,9 @@ fn sock_diag_styled(states: StateSet, style: DumpStyle) -> Result<(Vec<Socket>, 
     match style {
         DumpStyle::Compat => match sock_diag_dump(&fd, &compat_dump_request(bits, 1), 1, states, &mut all) {
             Ok(()) => {}
-            // A kernel built without the compat request answers EINVAL/ENOENT/EOPNOTSUPP:
-            // ask per family instead. Anything else (EPERM, ...) is the answer.
-            Err(Error::SockDiag { source, .. })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP)
-                ) =>
-            {
-                tracing::debug!(error = %source, "TCPDIAG_GETSOCK refused; dumping per family");
+            // A kernel built without the compat request refuses it: ask per family instead.
+            Err(e) if refused(&e) => {
+                tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; dumping per family");
                 return sock_diag_styled(states, DumpStyle::PerFamily);
             }
             Err(e) => return Err(e),
@@ -616,9 +692,13 @@ fn census_here(netns: Option<u64>, opts: CensusOptions) -> Result<Census, Error>
         listeners,
     };
     match opts.method {
-        MethodChoice::SockDiag => Ok(build(Method::SockDiag, None, sock_diag_here(opts.states)?)),
+        MethodChoice::SockDiag => Ok(build(
+            Method::SockDiag,
+            None,
+            sock_diag_here(opts.states, opts.threads)?,
+        )),
         MethodChoice::ProcNetTcp => Ok(build(Method::ProcNetTcp, None, proc_net_here(opts.states)?)),
-        MethodChoice::Auto => match sock_diag_here(opts.states) {
+        MethodChoice::Auto => match sock_diag_here(opts.states, opts.threads) {
             Ok(r) => Ok(build(Method::SockDiag, None, r)),
             Err(e) => {
                 let why = e.to_string();
@@ -740,6 +820,69 @@ mod tests {
             assert_eq!((v4, v6), (6, 4), "{sockets:#?}");
             assert!(sockets.iter().all(|s| s.state == TcpState::Established));
             assert_eq!(listeners.len(), 2, "{listeners:?}");
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    /// A dump split in parts lists the same sockets as one dump, for any number of parts,
+    /// in a private network namespace with its own ephemeral range, holding IPv4 and IPv6
+    /// connections and listeners. The part threads must inherit
+    /// the namespace: in the host's they would list other sockets.
+    #[test]
+    fn split_dumps_list_what_one_dump_lists() {
+        if !snat_testbed::require_root() {
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which ends with the test.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "{}",
+                io::Error::last_os_error()
+            );
+            loopback_up();
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "20000 20999").expect("set port range");
+            assert_eq!(ephemeral_here(), (20000, 20999), "the range of this thread's namespace");
+            let mut keep = Vec::new();
+            let mut listeners = Vec::new();
+            for (addr, n) in [("127.0.0.1:0", 150), ("[::1]:0", 50)] {
+                let listener = std::net::TcpListener::bind(addr).expect("bind");
+                for _ in 0..n {
+                    let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+                    let (a, _) = listener.accept().expect("accept");
+                    keep.push((c, a));
+                }
+                listeners.push(listener);
+            }
+            let sorted = |(mut v, mut l): (Vec<Socket>, Vec<SocketAddr>)| {
+                v.sort_by_key(|s| (s.local, s.remote, s.inode));
+                l.sort();
+                (v, l)
+            };
+            let states = StateSet::connections();
+            let one = sorted(sock_diag_styled(states, DumpStyle::Compat).unwrap());
+            assert_eq!(one.0.len(), 400, "{:?}", one.0);
+            assert_eq!(one.1.len(), 2);
+            for parts in [2, 3, 5, 16] {
+                let split = diag_split::split(parts, ephemeral_here());
+                let each: Vec<usize> = split
+                    .iter()
+                    .map(|&p| sock_diag_split(states, &[p]).unwrap().0.len())
+                    .collect();
+                // The kernel puts each socket in the part its higher port falls in.
+                let want: Vec<usize> = split
+                    .iter()
+                    .map(|p| {
+                        let key = |s: &&Socket| s.local.port().max(s.remote.port());
+                        one.0.iter().filter(|s| (p.lo..=p.hi).contains(&key(s))).count()
+                    })
+                    .collect();
+                assert_eq!(each, want, "{parts} parts: {split:?}");
+                assert_eq!(sorted(sock_diag_split(states, &split).unwrap()), one, "{parts} parts");
+                assert_eq!(sorted(sock_diag_here(states, parts).unwrap()), one, "{parts} threads");
+            }
         })
         .join()
         .expect("test thread");

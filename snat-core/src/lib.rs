@@ -34,6 +34,7 @@ pub mod allocation;
 pub mod audit;
 pub mod census;
 pub mod cgroup;
+mod diag_split;
 pub mod error;
 pub mod metrics;
 pub mod model;

@@ -164,6 +164,7 @@ fn simulated_node(layout: Layout) {
     let opts = CensusOptions {
         states: StateSet::of(&[TcpState::Established, TcpState::SynSent]),
         method: MethodChoice::Auto,
+        ..CensusOptions::default()
     };
     let ca = census_owned(&index, oa.netns, opts).unwrap();
     assert_eq!(ca.netns, Some(oa.netns));
@@ -245,6 +246,7 @@ fn host_network_pod_is_named() {
     let opts = CensusOptions {
         states: StateSet::of(&[TcpState::Established]),
         method: MethodChoice::Auto,
+        ..CensusOptions::default()
     };
     let census = census_owned(&index, host, opts).unwrap();
     // The test's policy: loopback stands for a public destination.
@@ -301,6 +303,7 @@ fn sock_diag_and_proc_net_tcp_agree() {
             CensusOptions {
                 states: StateSet::all(),
                 method,
+                ..CensusOptions::default()
             },
         )
         .unwrap();

@@ -226,6 +226,7 @@ pub fn seed(ebpf: &mut Ebpf, proc_root: &Path, netns: &[u64], connections: bool)
             StateSet::of(&[TcpState::Listen])
         },
         method: MethodChoice::Auto,
+        ..CensusOptions::default()
     };
     // (netns, socket) of every socket with a file.
     let mut sockets = Vec::new();

@@ -96,7 +96,21 @@ fn options_of(opts: &Map) -> Result<CensusOptions, Box<EvalAltResult>> {
                     }
                 }
             }
-            other => return usage(format!("unknown census option `{other}`: expected states or method")),
+            "threads" => {
+                o.threads = match v.as_int().ok().and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) if n <= 16 => n,
+                    _ => {
+                        return usage(format!(
+                            "option `threads` must be an integer from 0 (automatic) to 16, not {v}"
+                        ));
+                    }
+                }
+            }
+            other => {
+                return usage(format!(
+                    "unknown census option `{other}`: expected states, method or threads"
+                ));
+            }
         }
     }
     Ok(o)
@@ -255,7 +269,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "sockets",
         &["netns: Netns", "options: Map", "Census"],
-        "The TCP sockets of a namespace from census::namespaces(), each tied to the process holding it.\nOptions: #{states: [\"ESTABLISHED\", \"SYN_SENT\", ...] (default: every state but LISTEN),\nmethod: \"auto\" | \"sock_diag\" | \"proc_net_tcp\"}.",
+        "The TCP sockets of a namespace from census::namespaces(), each tied to the process holding it.\nOptions: #{states: [\"ESTABLISHED\", \"SYN_SENT\", ...] (default: every state but LISTEN),\nmethod: \"auto\" | \"sock_diag\" | \"proc_net_tcp\",\nthreads: 0 (automatic: two for a namespace of 4,096 TCP sockets or more) | 1..16}.",
     )
     .set_into_module(
         &mut m,
@@ -632,6 +646,14 @@ mod tests {
         assert!(e.to_string().contains("unknown TCP state"), "{e}");
         let e = eval::<Dynamic>(r#"census::sockets("/proc/self/ns/net", #{colour: 1})"#).unwrap_err();
         assert!(e.to_string().contains("unknown census option"), "{e}");
+        for bad in ["-1", "17", "\"two\"", "1.5"] {
+            let e =
+                eval::<Dynamic>(&format!(r#"census::sockets("/proc/self/ns/net", #{{threads: {bad}}})"#)).unwrap_err();
+            assert!(
+                e.to_string().contains("option `threads` must be an integer from 0"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -662,7 +684,9 @@ mod tests {
                let c = census::sockets(me[0], #{{states: ["LISTEN"]}});
                let mine = c.sockets.filter(|s| s.local == "127.0.0.1:{port}");
                let f = census::sockets("/proc/self/ns/net", #{{states: ["LISTEN"], method: "proc_net_tcp"}});
-               [host.len(), mine.len(), mine[0].owner_pid, f.method, c.method]"#,
+               let t = census::sockets(me[0], #{{states: ["LISTEN"], threads: 3}});
+               let split = t.sockets.filter(|s| s.local == "127.0.0.1:{port}");
+               [host.len(), mine.len(), mine[0].owner_pid, f.method, c.method, split.len(), t.sockets.len() - c.sockets.len()]"#,
             pid = std::process::id()
         );
         let r: Array = e.eval(&script).unwrap();
@@ -671,9 +695,19 @@ mod tests {
         assert_eq!(r[2].as_int().unwrap(), i64::from(std::process::id()));
         assert_eq!(r[3].to_string(), "proc_net_tcp");
         assert_eq!(r[4].to_string(), "sock_diag");
+        assert_eq!(r[5].as_int().unwrap(), 1, "the split census finds the listener too");
+        assert_eq!(r[6].as_int().unwrap(), 0, "and as many listeners as one dump");
         let stages = ctx.stages();
         let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, vec!["census::namespaces", "census::sockets", "census::sockets"]);
+        assert_eq!(
+            names,
+            vec![
+                "census::namespaces",
+                "census::sockets",
+                "census::sockets",
+                "census::sockets"
+            ]
+        );
         assert!(stages[0].items.unwrap() >= 1);
         drop(l);
     }
