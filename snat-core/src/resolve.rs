@@ -1,7 +1,8 @@
 //! From a network namespace to its owner: the pod (told by the cgroup of the processes in
 //! it) or, with no Kubernetes on the host, the processes and their cgroup paths.
 //!
-//! [`resolve`] turns a [`ProcIndex`] into one [`NetnsOwner`] per network namespace. The
+//! [`resolve`] turns a [`ProcIndex`] into one [`NetnsOwner`] per network namespace (on two
+//! threads for a host of 512 processes or more). The
 //! host's namespace is shared by the node's daemons and by hostNetwork pods, so its
 //! sockets are attributed per process instead: [`census_owned`] ties each socket to the
 //! process holding it (socket inode -> pid through `/proc/PID/fd`), and
@@ -23,7 +24,7 @@ use crate::model::{PodRef, ProcessRef};
 use crate::procindex::{ProcIndex, socket_owners};
 
 /// A function from the raw content of `/proc/PID/cgroup` to the pod it names, if any.
-pub type PodLookup<'a> = &'a dyn Fn(&str) -> Option<PodRef>;
+pub type PodLookup<'a> = &'a (dyn Fn(&str) -> Option<PodRef> + Sync);
 
 /// The default [`PodLookup`]: the pod named by a process's cgroup, from
 /// [`cgroup::parse`](crate::cgroup::parse) (UID and QoS; name, namespace and owner are
@@ -139,12 +140,56 @@ pub fn resolve_one(index: &ProcIndex, netns: u64, lookup: PodLookup<'_>) -> Opti
     })
 }
 
+/// Below this many processes [`resolve`] works on one thread.
+const PARALLEL_MIN_PROCESSES: usize = 512;
+/// The most threads [`resolve`] uses: every `/proc/PID/cgroup` read takes the kernel's one
+/// `css_set_lock`, so more threads mostly wait for each other.
+const MAX_THREADS: usize = 2;
+
 /// Resolve every namespace of the index, host namespace first, then by inode.
+///
+/// Most of the time goes to reading `/proc/PID/cgroup` (see [`resolve_one`]), so with
+/// 512 processes or more the namespaces are shared out among two threads (when the
+/// process may use two CPUs); the result is the same.
 pub fn resolve(index: &ProcIndex, lookup: PodLookup<'_>) -> Vec<NetnsOwner> {
-    let mut v: Vec<NetnsOwner> = index
-        .namespaces()
-        .filter_map(|ns| resolve_one(index, ns, lookup))
-        .collect();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = if index.processes.len() >= PARALLEL_MIN_PROCESSES {
+        cpus.min(MAX_THREADS)
+    } else {
+        1
+    };
+    resolve_on(index, lookup, threads)
+}
+
+/// [`resolve`] on `threads` threads, each taking the next namespace not yet taken (in
+/// inode order, which usually puts the host's, the largest, first). A thread that cannot
+/// be started leaves its share to the others.
+fn resolve_on(index: &ProcIndex, lookup: PodLookup<'_>, threads: usize) -> Vec<NetnsOwner> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let namespaces: Vec<u64> = index.namespaces().collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut out = Vec::new();
+        while let Some(&ns) = namespaces.get(next.fetch_add(1, Ordering::Relaxed)) {
+            out.extend(resolve_one(index, ns, lookup));
+        }
+        out
+    };
+    let mut v: Vec<NetnsOwner> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("snat-resolve".into())
+                    .spawn_scoped(scope, work)
+                    .ok()
+            })
+            .collect();
+        let mut all = work();
+        for h in helpers {
+            all.extend(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        all
+    });
     v.sort_by_key(|o| (!o.host_netns, o.netns));
     v
 }
@@ -352,6 +397,31 @@ mod tests {
         assert_eq!(owners[2].label(), "qemu[80] /machine.slice/vm1 (+2 more processes)");
         let named: Vec<u32> = owners[2].processes.iter().map(|p| p.pid).collect();
         assert_eq!(named, vec![80, 82], "one process per distinct cgroup");
+    }
+
+    /// Shared out among threads, the namespaces resolve exactly as on one thread, each
+    /// once, whatever the number of threads.
+    #[test]
+    fn threads_resolve_as_one_does() {
+        let mut entries = Vec::new();
+        for ns in 0..300u64 {
+            for k in 0..(ns % 7) as u32 + 1 {
+                let cg = match ns % 3 {
+                    0 => format!("/kubepods/pod{ns}/c{k}"),
+                    1 => format!("/system.slice/svc{}.service", k % 2),
+                    _ => format!("/machine.slice/vm{ns}"),
+                };
+                entries.push(entry(ns as u32 * 10 + k + 1, 1000 + ns, "p", &cg));
+            }
+        }
+        let idx = ProcIndex::from_entries(Path::new("/proc"), entries, 0);
+        let one = resolve_on(&idx, &lookup, 1);
+        assert_eq!(one.len(), 300);
+        assert!(one[0].host_netns, "pid 1 is in the first namespace");
+        for threads in [2, 3, 8] {
+            assert_eq!(resolve_on(&idx, &lookup, threads), one, "{threads} threads");
+        }
+        assert_eq!(resolve(&idx, &lookup), one);
     }
 
     #[test]
