@@ -493,13 +493,16 @@ fn sock_diag_here(states: StateSet, threads: usize) -> Result<(Vec<Socket>, Vec<
     let sockets = here("sockstat").as_deref().and_then(diag_split::sockstat_tcp);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let parts = diag_split::parts_for(threads, sockets, cpus);
+    // Room for a quarter more sockets than sockstat counts: reserved, not touched, so only
+    // the pages filled cost anything, and the lists never grow by copying.
+    let room = sockets.map_or(0, |n| n as usize + n as usize / 4);
     if parts > 1 {
-        match sock_diag_split(states, &diag_split::split(parts, ephemeral_here())) {
+        match sock_diag_split(states, &diag_split::split(parts, ephemeral_here()), room) {
             Err(e) if refused(&e) => tracing::debug!(error = %e, "split dump refused; dumping in one part"),
             r => return r,
         }
     }
-    sock_diag_styled(states, DumpStyle::Compat)
+    sock_diag_styled(states, DumpStyle::Compat, room)
 }
 
 /// The ephemeral port range of the calling thread's network namespace (the sysctl file
@@ -514,15 +517,21 @@ fn ephemeral_here() -> (u16, u16) {
 /// One compat dump per part, the first on the calling thread and each other on a thread
 /// of its own (threads inherit the caller's network namespace). A part whose thread cannot
 /// be started is dumped on the calling thread.
-fn sock_diag_split(states: StateSet, parts: &[diag_split::PortPart]) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
+/// `room`: how many sockets to make room for, in all; the first part's list has room for
+/// all of them (the others are appended to it), each other part's for its share.
+fn sock_diag_split(
+    states: StateSet,
+    parts: &[diag_split::PortPart],
+    room: usize,
+) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
     let bits = states.with(TcpState::Listen).bits();
-    let dump = |part: diag_split::PortPart| -> Result<Vec<Socket>, Error> {
+    let dump = |part: diag_split::PortPart, room: usize| -> Result<Vec<Socket>, Error> {
         let fd = open_sock_diag().map_err(|e| netlink_err("socket(NETLINK_SOCK_DIAG)", e))?;
         let mut req = compat_dump_request(bits, 1).to_vec();
         req.extend_from_slice(&part.attribute());
         let len = req.len() as u32;
         req[0..4].copy_from_slice(&len.to_ne_bytes());
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(room);
         sock_diag_dump(&fd, &req, 1, states, &mut out)?;
         Ok(out)
     };
@@ -533,7 +542,7 @@ fn sock_diag_split(states: StateSet, parts: &[diag_split::PortPart]) -> Result<(
         for &part in &parts[1..] {
             match std::thread::Builder::new()
                 .name("snat-census-part".into())
-                .spawn_scoped(scope, move || dump(part))
+                .spawn_scoped(scope, move || dump(part, room / parts.len()))
             {
                 Ok(h) => spawned.push(h),
                 Err(e) => {
@@ -542,32 +551,38 @@ fn sock_diag_split(states: StateSet, parts: &[diag_split::PortPart]) -> Result<(
                 }
             }
         }
-        let mut results = vec![dump(parts[0])];
-        results.extend(inline.into_iter().map(dump));
+        let mut results = vec![dump(parts[0], room)];
+        results.extend(inline.into_iter().map(|part| dump(part, 0)));
         results.extend(spawned.into_iter().map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(Error::CensusThread("a census thread panicked".into())))
         }));
         results
     });
-    let mut all = Vec::new();
+    let mut results = results.into_iter();
+    let mut all = results.next().unwrap_or(Ok(Vec::new()))?;
     for r in results {
-        all.extend(r?);
+        all.append(&mut r?);
     }
     Ok(split_listeners(all, states))
 }
 
-fn sock_diag_styled(states: StateSet, style: DumpStyle) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
+/// `capacity`: how many sockets to make room for up front.
+fn sock_diag_styled(
+    states: StateSet,
+    style: DumpStyle,
+    capacity: usize,
+) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
     let fd = open_sock_diag().map_err(|e| netlink_err("socket(NETLINK_SOCK_DIAG)", e))?;
     let bits = states.with(TcpState::Listen).bits();
-    let mut all = Vec::new();
+    let mut all = Vec::with_capacity(capacity);
     match style {
         DumpStyle::Compat => match sock_diag_dump(&fd, &compat_dump_request(bits, 1), 1, states, &mut all) {
             Ok(()) => {}
             // A kernel built without the compat request refuses it: ask per family instead.
             Err(e) if refused(&e) => {
                 tracing::debug!(error = %e, "TCPDIAG_GETSOCK refused; dumping per family");
-                return sock_diag_styled(states, DumpStyle::PerFamily);
+                return sock_diag_styled(states, DumpStyle::PerFamily, capacity);
             }
             Err(e) => return Err(e),
         },
@@ -811,8 +826,8 @@ mod tests {
                 l.sort();
                 (v, l)
             };
-            let compat = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::Compat).unwrap());
-            let per_family = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::PerFamily).unwrap());
+            let compat = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::Compat, 0).unwrap());
+            let per_family = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::PerFamily, 0).unwrap());
             assert_eq!(compat, per_family);
             let (sockets, listeners) = compat;
             let v4 = sockets.iter().filter(|s| s.family == Family::Ipv4).count();
@@ -862,14 +877,14 @@ mod tests {
                 (v, l)
             };
             let states = StateSet::connections();
-            let one = sorted(sock_diag_styled(states, DumpStyle::Compat).unwrap());
+            let one = sorted(sock_diag_styled(states, DumpStyle::Compat, 0).unwrap());
             assert_eq!(one.0.len(), 400, "{:?}", one.0);
             assert_eq!(one.1.len(), 2);
             for parts in [2, 3, 5, 16] {
                 let split = diag_split::split(parts, ephemeral_here());
                 let each: Vec<usize> = split
                     .iter()
-                    .map(|&p| sock_diag_split(states, &[p]).unwrap().0.len())
+                    .map(|&p| sock_diag_split(states, &[p], 0).unwrap().0.len())
                     .collect();
                 // The kernel puts each socket in the part its higher port falls in.
                 let want: Vec<usize> = split
@@ -880,7 +895,11 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(each, want, "{parts} parts: {split:?}");
-                assert_eq!(sorted(sock_diag_split(states, &split).unwrap()), one, "{parts} parts");
+                assert_eq!(
+                    sorted(sock_diag_split(states, &split, 10).unwrap()),
+                    one,
+                    "{parts} parts"
+                );
                 assert_eq!(sorted(sock_diag_here(states, parts).unwrap()), one, "{parts} threads");
             }
         })
