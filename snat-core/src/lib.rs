@@ -16,7 +16,7 @@
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //! - [`timeline`]: connections over a trace window per network namespace, in time buckets.
 //!
-//! ```ignore
+//! ```no_run
 //! use snat_core::aggregate::{Field, Metric};
 //! use snat_core::tcptracer::LogReader;
 //!

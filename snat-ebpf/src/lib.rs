@@ -24,6 +24,27 @@
 //! created before the trace started get their owner from a snapshot taken at attach time
 //! ([`seed`], on by default: [`TracerBuilder::seed_owners`]); those it cannot name have an
 //! unknown owner (pid 0, empty comm).
+//!
+//! Counting connections per flow for ten seconds, in the kernel, and ranking them like
+//! the article's `tcptracer | awk | sort | uniq`:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use snat_core::aggregate::{Field, Metric, TraceSummary};
+//! use snat_ebpf::TracerBuilder;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut tracer = TracerBuilder::new().duration(Duration::from_secs(10)).attach()?;
+//! tracer.run(|_event| {}, |_progress| {})?;
+//! let result = tracer.finish(|_event| {})?;
+//! let mut summary = TraceSummary::new("live", TraceSummary::default_groupings());
+//! for flow in &result.flows {
+//!     summary.add(flow)?;
+//! }
+//! print!("{}", summary.rank(&[Field::Saddr, Field::Netns], Metric::Events)?.top(10).to_text());
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod abi;
