@@ -423,7 +423,7 @@ impl TracerBuilder {
             None
         };
 
-        let link = attach_program(&mut ebpf, self.attach_point)?;
+        let (link, raw_refused) = attach_program(&mut ebpf, self.attach_point)?;
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, via = %link.point(), "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
         // The program only looks owners up in stream mode or with a pid filter.
@@ -438,6 +438,7 @@ impl TracerBuilder {
         Ok(Tracer {
             ebpf,
             attached_via: link.point(),
+            raw_refused,
             link: Some(link),
             ring,
             mode: self.mode,
@@ -600,13 +601,17 @@ fn attach_error(e: ProgramError, what: String) -> Error {
 }
 
 /// Load and attach the program at `point`; `Auto` tries the raw tracepoint first and
-/// falls back to the classic one on any error (logged).
-fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<Link, Error> {
+/// falls back to the classic one on any error, which it returns beside the link (and
+/// logs).
+fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<(Link, Option<String>), Error> {
+    let mut raw_refused = None;
     if point != AttachPoint::Tracepoint {
         match attach_raw(ebpf) {
-            Ok(link) => return Ok(link),
+            Ok(link) => return Ok((link, None)),
             Err(e) if point == AttachPoint::Auto => {
-                tracing::info!(error = %e, "raw tracepoint refused; using the classic tracepoint");
+                let why = error_chain(&e);
+                tracing::info!(error = %why, "raw tracepoint refused; using the classic tracepoint");
+                raw_refused = Some(why);
             }
             Err(e) => return Err(e),
         }
@@ -614,9 +619,26 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<Link, Error> {
     ensure_tracefs()?;
     let prog: &mut TracePoint = program_mut(ebpf, abi::PROGRAM)?;
     prog.load().map_err(load_error)?;
-    prog.attach(abi::TP_CATEGORY, abi::TP_NAME)
+    let link = prog
+        .attach(abi::TP_CATEGORY, abi::TP_NAME)
         .map(Link::Classic)
-        .map_err(|e| attach_error(e, format!("tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME)))
+        .map_err(|e| attach_error(e, format!("tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME)))?;
+    Ok((link, raw_refused))
+}
+
+/// An error and its causes on one line (`a: b: c`), for notes.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn attach_raw(ebpf: &mut Ebpf) -> Result<Link, Error> {
@@ -774,6 +796,9 @@ pub struct TraceResult {
     pub seed: Option<SeedReport>,
     /// Where the program was attached.
     pub attach_point: AttachPoint,
+    /// Why the raw tracepoint was refused, when [`AttachPoint::Auto`] fell back to the
+    /// classic one (the error, with its cause).
+    pub raw_refused: Option<String>,
 }
 
 /// An attached tracer. Dropping it detaches the program and frees its maps.
@@ -781,6 +806,7 @@ pub struct Tracer {
     ebpf: Ebpf,
     link: Option<Link>,
     attached_via: AttachPoint,
+    raw_refused: Option<String>,
     ring: Option<RingBuf<MapData>>,
     mode: Mode,
     duration: Option<Duration>,
@@ -1090,6 +1116,28 @@ impl Tracer {
             mode: self.mode,
             seed: self.seed.take(),
             attach_point: self.attached_via,
+            raw_refused: self.raw_refused.take(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback note carries the refusal and its cause, once each.
+    #[test]
+    fn error_chain_names_every_cause_once() {
+        let e = Error::Attach {
+            tracepoint: format!("raw tracepoint {}", abi::TP_NAME),
+            source: Box::new(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_raw_tracepoint_open",
+                io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })),
+        };
+        let chain = error_chain(&e);
+        assert!(chain.contains("raw tracepoint inet_sock_set_state"), "{chain}");
+        assert!(chain.contains("bpf_raw_tracepoint_open"), "{chain}");
+        assert_eq!(chain.matches("Invalid argument").count(), 1, "{chain}");
     }
 }

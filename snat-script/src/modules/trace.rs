@@ -293,9 +293,11 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
             Mode::Stream => "stream",
         },
         res.elapsed.as_secs_f64(),
-        match res.attach_point {
-            AttachPoint::Tracepoint => "classic tracepoint",
-            _ => "raw tracepoint",
+        match (res.attach_point, &res.raw_refused) {
+            (AttachPoint::Tracepoint, Some(why)) =>
+                format!("classic tracepoint (the raw tracepoint was refused: {why})"),
+            (AttachPoint::Tracepoint, None) => "classic tracepoint".to_string(),
+            _ => "raw tracepoint".to_string(),
         },
         st.counted
     ));
