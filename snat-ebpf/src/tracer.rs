@@ -439,6 +439,7 @@ impl TracerBuilder {
             ebpf,
             attached_via: link.point(),
             raw_refused,
+            flow_keys: std::sync::Mutex::new(Vec::new()),
             link: Some(link),
             ring,
             mode: self.mode,
@@ -807,6 +808,8 @@ pub struct Tracer {
     link: Option<Link>,
     attached_via: AttachPoint,
     raw_refused: Option<String>,
+    /// The key of each flow id read so far (see [`Tracer::flows`]).
+    flow_keys: std::sync::Mutex<Vec<Option<FlowKey>>>,
     ring: Option<RingBuf<MapData>>,
     mode: Mode,
     duration: Option<Duration>,
@@ -1068,29 +1071,65 @@ impl Tracer {
     }
 
     /// The kernel's per-flow counters so far, sorted by key.
+    ///
+    /// One map read per flow: the counters by id. Flows are never deleted from the
+    /// kernel's table and ids never reused, so the key of each id is read once and kept;
+    /// the key table is only walked again when an id it does not know has counted
+    /// something (a flow without counts yet is left out).
     pub fn flows(&self) -> Result<Vec<FlowRow>, Error> {
-        let map = self
-            .ebpf
-            .map(abi::MAP_FLOWS)
-            .ok_or_else(|| map_missing(abi::MAP_FLOWS))?;
-        let flows: BpfHashMap<_, FlowKey, u32> = BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
         let map = self
             .ebpf
             .map(abi::MAP_FLOW_COUNTS)
             .ok_or_else(|| map_missing(abi::MAP_FLOW_COUNTS))?;
         let counts: Array<_, FlowCounts> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
-        let mut rows = Vec::new();
-        for item in flows.iter() {
-            match item {
-                Ok((k, id)) => {
-                    let c = counts.get(&id, 0).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
-                    rows.extend(FlowRow::from_raw(&k, &c));
+        let map = self
+            .ebpf
+            .map(abi::MAP_FLOW_NEXT)
+            .ok_or_else(|| map_missing(abi::MAP_FLOW_NEXT))?;
+        let next: Array<_, u32> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_NEXT, e))?;
+        // Ids handed out so far (the counter keeps going when the table is full).
+        let handed_out = next.get(&0, 0).map_err(|e| map_err(abi::MAP_FLOW_NEXT, e))?;
+        let ids = handed_out.min(counts.len());
+        let mut keys = self.flow_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.len() < ids as usize {
+            keys.resize(ids as usize, None);
+        }
+        let mut found = Vec::with_capacity(ids as usize);
+        let mut unknown = false;
+        for id in 0..ids {
+            let c = counts.get(&id, 0).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
+            if c == FlowCounts::default() {
+                continue; // not counted yet, or an id lost to a race and never used
+            }
+            unknown |= keys[id as usize].is_none();
+            found.push((id, c));
+        }
+        if unknown {
+            let map = self
+                .ebpf
+                .map(abi::MAP_FLOWS)
+                .ok_or_else(|| map_missing(abi::MAP_FLOWS))?;
+            let flows: BpfHashMap<_, FlowKey, u32> =
+                BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
+            for item in flows.iter() {
+                match item {
+                    Ok((k, id)) => {
+                        if let Some(slot) = keys.get_mut(id as usize) {
+                            *slot = Some(k);
+                        }
+                    }
+                    // An entry deleted while iterating is skipped; the map is never deleted from.
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(abi::MAP_FLOWS, e)),
                 }
-                // An entry deleted while iterating is skipped; the map is never deleted from.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(abi::MAP_FLOWS, e)),
             }
         }
+        // A flow's key is in the table before anything is counted for it, so every id
+        // found here has its key now.
+        let mut rows: Vec<FlowRow> = found
+            .iter()
+            .filter_map(|(id, c)| keys[*id as usize].as_ref().and_then(|k| FlowRow::from_raw(k, c)))
+            .collect();
         rows.sort_by(|a, b| {
             (a.netns, a.family, a.direction, a.saddr, a.daddr, a.port).cmp(&(
                 b.netns,

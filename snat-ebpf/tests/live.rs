@@ -376,6 +376,64 @@ fn a_full_flow_table_counts_what_it_drops() {
     assert_eq!(s.lost(), s.flows_full, "{s:?}");
 }
 
+/// Reading the flows during a trace, again and again: new flows appear as they are made,
+/// known ones keep counting, and the last read equals the finished trace's.
+#[test]
+fn flows_read_mid_trace_follow_new_flows() {
+    if !need_root() {
+        return;
+    }
+    let a = Netns::new();
+    let tracer = TracerBuilder::new().netns([a.inode()]).attach().unwrap();
+    // (port, direction) -> (connects + accepts, closes)
+    let table = |flows: &[FlowRow]| -> Vec<(u16, Direction, u64, u64)> {
+        flows
+            .iter()
+            .map(|f| (f.port, f.direction, f.connects + f.accepts, f.closes))
+            .collect()
+    };
+    let wait_for = |want: &dyn Fn(&[FlowRow]) -> bool| -> Vec<FlowRow> {
+        let start = Instant::now();
+        loop {
+            let flows = tracer.flows().unwrap();
+            if want(&flows) {
+                return flows;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{:#?}", table(&flows));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (p1, s1) = loop_server(&a, 4);
+    loop_client(&a, p1, 3).join().unwrap();
+    let mut first = vec![(p1, Direction::Outbound, 3, 3), (p1, Direction::Inbound, 3, 3)];
+    first.sort();
+    wait_for(&|f| {
+        let mut t = table(f);
+        t.sort();
+        t == first
+    });
+    let (p2, s2) = loop_server(&a, 2);
+    loop_client(&a, p2, 2).join().unwrap();
+    s2.join().unwrap();
+    loop_client(&a, p1, 1).join().unwrap();
+    s1.join().unwrap();
+    let mut all = vec![
+        (p1, Direction::Outbound, 4, 4),
+        (p1, Direction::Inbound, 4, 4),
+        (p2, Direction::Outbound, 2, 2),
+        (p2, Direction::Inbound, 2, 2),
+    ];
+    all.sort();
+    let last = wait_for(&|f| {
+        let mut t = table(f);
+        t.sort();
+        t == all
+    });
+    let (_, res) = collect(tracer, 24);
+    assert_eq!(res.flows, last);
+    no_loss(&res.stats);
+}
+
 #[test]
 fn stalled_reader_drops_are_counted_exactly() {
     if !need_root() {
