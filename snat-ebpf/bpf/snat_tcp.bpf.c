@@ -186,8 +186,10 @@ struct {
 	__type(value, __u32);
 } flow_next SEC(".maps");
 
-/* The flow each CPU used last, checked before the hash: connections come in runs to the
- * same destination (a storming pod most of all). */
+/* The flow each CPU used last in each direction (unknown, outbound, inbound), checked
+ * before the hash: connections come in runs to the same destination (a storming pod most
+ * of all), and a node's outbound connections interleave with its inbound ones (on
+ * loopback, every connect is followed by its own accept). */
 struct flow_cache {
 	struct flow_key key;
 	__u32 id;
@@ -195,7 +197,7 @@ struct flow_cache {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct flow_cache);
 } flow_last SEC(".maps");
@@ -428,8 +430,8 @@ static __always_inline int key_eq(const struct flow_key *a, const struct flow_ke
  * is full. */
 static __always_inline __u32 flow_id(const struct flow_key *k)
 {
-	__u32 zero = 0;
-	struct flow_cache *last = bpf_map_lookup_elem(&flow_last, &zero);
+	__u32 zero = 0, dir = k->direction;
+	struct flow_cache *last = bpf_map_lookup_elem(&flow_last, &dir);
 	if (last && last->id != NO_FLOW && key_eq(&last->key, k))
 		return last->id;
 	__u32 *found = bpf_map_lookup_elem(&flows, k);
