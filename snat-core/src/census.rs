@@ -793,17 +793,12 @@ mod tests {
         }
     }
 
-    /// The single compat dump (AF_UNSPEC) and the two per-family dumps see the same
-    /// sockets, in a private network namespace holding known IPv4 and IPv6 connections.
-    #[test]
-    fn compat_dump_equals_per_family_dumps() {
-        if !snat_testbed::require_root() {
-            return;
-        }
-        // unshare on a dedicated thread: only that thread enters the new, unnamed netns,
-        // which disappears with the thread's sockets (nothing to clean up on failure).
+    /// Run `f` on a thread of its own in a new, unnamed network namespace with `lo` up. Only
+    /// that thread enters it (unshare), and it disappears with the thread's sockets:
+    /// nothing to clean up, even when `f` fails.
+    fn in_private_netns(f: impl FnOnce() + Send + 'static) {
         std::thread::spawn(|| {
-            // SAFETY: unshare affects only this thread, which ends with the test.
+            // SAFETY: unshare affects only this thread, which ends with `f`.
             assert_eq!(
                 unsafe { libc::unshare(libc::CLONE_NEWNET) },
                 0,
@@ -811,21 +806,49 @@ mod tests {
                 io::Error::last_os_error()
             );
             loopback_up();
-            let (mut keep, mut listeners) = (Vec::new(), Vec::new());
-            for (addr, n) in [("127.0.0.1:0", 3), ("[::1]:0", 2)] {
+            f();
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    /// `v4` loopback connections over IPv4 and `v6` over IPv6, each to its own listener,
+    /// held open as long as the returned value lives.
+    fn connect_pairs(
+        v4: usize,
+        v6: usize,
+    ) -> Vec<(std::net::TcpListener, Vec<(std::net::TcpStream, std::net::TcpStream)>)> {
+        [("127.0.0.1:0", v4), ("[::1]:0", v6)]
+            .into_iter()
+            .map(|(addr, n)| {
                 let listener = std::net::TcpListener::bind(addr).expect("bind");
-                for _ in 0..n {
-                    let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-                    let (a, _) = listener.accept().expect("accept");
-                    keep.push((c, a));
-                }
-                listeners.push(listener);
-            }
-            let sorted = |(mut v, mut l): (Vec<Socket>, Vec<SocketAddr>)| {
-                v.sort_by_key(|s| (s.local, s.remote, s.inode));
-                l.sort();
-                (v, l)
-            };
+                let pairs = (0..n)
+                    .map(|_| {
+                        let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+                        (c, listener.accept().expect("accept").0)
+                    })
+                    .collect();
+                (listener, pairs)
+            })
+            .collect()
+    }
+
+    /// Sockets and listeners in a fixed order, to compare dumps.
+    fn sorted((mut v, mut l): (Vec<Socket>, Vec<SocketAddr>)) -> (Vec<Socket>, Vec<SocketAddr>) {
+        v.sort_by_key(|s| (s.local, s.remote, s.inode));
+        l.sort();
+        (v, l)
+    }
+
+    /// The single compat dump (AF_UNSPEC) and the two per-family dumps see the same
+    /// sockets, in a private network namespace holding known IPv4 and IPv6 connections.
+    #[test]
+    fn compat_dump_equals_per_family_dumps() {
+        if !snat_testbed::require_root() {
+            return;
+        }
+        in_private_netns(|| {
+            let _held = connect_pairs(3, 2);
             let compat = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::Compat, 0).unwrap());
             let per_family = sorted(sock_diag_styled(StateSet::connections(), DumpStyle::PerFamily, 0).unwrap());
             assert_eq!(compat, per_family);
@@ -835,9 +858,7 @@ mod tests {
             assert_eq!((v4, v6), (6, 4), "{sockets:#?}");
             assert!(sockets.iter().all(|s| s.state == TcpState::Established));
             assert_eq!(listeners.len(), 2, "{listeners:?}");
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 
     /// A dump split in parts lists the same sockets as one dump, for any number of parts,
@@ -849,33 +870,10 @@ mod tests {
         if !snat_testbed::require_root() {
             return;
         }
-        std::thread::spawn(|| {
-            // SAFETY: unshare affects only this thread, which ends with the test.
-            assert_eq!(
-                unsafe { libc::unshare(libc::CLONE_NEWNET) },
-                0,
-                "{}",
-                io::Error::last_os_error()
-            );
-            loopback_up();
+        in_private_netns(|| {
             std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "20000 20999").expect("set port range");
             assert_eq!(ephemeral_here(), (20000, 20999), "the range of this thread's namespace");
-            let mut keep = Vec::new();
-            let mut listeners = Vec::new();
-            for (addr, n) in [("127.0.0.1:0", 150), ("[::1]:0", 50)] {
-                let listener = std::net::TcpListener::bind(addr).expect("bind");
-                for _ in 0..n {
-                    let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-                    let (a, _) = listener.accept().expect("accept");
-                    keep.push((c, a));
-                }
-                listeners.push(listener);
-            }
-            let sorted = |(mut v, mut l): (Vec<Socket>, Vec<SocketAddr>)| {
-                v.sort_by_key(|s| (s.local, s.remote, s.inode));
-                l.sort();
-                (v, l)
-            };
+            let _held = connect_pairs(150, 50);
             let states = StateSet::connections();
             let one = sorted(sock_diag_styled(states, DumpStyle::Compat, 0).unwrap());
             assert_eq!(one.0.len(), 400, "{:?}", one.0);
@@ -902,9 +900,7 @@ mod tests {
                 );
                 assert_eq!(sorted(sock_diag_here(states, parts).unwrap()), one, "{parts} threads");
             }
-        })
-        .join()
-        .expect("test thread");
+        });
     }
 
     /// Render sockets the way the kernel prints `/proc/net/tcp{,6}` (little-endian host).

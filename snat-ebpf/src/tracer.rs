@@ -610,7 +610,7 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<(Link, Option<S
         match attach_raw(ebpf) {
             Ok(link) => return Ok((link, None)),
             Err(e) if point == AttachPoint::Auto => {
-                let why = error_chain(&e);
+                let why = snat_core::error::chain(&e);
                 tracing::info!(error = %why, "raw tracepoint refused; using the classic tracepoint");
                 raw_refused = Some(why);
             }
@@ -625,21 +625,6 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<(Link, Option<S
         .map(Link::Classic)
         .map_err(|e| attach_error(e, format!("tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME)))?;
     Ok((link, raw_refused))
-}
-
-/// An error and its causes on one line (`a: b: c`), for notes.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn attach_raw(ebpf: &mut Ebpf) -> Result<Link, Error> {
@@ -1157,26 +1142,5 @@ impl Tracer {
             attach_point: self.attached_via,
             raw_refused: self.raw_refused.take(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fallback note carries the refusal and its cause, once each.
-    #[test]
-    fn error_chain_names_every_cause_once() {
-        let e = Error::Attach {
-            tracepoint: format!("raw tracepoint {}", abi::TP_NAME),
-            source: Box::new(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_raw_tracepoint_open",
-                io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
-            })),
-        };
-        let chain = error_chain(&e);
-        assert!(chain.contains("raw tracepoint inet_sock_set_state"), "{chain}");
-        assert!(chain.contains("bpf_raw_tracepoint_open"), "{chain}");
-        assert_eq!(chain.matches("Invalid argument").count(), 1, "{chain}");
     }
 }
