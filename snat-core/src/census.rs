@@ -517,6 +517,7 @@ fn ephemeral_here() -> (u16, u16) {
 /// One compat dump per part, the first on the calling thread and each other on a thread
 /// of its own (threads inherit the caller's network namespace). A part whose thread cannot
 /// be started is dumped on the calling thread.
+///
 /// `room`: how many sockets to make room for, in all; the first part's list has room for
 /// all of them (the others are appended to it), each other part's for its share.
 fn sock_diag_split(

@@ -2,12 +2,12 @@
 //! it) or, with no Kubernetes on the host, the processes and their cgroup paths.
 //!
 //! [`resolve`] turns a [`ProcIndex`] into one [`NetnsOwner`] per network namespace (on two
-//! threads for a host of 512 processes or more). The
-//! host's namespace is shared by the node's daemons and by hostNetwork pods, so its
-//! sockets are attributed per process instead: [`census_owned`] ties each socket to the
-//! process holding it (socket inode -> pid through `/proc/PID/fd`), and
-//! [`group_by_owner`] groups a census by pod (through that process's cgroup) or by
-//! process, so a hostNetwork pod is still named rather than lumped in with the node.
+//! threads for a host of 512 processes or more). The host's namespace is shared by the
+//! node's daemons and by hostNetwork pods, so its sockets are attributed per process
+//! instead: [`census_owned`] ties each socket to the process holding it (socket inode ->
+//! pid through `/proc/PID/fd`), and [`group_by_owner`] groups a census by pod (through
+//! that process's cgroup) or by process, so a hostNetwork pod is still named rather than
+//! lumped in with the node.
 //!
 //! Pod identity comes from a [`PodLookup`]: a function from the raw content of
 //! `/proc/PID/cgroup` to a [`PodRef`]. [`pod_of_cgroup`] is the default one and the only
