@@ -526,7 +526,7 @@ fn sock_diag_split(
     room: usize,
 ) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
     let bits = states.with(TcpState::Listen).bits();
-    let dump = |part: diag_split::PortPart, room: usize| -> Result<Vec<Socket>, Error> {
+    let dump = |part: &diag_split::PortPart, room: usize| -> Result<Vec<Socket>, Error> {
         let fd = open_sock_diag().map_err(|e| netlink_err("socket(NETLINK_SOCK_DIAG)", e))?;
         let mut req = compat_dump_request(bits, 1).to_vec();
         req.extend_from_slice(&part.attribute());
@@ -540,7 +540,7 @@ fn sock_diag_split(
         let dump = &dump;
         let mut inline = Vec::new();
         let mut spawned = Vec::new();
-        for &part in &parts[1..] {
+        for part in &parts[1..] {
             match std::thread::Builder::new()
                 .name("snat-census-part".into())
                 .spawn_scoped(scope, move || dump(part, room / parts.len()))
@@ -552,7 +552,7 @@ fn sock_diag_split(
                 }
             }
         }
-        let mut results = vec![dump(parts[0], room)];
+        let mut results = vec![dump(&parts[0], room)];
         results.extend(inline.into_iter().map(|part| dump(part, 0)));
         results.extend(spawned.into_iter().map(|h| {
             h.join()
@@ -883,14 +883,16 @@ mod tests {
                 let split = diag_split::split(parts, ephemeral_here());
                 let each: Vec<usize> = split
                     .iter()
-                    .map(|&p| sock_diag_split(states, &[p], 0).unwrap().0.len())
+                    .map(|p| sock_diag_split(states, std::slice::from_ref(p), 0).unwrap().0.len())
                     .collect();
                 // The kernel puts each socket in the part its higher port falls in.
                 let want: Vec<usize> = split
                     .iter()
                     .map(|p| {
-                        let key = |s: &&Socket| s.local.port().max(s.remote.port());
-                        one.0.iter().filter(|s| (p.lo..=p.hi).contains(&key(s))).count()
+                        one.0
+                            .iter()
+                            .filter(|s| p.contains(s.local.port(), s.remote.port()))
+                            .count()
                     })
                     .collect();
                 assert_eq!(each, want, "{parts} parts: {split:?}");
