@@ -491,7 +491,7 @@ fn refused(e: &Error) -> bool {
 fn sock_diag_here(states: StateSet, threads: usize) -> Result<(Vec<Socket>, Vec<SocketAddr>), Error> {
     let here = |name: &str| std::fs::read_to_string(Path::new("/proc/thread-self/net").join(name)).ok();
     let sockets = here("sockstat").as_deref().and_then(diag_split::sockstat_tcp);
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cpus = || std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let parts = diag_split::parts_for(threads, sockets, cpus);
     // Room for a quarter more sockets than sockstat counts: reserved, not touched, so only
     // the pages filled cost anything, and the lists never grow by copying.

@@ -155,10 +155,11 @@ pub(crate) fn split(parts: usize, eph: (u16, u16)) -> Vec<PortPart> {
 /// How many parts to dump a namespace in. `requested` 0 means automatic:
 /// [`AUTO_PARTS`] when the namespace holds at least [`SPLIT_MIN_SOCKETS`] TCP sockets
 /// (`sockets`, from `sockstat`; unknown counts as small) and the process may use that many
-/// CPUs, else one. Any other value is used as given, up to [`MAX_PARTS`].
-pub(crate) fn parts_for(requested: usize, sockets: Option<u64>, cpus: usize) -> usize {
+/// CPUs (`cpus`, asked only then: it reads the affinity mask and cgroup quota), else one.
+/// Any other value is used as given, up to [`MAX_PARTS`].
+pub(crate) fn parts_for(requested: usize, sockets: Option<u64>, cpus: impl FnOnce() -> usize) -> usize {
     match requested {
-        0 if sockets.is_some_and(|n| n >= SPLIT_MIN_SOCKETS) => AUTO_PARTS.min(cpus.max(1)),
+        0 if sockets.is_some_and(|n| n >= SPLIT_MIN_SOCKETS) => AUTO_PARTS.min(cpus().max(1)),
         0 => 1,
         n => n.min(MAX_PARTS),
     }
@@ -324,7 +325,7 @@ mod tests {
     #[case(4, Some(10), 1, 4)]
     #[case(99, None, 2, MAX_PARTS)]
     fn chooses_parts(#[case] req: usize, #[case] sockets: Option<u64>, #[case] cpus: usize, #[case] want: usize) {
-        assert_eq!(parts_for(req, sockets, cpus), want);
+        assert_eq!(parts_for(req, sockets, || cpus), want);
     }
 
     #[rstest]

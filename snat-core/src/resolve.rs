@@ -152,9 +152,11 @@ const MAX_THREADS: usize = 2;
 /// 512 processes or more the namespaces are shared out among two threads (when the
 /// process may use two CPUs); the result is the same.
 pub fn resolve(index: &ProcIndex, lookup: PodLookup<'_>) -> Vec<NetnsOwner> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // Asked only for a large host: it reads the affinity mask and the cgroup CPU quota.
     let threads = if index.processes.len() >= PARALLEL_MIN_PROCESSES {
-        cpus.min(MAX_THREADS)
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(MAX_THREADS)
     } else {
         1
     };
