@@ -475,6 +475,15 @@ fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
     }
 }
 
+/// The object's map `name` as the aya map type `M`, borrowed for reading.
+fn read_map<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, Error>
+where
+    M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or_else(|| map_missing(name))?;
+    M::try_from(map).map_err(|e| map_err(name, e))
+}
+
 /// `BPF_OBJ_GET_INFO_BY_FD` for a program, returning its `recursion_misses`.
 fn prog_recursion_misses(fd: std::os::fd::RawFd) -> Option<u64> {
     use aya_obj::generated::bpf_prog_info;
@@ -1027,11 +1036,7 @@ impl Tracer {
 
     /// The kernel's counters so far.
     pub fn stats(&self) -> Result<KernelStats, Error> {
-        let map = self
-            .ebpf
-            .map(abi::MAP_STATS)
-            .ok_or_else(|| map_missing(abi::MAP_STATS))?;
-        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| map_err(abi::MAP_STATS, e))?;
+        let arr: PerCpuArray<_, u64> = read_map(&self.ebpf, abi::MAP_STATS)?;
         let get = |i: u32| -> Result<u64, Error> {
             Ok(arr
                 .get(&i, 0)
@@ -1062,16 +1067,8 @@ impl Tracer {
     /// the key table is only walked again when an id it does not know has counted
     /// something (a flow without counts yet is left out).
     pub fn flows(&self) -> Result<Vec<FlowRow>, Error> {
-        let map = self
-            .ebpf
-            .map(abi::MAP_FLOW_COUNTS)
-            .ok_or_else(|| map_missing(abi::MAP_FLOW_COUNTS))?;
-        let counts: Array<_, FlowCounts> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_COUNTS, e))?;
-        let map = self
-            .ebpf
-            .map(abi::MAP_FLOW_NEXT)
-            .ok_or_else(|| map_missing(abi::MAP_FLOW_NEXT))?;
-        let next: Array<_, u32> = Array::try_from(map).map_err(|e| map_err(abi::MAP_FLOW_NEXT, e))?;
+        let counts: Array<_, FlowCounts> = read_map(&self.ebpf, abi::MAP_FLOW_COUNTS)?;
+        let next: Array<_, u32> = read_map(&self.ebpf, abi::MAP_FLOW_NEXT)?;
         // Ids handed out so far (the counter keeps going when the table is full).
         let handed_out = next.get(&0, 0).map_err(|e| map_err(abi::MAP_FLOW_NEXT, e))?;
         let ids = handed_out.min(counts.len());
@@ -1090,12 +1087,7 @@ impl Tracer {
             found.push((id, c));
         }
         if unknown {
-            let map = self
-                .ebpf
-                .map(abi::MAP_FLOWS)
-                .ok_or_else(|| map_missing(abi::MAP_FLOWS))?;
-            let flows: BpfHashMap<_, FlowKey, u32> =
-                BpfHashMap::try_from(map).map_err(|e| map_err(abi::MAP_FLOWS, e))?;
+            let flows: BpfHashMap<_, FlowKey, u32> = read_map(&self.ebpf, abi::MAP_FLOWS)?;
             for item in flows.iter() {
                 match item {
                     Ok((k, id)) => {
