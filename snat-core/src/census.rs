@@ -117,6 +117,9 @@ pub enum MethodChoice {
     ProcNetTcp,
 }
 
+/// The most threads [`CensusOptions::threads`] may ask for.
+pub const MAX_THREADS: usize = 16;
+
 /// What a census lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CensusOptions {
@@ -127,7 +130,8 @@ pub struct CensusOptions {
     /// How many threads the sock_diag dump may use, each asking the kernel for a disjoint
     /// part of the sockets (split by port; see the module docs). 0 (the default) chooses:
     /// two when the namespace holds at least 4,096 TCP sockets and the process may use two
-    /// CPUs, else one. 1 is always a single dump; larger values are used as given, up to 16.
+    /// CPUs, else one. 1 is always a single dump; larger values are used as given, up to
+    /// [`MAX_THREADS`].
     pub threads: usize,
 }
 

@@ -20,7 +20,7 @@ pub(crate) const SPLIT_MIN_SOCKETS: u64 = 4096;
 /// Parts used when the caller leaves the choice to [`parts_for`].
 pub(crate) const AUTO_PARTS: usize = 2;
 /// The most parts a caller may ask for.
-pub(crate) const MAX_PARTS: usize = 16;
+pub(crate) const MAX_PARTS: usize = crate::census::MAX_THREADS;
 /// Slices of the ephemeral range per part. More balance the parts better against runs of
 /// ports, but make the filter longer, and every part runs it on every socket.
 pub(crate) const SLICES_PER_PART: usize = 4;

@@ -98,10 +98,11 @@ fn options_of(opts: &Map) -> Result<CensusOptions, Box<EvalAltResult>> {
             }
             "threads" => {
                 o.threads = match v.as_int().ok().and_then(|n| usize::try_from(n).ok()) {
-                    Some(n) if n <= 16 => n,
+                    Some(n) if n <= snat_core::census::MAX_THREADS => n,
                     _ => {
                         return usage(format!(
-                            "option `threads` must be an integer from 0 (automatic) to 16, not {v}"
+                            "option `threads` must be an integer from 0 (automatic) to {}, not {v}",
+                            snat_core::census::MAX_THREADS
                         ));
                     }
                 }
