@@ -285,23 +285,28 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 	if (HEAD_HAS(skc_daddr, 4) && HEAD_HAS(skc_rcv_saddr, 4) && HEAD_HAS(skc_dport, 2) &&
 	    HEAD_HAS(skc_num, 2) && HEAD_HAS(skc_family, 2) && HEAD_HAS(skc_net, 8) &&
 	    HEAD_HAS(skc_v6_daddr, 16) && HEAD_HAS(skc_v6_rcv_saddr, 16)) {
-		__u8 h[HEAD_BYTES];
+		__u8 h[HEAD_BYTES] __attribute__((aligned(8)));
 		if (bpf_probe_read_kernel(h, sizeof(h), sk))
 			return -1;
-		__builtin_memcpy(&f->family, h + HEAD_OFF(skc_family), 2);
-		__builtin_memcpy(&f->net, h + HEAD_OFF(skc_net), 8);
+		/* Each member at its type's natural alignment, which the kernel's layout keeps
+		 * wherever CO-RE puts it: word copies instead of byte copies. */
+#define HEAD_COPY(dst, field, size, align) \
+	__builtin_memcpy(dst, __builtin_assume_aligned(h + HEAD_OFF(field), align), size)
+		HEAD_COPY(&f->family, skc_family, 2, 2);
+		HEAD_COPY(&f->net, skc_net, 8, 8);
 		__u16 dport, num;
-		__builtin_memcpy(&dport, h + HEAD_OFF(skc_dport), 2);
-		__builtin_memcpy(&num, h + HEAD_OFF(skc_num), 2);
+		HEAD_COPY(&dport, skc_dport, 2, 2);
+		HEAD_COPY(&num, skc_num, 2, 2);
 		f->sport = num;
 		f->dport = bpf_ntohs(dport);
 		if (f->family == AF_INET) {
-			__builtin_memcpy(f->saddr, h + HEAD_OFF(skc_rcv_saddr), 4);
-			__builtin_memcpy(f->daddr, h + HEAD_OFF(skc_daddr), 4);
+			HEAD_COPY(f->saddr, skc_rcv_saddr, 4, 4);
+			HEAD_COPY(f->daddr, skc_daddr, 4, 4);
 		} else {
-			__builtin_memcpy(f->saddr, h + HEAD_OFF(skc_v6_rcv_saddr), 16);
-			__builtin_memcpy(f->daddr, h + HEAD_OFF(skc_v6_daddr), 16);
+			HEAD_COPY(f->saddr, skc_v6_rcv_saddr, 16, 4);
+			HEAD_COPY(f->daddr, skc_v6_daddr, 16, 4);
 		}
+#undef HEAD_COPY
 		return 0;
 	}
 	f->family = BPF_CORE_READ(sk, __sk_common.skc_family);
