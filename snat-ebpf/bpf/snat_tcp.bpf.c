@@ -235,6 +235,19 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024);
 } events SEC(".maps");
 
+/* Protocol ops tables (struct proto addresses) seen on TCP sockets: see is_tcp_fields. */
+#define TCP_PROTOS 4
+struct tcp_protos {
+	__u64 prot[TCP_PROTOS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tcp_protos);
+} tcp_protos SEC(".maps");
+
 /* Never written: it puts struct tcp_event in the object's BTF so that tests can check
  * its layout against the Rust mirror (a type used only through the ring buffer is not). */
 struct {
@@ -263,6 +276,7 @@ static __always_inline void fill_owner(struct owner *o)
 /* What the program reads of a socket: the start of struct sock_common. */
 struct sk_fields {
 	__u64 net;
+	__u64 prot;
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -283,7 +297,7 @@ struct sk_fields {
 static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 {
 	if (HEAD_HAS(skc_daddr, 4) && HEAD_HAS(skc_rcv_saddr, 4) && HEAD_HAS(skc_dport, 2) &&
-	    HEAD_HAS(skc_num, 2) && HEAD_HAS(skc_family, 2) && HEAD_HAS(skc_net, 8) &&
+	    HEAD_HAS(skc_num, 2) && HEAD_HAS(skc_family, 2) && HEAD_HAS(skc_net, 8) && HEAD_HAS(skc_prot, 8) &&
 	    HEAD_HAS(skc_v6_daddr, 16) && HEAD_HAS(skc_v6_rcv_saddr, 16)) {
 		__u8 h[HEAD_BYTES] __attribute__((aligned(8)));
 		if (bpf_probe_read_kernel(h, sizeof(h), sk))
@@ -294,6 +308,7 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 	__builtin_memcpy(dst, __builtin_assume_aligned(h + HEAD_OFF(field), align), size)
 		HEAD_COPY(&f->family, skc_family, 2, 2);
 		HEAD_COPY(&f->net, skc_net, 8, 8);
+		HEAD_COPY(&f->prot, skc_prot, 8, 8);
 		__u16 dport, num;
 		HEAD_COPY(&dport, skc_dport, 2, 2);
 		HEAD_COPY(&num, skc_num, 2, 2);
@@ -311,6 +326,7 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 	}
 	f->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	f->net = (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	f->prot = (__u64)BPF_CORE_READ(sk, __sk_common.skc_prot);
 	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (f->family == AF_INET) {
@@ -338,6 +354,41 @@ static __always_inline __u16 local_port(struct sock *sk)
 static __always_inline int is_tcp(struct sock *sk)
 {
 	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+/* Whether sk, whose ops table is prot, is TCP by its sk_protocol; if so, remember prot in
+ * tcp_protos. Out of line: it runs once per ops table, not per socket. */
+static __noinline int tcp_prot_learn(struct sock *sk, __u64 prot)
+{
+	__u32 zero = 0;
+	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
+	if (!is_tcp(sk))
+		return 0;
+	if (t && prot) {
+		for (int i = 0; i < TCP_PROTOS; i++)
+			if (t->prot[i] == prot ||
+			    (t->prot[i] == 0 && __sync_val_compare_and_swap(&t->prot[i], 0, prot) == 0))
+				break;
+	}
+	return 1;
+}
+
+/* Whether a socket whose fields f were read is TCP, by its protocol's ops table
+ * (skc_prot, read with the other fields) when that table was seen on a TCP socket before,
+ * else by reading sk_protocol. A struct proto serves one protocol (tcp_prot, tcpv6_prot,
+ * and the copies a BPF sockmap swaps in are all TCP's; MPTCP sockets, which also pass
+ * through this tracepoint, have their own), so a learned table never errs. */
+static __always_inline int is_tcp_fields(struct sock *sk, const struct sk_fields *f)
+{
+	__u32 zero = 0;
+	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
+	if (t && f->prot) {
+#pragma unroll
+		for (int i = 0; i < TCP_PROTOS; i++)
+			if (t->prot[i] == f->prot)
+				return 1;
+	}
+	return tcp_prot_learn(sk, f->prot);
 }
 
 /* ---- the socket table ---- */
@@ -524,9 +575,11 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
  * addresses. Non-zero for any other socket. */
 static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct flow_key *k)
 {
-	if (!is_tcp(sk) || read_fields(sk, f))
+	if (read_fields(sk, f))
 		return -1;
 	if (f->family != AF_INET && f->family != AF_INET6)
+		return -1;
+	if (!is_tcp_fields(sk, f))
 		return -1;
 	k->netns = net_inum(f->net);
 	k->family = f->family;

@@ -27,6 +27,8 @@ typedef struct {
 	struct net *net;
 } possible_net_t;
 
+struct proto;
+
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
@@ -49,6 +51,7 @@ struct sock_common {
 		};
 	};
 	unsigned short skc_family;
+	struct proto *skc_prot;
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;

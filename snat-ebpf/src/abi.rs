@@ -22,6 +22,12 @@ pub const MAP_FLOW_NEXT: &str = "flow_next";
 /// Map: each CPU's last flow (`PERCPU_ARRAY` of one [`FlowKey`] + u32 id), checked
 /// before the hash.
 pub const MAP_FLOW_LAST: &str = "flow_last";
+/// Map: the protocol ops tables (`struct proto` addresses) the program has seen on TCP
+/// sockets (`ARRAY` of one value of [`TCP_PROTOS`] u64), so that a socket whose
+/// `sk_prot` is one of them needs no read of `sk_protocol`. Kernel-internal.
+pub const MAP_TCP_PROTOS: &str = "tcp_protos";
+/// Entries of the [`MAP_TCP_PROTOS`] value.
+pub const TCP_PROTOS: u32 = 4;
 /// Map: per-socket owner and state (`ARRAY` of [`SockInfo`] slots, an open-addressing
 /// table keyed in the kernel by the socket's address).
 pub const MAP_SOCKS: &str = "socks";

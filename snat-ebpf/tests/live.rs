@@ -298,6 +298,96 @@ fn loop_client(ns: &Netns, port: u16, n: usize) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// A new MPTCP socket of family `AF_INET`, or `None` when the kernel has no MPTCP.
+fn mptcp_socket() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const IPPROTO_MPTCP: libc::c_int = 262;
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a new, valid socket owned by nobody else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn loopback(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_zero: [0; 8],
+    }
+}
+
+/// MPTCP connections: the tracepoint also reports the state changes of each MPTCP socket
+/// itself (protocol 262: SYN_SENT -> ESTABLISHED, ... -> CLOSE), beside those of its TCP
+/// subflow. Only the subflows are TCP connections: each connection counts once, in both
+/// modes (the program learns which `sk_prot` tables are TCP's and must not take MPTCP's).
+#[test]
+fn mptcp_connections_count_their_tcp_subflow_once() {
+    if !need_root() {
+        return;
+    }
+    if mptcp_socket().is_none() {
+        eprintln!("skipped: this kernel has no MPTCP");
+        assert!(std::env::var_os("CI").is_none(), "CI's kernel has MPTCP");
+        return;
+    }
+    const N: u64 = 10;
+    for mode in [Mode::Stream, Mode::Aggregated] {
+        let a = Netns::new();
+        let tracer = TracerBuilder::new().mode(mode).netns([a.inode()]).attach().unwrap();
+        let port = a
+            .in_thread(&unique("mp"), move || {
+                use std::os::fd::AsRawFd;
+                let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                let l = mptcp_socket().expect("MPTCP socket");
+                let mut sa = loopback(0);
+                // SAFETY: valid fd, sockaddr and length; getsockname writes at most len bytes.
+                let port = unsafe {
+                    assert_eq!(libc::bind(l.as_raw_fd(), (&raw const sa).cast(), len), 0);
+                    assert_eq!(libc::listen(l.as_raw_fd(), 64), 0);
+                    let mut n = len;
+                    assert_eq!(libc::getsockname(l.as_raw_fd(), (&raw mut sa).cast(), &mut n), 0);
+                    u16::from_be(sa.sin_port)
+                };
+                for _ in 0..N {
+                    let c = mptcp_socket().expect("MPTCP socket");
+                    let to = loopback(port);
+                    let mut b = [0u8; 1];
+                    // SAFETY: valid fds, sockaddr, length and buffer.
+                    unsafe {
+                        assert_eq!(libc::connect(c.as_raw_fd(), (&raw const to).cast(), len), 0);
+                        let s = libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut());
+                        assert!(s >= 0);
+                        assert_eq!(libc::write(c.as_raw_fd(), b"x".as_ptr().cast(), 1), 1);
+                        assert_eq!(libc::read(s, b.as_mut_ptr().cast(), 1), 1);
+                        drop(c);
+                        libc::close(s);
+                    }
+                }
+                port
+            })
+            .join()
+            .unwrap();
+        // Time for anything counted late (an MPTCP socket's close) to be counted too.
+        std::thread::sleep(Duration::from_millis(300));
+        let (events, res) = collect(tracer, 4 * N);
+        no_loss(&res.stats);
+        assert_eq!(res.stats.counted, 4 * N, "{mode:?}: {:?}", res.stats);
+        let out = res.flows.iter().find(|f| f.direction == Direction::Outbound).unwrap();
+        let inb = res.flows.iter().find(|f| f.direction == Direction::Inbound).unwrap();
+        assert_eq!(res.flows.len(), 2, "{mode:?}: {:#?}", res.flows);
+        assert_eq!((out.port, out.connects, out.closes, out.open), (port, N, N, 0), "{mode:?}");
+        assert_eq!((inb.port, inb.accepts, inb.closes, inb.open), (port, N, N, 0), "{mode:?}");
+        if mode == Mode::Stream {
+            assert_eq!(events.len() as u64, 4 * N);
+            assert_eq!(of_kind(&events, EventKind::Connect).len() as u64, N);
+        }
+    }
+}
+
 /// A socket table too small for the open connections: every connect and accept is still
 /// counted; the sockets that found no slot are counted in `socks_full`, and their closes
 /// are counted without direction. Nothing is lost or counted twice.

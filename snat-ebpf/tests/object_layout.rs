@@ -194,12 +194,13 @@ fn structs_match_their_rust_mirrors() {
 #[test]
 fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     let obj = aya_obj::Object::parse(snat_ebpf::object()).expect("aya-obj parses the committed object");
-    let expect: [(&str, u32, u32); 10] = [
+    let expect: [(&str, u32, u32); 11] = [
         (abi::MAP_FLOWS, size_of::<FlowKey>() as u32, 4),
         (abi::MAP_FLOW_COUNTS, 4, size_of::<FlowCounts>() as u32),
         (abi::MAP_FLOW_NEXT, 4, 4),
         (abi::MAP_FLOW_LAST, 4, size_of::<FlowKey>() as u32 + 4),
         (abi::MAP_SOCKS, 4, size_of::<SockInfo>() as u32),
+        (abi::MAP_TCP_PROTOS, 4, abi::TCP_PROTOS * 8),
         (
             abi::MAP_LISTENERS,
             size_of::<ListenKey>() as u32,
