@@ -682,11 +682,14 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		if (!s)
 			s = sock_claim(skey);
 		if (s) {
-			s->key = k;
 			s->flow_id = id;
-			s->sport = f.sport;
-			s->dport = f.dport;
-			s->established_ns = now;
+			if (cfg_emit_events) {
+				/* What only its close event uses. */
+				s->key = k;
+				s->sport = f.sport;
+				s->dport = f.dport;
+				s->established_ns = now;
+			}
 			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT) | (owner_known ? SI_OWNER_KNOWN : 0);
 			if (TRACK_OWNERS)
 				s->owner = o;
