@@ -19,8 +19,9 @@
  * flow's key (netns, family, direction, port, saddr, daddr) to its index there, where port
  * is the remote port of an outbound connection and the local (listening) port of an
  * inbound one. With
- * cfg_emit_events set, each event is also written to the `events` ring buffer with
- * batched wakeups. Every loss is counted in `stats`.
+ * cfg_emit_events set, each event is also written to its CPU's ring in `cpu_events`
+ * (see emit), with batched wakeups through the `wakeups` ring buffer. Every loss is
+ * counted in `stats`.
  *
  * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
  * a socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
@@ -88,7 +89,10 @@ const volatile __u8 cfg_filter_netns = 0;
 const volatile __u16 cfg_family = 0;
 const volatile __u16 cfg_port = 0;
 const volatile __u32 cfg_pid = 0;
-const volatile __u64 cfg_wakeup_bytes = 65536;
+/* Slots of each CPU's event ring, log2 (the loader sizes cpu_events to CPUs << this). */
+const volatile __u32 cfg_ring_shift = 0;
+/* Wake the reader when a CPU's ring holds this many unread events. */
+const volatile __u32 cfg_wakeup_events = 1;
 /* The largest flow id: entries of `flows` and `flow_counts` minus one. */
 const volatile __u32 cfg_flow_max_id = 16383;
 /* Entries of `socks` minus one (entries are a power of two). */
@@ -230,11 +234,6 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
-} events SEC(".maps");
-
 /* Protocol ops tables (struct proto addresses) seen on TCP sockets: see is_tcp_fields. */
 #define TCP_PROTOS 4
 struct tcp_protos {
@@ -248,14 +247,43 @@ struct {
 	__type(value, struct tcp_protos);
 } tcp_protos SEC(".maps");
 
-/* Never written: it puts struct tcp_event in the object's BTF so that tests can check
- * its layout against the Rust mirror (a type used only through the ring buffer is not). */
+/*
+ * The event stream: one ring of events per CPU, in an array the reader maps into its
+ * memory. CPU c owns entries [c << cfg_ring_shift, (c + 1) << cfg_ring_shift) of
+ * cpu_events and entry c of cpu_pos. Only the program on CPU c writes its ring and its
+ * head (a program never runs twice at once on one CPU), only the reader writes tail:
+ * no lock, no cache line written by two CPUs (a BPF ring buffer takes one lock shared by
+ * all CPUs for every record).
+ */
+struct ring_pos {
+	__u64 head; /* events written on this CPU, ever */
+	__u64 pad0[7];
+	__u64 tail; /* events the reader has consumed */
+	__u64 pad1[7];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ring_pos);
+} cpu_pos SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct tcp_event);
-} event_layout SEC(".maps");
+} cpu_events SEC(".maps");
+
+/* Wakeups only: a CPU whose ring fills up to cfg_wakeup_events writes its number here,
+ * which wakes the reader (it otherwise drains on its timer). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} wakeups SEC(".maps");
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -532,7 +560,22 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 {
 	if (!cfg_emit_events)
 		return;
-	struct tcp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct ring_pos *p = bpf_map_lookup_elem(&cpu_pos, &cpu);
+	if (!p) {
+		stat_inc(STAT_EVENTS_DROPPED);
+		return;
+	}
+	__u64 head = p->head;
+	__u64 waiting = head - *(volatile __u64 *)&p->tail;
+	__u64 slots = 1ULL << cfg_ring_shift;
+	if (waiting >= slots) {
+		/* Full: the reader is behind. */
+		stat_inc(STAT_EVENTS_DROPPED);
+		return;
+	}
+	__u32 idx = (cpu << cfg_ring_shift) | (__u32)(head & (slots - 1));
+	struct tcp_event *e = bpf_map_lookup_elem(&cpu_events, &idx);
 	if (!e) {
 		stat_inc(STAT_EVENTS_DROPPED);
 		return;
@@ -558,16 +601,14 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 		__builtin_memcpy(e->comm, o->comm, 16);
 	else
 		__builtin_memset(e->comm, 0, 16);
-	/* Wake the reader once each time the waiting data crosses a multiple of
-	 * cfg_wakeup_bytes, not on every event past it: each wakeup is an interrupt (a VM exit
-	 * in a virtual machine), and until the reader has drained, every further event would
-	 * raise one. A crossing missed in a race between CPUs is caught by the next one or by
-	 * the reader's drain timer. */
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 rec = sizeof(*e) + 8; /* record plus the ring buffer's header */
-	__u64 t = cfg_wakeup_bytes ? cfg_wakeup_bytes : 1;
-	int crossed = avail >= rec && avail / t != (avail - rec) / t;
-	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	/* Publish it: the reader loads head with acquire ordering, and an atomic add orders
+	 * the stores above before it (a full barrier on x86, acquire-release on arm64). */
+	__sync_fetch_and_add(&p->head, 1);
+	/* Wake the reader once, when this ring reaches the threshold (it grows one event at
+	 * a time, so it cannot jump past it): each wakeup is an interrupt, a VM exit in a
+	 * virtual machine. A wakeup lost to a full `wakeups` is caught by the reader's timer. */
+	if (waiting + 1 == cfg_wakeup_events)
+		bpf_ringbuf_output(&wakeups, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
 	stat_inc(STAT_EVENTS_SENT);
 }
 

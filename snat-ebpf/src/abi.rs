@@ -37,12 +37,15 @@ pub const MAP_LISTENERS: &str = "listeners";
 pub const MAP_NETNS_ALLOW: &str = "netns_allow";
 /// Map: counters (`PERCPU_ARRAY`, index `STAT_*` -> u64).
 pub const MAP_STATS: &str = "stats";
-/// Map: the event stream (`RINGBUF` of [`RawEvent`]).
-pub const MAP_EVENTS: &str = "events";
-/// Map: never written; carries [`RawEvent`] into the object's BTF for the layout test.
-pub const MAP_EVENT_LAYOUT: &str = "event_layout";
+/// Map: the event stream, one ring of [`RawEvent`] per CPU (`ARRAY`, `BPF_F_MMAPABLE`):
+/// CPU `c` owns entries `c << cfg_ring_shift` up to `(c + 1) << cfg_ring_shift`.
+pub const MAP_CPU_EVENTS: &str = "cpu_events";
+/// Map: each CPU's ring positions (`ARRAY` of [`RingPos`], `BPF_F_MMAPABLE`), by CPU.
+pub const MAP_CPU_POS: &str = "cpu_pos";
+/// Map: wakeups of the reader (`RINGBUF` of u32 CPU numbers; the records carry no event).
+pub const MAP_WAKEUPS: &str = "wakeups";
 
-/// Global: write events to the ring buffer (u8, 0/1).
+/// Global: write events to the event rings (u8, 0/1).
 pub const CFG_EMIT_EVENTS: &str = "cfg_emit_events";
 /// Global: only count netns in `netns_allow` (u8, 0/1).
 pub const CFG_FILTER_NETNS: &str = "cfg_filter_netns";
@@ -53,8 +56,10 @@ pub const CFG_FAMILY: &str = "cfg_family";
 pub const CFG_PORT: &str = "cfg_port";
 /// Global: only sockets owned by this process (u32 tgid, 0 = any).
 pub const CFG_PID: &str = "cfg_pid";
-/// Global: force a ring-buffer wakeup once this many bytes wait (u64).
-pub const CFG_WAKEUP_BYTES: &str = "cfg_wakeup_bytes";
+/// Global: log2 of the slots of each CPU's event ring (u32).
+pub const CFG_RING_SHIFT: &str = "cfg_ring_shift";
+/// Global: wake the reader when a CPU's ring holds this many unread events (u32).
+pub const CFG_WAKEUP_EVENTS: &str = "cfg_wakeup_events";
 /// Global: the largest flow id, the flow table's entries minus one (u32).
 pub const CFG_FLOW_MAX_ID: &str = "cfg_flow_max_id";
 /// Global: entries of the `socks` table minus one (u32; entries are a power of two).
@@ -86,9 +91,9 @@ pub const FLAG_OWNER_KNOWN: u8 = 1;
 /// [`RawEvent::flags`]: `duration_ns` is known.
 pub const FLAG_DURATION_KNOWN: u8 = 2;
 
-/// `stats[0]`: events written to the ring buffer.
+/// `stats[0]`: events written to the event rings.
 pub const STAT_EVENTS_SENT: u32 = 0;
-/// `stats[1]`: events lost because the ring buffer was full.
+/// `stats[1]`: events lost because their CPU's event ring was full.
 pub const STAT_EVENTS_DROPPED: u32 = 1;
 /// `stats[2]`: counts lost because the `flows` map was full.
 pub const STAT_FLOWS_FULL: u32 = 2;
@@ -197,7 +202,7 @@ pub struct ListenInfo {
     pub sk: u64,
 }
 
-/// One ring-buffer record (mirror of `struct tcp_event`).
+/// One event of the stream (mirror of `struct tcp_event`): a slot of [`MAP_CPU_EVENTS`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawEvent {
@@ -237,6 +242,22 @@ pub struct RawEvent {
     pub comm: [u8; 16],
 }
 
+/// A CPU's ring positions (mirror of `struct ring_pos`), one entry of [`MAP_CPU_POS`]:
+/// `head` and `tail` count events since the start, the ring's slot of an event is its
+/// count modulo the ring's size. Each sits alone in its cache line.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingPos {
+    /// Events written on this CPU; only the program on that CPU writes it.
+    pub head: u64,
+    /// Zero.
+    pub pad0: [u64; 7],
+    /// Events the reader has consumed; only the reader writes it.
+    pub tail: u64,
+    /// Zero.
+    pub pad1: [u64; 7],
+}
+
 // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit
 // padding fields: every bit pattern is valid and there are no uninitialised bytes.
 unsafe impl aya::Pod for FlowKey {}
@@ -248,9 +269,11 @@ unsafe impl aya::Pod for RawEvent {}
 unsafe impl aya::Pod for ListenKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ListenInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RingPos {}
 
 impl RawEvent {
-    /// Decode a ring-buffer record; `None` when it is too short.
+    /// Decode an event's bytes; `None` when they are too short.
     pub fn from_bytes(b: &[u8]) -> Option<RawEvent> {
         if b.len() < size_of::<RawEvent>() {
             return None;
@@ -273,6 +296,8 @@ mod tests {
         assert_eq!(size_of::<SockInfo>(), 8 + 8 + 44 + 4 + 8 + 32);
         assert_eq!(size_of::<ListenKey>(), 8);
         assert_eq!(size_of::<RawEvent>(), 96);
+        assert_eq!(size_of::<RingPos>(), 128);
+        assert_eq!(std::mem::offset_of!(RingPos, tail), 64);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::abi;
 #[non_exhaustive]
 pub enum Error {
     /// The caller asked for something that cannot work (an empty netns set, a zero
-    /// duration, a ring buffer size that is not a power of two...).
+    /// duration, an event ring size that is not a power of two...).
     #[error("invalid tracer option: {0}")]
     InvalidOption(String),
 

@@ -242,7 +242,7 @@ fn comm_of(b: &[u8; 16]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Decode a ring-buffer record into snat's event; `None` for a record the program never
+/// Decode an event-ring record into snat's event; `None` for a record the program never
 /// writes (unknown kind or family).
 pub fn event_from_raw(r: &RawEvent, clock: &WallClock) -> Option<TcpEvent> {
     let family = family_of(r.family)?;

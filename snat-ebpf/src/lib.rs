@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+mod cpu_rings;
 pub mod error;
 pub mod flow;
 pub mod output;

@@ -28,14 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use aya::programs::{
     ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
 };
 use aya::{Ebpf, EbpfLoader};
 use snat_core::model::{Family, TcpEvent};
 
-use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
+use crate::abi::{self, FlowCounts, FlowKey};
+use crate::cpu_rings::{self, CpuRings};
 use crate::error::{Error, is_permission, load_error};
 use crate::flow::{FlowRow, WallClock, event_from_raw};
 use crate::seed::{self, SeedReport};
@@ -58,7 +59,7 @@ pub enum Mode {
     /// Only per-flow counters in a kernel map (cheapest; no pid/comm/sport per event).
     #[default]
     Aggregated,
-    /// Counters plus one ring-buffer record per event, with batched wakeups.
+    /// Counters plus one record per event in per-CPU rings, with batched wakeups.
     Stream,
 }
 
@@ -142,7 +143,7 @@ pub struct TracerBuilder {
     duration: Option<Duration>,
     mode: Mode,
     filters: Filters,
-    ring_bytes: u32,
+    ring_bytes: Option<u32>,
     wakeup_bytes: u64,
     drain_interval: Duration,
     cancel: Option<Arc<AtomicBool>>,
@@ -160,15 +161,15 @@ impl Default for TracerBuilder {
 }
 
 impl TracerBuilder {
-    /// Defaults: aggregated mode, no filter, no time limit (runs until cancelled), a
-    /// 4 MiB ring buffer, wakeups forced past 256 KiB of waiting events, drained every
-    /// 100 ms.
+    /// Defaults: aggregated mode, no filter, no time limit (runs until cancelled), 4 MiB
+    /// of event rings (256 KiB per CPU beyond 16 CPUs), a wakeup when 256 KiB of events
+    /// wait on a CPU, drained every 100 ms.
     pub fn new() -> TracerBuilder {
         TracerBuilder {
             duration: None,
             mode: Mode::Aggregated,
             filters: Filters::default(),
-            ring_bytes: 4 << 20,
+            ring_bytes: None,
             wakeup_bytes: 256 << 10,
             drain_interval: Duration::from_millis(100),
             cancel: None,
@@ -240,20 +241,25 @@ impl TracerBuilder {
         self
     }
 
-    /// Ring-buffer size in bytes (a power of two, at least one page). Stream mode only.
+    /// Bytes of event rings, shared out among the CPUs (a power of two, at least one page;
+    /// stream mode only). Each CPU gets a ring of its own, of a power of two of 96-byte
+    /// events and at least 16; an event is dropped, and counted in
+    /// [`KernelStats::events_dropped`], when its CPU's ring holds a whole ring of unread
+    /// ones.
     pub fn ring_buffer_bytes(mut self, n: u32) -> Self {
-        self.ring_bytes = n;
+        self.ring_bytes = Some(n);
         self
     }
 
-    /// Force a wakeup of the reader once this many bytes wait in the ring buffer; below
-    /// that, the reader drains on its timer.
+    /// Force a wakeup of the reader when this many bytes of events wait in one CPU's ring
+    /// (at least one event, at most half a ring). Below that, the reader drains on its
+    /// timer.
     pub fn wakeup_bytes(mut self, n: u64) -> Self {
         self.wakeup_bytes = n;
         self
     }
 
-    /// How often the reader drains the ring buffer without a wakeup (and polls the
+    /// How often the reader drains the event rings without a wakeup (and polls the
     /// cancel flag).
     pub fn drain_interval(mut self, d: Duration) -> Self {
         self.drain_interval = d;
@@ -300,10 +306,13 @@ impl TracerBuilder {
         if self.duration == Some(Duration::ZERO) {
             return Err(Error::InvalidOption("duration must be more than 0 seconds".into()));
         }
-        if self.mode == Mode::Stream && (!self.ring_bytes.is_power_of_two() || self.ring_bytes < page_size()) {
+        if let Some(ring_bytes) = self.ring_bytes
+            && self.mode == Mode::Stream
+            && (!ring_bytes.is_power_of_two() || ring_bytes < page_size())
+        {
             return Err(Error::InvalidOption(format!(
-                "ring buffer size {} must be a power of two and at least one page ({} bytes)",
-                self.ring_bytes,
+                "event ring size {} must be a power of two and at least one page ({} bytes)",
+                ring_bytes,
                 page_size()
             )));
         }
@@ -360,12 +369,22 @@ impl TracerBuilder {
         };
         let port: u16 = self.filters.dport.unwrap_or(0);
         let pid: u32 = self.filters.pid.unwrap_or(0);
-        let wakeup: u64 = self.wakeup_bytes;
-        let ring = if self.mode == Mode::Stream {
-            self.ring_bytes
+        // Stream mode: one ring per possible CPU (bpf_get_smp_processor_id's range).
+        let (cpus, slots, wakeup) = if self.mode == Mode::Stream {
+            let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io { what, source })?;
+            let total = self
+                .ring_bytes
+                .map_or_else(|| cpu_rings::default_ring_bytes(cpus), u64::from);
+            let (slots, wakeup) = cpu_rings::sizing(total, self.wakeup_bytes, cpus);
+            (cpus, slots, wakeup)
         } else {
-            page_size()
+            (1, 1, 1)
         };
+        let ring_shift: u32 = slots.trailing_zeros();
+        let ring_entries = u32::try_from(cpus)
+            .ok()
+            .and_then(|c| c.checked_mul(slots))
+            .ok_or_else(|| Error::InvalidOption(format!("{cpus} CPUs x {slots} events do not fit a map")))?;
         let mut loader = EbpfLoader::new();
         let flows = self.flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES);
         loader.map_max_entries(abi::MAP_FLOWS, flows);
@@ -383,10 +402,12 @@ impl TracerBuilder {
             .override_global(abi::CFG_FAMILY, &family, true)
             .override_global(abi::CFG_PORT, &port, true)
             .override_global(abi::CFG_PID, &pid, true)
-            .override_global(abi::CFG_WAKEUP_BYTES, &wakeup, true)
+            .override_global(abi::CFG_RING_SHIFT, &ring_shift, true)
+            .override_global(abi::CFG_WAKEUP_EVENTS, &wakeup, true)
             .override_global(abi::CFG_SOCKS_MASK, &socks_mask, true)
             .override_global(abi::CFG_FLOW_MAX_ID, &flow_max_id, true)
-            .map_max_entries(abi::MAP_EVENTS, ring)
+            .map_max_entries(abi::MAP_CPU_EVENTS, ring_entries)
+            .map_max_entries(abi::MAP_CPU_POS, u32::try_from(cpus).unwrap_or(u32::MAX))
             .load(OBJECT)
             .map_err(|e| {
                 if is_permission(&e) {
@@ -414,11 +435,8 @@ impl TracerBuilder {
             }
         }
 
-        let ring = if self.mode == Mode::Stream {
-            let map = ebpf
-                .take_map(abi::MAP_EVENTS)
-                .ok_or_else(|| map_missing(abi::MAP_EVENTS))?;
-            Some(RingBuf::try_from(map).map_err(|e| map_err(abi::MAP_EVENTS, e))?)
+        let rings = if self.mode == Mode::Stream {
+            Some(CpuRings::take(&mut ebpf, cpus, slots)?)
         } else {
             None
         };
@@ -441,7 +459,7 @@ impl TracerBuilder {
             raw_refused,
             flow_keys: std::sync::Mutex::new(Vec::new()),
             link: Some(link),
-            ring,
+            rings,
             mode: self.mode,
             duration: self.duration,
             drain_interval: self.drain_interval,
@@ -697,9 +715,9 @@ fn ensure_tracefs() -> Result<(), Error> {
 /// Counters kept by the kernel program (summed over CPUs) and by the reader.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelStats {
-    /// Events the program wrote to the ring buffer.
+    /// Events the program wrote to the event rings.
     pub events_sent: u64,
-    /// Events lost because the ring buffer was full (reader too slow).
+    /// Events lost because their CPU's event ring was full (reader too slow).
     pub events_dropped: u64,
     /// Events not counted because the flow table was full.
     pub flows_full: u64,
@@ -719,7 +737,7 @@ pub struct KernelStats {
     /// same CPU (`recursion_misses`): each may have been an event, so this is an upper
     /// bound on events the kernel never showed the program.
     pub missed_runs: u64,
-    /// Events read from the ring buffer by this process.
+    /// Events read from the event rings by this process.
     pub events_read: u64,
     /// Ring-buffer records that could not be decoded.
     pub events_malformed: u64,
@@ -804,7 +822,7 @@ pub struct Tracer {
     raw_refused: Option<String>,
     /// The key of each flow id read so far (see [`Tracer::flows`]).
     flow_keys: std::sync::Mutex<Vec<Option<FlowKey>>>,
-    ring: Option<RingBuf<MapData>>,
+    rings: Option<CpuRings>,
     mode: Mode,
     duration: Option<Duration>,
     drain_interval: Duration,
@@ -880,42 +898,41 @@ impl Tracer {
         self.link.is_some()
     }
 
-    /// Read every event waiting in the ring buffer, without blocking. Returns how many
-    /// were read. Does nothing in aggregated mode.
+    /// Read every event waiting in the event rings, without blocking, in time order.
+    /// Returns how many were read. Does nothing in aggregated mode.
     pub fn drain(&mut self, on_event: &mut dyn FnMut(TcpEvent)) -> usize {
-        let Some(ring) = self.ring.as_mut() else {
+        let Some(mut rings) = self.rings.take() else {
             return 0;
         };
         let mut n = 0;
-        while let Some(item) = ring.next() {
-            match RawEvent::from_bytes(&item).and_then(|r| event_from_raw(&r, &self.clock)) {
-                Some(mut ev) => {
-                    self.events_read += 1;
-                    if ev.cgroup_id.is_none() {
-                        if self.pre_existing.as_mut().is_some_and(|p| p.fill(&mut ev)) {
-                            self.owners_filled += 1;
-                        } else {
-                            self.owners_unknown += 1;
-                        }
+        rings.drain(&mut |raw| match event_from_raw(raw, &self.clock) {
+            Some(mut ev) => {
+                self.events_read += 1;
+                if ev.cgroup_id.is_none() {
+                    if self.pre_existing.as_mut().is_some_and(|p| p.fill(&mut ev)) {
+                        self.owners_filled += 1;
+                    } else {
+                        self.owners_unknown += 1;
                     }
-                    n += 1;
-                    on_event(ev);
                 }
-                None => self.events_malformed += 1,
+                n += 1;
+                on_event(ev);
             }
-        }
+            None => self.events_malformed += 1,
+        });
+        self.rings = Some(rings);
         n
     }
 
     /// Wait up to `timeout` for the kernel to signal waiting events (it does once
     /// [`TracerBuilder::wakeup_bytes`] wait). In aggregated mode this just sleeps.
     pub fn wait(&self, timeout: Duration) -> Result<(), Error> {
-        let Some(ring) = self.ring.as_ref() else {
+        let Some(rings) = self.rings.as_ref() else {
             std::thread::sleep(timeout);
             return Ok(());
         };
         let mut pfd = libc::pollfd {
-            fd: ring.as_fd().as_raw_fd(),
+            fd: rings.wake_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -926,7 +943,7 @@ impl Tracer {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(Error::Io {
-                    what: "poll on the ring buffer",
+                    what: "poll on the event rings' wakeups",
                     source: e,
                 });
             }
@@ -948,7 +965,7 @@ impl Tracer {
     /// [`Tracer::run`], and also, with `every`, read the kernel's per-flow counters at
     /// each multiple of `every` after attach that falls before the deadline and pass them
     /// to `on_sample` with the sample's index (0 for the end of the first interval). The
-    /// events waiting in the ring buffer are drained first. The counters are cumulative;
+    /// events waiting in the event rings are drained first. The counters are cumulative;
     /// the rows after the deadline are [`TraceResult::flows`].
     pub fn run_sampled(
         &mut self,

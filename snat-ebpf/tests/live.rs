@@ -315,7 +315,9 @@ fn loopback(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -379,8 +381,16 @@ fn mptcp_connections_count_their_tcp_subflow_once() {
         let out = res.flows.iter().find(|f| f.direction == Direction::Outbound).unwrap();
         let inb = res.flows.iter().find(|f| f.direction == Direction::Inbound).unwrap();
         assert_eq!(res.flows.len(), 2, "{mode:?}: {:#?}", res.flows);
-        assert_eq!((out.port, out.connects, out.closes, out.open), (port, N, N, 0), "{mode:?}");
-        assert_eq!((inb.port, inb.accepts, inb.closes, inb.open), (port, N, N, 0), "{mode:?}");
+        assert_eq!(
+            (out.port, out.connects, out.closes, out.open),
+            (port, N, N, 0),
+            "{mode:?}"
+        );
+        assert_eq!(
+            (inb.port, inb.accepts, inb.closes, inb.open),
+            (port, N, N, 0),
+            "{mode:?}"
+        );
         if mode == Mode::Stream {
             assert_eq!(events.len() as u64, 4 * N);
             assert_eq!(of_kind(&events, EventKind::Connect).len() as u64, N);
@@ -531,7 +541,8 @@ fn stalled_reader_drops_are_counted_exactly() {
     }
     const M: usize = 300;
     let a = Netns::new();
-    // One page of ring buffer (about 39 records) and a reader that does not read.
+    // One page of event rings (the smallest rings: 16 events per CPU) and a reader that
+    // does not read.
     let tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([a.inode()])
@@ -554,7 +565,7 @@ fn stalled_reader_drops_are_counted_exactly() {
     assert!(attempted - s.counted <= 2 * s.missed_runs, "{s:?}");
     assert!(
         s.events_dropped > 0,
-        "a one-page ring cannot hold {attempted} events: {s:?}"
+        "one-page rings cannot hold {attempted} events: {s:?}"
     );
     assert_eq!(
         s.events_sent + s.events_dropped,
@@ -576,13 +587,13 @@ fn live_reader_loses_nothing_at_moderate_rate() {
         return;
     }
     const M: usize = 3000;
-    // A ring that holds less than the run's events (each record takes 104 bytes with its
-    // header), so that only a reader that keeps up during the run loses nothing: one that
-    // reads nothing until the end loses about 1,900 events. (The default 4 MiB would
-    // hold all 12,000, and the test would not prove the reader.) Wakeups at 64 KiB wake the
-    // reader every ~630 events, so it would have to stall for ~9,400 events to lose one.
+    // Rings that hold less than the run's events (96 bytes each, 1 MiB shared out among
+    // the CPUs), so that only a reader that keeps up during the run loses nothing: one
+    // that reads nothing until the end loses at least 1,000 events, wherever they land.
+    // (The default 4 MiB would hold all 12,000, and the test would not prove the reader.)
+    // Wakeups at 64 KiB wake the reader when a CPU's ring is at most half full.
     const RING: u32 = 1 << 20;
-    const _: () = assert!(4 * M * 104 > RING as usize + 1500 * 104);
+    const _: () = assert!(4 * M * 96 > RING as usize + 1000 * 96);
     let a = Netns::new();
     let mut tracer = TracerBuilder::new()
         .mode(Mode::Stream)

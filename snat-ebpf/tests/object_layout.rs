@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
 use object::{Object, ObjectSection, ObjectSymbol};
-use snat_ebpf::abi::{self, FlowCounts, FlowKey, ListenInfo, ListenKey, Owner, RawEvent, SockInfo};
+use snat_ebpf::abi::{self, FlowCounts, FlowKey, ListenInfo, ListenKey, Owner, RawEvent, RingPos, SockInfo};
 
 /// A struct as described by BTF: size and member byte offsets by name.
 #[derive(Debug)]
@@ -120,6 +120,17 @@ fn structs_match_their_rust_mirrors() {
     );
     check(
         &s,
+        "ring_pos",
+        size_of::<RingPos>(),
+        &[
+            ("head", offset_of!(RingPos, head)),
+            ("pad0", offset_of!(RingPos, pad0)),
+            ("tail", offset_of!(RingPos, tail)),
+            ("pad1", offset_of!(RingPos, pad1)),
+        ],
+    );
+    check(
+        &s,
         "flow_key",
         size_of::<FlowKey>(),
         &[
@@ -194,7 +205,7 @@ fn structs_match_their_rust_mirrors() {
 #[test]
 fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     let obj = aya_obj::Object::parse(snat_ebpf::object()).expect("aya-obj parses the committed object");
-    let expect: [(&str, u32, u32); 11] = [
+    let expect: [(&str, u32, u32); 12] = [
         (abi::MAP_FLOWS, size_of::<FlowKey>() as u32, 4),
         (abi::MAP_FLOW_COUNTS, 4, size_of::<FlowCounts>() as u32),
         (abi::MAP_FLOW_NEXT, 4, 4),
@@ -208,8 +219,9 @@ fn maps_have_the_key_and_value_sizes_the_loader_uses() {
         ),
         (abi::MAP_NETNS_ALLOW, 4, 1),
         (abi::MAP_STATS, 4, 8),
-        (abi::MAP_EVENTS, 0, 0),
-        (abi::MAP_EVENT_LAYOUT, 4, size_of::<RawEvent>() as u32),
+        (abi::MAP_CPU_EVENTS, 4, size_of::<RawEvent>() as u32),
+        (abi::MAP_CPU_POS, 4, size_of::<RingPos>() as u32),
+        (abi::MAP_WAKEUPS, 0, 0),
     ];
     for (name, k, v) in expect {
         let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));
@@ -217,9 +229,18 @@ fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     }
     assert_eq!(obj.maps[abi::MAP_STATS].max_entries(), abi::STAT_MAX);
     assert!(
-        obj.maps[abi::MAP_EVENTS].max_entries().is_power_of_two(),
+        obj.maps[abi::MAP_WAKEUPS].max_entries().is_power_of_two(),
         "ring buffer size must be a power of two"
     );
+    // The reader maps the event rings into its memory.
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    for name in [abi::MAP_CPU_EVENTS, abi::MAP_CPU_POS] {
+        assert_ne!(
+            obj.maps[name].map_flags() & BPF_F_MMAPABLE,
+            0,
+            "map {name} must be mmapable"
+        );
+    }
     assert!(obj.has_btf_relocations(), "the program must be CO-RE (BTF relocations)");
 }
 
@@ -246,7 +267,8 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
         (abi::CFG_FAMILY, 2),
         (abi::CFG_PORT, 2),
         (abi::CFG_PID, 4),
-        (abi::CFG_WAKEUP_BYTES, 8),
+        (abi::CFG_RING_SHIFT, 4),
+        (abi::CFG_WAKEUP_EVENTS, 4),
         (abi::CFG_SOCKS_MASK, 4),
         (abi::CFG_FLOW_MAX_ID, 4),
     ] {

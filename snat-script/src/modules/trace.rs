@@ -27,7 +27,7 @@
 //! connects, accepts, failed connects and closes, and the connections still open at each
 //! bucket's end. In aggregated mode the kernel's counters are read at every bucket end and
 //! the differences kept; in stream mode events are bucketed by their timestamp (events
-//! lost from the ring buffer are missing from it, the kernel's counters are not) and the
+//! lost from the event rings are missing from it, the kernel's counters are not) and the
 //! open connections still come from the counters. Memory is buckets x namespaces.
 //!
 //! In aggregated mode the kernel keeps one port per row (the remote port of outbound
@@ -307,7 +307,7 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
     );
     if st.events_dropped > 0 {
         s.notes.push(format!(
-            "{} events lost: the ring buffer was full (reader too slow); kernel counters are complete",
+            "{} events lost: the event rings were full (reader too slow); kernel counters are complete",
             st.events_dropped
         ));
     }
@@ -458,7 +458,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     tl.sample(usize::MAX, &per_netns(&res.flows, !stream));
     let mut timeline = tl.finish(Some(o.duration));
     timeline.notes.push(if stream {
-        "stream mode: counts from event timestamps (events lost from the ring buffer are missing), open connections from the kernel's counters at each bucket end".into()
+        "stream mode: counts from event timestamps (events lost from the event rings are missing), open connections from the kernel's counters at each bucket end".into()
     } else {
         "aggregated mode: the kernel's counters read at each bucket end; open = established during the trace and not closed yet".into()
     });
