@@ -242,7 +242,8 @@ impl TracerBuilder {
     }
 
     /// Bytes of event rings, shared out among the CPUs (a power of two, at least one page;
-    /// stream mode only). Each CPU gets a ring of its own, of a power of two of 96-byte
+    /// stream mode only). Each possible CPU (`/sys/devices/system/cpu/possible`, as for
+    /// the kernel's per-CPU maps) gets a ring of its own, of a power of two of 96-byte
     /// events and at least 16; an event is dropped, and counted in
     /// [`KernelStats::events_dropped`], when its CPU's ring holds a whole ring of unread
     /// ones.
