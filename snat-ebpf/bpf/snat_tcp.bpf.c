@@ -285,11 +285,13 @@ struct {
 	__uint(max_entries, 4096);
 } wakeups SEC(".maps");
 
+/* Atomic although per CPU: a run nested in another on this CPU (see cpu_busy) must not
+ * lose the other's increment between its load and its store. */
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void fill_owner(struct owner *o)
@@ -512,10 +514,11 @@ static __always_inline int key_eq(const struct flow_key *a, const struct flow_ke
 
 /* The id of flow k, made on first sight; NO_FLOW (counted in flows_full) when the table
  * is full. */
-static __always_inline __u32 flow_id(const struct flow_key *k)
+static __always_inline __u32 flow_id(const struct flow_key *k, int nested)
 {
 	__u32 zero = 0, dir = k->direction;
-	struct flow_cache *last = bpf_map_lookup_elem(&flow_last, &dir);
+	/* A nested run leaves the cache to the run it interrupted (it may be half written). */
+	struct flow_cache *last = nested ? NULL : bpf_map_lookup_elem(&flow_last, &dir);
 	if (last && last->id != NO_FLOW && key_eq(&last->key, k))
 		return last->id;
 	__u32 *found = bpf_map_lookup_elem(&flows, k);
@@ -549,17 +552,22 @@ static __always_inline struct flow_counts *flow_at(__u32 id)
 	return id == NO_FLOW ? NULL : bpf_map_lookup_elem(&flow_counts, &id);
 }
 
-static __always_inline struct flow_counts *flow_get(const struct flow_key *k)
+static __always_inline struct flow_counts *flow_get(const struct flow_key *k, int nested)
 {
-	return flow_at(flow_id(k));
+	return flow_at(flow_id(k, nested));
 }
 
 static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_state, __u16 sport, __u16 dport,
 				 const struct owner *o, int owner_known, __u64 now, __u64 duration, int duration_known,
-				 __s32 error)
+				 __s32 error, int nested)
 {
 	if (!cfg_emit_events)
 		return;
+	if (nested) {
+		/* The run it interrupted may be writing this CPU's ring: counted, not written. */
+		stat_inc(STAT_EVENTS_DROPPED);
+		return;
+	}
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct ring_pos *p = bpf_map_lookup_elem(&cpu_pos, &cpu);
 	if (!p) {
@@ -637,7 +645,7 @@ static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct
  * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
  * listener) cost no read of the socket and no map operation.
  */
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, int nested)
 {
 	__u64 skey = (__u64)sk;
 
@@ -719,7 +727,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		}
 		/* socket_wanted passed above. */
 		int pass = event_wanted(k.port, &o, owner_known);
-		__u32 id = pass ? flow_id(&k) : NO_FLOW;
+		__u32 id = pass ? flow_id(&k, nested) : NO_FLOW;
 		if (!s)
 			s = sock_claim(skey);
 		if (s) {
@@ -751,7 +759,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 				__sync_fetch_and_add(&c->open, 1);
 		}
 		stat_inc(STAT_COUNTED);
-		emit(&k, kind, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, 0);
+		emit(&k, kind, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, 0, nested);
 		return 0;
 	}
 
@@ -783,7 +791,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			__u64 since = s->established_ns;
 			__u16 sport = s->sport, dport = s->dport;
 			sock_release(s);
-			emit(&k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0);
+			emit(&k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0, nested);
 		} else {
 			sock_release(s);
 		}
@@ -819,11 +827,11 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		if (TRACK_OWNERS && !owner_known)
 			stat_inc(STAT_OWNER_UNKNOWN);
 		__s32 err = BPF_CORE_READ(sk, sk_err);
-		struct flow_counts *c = flow_get(&k);
+		struct flow_counts *c = flow_get(&k, nested);
 		if (c)
 			__sync_fetch_and_add(&c->failed_connects, 1);
 		stat_inc(STAT_COUNTED);
-		emit(&k, KIND_FAILED_CONNECT, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, err);
+		emit(&k, KIND_FAILED_CONNECT, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, err, nested);
 		return 0;
 	}
 
@@ -832,11 +840,40 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	struct owner none = {};
 	if (!wanted(k.netns, f.family, k.port, &none, 0))
 		return 0;
-	struct flow_counts *c = flow_get(&k);
+	struct flow_counts *c = flow_get(&k, nested);
 	if (c)
 		__sync_fetch_and_add(&c->closes, 1);
 	stat_inc(STAT_COUNTED);
-	emit(&k, KIND_CLOSE, oldstate, f.sport, f.dport, &none, 0, now, 0, 0, 0);
+	emit(&k, KIND_CLOSE, oldstate, f.sport, f.dport, &none, 0, now, 0, 0, 0, nested);
+	return 0;
+}
+
+/*
+ * Whether a run of this program is under way on this CPU. Before Linux 6.7, a raw
+ * tracepoint program runs again when an interrupt (a softirq processing packets) hits the
+ * tracepoint while the program runs in process context (from 6.7 the kernel skips such a
+ * run itself and counts it in recursion_misses). A nested run counts its event like any
+ * other, but leaves alone what the run it interrupted may be half way through: the
+ * per-CPU last-flow cache, and the CPU's event ring (its event is counted as dropped).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cpu_busy SEC(".maps");
+
+static __always_inline int run(struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0;
+	__u32 *busy = bpf_map_lookup_elem(&cpu_busy, &zero);
+	if (!busy)
+		return 0;
+	int nested = *busy;
+	*busy = 1;
+	on_state(sk, oldstate, newstate, nested);
+	if (!nested)
+		*busy = 0;
 	return 0;
 }
 
@@ -845,7 +882,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 SEC("raw_tracepoint/inet_sock_set_state")
 int snat_tcp_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_state((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	return run((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
 }
 
 /* Fallback attach: the classic tracepoint, for kernels that refuse raw tracepoints. Each
@@ -856,7 +893,7 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 	const void *skaddr = ctx->skaddr;
 	int oldstate = ctx->oldstate;
 	int newstate = ctx->newstate;
-	return on_state((struct sock *)skaddr, oldstate, newstate);
+	return run((struct sock *)skaddr, oldstate, newstate);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -385,7 +385,11 @@ impl TracerBuilder {
         let ring_entries = u32::try_from(cpus)
             .ok()
             .and_then(|c| c.checked_mul(slots))
-            .ok_or_else(|| Error::InvalidOption(format!("{cpus} CPUs x {slots} events do not fit a map")))?;
+            .ok_or_else(|| {
+                Error::InvalidOption(format!(
+                    "{cpus} CPUs x {slots} events per CPU do not fit one map; ask for fewer ring_buffer_bytes"
+                ))
+            })?;
         let mut loader = EbpfLoader::new();
         let flows = self.flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES);
         loader.map_max_entries(abi::MAP_FLOWS, flows);
