@@ -20,6 +20,7 @@ use aya::maps::{Map, MapData, RingBuf};
 
 use crate::abi::{self, RawEvent, RingPos};
 use crate::error::Error;
+use crate::tracer::{map_err, map_missing, page_size};
 
 /// The smallest ring a CPU gets, in events.
 pub(crate) const MIN_SLOTS: u32 = 16;
@@ -43,11 +44,6 @@ pub(crate) fn sizing(ring_bytes: u64, wakeup_bytes: u64, cpus: usize) -> (u32, u
     (slots, wakeup as u32)
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
 /// A shared, writable mapping of an mmapable array map's values.
 struct Mapping {
     ptr: *mut u8,
@@ -64,11 +60,7 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn new(ebpf: &mut Ebpf, name: &'static str, bytes: usize) -> Result<Mapping, Error> {
-        let map = ebpf.take_map(name).ok_or_else(|| Error::Map {
-            name,
-            what: "missing from the object".into(),
-            source: None,
-        })?;
+        let map = ebpf.take_map(name).ok_or_else(|| map_missing(name))?;
         let Map::Array(data) = map else {
             return Err(Error::Map {
                 name,
@@ -76,7 +68,7 @@ impl Mapping {
                 source: None,
             });
         };
-        let len = bytes.next_multiple_of(page_size());
+        let len = bytes.next_multiple_of(page_size() as usize);
         // SAFETY: a shared mapping of an mmapable array map's fd, of at most its value
         // area rounded up to pages (what the kernel allows); the result is checked.
         let ptr = unsafe {
@@ -114,9 +106,8 @@ impl Drop for Mapping {
 pub(crate) struct CpuRings {
     pos: Mapping,
     events: Mapping,
-    cpus: usize,
     shift: u32,
-    /// What this reader has consumed of each CPU's ring (it alone writes `tail`).
+    /// What this reader has consumed of each CPU's ring (it alone writes `tail`), by CPU.
     tails: Vec<u64>,
     wake: RingBuf<MapData>,
     batch: Vec<RawEvent>,
@@ -127,20 +118,13 @@ impl CpuRings {
     pub(crate) fn take(ebpf: &mut Ebpf, cpus: usize, slots: u32) -> Result<CpuRings, Error> {
         let pos = Mapping::new(ebpf, abi::MAP_CPU_POS, cpus * size_of::<RingPos>())?;
         let events = Mapping::new(ebpf, abi::MAP_CPU_EVENTS, cpus * slots as usize * size_of::<RawEvent>())?;
-        let map = ebpf.take_map(abi::MAP_WAKEUPS).ok_or_else(|| Error::Map {
-            name: abi::MAP_WAKEUPS,
-            what: "missing from the object".into(),
-            source: None,
-        })?;
-        let wake = RingBuf::try_from(map).map_err(|e| Error::Map {
-            name: abi::MAP_WAKEUPS,
-            what: "cannot be used as a ring buffer".into(),
-            source: Some(Box::new(e)),
-        })?;
+        let map = ebpf
+            .take_map(abi::MAP_WAKEUPS)
+            .ok_or_else(|| map_missing(abi::MAP_WAKEUPS))?;
+        let wake = RingBuf::try_from(map).map_err(|e| map_err(abi::MAP_WAKEUPS, e))?;
         Ok(CpuRings {
             pos,
             events,
-            cpus,
             shift: slots.trailing_zeros(),
             tails: vec![0; cpus],
             wake,
@@ -169,13 +153,13 @@ impl CpuRings {
     }
 
     /// Copy out every event waiting in every CPU's ring and pass them to `out` in time
-    /// order (each CPU's events are in order; this merges the CPUs). Returns how many.
-    pub(crate) fn drain(&mut self, out: &mut dyn FnMut(&RawEvent)) -> usize {
+    /// order (each CPU's events are in order; this merges the CPUs).
+    pub(crate) fn drain(&mut self, out: &mut dyn FnMut(&RawEvent)) {
         while self.wake.next().is_some() {}
         let slots = 1u64 << self.shift;
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
-        for cpu in 0..self.cpus {
+        for cpu in 0..self.tails.len() {
             let (head_at, tail_at) = Self::positions(&self.pos, cpu);
             // Acquire: the events up to head were written before head was.
             let head = head_at.load(Ordering::Acquire);
@@ -200,9 +184,7 @@ impl CpuRings {
         for e in &batch {
             out(e);
         }
-        let n = batch.len();
         self.batch = batch;
-        n
     }
 }
 

@@ -482,7 +482,7 @@ impl TracerBuilder {
     }
 }
 
-fn map_missing(name: &'static str) -> Error {
+pub(crate) fn map_missing(name: &'static str) -> Error {
     Error::Map {
         name,
         what: "missing from the object".into(),
@@ -490,7 +490,7 @@ fn map_missing(name: &'static str) -> Error {
     }
 }
 
-fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
+pub(crate) fn map_err(name: &'static str, e: aya::maps::MapError) -> Error {
     Error::Map {
         name,
         what: "cannot use it".into(),
@@ -543,7 +543,7 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn page_size() -> u32 {
+pub(crate) fn page_size() -> u32 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u32::try_from(n).unwrap_or(4096)
@@ -744,7 +744,7 @@ pub struct KernelStats {
     pub missed_runs: u64,
     /// Events read from the event rings by this process.
     pub events_read: u64,
-    /// Ring-buffer records that could not be decoded.
+    /// Event records that could not be decoded.
     pub events_malformed: u64,
     /// Events read whose owner the program did not know (close or failure of a connection
     /// older than the trace) and the reader took from the attach-time snapshot
