@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * snat's kernel-side TCP tracer, on tracepoint sock:inet_sock_set_state (no kprobes),
- * attached raw when the kernel allows it, else as a classic tracepoint: the same code.
+ * attached raw when the kernel allows it, else as a classic tracepoint: the same code. The
+ * raw program comes twice: reading sockets directly through bpf_rdonly_cast (Linux 6.2+,
+ * see snat_rdonly_cast), or with bpf_probe_read_kernel on any kernel.
  *
  * What it sees, per TCP socket state change:
  *   CLOSE -> SYN_SENT        inside connect(): remember the owner (current task) by socket
@@ -322,10 +324,47 @@ struct sk_fields {
 #define HEAD_OFF(field) bpf_core_field_offset(((struct sock *)0)->__sk_common.field)
 #define HEAD_HAS(field, size) (HEAD_OFF(field) + (size) <= HEAD_BYTES)
 
-/* Read family, ports, addresses and the netns pointer: one probe read of the socket's
- * first bytes, member by member (CO-RE) if some member lies beyond them. */
-static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
+/*
+ * Two ways to read kernel memory, chosen per program (`direct`, a constant in each):
+ *
+ * Direct (snat_tcp_state_cast): the socket pointer is cast with the kfunc bpf_rdonly_cast
+ * (Linux 6.2+) into a read-only BTF pointer, and members are read with plain loads, which
+ * the verifier turns into faulting-safe loads: no helper call, no copy through a stack
+ * buffer. aya 0.14 cannot link kfunc calls, so the program calls a helper id that no
+ * kernel has (SNAT_RDONLY_CAST_MARKER) and the loader rewrites each such call into a call
+ * of the running kernel's bpf_rdonly_cast, by its BTF id. Without that function (or if
+ * the kernel refuses the program) the loader uses the other program.
+ *
+ * Probe (snat_tcp_state_raw, snat_tcp_state): bpf_probe_read_kernel, on any kernel.
+ */
+#define SNAT_RDONLY_CAST_MARKER 0x5a7a0001
+static void *(*const snat_rdonly_cast)(const void *obj, __u32 btf_id) = (void *)SNAT_RDONLY_CAST_MARKER;
+
+#define AS_SOCK(sk) ((struct sock *)snat_rdonly_cast((sk), bpf_core_type_id_kernel(struct sock)))
+
+/* Read family, ports, addresses and the netns pointer: directly, or with one probe read
+ * of the socket's first bytes, member by member (CO-RE) if some member lies beyond them. */
+static __always_inline int read_fields(struct sock *sk, struct sk_fields *f, const int direct)
 {
+	if (direct) {
+		struct sock_common *c = &AS_SOCK(sk)->__sk_common;
+		f->family = c->skc_family;
+		f->net = (__u64)c->skc_net.net;
+		f->prot = (__u64)c->skc_prot;
+		f->sport = c->skc_num;
+		f->dport = bpf_ntohs(c->skc_dport);
+		if (f->family == AF_INET) {
+			*(__u32 *)f->saddr = c->skc_rcv_saddr;
+			*(__u32 *)f->daddr = c->skc_daddr;
+		} else {
+#pragma unroll
+			for (int i = 0; i < 4; i++) {
+				((__u32 *)f->saddr)[i] = c->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+				((__u32 *)f->daddr)[i] = c->skc_v6_daddr.in6_u.u6_addr32[i];
+			}
+		}
+		return 0;
+	}
 	if (HEAD_HAS(skc_daddr, 4) && HEAD_HAS(skc_rcv_saddr, 4) && HEAD_HAS(skc_dport, 2) &&
 	    HEAD_HAS(skc_num, 2) && HEAD_HAS(skc_family, 2) && HEAD_HAS(skc_net, 8) && HEAD_HAS(skc_prot, 8) &&
 	    HEAD_HAS(skc_v6_daddr, 16) && HEAD_HAS(skc_v6_rcv_saddr, 16)) {
@@ -369,30 +408,38 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f)
 	return 0;
 }
 
-static __always_inline __u32 net_inum(__u64 net)
+static __always_inline __u32 net_inum(__u64 net, const int direct)
 {
+	if (direct)
+		return ((struct net *)snat_rdonly_cast((void *)net, bpf_core_type_id_kernel(struct net)))->ns.inum;
 	return BPF_CORE_READ((struct net *)net, ns.inum);
 }
 
 /* The local port from inet_sport: at CLOSE the kernel has already released the port and
  * zeroed skc_num, but inet_sport still holds it (as the classic tracepoint reports it). */
-static __always_inline __u16 local_port(struct sock *sk)
+static __always_inline __u16 local_port(struct sock *sk, const int direct)
 {
+	if (direct)
+		return bpf_ntohs(((struct inet_sock *)snat_rdonly_cast(sk, bpf_core_type_id_kernel(struct inet_sock)))
+					 ->inet_sport);
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
-static __always_inline int is_tcp(struct sock *sk)
+static __always_inline int is_tcp(struct sock *sk, const int direct)
 {
+	if (direct)
+		return AS_SOCK(sk)->sk_protocol == IPPROTO_TCP;
 	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
 }
 
 /* Whether sk, whose ops table is prot, is TCP by its sk_protocol; if so, remember prot in
- * tcp_protos. Out of line: it runs once per ops table, not per socket. */
-static __noinline int tcp_prot_learn(struct sock *sk, __u64 prot)
+ * tcp_protos. Out of line: it runs once per ops table, not per socket. One copy per way
+ * of reading, so that a program never holds the other's calls. */
+static __always_inline int tcp_prot_learn(struct sock *sk, __u64 prot, const int direct)
 {
 	__u32 zero = 0;
 	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
-	if (!is_tcp(sk))
+	if (!is_tcp(sk, direct))
 		return 0;
 	if (t && prot) {
 		for (int i = 0; i < TCP_PROTOS; i++)
@@ -403,12 +450,22 @@ static __noinline int tcp_prot_learn(struct sock *sk, __u64 prot)
 	return 1;
 }
 
+static __noinline int tcp_prot_learn_direct(struct sock *sk, __u64 prot)
+{
+	return tcp_prot_learn(sk, prot, 1);
+}
+
+static __noinline int tcp_prot_learn_probe(struct sock *sk, __u64 prot)
+{
+	return tcp_prot_learn(sk, prot, 0);
+}
+
 /* Whether a socket whose fields f were read is TCP, by its protocol's ops table
  * (skc_prot, read with the other fields) when that table was seen on a TCP socket before,
  * else by reading sk_protocol. A struct proto serves one protocol (tcp_prot, tcpv6_prot,
  * and the copies a BPF sockmap swaps in are all TCP's; MPTCP sockets, which also pass
  * through this tracepoint, have their own), so a learned table never errs. */
-static __always_inline int is_tcp_fields(struct sock *sk, const struct sk_fields *f)
+static __always_inline int is_tcp_fields(struct sock *sk, const struct sk_fields *f, const int direct)
 {
 	__u32 zero = 0;
 	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
@@ -418,7 +475,7 @@ static __always_inline int is_tcp_fields(struct sock *sk, const struct sk_fields
 			if (t->prot[i] == f->prot)
 				return 1;
 	}
-	return tcp_prot_learn(sk, f->prot);
+	return direct ? tcp_prot_learn_direct(sk, f->prot) : tcp_prot_learn_probe(sk, f->prot);
 }
 
 /* ---- the socket table ---- */
@@ -622,15 +679,15 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 
 /* Read a TCP socket (AF_INET or AF_INET6) and start its flow key: netns, family,
  * addresses. Non-zero for any other socket. */
-static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct flow_key *k)
+static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct flow_key *k, const int direct)
 {
-	if (read_fields(sk, f))
+	if (read_fields(sk, f, direct))
 		return -1;
 	if (f->family != AF_INET && f->family != AF_INET6)
 		return -1;
-	if (!is_tcp_fields(sk, f))
+	if (!is_tcp_fields(sk, f, direct))
 		return -1;
-	k->netns = net_inum(f->net);
+	k->netns = net_inum(f->net, direct);
 	k->family = f->family;
 	__builtin_memcpy(k->saddr, f->saddr, 16);
 	__builtin_memcpy(k->daddr, f->daddr, 16);
@@ -645,7 +702,7 @@ static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct
  * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
  * listener) cost no read of the socket and no map operation.
  */
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, int nested)
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, int nested, const int direct)
 {
 	__u64 skey = (__u64)sk;
 
@@ -656,9 +713,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		if (cfg_filter_netns || cfg_family) {
 			struct sk_fields f = {};
 			struct flow_key k = {};
-			if (read_tcp(sk, &f, &k) || !socket_wanted(k.netns, k.family))
+			if (read_tcp(sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
 				return 0;
-		} else if (!is_tcp(sk)) {
+		} else if (!is_tcp(sk, direct)) {
 			return 0;
 		}
 		struct sock_info *s = sock_claim(skey);
@@ -672,9 +729,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
 		struct sk_fields f = {};
 		struct flow_key k = {};
-		if (read_tcp(sk, &f, &k))
+		if (read_tcp(sk, &f, &k, direct))
 			return 0;
-		struct listen_key lk = { .netns = k.netns, .port = local_port(sk) };
+		struct listen_key lk = { .netns = k.netns, .port = local_port(sk, direct) };
 		if (newstate == TCP_LISTEN) {
 			/* Inside listen(): current is the caller. */
 			struct listen_info li = { .sk = skey };
@@ -693,7 +750,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			return 0;
 		struct sk_fields f = {};
 		struct flow_key k = {};
-		if (read_tcp(sk, &f, &k) || !socket_wanted(k.netns, k.family))
+		if (read_tcp(sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
 			return 0;
 		/* Timestamps only travel in events (and durations between them). */
 		__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
@@ -813,10 +870,10 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		return 0;
 	struct sk_fields f = {};
 	struct flow_key k = {};
-	if (read_tcp(sk, &f, &k))
+	if (read_tcp(sk, &f, &k, direct))
 		return 0;
 	if (cfg_emit_events)
-		f.sport = local_port(sk);
+		f.sport = local_port(sk, direct);
 	k.port = f.dport;
 
 	if (oldstate == TCP_SYN_SENT) {
@@ -826,7 +883,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			return 0;
 		if (TRACK_OWNERS && !owner_known)
 			stat_inc(STAT_OWNER_UNKNOWN);
-		__s32 err = BPF_CORE_READ(sk, sk_err);
+		__s32 err = direct ? AS_SOCK(sk)->sk_err : BPF_CORE_READ(sk, sk_err);
 		struct flow_counts *c = flow_get(&k, nested);
 		if (c)
 			__sync_fetch_and_add(&c->failed_connects, 1);
@@ -863,7 +920,7 @@ struct {
 	__type(value, __u32);
 } cpu_busy SEC(".maps");
 
-static __always_inline int run(struct sock *sk, int oldstate, int newstate)
+static __always_inline int run(struct sock *sk, int oldstate, int newstate, const int direct)
 {
 	__u32 zero = 0;
 	__u32 *busy = bpf_map_lookup_elem(&cpu_busy, &zero);
@@ -871,18 +928,25 @@ static __always_inline int run(struct sock *sk, int oldstate, int newstate)
 		return 0;
 	int nested = *busy;
 	*busy = 1;
-	on_state(sk, oldstate, newstate, nested);
+	on_state(sk, oldstate, newstate, nested, direct);
 	if (!nested)
 		*busy = 0;
 	return 0;
 }
 
 /* Preferred attach: the raw tracepoint, whose arguments are (sk, oldstate, newstate). The
- * kernel then builds no trace record: cheaper on every socket state change. */
+ * kernel then builds no trace record: cheaper on every socket state change. With direct
+ * reads (see snat_rdonly_cast) where the kernel allows them, else with probe reads. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int snat_tcp_state_cast(struct bpf_raw_tracepoint_args *ctx)
+{
+	return run((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], 1);
+}
+
 SEC("raw_tracepoint/inet_sock_set_state")
 int snat_tcp_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return run((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	return run((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], 0);
 }
 
 /* Fallback attach: the classic tracepoint, for kernels that refuse raw tracepoints. Each
@@ -893,7 +957,7 @@ int snat_tcp_state(struct inet_sock_set_state_args *ctx)
 	const void *skaddr = ctx->skaddr;
 	int oldstate = ctx->oldstate;
 	int newstate = ctx->newstate;
-	return run((struct sock *)skaddr, oldstate, newstate);
+	return run((struct sock *)skaddr, oldstate, newstate, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

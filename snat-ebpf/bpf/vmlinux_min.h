@@ -32,6 +32,7 @@ struct proto;
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
 	} in6_u;
 };
 

@@ -6,8 +6,15 @@
 
 /// Name of the classic tracepoint program in the object (the fallback).
 pub const PROGRAM: &str = "snat_tcp_state";
-/// Name of the raw tracepoint program in the object (preferred; same code).
+/// Name of the raw tracepoint program that reads sockets with `bpf_probe_read_kernel` (same
+/// code; used where [`PROGRAM_CAST`] cannot load).
 pub const PROGRAM_RAW: &str = "snat_tcp_state_raw";
+/// Name of the raw tracepoint program that reads the kernel's sockets directly, through
+/// the kfunc `bpf_rdonly_cast` (Linux 6.2+), linked by the loader: see the `kfunc` module.
+pub const PROGRAM_CAST: &str = "snat_tcp_state_cast";
+/// The helper id the C source calls in place of `bpf_rdonly_cast` (SNAT_RDONLY_CAST_MARKER
+/// in the C source); no kernel has a helper with this id.
+pub const RDONLY_CAST_MARKER: i32 = 0x5a7a_0001;
 /// Tracepoint category.
 pub const TP_CATEGORY: &str = "sock";
 /// Tracepoint name.

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use aya::programs::ProgramError;
 
-use crate::abi;
-
 /// Errors of the live tracer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,7 +131,7 @@ pub(crate) fn is_permission(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Classify a failed `BPF_PROG_LOAD`: EPERM without a verifier log is a missing
 /// privilege (or lockdown), anything with a log is the verifier's rejection.
-pub(crate) fn load_error(e: ProgramError) -> Error {
+pub(crate) fn load_error(program: &str, e: ProgramError) -> Error {
     match e {
         ProgramError::LoadError {
             ref io_error,
@@ -142,18 +140,18 @@ pub(crate) fn load_error(e: ProgramError) -> Error {
             let log = verifier_log.to_string();
             if matches!(io_error.raw_os_error(), Some(libc::EPERM)) && log.trim().is_empty() {
                 Error::NotPermitted {
-                    what: format!("load eBPF program {} (BPF_PROG_LOAD returned EPERM)", abi::PROGRAM),
+                    what: format!("load eBPF program {program} (BPF_PROG_LOAD returned EPERM)"),
                     source: Some(Box::new(e)),
                 }
             } else {
                 Error::Verifier {
-                    program: abi::PROGRAM.into(),
+                    program: program.into(),
                     log: format!("{io_error}\n{log}"),
                 }
             }
         }
         other => Error::ProgramLoad {
-            program: abi::PROGRAM.into(),
+            program: program.into(),
             source: Box::new(other),
         },
     }
@@ -162,6 +160,7 @@ pub(crate) fn load_error(e: ProgramError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi;
     use aya_obj::VerifierLog;
 
     fn load_failure(errno: i32, log: &str) -> ProgramError {
@@ -173,7 +172,7 @@ mod tests {
 
     #[test]
     fn eperm_without_a_log_is_a_missing_privilege() {
-        let err = load_error(load_failure(libc::EPERM, ""));
+        let err = load_error(abi::PROGRAM, load_failure(libc::EPERM, ""));
         assert!(matches!(err, Error::NotPermitted { .. }), "{err:?}");
         assert!(err.to_string().contains("CAP_BPF"), "{err}");
     }
@@ -182,7 +181,7 @@ mod tests {
     fn a_rejection_with_a_log_carries_the_log() {
         let log = "0: (79) r1 = *(u64 *)(r1 +0)\ninvalid bpf_context access off=0 size=8\n";
         for errno in [libc::EACCES, libc::EINVAL, libc::EPERM] {
-            let err = load_error(load_failure(errno, log));
+            let err = load_error(abi::PROGRAM, load_failure(errno, log));
             assert!(matches!(err, Error::Verifier { .. }), "{err:?}");
             let msg = err.to_string();
             assert!(msg.contains("invalid bpf_context access off=0 size=8"), "{msg}");

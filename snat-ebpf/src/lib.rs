@@ -51,6 +51,7 @@ pub mod abi;
 mod cpu_rings;
 pub mod error;
 pub mod flow;
+mod kfunc;
 pub mod output;
 pub mod seed;
 pub mod tracer;
@@ -59,5 +60,6 @@ pub use error::Error;
 pub use flow::{FlowRow, KindRow, WallClock, event_from_raw};
 pub use seed::SeedReport;
 pub use tracer::{
-    AttachPoint, Filters, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object, preflight,
+    AttachPoint, Filters, KernelReads, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object,
+    preflight,
 };

@@ -39,6 +39,7 @@ use crate::abi::{self, FlowCounts, FlowKey};
 use crate::cpu_rings::{self, CpuRings};
 use crate::error::{Error, is_permission, load_error};
 use crate::flow::{FlowRow, WallClock, event_from_raw};
+use crate::kfunc;
 use crate::seed::{self, SeedReport};
 
 /// The compiled kernel program (`bpf/snat_tcp.bpf.o`, built by `scripts/build-bpf`).
@@ -115,6 +116,25 @@ impl std::str::FromStr for AttachPoint {
     }
 }
 
+/// How the kernel program reads the kernel's sockets (see [`TracerBuilder::probe_reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelReads {
+    /// Plain loads through pointers cast by the kernel function `bpf_rdonly_cast`
+    /// (Linux 6.2+, raw tracepoint only): the cheaper way.
+    Direct,
+    /// `bpf_probe_read_kernel` calls: any kernel, either attach point.
+    Probe,
+}
+
+impl std::fmt::Display for KernelReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelReads::Direct => "direct reads",
+            KernelReads::Probe => "probe reads",
+        })
+    }
+}
+
 /// Which events are counted, decided in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filters {
@@ -152,6 +172,7 @@ pub struct TracerBuilder {
     seed_owners: bool,
     seed_proc_root: PathBuf,
     attach_point: AttachPoint,
+    probe_reads: bool,
 }
 
 impl Default for TracerBuilder {
@@ -178,6 +199,7 @@ impl TracerBuilder {
             seed_owners: true,
             seed_proc_root: PathBuf::from("/proc"),
             attach_point: AttachPoint::Auto,
+            probe_reads: false,
         }
     }
 
@@ -297,6 +319,16 @@ impl TracerBuilder {
         self
     }
 
+    /// Read the kernel's sockets with `bpf_probe_read_kernel` even where the kernel
+    /// allows direct reads (default false: direct reads through `bpf_rdonly_cast` on
+    /// Linux 6.2+ with the raw tracepoint, which cost less on every socket state change).
+    /// For comparing the two, or working around a kernel that misbehaves with one.
+    /// [`Tracer::kernel_reads`] says which was used.
+    pub fn probe_reads(mut self, on: bool) -> Self {
+        self.probe_reads = on;
+        self
+    }
+
     /// A flag that stops [`Tracer::run`] when set (e.g. by a SIGINT/SIGTERM handler).
     pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.cancel = Some(flag);
@@ -390,7 +422,25 @@ impl TracerBuilder {
                     "{cpus} CPUs x {slots} events per CPU do not fit one map; ask for fewer ring_buffer_bytes"
                 ))
             })?;
+        // The kernel's BTF, parsed once: for CO-RE, and to link the direct-read program.
+        let btf = aya::Btf::from_sys_fs().map_err(|e| Error::Load {
+            message: format!("parsing the kernel's BTF ({BTF_PATH}) failed"),
+            source: Box::new(aya::EbpfError::BtfError(e)),
+        })?;
+        let linked = if self.probe_reads || self.attach_point == AttachPoint::Tracepoint {
+            None
+        } else {
+            kfunc::rdonly_cast_id(&btf)
+                .and_then(|id| kfunc::link_rdonly_cast(OBJECT, id))
+                .filter(|(_, calls)| *calls > 0)
+                .map(|(object, _)| object)
+        };
+        let direct_unavailable =
+            (linked.is_none() && !self.probe_reads && self.attach_point != AttachPoint::Tracepoint)
+                .then(|| "the kernel has no bpf_rdonly_cast (Linux 6.2+)".to_string());
+        let object: &[u8] = linked.as_deref().unwrap_or(OBJECT);
         let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
         let flows = self.flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES);
         loader.map_max_entries(abi::MAP_FLOWS, flows);
         loader.map_max_entries(abi::MAP_FLOW_COUNTS, flows);
@@ -413,7 +463,7 @@ impl TracerBuilder {
             .override_global(abi::CFG_FLOW_MAX_ID, &flow_max_id, true)
             .map_max_entries(abi::MAP_CPU_EVENTS, ring_entries)
             .map_max_entries(abi::MAP_CPU_POS, u32::try_from(cpus).unwrap_or(u32::MAX))
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| {
                 if is_permission(&e) {
                     Error::NotPermitted {
@@ -446,7 +496,8 @@ impl TracerBuilder {
             None
         };
 
-        let (link, raw_refused) = attach_program(&mut ebpf, self.attach_point)?;
+        let (link, raw_refused, direct_refused) = attach_program(&mut ebpf, self.attach_point, linked.is_some())?;
+        let direct_refused = direct_refused.or(direct_unavailable);
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, via = %link.point(), "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
         // The program only looks owners up in stream mode or with a pid filter.
@@ -461,7 +512,9 @@ impl TracerBuilder {
         Ok(Tracer {
             ebpf,
             attached_via: link.point(),
+            program: link.program(),
             raw_refused,
+            direct_refused,
             flow_keys: std::sync::Mutex::new(Vec::new()),
             link: Some(link),
             rings,
@@ -588,15 +641,23 @@ fn check_privileges_and_btf() -> Result<(), Error> {
 
 /// The attached program's link, by attach point.
 enum Link {
-    Raw(RawTracePointLinkId),
+    /// A raw tracepoint link, and which program holds it.
+    Raw(RawTracePointLinkId, &'static str),
     Classic(TracePointLinkId),
 }
 
 impl Link {
     fn point(&self) -> AttachPoint {
         match self {
-            Link::Raw(_) => AttachPoint::RawTracepoint,
+            Link::Raw(..) => AttachPoint::RawTracepoint,
             Link::Classic(_) => AttachPoint::Tracepoint,
+        }
+    }
+
+    fn program(&self) -> &'static str {
+        match self {
+            Link::Raw(_, name) => name,
+            Link::Classic(_) => abi::PROGRAM,
         }
     }
 }
@@ -636,11 +697,28 @@ fn attach_error(e: ProgramError, what: String) -> Error {
 /// Load and attach the program at `point`; `Auto` tries the raw tracepoint first and
 /// falls back to the classic one on any error, which it returns beside the link (and
 /// logs).
-fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<(Link, Option<String>), Error> {
+/// Attach at `point`: the direct-read raw program first when `direct` (the object was
+/// linked), then the probe-read raw program, then (for `Auto`) the classic tracepoint.
+/// Returns the link, why the raw tracepoint was refused and why direct reads were, when
+/// they were.
+type Attached = (Link, Option<String>, Option<String>);
+
+fn attach_program(ebpf: &mut Ebpf, point: AttachPoint, direct: bool) -> Result<Attached, Error> {
     let mut raw_refused = None;
+    let mut direct_refused = None;
     if point != AttachPoint::Tracepoint {
-        match attach_raw(ebpf) {
-            Ok(link) => return Ok((link, None)),
+        if direct {
+            match attach_raw(ebpf, abi::PROGRAM_CAST) {
+                Ok(link) => return Ok((link, None, None)),
+                Err(e) => {
+                    let why = snat_core::error::chain(&e);
+                    tracing::info!(error = %why, "direct reads refused; using probe reads");
+                    direct_refused = Some(why);
+                }
+            }
+        }
+        match attach_raw(ebpf, abi::PROGRAM_RAW) {
+            Ok(link) => return Ok((link, None, direct_refused)),
             Err(e) if point == AttachPoint::Auto => {
                 let why = snat_core::error::chain(&e);
                 tracing::info!(error = %why, "raw tracepoint refused; using the classic tracepoint");
@@ -651,19 +729,19 @@ fn attach_program(ebpf: &mut Ebpf, point: AttachPoint) -> Result<(Link, Option<S
     }
     ensure_tracefs()?;
     let prog: &mut TracePoint = program_mut(ebpf, abi::PROGRAM)?;
-    prog.load().map_err(load_error)?;
+    prog.load().map_err(|e| load_error(abi::PROGRAM, e))?;
     let link = prog
         .attach(abi::TP_CATEGORY, abi::TP_NAME)
         .map(Link::Classic)
         .map_err(|e| attach_error(e, format!("tracepoint {}/{}", abi::TP_CATEGORY, abi::TP_NAME)))?;
-    Ok((link, raw_refused))
+    Ok((link, raw_refused, direct_refused))
 }
 
-fn attach_raw(ebpf: &mut Ebpf) -> Result<Link, Error> {
-    let prog: &mut RawTracePoint = program_mut(ebpf, abi::PROGRAM_RAW)?;
-    prog.load().map_err(load_error)?;
+fn attach_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<Link, Error> {
+    let prog: &mut RawTracePoint = program_mut(ebpf, name)?;
+    prog.load().map_err(|e| load_error(name, e))?;
     prog.attach(abi::TP_NAME)
-        .map(Link::Raw)
+        .map(|id| Link::Raw(id, name))
         .map_err(|e| attach_error(e, format!("raw tracepoint {}", abi::TP_NAME)))
 }
 
@@ -817,6 +895,11 @@ pub struct TraceResult {
     /// Why the raw tracepoint was refused, when [`AttachPoint::Auto`] fell back to the
     /// classic one (the error, with its cause).
     pub raw_refused: Option<String>,
+    /// How the program read the kernel's sockets.
+    pub kernel_reads: KernelReads,
+    /// Why direct reads were not used, when they were not asked off
+    /// ([`TracerBuilder::probe_reads`]) and the raw tracepoint was used.
+    pub direct_refused: Option<String>,
 }
 
 /// An attached tracer. Dropping it detaches the program and frees its maps.
@@ -824,7 +907,10 @@ pub struct Tracer {
     ebpf: Ebpf,
     link: Option<Link>,
     attached_via: AttachPoint,
+    /// The attached program's name.
+    program: &'static str,
     raw_refused: Option<String>,
+    direct_refused: Option<String>,
     /// The key of each flow id read so far (see [`Tracer::flows`]).
     flow_keys: std::sync::Mutex<Vec<Option<FlowKey>>>,
     rings: Option<CpuRings>,
@@ -871,12 +957,18 @@ impl Tracer {
         self.attached_via
     }
 
-    /// The loaded program, whichever attach point it uses.
+    /// How the attached program reads the kernel's sockets.
+    pub fn kernel_reads(&self) -> KernelReads {
+        if self.program == abi::PROGRAM_CAST {
+            KernelReads::Direct
+        } else {
+            KernelReads::Probe
+        }
+    }
+
+    /// The attached program.
     fn program_info(&self) -> Option<(aya::programs::ProgramInfo, std::os::fd::RawFd)> {
-        let p = match self.attached_via {
-            AttachPoint::Tracepoint => self.ebpf.program(abi::PROGRAM)?,
-            _ => self.ebpf.program(abi::PROGRAM_RAW)?,
-        };
+        let p = self.ebpf.program(self.program)?;
         Some((p.info().ok()?, p.fd().ok()?.as_fd().as_raw_fd()))
     }
 
@@ -1044,8 +1136,8 @@ impl Tracer {
         };
         match self.link.take() {
             None => {}
-            Some(Link::Raw(link)) => {
-                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, abi::PROGRAM_RAW)?;
+            Some(Link::Raw(link, name)) => {
+                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
                 prog.detach(link).map_err(detach_err)?;
             }
             Some(Link::Classic(link)) => {
@@ -1155,6 +1247,12 @@ impl Tracer {
             seed: self.seed.take(),
             attach_point: self.attached_via,
             raw_refused: self.raw_refused.take(),
+            kernel_reads: self.kernel_reads(),
+            direct_refused: if self.attached_via == AttachPoint::Tracepoint {
+                None
+            } else {
+                self.direct_refused.take()
+            },
         })
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique};
 use snat_core::aggregate::{Field, Metric, TraceSummary};
 use snat_core::model::{Direction, EventKind, Family, TcpEvent, TcpState};
-use snat_ebpf::{AttachPoint, FlowRow, KernelStats, Mode, TracerBuilder};
+use snat_ebpf::{AttachPoint, FlowRow, KernelReads, KernelStats, Mode, TracerBuilder};
 
 fn of_kind(events: &[TcpEvent], kind: EventKind) -> Vec<&TcpEvent> {
     events.iter().filter(|e| e.kind == kind).collect()
@@ -44,8 +44,18 @@ fn no_loss(stats: &KernelStats) {
     assert_eq!(stats.flows_full, 0, "{stats:?}");
 }
 
-/// N connections from a thread in netns A to a python3 server in netns B.
-fn connections(v6: bool, mode: Mode, point: AttachPoint) {
+/// Whether the running kernel has the kfunc `bpf_rdonly_cast` (Linux 6.2+), which direct
+/// reads need.
+fn kernel_has_rdonly_cast() -> bool {
+    aya::Btf::from_sys_fs()
+        .unwrap()
+        .id_by_type_name_kind("bpf_rdonly_cast", aya_obj::btf::BtfKind::Func)
+        .is_ok()
+}
+
+/// N connections from a thread in netns A to a python3 server in netns B, traced at
+/// `point`, reading sockets with probe reads when `probe`, else directly where possible.
+fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
     if !need_root() {
         return;
     }
@@ -60,6 +70,7 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint) {
         .mode(mode)
         .netns([a.inode(), b.inode()])
         .attach_point(point)
+        .probe_reads(probe)
         .attach()
         .unwrap();
     let expect_point = if point == AttachPoint::Auto {
@@ -68,6 +79,12 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint) {
         point
     };
     assert_eq!(tracer.attach_point(), expect_point);
+    let expect_reads = if probe || point == AttachPoint::Tracepoint || !kernel_has_rdonly_cast() {
+        KernelReads::Probe
+    } else {
+        KernelReads::Direct
+    };
+    assert_eq!(tracer.kernel_reads(), expect_reads);
     let server = Server::start(&b, saddr);
     let port = server.port;
     let client = unique("cl");
@@ -177,32 +194,59 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint) {
 
 #[test]
 fn connections_ipv4_stream() {
-    connections(false, Mode::Stream, AttachPoint::Auto);
+    connections(false, Mode::Stream, AttachPoint::Auto, false);
 }
 
 #[test]
 fn connections_ipv6_stream() {
-    connections(true, Mode::Stream, AttachPoint::Auto);
+    connections(true, Mode::Stream, AttachPoint::Auto, false);
 }
 
 #[test]
 fn connections_ipv4_aggregated() {
-    connections(false, Mode::Aggregated, AttachPoint::Auto);
+    connections(false, Mode::Aggregated, AttachPoint::Auto, false);
+}
+
+#[test]
+fn connections_ipv6_aggregated() {
+    connections(true, Mode::Aggregated, AttachPoint::Auto, false);
+}
+
+/// The raw tracepoint with probe reads, as on kernels without bpf_rdonly_cast: same
+/// events, same counts.
+#[test]
+fn connections_ipv4_stream_probe_reads() {
+    connections(false, Mode::Stream, AttachPoint::RawTracepoint, true);
+}
+
+#[test]
+fn connections_ipv6_aggregated_probe_reads() {
+    connections(true, Mode::Aggregated, AttachPoint::RawTracepoint, true);
 }
 
 /// The fallback for kernels that refuse raw tracepoints runs the same code: same events.
 #[test]
 fn connections_ipv6_stream_classic_tracepoint() {
-    connections(true, Mode::Stream, AttachPoint::Tracepoint);
+    connections(true, Mode::Stream, AttachPoint::Tracepoint, false);
 }
 
 #[test]
 fn connections_ipv4_aggregated_classic_tracepoint() {
-    connections(false, Mode::Aggregated, AttachPoint::Tracepoint);
+    connections(false, Mode::Aggregated, AttachPoint::Tracepoint, false);
 }
 
 #[test]
 fn failed_connects_refused_and_timed_out() {
+    failed_connects(false);
+}
+
+/// The socket error of a failed connect, read with probe reads as on older kernels.
+#[test]
+fn failed_connects_refused_and_timed_out_probe_reads() {
+    failed_connects(true);
+}
+
+fn failed_connects(probe: bool) {
     if !need_root() {
         return;
     }
@@ -217,8 +261,13 @@ fn failed_connects_refused_and_timed_out() {
     let tracer = TracerBuilder::new()
         .mode(Mode::Stream)
         .netns([a.inode()])
+        .probe_reads(probe)
         .attach()
         .unwrap();
+    assert_eq!(
+        tracer.kernel_reads() == KernelReads::Probe,
+        probe || !kernel_has_rdonly_cast()
+    );
     let client = unique("fc");
     let errs = a
         .in_thread(&client, move || {

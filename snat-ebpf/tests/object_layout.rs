@@ -256,11 +256,9 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
         .filter_map(|s| Some((s.name().ok()?.to_string(), s.size())))
         .collect();
     assert!(syms.contains_key(abi::PROGRAM), "program symbol {}", abi::PROGRAM);
-    assert!(
-        syms.contains_key(abi::PROGRAM_RAW),
-        "program symbol {}",
-        abi::PROGRAM_RAW
-    );
+    for program in [abi::PROGRAM_RAW, abi::PROGRAM_CAST] {
+        assert!(syms.contains_key(program), "program symbol {program}");
+    }
     for (name, size) in [
         (abi::CFG_EMIT_EVENTS, 1),
         (abi::CFG_FILTER_NETNS, 1),

@@ -297,7 +297,10 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
             (AttachPoint::Tracepoint, Some(why)) =>
                 format!("classic tracepoint (the raw tracepoint was refused: {why})"),
             (AttachPoint::Tracepoint, None) => "classic tracepoint".to_string(),
-            _ => "raw tracepoint".to_string(),
+            _ => match &res.direct_refused {
+                Some(why) => format!("raw tracepoint, probe reads (direct reads unavailable: {why})"),
+                None => format!("raw tracepoint, {}", res.kernel_reads),
+            },
         },
         st.counted
     ));
