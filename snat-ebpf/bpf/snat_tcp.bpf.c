@@ -23,7 +23,11 @@
  * inbound one. With
  * cfg_emit_events set, each event is also written to its CPU's ring in `cpu_events`
  * (see emit), with batched wakeups through the `wakeups` ring buffer. Every loss is
- * counted in `stats`.
+ * counted in the per-CPU counters (`stats` in cpu_state).
+ *
+ * Aggregated mode without a pid filter, the common case, takes its own short path
+ * (fast_state): it counts the same, keeps nothing that only events and owners use, and
+ * its stack frame stays small.
  *
  * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
  * a socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
@@ -201,12 +205,6 @@ struct flow_cache {
 	__u32 id;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
-	__type(key, __u32);
-	__type(value, struct flow_cache);
-} flow_last SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -229,25 +227,8 @@ struct {
 	__type(value, __u8);
 } netns_allow SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
 /* Protocol ops tables (struct proto addresses) seen on TCP sockets: see is_tcp_fields. */
 #define TCP_PROTOS 4
-struct tcp_protos {
-	__u64 prot[TCP_PROTOS];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tcp_protos);
-} tcp_protos SEC(".maps");
 
 /*
  * The event stream: one ring of events per CPU, in an array the reader maps into its
@@ -287,15 +268,6 @@ struct {
 	__uint(max_entries, 4096);
 } wakeups SEC(".maps");
 
-/* Atomic although per CPU: a run nested in another on this CPU (see cpu_busy) must not
- * lose the other's increment between its load and its store. */
-static __always_inline void stat_inc(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 static __always_inline void fill_owner(struct owner *o)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -304,6 +276,13 @@ static __always_inline void fill_owner(struct owner *o)
 	o->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
+
+/*
+ * A function kept out of line: a BPF subprogram with its own stack frame. `used` keeps
+ * clang from dropping the return value when no caller reads it (it then leaves r0 as it
+ * was, and the verifier refuses a subprogram that may return a stack pointer).
+ */
+#define __out_of_line __attribute__((noinline, used))
 
 /* What the program reads of a socket: the start of struct sock_common. */
 struct sk_fields {
@@ -316,6 +295,63 @@ struct sk_fields {
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
+
+/* Per-run scratch space: the socket's fields, the flow key and the owner, kept off the
+ * stack (see cpu_state). */
+struct scratch {
+	struct sk_fields f;
+	struct flow_key k;
+	struct owner o;
+};
+
+/*
+ * What each CPU keeps for itself: entry `cpu` of `cpu_state`, an array the loader sizes
+ * to the possible CPUs. An array indexed by CPU rather than a per-CPU map: its entries
+ * sit right in the map, where a per-CPU map's lookup first loads the CPU's pointer from
+ * the map, one more cache line per lookup; and all of it, looked up once per run, spans
+ * a few neighbouring cache lines where separate maps spread over as many pages.
+ *
+ *   busy      whether a run of this program is under way on this CPU. On kernels
+ *             without "bpf: Prevent bpf program recursion for raw tracepoint probes"
+ *             (2022), a raw tracepoint program runs again when an interrupt (a softirq
+ *             processing packets) hits the tracepoint while the program runs in process
+ *             context (with it, the kernel skips such a run and counts it in
+ *             recursion_misses). A nested run counts its event like any other, but
+ *             leaves alone what the run it interrupted may be half way through: the
+ *             flow cache, the scratch space of level 0, and the CPU's event ring (its
+ *             event is counted as dropped).
+ *   tcp_prot  protocol ops tables seen on TCP sockets (see is_tcp_fields), learned by
+ *             each CPU for itself.
+ *   stats     the counters (STAT_*), summed over the CPUs by the reader.
+ *   last      the flow cache, by direction (see flow_id).
+ *   x         scratch space, by nesting level: with it the program's frame stays under
+ *             the 64 bytes from which Linux 6.14+ moves it to a private per-CPU stack,
+ *             cold memory that every run would then touch.
+ *   guard     keeps one CPU's entry off the cache lines of the next.
+ */
+struct cpu_state {
+	__u32 busy;
+	__u32 pad;
+	__u64 tcp_prot[TCP_PROTOS];
+	__u64 stats[STAT_MAX];
+	struct flow_cache last[3];
+	struct scratch x[2];
+	__u8 guard[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_state);
+} cpu_state SEC(".maps");
+
+/* Atomic although per CPU: a run nested in another on this CPU (see cpu_state) must not
+ * lose the other's increment between its load and its store. */
+static __always_inline void stat_inc(struct cpu_state *cs, __u32 idx)
+{
+	__sync_fetch_and_add(&cs->stats[idx & (STAT_MAX - 1)], 1);
+}
 
 /* Bytes read from the start of the socket in one go: through skc_v6_rcv_saddr on every
  * kernel since 4.x (88 on 6.x). */
@@ -433,31 +469,35 @@ static __always_inline int is_tcp(struct sock *sk, const int direct)
 }
 
 /* Whether sk, whose ops table is prot, is TCP by its sk_protocol; if so, remember prot in
- * tcp_protos. Out of line: it runs once per ops table, not per socket. One copy per way
- * of reading, so that a program never holds the other's calls. */
-static __always_inline int tcp_prot_learn(struct sock *sk, __u64 prot, const int direct)
+ * this CPU's tcp_prot (a nested run may overwrite an entry the run it interrupted just
+ * wrote: only ever with another TCP table, and a table forgotten costs one more read).
+ * Out of line: it runs once per ops table and CPU, not per socket. One copy per way of
+ * reading, so that a program never holds the other's calls. */
+static __always_inline int tcp_prot_learn(struct cpu_state *cs, struct sock *sk, __u64 prot, const int direct)
 {
-	__u32 zero = 0;
-	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
 	if (!is_tcp(sk, direct))
 		return 0;
-	if (t && prot) {
-		for (int i = 0; i < TCP_PROTOS; i++)
-			if (t->prot[i] == prot ||
-			    (t->prot[i] == 0 && __sync_val_compare_and_swap(&t->prot[i], 0, prot) == 0))
+	if (prot) {
+		for (int i = 0; i < TCP_PROTOS; i++) {
+			if (cs->tcp_prot[i] == prot)
 				break;
+			if (cs->tcp_prot[i] == 0) {
+				cs->tcp_prot[i] = prot;
+				break;
+			}
+		}
 	}
 	return 1;
 }
 
-static __noinline int tcp_prot_learn_direct(struct sock *sk, __u64 prot)
+static __out_of_line int tcp_prot_learn_direct(struct cpu_state *cs, struct sock *sk, __u64 prot)
 {
-	return tcp_prot_learn(sk, prot, 1);
+	return tcp_prot_learn(cs, sk, prot, 1);
 }
 
-static __noinline int tcp_prot_learn_probe(struct sock *sk, __u64 prot)
+static __out_of_line int tcp_prot_learn_probe(struct cpu_state *cs, struct sock *sk, __u64 prot)
 {
-	return tcp_prot_learn(sk, prot, 0);
+	return tcp_prot_learn(cs, sk, prot, 0);
 }
 
 /* Whether a socket whose fields f were read is TCP, by its protocol's ops table
@@ -465,17 +505,16 @@ static __noinline int tcp_prot_learn_probe(struct sock *sk, __u64 prot)
  * else by reading sk_protocol. A struct proto serves one protocol (tcp_prot, tcpv6_prot,
  * and the copies a BPF sockmap swaps in are all TCP's; MPTCP sockets, which also pass
  * through this tracepoint, have their own), so a learned table never errs. */
-static __always_inline int is_tcp_fields(struct sock *sk, const struct sk_fields *f, const int direct)
+static __always_inline int is_tcp_fields(struct cpu_state *cs, struct sock *sk, const struct sk_fields *f,
+					 const int direct)
 {
-	__u32 zero = 0;
-	struct tcp_protos *t = bpf_map_lookup_elem(&tcp_protos, &zero);
-	if (t && f->prot) {
+	if (f->prot) {
 #pragma unroll
 		for (int i = 0; i < TCP_PROTOS; i++)
-			if (t->prot[i] == f->prot)
+			if (cs->tcp_prot[i] == f->prot)
 				return 1;
 	}
-	return direct ? tcp_prot_learn_direct(sk, f->prot) : tcp_prot_learn_probe(sk, f->prot);
+	return direct ? tcp_prot_learn_direct(cs, sk, f->prot) : tcp_prot_learn_probe(cs, sk, f->prot);
 }
 
 /* ---- the socket table ---- */
@@ -505,7 +544,7 @@ static __always_inline struct sock_info *sock_find(__u64 sk)
 /* A slot for sk: its own if it has one (a stale one after a missed close), else a free
  * one claimed with compare-and-swap; NULL when all its slots are taken. The caller fills
  * in everything but sk. */
-static __always_inline struct sock_info *sock_claim(__u64 sk)
+static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 sk)
 {
 	__u32 h = sock_hash(sk);
 	for (__u32 i = 0; i < SOCK_PROBES; i++) {
@@ -518,7 +557,7 @@ static __always_inline struct sock_info *sock_claim(__u64 sk)
 		if (s->sk == 0 && __sync_val_compare_and_swap(&s->sk, 0, sk) == 0)
 			return s;
 	}
-	stat_inc(STAT_SOCKS_FULL);
+	stat_inc(cs, STAT_SOCKS_FULL);
 	return NULL;
 }
 
@@ -571,11 +610,11 @@ static __always_inline int key_eq(const struct flow_key *a, const struct flow_ke
 
 /* The id of flow k, made on first sight; NO_FLOW (counted in flows_full) when the table
  * is full. */
-static __always_inline __u32 flow_id(const struct flow_key *k, int nested)
+static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key *k, int nested)
 {
 	__u32 zero = 0, dir = k->direction;
 	/* A nested run leaves the cache to the run it interrupted (it may be half written). */
-	struct flow_cache *last = nested ? NULL : bpf_map_lookup_elem(&flow_last, &dir);
+	struct flow_cache *last = nested || dir > 2 ? NULL : &cs->last[dir];
 	if (last && last->id != NO_FLOW && key_eq(&last->key, k))
 		return last->id;
 	__u32 *found = bpf_map_lookup_elem(&flows, k);
@@ -591,14 +630,20 @@ static __always_inline __u32 flow_id(const struct flow_key *k, int nested)
 			/* Full, or made by another CPU meanwhile (this id is then never used). */
 			found = bpf_map_lookup_elem(&flows, k);
 			if (!found) {
-				stat_inc(STAT_FLOWS_FULL);
+				stat_inc(cs, STAT_FLOWS_FULL);
 				return NO_FLOW;
 			}
 			id = *found;
 		}
 	}
 	if (last) {
-		last->key = *k;
+		/* Word by word: a struct copy loads all eleven words before it stores any,
+		 * which spills registers and grows the frame (see cpu_state). */
+		const __u32 *from = (const __u32 *)k;
+		__u32 *to = (__u32 *)&last->key;
+#pragma unroll
+		for (int i = 0; i < 11; i++)
+			to[i] = from[i];
 		last->id = id;
 	}
 	return id;
@@ -609,12 +654,12 @@ static __always_inline struct flow_counts *flow_at(__u32 id)
 	return id == NO_FLOW ? NULL : bpf_map_lookup_elem(&flow_counts, &id);
 }
 
-static __always_inline struct flow_counts *flow_get(const struct flow_key *k, int nested)
+static __always_inline struct flow_counts *flow_get(struct cpu_state *cs, const struct flow_key *k, int nested)
 {
-	return flow_at(flow_id(k, nested));
+	return flow_at(flow_id(cs, k, nested));
 }
 
-static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_state, __u16 sport, __u16 dport,
+static __always_inline void emit(struct cpu_state *cs, const struct flow_key *k, __u8 kind, __u8 prev_state, __u16 sport, __u16 dport,
 				 const struct owner *o, int owner_known, __u64 now, __u64 duration, int duration_known,
 				 __s32 error, int nested)
 {
@@ -622,13 +667,13 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 		return;
 	if (nested) {
 		/* The run it interrupted may be writing this CPU's ring: counted, not written. */
-		stat_inc(STAT_EVENTS_DROPPED);
+		stat_inc(cs, STAT_EVENTS_DROPPED);
 		return;
 	}
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct ring_pos *p = bpf_map_lookup_elem(&cpu_pos, &cpu);
 	if (!p) {
-		stat_inc(STAT_EVENTS_DROPPED);
+		stat_inc(cs, STAT_EVENTS_DROPPED);
 		return;
 	}
 	__u64 head = p->head;
@@ -636,13 +681,13 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 	__u64 slots = 1ULL << cfg_ring_shift;
 	if (waiting >= slots) {
 		/* Full: the reader is behind. */
-		stat_inc(STAT_EVENTS_DROPPED);
+		stat_inc(cs, STAT_EVENTS_DROPPED);
 		return;
 	}
 	__u32 idx = (cpu << cfg_ring_shift) | (__u32)(head & (slots - 1));
 	struct tcp_event *e = bpf_map_lookup_elem(&cpu_events, &idx);
 	if (!e) {
-		stat_inc(STAT_EVENTS_DROPPED);
+		stat_inc(cs, STAT_EVENTS_DROPPED);
 		return;
 	}
 	e->ts_ns = now;
@@ -674,18 +719,19 @@ static __always_inline void emit(const struct flow_key *k, __u8 kind, __u8 prev_
 	 * virtual machine. A wakeup lost to a full `wakeups` is caught by the reader's timer. */
 	if (waiting + 1 == cfg_wakeup_events)
 		bpf_ringbuf_output(&wakeups, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
-	stat_inc(STAT_EVENTS_SENT);
+	stat_inc(cs, STAT_EVENTS_SENT);
 }
 
 /* Read a TCP socket (AF_INET or AF_INET6) and start its flow key: netns, family,
  * addresses. Non-zero for any other socket. */
-static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct flow_key *k, const int direct)
+static __always_inline int read_tcp(struct cpu_state *cs, struct sock *sk, struct sk_fields *f, struct flow_key *k,
+				    const int direct)
 {
 	if (read_fields(sk, f, direct))
 		return -1;
 	if (f->family != AF_INET && f->family != AF_INET6)
 		return -1;
-	if (!is_tcp_fields(sk, f, direct))
+	if (!is_tcp_fields(cs, sk, f, direct))
 		return -1;
 	k->netns = net_inum(f->net, direct);
 	k->family = f->family;
@@ -697,12 +743,115 @@ static __always_inline int read_tcp(struct sock *sk, struct sk_fields *f, struct
 /* Whether owners are recorded: only what uses them pays for them. */
 #define TRACK_OWNERS (cfg_emit_events || cfg_pid)
 
+/* A listener opens (inside listen(): current is the caller) or closes. Out of line, as
+ * are all rare paths: the hot ones then keep a small stack frame (see cpu_state). */
+static __always_inline int on_listen(struct cpu_state *cs, struct sock *sk, int newstate, const int direct)
+{
+	__u64 skey = (__u64)sk;
+	struct sk_fields f = {};
+	struct flow_key k = {};
+	if (read_tcp(cs, sk, &f, &k, direct))
+		return 0;
+	struct listen_key lk = { .netns = k.netns, .port = local_port(sk, direct) };
+	if (newstate == TCP_LISTEN) {
+		/* Inside listen(): current is the caller. */
+		struct listen_info li = { .sk = skey };
+		fill_owner(&li.owner);
+		bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
+	} else {
+		struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
+		if (li && li->sk == skey)
+			bpf_map_delete_elem(&listeners, &lk);
+	}
+	return 0;
+}
+
+static __out_of_line int on_listen_direct(struct cpu_state *cs, struct sock *sk, int newstate)
+{
+	return on_listen(cs, sk, newstate, 1);
+}
+
+static __out_of_line int on_listen_probe(struct cpu_state *cs, struct sock *sk, int newstate)
+{
+	return on_listen(cs, sk, newstate, 0);
+}
+
+/* The close of a socket not established during the trace (s: its slot, holding at most
+ * the owner from SYN_SENT, or NULL): a failed connect, or the close of a connection
+ * established before the trace. Out of line. */
+static __always_inline int on_close_untracked(struct cpu_state *cs, struct sock *sk, int oldstate,
+					      struct sock_info *s, int nested, const int direct)
+{
+	__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
+	/* Not established during the trace: its slot holds at most the owner from SYN_SENT. */
+	struct owner o = {};
+	int owner_known = 0;
+	if (s) {
+		if (s->flags & SI_OWNER_KNOWN) {
+			o = s->owner;
+			owner_known = 1;
+		}
+		sock_release(s);
+	}
+	if (oldstate == TCP_SYN_RECV || oldstate == TCP_NEW_SYN_RECV)
+		/* An incoming connection that never got established: not counted. */
+		return 0;
+	struct sk_fields f = {};
+	struct flow_key k = {};
+	if (read_tcp(cs, sk, &f, &k, direct))
+		return 0;
+	if (cfg_emit_events)
+		f.sport = local_port(sk, direct);
+	k.port = f.dport;
+
+	if (oldstate == TCP_SYN_SENT) {
+		/* A connect that never got established. */
+		k.direction = DIR_OUTBOUND;
+		if (!wanted(k.netns, f.family, k.port, &o, owner_known))
+			return 0;
+		if (TRACK_OWNERS && !owner_known)
+			stat_inc(cs, STAT_OWNER_UNKNOWN);
+		__s32 err = direct ? AS_SOCK(sk)->sk_err : BPF_CORE_READ(sk, sk_err);
+		struct flow_counts *c = flow_get(cs, &k, nested);
+		if (c)
+			__sync_fetch_and_add(&c->failed_connects, 1);
+		stat_inc(cs, STAT_COUNTED);
+		emit(cs, &k, KIND_FAILED_CONNECT, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, err, nested);
+		return 0;
+	}
+
+	/* Established before the trace started: owner and direction unknown. */
+	k.direction = DIR_UNKNOWN;
+	struct owner none = {};
+	if (!wanted(k.netns, f.family, k.port, &none, 0))
+		return 0;
+	struct flow_counts *c = flow_get(cs, &k, nested);
+	if (c)
+		__sync_fetch_and_add(&c->closes, 1);
+	stat_inc(cs, STAT_COUNTED);
+	emit(cs, &k, KIND_CLOSE, oldstate, f.sport, f.dport, &none, 0, now, 0, 0, 0, nested);
+	return 0;
+}
+
+static __out_of_line int on_close_untracked_direct(struct cpu_state *cs, struct sock *sk, int oldstate,
+						struct sock_info *s, int nested)
+{
+	return on_close_untracked(cs, sk, oldstate, s, nested, 1);
+}
+
+static __out_of_line int on_close_untracked_probe(struct cpu_state *cs, struct sock *sk, int oldstate,
+					       struct sock_info *s, int nested)
+{
+	return on_close_untracked(cs, sk, oldstate, s, nested, 0);
+}
+
 /*
  * One state change of socket sk. Decided on the states alone first, so that the
  * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
  * listener) cost no read of the socket and no map operation.
  */
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, int nested, const int direct)
+static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
+				    const int direct)
 {
 	__u64 skey = (__u64)sk;
 
@@ -713,12 +862,12 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		if (cfg_filter_netns || cfg_family) {
 			struct sk_fields f = {};
 			struct flow_key k = {};
-			if (read_tcp(sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
+			if (read_tcp(cs, sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
 				return 0;
 		} else if (!is_tcp(sk, direct)) {
 			return 0;
 		}
-		struct sock_info *s = sock_claim(skey);
+		struct sock_info *s = sock_claim(cs, skey);
 		if (!s)
 			return 0;
 		s->flags = SI_OWNER_KNOWN;
@@ -726,84 +875,67 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		return 0;
 	}
 
-	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
-		struct sk_fields f = {};
-		struct flow_key k = {};
-		if (read_tcp(sk, &f, &k, direct))
-			return 0;
-		struct listen_key lk = { .netns = k.netns, .port = local_port(sk, direct) };
-		if (newstate == TCP_LISTEN) {
-			/* Inside listen(): current is the caller. */
-			struct listen_info li = { .sk = skey };
-			fill_owner(&li.owner);
-			bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
-		} else {
-			struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
-			if (li && li->sk == skey)
-				bpf_map_delete_elem(&listeners, &lk);
-		}
-		return 0;
-	}
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
+		return direct ? on_listen_direct(cs, sk, newstate) : on_listen_probe(cs, sk, newstate);
 
 	if (newstate == TCP_ESTABLISHED) {
 		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 			return 0;
-		struct sk_fields f = {};
-		struct flow_key k = {};
-		if (read_tcp(sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
+		struct scratch *x = &cs->x[nested ? 1 : 0];
+		__builtin_memset(x, 0, sizeof(*x));
+		if (read_tcp(cs, sk, &x->f, &x->k, direct) || !socket_wanted(x->k.netns, x->k.family))
 			return 0;
 		/* Timestamps only travel in events (and durations between them). */
 		__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
 		__u8 kind;
-		struct owner o = {};
 		int owner_known = 0;
 		struct sock_info *s = NULL;
 		if (oldstate == TCP_SYN_SENT) {
 			kind = KIND_CONNECT;
-			k.direction = DIR_OUTBOUND;
-			k.port = f.dport;
+			x->k.direction = DIR_OUTBOUND;
+			x->k.port = x->f.dport;
 			if (TRACK_OWNERS) {
 				s = sock_find(skey);
 				if (s && (s->flags & SI_OWNER_KNOWN)) {
-					o = s->owner;
+					x->o = s->owner;
 					owner_known = 1;
 				}
 			}
 		} else {
 			kind = KIND_ACCEPT;
-			k.direction = DIR_INBOUND;
-			k.port = f.sport;
+			x->k.direction = DIR_INBOUND;
+			x->k.port = x->f.sport;
 			if (TRACK_OWNERS) {
-				struct listen_key lk = { .netns = k.netns, .port = f.sport };
+				struct listen_key lk = { .netns = x->k.netns, .port = x->f.sport };
 				struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
 				if (li) {
-					o = li->owner;
+					x->o = li->owner;
 					owner_known = 1;
 				}
 			}
 		}
 		/* socket_wanted passed above. */
-		int pass = event_wanted(k.port, &o, owner_known);
-		__u32 id = pass ? flow_id(&k, nested) : NO_FLOW;
+		int pass = event_wanted(x->k.port, &x->o, owner_known);
+		__u32 id = pass ? flow_id(cs, &x->k, nested) : NO_FLOW;
 		if (!s)
-			s = sock_claim(skey);
+			s = sock_claim(cs, skey);
 		if (s) {
 			s->flow_id = id;
 			if (cfg_emit_events) {
 				/* What only its close event uses. */
-				s->key = k;
-				s->sport = f.sport;
-				s->dport = f.dport;
+				s->key = x->k;
+				s->sport = x->f.sport;
+				s->dport = x->f.dport;
 				s->established_ns = now;
 			}
 			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT) | (owner_known ? SI_OWNER_KNOWN : 0);
 			if (TRACK_OWNERS)
-				s->owner = o;
+				s->owner = x->o;
 		}
 		if (!pass)
 			return 0;
 		if (TRACK_OWNERS && !owner_known)
-			stat_inc(STAT_OWNER_UNKNOWN);
+			stat_inc(cs, STAT_OWNER_UNKNOWN);
 		struct flow_counts *c = flow_at(id);
 		if (c) {
 			if (kind == KIND_CONNECT)
@@ -815,8 +947,8 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			if (s)
 				__sync_fetch_and_add(&c->open, 1);
 		}
-		stat_inc(STAT_COUNTED);
-		emit(&k, kind, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, 0, nested);
+		stat_inc(cs, STAT_COUNTED);
+		emit(cs, &x->k, kind, oldstate, x->f.sport, x->f.dport, &x->o, owner_known, now, 0, 0, 0, nested);
 		return 0;
 	}
 
@@ -838,9 +970,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			__sync_fetch_and_add(&c->open, (__u64)-1);
 		} else {
 			/* Its flow did not fit in the table when it was established. */
-			stat_inc(STAT_FLOWS_FULL);
+			stat_inc(cs, STAT_FLOWS_FULL);
 		}
-		stat_inc(STAT_COUNTED);
+		stat_inc(cs, STAT_COUNTED);
 		if (cfg_emit_events) {
 			struct flow_key k = s->key;
 			struct owner o = s->owner;
@@ -848,89 +980,118 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			__u64 since = s->established_ns;
 			__u16 sport = s->sport, dport = s->dport;
 			sock_release(s);
-			emit(&k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0, nested);
+			emit(cs, &k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0, nested);
 		} else {
 			sock_release(s);
 		}
 		return 0;
 	}
 
-	/* Not established during the trace: its slot holds at most the owner from SYN_SENT. */
-	struct owner o = {};
-	int owner_known = 0;
-	if (s) {
-		if (s->flags & SI_OWNER_KNOWN) {
-			o = s->owner;
-			owner_known = 1;
-		}
-		sock_release(s);
-	}
-	if (oldstate == TCP_SYN_RECV || oldstate == TCP_NEW_SYN_RECV)
-		/* An incoming connection that never got established: not counted. */
-		return 0;
-	struct sk_fields f = {};
-	struct flow_key k = {};
-	if (read_tcp(sk, &f, &k, direct))
-		return 0;
-	if (cfg_emit_events)
-		f.sport = local_port(sk, direct);
-	k.port = f.dport;
+	return direct ? on_close_untracked_direct(cs, sk, oldstate, s, nested)
+		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
+}
 
-	if (oldstate == TCP_SYN_SENT) {
-		/* A connect that never got established. */
-		k.direction = DIR_OUTBOUND;
-		if (!wanted(k.netns, f.family, k.port, &o, owner_known))
-			return 0;
-		if (TRACK_OWNERS && !owner_known)
-			stat_inc(STAT_OWNER_UNKNOWN);
-		__s32 err = direct ? AS_SOCK(sk)->sk_err : BPF_CORE_READ(sk, sk_err);
-		struct flow_counts *c = flow_get(&k, nested);
-		if (c)
-			__sync_fetch_and_add(&c->failed_connects, 1);
-		stat_inc(STAT_COUNTED);
-		emit(&k, KIND_FAILED_CONNECT, oldstate, f.sport, f.dport, &o, owner_known, now, 0, 0, err, nested);
-		return 0;
-	}
+static __out_of_line int on_state_direct(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested)
+{
+	return on_state(cs, sk, oldstate, newstate, nested, 1);
+}
 
-	/* Established before the trace started: owner and direction unknown. */
-	k.direction = DIR_UNKNOWN;
-	struct owner none = {};
-	if (!wanted(k.netns, f.family, k.port, &none, 0))
-		return 0;
-	struct flow_counts *c = flow_get(&k, nested);
-	if (c)
-		__sync_fetch_and_add(&c->closes, 1);
-	stat_inc(STAT_COUNTED);
-	emit(&k, KIND_CLOSE, oldstate, f.sport, f.dport, &none, 0, now, 0, 0, 0, nested);
-	return 0;
+static __out_of_line int on_state_probe(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested)
+{
+	return on_state(cs, sk, oldstate, newstate, nested, 0);
 }
 
 /*
- * Whether a run of this program is under way on this CPU. Before Linux 6.7, a raw
- * tracepoint program runs again when an interrupt (a softirq processing packets) hits the
- * tracepoint while the program runs in process context (from 6.7 the kernel skips such a
- * run itself and counts it in recursion_misses). A nested run counts its event like any
- * other, but leaves alone what the run it interrupted may be half way through: the
- * per-CPU last-flow cache, and the CPU's event ring (its event is counted as dropped).
+ * The fast path: aggregated mode without a pid filter, where no owner and no event is
+ * ever used. The common case, and the one whose cost every connection of the node pays.
+ * It counts exactly what on_state counts, but keeps only what counting needs (no
+ * listeners, no owners, no event fields), in code small enough that the program's frame
+ * stays under the 64 bytes from which Linux 6.14+ gives it a private stack (see
+ * cpu_state). Everything rare goes out of line.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} cpu_busy SEC(".maps");
+static __always_inline int fast_established(struct cpu_state *cs, struct sock *sk, int oldstate, int nested,
+					    const int direct)
+{
+	struct scratch *x = &cs->x[nested ? 1 : 0];
+	struct flow_key *k = &x->k;
+	__builtin_memset(k, 0, sizeof(*k));
+	if (read_tcp(cs, sk, &x->f, k, direct) || !socket_wanted(k->netns, k->family))
+		return 0;
+	int outbound = oldstate == TCP_SYN_SENT;
+	k->direction = outbound ? DIR_OUTBOUND : DIR_INBOUND;
+	k->port = outbound ? x->f.dport : x->f.sport;
+	int pass = !cfg_port || k->port == cfg_port;
+	__u32 id = pass ? flow_id(cs, k, nested) : NO_FLOW;
+	struct sock_info *s = sock_claim(cs, (__u64)sk);
+	if (s) {
+		s->flow_id = id;
+		s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT);
+	}
+	if (!pass)
+		return 0;
+	struct flow_counts *c = flow_at(id);
+	if (c) {
+		__sync_fetch_and_add(outbound ? &c->connects : &c->accepts, 1);
+		/* Open only when its close can be matched (see on_state). */
+		if (s)
+			__sync_fetch_and_add(&c->open, 1);
+	}
+	stat_inc(cs, STAT_COUNTED);
+	return 0;
+}
+
+static __always_inline int fast_close(struct cpu_state *cs, struct sock *sk, int oldstate, int nested,
+				      const int direct)
+{
+	struct sock_info *s = sock_find((__u64)sk);
+	if (s && (s->flags & SI_ESTABLISHED)) {
+		if (!(s->flags & SI_FILTERED_OUT)) {
+			struct flow_counts *c = flow_at(s->flow_id);
+			if (c) {
+				__sync_fetch_and_add(&c->closes, 1);
+				__sync_fetch_and_add(&c->open, (__u64)-1);
+			} else {
+				stat_inc(cs, STAT_FLOWS_FULL);
+			}
+			stat_inc(cs, STAT_COUNTED);
+		}
+		sock_release(s);
+		return 0;
+	}
+	return direct ? on_close_untracked_direct(cs, sk, oldstate, s, nested)
+		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
+}
+
+static __always_inline int fast_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
+				      const int direct)
+{
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
+			fast_established(cs, sk, oldstate, nested, direct);
+		return 0;
+	}
+	/* A listener's close needs nothing here: listeners only serve owners. */
+	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN)
+		return fast_close(cs, sk, oldstate, nested, direct);
+	return 0;
+}
 
 static __always_inline int run(struct sock *sk, int oldstate, int newstate, const int direct)
 {
-	__u32 zero = 0;
-	__u32 *busy = bpf_map_lookup_elem(&cpu_busy, &zero);
-	if (!busy)
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_state, &cpu);
+	if (!cs)
 		return 0;
-	int nested = *busy;
-	*busy = 1;
-	on_state(sk, oldstate, newstate, nested, direct);
+	int nested = cs->busy;
+	cs->busy = 1;
+	if (!TRACK_OWNERS)
+		fast_state(cs, sk, oldstate, newstate, nested, direct);
+	else if (direct)
+		on_state_direct(cs, sk, oldstate, newstate, nested);
+	else
+		on_state_probe(cs, sk, oldstate, newstate, nested);
 	if (!nested)
-		*busy = 0;
+		cs->busy = 0;
 	return 0;
 }
 

@@ -26,15 +26,10 @@ pub const MAP_FLOWS: &str = "flows";
 pub const MAP_FLOW_COUNTS: &str = "flow_counts";
 /// Map: the next flow id to hand out (`ARRAY` of one u32).
 pub const MAP_FLOW_NEXT: &str = "flow_next";
-/// Map: each CPU's last flow (`PERCPU_ARRAY` of one [`FlowKey`] + u32 id), checked
-/// before the hash.
-pub const MAP_FLOW_LAST: &str = "flow_last";
-/// Map: the protocol ops tables (`struct proto` addresses) the program has seen on TCP
-/// sockets (`ARRAY` of one value of [`TCP_PROTOS`] u64), so that a socket whose
-/// `sk_prot` is one of them needs no read of `sk_protocol`. Kernel-internal.
-pub const MAP_TCP_PROTOS: &str = "tcp_protos";
-/// Entries of the [`MAP_TCP_PROTOS`] value.
-pub const TCP_PROTOS: u32 = 4;
+/// Entries of [`CpuState::tcp_prot`]: the protocol ops tables (`struct proto` addresses)
+/// a CPU has seen on TCP sockets, so that a socket whose `sk_prot` is one of them needs no
+/// read of `sk_protocol`.
+pub const TCP_PROTOS: usize = 4;
 /// Map: per-socket owner and state (`ARRAY` of [`SockInfo`] slots, an open-addressing
 /// table keyed in the kernel by the socket's address).
 pub const MAP_SOCKS: &str = "socks";
@@ -42,8 +37,9 @@ pub const MAP_SOCKS: &str = "socks";
 pub const MAP_LISTENERS: &str = "listeners";
 /// Map: the netns filter set (`HASH`, netns inode -> 1).
 pub const MAP_NETNS_ALLOW: &str = "netns_allow";
-/// Map: counters (`PERCPU_ARRAY`, index `STAT_*` -> u64).
-pub const MAP_STATS: &str = "stats";
+/// Map: what each CPU keeps for itself (`ARRAY` of [`CpuState`], by CPU): the counters
+/// (`stats`, index `STAT_*`), and state the program keeps to itself.
+pub const MAP_CPU_STATE: &str = "cpu_state";
 /// Map: the event stream, one ring of [`RawEvent`] per CPU (`ARRAY`, `BPF_F_MMAPABLE`):
 /// CPU `c` owns entries `c << cfg_ring_shift` up to `(c + 1) << cfg_ring_shift`.
 pub const MAP_CPU_EVENTS: &str = "cpu_events";
@@ -265,6 +261,28 @@ pub struct RingPos {
     pub pad1: [u64; 7],
 }
 
+/// What each CPU keeps for itself (mirror of `struct cpu_state`; entry `cpu` of
+/// [`MAP_CPU_STATE`]). The loader reads `stats`; tests set `busy`; the rest is the
+/// program's own.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CpuState {
+    /// A run of the program is under way on this CPU (a run that finds it set is nested).
+    pub busy: u32,
+    /// Zero.
+    pub pad: u32,
+    /// Protocol ops tables seen on TCP sockets (kernel addresses).
+    pub tcp_prot: [u64; TCP_PROTOS],
+    /// Counters, by `STAT_*` index.
+    pub stats: [u64; STAT_MAX as usize],
+    /// The flow cache: three `struct flow_cache` (a [`FlowKey`] and a u32 id).
+    pub last: [u8; 3 * 48],
+    /// Scratch space: two `struct scratch` (socket fields, flow key, owner).
+    pub x: [u8; 2 * 136],
+    /// Keeps CPUs' entries off each other's cache lines.
+    pub guard: [u8; 64],
+}
+
 // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit
 // padding fields: every bit pattern is valid and there are no uninitialised bytes.
 unsafe impl aya::Pod for FlowKey {}
@@ -278,6 +296,8 @@ unsafe impl aya::Pod for ListenKey {}
 unsafe impl aya::Pod for ListenInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RingPos {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CpuState {}
 
 impl RawEvent {
     /// Decode an event's bytes; `None` when they are too short.

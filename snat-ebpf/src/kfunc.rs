@@ -107,13 +107,19 @@ mod tests {
         let before = calls(obj);
         let markers: Vec<_> = before.iter().filter(|c| c.3 == abi::RDONLY_CAST_MARKER).collect();
         assert!(!markers.is_empty(), "the object has no marker call");
-        // Only the direct program (and the out-of-line function it alone calls) holds
-        // them: the probe-read programs load on kernels without bpf_rdonly_cast.
+        // Only the direct program and the out-of-line functions it alone calls (named
+        // *_direct in the C source) hold them: the probe-read programs, which call the
+        // *_probe ones, load on kernels without bpf_rdonly_cast.
         for (func, ..) in &markers {
             assert!(
-                func == abi::PROGRAM_CAST || func == "tcp_prot_learn_direct",
+                func == abi::PROGRAM_CAST || func.ends_with("_direct"),
                 "marker call in {func}"
             );
+        }
+        for (func, ..) in &before {
+            if func == abi::PROGRAM_RAW || func == abi::PROGRAM || func.ends_with("_probe") {
+                assert!(!markers.iter().any(|m| &m.0 == func), "marker call in {func}");
+            }
         }
         assert!(markers.iter().any(|m| m.0 == abi::PROGRAM_CAST));
         let (linked, n) = link_rdonly_cast(obj, 4242).unwrap();

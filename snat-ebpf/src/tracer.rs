@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap};
 use aya::programs::{
     ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
 };
@@ -403,18 +403,19 @@ impl TracerBuilder {
         let port: u16 = self.filters.dport.unwrap_or(0);
         let pid: u32 = self.filters.pid.unwrap_or(0);
         // Stream mode: one ring per possible CPU (bpf_get_smp_processor_id's range).
-        let (cpus, slots, wakeup) = if self.mode == Mode::Stream {
-            let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io { what, source })?;
+        // Possible CPUs: bpf_get_smp_processor_id's range, for cpu_state and the rings.
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io { what, source })?;
+        let (slots, wakeup) = if self.mode == Mode::Stream {
             let total = self
                 .ring_bytes
                 .map_or_else(|| cpu_rings::default_ring_bytes(cpus), u64::from);
-            let (slots, wakeup) = cpu_rings::sizing(total, self.wakeup_bytes, cpus);
-            (cpus, slots, wakeup)
+            cpu_rings::sizing(total, self.wakeup_bytes, cpus)
         } else {
-            (1, 1, 1)
+            (1, 1)
         };
         let ring_shift: u32 = slots.trailing_zeros();
-        let ring_entries = u32::try_from(cpus)
+        let ring_cpus = if self.mode == Mode::Stream { cpus } else { 1 };
+        let ring_entries = u32::try_from(ring_cpus)
             .ok()
             .and_then(|c| c.checked_mul(slots))
             .ok_or_else(|| {
@@ -462,7 +463,8 @@ impl TracerBuilder {
             .override_global(abi::CFG_SOCKS_MASK, &socks_mask, true)
             .override_global(abi::CFG_FLOW_MAX_ID, &flow_max_id, true)
             .map_max_entries(abi::MAP_CPU_EVENTS, ring_entries)
-            .map_max_entries(abi::MAP_CPU_POS, u32::try_from(cpus).unwrap_or(u32::MAX))
+            .map_max_entries(abi::MAP_CPU_POS, u32::try_from(ring_cpus).unwrap_or(u32::MAX))
+            .map_max_entries(abi::MAP_CPU_STATE, u32::try_from(cpus).unwrap_or(u32::MAX))
             .load(object)
             .map_err(|e| {
                 if is_permission(&e) {
@@ -1150,15 +1152,15 @@ impl Tracer {
 
     /// The kernel's counters so far.
     pub fn stats(&self) -> Result<KernelStats, Error> {
-        let arr: PerCpuArray<_, u64> = read_map(&self.ebpf, abi::MAP_STATS)?;
-        let get = |i: u32| -> Result<u64, Error> {
-            Ok(arr
-                .get(&i, 0)
-                .map_err(|e| map_err(abi::MAP_STATS, e))?
-                .iter()
-                .copied()
-                .fold(0u64, u64::saturating_add))
-        };
+        let arr: Array<_, abi::CpuState> = read_map(&self.ebpf, abi::MAP_CPU_STATE)?;
+        let mut sums = [0u64; abi::STAT_MAX as usize];
+        for cpu in 0..arr.len() {
+            let st = arr.get(&cpu, 0).map_err(|e| map_err(abi::MAP_CPU_STATE, e))?;
+            for (sum, v) in sums.iter_mut().zip(st.stats) {
+                *sum = sum.saturating_add(v);
+            }
+        }
+        let get = |i: u32| -> Result<u64, Error> { Ok(sums[i as usize]) };
         Ok(KernelStats {
             events_sent: get(abi::STAT_EVENTS_SENT)?,
             events_dropped: get(abi::STAT_EVENTS_DROPPED)?,
