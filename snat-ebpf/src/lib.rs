@@ -2,7 +2,9 @@
 //! committed compiled as `bpf/snat_tcp.bpf.o` and embedded here, so building this crate
 //! needs no clang) on tracepoint `sock:inet_sock_set_state`, and its loader on aya. It
 //! attaches as a raw tracepoint, or as a classic one (through tracefs) on kernels that
-//! refuse raw tracepoints ([`AttachPoint`]).
+//! refuse raw tracepoints ([`AttachPoint`]). On Linux 6.2+ it reads sockets with plain
+//! loads through the kernel function `bpf_rdonly_cast`, elsewhere with
+//! `bpf_probe_read_kernel` ([`KernelReads`]).
 //!
 //! It needs no kprobes, no fentry and no kernel headers, only BTF
 //! (`/sys/kernel/btf/vmlinux`) and root or CAP_BPF + CAP_PERFMON. It reports
