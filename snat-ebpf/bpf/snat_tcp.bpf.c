@@ -654,6 +654,21 @@ static __always_inline struct flow_counts *flow_at(__u32 id)
 	return id == NO_FLOW ? NULL : bpf_map_lookup_elem(&flow_counts, &id);
 }
 
+/* Count the close of a connection established during the trace (s: its slot) under its
+ * flow. */
+static __always_inline void count_close(struct cpu_state *cs, const struct sock_info *s)
+{
+	struct flow_counts *c = flow_at(s->flow_id);
+	if (c) {
+		__sync_fetch_and_add(&c->closes, 1);
+		__sync_fetch_and_add(&c->open, (__u64)-1);
+	} else {
+		/* Its flow did not fit in the table when it was established. */
+		stat_inc(cs, STAT_FLOWS_FULL);
+	}
+	stat_inc(cs, STAT_COUNTED);
+}
+
 static __always_inline struct flow_counts *flow_get(struct cpu_state *cs, const struct flow_key *k, int nested)
 {
 	return flow_at(flow_id(cs, k, nested));
@@ -964,15 +979,7 @@ static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int o
 			sock_release(s);
 			return 0;
 		}
-		struct flow_counts *c = flow_at(s->flow_id);
-		if (c) {
-			__sync_fetch_and_add(&c->closes, 1);
-			__sync_fetch_and_add(&c->open, (__u64)-1);
-		} else {
-			/* Its flow did not fit in the table when it was established. */
-			stat_inc(cs, STAT_FLOWS_FULL);
-		}
-		stat_inc(cs, STAT_COUNTED);
+		count_close(cs, s);
 		if (cfg_emit_events) {
 			struct flow_key k = s->key;
 			struct owner o = s->owner;
@@ -1045,16 +1052,8 @@ static __always_inline int fast_close(struct cpu_state *cs, struct sock *sk, int
 {
 	struct sock_info *s = sock_find((__u64)sk);
 	if (s && (s->flags & SI_ESTABLISHED)) {
-		if (!(s->flags & SI_FILTERED_OUT)) {
-			struct flow_counts *c = flow_at(s->flow_id);
-			if (c) {
-				__sync_fetch_and_add(&c->closes, 1);
-				__sync_fetch_and_add(&c->open, (__u64)-1);
-			} else {
-				stat_inc(cs, STAT_FLOWS_FULL);
-			}
-			stat_inc(cs, STAT_COUNTED);
-		}
+		if (!(s->flags & SI_FILTERED_OUT))
+			count_close(cs, s);
 		sock_release(s);
 		return 0;
 	}
