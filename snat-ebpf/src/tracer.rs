@@ -402,8 +402,8 @@ impl TracerBuilder {
         };
         let port: u16 = self.filters.dport.unwrap_or(0);
         let pid: u32 = self.filters.pid.unwrap_or(0);
-        // Stream mode: one ring per possible CPU (bpf_get_smp_processor_id's range).
-        // Possible CPUs: bpf_get_smp_processor_id's range, for cpu_state and the rings.
+        // Possible CPUs (bpf_get_smp_processor_id's range): one cpu_state entry each, and
+        // in stream mode one event ring each.
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io { what, source })?;
         let (slots, wakeup) = if self.mode == Mode::Stream {
             let total = self
@@ -696,15 +696,13 @@ fn attach_error(e: ProgramError, what: String) -> Error {
     }
 }
 
-/// Load and attach the program at `point`; `Auto` tries the raw tracepoint first and
-/// falls back to the classic one on any error, which it returns beside the link (and
-/// logs).
-/// Attach at `point`: the direct-read raw program first when `direct` (the object was
-/// linked), then the probe-read raw program, then (for `Auto`) the classic tracepoint.
-/// Returns the link, why the raw tracepoint was refused and why direct reads were, when
-/// they were.
+/// A link, why the raw tracepoint was refused and why direct reads were, when they were.
 type Attached = (Link, Option<String>, Option<String>);
 
+/// Load and attach the program at `point`: the direct-read raw program first when
+/// `direct` (the object was linked), then the probe-read raw program, then, for `Auto`,
+/// the classic tracepoint. Each refusal falls through to the next and is returned beside
+/// the link (and logged).
 fn attach_program(ebpf: &mut Ebpf, point: AttachPoint, direct: bool) -> Result<Attached, Error> {
     let mut raw_refused = None;
     let mut direct_refused = None;
