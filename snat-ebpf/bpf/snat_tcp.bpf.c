@@ -103,6 +103,10 @@ const volatile __u32 cfg_wakeup_events = 1;
 const volatile __u32 cfg_flow_max_id = 16383;
 /* Entries of `socks` minus one (entries are a power of two). */
 const volatile __u32 cfg_socks_mask = 131071;
+/* Set by the loader on x86, whose memory model (TSO) keeps stores in program order:
+ * events are then published, and socket slots freed, with plain stores (see event_send
+ * and sock_release). */
+const volatile __u8 cfg_tso = 0;
 
 struct owner {
 	__u64 cgroup_id;
@@ -220,6 +224,15 @@ struct {
 	__type(value, struct listen_info);
 } listeners SEC(".maps");
 
+/* Bumped at every change to `listeners`: a CPU's cached listener (see cpu_state) is valid
+ * while the generation it was read under is the current one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} listen_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -302,6 +315,7 @@ struct scratch {
 	struct sk_fields f;
 	struct flow_key k;
 	struct owner o;
+	struct tcp_event e;
 };
 
 /*
@@ -311,7 +325,7 @@ struct scratch {
  * the map, one more cache line per lookup; and all of it, looked up once per run, spans
  * a few neighbouring cache lines where separate maps spread over as many pages.
  *
- *   busy      whether a run of this program is under way on this CPU. On kernels
+ *   busy      how many runs of this program are under way on this CPU. On kernels
  *             without "bpf: Prevent bpf program recursion for raw tracepoint probes"
  *             (2022), a raw tracepoint program runs again when an interrupt (a softirq
  *             processing packets) hits the tracepoint while the program runs in process
@@ -322,19 +336,32 @@ struct scratch {
  *             event is counted as dropped).
  *   tcp_prot  protocol ops tables seen on TCP sockets (see is_tcp_fields), learned by
  *             each CPU for itself.
- *   stats     the counters (STAT_*), summed over the CPUs by the reader.
+ *   stats     the counters (STAT_*) by nesting level, summed over the CPUs and levels
+ *             by the reader (see stat_inc).
  *   last      the flow cache, by direction (see flow_id).
- *   x         scratch space, by nesting level: with it the program's frame stays under
- *             the 64 bytes from which Linux 6.14+ moves it to a private per-CPU stack,
- *             cold memory that every run would then touch.
+ *   listener  the listener this CPU looked up last and its owner, valid under generation
+ *             gen of `listen_gen` (see listener_owner): a node accepts most of its
+ *             connections on a few listeners, and a hash lookup is a call.
+ *   x         scratch space, by nesting level (socket fields, flow key, owner, the event
+ *             being written): with it each function's frame stays under the 64 bytes
+ *             from which Linux 6.14+ moves it to a private per-CPU stack, cold memory
+ *             that every run would then touch.
  *   guard     keeps one CPU's entry off the cache lines of the next.
  */
+struct listen_cache {
+	struct listen_key key;
+	__u32 gen;
+	__u32 known;
+	struct owner owner;
+};
+
 struct cpu_state {
 	__u32 busy;
 	__u32 pad;
 	__u64 tcp_prot[TCP_PROTOS];
-	__u64 stats[STAT_MAX];
+	__u64 stats[2][STAT_MAX];
 	struct flow_cache last[3];
+	struct listen_cache listener;
 	struct scratch x[2];
 	__u8 guard[64];
 };
@@ -346,11 +373,14 @@ struct {
 	__type(value, struct cpu_state);
 } cpu_state SEC(".maps");
 
-/* Atomic although per CPU: a run nested in another on this CPU (see cpu_state) must not
- * lose the other's increment between its load and its store. */
+/* Plain adds, one set of counters per nesting level: a run nested in another on this CPU
+ * (see cpu_state) counts in its own set, so it cannot lose the other's increment between
+ * its load and its store. Not atomic adds: on x86 a locked instruction waits for every
+ * store before it to complete, and in stream mode these follow the event's stores to
+ * ring lines the reader has read (a fifth of the program's samples sat there). */
 static __always_inline void stat_inc(struct cpu_state *cs, __u32 idx)
 {
-	__sync_fetch_and_add(&cs->stats[idx & (STAT_MAX - 1)], 1);
+	cs->stats[cs->busy > 1 ? 1 : 0][idx & (STAT_MAX - 1)] += 1;
 }
 
 /* Bytes read from the start of the socket in one go: through skc_v6_rcv_saddr on every
@@ -561,10 +591,17 @@ static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 
 	return NULL;
 }
 
-/* Free the slot (every claim sets all the fields it uses). */
+/* Free the slot (every claim sets all the fields it uses), after this run's reads of it.
+ * On x86 (cfg_tso) a store is never reordered before earlier loads or stores, so a plain
+ * store after a compiler barrier does it without a locked instruction (see event_send). */
 static __always_inline void sock_release(struct sock_info *s)
 {
-	__sync_lock_test_and_set(&s->sk, 0);
+	if (cfg_tso) {
+		asm volatile("" ::: "memory");
+		*(volatile __u64 *)&s->sk = 0;
+	} else {
+		__sync_lock_test_and_set(&s->sk, 0);
+	}
 }
 
 /* The filters on what a socket is (family, netns): the same at each of its state changes,
@@ -608,6 +645,17 @@ static __always_inline int key_eq(const struct flow_key *a, const struct flow_ke
 	return diff == 0;
 }
 
+/* Word by word: a struct copy loads all eleven words before it stores any, which spills
+ * registers and grows the frame (see cpu_state). */
+static __always_inline void key_copy(struct flow_key *to, const struct flow_key *from)
+{
+	const __u32 *a = (const __u32 *)from;
+	__u32 *b = (__u32 *)to;
+#pragma unroll
+	for (int i = 0; i < 11; i++)
+		b[i] = a[i];
+}
+
 /* The id of flow k, made on first sight; NO_FLOW (counted in flows_full) when the table
  * is full. */
 static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key *k, int nested)
@@ -637,13 +685,7 @@ static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key
 		}
 	}
 	if (last) {
-		/* Word by word: a struct copy loads all eleven words before it stores any,
-		 * which spills registers and grows the frame (see cpu_state). */
-		const __u32 *from = (const __u32 *)k;
-		__u32 *to = (__u32 *)&last->key;
-#pragma unroll
-		for (int i = 0; i < 11; i++)
-			to[i] = from[i];
+		key_copy(&last->key, k);
 		last->id = id;
 	}
 	return id;
@@ -674,37 +716,26 @@ static __always_inline struct flow_counts *flow_get(struct cpu_state *cs, const 
 	return flow_at(flow_id(cs, k, nested));
 }
 
-static __always_inline void emit(struct cpu_state *cs, const struct flow_key *k, __u8 kind, __u8 prev_state, __u16 sport, __u16 dport,
-				 const struct owner *o, int owner_known, __u64 now, __u64 duration, int duration_known,
-				 __s32 error, int nested)
+/* Whether this run writes its event: not outside stream mode, nor in a nested run (the
+ * run it interrupted may be writing this CPU's ring: the event is counted as dropped).
+ * An event is filled in in the run's scratch space (event_fill), then copied to the ring
+ * (event_send): no field of it then lives in a register across the ring's lookups, so
+ * the frame stays small (see cpu_state). */
+static __always_inline int event_allowed(struct cpu_state *cs, int nested)
 {
 	if (!cfg_emit_events)
-		return;
+		return 0;
 	if (nested) {
-		/* The run it interrupted may be writing this CPU's ring: counted, not written. */
 		stat_inc(cs, STAT_EVENTS_DROPPED);
-		return;
+		return 0;
 	}
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct ring_pos *p = bpf_map_lookup_elem(&cpu_pos, &cpu);
-	if (!p) {
-		stat_inc(cs, STAT_EVENTS_DROPPED);
-		return;
-	}
-	__u64 head = p->head;
-	__u64 waiting = head - *(volatile __u64 *)&p->tail;
-	__u64 slots = 1ULL << cfg_ring_shift;
-	if (waiting >= slots) {
-		/* Full: the reader is behind. */
-		stat_inc(cs, STAT_EVENTS_DROPPED);
-		return;
-	}
-	__u32 idx = (cpu << cfg_ring_shift) | (__u32)(head & (slots - 1));
-	struct tcp_event *e = bpf_map_lookup_elem(&cpu_events, &idx);
-	if (!e) {
-		stat_inc(cs, STAT_EVENTS_DROPPED);
-		return;
-	}
+	return 1;
+}
+
+static __always_inline void event_fill(struct tcp_event *e, const struct flow_key *k, __u8 kind, __u8 prev_state,
+				       __u16 sport, __u16 dport, const struct owner *o, int owner_known, __u64 now,
+				       __u64 duration, int duration_known, __s32 error)
+{
 	e->ts_ns = now;
 	e->duration_ns = duration;
 	e->cgroup_id = owner_known ? o->cgroup_id : 0;
@@ -726,15 +757,69 @@ static __always_inline void emit(struct cpu_state *cs, const struct flow_key *k,
 		__builtin_memcpy(e->comm, o->comm, 16);
 	else
 		__builtin_memset(e->comm, 0, 16);
-	/* Publish it: the reader loads head with acquire ordering, and an atomic add orders
-	 * the stores above before it (a full barrier on x86, acquire-release on arm64). */
-	__sync_fetch_and_add(&p->head, 1);
+}
+
+_Static_assert(sizeof(struct tcp_event) == 96, "tcp_event is twelve 8-byte words");
+
+/* Copy event ev into this CPU's ring and publish it; counted as dropped when the ring is
+ * full. */
+static __always_inline void event_send(struct cpu_state *cs, const struct tcp_event *ev)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct ring_pos *p = bpf_map_lookup_elem(&cpu_pos, &cpu);
+	if (!p) {
+		stat_inc(cs, STAT_EVENTS_DROPPED);
+		return;
+	}
+	__u64 head = p->head;
+	__u64 waiting = head - *(volatile __u64 *)&p->tail;
+	__u64 slots = 1ULL << cfg_ring_shift;
+	if (waiting >= slots) {
+		/* Full: the reader is behind. */
+		stat_inc(cs, STAT_EVENTS_DROPPED);
+		return;
+	}
+	__u32 idx = (cpu << cfg_ring_shift) | (__u32)(head & (slots - 1));
+	struct tcp_event *e = bpf_map_lookup_elem(&cpu_events, &idx);
+	if (!e) {
+		stat_inc(cs, STAT_EVENTS_DROPPED);
+		return;
+	}
+	/* Word by word (see key_copy). */
+	const __u64 *from = (const __u64 *)ev;
+	__u64 *to = (__u64 *)e;
+#pragma unroll
+	for (int i = 0; i < 12; i++)
+		to[i] = from[i];
+	/* Publish it: the reader loads head with acquire ordering. On x86 (cfg_tso) stores
+	 * become visible in program order, so a plain store after a compiler barrier is a
+	 * release; a locked add would stall until the event's stores (often cache misses,
+	 * since the reader has read these lines) complete. Elsewhere an atomic add orders
+	 * the stores above before it (acquire-release on arm64). */
+	if (cfg_tso) {
+		asm volatile("" ::: "memory");
+		*(volatile __u64 *)&p->head = head + 1;
+	} else {
+		__sync_fetch_and_add(&p->head, 1);
+	}
 	/* Wake the reader once, when this ring reaches the threshold (it grows one event at
 	 * a time, so it cannot jump past it): each wakeup is an interrupt, a VM exit in a
 	 * virtual machine. A wakeup lost to a full `wakeups` is caught by the reader's timer. */
 	if (waiting + 1 == cfg_wakeup_events)
 		bpf_ringbuf_output(&wakeups, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
 	stat_inc(cs, STAT_EVENTS_SENT);
+}
+
+/* Write one event to the stream (when this run writes one: see event_allowed). */
+static __always_inline void emit(struct cpu_state *cs, const struct flow_key *k, __u8 kind, __u8 prev_state,
+				 __u16 sport, __u16 dport, const struct owner *o, int owner_known, __u64 now,
+				 __u64 duration, int duration_known, __s32 error, int nested)
+{
+	if (!event_allowed(cs, nested))
+		return;
+	struct tcp_event *e = &cs->x[0].e;
+	event_fill(e, k, kind, prev_state, sport, dport, o, owner_known, now, duration, duration_known, error);
+	event_send(cs, e);
 }
 
 /* Read a TCP socket (AF_INET or AF_INET6) and start its flow key: netns, family,
@@ -775,9 +860,16 @@ static __always_inline int on_listen(struct cpu_state *cs, struct sock *sk, int 
 		bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
 	} else {
 		struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
-		if (li && li->sk == skey)
-			bpf_map_delete_elem(&listeners, &lk);
+		if (!li || li->sk != skey)
+			return 0;
+		bpf_map_delete_elem(&listeners, &lk);
 	}
+	/* After the change, so that a CPU that read the old generation before its lookup
+	 * cannot keep what it found under the new one. */
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&listen_gen, &zero);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
 	return 0;
 }
 
@@ -861,116 +953,136 @@ static __out_of_line int on_close_untracked_probe(struct cpu_state *cs, struct s
 }
 
 /*
- * One state change of socket sk. Decided on the states alone first, so that the
- * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
- * listener) cost no read of the socket and no map operation.
+ * The general path, for the stream and the pid filter, which use owners: one function
+ * per state change that counts, each out of line so that each keeps its own frame under
+ * the 64 bytes from which Linux 6.14+ gives a function a private stack (see cpu_state).
  */
-static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
-				    const int direct)
+
+/* A connect starts (inside connect(): current is the caller): record its owner. */
+static __always_inline int on_syn_sent(struct cpu_state *cs, struct sock *sk, int nested, const int direct)
 {
-	__u64 skey = (__u64)sk;
-
-	if (newstate == TCP_SYN_SENT) {
-		/* Inside connect(): current is the caller. */
-		if (!TRACK_OWNERS)
-			return 0;
-		if (cfg_filter_netns || cfg_family) {
-			struct sk_fields f = {};
-			struct flow_key k = {};
-			if (read_tcp(cs, sk, &f, &k, direct) || !socket_wanted(k.netns, k.family))
-				return 0;
-		} else if (!is_tcp(sk, direct)) {
-			return 0;
-		}
-		struct sock_info *s = sock_claim(cs, skey);
-		if (!s)
-			return 0;
-		s->flags = SI_OWNER_KNOWN;
-		fill_owner(&s->owner);
-		return 0;
-	}
-
-	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
-		return direct ? on_listen_direct(cs, sk, newstate) : on_listen_probe(cs, sk, newstate);
-
-	if (newstate == TCP_ESTABLISHED) {
-		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
-			return 0;
+	if (cfg_filter_netns || cfg_family) {
 		struct scratch *x = &cs->x[nested ? 1 : 0];
-		__builtin_memset(x, 0, sizeof(*x));
+		__builtin_memset(&x->k, 0, sizeof(x->k));
 		if (read_tcp(cs, sk, &x->f, &x->k, direct) || !socket_wanted(x->k.netns, x->k.family))
 			return 0;
-		/* Timestamps only travel in events (and durations between them). */
-		__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
-		__u8 kind;
-		int owner_known = 0;
-		struct sock_info *s = NULL;
-		if (oldstate == TCP_SYN_SENT) {
-			kind = KIND_CONNECT;
-			x->k.direction = DIR_OUTBOUND;
-			x->k.port = x->f.dport;
-			if (TRACK_OWNERS) {
-				s = sock_find(skey);
-				if (s && (s->flags & SI_OWNER_KNOWN)) {
-					x->o = s->owner;
-					owner_known = 1;
-				}
-			}
-		} else {
-			kind = KIND_ACCEPT;
-			x->k.direction = DIR_INBOUND;
-			x->k.port = x->f.sport;
-			if (TRACK_OWNERS) {
-				struct listen_key lk = { .netns = x->k.netns, .port = x->f.sport };
-				struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
-				if (li) {
-					x->o = li->owner;
-					owner_known = 1;
-				}
-			}
-		}
-		/* socket_wanted passed above. */
-		int pass = event_wanted(x->k.port, &x->o, owner_known);
-		__u32 id = pass ? flow_id(cs, &x->k, nested) : NO_FLOW;
-		if (!s)
-			s = sock_claim(cs, skey);
-		if (s) {
-			s->flow_id = id;
-			if (cfg_emit_events) {
-				/* What only its close event uses. */
-				s->key = x->k;
-				s->sport = x->f.sport;
-				s->dport = x->f.dport;
-				s->established_ns = now;
-			}
-			s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT) | (owner_known ? SI_OWNER_KNOWN : 0);
-			if (TRACK_OWNERS)
-				s->owner = x->o;
-		}
-		if (!pass)
-			return 0;
-		if (TRACK_OWNERS && !owner_known)
-			stat_inc(cs, STAT_OWNER_UNKNOWN);
-		struct flow_counts *c = flow_at(id);
-		if (c) {
-			if (kind == KIND_CONNECT)
-				__sync_fetch_and_add(&c->connects, 1);
-			else
-				__sync_fetch_and_add(&c->accepts, 1);
-			/* Open only when its close can be matched: a socket without a slot
-			 * (counted in socks_full) closes without direction. */
-			if (s)
-				__sync_fetch_and_add(&c->open, 1);
-		}
-		stat_inc(cs, STAT_COUNTED);
-		emit(cs, &x->k, kind, oldstate, x->f.sport, x->f.dport, &x->o, owner_known, now, 0, 0, 0, nested);
+	} else if (!is_tcp(sk, direct)) {
 		return 0;
 	}
-
-	if (newstate != TCP_CLOSE)
+	struct sock_info *s = sock_claim(cs, (__u64)sk);
+	if (!s)
 		return 0;
+	s->flags = SI_OWNER_KNOWN;
+	fill_owner(&s->owner);
+	return 0;
+}
 
-	struct sock_info *s = sock_find(skey);
+/* The owner of the listener that accepted the connection in x (its netns and local port),
+ * into x->o; zero when it is not known. From this CPU's cached listener when that is the
+ * one and no listener changed since (a nested run leaves the cache to the run it
+ * interrupted), else from `listeners`. */
+static __always_inline int listener_owner(struct cpu_state *cs, struct scratch *x, int nested)
+{
+	__u32 zero = 0;
+	__u32 *genp = bpf_map_lookup_elem(&listen_gen, &zero);
+	if (!genp)
+		return 0;
+	/* Read before the lookup (see on_listen). */
+	__u32 gen = *(volatile __u32 *)genp;
+	struct listen_cache *lc = nested ? NULL : &cs->listener;
+	if (lc && lc->gen == gen && lc->key.netns == x->k.netns && lc->key.port == x->f.sport) {
+		if (!lc->known)
+			return 0;
+		x->o = lc->owner;
+		return 1;
+	}
+	struct listen_key lk = { .netns = x->k.netns, .port = x->f.sport };
+	struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
+	if (li)
+		x->o = li->owner;
+	if (lc) {
+		lc->key = lk;
+		lc->gen = gen;
+		lc->known = li != NULL;
+		if (li)
+			lc->owner = x->o;
+	}
+	return li != NULL;
+}
+
+/* A connection is established, from SYN_SENT (a connect) or SYN_RECV (an accept). What its
+ * event needs later (kind, previous state, time, whether the owner is known) goes into
+ * the scratch event as soon as it is known, rather than stay in registers across the
+ * helper calls that follow: that keeps the frame under 64 bytes. */
+static __always_inline int on_established(struct cpu_state *cs, struct sock *sk, int oldstate, int nested,
+					  const int direct)
+{
+	struct scratch *x = &cs->x[nested ? 1 : 0];
+	struct tcp_event *ev = &x->e;
+	__builtin_memset(x, 0, __builtin_offsetof(struct scratch, e));
+	if (read_tcp(cs, sk, &x->f, &x->k, direct) || !socket_wanted(x->k.netns, x->k.family))
+		return 0;
+	int outbound = oldstate == TCP_SYN_SENT;
+	x->k.direction = outbound ? DIR_OUTBOUND : DIR_INBOUND;
+	x->k.port = outbound ? x->f.dport : x->f.sport;
+	ev->kind = outbound ? KIND_CONNECT : KIND_ACCEPT;
+	ev->prev_state = oldstate;
+	ev->flags = 0;
+	/* Timestamps only travel in events (and durations between them). */
+	ev->ts_ns = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
+	struct sock_info *s = NULL;
+	if (outbound) {
+		s = sock_find((__u64)sk);
+		if (s && (s->flags & SI_OWNER_KNOWN)) {
+			x->o = s->owner;
+			ev->flags = FLAG_OWNER_KNOWN;
+		}
+	} else if (listener_owner(cs, x, nested)) {
+		ev->flags = FLAG_OWNER_KNOWN;
+	}
+	/* socket_wanted passed above. */
+	int pass = event_wanted(x->k.port, &x->o, ev->flags & FLAG_OWNER_KNOWN);
+	__u32 id = pass ? flow_id(cs, &x->k, nested) : NO_FLOW;
+	if (!s)
+		s = sock_claim(cs, (__u64)sk);
+	if (s) {
+		s->flow_id = id;
+		if (cfg_emit_events) {
+			/* What only its close event uses. */
+			key_copy(&s->key, &x->k);
+			s->sport = x->f.sport;
+			s->dport = x->f.dport;
+			s->established_ns = ev->ts_ns;
+		}
+		s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT) |
+			   (ev->flags & FLAG_OWNER_KNOWN ? SI_OWNER_KNOWN : 0);
+		s->owner = x->o;
+	}
+	if (!pass)
+		return 0;
+	if (!(ev->flags & FLAG_OWNER_KNOWN))
+		stat_inc(cs, STAT_OWNER_UNKNOWN);
+	struct flow_counts *c = flow_at(id);
+	if (c) {
+		__sync_fetch_and_add(ev->kind == KIND_CONNECT ? &c->connects : &c->accepts, 1);
+		/* Open only when its close can be matched: a socket without a slot
+		 * (counted in socks_full) closes without direction. */
+		if (s)
+			__sync_fetch_and_add(&c->open, 1);
+	}
+	stat_inc(cs, STAT_COUNTED);
+	if (event_allowed(cs, nested)) {
+		event_fill(ev, &x->k, ev->kind, ev->prev_state, x->f.sport, x->f.dport, &x->o,
+			   ev->flags & FLAG_OWNER_KNOWN, ev->ts_ns, 0, 0, 0);
+		event_send(cs, ev);
+	}
+	return 0;
+}
+
+/* A socket closes. */
+static __always_inline int on_close(struct cpu_state *cs, struct sock *sk, int oldstate, int nested, const int direct)
+{
+	struct sock_info *s = sock_find((__u64)sk);
 	__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
 
 	if (s && (s->flags & SI_ESTABLISHED)) {
@@ -980,17 +1092,14 @@ static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int o
 			return 0;
 		}
 		count_close(cs, s);
-		if (cfg_emit_events) {
-			struct flow_key k = s->key;
-			struct owner o = s->owner;
-			int owner_known = !!(s->flags & SI_OWNER_KNOWN);
-			__u64 since = s->established_ns;
-			__u16 sport = s->sport, dport = s->dport;
-			sock_release(s);
-			emit(cs, &k, KIND_CLOSE, oldstate, sport, dport, &o, owner_known, now, now - since, 1, 0, nested);
-		} else {
-			sock_release(s);
-		}
+		/* The event straight from the slot, before the slot is freed. */
+		int send = event_allowed(cs, nested);
+		if (send)
+			event_fill(&cs->x[0].e, &s->key, KIND_CLOSE, oldstate, s->sport, s->dport, &s->owner,
+				   !!(s->flags & SI_OWNER_KNOWN), now, now - s->established_ns, 1, 0);
+		sock_release(s);
+		if (send)
+			event_send(cs, &cs->x[0].e);
 		return 0;
 	}
 
@@ -998,14 +1107,47 @@ static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int o
 		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
 }
 
-static __out_of_line int on_state_direct(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested)
-{
-	return on_state(cs, sk, oldstate, newstate, nested, 1);
-}
+/* Each of the general path's functions, out of line: one copy per way of reading the
+ * socket (see read_fields). */
+#define OUT_OF_LINE_COPIES(name, params, args)  \
+	static __out_of_line int name##_direct params \
+	{                                             \
+		const int direct = 1;                 \
+		return name args;                     \
+	}                                             \
+	static __out_of_line int name##_probe params  \
+	{                                             \
+		const int direct = 0;                 \
+		return name args;                     \
+	}
 
-static __out_of_line int on_state_probe(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested)
+OUT_OF_LINE_COPIES(on_syn_sent, (struct cpu_state * cs, struct sock * sk, int nested), (cs, sk, nested, direct))
+OUT_OF_LINE_COPIES(on_established, (struct cpu_state * cs, struct sock * sk, int oldstate, int nested),
+		   (cs, sk, oldstate, nested, direct))
+OUT_OF_LINE_COPIES(on_close, (struct cpu_state * cs, struct sock * sk, int oldstate, int nested),
+		   (cs, sk, oldstate, nested, direct))
+
+/*
+ * One state change of socket sk. Decided on the states alone first, so that the
+ * transitions nobody counts (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, a child cloned from its
+ * listener) cost no read of the socket and no map operation.
+ */
+static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
+				    const int direct)
 {
-	return on_state(cs, sk, oldstate, newstate, nested, 0);
+	if (newstate == TCP_SYN_SENT)
+		return direct ? on_syn_sent_direct(cs, sk, nested) : on_syn_sent_probe(cs, sk, nested);
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
+		return direct ? on_listen_direct(cs, sk, newstate) : on_listen_probe(cs, sk, newstate);
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+			return 0;
+		return direct ? on_established_direct(cs, sk, oldstate, nested)
+			      : on_established_probe(cs, sk, oldstate, nested);
+	}
+	if (newstate != TCP_CLOSE)
+		return 0;
+	return direct ? on_close_direct(cs, sk, oldstate, nested) : on_close_probe(cs, sk, oldstate, nested);
 }
 
 /*
@@ -1081,16 +1223,14 @@ static __always_inline int run(struct sock *sk, int oldstate, int newstate, cons
 	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_state, &cpu);
 	if (!cs)
 		return 0;
-	int nested = cs->busy;
-	cs->busy = 1;
-	if (!TRACK_OWNERS)
-		fast_state(cs, sk, oldstate, newstate, nested, direct);
-	else if (direct)
-		on_state_direct(cs, sk, oldstate, newstate, nested);
+	__u32 busy = cs->busy;
+	int nested = busy != 0;
+	cs->busy = busy + 1;
+	if (TRACK_OWNERS)
+		on_state(cs, sk, oldstate, newstate, nested, direct);
 	else
-		on_state_probe(cs, sk, oldstate, newstate, nested);
-	if (!nested)
-		cs->busy = 0;
+		fast_state(cs, sk, oldstate, newstate, nested, direct);
+	cs->busy = busy;
 	return 0;
 }
 

@@ -35,6 +35,9 @@ pub const TCP_PROTOS: usize = 4;
 pub const MAP_SOCKS: &str = "socks";
 /// Map: listener owners (`LRU_HASH`, [`ListenKey`] -> [`ListenInfo`]).
 pub const MAP_LISTENERS: &str = "listeners";
+/// Map: the listeners' generation (`ARRAY`, one u32), bumped at every change to
+/// [`MAP_LISTENERS`]; a CPU's cached listener is valid under the generation it was read in.
+pub const MAP_LISTEN_GEN: &str = "listen_gen";
 /// Map: the netns filter set (`HASH`, netns inode -> 1).
 pub const MAP_NETNS_ALLOW: &str = "netns_allow";
 /// Map: what each CPU keeps for itself (`ARRAY` of [`CpuState`], by CPU): the counters
@@ -67,6 +70,9 @@ pub const CFG_WAKEUP_EVENTS: &str = "cfg_wakeup_events";
 pub const CFG_FLOW_MAX_ID: &str = "cfg_flow_max_id";
 /// Global: entries of the `socks` table minus one (u32; entries are a power of two).
 pub const CFG_SOCKS_MASK: &str = "cfg_socks_mask";
+/// Global: stores become visible in program order on this machine (x86's TSO), so the
+/// event rings are published with plain stores (u8, 0/1).
+pub const CFG_TSO: &str = "cfg_tso";
 
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
@@ -267,18 +273,21 @@ pub struct RingPos {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct CpuState {
-    /// A run of the program is under way on this CPU (a run that finds it set is nested).
+    /// Runs of the program under way on this CPU (a run that finds it set is nested).
     pub busy: u32,
     /// Zero.
     pub pad: u32,
     /// Protocol ops tables seen on TCP sockets (kernel addresses).
     pub tcp_prot: [u64; TCP_PROTOS],
-    /// Counters, by `STAT_*` index.
-    pub stats: [u64; STAT_MAX as usize],
+    /// Counters, by nesting level (a run, and a run nested in it), then `STAT_*` index.
+    pub stats: [[u64; STAT_MAX as usize]; 2],
     /// The flow cache: three `struct flow_cache` (a [`FlowKey`] and a u32 id).
     pub last: [u8; 3 * 48],
-    /// Scratch space: two `struct scratch` (socket fields, flow key, owner).
-    pub x: [u8; 2 * 136],
+    /// The listener cache: a `struct listen_cache` (a [`ListenKey`], the generation, whether
+    /// the owner is known, an [`Owner`]).
+    pub listener: [u8; 48],
+    /// Scratch space: two `struct scratch` (socket fields, flow key, owner, event).
+    pub x: [u8; 2 * 232],
     /// Keeps CPUs' entries off each other's cache lines.
     pub guard: [u8; 64],
 }

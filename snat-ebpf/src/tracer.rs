@@ -150,6 +150,10 @@ pub struct Filters {
     pub family: Option<Family>,
 }
 
+/// Whether this machine keeps stores in program order (x86's TSO): the program then
+/// publishes events with plain stores instead of atomic adds (see `cfg_tso`).
+const TSO: u8 = cfg!(any(target_arch = "x86_64", target_arch = "x86")) as u8;
+
 /// Default size of the kernel's flow table.
 const DEFAULT_FLOW_ENTRIES: u32 = 1 << 14;
 /// Default size of the kernel's socket table.
@@ -462,6 +466,7 @@ impl TracerBuilder {
             .override_global(abi::CFG_WAKEUP_EVENTS, &wakeup, true)
             .override_global(abi::CFG_SOCKS_MASK, &socks_mask, true)
             .override_global(abi::CFG_FLOW_MAX_ID, &flow_max_id, true)
+            .override_global(abi::CFG_TSO, &TSO, true)
             .map_max_entries(abi::MAP_CPU_EVENTS, ring_entries)
             .map_max_entries(abi::MAP_CPU_POS, u32::try_from(ring_cpus).unwrap_or(u32::MAX))
             .map_max_entries(abi::MAP_CPU_STATE, u32::try_from(cpus).unwrap_or(u32::MAX))
@@ -1154,8 +1159,10 @@ impl Tracer {
         let mut sums = [0u64; abi::STAT_MAX as usize];
         for cpu in 0..arr.len() {
             let st = arr.get(&cpu, 0).map_err(|e| map_err(abi::MAP_CPU_STATE, e))?;
-            for (sum, v) in sums.iter_mut().zip(st.stats) {
-                *sum = sum.saturating_add(v);
+            for level in st.stats {
+                for (sum, v) in sums.iter_mut().zip(level) {
+                    *sum = sum.saturating_add(v);
+                }
             }
         }
         let get = |i: u32| -> Result<u64, Error> { Ok(sums[i as usize]) };

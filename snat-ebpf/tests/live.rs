@@ -322,6 +322,71 @@ fn failed_connects(probe: bool) {
 }
 
 /// A loopback server thread in `ns` that accepts `n` connections and reads each to EOF.
+/// Pin the calling thread to CPU 0.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity get
+    // valid pointers and the set's size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// A listener replaced by another on the same port: the accepts are the new owner's. Each
+/// CPU caches the last listener it looked up; a change to any listener must invalidate it.
+/// The client is pinned to one CPU, so that the accepts of both phases run on the CPU whose
+/// cache the first phase filled.
+#[test]
+fn accepts_follow_a_listener_replaced_on_the_same_port() {
+    if !need_root() {
+        return;
+    }
+    const N: usize = 6;
+    let a = Netns::new();
+    let b = Netns::new();
+    let _veth = Veth::join(&a, &b);
+    let saddr = ip(B4);
+    let tracer = TracerBuilder::new()
+        .mode(Mode::Stream)
+        .netns([a.inode(), b.inode()])
+        .attach()
+        .unwrap();
+    let listen = |name: &str, port: u16| {
+        b.in_thread(name, move || TcpListener::bind((saddr, port)).unwrap())
+            .join()
+            .unwrap()
+    };
+    let connect = |port: u16| {
+        a.in_thread(&unique("cl"), move || {
+            pin_to_cpu0();
+            for _ in 0..N {
+                drop(TcpStream::connect((saddr, port)).unwrap());
+            }
+        })
+        .join()
+        .unwrap();
+    };
+    let (first, second) = (unique("ls"), unique("ls"));
+    let l1 = listen(&first, 0);
+    let port = l1.local_addr().unwrap().port();
+    connect(port);
+    // Closing the listener closes the connections waiting in its queue.
+    drop(l1);
+    let l2 = listen(&second, port);
+    connect(port);
+    drop(l2);
+    let (events, res) = collect(tracer, 8 * N as u64);
+    no_loss(&res.stats);
+    let accepts: Vec<&str> = of_kind(&events, EventKind::Accept)
+        .iter()
+        .map(|e| e.comm.as_str())
+        .collect();
+    let expect: Vec<&str> = [first.as_str(); N].into_iter().chain([second.as_str(); N]).collect();
+    assert_eq!(accepts, expect, "{events:#?}");
+}
+
 fn loop_server(ns: &Netns, n: usize) -> (u16, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = ns.in_thread(&unique("sv"), move || {

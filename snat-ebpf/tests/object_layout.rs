@@ -130,6 +130,7 @@ fn structs_match_their_rust_mirrors() {
             ("tcp_prot", offset_of!(CpuState, tcp_prot)),
             ("stats", offset_of!(CpuState, stats)),
             ("last", offset_of!(CpuState, last)),
+            ("listener", offset_of!(CpuState, listener)),
             ("x", offset_of!(CpuState, x)),
             ("guard", offset_of!(CpuState, guard)),
         ],
@@ -221,7 +222,7 @@ fn structs_match_their_rust_mirrors() {
 #[test]
 fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     let obj = aya_obj::Object::parse(snat_ebpf::object()).expect("aya-obj parses the committed object");
-    let expect: [(&str, u32, u32); 10] = [
+    let expect: [(&str, u32, u32); 11] = [
         (abi::MAP_FLOWS, size_of::<FlowKey>() as u32, 4),
         (abi::MAP_FLOW_COUNTS, 4, size_of::<FlowCounts>() as u32),
         (abi::MAP_FLOW_NEXT, 4, 4),
@@ -231,6 +232,7 @@ fn maps_have_the_key_and_value_sizes_the_loader_uses() {
             size_of::<ListenKey>() as u32,
             size_of::<ListenInfo>() as u32,
         ),
+        (abi::MAP_LISTEN_GEN, 4, 4),
         (abi::MAP_NETNS_ALLOW, 4, 1),
         (abi::MAP_CPU_STATE, 4, size_of::<CpuState>() as u32),
         (abi::MAP_CPU_EVENTS, 4, size_of::<RawEvent>() as u32),
@@ -281,6 +283,7 @@ fn program_and_globals_exist_with_the_sizes_the_loader_writes() {
         (abi::CFG_RING_SHIFT, 4),
         (abi::CFG_WAKEUP_EVENTS, 4),
         (abi::CFG_SOCKS_MASK, 4),
+        (abi::CFG_TSO, 1),
         (abi::CFG_FLOW_MAX_ID, 4),
     ] {
         assert_eq!(syms.get(name).copied(), Some(size), "global {name}");
