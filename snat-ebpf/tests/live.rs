@@ -611,14 +611,28 @@ fn a_full_socket_table_loses_direction_never_counts() {
         .unwrap();
     let (port, server) = loop_server(&a, N);
     // All N connections open at once (2N sockets), then all closed.
-    a.in_thread(&unique("fl"), move || {
-        let conns: Vec<TcpStream> = (0..N)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        drop(conns);
-    })
-    .join()
-    .unwrap();
+    let conns: Vec<TcpStream> = a
+        .in_thread(&unique("fl"), move || {
+            (0..N)
+                .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+                .collect()
+        })
+        .join()
+        .unwrap();
+    // While they are open: the sockets that have a slot are open in their flows; the
+    // others, whose closes cannot be matched, are not.
+    let start = Instant::now();
+    let open_now = loop {
+        let flows = tracer.flows().unwrap();
+        let established: u64 = flows.iter().map(|f| f.connects + f.accepts).sum();
+        if established == 2 * N as u64 {
+            break flows.iter().map(|f| f.open).sum::<u64>();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{flows:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(open_now, u64::from(SLOTS));
+    drop(conns);
     server.join().unwrap();
     let (_, res) = collect(tracer, 4 * N as u64);
     let s = res.stats;
