@@ -22,12 +22,13 @@
  * is the remote port of an outbound connection and the local (listening) port of an
  * inbound one. With
  * cfg_emit_events set, each event is also written to its CPU's ring in `cpu_events`
- * (see emit), with batched wakeups through the `wakeups` ring buffer. Every loss is
+ * (see event_send), with batched wakeups through the `wakeups` ring buffer. Every loss is
  * counted in the per-CPU counters (`stats` in cpu_state).
  *
  * Aggregated mode without a pid filter, the common case, takes its own short path
  * (fast_state): it counts the same, keeps nothing that only events and owners use, and
- * its stack frame stays small.
+ * its stack frame stays small. The general path (on_state) is one out-of-line function
+ * per counted state change, each with a small frame too.
  *
  * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
  * a socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
@@ -1181,7 +1182,7 @@ static __always_inline int fast_established(struct cpu_state *cs, struct sock *s
 	struct flow_counts *c = flow_at(id);
 	if (c) {
 		__sync_fetch_and_add(outbound ? &c->connects : &c->accepts, 1);
-		/* Open only when its close can be matched (see on_state). */
+		/* Open only when its close can be matched (see on_established). */
 		if (s)
 			__sync_fetch_and_add(&c->open, 1);
 	}
