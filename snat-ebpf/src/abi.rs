@@ -70,8 +70,8 @@ pub const CFG_WAKEUP_EVENTS: &str = "cfg_wakeup_events";
 pub const CFG_FLOW_MAX_ID: &str = "cfg_flow_max_id";
 /// Global: entries of the `socks` table minus one (u32; entries are a power of two).
 pub const CFG_SOCKS_MASK: &str = "cfg_socks_mask";
-/// Global: stores become visible in program order on this machine (x86's TSO), so the
-/// event rings are published with plain stores (u8, 0/1).
+/// Global: stores become visible in program order on this machine (x86's TSO), so events
+/// are published, and socket slots freed, with plain stores (u8, 0/1).
 pub const CFG_TSO: &str = "cfg_tso";
 
 /// `AF_INET`.

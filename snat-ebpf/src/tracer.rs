@@ -151,7 +151,8 @@ pub struct Filters {
 }
 
 /// Whether this machine keeps stores in program order (x86's TSO): the program then
-/// publishes events with plain stores instead of atomic adds (see `cfg_tso`).
+/// publishes events and frees socket slots with plain stores instead of atomic operations
+/// (see `cfg_tso`).
 const TSO: u8 = cfg!(any(target_arch = "x86_64", target_arch = "x86")) as u8;
 
 /// Default size of the kernel's flow table.

@@ -322,13 +322,19 @@ fn failed_connects(probe: bool) {
 }
 
 /// A loopback server thread in `ns` that accepts `n` connections and reads each to EOF.
-/// Pin the calling thread to CPU 0.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity get
-    // valid pointers and the set's size.
+/// Pin the calling thread to the first CPU it may run on.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity, CPU_ISSET,
+    // CPU_SET and sched_setaffinity get valid pointers and the set's size.
     unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed);
+        assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &allowed))
+            .expect("some CPU is allowed");
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
         assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
     }
@@ -360,7 +366,7 @@ fn accepts_follow_a_listener_replaced_on_the_same_port() {
     };
     let connect = |port: u16| {
         a.in_thread(&unique("cl"), move || {
-            pin_to_cpu0();
+            pin_to_one_cpu();
             for _ in 0..N {
                 drop(TcpStream::connect((saddr, port)).unwrap());
             }
