@@ -298,6 +298,21 @@ static __always_inline void fill_owner(struct owner *o)
  */
 #define __out_of_line __attribute__((noinline, used))
 
+/* A function of the rare or general paths, out of line: one copy per way of reading the
+ * socket (see read_fields), name_direct and name_probe, each calling the inline `name`
+ * with `direct` last among its arguments. */
+#define OUT_OF_LINE_COPIES(name, params, args)  \
+	static __out_of_line int name##_direct params \
+	{                                             \
+		const int direct = 1;                 \
+		return name args;                     \
+	}                                             \
+	static __out_of_line int name##_probe params  \
+	{                                             \
+		const int direct = 0;                 \
+		return name args;                     \
+	}
+
 /* What the program reads of a socket: the start of struct sock_common. */
 struct sk_fields {
 	__u64 net;
@@ -521,15 +536,7 @@ static __always_inline int tcp_prot_learn(struct cpu_state *cs, struct sock *sk,
 	return 1;
 }
 
-static __out_of_line int tcp_prot_learn_direct(struct cpu_state *cs, struct sock *sk, __u64 prot)
-{
-	return tcp_prot_learn(cs, sk, prot, 1);
-}
-
-static __out_of_line int tcp_prot_learn_probe(struct cpu_state *cs, struct sock *sk, __u64 prot)
-{
-	return tcp_prot_learn(cs, sk, prot, 0);
-}
+OUT_OF_LINE_COPIES(tcp_prot_learn, (struct cpu_state * cs, struct sock * sk, __u64 prot), (cs, sk, prot, direct))
 
 /* Whether a socket whose fields f were read is TCP, by its protocol's ops table
  * (skc_prot, read with the other fields) when that table was seen on a TCP socket before,
@@ -874,15 +881,7 @@ static __always_inline int on_listen(struct cpu_state *cs, struct sock *sk, int 
 	return 0;
 }
 
-static __out_of_line int on_listen_direct(struct cpu_state *cs, struct sock *sk, int newstate)
-{
-	return on_listen(cs, sk, newstate, 1);
-}
-
-static __out_of_line int on_listen_probe(struct cpu_state *cs, struct sock *sk, int newstate)
-{
-	return on_listen(cs, sk, newstate, 0);
-}
+OUT_OF_LINE_COPIES(on_listen, (struct cpu_state * cs, struct sock * sk, int newstate), (cs, sk, newstate, direct))
 
 /* The close of a socket not established during the trace (s: its slot, holding at most
  * the owner from SYN_SENT, or NULL): a failed connect, or the close of a connection
@@ -941,17 +940,9 @@ static __always_inline int on_close_untracked(struct cpu_state *cs, struct sock 
 	return 0;
 }
 
-static __out_of_line int on_close_untracked_direct(struct cpu_state *cs, struct sock *sk, int oldstate,
-						struct sock_info *s, int nested)
-{
-	return on_close_untracked(cs, sk, oldstate, s, nested, 1);
-}
-
-static __out_of_line int on_close_untracked_probe(struct cpu_state *cs, struct sock *sk, int oldstate,
-					       struct sock_info *s, int nested)
-{
-	return on_close_untracked(cs, sk, oldstate, s, nested, 0);
-}
+OUT_OF_LINE_COPIES(on_close_untracked,
+		   (struct cpu_state * cs, struct sock * sk, int oldstate, struct sock_info * s, int nested),
+		   (cs, sk, oldstate, s, nested, direct))
 
 /*
  * The general path, for the stream and the pid filter, which use owners: one function
@@ -1107,20 +1098,6 @@ static __always_inline int on_close(struct cpu_state *cs, struct sock *sk, int o
 	return direct ? on_close_untracked_direct(cs, sk, oldstate, s, nested)
 		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
 }
-
-/* Each of the general path's functions, out of line: one copy per way of reading the
- * socket (see read_fields). */
-#define OUT_OF_LINE_COPIES(name, params, args)  \
-	static __out_of_line int name##_direct params \
-	{                                             \
-		const int direct = 1;                 \
-		return name args;                     \
-	}                                             \
-	static __out_of_line int name##_probe params  \
-	{                                             \
-		const int direct = 0;                 \
-		return name args;                     \
-	}
 
 OUT_OF_LINE_COPIES(on_syn_sent, (struct cpu_state * cs, struct sock * sk, int nested), (cs, sk, nested, direct))
 OUT_OF_LINE_COPIES(on_established, (struct cpu_state * cs, struct sock * sk, int oldstate, int nested),
