@@ -146,12 +146,18 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
             (Some(a.inode()), family, caddr, saddr, port)
         );
         assert!(e.cgroup_id.is_some_and(|c| c > 0));
+        if let Some(id) = common::cgroup_id_of(me) {
+            assert_eq!(e.cgroup_id, Some(id), "{e:?}");
+        }
     }
     assert_eq!(connects.iter().map(|e| e.sport).collect::<BTreeSet<_>>(), local_set);
     let accepts = of_kind(&events, EventKind::Accept);
     assert_eq!(accepts.len(), N);
     for e in &accepts {
         assert_eq!((e.pid, e.comm.as_str()), (server.pid, server.comm.as_str()), "{e:?}");
+        if server.cgroup_id.is_some() {
+            assert_eq!(e.cgroup_id, server.cgroup_id, "{e:?}");
+        }
         assert_eq!(
             (e.netns, e.family, e.saddr, e.daddr, e.sport),
             (Some(b.inode()), family, saddr, caddr, port)

@@ -1,14 +1,16 @@
 //! Small, self-contained helpers for the privileged tests: the root/CI skip rule, network
 //! namespaces joined by veth pairs (each a guard that removes itself on drop, also when a
-//! test fails), threads running inside a namespace, and a server process in a namespace.
+//! test fails), threads running inside a namespace, a server process in a namespace, and
+//! a cgroup for that server.
 //!
 //! Names are unique per process and call (pid + counter), so tests run in parallel.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -161,8 +163,70 @@ impl Drop for Veth {
     }
 }
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or its `unified` directory
+/// on a hybrid host), from /proc/self/mountinfo; `None` without one.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// The cgroup id of process `pid` (its cgroup v2 directory's inode, which is what
+/// `bpf_get_current_cgroup_id` returns); `None` without a cgroup v2 hierarchy.
+pub fn cgroup_id_of(pid: u32) -> Option<u64> {
+    let root = cgroup2_mount()?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::fs::metadata(root.join(path.trim_start_matches('/'))).ok()?.ino())
+}
+
+/// A cgroup v2 directory made for one test (unique name), removed on drop once the
+/// processes in it are gone.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+    /// Its cgroup id.
+    pub id: u64,
+}
+
+impl Cgroup {
+    /// `None` without a cgroup v2 hierarchy, or when it cannot be written.
+    pub fn new() -> Option<Cgroup> {
+        let path = cgroup2_mount()?.join(unique("snatcg"));
+        std::fs::create_dir(&path).ok()?;
+        // Made first, so that a failure below still removes the directory.
+        let mut cg = Cgroup { path, id: 0 };
+        cg.id = std::fs::metadata(&cg.path).ok()?.ino();
+        Some(cg)
+    }
+
+    /// Its `cgroup.procs` file: a process that writes its pid there moves in.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // A process that just exited may keep the cgroup busy for a moment.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !Path::new(&self.path).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove test cgroup {}", self.path.display());
+    }
+}
+
 /// A TCP server process (`python3`) in a namespace: accepts connections, reads each to
-/// EOF, closes it. Killed on drop.
+/// EOF, closes it. It runs in a cgroup of its own when the host has cgroup v2. Killed on
+/// drop.
 #[derive(Debug)]
 pub struct Server {
     child: Child,
@@ -172,10 +236,17 @@ pub struct Server {
     pub port: u16,
     /// Its command name.
     pub comm: String,
+    /// Its cgroup id, when it runs in a cgroup of its own (see [`Cgroup`]).
+    pub cgroup_id: Option<u64>,
+    // Dropped after the child is killed and reaped (Drop for Server runs first).
+    cgroup: Option<Cgroup>,
 }
 
 const SERVER_PY: &str = r#"
 import os, socket, sys, threading
+# Wait until the test has moved this process into its cgroup (`ip netns exec` mounts a
+# /sys of its own, without cgroupfs): the tracer records a listener's owner at listen().
+sys.stdin.readline()
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -198,11 +269,23 @@ impl Server {
         } else {
             "python3"
         };
+        let cgroup = Cgroup::new();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name, python, "-c", SERVER_PY, &addr.to_string()])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn server");
+        // `ip netns exec` execs the server: the child's pid is the server's.
+        if let Some(cg) = &cgroup {
+            std::fs::write(cg.procs(), child.id().to_string()).expect("move the server into its cgroup");
+        }
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"go\n")
+            .expect("start the server");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -215,7 +298,18 @@ impl Server {
             .unwrap()
             .trim()
             .to_string();
-        Server { child, pid, port, comm }
+        let cgroup_id = cgroup.as_ref().map(|c| c.id);
+        if let Some(id) = cgroup_id {
+            assert_eq!(cgroup_id_of(pid), Some(id), "the server is not in its cgroup");
+        }
+        Server {
+            child,
+            pid,
+            port,
+            comm,
+            cgroup_id,
+            cgroup,
+        }
     }
 }
 
