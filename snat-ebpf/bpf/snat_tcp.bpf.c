@@ -282,8 +282,22 @@ struct {
 	__uint(max_entries, 4096);
 } wakeups SEC(".maps");
 
-static __always_inline void fill_owner(struct owner *o)
+/* The current task as owner. Direct: one helper call, then plain loads from the task
+ * (bpf_get_current_task_btf, Linux 5.11+; the direct program needs 6.2+ anyway), the
+ * same fields the three helpers below read. Each helper is a call, and on CPUs with
+ * return-thunk mitigations every return is dear. */
+static __always_inline void fill_owner(struct owner *o, const int direct)
 {
+	if (direct) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		o->pid = t->tgid;
+		o->tid = t->pid;
+		o->cgroup_id = t->cgroups->dfl_cgrp->kn->id;
+		const __u64 *comm = (const __u64 *)t->comm;
+		((__u64 *)o->comm)[0] = comm[0];
+		((__u64 *)o->comm)[1] = comm[1];
+		return;
+	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	o->pid = pid_tgid >> 32;
 	o->tid = (__u32)pid_tgid;
@@ -864,7 +878,7 @@ static __always_inline int on_listen(struct cpu_state *cs, struct sock *sk, int 
 	if (newstate == TCP_LISTEN) {
 		/* Inside listen(): current is the caller. */
 		struct listen_info li = { .sk = skey };
-		fill_owner(&li.owner);
+		fill_owner(&li.owner, direct);
 		bpf_map_update_elem(&listeners, &lk, &li, BPF_ANY);
 	} else {
 		struct listen_info *li = bpf_map_lookup_elem(&listeners, &lk);
@@ -965,7 +979,7 @@ static __always_inline int on_syn_sent(struct cpu_state *cs, struct sock *sk, in
 	if (!s)
 		return 0;
 	s->flags = SI_OWNER_KNOWN;
-	fill_owner(&s->owner);
+	fill_owner(&s->owner, direct);
 	return 0;
 }
 

@@ -69,6 +69,27 @@ struct inet_sock {
 	__be16 inet_sport;
 };
 
+/* The current task's owner fields (see fill_owner): the path of task_dfl_cgroup() and
+ * cgroup_id(), as bpf_get_current_cgroup_id takes it. */
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	char comm[16];
+	struct css_set *cgroups;
+};
+
 #pragma clang attribute pop
 
 /*
