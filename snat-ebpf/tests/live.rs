@@ -38,6 +38,13 @@ fn summary_of_flows(flows: &[FlowRow], by: Vec<Vec<Field>>) -> TraceSummary {
     s
 }
 
+fn unix_now_ns() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(d.as_nanos()).unwrap()
+}
+
 fn no_loss(stats: &KernelStats) {
     assert_eq!(stats.lost(), 0, "{stats:?}");
     assert_eq!(stats.events_dropped, 0, "{stats:?}");
@@ -65,6 +72,7 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
     let _veth = Veth::join(&a, &b);
     let (caddr, saddr) = if v6 { (ip(A6), ip(B6)) } else { (ip(A4), ip(B4)) };
     let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
+    let before = unix_now_ns();
     // Attach before the server listens: the listener's owner is recorded at LISTEN.
     let tracer = TracerBuilder::new()
         .mode(mode)
@@ -103,6 +111,7 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
     let local_set: BTreeSet<u16> = locals.iter().copied().collect();
     assert_eq!(local_set.len(), N);
     let (events, res) = collect(tracer, 4 * N as u64);
+    let after = unix_now_ns();
     no_loss(&res.stats);
     assert_eq!(res.stats.counted, 4 * N as u64, "{:?}", res.stats);
     assert_eq!(res.stats.owner_unknown, 0);
@@ -179,7 +188,29 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
         assert_ne!(e.prev_state, Some(TcpState::SynSent));
     }
     assert!(of_kind(&events, EventKind::FailedConnect).is_empty());
-    assert!(events.iter().all(|e| e.time_ns.is_some()));
+
+    // Every event's time falls within the trace (to the wall-clock conversion's
+    // precision), and each close's duration reaches back exactly to the time of its own
+    // connect (client side, by local port) or accept (server side, by remote port).
+    const SLACK_NS: u64 = 5_000_000;
+    for e in &events {
+        let t = e.time_ns.unwrap_or(0);
+        assert!(
+            t + SLACK_NS >= before && t <= after + SLACK_NS,
+            "{e:?} outside [{before}, {after}]"
+        );
+    }
+    for (closes, opens, kind) in [(&in_a, &connects, "connect"), (&in_b, &accepts, "accept")] {
+        for c in closes {
+            let port = if kind == "connect" { c.sport } else { c.dport };
+            let open = opens
+                .iter()
+                .find(|o| (if kind == "connect" { o.sport } else { o.dport }) == port)
+                .unwrap_or_else(|| panic!("no {kind} for {c:?}"));
+            let (t, d) = (c.time_ns.unwrap(), c.duration_ns.unwrap());
+            assert_eq!(t.checked_sub(d), open.time_ns, "{kind} {open:?} and its close {c:?}");
+        }
+    }
 
     // Aggregated counts equal the event stream's.
     let by = vec![
