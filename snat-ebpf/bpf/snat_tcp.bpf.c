@@ -862,6 +862,27 @@ static __always_inline int read_tcp(struct cpu_state *cs, struct sock *sk, struc
 	return 0;
 }
 
+/*
+ * The time a socket reached ESTABLISHED, on the clock of every event time
+ * (CLOCK_MONOTONIC, bpf_ktime_get_ns). Direct: the socket's tcp_clock_cache, which TCP
+ * sets to tcp_clock_ns(), that same clock, when it starts processing a packet
+ * (tcp_mstamp_refresh); a socket becomes ESTABLISHED while TCP processes the SYN-ACK
+ * (connect) or the handshake's last ACK (accept), after that refresh. A plain load where
+ * the clock read is a helper call and an indirect call into the clocksource, a fifth of
+ * stream mode's cost per connection. At worst (a kernel that no longer refreshes it
+ * there) the time is that of the handshake's previous packet. Probe: the clock.
+ */
+static __always_inline __u64 established_ns(struct sock *sk, const int direct)
+{
+	if (direct && bpf_core_field_exists(struct tcp_sock, tcp_clock_cache)) {
+		__u64 t = ((struct tcp_sock *)snat_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock)))
+				  ->tcp_clock_cache;
+		if (t)
+			return t;
+	}
+	return bpf_ktime_get_ns();
+}
+
 /* Whether owners are recorded: only what uses them pays for them. */
 #define TRACK_OWNERS (cfg_emit_events || cfg_pid)
 
@@ -903,7 +924,7 @@ OUT_OF_LINE_COPIES(on_listen, (struct cpu_state * cs, struct sock * sk, int news
 static __always_inline int on_close_untracked(struct cpu_state *cs, struct sock *sk, int oldstate,
 					      struct sock_info *s, int nested, const int direct)
 {
-	__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
+	__u64 now = cfg_emit_events ? bpf_ktime_get_ns() : 0;
 	/* Not established during the trace: its slot holds at most the owner from SYN_SENT. */
 	struct owner o = {};
 	int owner_known = 0;
@@ -1035,7 +1056,7 @@ static __always_inline int on_established(struct cpu_state *cs, struct sock *sk,
 	ev->prev_state = oldstate;
 	ev->flags = 0;
 	/* Timestamps only travel in events (and durations between them). */
-	ev->ts_ns = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
+	ev->ts_ns = cfg_emit_events ? established_ns(sk, direct) : 0;
 	struct sock_info *s = NULL;
 	if (outbound) {
 		s = sock_find((__u64)sk);
@@ -1089,7 +1110,7 @@ static __always_inline int on_established(struct cpu_state *cs, struct sock *sk,
 static __always_inline int on_close(struct cpu_state *cs, struct sock *sk, int oldstate, int nested, const int direct)
 {
 	struct sock_info *s = sock_find((__u64)sk);
-	__u64 now = cfg_emit_events ? bpf_ktime_get_boot_ns() : 0;
+	__u64 now = cfg_emit_events ? bpf_ktime_get_ns() : 0;
 
 	if (s && (s->flags & SI_ESTABLISHED)) {
 		/* Close of a connection established during the trace. */

@@ -69,6 +69,11 @@ struct inet_sock {
 	__be16 inet_sport;
 };
 
+/* The time of the socket's last packet processing (see established_ns). */
+struct tcp_sock {
+	__u64 tcp_clock_cache;
+};
+
 /* The current task's owner fields (see fill_owner): the path of task_dfl_cgroup() and
  * cgroup_id(), as bpf_get_current_cgroup_id takes it. */
 struct kernfs_node {

@@ -215,7 +215,8 @@ pub struct ListenInfo {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawEvent {
-    /// Boot-clock (`CLOCK_BOOTTIME`) nanoseconds.
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`; for connects and accepts, the
+    /// socket's `tcp_clock_cache` on the same clock).
     pub ts_ns: u64,
     /// For closes: time since ESTABLISHED.
     pub duration_ns: u64,

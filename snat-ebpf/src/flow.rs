@@ -203,10 +203,10 @@ impl Record for KindRow<'_> {
     }
 }
 
-/// Converts kernel boot-clock times to Unix time.
+/// Converts the kernel program's times (`CLOCK_MONOTONIC` nanoseconds) to Unix time.
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
-    /// `CLOCK_REALTIME - CLOCK_BOOTTIME`, in nanoseconds.
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds.
     offset_ns: i128,
 }
 
@@ -223,17 +223,17 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 impl WallClock {
     /// Measure the offset now.
     pub fn now() -> WallClock {
-        let boot1 = clock_ns(libc::CLOCK_BOOTTIME);
+        let mono1 = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        let boot2 = clock_ns(libc::CLOCK_BOOTTIME);
+        let mono2 = clock_ns(libc::CLOCK_MONOTONIC);
         WallClock {
-            offset_ns: real - (boot1 + boot2) / 2,
+            offset_ns: real - (mono1 + mono2) / 2,
         }
     }
 
-    /// Unix nanoseconds for a boot-clock time.
-    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
-        u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
+    /// Unix nanoseconds for a `CLOCK_MONOTONIC` time.
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        u64::try_from(i128::from(mono_ns) + self.offset_ns).unwrap_or(0)
     }
 }
 
@@ -401,11 +401,11 @@ mod tests {
     #[test]
     fn wall_clock_is_close_to_now() {
         let c = WallClock::now();
-        let boot = clock_ns(libc::CLOCK_BOOTTIME) as u64;
+        let mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        assert!(c.unix_ns(boot).abs_diff(unix) < 1_000_000_000);
+        assert!(c.unix_ns(mono).abs_diff(unix) < 1_000_000_000);
     }
 }
