@@ -868,9 +868,9 @@ static __always_inline int read_tcp(struct cpu_state *cs, struct sock *sk, struc
  * sets to tcp_clock_ns(), that same clock, when it starts processing a packet
  * (tcp_mstamp_refresh); a socket becomes ESTABLISHED while TCP processes the SYN-ACK
  * (connect) or the handshake's last ACK (accept), after that refresh. A plain load where
- * the clock read is a helper call and an indirect call into the clocksource, a fifth of
- * stream mode's cost per connection. At worst (a kernel that no longer refreshes it
- * there) the time is that of the handshake's previous packet. Probe: the clock.
+ * a clock read is a helper call and an indirect call into the clocksource (the four per
+ * connection were a fifth of stream mode's cost). At worst (a kernel that no longer
+ * refreshes it there) the time is that of the handshake's previous packet. Probe: clock.
  */
 static __always_inline __u64 established_ns(struct sock *sk, const int direct)
 {
