@@ -163,17 +163,9 @@ impl Drop for Veth {
     }
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or its `unified` directory
-/// on a hybrid host), from /proc/self/mountinfo; `None` without one.
+/// Where the cgroup v2 hierarchy is mounted (the library's own reading of mountinfo).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split_whitespace().next() != Some("cgroup2") {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    snat_ebpf::seed::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
 /// The cgroup id of process `pid` (its cgroup v2 directory's inode, which is what
