@@ -200,15 +200,16 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
             "{e:?} outside [{before}, {after}]"
         );
     }
-    for (closes, opens, kind) in [(&in_a, &connects, "connect"), (&in_b, &accepts, "accept")] {
+    let local: fn(&TcpEvent) -> u16 = |e| e.sport;
+    let remote: fn(&TcpEvent) -> u16 = |e| e.dport;
+    for (closes, opens, client_port) in [(&in_a, &connects, local), (&in_b, &accepts, remote)] {
         for c in closes {
-            let port = if kind == "connect" { c.sport } else { c.dport };
             let open = opens
                 .iter()
-                .find(|o| (if kind == "connect" { o.sport } else { o.dport }) == port)
-                .unwrap_or_else(|| panic!("no {kind} for {c:?}"));
+                .find(|o| client_port(o) == client_port(c))
+                .unwrap_or_else(|| panic!("no connect or accept for {c:?}"));
             let (t, d) = (c.time_ns.unwrap(), c.duration_ns.unwrap());
-            assert_eq!(t.checked_sub(d), open.time_ns, "{kind} {open:?} and its close {c:?}");
+            assert_eq!(t.checked_sub(d), open.time_ns, "{open:?} and its close {c:?}");
         }
     }
 
@@ -358,7 +359,6 @@ fn failed_connects(probe: bool) {
     );
 }
 
-/// A loopback server thread in `ns` that accepts `n` connections and reads each to EOF.
 /// Pin the calling thread to the first CPU it may run on.
 fn pin_to_one_cpu() {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity, CPU_ISSET,
@@ -430,6 +430,7 @@ fn accepts_follow_a_listener_replaced_on_the_same_port() {
     assert_eq!(accepts, expect, "{events:#?}");
 }
 
+/// A loopback server thread in `ns` that accepts `n` connections and reads each to EOF.
 fn loop_server(ns: &Netns, n: usize) -> (u16, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = ns.in_thread(&unique("sv"), move || {
