@@ -13,26 +13,11 @@
 //!
 //! Usage: `connect_loop SECONDS`
 
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-fn linger_zero(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket fd and a valid linger struct of the size passed.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const l).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
+#[path = "common/conn.rs"]
+mod conn;
 
 fn main() -> std::io::Result<()> {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
@@ -46,11 +31,7 @@ fn main() -> std::io::Result<()> {
     let mut times: Vec<u32> = Vec::with_capacity((secs * 50_000.0) as usize);
     let mut last = t0;
     while last.duration_since(t0) < d {
-        let c = TcpStream::connect(addr)?;
-        let (s, _) = l.accept()?;
-        linger_zero(&c);
-        drop(c);
-        drop(s);
+        conn::one(&l, addr)?;
         n += 1;
         let now = Instant::now();
         times.push(u32::try_from(now.duration_since(last).as_nanos()).unwrap_or(u32::MAX));
