@@ -208,6 +208,11 @@ struct {
 struct flow_cache {
 	struct flow_key key;
 	__u32 id;
+	/* Where aggregated mode's short path made this entry for an IPv4 socket (else 0):
+	 * the socket's struct net and ops table, so that the next socket can be checked
+	 * against the entry with its own fields, before any key is built (see flow_hint). */
+	__u64 net;
+	__u64 prot;
 };
 
 
@@ -368,7 +373,7 @@ struct scratch {
  *             each CPU for itself.
  *   stats     the counters (STAT_*) by nesting level, summed over the CPUs and levels
  *             by the reader (see stat_inc).
- *   last      the flow cache, by direction (see flow_id).
+ *   last      the flow cache, by direction (see flow_id and flow_hint).
  *   listener  the listener this CPU looked up last and its owner, valid under generation
  *             gen of `listen_gen` (see listener_owner): a node accepts most of its
  *             connections on a few listeners, and a hash lookup is a call.
@@ -679,8 +684,10 @@ static __always_inline void key_copy(struct flow_key *to, const struct flow_key 
 }
 
 /* The id of flow k, made on first sight; NO_FLOW (counted in flows_full) when the table
- * is full. */
-static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key *k, int nested)
+ * is full. The cache entry it leaves carries net and prot (see flow_cache; 0 and 0 when k
+ * is not an IPv4 key read directly). */
+static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key *k, int nested, __u64 net,
+				     __u64 prot)
 {
 	__u32 zero = 0, dir = k->direction;
 	/* A nested run leaves the cache to the run it interrupted (it may be half written). */
@@ -709,6 +716,8 @@ static __always_inline __u32 flow_id(struct cpu_state *cs, const struct flow_key
 	if (last) {
 		key_copy(&last->key, k);
 		last->id = id;
+		last->net = net;
+		last->prot = prot;
 	}
 	return id;
 }
@@ -735,7 +744,7 @@ static __always_inline void count_close(struct cpu_state *cs, const struct sock_
 
 static __always_inline struct flow_counts *flow_get(struct cpu_state *cs, const struct flow_key *k, int nested)
 {
-	return flow_at(flow_id(cs, k, nested));
+	return flow_at(flow_id(cs, k, nested, 0, 0));
 }
 
 /* Whether this run writes its event: not outside stream mode, nor in a nested run (the
@@ -1069,7 +1078,7 @@ static __always_inline int on_established(struct cpu_state *cs, struct sock *sk,
 	}
 	/* socket_wanted passed above. */
 	int pass = event_wanted(x->k.port, &x->o, ev->flags & FLAG_OWNER_KNOWN);
-	__u32 id = pass ? flow_id(cs, &x->k, nested) : NO_FLOW;
+	__u32 id = pass ? flow_id(cs, &x->k, nested, 0, 0) : NO_FLOW;
 	if (!s)
 		s = sock_claim(cs, (__u64)sk);
 	if (s) {
@@ -1164,6 +1173,37 @@ static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int o
 }
 
 /*
+ * The flow of an IPv4 socket read directly, when it is the one this CPU's cache entry for
+ * its direction was made for by this path: the socket's struct net, ops table (a TCP
+ * one: the entry was made after is_tcp_fields), addresses and port are the entry's, and
+ * the network namespace still has the entry's inode (a struct net freed and made again
+ * at the same address has another). No key is built and no key compared: a handful of
+ * loads from the socket's first cache line. Else NO_FLOW, and the caller takes the whole
+ * way (read_tcp, flow_id), which makes the entry for the next socket.
+ */
+static __always_inline __u32 flow_hint(struct cpu_state *cs, struct sock *sk, int outbound)
+{
+	struct flow_cache *last = &cs->last[outbound ? DIR_OUTBOUND : DIR_INBOUND];
+	struct sock_common *c = &AS_SOCK(sk)->__sk_common;
+	__u64 net = (__u64)c->skc_net.net;
+	if (last->net != net || last->prot != (__u64)c->skc_prot || c->skc_family != AF_INET)
+		return NO_FLOW;
+	const __u32 *w = (const __u32 *)&last->key;
+	__u16 port = outbound ? bpf_ntohs(c->skc_dport) : c->skc_num;
+	/* Words of struct flow_key: 0 netns, 1 family and port, 3 saddr, 7 daddr; an IPv4
+	 * key's other address words are zero. */
+	if (w[1] != (AF_INET | (__u32)port << 16) || w[3] != c->skc_rcv_saddr || w[7] != c->skc_daddr)
+		return NO_FLOW;
+	if (w[0] != net_inum(net, 1))
+		return NO_FLOW;
+	return last->id;
+}
+
+_Static_assert(__builtin_offsetof(struct flow_key, family) == 4 && __builtin_offsetof(struct flow_key, port) == 6 &&
+		       __builtin_offsetof(struct flow_key, saddr) == 12 && __builtin_offsetof(struct flow_key, daddr) == 28,
+	       "flow_hint reads the key by words");
+
+/*
  * The fast path: aggregated mode without a pid filter, where no owner and no event is
  * ever used. The common case, and the one whose cost every connection of the node pays.
  * It counts exactly what on_state counts, but keeps only what counting needs (no
@@ -1174,16 +1214,25 @@ static __always_inline int on_state(struct cpu_state *cs, struct sock *sk, int o
 static __always_inline int fast_established(struct cpu_state *cs, struct sock *sk, int oldstate, int nested,
 					    const int direct)
 {
-	struct scratch *x = &cs->x[nested ? 1 : 0];
-	struct flow_key *k = &x->k;
-	__builtin_memset(k, 0, sizeof(*k));
-	if (read_tcp(cs, sk, &x->f, k, direct) || !socket_wanted(k->netns, k->family))
-		return 0;
 	int outbound = oldstate == TCP_SYN_SENT;
-	k->direction = outbound ? DIR_OUTBOUND : DIR_INBOUND;
-	k->port = outbound ? x->f.dport : x->f.sport;
-	int pass = !cfg_port || k->port == cfg_port;
-	__u32 id = pass ? flow_id(cs, k, nested) : NO_FLOW;
+	/* Not in a nested run: the cache is the interrupted run's. The filters need no
+	 * second look: an entry is only made for a socket they passed (socket_wanted, and
+	 * flow_id is only asked when the port passed), and one that matches the entry has
+	 * the same network namespace, family and port. */
+	__u32 id = direct && !nested ? flow_hint(cs, sk, outbound) : NO_FLOW;
+	int pass = 1;
+	if (id == NO_FLOW) {
+		struct scratch *x = &cs->x[nested ? 1 : 0];
+		struct flow_key *k = &x->k;
+		__builtin_memset(k, 0, sizeof(*k));
+		if (read_tcp(cs, sk, &x->f, k, direct) || !socket_wanted(k->netns, k->family))
+			return 0;
+		k->direction = outbound ? DIR_OUTBOUND : DIR_INBOUND;
+		k->port = outbound ? x->f.dport : x->f.sport;
+		pass = !cfg_port || k->port == cfg_port;
+		int hint = direct && x->f.family == AF_INET;
+		id = pass ? flow_id(cs, k, nested, hint ? x->f.net : 0, hint ? x->f.prot : 0) : NO_FLOW;
+	}
 	struct sock_info *s = sock_claim(cs, (__u64)sk);
 	if (s) {
 		s->flow_id = id;
@@ -1216,22 +1265,29 @@ static __always_inline int fast_close(struct cpu_state *cs, struct sock *sk, int
 		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
 }
 
+/* Whether the short path has anything to do at this state change: a connection
+ * established, or a socket closed. A listener's close needs nothing here: listeners only
+ * serve owners. Checked first of all, so that every other change (SYN_SENT, SYN_RECV,
+ * FIN_WAIT1, ...: most of them) costs no more than the program's dispatch. */
+static __always_inline int fast_counts(int oldstate, int newstate)
+{
+	if (newstate == TCP_ESTABLISHED)
+		return oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV;
+	return newstate == TCP_CLOSE && oldstate != TCP_LISTEN;
+}
+
 static __always_inline int fast_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
 				      const int direct)
 {
-	if (newstate == TCP_ESTABLISHED) {
-		if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
-			fast_established(cs, sk, oldstate, nested, direct);
-		return 0;
-	}
-	/* A listener's close needs nothing here: listeners only serve owners. */
-	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN)
-		return fast_close(cs, sk, oldstate, nested, direct);
-	return 0;
+	if (newstate == TCP_ESTABLISHED)
+		return fast_established(cs, sk, oldstate, nested, direct);
+	return fast_close(cs, sk, oldstate, nested, direct);
 }
 
 static __always_inline int run(struct sock *sk, int oldstate, int newstate, const int direct)
 {
+	if (!TRACK_OWNERS && !fast_counts(oldstate, newstate))
+		return 0;
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_state, &cpu);
 	if (!cs)

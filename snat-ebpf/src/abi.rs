@@ -282,8 +282,9 @@ pub struct CpuState {
     pub tcp_prot: [u64; TCP_PROTOS],
     /// Counters, by nesting level (a run, and a run nested in it), then `STAT_*` index.
     pub stats: [[u64; STAT_MAX as usize]; 2],
-    /// The flow cache: three `struct flow_cache` (a [`FlowKey`] and a u32 id).
-    pub last: [u8; 3 * 48],
+    /// The flow cache: three `struct flow_cache` (a [`FlowKey`], a u32 id, and the
+    /// `struct net` and ops table addresses of the socket that made it).
+    pub last: [u8; 3 * 64],
     /// The listener cache: a `struct listen_cache` (a [`ListenKey`], the generation, whether
     /// the owner is known, an [`Owner`]).
     pub listener: [u8; 48],

@@ -787,6 +787,101 @@ fn flows_read_mid_trace_follow_new_flows() {
     no_loss(&res.stats);
 }
 
+/// Aggregated mode checks each new connection against the flow its CPU counted last, by
+/// the socket's own fields, before it builds a key. Connections made one after the other
+/// on one CPU, each differing from the one before in one thing only (network namespace,
+/// server address or port), must each count under their own flow.
+#[test]
+fn connections_differing_in_one_field_count_under_their_own_flows() {
+    if !need_root() {
+        return;
+    }
+    const N: usize = 4;
+    let a = Netns::new();
+    let b = Netns::new();
+    let tracer = TracerBuilder::new().netns([a.inode(), b.inode()]).attach().unwrap();
+    // A server accepting `n` connections on (addr, port) in ns, each read to EOF.
+    let serve = |ns: &Netns, addr: &'static str, port: u16, n: usize| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = ns.in_thread(&unique("sv"), move || {
+            let l = TcpListener::bind((addr, port)).unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            for _ in 0..n {
+                let (mut c, _) = l.accept().unwrap();
+                let mut buf = [0u8; 16];
+                while c.read(&mut buf).unwrap_or(0) > 0 {}
+            }
+        });
+        (rx.recv().unwrap(), h)
+    };
+    let (p, s1) = serve(&a, "127.0.0.1", 0, 3 * N);
+    let (_, s2) = serve(&b, "127.0.0.1", p, N);
+    let (_, s3) = serve(&a, "127.0.0.2", p, N);
+    let (q, s4) = serve(&a, "127.0.0.1", 0, N);
+    // Each differs from the one before in one field.
+    let order: [(bool, &str, u16); 6] = [
+        (false, "127.0.0.1", p),
+        (true, "127.0.0.1", p),
+        (false, "127.0.0.1", p),
+        (false, "127.0.0.2", p),
+        (false, "127.0.0.1", p),
+        (false, "127.0.0.1", q),
+    ];
+    let (path_a, path_b) = (a.path(), b.path());
+    std::thread::spawn(move || {
+        pin_to_one_cpu();
+        let fa = std::fs::File::open(path_a).unwrap();
+        let fb = std::fs::File::open(path_b).unwrap();
+        for _ in 0..N {
+            for (in_b, addr, port) in order {
+                let f = if in_b { &fb } else { &fa };
+                // SAFETY: setns on a valid fd; it only changes this thread's namespace.
+                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(f), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                drop(TcpStream::connect((addr, port)).unwrap());
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    for s in [s1, s2, s3, s4] {
+        s.join().unwrap();
+    }
+    let (_, res) = collect(tracer, 4 * 6 * N as u64);
+    no_loss(&res.stats);
+    // (netns, direction, server address, port) -> (connects, accepts, closes)
+    let mut got: Vec<_> = res
+        .flows
+        .iter()
+        .map(|f| {
+            let server = if f.direction == Direction::Inbound {
+                f.saddr
+            } else {
+                f.daddr
+            };
+            (
+                (f.netns, f.direction, server, f.port),
+                (f.connects, f.accepts, f.closes),
+            )
+        })
+        .collect();
+    got.sort();
+    let n = N as u64;
+    let (ia, ib) = (a.inode(), b.inode());
+    let mut want = Vec::new();
+    for (ns, addr, port, count) in [
+        (ia, "127.0.0.1", p, 3 * n),
+        (ib, "127.0.0.1", p, n),
+        (ia, "127.0.0.2", p, n),
+        (ia, "127.0.0.1", q, n),
+    ] {
+        want.push(((ns, Direction::Outbound, ip(addr), port), (count, 0, count)));
+        want.push(((ns, Direction::Inbound, ip(addr), port), (0, count, count)));
+    }
+    want.sort();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn stalled_reader_drops_are_counted_exactly() {
     if !need_root() {
