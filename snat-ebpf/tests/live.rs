@@ -432,9 +432,14 @@ fn accepts_follow_a_listener_replaced_on_the_same_port() {
 
 /// A loopback server thread in `ns` that accepts `n` connections and reads each to EOF.
 fn loop_server(ns: &Netns, n: usize) -> (u16, std::thread::JoinHandle<()>) {
+    server_at(ns, "127.0.0.1", 0, n)
+}
+
+/// [`loop_server`] on `addr` and `port` (0: any free port); returns the port.
+fn server_at(ns: &Netns, addr: &'static str, port: u16, n: usize) -> (u16, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = ns.in_thread(&unique("sv"), move || {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = TcpListener::bind((addr, port)).unwrap();
         // A deep accept queue, so that a slow (CPU-starved) server never overflows it.
         // SAFETY: listen on a valid, bound socket.
         unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
@@ -800,24 +805,10 @@ fn connections_differing_in_one_field_count_under_their_own_flows() {
     let a = Netns::new();
     let b = Netns::new();
     let tracer = TracerBuilder::new().netns([a.inode(), b.inode()]).attach().unwrap();
-    // A server accepting `n` connections on (addr, port) in ns, each read to EOF.
-    let serve = |ns: &Netns, addr: &'static str, port: u16, n: usize| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = ns.in_thread(&unique("sv"), move || {
-            let l = TcpListener::bind((addr, port)).unwrap();
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            for _ in 0..n {
-                let (mut c, _) = l.accept().unwrap();
-                let mut buf = [0u8; 16];
-                while c.read(&mut buf).unwrap_or(0) > 0 {}
-            }
-        });
-        (rx.recv().unwrap(), h)
-    };
-    let (p, s1) = serve(&a, "127.0.0.1", 0, 3 * N);
-    let (_, s2) = serve(&b, "127.0.0.1", p, N);
-    let (_, s3) = serve(&a, "127.0.0.2", p, N);
-    let (q, s4) = serve(&a, "127.0.0.1", 0, N);
+    let (p, s1) = server_at(&a, "127.0.0.1", 0, 3 * N);
+    let (_, s2) = server_at(&b, "127.0.0.1", p, N);
+    let (_, s3) = server_at(&a, "127.0.0.2", p, N);
+    let (q, s4) = loop_server(&a, N);
     // Each differs from the one before in one field.
     let order: [(bool, &str, u16); 6] = [
         (false, "127.0.0.1", p),
