@@ -105,8 +105,8 @@ const volatile __u32 cfg_flow_max_id = 16383;
 /* Entries of `socks` minus one (entries are a power of two). */
 const volatile __u32 cfg_socks_mask = 131071;
 /* Set by the loader on x86, whose memory model (TSO) keeps stores in program order:
- * events are then published, and socket slots freed, with plain stores (see event_send
- * and sock_release). */
+ * events are then published, and socket slots freed, with plain stores (see
+ * store_release). */
 const volatile __u8 cfg_tso = 0;
 
 struct owner {
@@ -618,17 +618,26 @@ static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 
 	return NULL;
 }
 
-/* Free the slot (every claim sets all the fields it uses), after this run's reads of it.
- * On x86 (cfg_tso) a store is never reordered before earlier loads or stores, so a plain
- * store after a compiler barrier does it without a locked instruction (see event_send). */
-static __always_inline void sock_release(struct sock_info *s)
+/* *p = v, visible only after every load and store before it (a release store). On x86
+ * (cfg_tso) a store is never reordered before earlier loads or stores, so a plain store
+ * after a compiler barrier is one; a locked instruction would stall until every earlier
+ * store completes (often cache misses: an event's stores go to lines the reader has
+ * read). Elsewhere an atomic exchange, which orders the accesses before it (arm64's JIT
+ * gives it acquire-release semantics). */
+static __always_inline void store_release(__u64 *p, __u64 v)
 {
 	if (cfg_tso) {
 		asm volatile("" ::: "memory");
-		*(volatile __u64 *)&s->sk = 0;
+		*(volatile __u64 *)p = v;
 	} else {
-		__sync_lock_test_and_set(&s->sk, 0);
+		__sync_lock_test_and_set(p, v);
 	}
+}
+
+/* Free the slot (every claim sets all the fields it uses), after this run's reads of it. */
+static __always_inline void sock_release(struct sock_info *s)
+{
+	store_release(&s->sk, 0);
 }
 
 /* The filters on what a socket is (family, netns): the same at each of its state changes,
@@ -822,17 +831,9 @@ static __always_inline void event_send(struct cpu_state *cs, const struct tcp_ev
 #pragma unroll
 	for (int i = 0; i < 12; i++)
 		to[i] = from[i];
-	/* Publish it: the reader loads head with acquire ordering. On x86 (cfg_tso) stores
-	 * become visible in program order, so a plain store after a compiler barrier is a
-	 * release; a locked add would stall until the event's stores (often cache misses,
-	 * since the reader has read these lines) complete. Elsewhere an atomic add orders
-	 * the stores above before it (acquire-release on arm64). */
-	if (cfg_tso) {
-		asm volatile("" ::: "memory");
-		*(volatile __u64 *)&p->head = head + 1;
-	} else {
-		__sync_fetch_and_add(&p->head, 1);
-	}
+	/* Publish it: the reader loads head with acquire ordering. Only this CPU's runs that
+	 * are not nested write head (see event_allowed), so head + 1 is its next value. */
+	store_release(&p->head, head + 1);
 	/* Wake the reader once, when this ring reaches the threshold (it grows one event at
 	 * a time, so it cannot jump past it): each wakeup is an interrupt, a VM exit in a
 	 * virtual machine. A wakeup lost to a full `wakeups` is caught by the reader's timer. */
