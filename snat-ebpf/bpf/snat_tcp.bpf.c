@@ -1277,6 +1277,8 @@ static __always_inline int fast_counts(int oldstate, int newstate)
 	return newstate == TCP_CLOSE && oldstate != TCP_LISTEN;
 }
 
+/* A change that fast_counts accepted (run checks it first): an established connection
+ * or a close. */
 static __always_inline int fast_state(struct cpu_state *cs, struct sock *sk, int oldstate, int newstate, int nested,
 				      const int direct)
 {
