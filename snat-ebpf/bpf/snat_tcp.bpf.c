@@ -30,11 +30,14 @@
  * its stack frame stays small. The general path (on_state) is one out-of-line function
  * per counted state change, each with a small frame too.
  *
- * Per-socket state lives in `socks`, a lock-free open-addressing table in an array map:
- * a socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
- * claimed with compare-and-swap. The slot keeps the socket's flow id, owner and ports. A socket's own state changes are serialised by its lock,
- * so only the claim can race (with other sockets). Array lookups are inlined by the
- * verifier: this costs a fraction of a hash map's update and delete.
+ * Per-socket state lives in a lock-free open-addressing table in an array map: a
+ * socket's slot is one of SOCK_PROBES consecutive slots from one given by its address,
+ * claimed with compare-and-swap. The general path's table, `socks`, keeps the socket's
+ * flow id, owner and ports; the short path's, `fast_socks`, only what a close needs (16
+ * bytes a slot, not 104: four slots to a cache line). The loader sizes the table the
+ * program uses and leaves the other one slot. A socket's own state changes are
+ * serialised by its lock, so only the claim can race (with other sockets). Array lookups
+ * are inlined by the verifier: this costs a fraction of a hash map's update and delete.
  *
  * The layouts below are mirrored in snat-ebpf/src/abi.rs; tests check them against this
  * object's BTF.
@@ -78,7 +81,7 @@ enum {
 #define SI_FILTERED_OUT 2
 #define SI_OWNER_KNOWN 4
 
-/* Slots probed per socket in `socks`. */
+/* Slots probed per socket in `socks` and `fast_socks`. */
 #define SOCK_PROBES 8
 
 /* stats indices (abi.rs: STAT_*) */
@@ -102,7 +105,8 @@ const volatile __u32 cfg_ring_shift = 0;
 const volatile __u32 cfg_wakeup_events = 1;
 /* The largest flow id: entries of `flows` and `flow_counts` minus one. */
 const volatile __u32 cfg_flow_max_id = 16383;
-/* Entries of `socks` minus one (entries are a power of two). */
+/* Entries of the socket table in use (`socks` or `fast_socks`) minus one (entries are a
+ * power of two). */
 const volatile __u32 cfg_socks_mask = 131071;
 /* Set by the loader on x86, whose memory model (TSO) keeps stores in program order:
  * events are then published, and socket slots freed, with plain stores (see
@@ -134,7 +138,15 @@ struct flow_counts {
 	__u64 open;
 };
 
-/* One slot of `socks`: sk is 0 when the slot is free. */
+/* One slot of `fast_socks`, and the head of one of `socks` (struct sock_info): sk is 0
+ * when the slot is free. */
+struct sock_slot {
+	__u64 sk;
+	__u32 flags;
+	__u32 flow_id;
+};
+
+/* One slot of `socks`. */
 struct sock_info {
 	__u64 sk;
 	__u32 flags;
@@ -222,6 +234,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sock_info);
 } socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, struct sock_slot);
+} fast_socks SEC(".maps");
+
+_Static_assert(__builtin_offsetof(struct sock_info, sk) == __builtin_offsetof(struct sock_slot, sk) &&
+		       __builtin_offsetof(struct sock_info, flags) == __builtin_offsetof(struct sock_slot, flags) &&
+		       __builtin_offsetof(struct sock_info, flow_id) == __builtin_offsetof(struct sock_slot, flow_id),
+	       "a sock_info starts with a sock_slot");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -585,28 +609,28 @@ static __always_inline __u32 sock_hash(__u64 sk)
 	return (__u32)(sk >> 11);
 }
 
-/* The slot holding sk, or NULL. */
-static __always_inline struct sock_info *sock_find(__u64 sk)
+/* The slot of table (`socks` or `fast_socks`) holding sk, or NULL. */
+static __always_inline struct sock_slot *slot_find(void *table, __u64 sk)
 {
 	__u32 h = sock_hash(sk);
 	for (__u32 i = 0; i < SOCK_PROBES; i++) {
 		__u32 idx = (h + i) & cfg_socks_mask;
-		struct sock_info *s = bpf_map_lookup_elem(&socks, &idx);
+		struct sock_slot *s = bpf_map_lookup_elem(table, &idx);
 		if (s && s->sk == sk)
 			return s;
 	}
 	return NULL;
 }
 
-/* A slot for sk: its own if it has one (a stale one after a missed close), else a free
- * one claimed with compare-and-swap; NULL when all its slots are taken. The caller fills
- * in everything but sk. */
-static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 sk)
+/* A slot of table for sk: its own if it has one (a stale one after a missed close), else
+ * a free one claimed with compare-and-swap; NULL when all its slots are taken. The caller
+ * fills in everything but sk. */
+static __always_inline struct sock_slot *slot_claim(struct cpu_state *cs, void *table, __u64 sk)
 {
 	__u32 h = sock_hash(sk);
 	for (__u32 i = 0; i < SOCK_PROBES; i++) {
 		__u32 idx = (h + i) & cfg_socks_mask;
-		struct sock_info *s = bpf_map_lookup_elem(&socks, &idx);
+		struct sock_slot *s = bpf_map_lookup_elem(table, &idx);
 		if (!s)
 			continue;
 		if (s->sk == sk)
@@ -616,6 +640,17 @@ static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 
 	}
 	stat_inc(cs, STAT_SOCKS_FULL);
 	return NULL;
+}
+
+/* The general path's table. */
+static __always_inline struct sock_info *sock_find(__u64 sk)
+{
+	return (struct sock_info *)slot_find(&socks, sk);
+}
+
+static __always_inline struct sock_info *sock_claim(struct cpu_state *cs, __u64 sk)
+{
+	return (struct sock_info *)slot_claim(cs, &socks, sk);
 }
 
 /* *p = v, visible only after every load and store before it (a release store). On x86
@@ -635,9 +670,14 @@ static __always_inline void store_release(__u64 *p, __u64 v)
 }
 
 /* Free the slot (every claim sets all the fields it uses), after this run's reads of it. */
-static __always_inline void sock_release(struct sock_info *s)
+static __always_inline void slot_release(struct sock_slot *s)
 {
 	store_release(&s->sk, 0);
+}
+
+static __always_inline void sock_release(struct sock_info *s)
+{
+	slot_release((struct sock_slot *)s);
 }
 
 /* The filters on what a socket is (family, netns): the same at each of its state changes,
@@ -736,11 +776,11 @@ static __always_inline struct flow_counts *flow_at(__u32 id)
 	return id == NO_FLOW ? NULL : bpf_map_lookup_elem(&flow_counts, &id);
 }
 
-/* Count the close of a connection established during the trace (s: its slot) under its
- * flow. */
-static __always_inline void count_close(struct cpu_state *cs, const struct sock_info *s)
+/* Count the close of a connection established during the trace under its flow (the id
+ * its slot kept). */
+static __always_inline void count_close(struct cpu_state *cs, __u32 flow_id)
 {
-	struct flow_counts *c = flow_at(s->flow_id);
+	struct flow_counts *c = flow_at(flow_id);
 	if (c) {
 		__sync_fetch_and_add(&c->closes, 1);
 		__sync_fetch_and_add(&c->open, (__u64)-1);
@@ -1128,7 +1168,7 @@ static __always_inline int on_close(struct cpu_state *cs, struct sock *sk, int o
 			sock_release(s);
 			return 0;
 		}
-		count_close(cs, s);
+		count_close(cs, s->flow_id);
 		/* The event straight from the slot, before the slot is freed. */
 		int send = event_allowed(cs, nested);
 		if (send)
@@ -1234,7 +1274,7 @@ static __always_inline int fast_established(struct cpu_state *cs, struct sock *s
 		int hint = direct && x->f.family == AF_INET;
 		id = pass ? flow_id(cs, k, nested, hint ? x->f.net : 0, hint ? x->f.prot : 0) : NO_FLOW;
 	}
-	struct sock_info *s = sock_claim(cs, (__u64)sk);
+	struct sock_slot *s = slot_claim(cs, &fast_socks, (__u64)sk);
 	if (s) {
 		s->flow_id = id;
 		s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT);
@@ -1255,15 +1295,17 @@ static __always_inline int fast_established(struct cpu_state *cs, struct sock *s
 static __always_inline int fast_close(struct cpu_state *cs, struct sock *sk, int oldstate, int nested,
 				      const int direct)
 {
-	struct sock_info *s = sock_find((__u64)sk);
-	if (s && (s->flags & SI_ESTABLISHED)) {
+	/* The short path claims slots only at ESTABLISHED: a socket with a slot is a
+	 * connection established during the trace. */
+	struct sock_slot *s = slot_find(&fast_socks, (__u64)sk);
+	if (s) {
 		if (!(s->flags & SI_FILTERED_OUT))
-			count_close(cs, s);
-		sock_release(s);
+			count_close(cs, s->flow_id);
+		slot_release(s);
 		return 0;
 	}
-	return direct ? on_close_untracked_direct(cs, sk, oldstate, s, nested)
-		      : on_close_untracked_probe(cs, sk, oldstate, s, nested);
+	return direct ? on_close_untracked_direct(cs, sk, oldstate, NULL, nested)
+		      : on_close_untracked_probe(cs, sk, oldstate, NULL, nested);
 }
 
 /* Whether the short path has anything to do at this state change: a connection

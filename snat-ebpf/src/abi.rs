@@ -33,6 +33,10 @@ pub const TCP_PROTOS: usize = 4;
 /// Map: per-socket owner and state (`ARRAY` of [`SockInfo`] slots, an open-addressing
 /// table keyed in the kernel by the socket's address).
 pub const MAP_SOCKS: &str = "socks";
+/// Map: per-socket flow id of aggregated mode's short path, taken without a pid filter
+/// (`ARRAY` of [`SockSlot`], the same open-addressing table with smaller slots). The loader
+/// gives the table the program does not use one slot.
+pub const MAP_FAST_SOCKS: &str = "fast_socks";
 /// Map: listener owners (`LRU_HASH`, [`ListenKey`] -> [`ListenInfo`]).
 pub const MAP_LISTENERS: &str = "listeners";
 /// Map: the listeners' generation (`ARRAY`, one u32), bumped at every change to
@@ -164,6 +168,19 @@ pub struct FlowCounts {
     pub closes: u64,
     /// Established in the window and not closed yet.
     pub open: u64,
+}
+
+/// One slot of the `fast_socks` table (mirror of `struct sock_slot`), and the head of a
+/// [`SockInfo`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockSlot {
+    /// The socket's kernel address; 0 when the slot is free.
+    pub sk: u64,
+    /// Internal flags (established, filtered out).
+    pub flags: u32,
+    /// The flow's id (index into [`MAP_FLOW_COUNTS`]).
+    pub flow_id: u32,
 }
 
 /// One slot of the `socks` table (mirror of `struct sock_info`): an open-addressing
@@ -331,6 +348,7 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 32);
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(size_of::<FlowCounts>(), 40);
+        assert_eq!(size_of::<SockSlot>(), 16);
         assert_eq!(size_of::<SockInfo>(), 8 + 8 + 44 + 4 + 8 + 32);
         assert_eq!(size_of::<ListenKey>(), 8);
         assert_eq!(size_of::<RawEvent>(), 96);

@@ -159,7 +159,7 @@ const TSO: u8 = cfg!(any(target_arch = "x86_64", target_arch = "x86")) as u8;
 const DEFAULT_FLOW_ENTRIES: u32 = 1 << 14;
 /// Default size of the kernel's socket table.
 const DEFAULT_SOCKET_ENTRIES: u32 = 1 << 17;
-/// Largest socket table (about 440 MB of kernel memory).
+/// Largest socket table (64 MiB of kernel memory in aggregated mode, 416 MiB with owners).
 const MAX_SOCKET_ENTRIES: u32 = 1 << 22;
 
 /// Configures and starts a [`Tracer`].
@@ -217,10 +217,12 @@ impl TracerBuilder {
     }
 
     /// Size of the kernel's socket table (sockets being connected or established during
-    /// the trace; default 131072 slots, 13.6 MB of kernel memory), rounded up to a power
-    /// of two. A socket whose slots are all taken is counted in
-    /// [`KernelStats::socks_full`] and its close is counted without direction. Keep it a
-    /// few times larger than the connections that may be open at once.
+    /// the trace; default 131072 slots), rounded up to a power of two. A slot takes 16
+    /// bytes in aggregated mode without a pid filter (2 MiB by default), 104 bytes in
+    /// stream mode or with a pid filter, which also keep owners (13 MiB by default). A
+    /// socket whose slots are all taken is counted in [`KernelStats::socks_full`] and its
+    /// close is counted without direction. Keep it a few times larger than the connections
+    /// that may be open at once.
     pub fn socket_table_entries(mut self, n: u32) -> Self {
         self.socket_entries = Some(n);
         self
@@ -407,6 +409,9 @@ impl TracerBuilder {
         };
         let port: u16 = self.filters.dport.unwrap_or(0);
         let pid: u32 = self.filters.pid.unwrap_or(0);
+        // The program records owners (and takes its general path) only in stream mode or
+        // with a pid filter (TRACK_OWNERS in the kernel program).
+        let owners_used = self.mode == Mode::Stream || self.filters.pid.is_some();
         // Possible CPUs (bpf_get_smp_processor_id's range): one cpu_state entry each, and
         // in stream mode one event ring each.
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io { what, source })?;
@@ -455,7 +460,12 @@ impl TracerBuilder {
             .socket_entries
             .unwrap_or(DEFAULT_SOCKET_ENTRIES)
             .next_power_of_two();
-        loader.map_max_entries(abi::MAP_SOCKS, socks);
+        // The program keeps sockets in one of two tables: the short path's (aggregated mode
+        // without a pid filter: no owners) has slots of 16 bytes, the general path's of 104.
+        // The one not used gets one slot.
+        let (full, fast) = if owners_used { (socks, 1) } else { (1, socks) };
+        loader.map_max_entries(abi::MAP_SOCKS, full);
+        loader.map_max_entries(abi::MAP_FAST_SOCKS, fast);
         let socks_mask: u32 = socks - 1;
         let mut ebpf = loader
             .override_global(abi::CFG_EMIT_EVENTS, &emit, true)
@@ -509,7 +519,6 @@ impl TracerBuilder {
         tracing::debug!(mode = ?self.mode, filters = ?self.filters, via = %link.point(), "snat tracer attached");
         // After attaching, so that no socket created meanwhile is missed by both.
         // The program only looks owners up in stream mode or with a pid filter.
-        let owners_used = self.mode == Mode::Stream || self.filters.pid.is_some();
         let (pre_existing, seed) = if self.seed_owners && owners_used {
             let stream = self.mode == Mode::Stream;
             let (p, r) = seed::seed(&mut ebpf, &self.seed_proc_root, &self.filters.netns, stream);

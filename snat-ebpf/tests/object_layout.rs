@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
 use object::{Object, ObjectSection, ObjectSymbol};
-use snat_ebpf::abi::{self, CpuState, FlowCounts, FlowKey, ListenInfo, ListenKey, Owner, RawEvent, RingPos, SockInfo};
+use snat_ebpf::abi::{
+    self, CpuState, FlowCounts, FlowKey, ListenInfo, ListenKey, Owner, RawEvent, RingPos, SockInfo, SockSlot,
+};
 
 /// A struct as described by BTF: size and member byte offsets by name.
 #[derive(Debug)]
@@ -185,6 +187,16 @@ fn structs_match_their_rust_mirrors() {
     );
     check(
         &s,
+        "sock_slot",
+        size_of::<SockSlot>(),
+        &[
+            ("sk", offset_of!(SockSlot, sk)),
+            ("flags", offset_of!(SockSlot, flags)),
+            ("flow_id", offset_of!(SockSlot, flow_id)),
+        ],
+    );
+    check(
+        &s,
         "sock_info",
         size_of::<SockInfo>(),
         &[
@@ -222,11 +234,12 @@ fn structs_match_their_rust_mirrors() {
 #[test]
 fn maps_have_the_key_and_value_sizes_the_loader_uses() {
     let obj = aya_obj::Object::parse(snat_ebpf::object()).expect("aya-obj parses the committed object");
-    let expect: [(&str, u32, u32); 11] = [
+    let expect: [(&str, u32, u32); 12] = [
         (abi::MAP_FLOWS, size_of::<FlowKey>() as u32, 4),
         (abi::MAP_FLOW_COUNTS, 4, size_of::<FlowCounts>() as u32),
         (abi::MAP_FLOW_NEXT, 4, 4),
         (abi::MAP_SOCKS, 4, size_of::<SockInfo>() as u32),
+        (abi::MAP_FAST_SOCKS, 4, size_of::<SockSlot>() as u32),
         (
             abi::MAP_LISTENERS,
             size_of::<ListenKey>() as u32,
