@@ -213,6 +213,7 @@ impl Counts {
             Metric::Closes => self.closes,
             Metric::FailedConnects => self.failed_connects,
             Metric::Open => self.open,
+            Metric::Attempts => self.connects.saturating_add(self.failed_connects),
         }
     }
 }
@@ -234,6 +235,10 @@ pub enum Metric {
     FailedConnects,
     /// Connections still open.
     Open,
+    /// Outbound connection attempts: connects plus failed connects. Each took a SNAT port
+    /// on its way out, so this ranks destinations by the ports they use; inbound rows
+    /// (accepts only) are left out.
+    Attempts,
 }
 
 impl FromStr for Metric {
@@ -246,9 +251,10 @@ impl FromStr for Metric {
             "closes" | "close" => Metric::Closes,
             "failed_connects" | "failed" => Metric::FailedConnects,
             "open" => Metric::Open,
+            "attempts" | "attempt" => Metric::Attempts,
             _ => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown metric {s:?}: expected events, connects, accepts, closes, failed_connects or open"
+                    "unknown metric {s:?}: expected events, connects, accepts, closes, failed_connects, open or attempts"
                 )));
             }
         })
@@ -638,6 +644,51 @@ mod tests {
         );
         assert!(s.rank(&[Field::Pid], Metric::Events).is_err());
         assert_eq!(r.by(Metric::Closes).rows.len(), 2);
+    }
+
+    #[rstest::rstest]
+    #[case::events("events", Metric::Events)]
+    #[case::count_alias("Count", Metric::Events)]
+    #[case::connects("connects", Metric::Connects)]
+    #[case::accept_singular("accept", Metric::Accepts)]
+    #[case::closes("closes", Metric::Closes)]
+    #[case::failed_dash("failed-connects", Metric::FailedConnects)]
+    #[case::failed_short("failed", Metric::FailedConnects)]
+    #[case::open(" open ", Metric::Open)]
+    #[case::attempts("ATTEMPTS", Metric::Attempts)]
+    fn metric_names_parse(#[case] name: &str, #[case] want: Metric) {
+        assert_eq!(name.parse::<Metric>().unwrap(), want);
+    }
+
+    #[test]
+    fn unknown_metric_names_the_choices() {
+        let e = "ports".parse::<Metric>().unwrap_err().to_string();
+        assert!(e.contains("\"ports\"") && e.contains("attempts"), "{e}");
+    }
+
+    /// Attempts are connects plus failed connects; a destination reached only by accepts
+    /// (an inbound row) is not in the ranking.
+    #[test]
+    fn attempts_rank_outbound_destinations_only() {
+        let mut a = Aggregator::new(vec![Field::Daddr]);
+        for _ in 0..2 {
+            a.add(&ev(EventKind::Connect, "10.0.0.2", "1.1.1.1", Some(5))).unwrap();
+        }
+        for _ in 0..3 {
+            a.add(&ev(EventKind::FailedConnect, "10.0.0.2", "2.2.2.2", Some(5)))
+                .unwrap();
+        }
+        a.add(&ev(EventKind::Connect, "10.0.0.2", "2.2.2.2", Some(5))).unwrap();
+        for _ in 0..9 {
+            a.add(&ev(EventKind::Accept, "10.0.0.2", "3.3.3.3", Some(5))).unwrap();
+        }
+        let r = a.ranking(Metric::Attempts);
+        let rows: Vec<(String, u64)> = r
+            .rows
+            .iter()
+            .map(|row| (row.key[0].to_string(), row.counts.get(Metric::Attempts)))
+            .collect();
+        assert_eq!(rows, [("2.2.2.2".to_string(), 4), ("1.1.1.1".to_string(), 2)]);
     }
 
     #[test]

@@ -199,17 +199,21 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
         ]),
         "{failed:?}"
     );
-    let per_dest = table("Connection events per destination");
-    // Outbound row: N connects + N closes to our listener's port.
-    assert!(
-        per_dest.contains(&vec![
-            serde_json::Value::from(2 * N),
-            netns.clone(),
-            "127.0.0.1".into(),
-            serde_json::Value::from(port)
-        ]),
-        "{per_dest:?}"
-    );
+    let per_dest = table("Outbound connection attempts per destination");
+    // Attempts: N connects to our listener's port, FAILED to the closed one. Inbound rows
+    // (our N accepts, whose remote port the kernel does not keep) are not in the table.
+    for (attempts, to) in [(N, port), (FAILED, closed)] {
+        assert!(
+            per_dest.contains(&vec![
+                serde_json::Value::from(attempts),
+                netns.clone(),
+                "127.0.0.1".into(),
+                serde_json::Value::from(to)
+            ]),
+            "{per_dest:?}"
+        );
+    }
+    assert!(per_dest.iter().all(|r| r[3].is_u64()), "{per_dest:?}");
     let step2 = table("Connections by source address");
     assert!(step2.iter().any(|r| r[1] == "127.0.0.1" && r[2] == netns));
     assert!(rep.findings.iter().any(|f| f.kind == "failed_connects"));

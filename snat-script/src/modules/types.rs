@@ -292,7 +292,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     method(
         "rank",
         &["trace: Trace", "fields: Array", "metric: &str", "Ranking"],
-        "Rank by a metric: events, connects, accepts, closes, failed_connects or open.",
+        "Rank by a metric: events, connects, accepts, closes, failed_connects, open or attempts\n(connects + failed_connects: outbound attempts, each of which took a SNAT port).",
     )
     .set_into_module(
         &mut m,
