@@ -270,6 +270,23 @@ fn progress_line(p: &Progress) {
     );
 }
 
+/// What the trace says about processes: stream mode names one per event, the pid filter
+/// matches one, and aggregated mode without it records none (its rows are keyed by network
+/// namespace, which is what names a pod).
+fn attribution_note(mode: Mode, pid: Option<u32>) -> &'static str {
+    match (mode, pid) {
+        (Mode::Stream, _) => {
+            "pid/comm are the connect() caller's for connects and the listen() caller's for accepts (wrong for pre-fork servers and sockets passed to another process)"
+        }
+        (Mode::Aggregated, Some(_)) => {
+            "the pid filter matches the connect() caller for connects and the listen() caller for accepts (wrong for pre-fork servers and sockets passed to another process)"
+        }
+        (Mode::Aggregated, None) => {
+            "aggregated mode records no pid/comm: rows are keyed by network namespace (examples/triage.rhai names each one's pod; mode \"stream\" records the process of every event)"
+        }
+    }
+}
+
 /// Finish the summary: feed the kernel's rows (aggregated mode; in stream mode the events
 /// were fed as they came), account for losses, and explain the attribution.
 fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result<TraceSummary, StageError> {
@@ -304,10 +321,7 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
         },
         st.counted
     ));
-    s.notes.push(
-        "pid/comm are the connect() caller's for connects and the listen() caller's for accepts (wrong for pre-fork servers and sockets passed to another process)"
-            .into(),
-    );
+    s.notes.push(attribution_note(o.mode, o.pid).into());
     if st.events_dropped > 0 {
         s.notes.push(format!(
             "{} events lost: the event rings were full (reader too slow); kernel counters are complete",
@@ -555,6 +569,15 @@ pub fn create_module(ctx: &Ctx) -> Module {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case::stream(Mode::Stream, None, "pid/comm are the connect() caller's")]
+    #[case::stream_with_pid(Mode::Stream, Some(7), "pid/comm are the connect() caller's")]
+    #[case::aggregated_pid_filter(Mode::Aggregated, Some(7), "the pid filter matches the connect() caller")]
+    #[case::aggregated(Mode::Aggregated, None, "aggregated mode records no pid/comm")]
+    fn the_attribution_note_fits_what_was_recorded(#[case] mode: Mode, #[case] pid: Option<u32>, #[case] starts: &str) {
+        assert!(attribution_note(mode, pid).starts_with(starts));
+    }
 
     fn opts(script: &str) -> Result<TraceOptions, String> {
         let e = rhai::Engine::new();
