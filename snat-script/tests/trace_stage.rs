@@ -189,29 +189,15 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
             .unwrap_or_else(|| panic!("no section {title}"))
     };
     let netns = serde_json::Value::from(own_netns());
+    // A row of the per-destination tables: count, netns, daddr, dport.
+    let row = |count: usize, dport: u16| vec![count.into(), netns.clone(), "127.0.0.1".into(), dport.into()];
     let failed = table("Failed connects per destination");
-    assert!(
-        failed.contains(&vec![
-            serde_json::Value::from(FAILED),
-            netns.clone(),
-            "127.0.0.1".into(),
-            serde_json::Value::from(closed)
-        ]),
-        "{failed:?}"
-    );
+    assert!(failed.contains(&row(FAILED, closed)), "{failed:?}");
     let per_dest = table("Outbound connection attempts per destination");
     // Attempts: N connects to our listener's port, FAILED to the closed one. Inbound rows
     // (our N accepts, whose remote port the kernel does not keep) are not in the table.
     for (attempts, to) in [(N, port), (FAILED, closed)] {
-        assert!(
-            per_dest.contains(&vec![
-                serde_json::Value::from(attempts),
-                netns.clone(),
-                "127.0.0.1".into(),
-                serde_json::Value::from(to)
-            ]),
-            "{per_dest:?}"
-        );
+        assert!(per_dest.contains(&row(attempts, to)), "{per_dest:?}");
     }
     assert!(per_dest.iter().all(|r| r[3].is_u64()), "{per_dest:?}");
     let step2 = table("Connections by source address");
