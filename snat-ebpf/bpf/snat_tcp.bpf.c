@@ -139,7 +139,8 @@ struct flow_counts {
 };
 
 /* One slot of `fast_socks`, and the head of one of `socks` (struct sock_info): sk is 0
- * when the slot is free. */
+ * when the slot is free. In `fast_socks` every slot is an established connection, and
+ * flags only says whether the filters dropped it. */
 struct sock_slot {
 	__u64 sk;
 	__u32 flags;
@@ -1277,7 +1278,8 @@ static __always_inline int fast_established(struct cpu_state *cs, struct sock *s
 	struct sock_slot *s = slot_claim(cs, &fast_socks, (__u64)sk);
 	if (s) {
 		s->flow_id = id;
-		s->flags = SI_ESTABLISHED | (pass ? 0 : SI_FILTERED_OUT);
+		/* Only SI_FILTERED_OUT: every slot of this table is claimed here. */
+		s->flags = pass ? 0 : SI_FILTERED_OUT;
 	}
 	if (!pass)
 		return 0;

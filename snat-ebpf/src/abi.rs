@@ -177,7 +177,7 @@ pub struct FlowCounts {
 pub struct SockSlot {
     /// The socket's kernel address; 0 when the slot is free.
     pub sk: u64,
-    /// Internal flags (established, filtered out).
+    /// Internal flags (filtered out; in a [`SockInfo`] also established, owner known).
     pub flags: u32,
     /// The flow's id (index into [`MAP_FLOW_COUNTS`]).
     pub flow_id: u32,
