@@ -992,6 +992,50 @@ fn live_reader_loses_nothing_at_moderate_rate() {
     assert_eq!(total, read);
 }
 
+/// Aggregated mode's port filter: connections to another port are neither counted when
+/// established nor when closed (their sockets keep a slot marked filtered out), and nothing
+/// is counted without a flow.
+#[test]
+fn aggregated_port_filter_counts_only_its_port() {
+    if !need_root() {
+        return;
+    }
+    const N: usize = 5;
+    let a = Netns::new();
+    let (p1, s1) = loop_server(&a, N);
+    let (p2, s2) = loop_server(&a, N);
+    let tracer = TracerBuilder::new().netns([a.inode()]).dport(p1).attach().unwrap();
+    a.in_thread(&unique("pf"), move || {
+        for _ in 0..N {
+            drop(TcpStream::connect(("127.0.0.1", p1)).unwrap());
+            drop(TcpStream::connect(("127.0.0.1", p2)).unwrap());
+        }
+    })
+    .join()
+    .unwrap();
+    s1.join().unwrap();
+    s2.join().unwrap();
+    let n = N as u64;
+    let (_, res) = collect(tracer, 4 * n);
+    assert_eq!(res.stats.counted, 4 * n, "{:?}", res.stats);
+    assert_eq!(res.stats.flows_full, 0, "{:?}", res.stats);
+    let mut rows: Vec<_> = res
+        .flows
+        .iter()
+        .map(|f| (f.direction, f.port, f.connects, f.accepts, f.closes, f.open))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            (Direction::Outbound, p1, n, 0, n, 0),
+            (Direction::Inbound, p1, 0, n, n, 0),
+        ],
+        "{:#?}",
+        res.flows
+    );
+}
+
 #[test]
 fn filters_apply_in_the_kernel() {
     if !need_root() {
