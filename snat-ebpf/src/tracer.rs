@@ -831,9 +831,11 @@ pub struct KernelStats {
     /// ([`TracerBuilder::socket_table_entries`]): counted, but not as open, and their
     /// close is counted without direction.
     pub socks_full: u64,
-    /// Program runs the kernel skipped because another eBPF program was running on the
-    /// same CPU (`recursion_misses`): each may have been an event, so this is an upper
-    /// bound on events the kernel never showed the program.
+    /// Program runs the kernel skipped (`recursion_misses`): a state change that came
+    /// while the program was already running on that CPU (from an interrupt's TCP work),
+    /// or, attached as a classic tracepoint, while any tracing program was. Each may have
+    /// been an event, so this is an upper bound on events the kernel never showed the
+    /// program.
     pub missed_runs: u64,
     /// Events read from the event rings by this process.
     pub events_read: u64,
@@ -992,9 +994,9 @@ impl Tracer {
         self.program_info().map(|(i, _)| i.id())
     }
 
-    /// How many times the kernel skipped running the program because another eBPF
-    /// program was already running on that CPU (`bpf_prog_info.recursion_misses`). Each
-    /// skipped run may have been an event.
+    /// How many times the kernel skipped running the program
+    /// (`bpf_prog_info.recursion_misses`; see [`KernelStats::missed_runs`]). Each skipped
+    /// run may have been an event.
     pub fn missed_runs(&self) -> Option<u64> {
         self.program_info().and_then(|(_, fd)| prog_recursion_misses(fd))
     }

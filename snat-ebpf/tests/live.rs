@@ -978,8 +978,8 @@ fn live_reader_loses_nothing_at_moderate_rate() {
     let s = res.stats;
     no_loss(&s);
     // Every event the program produced was read. The kernel itself may skip a program run
-    // when another eBPF program is running on the same CPU (tests run in parallel, each
-    // with its own tracer); those skips are counted, and bound what is missing.
+    // (a state change from an interrupt while the program runs on that CPU); those skips
+    // are counted, and bound what is missing.
     assert_eq!(s.events_read, read);
     assert_eq!(read, s.counted, "{s:?}");
     let missing = 4 * M as u64 - s.counted;

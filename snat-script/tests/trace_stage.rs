@@ -240,6 +240,15 @@ fn burst(ns: std::path::PathBuf, n: usize, failed: usize) {
     .unwrap();
 }
 
+/// `got` is `want`, but for at most `slack` events in all.
+fn assert_counts(what: &str, got: &[u64], want: &[u64], slack: u64, why: &str) {
+    let off: u64 = got.iter().zip(want).map(|(g, w)| g.abs_diff(*w)).sum();
+    assert!(
+        got.len() == want.len() && off <= slack,
+        "{what} {got:?}, expected {want:?}: {why}"
+    );
+}
+
 /// Burst, pause over two buckets, burst: each namespace's connects land in the bucket of
 /// their phase, in both modes, and a chart of the per-pod series draws one line per pod.
 #[test]
@@ -297,30 +306,22 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         };
         let (sa, sb) = (series(ia), series(ib));
         assert_eq!(tl.series.len(), 2, "{mode}: only the two namespaces are traced: {tl:?}");
-        assert_eq!(sa.connects, vec![5, 0, 0, 2, 0, 0], "{mode}: {sa:?}");
-        assert_eq!(sa.accepts, vec![5, 0, 0, 2, 0, 0], "{mode}: {sa:?}");
-        assert_eq!(sa.failed_connects, vec![0; 6], "{mode}");
-        assert_eq!(sb.connects, vec![0, 0, 0, 7, 0, 0], "{mode}: {sb:?}");
-        assert_eq!(sb.failed_connects, vec![0, 0, 0, 2, 0, 0], "{mode}: {sb:?}");
+        // Exact, unless the kernel skipped runs of the tracer (an interrupt's TCP work on a
+        // CPU where it was running): the trace reports those in lost_events and its notes,
+        // and each may have been one of these events.
         let s = &trace.0;
+        let slack = s.lost_events;
+        let why = format!("{mode}: lost {slack}; notes {:?}; totals {:?}", s.notes, s.totals);
+        assert_counts("a connects", &sa.connects, &[5, 0, 0, 2, 0, 0], slack, &why);
+        assert_counts("a accepts", &sa.accepts, &[5, 0, 0, 2, 0, 0], slack, &why);
+        assert_counts("a failed", &sa.failed_connects, &[0; 6], slack, &why);
+        assert_counts("b connects", &sb.connects, &[0, 0, 0, 7, 0, 0], slack, &why);
+        assert_counts("b failed", &sb.failed_connects, &[0, 0, 0, 2, 0, 0], slack, &why);
         // Every connection was closed: nothing open at any bucket's end after its phase.
-        // (The notes say whether the kernel skipped a run or lost an event.)
-        assert_eq!(
-            sb.open.as_ref().unwrap()[5],
-            0,
-            "{mode}: {sb:?}; lost {}; notes {:?}; totals {:?}",
-            s.lost_events,
-            s.notes,
-            s.totals
-        );
+        assert_counts("b open at the end", &sb.open.as_ref().unwrap()[5..], &[0], slack, &why);
         // The buckets add up to the trace's totals.
-        assert_eq!(sa.totals().connects + sb.totals().connects, s.totals.connects);
-        assert_eq!(
-            sa.totals().closes + sb.totals().closes,
-            s.totals.closes,
-            "{mode}: {:?}",
-            s.totals
-        );
+        assert_eq!(sa.totals().connects + sb.totals().connects, s.totals.connects, "{why}");
+        assert_eq!(sa.totals().closes + sb.totals().closes, s.totals.closes, "{why}");
         // The chart: one line per pod, named.
         let rep = ctx.report();
         let html = snat_script::html::render(
@@ -336,10 +337,12 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         assert!(html.contains(">shop/pod-a<") && html.contains(">shop/pod-b<"), "{html}");
         match &rep.sections[0].body {
             SectionBody::Chart { series, .. } => {
-                assert_eq!(series[0]["name"], "shop/pod-b");
-                assert_eq!(series[0]["total"], 9);
-                assert_eq!(series[0]["peak_at"], 3.0);
-                assert_eq!(series[1]["values"], serde_json::json!([5, 0, 0, 2, 0, 0]));
+                assert_eq!(series[0]["name"], "shop/pod-b", "{why}");
+                assert_eq!(series[0]["peak_at"], 3.0, "{why}");
+                if slack == 0 {
+                    assert_eq!(series[0]["total"], 9);
+                    assert_eq!(series[1]["values"], serde_json::json!([5, 0, 0, 2, 0, 0]));
+                }
             }
             other => panic!("{other:?}"),
         }

@@ -342,7 +342,7 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
     }
     if st.missed_runs > 0 {
         s.notes.push(format!(
-            "the kernel skipped the tracer {} times (another eBPF program was running on that CPU): up to that many events are missing, included in lost_events",
+            "the kernel skipped the tracer {} times (a state change came while it was already running on that CPU, from an interrupt; with attach \"tracepoint\", while any tracing program was): up to that many events are missing, included in lost_events",
             st.missed_runs
         ));
     }
