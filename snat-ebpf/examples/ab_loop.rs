@@ -17,7 +17,7 @@
 //! quarter slower, traced or not), the median, mean and standard error of the mean:
 //!
 //! ```text
-//! mode=aggregated phase_ms=400 events=N lost=N
+//! mode=aggregated phase_ms=400 events=N lost=N   (lost: KernelStats::possibly_lost)
 //! all: pairs=N untraced_rate=R rate_pooled=R rate_median=R rate_mean=R rate_se=E p10_median=R p10_mean=R p10_se=E p50_median=R
 //! steady: (the same)
 //! ```
@@ -184,7 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if mode == Mode::Aggregated {
                 *events += res.flows.iter().map(|f| f.counts().events).sum::<u64>();
             }
-            *lost += res.stats.lost();
+            *lost += res.stats.possibly_lost();
             std::thread::sleep(SETTLE);
             Ok(())
         };

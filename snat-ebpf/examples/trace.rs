@@ -2,8 +2,9 @@
 //!
 //! Usage: `trace SECONDS [aggregated|stream] [--text|--jsonl|--quiet]`
 //!
-//! With `--quiet` only a summary line is printed (`events=N read=N lost=N`): the benchmark
-//! (`scripts/bench-trace`) uses that. Needs root (or CAP_BPF + CAP_PERFMON).
+//! With `--quiet` only a summary line is printed (`events=N read=N lost=N dropped=N flows=N
+//! skipped=N`): the benchmark (`scripts/bench-trace`) uses that. `lost` counts every event
+//! that may be missing, program runs the kernel skipped (`skipped`) included. Needs root (or CAP_BPF + CAP_PERFMON).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -51,12 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let counted: u64 = res.flows.iter().map(|f| f.counts().events).sum();
     println!(
-        "events={} read={} lost={} dropped={} flows={}",
+        "events={} read={} lost={} dropped={} flows={} skipped={}",
         counted,
         res.stats.events_read,
-        res.stats.lost(),
+        res.stats.possibly_lost(),
         res.stats.events_dropped,
-        res.flows.len()
+        res.flows.len(),
+        res.stats.missed_runs
     );
     Ok(())
 }
