@@ -159,13 +159,12 @@ pub fn eval_failure(path: &Path, source: &str, err: &EvalAltResult) -> Failure {
             } else if f.usage {
                 Failure::Playbook(playbook_error(path, source, pos, format!("{}: {}", f.stage, f.message)))
             } else {
-                let line = pos
-                    .line()
-                    .map(|l| format!(" (called at {}:{l})", path.display()))
-                    .unwrap_or_default();
                 Failure::Stage(Error::Stage {
+                    called_at: pos
+                        .line()
+                        .map(|l| crate::error::place(path, l, pos.position().unwrap_or(0))),
                     stage: f.stage.clone(),
-                    message: format!("{}{line}", f.message),
+                    message: f.message.clone(),
                 })
             }
         }

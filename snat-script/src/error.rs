@@ -15,8 +15,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The playbook is wrong: syntax, a limit hit, a bad call. Rendered as
-    /// `PLAYBOOK:LINE:COL: message`, then the source line and a caret.
-    #[error("{}:{line}:{col}: {message}{snippet}", path.display())]
+    /// `PLAYBOOK:LINE:COL: message`, then the source line and a caret (`PLAYBOOK: message`
+    /// when the place is unknown).
+    #[error("{}: {message}{snippet}", place(path, *line, *col))]
     Playbook {
         /// Playbook path as given.
         path: PathBuf,
@@ -44,9 +45,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A stage failed at run time (permissions, I/O, API).
-    #[error("stage {stage} failed: {message}")]
+    /// A stage failed at run time (permissions, I/O, API). Rendered as
+    /// `PLAYBOOK:LINE:COL: stage NAME failed: message`, the place being the stage's call.
+    #[error("{}stage {stage} failed: {message}", called_at.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]
     Stage {
+        /// Where the playbook called the stage, `PLAYBOOK:LINE:COL`, when known.
+        called_at: Option<String>,
         /// Stage name, `namespace::function`.
         stage: String,
         /// The cause, with its chain, as text (the cause crossed the script engine).
@@ -79,5 +83,14 @@ impl Error {
                 }
             }
         }
+    }
+}
+
+/// `PATH:LINE:COL`, or `PATH` when the line is unknown (0).
+pub(crate) fn place(path: &std::path::Path, line: usize, col: usize) -> String {
+    match (line, col) {
+        (0, _) => path.display().to_string(),
+        (l, 0) => format!("{}:{l}", path.display()),
+        (l, c) => format!("{}:{l}:{c}", path.display()),
     }
 }

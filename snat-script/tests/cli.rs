@@ -211,6 +211,56 @@ fn stage_failure_exit_1_names_the_stage() {
     assert_schema_valid(rec);
 }
 
+/// Rhai leaves the position of a failed `namespace::function(...)` call unset; snat-run
+/// must still say where in the playbook it was, as for any other error.
+#[rstest::rstest]
+#[case::stage_failure_at_top_level(
+    "let a = 1;\nlet t = tcptracer::read(\"/nonexistent/t.log\");\n",
+    1,
+    "2:20: stage tcptracer::read failed: "
+)]
+#[case::stage_failure_inside_a_function(
+    "fn load(p) {\n    let m = metrics::read(p);\n    m\n}\nload(\"/nonexistent/m.json\");\n",
+    1,
+    "2:22: stage metrics::read failed: "
+)]
+#[case::bad_option_of_a_stage(
+    "// header\n\n  let t = trace::run(#{seconds: \"ten\"});\n",
+    2,
+    "3:18: trace::run: option `seconds` must be a number, got string"
+)]
+#[case::bad_argument_of_a_pure_function("let p = alloc::pressure([], -5);\n", 2, "1:16: budget must be")]
+fn errors_in_namespaced_calls_name_the_call(#[case] text: &str, #[case] exit: i32, #[case] want: &str) {
+    let r = Run::new();
+    let p = r.playbook("pos.rhai", text);
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), exit, "{}", stderr(&o));
+    let want = format!("{}:{want}", p.display());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("snat-run: error: {want}")),
+        "want {want:?} in:\n{e}"
+    );
+    // The record's outcome says the same.
+    let rec = &r.records()[0];
+    let msg = rec["outcome"]["message"].as_str().unwrap();
+    assert!(msg.starts_with(&want), "want {want:?} in the record: {msg}");
+}
+
+#[test]
+fn a_playbook_error_without_a_place_prints_no_zero_position() {
+    let r = Run::new();
+    let p = r.dir.path().join("latin1.rhai");
+    std::fs::write(&p, b"let caf\xe9 = 1;\n").unwrap();
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let want = format!(
+        "snat-run: error: {}: not UTF-8 text (invalid byte at offset 7)",
+        p.display()
+    );
+    assert!(stderr(&o).contains(&want), "want {want:?} in:\n{}", stderr(&o));
+}
+
 #[test]
 fn unwritable_audit_dir_fails_before_running() {
     let r = Run::new();

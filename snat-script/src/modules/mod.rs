@@ -5,7 +5,10 @@
 //! [`Ctx::stage`](crate::ctx::Ctx::stage)); functions that only shape data (getters,
 //! rankings, report building) are not.
 
-use rhai::{Engine, FuncRegistration, Module};
+use rhai::{
+    Dynamic, Engine, EvalAltResult, FuncMetadata, FuncRegistration, Module, NativeCallContext, Position, RhaiFunc,
+    RhaiNativeFunc, Shared, Variant,
+};
 
 use crate::ctx::Ctx;
 
@@ -110,11 +113,83 @@ fn comments(doc: &str) -> Vec<String> {
 
 /// A function reached as `namespace::name(...)`. `params` are `"name: Type"` strings
 /// followed by the return type; `doc` is plain text (one or more lines).
-pub(crate) fn func(name: &str, params: &[&str], doc: &str) -> FuncRegistration {
-    FuncRegistration::new(name)
-        .in_internal_namespace()
-        .with_params_info(params)
-        .with_comments(comments(doc))
+pub(crate) fn func(name: &str, params: &[&str], doc: &str) -> Qualified {
+    Qualified(
+        FuncRegistration::new(name)
+            .in_internal_namespace()
+            .with_params_info(params)
+            .with_comments(comments(doc)),
+    )
+}
+
+/// The registration of a `namespace::name(...)` function, whose errors point at the call.
+///
+/// Rhai gives the error of a native function the position of its call when the call is
+/// unqualified (`name(...)`, `value.name(...)`), but not when it is qualified: a failed
+/// `trace::run(...)` would be reported at line 0. [`Qualified::set_into_module`] registers
+/// the function with a wrapper that fills the call's position into an error that has
+/// none, so a stage failure or a bad argument names `playbook.rhai:LINE:COL`.
+pub(crate) struct Qualified(FuncRegistration);
+
+impl Qualified {
+    /// Register `f` (any function `FuncRegistration::set_into_module` takes) into `module`.
+    pub(crate) fn set_into_module<A: 'static, const N: usize, const X: bool, R, const F: bool, FUNC>(
+        self,
+        module: &mut Module,
+        f: FUNC,
+    ) -> &FuncMetadata
+    where
+        R: Variant + Clone,
+        FUNC: RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+    {
+        // Purity as FuncRegistration decides it for these names: pure (no setter or
+        // indexer is registered through `func`), not volatile.
+        let wrapped = match f.into_rhai_function(true, false) {
+            RhaiFunc::Pure {
+                func,
+                has_context,
+                is_pure,
+                is_volatile,
+            } => RhaiFunc::Pure {
+                func: at_call(func, has_context),
+                has_context: true,
+                is_pure,
+                is_volatile,
+            },
+            RhaiFunc::Method {
+                func,
+                has_context,
+                is_pure,
+                is_volatile,
+            } => RhaiFunc::Method {
+                func: at_call(func, has_context),
+                has_context: true,
+                is_pure,
+                is_volatile,
+            },
+            other => other,
+        };
+        self.0.set_into_module_raw(module, FUNC::param_types(), wrapped)
+    }
+}
+
+/// A native function's body as Rhai stores it.
+type NativeBody =
+    dyn Fn(Option<NativeCallContext<'_>>, &mut [&mut Dynamic]) -> Result<Dynamic, Box<EvalAltResult>> + Send + Sync;
+
+/// Wrap `inner` so that an error it returns without a position gets the call's. The
+/// wrapper always takes the call context (for the position); `inner` gets it only if it
+/// asked for it.
+fn at_call(inner: Shared<NativeBody>, inner_has_context: bool) -> Shared<NativeBody> {
+    Shared::new(move |ctx: Option<NativeCallContext<'_>>, args: &mut [&mut Dynamic]| {
+        let pos = ctx.as_ref().map_or(Position::NONE, NativeCallContext::call_position);
+        inner(if inner_has_context { ctx } else { None }, args).map_err(|mut e| {
+            if e.position().is_none() {
+                e.set_position(pos);
+            }
+            e
+        })
+    })
 }
 
 /// A method or global function (callable as `value.name(...)` or `name(...)`).
