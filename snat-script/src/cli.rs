@@ -17,9 +17,11 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  the playbook ran and found nothing (verdict \"clear\" or none)
   3  the playbook ran and its verdict is \"SNAT pressure found\"
-  2  the playbook or its parameters are wrong (syntax, limit hit, missing/bad --param),
-     reported as PLAYBOOK:LINE:COL: message, with the source line and a caret
-  1  a stage failed at run time (permissions, I/O, API), or the audit record cannot be written
+  2  the playbook or its parameters are wrong (syntax, limit hit, a missing, bad or unknown
+     --param, a bad argument), reported as PLAYBOOK:LINE:COL: message, with the source line
+     and a caret
+  1  a stage failed at run time (permissions, I/O, API), reported as PLAYBOOK:LINE:COL: stage
+     NAME failed: cause; or the audit record cannot be written
   130/143  interrupted by SIGINT/SIGTERM (the audit record is still written)
 
 Every run of a playbook leaves exactly one JSON audit record in the audit directory:
@@ -63,7 +65,9 @@ struct RunArgs {
     #[arg(value_name = "PLAYBOOK.rhai", required = true)]
     playbook: Option<PathBuf>,
 
-    /// A parameter for the playbook, read there with param("KEY"). Repeatable.
+    /// A parameter for the playbook, read there with param("KEY"). Repeatable. A KEY the
+    /// playbook never reads is refused before it runs (exit 2), so a typo cannot leave a
+    /// setting at its default.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = runner::parse_param)]
     params: Vec<(String, String)>,
 

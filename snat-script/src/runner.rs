@@ -384,7 +384,13 @@ fn execute(
         Ok(a) => a,
         Err(pe) => return fail(engine::parse_failure(&req.playbook, &script, &pe)),
     };
-    // On nodes: the playbook was checked for syntax here, and runs there.
+    // A --param the playbook never reads is a typo or a wrong playbook: the run would
+    // silently use the default (a 10 s trace instead of 60, actions without dry-run...).
+    let unread = crate::modules::params::unread(&ast, req.params.keys());
+    if !unread.is_empty() {
+        return fail(Error::Param(unread.join("\n")));
+    }
+    // On nodes: the playbook was checked for syntax and parameters here, and runs there.
     if let Some(f) = &req.fleet {
         let result = crate::fleet::run(ctx, f, &req.playbook, &script, run_id, &req.audit_dir);
         return classify(req, &script, ctx, result);

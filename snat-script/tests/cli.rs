@@ -336,9 +336,38 @@ fn records_chain_and_tampering_is_named() {
 }
 
 #[test]
+fn a_param_the_playbook_never_reads_is_refused_before_anything_runs() {
+    let r = Run::new();
+    // The typo would otherwise leave `seconds` at its default, silently.
+    let p = r.playbook(
+        "t.rhai",
+        "let s = param(\"seconds\", 10);\nlet t = tcptracer::read(\"/nonexistent/t.log\");\n",
+    );
+    let o = r.run(&p, &["--param", "secnds=60", "--param", "api_token=hunter2"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--param secnds: the playbook never reads a parameter `secnds` (did you mean `seconds`?); it reads `seconds`"),
+        "{e}"
+    );
+    assert!(e.contains("--param api_token: "), "{e}");
+    assert!(!e.contains("hunter2"), "values are not echoed: {e}");
+    // One record, of a playbook error, and no stage ran.
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    assert_eq!(recs[0]["stages"].as_array().unwrap().len(), 0);
+    assert!(!serde_json::to_string(&recs[0]).unwrap().contains("hunter2"));
+    assert_schema_valid(&recs[0]);
+    // Read, the same parameters are fine; a playbook that reads params() may get any.
+    let ok = r.playbook("ok.rhai", "let s = param(\"seconds\", 10); let all = params();");
+    assert_eq!(code(&r.run(&ok, &["--param", "secnds=60"])), 0);
+}
+
+#[test]
 fn params_with_secret_names_are_redacted() {
     let r = Run::new();
-    let p = r.playbook("s.rhai", "let t = param(\"token\");");
+    let p = r.playbook("s.rhai", "let t = param(\"token\"); let l = param(\"log\");");
     assert_eq!(
         code(&r.run(&p, &["--param", "token=hunter2", "--param", "log=x.log"])),
         0

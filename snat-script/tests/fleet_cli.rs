@@ -111,7 +111,7 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
             "--image",
             "registry.example/snat:1",
             "--param",
-            "dest=20.1.1.1",
+            "warn=64",
             "--dry-run",
             "--allow",
             "event",
@@ -149,11 +149,7 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for w in [
-        ["--param", "dest=20.1.1.1"].as_slice(),
-        &["--dry-run"],
-        &["--allow", "event"],
-    ] {
+    for w in [["--param", "warn=64"].as_slice(), &["--dry-run"], &["--allow", "event"]] {
         assert!(argv.windows(w.len()).any(|x| x == w), "{w:?} not in {argv:?}");
     }
 

@@ -4,8 +4,13 @@
 //! flag to pass); `param("seconds", 10)` is optional and typed by its default: an
 //! integer default makes the value parse as an integer, and so on for floats, booleans
 //! and arrays (comma-separated).
+//!
+//! Before a playbook runs, `unread` finds the `--param` names its text never reads, which
+//! the runner refuses (a typo would otherwise leave a setting at its default).
 
-use rhai::{Dynamic, EvalAltResult, Module};
+use std::collections::BTreeSet;
+
+use rhai::{ASTNode, Dynamic, EvalAltResult, Expr, Module, Stmt};
 
 use super::{method, usage};
 use crate::ctx::Ctx;
@@ -99,6 +104,92 @@ pub fn create_module(ctx: &Ctx) -> Module {
     m
 }
 
+/// The parameters a playbook reads, as far as its text tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// Every `param` and `has_param` call names its parameter with a literal string, and
+    /// nothing else reaches the parameters: these names are all it can read.
+    Only(BTreeSet<String>),
+    /// Some name is computed, or `params()` (or a function pointer to one of these) is
+    /// used: any parameter may be read.
+    Any,
+}
+
+/// The names a function reads parameters by.
+const READERS: [&str; 3] = ["param", "has_param", "params"];
+
+/// What `ast` (the playbook and its functions) reads of the parameters.
+pub(crate) fn reads(ast: &rhai::AST) -> Reads {
+    let mut names = BTreeSet::new();
+    let mut any = false;
+    ast.walk(&mut |path: &[ASTNode<'_>]| {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(f, _)) | ASTNode::Stmt(Stmt::FnCall(f, _))) => Some(f),
+            // `"seconds".param(10)`: the name is not among the call's arguments.
+            Some(ASTNode::Expr(Expr::MethodCall(f, _))) => {
+                any |= READERS.contains(&f.name.as_str());
+                None
+            }
+            // `call("params")`, or `Fn("param")` (a constant function pointer once
+            // compiled): a reader reached by name.
+            Some(ASTNode::Expr(Expr::StringConstant(s, _))) => {
+                any |= READERS.contains(&s.as_str());
+                None
+            }
+            Some(ASTNode::Expr(Expr::DynamicConstant(d, _))) => {
+                let name = match d.read_lock::<rhai::FnPtr>() {
+                    Some(f) => Some(f.fn_name().to_string()),
+                    None => d.read_lock::<rhai::ImmutableString>().map(|s| s.to_string()),
+                };
+                any |= name.is_some_and(|n| READERS.contains(&n.as_str()));
+                None
+            }
+            _ => None,
+        };
+        if let Some(f) = call.filter(|f| f.namespace.is_empty() && READERS.contains(&f.name.as_str())) {
+            match f.args.first() {
+                Some(Expr::StringConstant(s, _)) if f.name != "params" => {
+                    names.insert(s.to_string());
+                }
+                _ => any = true,
+            }
+        }
+        true
+    });
+    if any { Reads::Any } else { Reads::Only(names) }
+}
+
+/// The `--param` names `ast` never reads, with a message for each: what was given, what
+/// the playbook reads, and the nearest name when one is close. Empty when every name is
+/// read, or when the playbook may read any (see [`Reads::Any`]).
+pub(crate) fn unread<'a>(ast: &rhai::AST, given: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let Reads::Only(known) = reads(ast) else {
+        return Vec::new();
+    };
+    given
+        .into_iter()
+        .filter(|g| !known.contains(*g))
+        .map(|g| {
+            let near = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(g, k), k))
+                .filter(|(d, k)| *d <= 1.max(k.len() / 3))
+                .min()
+                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            let list = if known.is_empty() {
+                "it reads no parameters".to_string()
+            } else {
+                format!(
+                    "it reads {}",
+                    known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                )
+            };
+            format!("--param {g}: the playbook never reads a parameter `{g}`{near}; {list}")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +215,79 @@ mod tests {
     #[case(&[("log", "x")], r#"has_param("log") && !has_param("y")"#, "true")]
     fn params_are_typed_by_default(#[case] p: &[(&str, &str)], #[case] script: &str, #[case] want: &str) {
         assert_eq!(eval(p, script).unwrap().to_string(), want);
+    }
+
+    fn names(v: &[&str]) -> Reads {
+        Reads::Only(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[rstest]
+    #[case::literal_names(r#"let s = param("seconds", 10); if has_param("log") { param("log") }"#, names(&["log", "seconds"]))]
+    #[case::in_a_function(r#"fn f() { param("top", 5) } f();"#, names(&["top"]))]
+    #[case::as_a_statement(r#"param("must");"#, names(&["must"]))]
+    #[case::in_a_map_and_a_closure(r#"let m = #{ a: param("a", 1) }; let f = |x| param("b", x);"#, names(&["a", "b"]))]
+    #[case::none("let x = 1;", names(&[]))]
+    #[case::other_namespace(r#"trace::param("x")"#, names(&[]))]
+    #[case::computed_name(r#"let k = "sec" + "onds"; param(k, 1)"#, Reads::Any)]
+    #[case::all_of_them("let p = params();", Reads::Any)]
+    #[case::function_pointer(r#"let f = Fn("param"); f.call("x")"#, Reads::Any)]
+    #[case::method_call(r#""seconds".param(10)"#, Reads::Any)]
+    fn what_a_playbook_reads(#[case] script: &str, #[case] want: Reads) {
+        let ast = rhai::Engine::new().compile(script).unwrap();
+        assert_eq!(reads(&ast), want);
+    }
+
+    #[rstest]
+    #[case::typo(&["secnds"], "--param secnds: the playbook never reads a parameter `secnds` (did you mean `seconds`?); it reads `seconds`, `top`")]
+    #[case::not_close(&["foo"], "--param foo: the playbook never reads a parameter `foo`; it reads `seconds`, `top`")]
+    fn unread_names_say_what_the_playbook_reads(#[case] given: &[&str], #[case] want: &str) {
+        let ast = rhai::Engine::new()
+            .compile(r#"param("seconds", 10); param("top", 3);"#)
+            .unwrap();
+        let given: Vec<String> = given.iter().map(|s| s.to_string()).collect();
+        assert_eq!(unread(&ast, &given), vec![want.to_string()]);
+        assert!(unread(&ast, &["seconds".to_string(), "top".to_string()]).is_empty());
+        let any = rhai::Engine::new().compile("params()").unwrap();
+        assert!(
+            unread(&any, &given).is_empty(),
+            "a playbook that reads params() may read any"
+        );
+    }
+
+    /// Every example reads its parameters by literal name (so a typo in `--param` is
+    /// caught), and names each one in its header comment.
+    #[test]
+    fn examples_declare_the_parameters_they_read() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "rhai") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut engine = rhai::Engine::new();
+            engine.set_max_expr_depths(0, 0);
+            let ast = engine.compile(&text).unwrap();
+            let Reads::Only(names) = reads(&ast) else {
+                panic!("{}: reads parameters by computed names", path.display());
+            };
+            let header: Vec<&str> = text.lines().take_while(|l| l.starts_with("//")).collect();
+            let header = header.join("\n");
+            for n in &names {
+                let named = header.match_indices(n.as_str()).any(|(i, _)| {
+                    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                    !word(header[..i].chars().next_back()) && !word(header[i + n.len()..].chars().next())
+                });
+                assert!(
+                    named,
+                    "{}: parameter `{n}` is read but not named in the header",
+                    path.display()
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 9, "examples found: {seen}");
     }
 
     #[rstest]
