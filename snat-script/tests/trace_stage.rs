@@ -162,6 +162,36 @@ fn stream_stage_writes_text_and_jsonl_and_counts_exactly() {
 }
 
 #[test]
+fn filters_that_match_nothing_on_the_node_are_noted() {
+    if !need_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A pid that existed and is gone, and an inode no namespace has.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let (e, _ctx) = engine(&[]);
+    let mut scope = Scope::new();
+    scope.push("me", own_netns() as i64);
+    scope.push("gone", i64::from(gone));
+    let trace: Trace = e
+        .eval_with_scope(&mut scope, "trace::run(#{seconds: 1, netns: [me, 1], pid: gone})")
+        .unwrap();
+    let notes = &trace.0.notes;
+    let has = |p: &str| notes.iter().any(|n| n.starts_with(p));
+    assert!(
+        has("netns 1: no process on this node is in that network namespace"),
+        "{notes:?}"
+    );
+    assert!(
+        !has(&format!("netns {}:", own_netns())),
+        "this process is in it: {notes:?}"
+    );
+    assert!(has(&format!("pid {gone}: there is no such process")), "{notes:?}");
+}
+
+#[test]
 fn trace_node_playbook_ranks_and_flags_failed_connects() {
     if !need_root() {
         return;

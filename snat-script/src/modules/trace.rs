@@ -13,8 +13,8 @@
 //! | `seconds` | how long to trace (integer or float, > 0) | 10 |
 //! | `mode` | `"aggregated"` (counters in the kernel) or `"stream"` (one event per connection) | `"aggregated"` |
 //! | `by` | groupings to keep, arrays of field names | `[["saddr","netns"],["netns","daddr","dport"]]` |
-//! | `netns` | network namespace inodes to trace (array of integers) | all |
-//! | `pid` | only sockets owned by this process | all |
+//! | `netns` | network namespace inodes to trace (array of integers); one no process is in at attach gets a warning and a note | all |
+//! | `pid` | only sockets owned by this process; a pid with no process at attach gets a warning and a note | all |
 //! | `dport` | only this server port (remote port outbound, local port inbound) | all |
 //! | `family` | `"ipv4"` or `"ipv6"` | both |
 //! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
@@ -35,7 +35,7 @@
 //! or `comm` needs `mode: "stream"`; `dport` of an inbound row and `sport` of an outbound
 //! row are `()`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -44,6 +44,7 @@ use std::time::Duration;
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use snat_core::aggregate::{Field, TraceSummary};
 use snat_core::model::{Family, TcpEvent};
+use snat_core::procindex::ProcIndex;
 use snat_core::timeline::{self, BucketCounts, TimelineBuilder};
 use snat_ebpf::FlowRow;
 use snat_ebpf::output::{JsonlWriter, TextWriter};
@@ -421,6 +422,10 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     if let Some(f) = o.family {
         b = b.family(f);
     }
+    let filter_notes = check_filters(&o, &ctx.options().host_proc);
+    for n in &filter_notes {
+        eprintln!("snat-run: warning: trace::run: {n}");
+    }
     let tl = std::cell::RefCell::new(
         TimelineBuilder::new(o.duration, o.bucket).map_err(|e| StageError::Usage(e.to_string()))?,
     );
@@ -511,9 +516,53 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     if let Some(j) = jsonl {
         flush(j.finish())?;
     }
-    let s = summarise(&o, summary, &res)?;
+    let mut s = summarise(&o, summary, &res)?;
+    s.notes.extend(filter_notes);
     let n = s.totals.events;
     Ok((Trace::with_timeline(s, Some(timeline)), Some(n)))
+}
+
+/// Check the netns and pid filters against the node as it is at attach (`proc_root`): a
+/// filter nothing matches makes an empty trace that looks like a quiet node. The trace
+/// still runs (a namespace or process may appear); the warnings go to stderr and notes.
+fn check_filters(o: &TraceOptions, proc_root: &std::path::Path) -> Vec<String> {
+    let live = if o.netns.is_empty() {
+        Ok(BTreeSet::new())
+    } else {
+        ProcIndex::scan(proc_root).map(|ix| ix.namespaces().collect())
+    };
+    match live {
+        Ok(live) => filter_warnings(&o.netns, o.pid, &live, |pid| proc_root.join(pid.to_string()).exists()),
+        Err(e) => vec![format!(
+            "cannot check the netns filter against {}: {e}",
+            proc_root.display()
+        )],
+    }
+}
+
+/// The warnings for [`check_filters`]: each netns inode no process is in (`live` holds
+/// the inodes processes are in), and a pid with no process (`pid_alive`).
+fn filter_warnings(
+    netns: &[u64],
+    pid: Option<u32>,
+    live: &BTreeSet<u64>,
+    pid_alive: impl Fn(u32) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = netns
+        .iter()
+        .filter(|n| !live.contains(n))
+        .map(|n| {
+            format!(
+                "netns {n}: no process on this node is in that network namespace (census::namespaces() lists those that are): only connections from one that appears during the trace are counted"
+            )
+        })
+        .collect();
+    if let Some(p) = pid.filter(|p| !pid_alive(*p)) {
+        out.push(format!(
+            "pid {p}: there is no such process on this node: only connections of a process that starts with that pid during the trace are counted"
+        ));
+    }
+    out
 }
 
 /// The kernel's cumulative counts (all zero unless `counts`) and open connections per
@@ -569,6 +618,25 @@ pub fn create_module(ctx: &Ctx) -> Module {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case::all_present(&[1, 2], Some(7), &[], )]
+    #[case::no_filters(&[], None, &[])]
+    #[case::gone_netns(&[1, 3], None, &["netns 3: no process on this node is in that network namespace"])]
+    #[case::gone_pid(&[], Some(8), &["pid 8: there is no such process on this node"])]
+    #[case::both(&[4], Some(8), &["netns 4: ", "pid 8: "])]
+    fn filters_that_match_nothing_now_are_named(
+        #[case] netns: &[u64],
+        #[case] pid: Option<u32>,
+        #[case] want: &[&str],
+    ) {
+        let live: BTreeSet<u64> = [1, 2].into();
+        let got = filter_warnings(netns, pid, &live, |p| p == 7);
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w), "{g:?} should start with {w:?}");
+        }
+    }
 
     #[rstest::rstest]
     #[case::stream(Mode::Stream, None, "pid/comm are the connect() caller's")]
