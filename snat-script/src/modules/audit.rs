@@ -92,7 +92,8 @@ fn latest_selector(opts: &Map) -> Result<Selector, Box<EvalAltResult>> {
             },
             other => {
                 return usage(format!(
-                    "audit::latest: unknown option {other:?} (expected playbook, skip)"
+                    "audit::latest: unknown option {other:?}{} (expected playbook, skip)",
+                    super::did_you_mean(other, ["playbook", "skip"])
                 ));
             }
         }

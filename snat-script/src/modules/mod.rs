@@ -232,6 +232,28 @@ pub(crate) fn to_json(v: &rhai::Dynamic) -> serde_json::Value {
     rhai::serde::from_dynamic::<serde_json::Value>(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// The name of `known` most like `word`, when it is alike enough to be a typo or a
+/// shortening of it (Jaro-Winkler similarity of 0.8 or more, or one edit or swap apart,
+/// which catches `tpo` for `top`), as `` (did you mean `x`?)``; else empty.
+pub(crate) fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(word, k), k))
+        .filter(|(sim, k)| *sim >= 0.8 || strsim::damerau_levenshtein(word, k) <= 1)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// The message of a script error, without Rhai's "Runtime error: " and position suffix
+/// (for errors that are re-raised with more context).
+pub(crate) fn message_of(e: &EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(v, _) if v.is_string() => v.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// A plain script error (a playbook mistake: exit 2).
 pub(crate) fn usage<T>(msg: impl Into<String>) -> Result<T, Box<rhai::EvalAltResult>> {
     Err(msg.into().into())
@@ -313,4 +335,20 @@ pub fn describe_functions(meta_json: &str) -> Result<String, serde_json::Error> 
         out.push('\n');
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case::typo("secnds", " (did you mean `seconds`?)")]
+    #[case::shortened("secs", " (did you mean `seconds`?)")]
+    #[case::swapped_in_a_short_name("tpo", " (did you mean `top`?)")]
+    #[case::missing_letter("sed_owners", " (did you mean `seed_owners`?)")]
+    #[case::unlike_all("foo", "")]
+    #[case::unlike_all_long("kubeconfig", "")]
+    fn did_you_mean_names_a_close_name_only(#[case] word: &str, #[case] want: &str) {
+        assert_eq!(did_you_mean(word, ["seconds", "top", "seed_owners", "mode"]), want);
+    }
 }

@@ -170,13 +170,7 @@ pub(crate) fn unread<'a>(ast: &rhai::AST, given: impl IntoIterator<Item = &'a St
         .into_iter()
         .filter(|g| !known.contains(*g))
         .map(|g| {
-            let near = known
-                .iter()
-                .map(|k| (strsim::damerau_levenshtein(g, k), k))
-                .filter(|(d, k)| *d <= 1.max(k.len() / 3))
-                .min()
-                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
-                .unwrap_or_default();
+            let near = super::did_you_mean(g, known.iter().map(String::as_str));
             let list = if known.is_empty() {
                 "it reads no parameters".to_string()
             } else {

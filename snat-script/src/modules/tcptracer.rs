@@ -44,7 +44,8 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
             },
             other => {
                 return usage(format!(
-                    "unknown option `{other}` for tcptracer::read (known: by, strict, max_errors, timeline, bucket)"
+                    "unknown option `{other}` for tcptracer::read{} (known: by, strict, max_errors, timeline, bucket)",
+                    super::did_you_mean(other, ["by", "strict", "max_errors", "timeline", "bucket"])
                 ));
             }
         }

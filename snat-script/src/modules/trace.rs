@@ -105,6 +105,14 @@ fn int_in<T: TryFrom<i64>>(name: &str, v: &Dynamic, what: &str) -> Result<T, Str
     T::try_from(n).map_err(|_| format!("option `{name}`: {n} is not {what}"))
 }
 
+/// What is wrong with an option the tracer refused, without the tracer's own prefix.
+fn option_message(e: snat_ebpf::Error) -> String {
+    match e {
+        snat_ebpf::Error::InvalidOption(m) => m,
+        other => other.to_string(),
+    }
+}
+
 fn string_of(name: &str, v: &Dynamic) -> Result<String, String> {
     v.clone()
         .into_string()
@@ -115,7 +123,8 @@ fn string_of(name: &str, v: &Dynamic) -> Result<String, String> {
 pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
     if let Some(k) = opts.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(format!(
-            "unknown option `{k}` for trace::run: expected one of {}",
+            "unknown option `{k}`{}: expected one of {}",
+            super::did_you_mean(k, KNOWN),
             KNOWN.join(", ")
         ));
     }
@@ -132,11 +141,20 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
     }
     let mode = match opts.get("mode") {
         None => Mode::Aggregated,
-        Some(v) => string_of("mode", v)?.parse::<Mode>().map_err(|e| e.to_string())?,
+        Some(v) => string_of("mode", v)?
+            .parse::<Mode>()
+            .map_err(|e| format!("option `mode`: {}", option_message(e)))?,
     };
     let by = match opts.get("by") {
         None => TraceSummary::default_groupings(),
-        Some(v) => groupings_of(v).map_err(|e| e.to_string())?,
+        Some(v) => groupings_of(v).map_err(|e| {
+            let m = super::message_of(&e);
+            if m.starts_with("option `by`") {
+                m
+            } else {
+                format!("option `by`: {m}")
+            }
+        })?,
     };
     if mode == Mode::Aggregated
         && let Some(f) = by.iter().flatten().find(|f| matches!(f, Field::Pid | Field::Comm))
@@ -228,7 +246,7 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
             .into_immutable_string()
             .map_err(|t| format!("option `attach` must be a string, got {t}"))?
             .parse::<AttachPoint>()
-            .map_err(|e| format!("option `attach`: {e}"))?,
+            .map_err(|e| format!("option `attach`: {}", option_message(e)))?,
     };
     Ok(TraceOptions {
         seed_owners,
@@ -697,14 +715,20 @@ mod tests {
     #[test]
     fn bad_options_are_playbook_errors() {
         for (script, needle) in [
-            ("#{secs: 1}", "unknown option `secs`"),
+            (
+                "#{secs: 1}",
+                "unknown option `secs` (did you mean `seconds`?): expected one of seconds,",
+            ),
             ("#{seconds: 0}", "more than 0"),
             ("#{seconds: \"ten\"}", "must be a number"),
-            ("#{mode: \"fast\"}", "unknown mode"),
-            ("#{attach: \"kprobe\"}", "unknown attach point"),
+            ("#{mode: \"fast\"}", "option `mode`: unknown mode \"fast\""),
+            (
+                "#{attach: \"kprobe\"}",
+                "option `attach`: unknown attach point \"kprobe\"",
+            ),
             ("#{attach: 1}", "option `attach` must be a string"),
             ("#{by: [[\"pid\"]]}", "needs mode: \"stream\""),
-            ("#{by: [[\"bogus\"]]}", "unknown field"),
+            ("#{by: [[\"bogus\"]]}", "option `by`: unknown field \"bogus\""),
             ("#{netns: []}", "empty"),
             ("#{netns: [-1]}", "not a network namespace inode"),
             ("#{pid: 0}", "must not be 0"),
