@@ -385,7 +385,7 @@ fn execute(
         Err(pe) => return fail(engine::parse_failure(&req.playbook, &script, &pe)),
     };
     // A --param the playbook never reads is a typo or a wrong playbook: the run would
-    // silently use the default (a 10 s trace instead of 60, actions without dry-run...).
+    // silently use the default (a 10 s trace instead of 60, a remediation key left unset).
     let unread = crate::modules::params::unread(&ast, req.params.keys());
     if !unread.is_empty() {
         return fail(Error::Param(unread.join("\n")));

@@ -544,17 +544,20 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
 /// filter nothing matches makes an empty trace that looks like a quiet node. The trace
 /// still runs (a namespace or process may appear); the warnings go to stderr and notes.
 fn check_filters(o: &TraceOptions, proc_root: &std::path::Path) -> Vec<String> {
-    let live = if o.netns.is_empty() {
-        Ok(BTreeSet::new())
-    } else {
-        ProcIndex::scan(proc_root).map(|ix| ix.namespaces().collect())
-    };
-    match live {
-        Ok(live) => filter_warnings(&o.netns, o.pid, &live, |pid| proc_root.join(pid.to_string()).exists()),
-        Err(e) => vec![format!(
-            "cannot check the netns filter against {}: {e}",
-            proc_root.display()
-        )],
+    let pid_alive = |pid: u32| proc_root.join(pid.to_string()).exists();
+    if o.netns.is_empty() {
+        return filter_warnings(&[], o.pid, &BTreeSet::new(), pid_alive);
+    }
+    match ProcIndex::scan(proc_root) {
+        Ok(ix) => filter_warnings(&o.netns, o.pid, &ix.namespaces().collect(), pid_alive),
+        Err(e) => {
+            let mut out = vec![format!(
+                "cannot check the netns filter against {}: {e}",
+                proc_root.display()
+            )];
+            out.extend(filter_warnings(&[], o.pid, &BTreeSet::new(), pid_alive));
+            out
+        }
     }
 }
 
