@@ -245,15 +245,6 @@ pub(crate) fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a s
         .unwrap_or_default()
 }
 
-/// The message of a script error, without Rhai's "Runtime error: " and position suffix
-/// (for errors that are re-raised with more context).
-pub(crate) fn message_of(e: &EvalAltResult) -> String {
-    match e {
-        EvalAltResult::ErrorRuntime(v, _) if v.is_string() => v.to_string(),
-        other => other.to_string(),
-    }
-}
-
 /// A plain script error (a playbook mistake: exit 2).
 pub(crate) fn usage<T>(msg: impl Into<String>) -> Result<T, Box<rhai::EvalAltResult>> {
     Err(msg.into().into())

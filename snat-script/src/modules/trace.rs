@@ -147,14 +147,7 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
     };
     let by = match opts.get("by") {
         None => TraceSummary::default_groupings(),
-        Some(v) => groupings_of(v).map_err(|e| {
-            let m = super::message_of(&e);
-            if m.starts_with("option `by`") {
-                m
-            } else {
-                format!("option `by`: {m}")
-            }
-        })?,
+        Some(v) => groupings_of(v)?,
     };
     if mode == Mode::Aggregated
         && let Some(f) = by.iter().flatten().find(|f| matches!(f, Field::Pid | Field::Comm))
@@ -544,21 +537,26 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
 /// filter nothing matches makes an empty trace that looks like a quiet node. The trace
 /// still runs (a namespace or process may appear); the warnings go to stderr and notes.
 fn check_filters(o: &TraceOptions, proc_root: &std::path::Path) -> Vec<String> {
-    let pid_alive = |pid: u32| proc_root.join(pid.to_string()).exists();
-    if o.netns.is_empty() {
-        return filter_warnings(&[], o.pid, &BTreeSet::new(), pid_alive);
-    }
-    match ProcIndex::scan(proc_root) {
-        Ok(ix) => filter_warnings(&o.netns, o.pid, &ix.namespaces().collect(), pid_alive),
-        Err(e) => {
-            let mut out = vec![format!(
-                "cannot check the netns filter against {}: {e}",
-                proc_root.display()
-            )];
-            out.extend(filter_warnings(&[], o.pid, &BTreeSet::new(), pid_alive));
-            out
+    // The netns filter is checked only when given and when /proc can be read.
+    let (netns, live, mut out) = if o.netns.is_empty() {
+        (&[][..], BTreeSet::new(), Vec::new())
+    } else {
+        match ProcIndex::scan(proc_root) {
+            Ok(ix) => (&o.netns[..], ix.namespaces().collect(), Vec::new()),
+            Err(e) => (
+                &[][..],
+                BTreeSet::new(),
+                vec![format!(
+                    "cannot check the netns filter against {}: {e}",
+                    proc_root.display()
+                )],
+            ),
         }
-    }
+    };
+    out.extend(filter_warnings(netns, o.pid, &live, |pid| {
+        proc_root.join(pid.to_string()).exists()
+    }));
+    out
 }
 
 /// The warnings for [`check_filters`]: each netns inode no process is in (`live` holds

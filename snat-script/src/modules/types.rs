@@ -120,24 +120,29 @@ fn counts_map(c: &Counts) -> Dynamic {
 
 /// Parse a Rhai array of field names.
 pub fn fields_of(arr: &Array) -> Result<Vec<Field>, Box<EvalAltResult>> {
-    let names: Vec<String> = arr.iter().map(|d| d.to_string()).collect();
-    Field::parse_list(&names).map_err(|e| e.to_string().into())
+    parse_fields(arr).map_err(Into::into)
 }
 
-/// Parse the `by` option (an array of arrays of field names) of trace sources.
-pub fn groupings_of(by: &Dynamic) -> Result<Vec<Vec<Field>>, Box<EvalAltResult>> {
+fn parse_fields(arr: &Array) -> Result<Vec<Field>, String> {
+    let names: Vec<String> = arr.iter().map(|d| d.to_string()).collect();
+    Field::parse_list(&names).map_err(|e| e.to_string())
+}
+
+/// Parse the `by` option (an array of arrays of field names) of trace sources. Every
+/// error message starts with "option `by`", for the caller to raise as it is.
+pub fn groupings_of(by: &Dynamic) -> Result<Vec<Vec<Field>>, String> {
     let Some(outer) = by.clone().try_cast::<Array>() else {
-        return usage("option `by` must be an array of field-name arrays, e.g. [[\"saddr\", \"netns\"]]");
+        return Err("option `by` must be an array of field-name arrays, e.g. [[\"saddr\", \"netns\"]]".into());
     };
     if outer.is_empty() {
-        return usage("option `by` needs at least one grouping");
+        return Err("option `by` needs at least one grouping".into());
     }
     outer
         .iter()
         .map(|g| match g.clone().try_cast::<Array>() {
-            Some(a) => fields_of(&a),
-            None => usage(format!(
-                "each grouping in `by` must be an array of field names, got {g}"
+            Some(a) => parse_fields(&a).map_err(|e| format!("option `by`: {e}")),
+            None => Err(format!(
+                "option `by`: each grouping must be an array of field names, got {g}"
             )),
         })
         .collect()
