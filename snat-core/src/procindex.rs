@@ -8,8 +8,10 @@
 //! a permission error says that root (or CAP_SYS_PTRACE) is needed. [`socket_owners`] maps
 //! socket inodes to the processes holding them, from `/proc/PID/fd`, for a chosen set of
 //! processes only (one namespace's), which is what names hostNetwork pods.
+//! [`netns_without_process`] finds the namespaces a scan cannot see: those only a thread
+//! has entered or only a mount keeps.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -347,6 +349,104 @@ impl ProcIndex {
     }
 }
 
+/// One line of a `mountinfo` file (`/proc/PID/mountinfo`), the fields snat uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountLine<'a> {
+    /// The root of the mount within its filesystem (`net:[INODE]` for a namespace file).
+    pub root: &'a str,
+    /// Where it is mounted, with mountinfo's octal escapes (`\040` for a space) undone.
+    pub mount_point: PathBuf,
+    /// The filesystem type (`nsfs`, `cgroup2`, ...).
+    pub fstype: &'a str,
+}
+
+/// The lines of a `mountinfo` file (`ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS
+/// [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS`). Lines that do not parse are skipped.
+pub fn mount_lines(mountinfo: &str) -> impl Iterator<Item = MountLine<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let mut head = head.split_whitespace().skip(3);
+        let root = head.next()?;
+        let mount_point = PathBuf::from(unescape_mount(head.next()?));
+        let fstype = tail.split_whitespace().next()?;
+        Some(MountLine {
+            root,
+            mount_point,
+            fstype,
+        })
+    })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space, `\134` for a backslash).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok())
+        {
+            Some(v) if b[i] == b'\\' => {
+                out.push(v);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Of `wanted`, the network namespaces that exist on the node although no process is in
+/// them, so [`ProcIndex::scan`] does not see them, each with a file to enter it by: one
+/// only a thread has entered (`PROC/PID/task/TID/ns/net`), or one only a mount keeps (`ip
+/// netns add` and CNI plugins bind-mount namespaces under `/run/netns`: an `nsfs` mount in
+/// `PROC/1/mountinfo`, entered as `PROC/1/root/MOUNT-POINT`, which also works when snat
+/// runs in a container with the host's /proc). Best effort: what cannot be read (a
+/// process or thread exiting meanwhile, no permission) is skipped. Stops early once every
+/// wanted namespace is found.
+pub fn netns_without_process(proc_root: &Path, wanted: &BTreeSet<u64>) -> BTreeMap<u64, PathBuf> {
+    let mut found = BTreeMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    if let Ok(m) = std::fs::read_to_string(proc_root.join("1/mountinfo")) {
+        for l in mount_lines(&m).filter(|l| l.fstype == "nsfs") {
+            if let Some(n) = parse_ns_link(l.root).filter(|n| wanted.contains(n)) {
+                let rel = l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point);
+                found.entry(n).or_insert_with(|| proc_root.join("1/root").join(rel));
+            }
+        }
+    }
+    for pid in list_pids(proc_root).unwrap_or_default() {
+        if found.len() == wanted.len() {
+            break;
+        }
+        let pid = pid.to_string();
+        let Ok(tasks) = std::fs::read_dir(proc_root.join(&pid).join("task")) else {
+            continue;
+        };
+        for t in tasks.filter_map(Result::ok) {
+            // The main thread's namespace is the process's, which the scan has seen.
+            if t.file_name().to_str() == Some(pid.as_str()) {
+                continue;
+            }
+            let file = t.path().join("ns/net");
+            if let Some(n) = std::fs::read_link(&file)
+                .ok()
+                .and_then(|l| parse_ns_link(&l.to_string_lossy()))
+                .filter(|n| wanted.contains(n))
+            {
+                found.entry(n).or_insert(file);
+            }
+        }
+    }
+    found
+}
+
 /// Parse a file-descriptor link target such as `socket:[123456]` into the socket inode.
 pub fn parse_socket_link(target: &[u8]) -> Option<u64> {
     let rest = target.strip_prefix(b"socket:[")?;
@@ -466,6 +566,69 @@ mod tests {
         std::fs::remove_dir_all(root.join("32")).unwrap();
         let late = idx.get(32).unwrap();
         assert_eq!((late.comm(), late.cgroup(), late.cgroup_path()), ("", "", None));
+    }
+
+    #[rstest]
+    #[case::ip_netns_add(
+        "44 43 0:4 net:[4026532177] /run/netns/probe rw shared:2 - nsfs nsfs rw",
+        Some(("net:[4026532177]", "/run/netns/probe", "nsfs"))
+    )]
+    #[case::optional_fields_and_escapes(
+        "30 23 0:26 / /sys/fs/cgroup/my\\040cg\\134x rw,nosuid shared:4 master:1 - cgroup2 cgroup2 rw",
+        Some(("/", "/sys/fs/cgroup/my cg\\x", "cgroup2"))
+    )]
+    #[case::bad_escape_kept("1 2 0:4 / /a\\09 rw - tmpfs tmpfs rw", Some(("/", "/a\\09", "tmpfs")))]
+    #[case::no_separator("44 43 0:4 net:[9] /run/netns/x rw nsfs", None)]
+    #[case::separator_only("- nsfs", None)]
+    #[case::too_few_fields("44 43 0:4 net:[9] - nsfs nsfs rw", None)]
+    #[case::empty("", None)]
+    fn mountinfo_lines(#[case] line: &str, #[case] want: Option<(&str, &str, &str)>) {
+        let got: Vec<MountLine<'_>> = mount_lines(line).collect();
+        let want: Vec<MountLine<'_>> = want
+            .into_iter()
+            .map(|(root, mp, fstype)| MountLine {
+                root,
+                mount_point: PathBuf::from(mp),
+                fstype,
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// A fake /proc tree: a namespace a mount keeps and one a thread (not its process's
+    /// main thread) is in are found; one only a main thread is in, which the scan sees,
+    /// and one nothing holds are not.
+    #[test]
+    fn namespaces_without_a_process_are_found_by_threads_and_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let task = |pid: u32, tid: u32, ns: u64| {
+            let d = root.join(format!("{pid}/task/{tid}/ns"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::os::unix::fs::symlink(format!("net:[{ns}]"), d.join("net")).unwrap();
+        };
+        task(1, 1, 100);
+        task(40, 40, 300);
+        task(40, 41, 200);
+        std::fs::write(
+            root.join("1/mountinfo"),
+            "44 43 0:4 net:[500] /run/netns/a rw shared:2 - nsfs nsfs rw\n\
+             45 43 0:4 mnt:[600] /run/mnt rw shared:2 - nsfs nsfs rw\n\
+             46 43 0:21 net:[300] /x rw - tmpfs tmpfs rw\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("77")).unwrap(); // exited: no task directory
+        let wanted: BTreeSet<u64> = [200, 300, 500, 600, 999].into();
+        assert_eq!(
+            netns_without_process(root, &wanted),
+            [
+                (200, root.join("40/task/41/ns/net")),
+                (500, root.join("1/root/run/netns/a"))
+            ]
+            .into()
+        );
+        assert!(netns_without_process(root, &BTreeSet::new()).is_empty());
+        assert!(netns_without_process(&root.join("missing"), &wanted).is_empty());
     }
 
     #[test]

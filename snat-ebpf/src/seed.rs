@@ -37,7 +37,7 @@ use aya::Ebpf;
 use aya::maps::HashMap as BpfHashMap;
 use snat_core::census::{CensusOptions, MethodChoice, StateSet, census_netns};
 use snat_core::model::{EventKind, TcpEvent, TcpState};
-use snat_core::procindex::{ProcIndex, socket_owners};
+use snat_core::procindex::{ProcIndex, mount_lines, netns_without_process, socket_owners};
 
 use crate::abi::{self, ListenInfo, ListenKey, Owner};
 
@@ -142,35 +142,9 @@ fn named_netns_file(ns: u64) -> Option<PathBuf> {
 
 /// The cgroup v2 mount point, from the content of `/proc/self/mountinfo`.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mountpoint = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(mountpoint)))
-    })
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space).
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(Ok(v)) = b
-                .get(i + 1..i + 4)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .map(|d| u8::from_str_radix(d, 8))
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    mount_lines(mountinfo)
+        .find(|l| l.fstype == "cgroup2")
+        .map(|l| l.mount_point)
 }
 
 /// The cgroup v2 path (`0::PATH` line) of `/proc/PID/cgroup` content.
@@ -232,10 +206,23 @@ pub fn seed(ebpf: &mut Ebpf, proc_root: &Path, netns: &[u64], connections: bool)
     let mut sockets = Vec::new();
     let mut owners: HashMap<u64, u32> = HashMap::new();
     let mut scanned: Vec<u32> = Vec::new();
+    // Those without a process: entered by a thread's or a mount's file.
+    let others = netns_without_process(
+        proc_root,
+        &namespaces
+            .iter()
+            .copied()
+            .filter(|ns| idx.in_netns(*ns).next().is_none())
+            .collect(),
+    );
     for ns in namespaces {
-        let Some(file) = idx.netns_file(ns).or_else(|| named_netns_file(ns)) else {
+        let Some(file) = idx
+            .netns_file(ns)
+            .or_else(|| named_netns_file(ns))
+            .or_else(|| others.get(&ns).cloned())
+        else {
             report.problems.push(format!(
-                "network namespace {ns}: no process in it and no file in /run/netns to enter it by"
+                "network namespace {ns}: no process, thread or mount holds it: it cannot be entered"
             ));
             continue;
         };

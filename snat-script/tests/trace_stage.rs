@@ -171,23 +171,58 @@ fn filters_that_match_nothing_on_the_node_are_noted() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let gone = child.id();
     child.wait().unwrap();
+    // Namespaces that exist without a process in them: one a mount keeps (`ip netns add`),
+    // and one only a thread of this process is in.
+    let mounted = snat_testbed::Netns::new("flt").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: unshare changes only this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        tx.send(
+            std::fs::metadata(format!("/proc/self/task/{tid}/ns/net"))
+                .unwrap()
+                .ino(),
+        )
+        .unwrap();
+        let _ = stop_rx.recv();
+    });
+    let threaded = rx.recv().unwrap();
     let (e, _ctx) = engine(&[]);
     let mut scope = Scope::new();
     scope.push("me", own_netns() as i64);
     scope.push("gone", i64::from(gone));
+    scope.push("mounted", mounted.inode().unwrap() as i64);
+    scope.push("threaded", threaded as i64);
     let trace: Trace = e
-        .eval_with_scope(&mut scope, "trace::run(#{seconds: 1, netns: [me, 1], pid: gone})")
+        .eval_with_scope(
+            &mut scope,
+            "trace::run(#{seconds: 1, netns: [me, 1, mounted, threaded], pid: gone})",
+        )
         .unwrap();
+    drop(stop_tx);
+    holder.join().unwrap();
     let notes = &trace.0.notes;
     let has = |p: &str| notes.iter().any(|n| n.starts_with(p));
     assert!(
-        has("netns 1: no process on this node is in that network namespace"),
+        has("netns 1: no process, thread or mount on this node holds that network namespace"),
         "{notes:?}"
     );
-    assert!(
-        !has(&format!("netns {}:", own_netns())),
-        "this process is in it: {notes:?}"
-    );
+    for (what, n) in [
+        ("this process is in it", own_netns()),
+        ("a mount keeps it", mounted.inode().unwrap()),
+        ("a thread is in it", threaded),
+    ] {
+        assert!(!has(&format!("netns {n}:")), "{what}: {notes:?}");
+        // The owner snapshot at attach enters it by that thread's or that mount's file.
+        assert!(
+            !has(&format!("owner snapshot: network namespace {n}:")),
+            "{what}: {notes:?}"
+        );
+    }
     assert!(has(&format!("pid {gone}: there is no such process")), "{notes:?}");
 }
 

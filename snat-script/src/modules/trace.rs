@@ -44,7 +44,7 @@ use std::time::Duration;
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use snat_core::aggregate::{Field, TraceSummary};
 use snat_core::model::{Family, TcpEvent};
-use snat_core::procindex::ProcIndex;
+use snat_core::procindex::{ProcIndex, netns_without_process};
 use snat_core::timeline::{self, BucketCounts, TimelineBuilder};
 use snat_ebpf::FlowRow;
 use snat_ebpf::output::{JsonlWriter, TextWriter};
@@ -542,7 +542,12 @@ fn check_filters(o: &TraceOptions, proc_root: &std::path::Path) -> Vec<String> {
         (&[][..], BTreeSet::new(), Vec::new())
     } else {
         match ProcIndex::scan(proc_root) {
-            Ok(ix) => (&o.netns[..], ix.namespaces().collect(), Vec::new()),
+            Ok(ix) => {
+                let mut live: BTreeSet<u64> = ix.namespaces().collect();
+                let missing: BTreeSet<u64> = o.netns.iter().copied().filter(|n| !live.contains(n)).collect();
+                live.extend(netns_without_process(proc_root, &missing).into_keys());
+                (&o.netns[..], live, Vec::new())
+            }
             Err(e) => (
                 &[][..],
                 BTreeSet::new(),
@@ -559,8 +564,9 @@ fn check_filters(o: &TraceOptions, proc_root: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// The warnings for [`check_filters`]: each netns inode no process is in (`live` holds
-/// the inodes processes are in), and a pid with no process (`pid_alive`).
+/// The warnings for [`check_filters`]: each netns inode that is not on the node (`live`
+/// holds the inodes of those processes, threads or mounts hold), and a pid with no process
+/// (`pid_alive`).
 fn filter_warnings(
     netns: &[u64],
     pid: Option<u32>,
@@ -572,7 +578,7 @@ fn filter_warnings(
         .filter(|n| !live.contains(n))
         .map(|n| {
             format!(
-                "netns {n}: no process on this node is in that network namespace (census::namespaces() lists those that are): only connections from one that appears during the trace are counted"
+                "netns {n}: no process, thread or mount on this node holds that network namespace (census::namespaces() lists those with processes): only connections from one that appears during the trace are counted"
             )
         })
         .collect();
@@ -641,7 +647,7 @@ mod tests {
     #[rstest::rstest]
     #[case::all_present(&[1, 2], Some(7), &[], )]
     #[case::no_filters(&[], None, &[])]
-    #[case::gone_netns(&[1, 3], None, &["netns 3: no process on this node is in that network namespace"])]
+    #[case::gone_netns(&[1, 3], None, &["netns 3: no process, thread or mount on this node holds that network namespace"])]
     #[case::gone_pid(&[], Some(8), &["pid 8: there is no such process on this node"])]
     #[case::both(&[4], Some(8), &["netns 4: ", "pid 8: "])]
     fn filters_that_match_nothing_now_are_named(
