@@ -595,3 +595,21 @@ fn unknown_allow_action_is_a_usage_error() {
     );
     assert!(r.records().is_empty(), "rejected before anything runs");
 }
+
+/// find-node.rhai has no default metrics file: run from the repository's root (where the
+/// test data lives), without `metrics` and without `az`, it must ask for the file, not
+/// analyse sample data as if it were the load balancer's.
+#[test]
+fn find_node_without_metrics_asks_for_them() {
+    let r = Run::new();
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let playbook = root.join("examples/find-node.rhai");
+    let o = r.cmd(&playbook, &[]).current_dir(root).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing parameter `metrics`: pass --param metrics=VALUE"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("SNAT pressure found"));
+}
