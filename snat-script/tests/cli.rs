@@ -604,7 +604,12 @@ fn find_node_without_metrics_asks_for_them() {
     let r = Run::new();
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let playbook = root.join("examples/find-node.rhai");
-    let o = r.cmd(&playbook, &[]).current_dir(root).stdin(Stdio::null()).output().unwrap();
+    let o = r
+        .cmd(&playbook, &[])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("missing parameter `metrics`: pass --param metrics=VALUE"),
@@ -612,4 +617,29 @@ fn find_node_without_metrics_asks_for_them() {
         stderr(&o)
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("SNAT pressure found"));
+}
+
+/// A numeric parameter outside its range is a parameter error (exit 2) naming the range,
+/// not a silently absurd threshold (`alert=75` read as 7,500 %).
+#[test]
+fn out_of_range_parameters_of_the_examples_are_refused() {
+    let r = Run::new();
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let playbook = root.join("examples/tcptracer-log.rhai");
+    let log = root.join("tests/data/tcptracer/sample-t4v.log");
+    for (p, want) in [
+        (
+            "alert=75",
+            "parameter `alert`: 75 is out of range: pass a value from 0.01 to 1.0",
+        ),
+        (
+            "top=-1",
+            "parameter `top`: -1 is out of range: pass a value from 1 to 100000",
+        ),
+        ("ports=0", "parameter `ports`: 0 is out of range"),
+    ] {
+        let o = r.run(&playbook, &["--param", &format!("log={}", log.display()), "--param", p]);
+        assert_eq!(code(&o), 2, "{p}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{p}: {}", stderr(&o));
+    }
 }

@@ -235,7 +235,13 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
     const N: usize = 5;
     const FAILED: usize = 4;
     let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/trace-node.rhai")).unwrap();
-    let (e, ctx) = engine(&[("seconds", "3"), ("min_failed", "4"), ("top", "1000")]);
+    // Loopback uses no SNAT: count it as public here, as the playbook's `as_public` allows.
+    let (e, ctx) = engine(&[
+        ("seconds", "3"),
+        ("min_failed", "4"),
+        ("top", "1000"),
+        ("as_public", "127.0.0.0/8"),
+    ]);
     let t = traffic(N, FAILED);
     let _ = e.eval::<Dynamic>(&script).unwrap();
     let (port, closed) = t.join().unwrap();
@@ -256,8 +262,20 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
     let netns = serde_json::Value::from(own_netns());
     // A row of the per-destination tables: count, netns, daddr, dport.
     let row = |count: usize, dport: u16| vec![count.into(), netns.clone(), "127.0.0.1".into(), dport.into()];
+    // failed, connects, netns, daddr, dport, snat, rule.
     let failed = table("Failed connects per destination");
-    assert!(failed.contains(&row(FAILED, closed)), "{failed:?}");
+    assert!(
+        failed.iter().any(|r| r[..5]
+            == [
+                FAILED.into(),
+                0.into(),
+                netns.clone(),
+                "127.0.0.1".into(),
+                closed.into()
+            ]
+            && r[5] == "public"),
+        "{failed:?}"
+    );
     let per_dest = table("Outbound connection attempts per destination");
     // Attempts: N connects to our listener's port, FAILED to the closed one. Inbound rows
     // (our N accepts, whose remote port the kernel does not keep) are not in the table.
@@ -268,6 +286,144 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
     let step2 = table("Connections by source address");
     assert!(step2.iter().any(|r| r[1] == "127.0.0.1" && r[2] == netns));
     assert!(rep.findings.iter().any(|f| f.kind == "failed_connects"));
+}
+
+/// A child process, killed on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A connect to 127.0.0.1:`port` left in progress (non-blocking): with the SYNs dropped,
+/// the socket waits in SYN_SENT until it is closed.
+fn connect_in_progress(port: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the address is a
+    // valid sockaddr_in of the size passed.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        assert!(
+            r == -1 && err.raw_os_error() == Some(libc::EINPROGRESS),
+            "connect: {err}"
+        );
+        owned
+    }
+}
+
+/// trace-node weighs failures by destination: refused connects to loopback (no SNAT) are
+/// a warning, not pressure; with loopback counted as public they are pressure. Connects
+/// still waiting in SYN_SENT when the trace ends (their SYNs dropped) are counted from the
+/// namespace's sockets and make pressure by themselves.
+#[test]
+fn trace_node_playbook_weighs_failures_by_destination_and_counts_waiting_connects() {
+    if !need_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    const REFUSED: usize = 5;
+    const WAITING: usize = 6;
+    const DROPPED_PORT: u16 = 9;
+    let ns = snat_testbed::Netns::new("tnw").unwrap();
+    ns.drop_tcp_to(DROPPED_PORT).unwrap();
+    let inode = ns.inode().unwrap();
+    // A process in the namespace, so that census::namespaces() lists it.
+    let _sleeper = Kill(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sleep", "120"])
+            .spawn()
+            .unwrap(),
+    );
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/trace-node.rhai")).unwrap();
+    for public in [false, true] {
+        // `bucket` as a parameter: a number, not the string `param` gives without a default.
+        let mut params = vec![
+            ("seconds", "2"),
+            ("min_failed", "5"),
+            ("top", "1000"),
+            ("bucket", "0.5"),
+        ];
+        if public {
+            params.push(("as_public", "127.0.0.0/8"));
+        }
+        let (e, ctx) = engine(&params);
+        let base = bpf_links();
+        let path = ns.path();
+        let traffic = std::thread::spawn(move || {
+            wait_attached(base);
+            in_netns(path, || {
+                let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                for _ in 0..REFUSED {
+                    assert!(TcpStream::connect(("127.0.0.1", closed)).is_err());
+                }
+                let waiting: Vec<_> = (0..WAITING).map(|_| connect_in_progress(DROPPED_PORT)).collect();
+                (closed, waiting)
+            })
+            .join()
+            .unwrap()
+        });
+        let _ = e.eval::<Dynamic>(&script).unwrap();
+        // The waiting sockets are closed only now, after the playbook's census.
+        let (closed, waiting) = traffic.join().unwrap();
+        drop(waiting);
+        let rep = ctx.report();
+        let kinds: Vec<&str> = rep.findings.iter().map(|f| f.kind.as_str()).collect();
+        let dest = |port: u16| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let finding = |kind: &str| {
+            rep.findings
+                .iter()
+                .find(|f| f.kind == kind)
+                .unwrap_or_else(|| panic!("public={public}: no {kind} finding in {kinds:?}"))
+        };
+        if public {
+            assert_eq!(rep.verdict, Some(Verdict::PressureFound), "{:?}", rep.summary);
+            let f = finding("failed_connects");
+            assert_eq!(f.destination, dest(closed));
+            assert!(
+                f.summary
+                    .starts_with(&format!("{REFUSED} failed connects from netns {inode}")),
+                "{}",
+                f.summary
+            );
+            let w = finding("waiting_connects");
+            assert_eq!(w.destination, dest(DROPPED_PORT));
+            assert!(
+                w.summary.starts_with(&format!("{WAITING} connects from netns {inode}")),
+                "{}",
+                w.summary
+            );
+            assert!(!kinds.contains(&"failed_connects_no_snat"), "{kinds:?}");
+        } else {
+            assert_eq!(rep.verdict, Some(Verdict::Clear), "{:?}", rep.summary);
+            let f = finding("failed_connects_no_snat");
+            assert_eq!(f.severity, snat_core::model::Severity::Warning);
+            assert_eq!(f.destination, dest(closed));
+            assert_eq!(kinds, ["failed_connects_no_snat"], "loopback is no SNAT pressure");
+        }
+    }
 }
 
 /// Run `f` on a thread inside the network namespace at `ns` (setns is per thread).

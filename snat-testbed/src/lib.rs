@@ -150,6 +150,22 @@ impl Netns {
         run("ip", &a)
     }
 
+    /// Drop incoming TCP packets to `port` inside this namespace only (`nft`, else
+    /// `iptables`): connects to it wait in SYN_SENT until they time out.
+    pub fn drop_tcp_to(&self, port: u16) -> io::Result<()> {
+        let p = port.to_string();
+        let table = "add table inet snat_testbed";
+        let chain = "add chain inet snat_testbed input { type filter hook input priority 0 ; }";
+        let rule = format!("add rule inet snat_testbed input tcp dport {p} drop");
+        if self.exec("nft", &[table]).is_ok() {
+            self.exec("nft", &[chain])?;
+            return self.exec("nft", &[&rule]).map(drop);
+        }
+        self.exec("iptables", &["-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"])?;
+        self.exec("ip6tables", &["-A", "INPUT", "-p", "tcp", "--dport", &p, "-j", "DROP"])
+            .map(drop)
+    }
+
     /// Add an address (CIDR) to the loopback device, e.g. a destination in a world. IPv6
     /// addresses skip duplicate address detection, so they can be bound at once.
     pub fn add_lo_addr(&self, cidr: &str) -> io::Result<()> {

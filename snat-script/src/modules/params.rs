@@ -76,6 +76,34 @@ pub fn create_module(ctx: &Ctx) -> Module {
     });
     let c = ctx.clone();
     method(
+        "param",
+        &["name: &str", "default: i64 | f64", "min: i64 | f64", "max: i64 | f64", "i64 | f64"],
+        "Like param(name, default) for a number, which must also lie between min and max (inclusive):\nanother value is a playbook error (exit 2) that names the range.",
+    )
+    .set_into_module(
+        &mut m,
+        move |name: &str, default: Dynamic, min: Dynamic, max: Dynamic| -> Result<Dynamic, Box<EvalAltResult>> {
+            let Some(raw) = c.params().get(name) else {
+                return Ok(default);
+            };
+            let v = typed(name, raw, &default)?;
+            let num = |d: &Dynamic| d.as_int().map(|i| i as f64).or_else(|_| d.as_float());
+            let (Ok(x), Ok(lo), Ok(hi)) = (num(&v), num(&min), num(&max)) else {
+                return usage(format!(
+                    "param(\"{name}\", default, min, max): default, min and max must be numbers"
+                ));
+            };
+            if x < lo || x > hi || x.is_nan() {
+                return usage(format!(
+                    "parameter `{name}`: {} is out of range: pass a value from {min} to {max}",
+                    raw.trim()
+                ));
+            }
+            Ok(v)
+        },
+    );
+    let c = ctx.clone();
+    method(
         "has_param",
         &["name: &str", "bool"],
         "Whether `--param NAME=...` was given.",
@@ -220,6 +248,7 @@ mod tests {
     #[case::in_a_function(r#"fn f() { param("top", 5) } f();"#, names(&["top"]))]
     #[case::as_a_statement(r#"param("must");"#, names(&["must"]))]
     #[case::in_a_map_and_a_closure(r#"let m = #{ a: param("a", 1) }; let f = |x| param("b", x);"#, names(&["a", "b"]))]
+    #[case::ranged(r#"param("top", 10, 1, 100)"#, names(&["top"]))]
     #[case::none("let x = 1;", names(&[]))]
     #[case::other_namespace(r#"trace::param("x")"#, names(&[]))]
     #[case::computed_name(r#"let k = "sec" + "onds"; param(k, 1)"#, Reads::Any)]
@@ -288,8 +317,23 @@ mod tests {
     #[case(&[], r#"param("log")"#, "missing parameter `log`: pass --param log=VALUE")]
     #[case(&[("seconds", "ten")], r#"param("seconds", 10)"#, "parameter `seconds`: \"ten\" is not an integer")]
     #[case(&[("b", "maybe")], r#"param("b", true)"#, "is not a boolean")]
+    #[case::below(&[("top", "-1")], r#"param("top", 10, 1, 1000)"#, "parameter `top`: -1 is out of range: pass a value from 1 to 1000")]
+    #[case::above(&[("alert", "75")], r#"param("alert", 0.75, 0.01, 1.0)"#, "parameter `alert`: 75 is out of range: pass a value from 0.01 to 1.0")]
+    #[case::not_a_number(&[("top", "x")], r#"param("top", 10, 1, 1000)"#, "parameter `top`: \"x\" is not an integer")]
+    #[case::nan(&[("f", "NaN")], r#"param("f", 1.0, 0.0, 2.0)"#, "is out of range")]
+    #[case::string_default(&[("s", "a")], r#"param("s", "x", 1, 2)"#, "default, min and max must be numbers")]
     fn param_errors_say_what_to_pass(#[case] p: &[(&str, &str)], #[case] script: &str, #[case] want: &str) {
         let e = eval(p, script).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
+    }
+
+    #[rstest]
+    #[case::inside(&[("top", "5")], r#"param("top", 10, 1, 1000)"#, "5")]
+    #[case::at_the_edges(&[("top", "1000")], r#"param("top", 10, 1, 1000)"#, "1000")]
+    #[case::float(&[("alert", "0.9")], r#"param("alert", 0.75, 0.01, 1.0)"#, "0.9")]
+    #[case::mixed_types(&[("b", "2")], r#"param("b", 1.0, 1, 60)"#, "2.0")]
+    #[case::not_given(&[], r#"param("top", 10, 1, 1000)"#, "10")]
+    fn ranged_params_within_their_range(#[case] p: &[(&str, &str)], #[case] script: &str, #[case] want: &str) {
+        assert_eq!(eval(p, script).unwrap().to_string(), want);
     }
 }
