@@ -358,23 +358,46 @@ fn functions(json: bool, definitions: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let meta = engine.gen_fn_metadata_to_json(false).context("cannot list functions")?;
     if json {
-        println!("{meta}");
-        return Ok(());
+        return out(&format!("{meta}\n"));
     }
-    print!("{}", crate::modules::describe_functions(&meta)?);
-    Ok(())
+    out(&crate::modules::describe_functions(&meta)?)
+}
+
+/// Write to stdout. A reader that went away (`snat-run functions | head`) ends the output
+/// quietly; `println!` would panic.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
 }
 
 fn audit_verify(dir: &std::path::Path) -> ExitCode {
     match snat_core::audit::verify(dir) {
         Ok(rep) => match rep.first_break {
+            // No record at all: the wrong directory, or every record removed.
+            None if rep.records == 0 => {
+                eprintln!(
+                    "snat-run: no audit records in {}: is it the audit directory (--audit-dir, $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root)? Records are named YYYYMMDDTHHMMSS.nnnnnnnnnZ-<run id>.json; if there were some, they were all removed",
+                    dir.display()
+                );
+                ExitCode::from(1)
+            }
             None => {
-                println!("ok: {} record(s) in {}, chain intact", rep.records, dir.display());
+                let mut text = format!("ok: {} record(s) in {}, chain intact\n", rep.records, dir.display());
                 if let (Some(head), Some(sha)) = (&rep.head, &rep.head_sha256) {
-                    println!("head: {} sha256 {sha}", head.display());
-                    println!("(nothing in the directory vouches for the newest record: keep this hash elsewhere)");
+                    text += &format!("head: {} sha256 {sha}\n", head.display());
+                    text += "(nothing in the directory vouches for the newest record: keep this hash elsewhere)\n";
                 }
-                ExitCode::SUCCESS
+                match out(&text) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        print_chain(e.as_ref());
+                        ExitCode::from(1)
+                    }
+                }
             }
             Some(b) => {
                 eprintln!("snat-run: audit chain broken at {}: {}", b.file.display(), b.reason);

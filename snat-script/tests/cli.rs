@@ -643,3 +643,37 @@ fn out_of_range_parameters_of_the_examples_are_refused() {
         assert!(stderr(&o).contains(want), "{p}: {}", stderr(&o));
     }
 }
+
+/// `snat-run functions --json | head -c 100`: a reader that goes away ends the output
+/// quietly (the listing is larger than a pipe's buffer, so the write does fail).
+#[test]
+fn functions_into_a_closed_pipe_does_not_panic() {
+    let mut child = Command::new(bin())
+        .args(["functions", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    use std::io::Read as _;
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+/// `audit verify` of a directory without records fails: it is the wrong directory, or
+/// every record was removed, and "chain intact" would hide both.
+#[test]
+fn audit_verify_of_a_directory_without_records_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no audit records in"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
