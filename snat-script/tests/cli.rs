@@ -677,3 +677,59 @@ fn audit_verify_of_a_directory_without_records_fails() {
     assert!(stderr(&o).contains("no audit records in"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
+
+/// A trace that cannot start (no privileges) leaves an existing `text_out` file as it was
+/// and creates no `jsonl_out` file: the output files are emptied only once the tracer is
+/// attached. Run as nobody when root, so the attach fails either way.
+#[test]
+fn a_trace_that_cannot_start_leaves_its_output_files_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.path().join("snat-run");
+    std::fs::copy(bin(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old = dir.path().join("old.txt");
+    std::fs::write(&old, "yesterday's trace\n").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let new = dir.path().join("new.jsonl");
+    let playbook = dir.path().join("t.rhai");
+    std::fs::write(
+        &playbook,
+        format!(
+            "trace::run(#{{seconds: 1, mode: \"stream\", text_out: {:?}, jsonl_out: {:?}}});\n",
+            old.display().to_string(),
+            new.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&playbook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut tries = 0;
+    let o = loop {
+        let mut c = Command::new(&exe);
+        c.arg(&playbook)
+            .arg("--audit-dir")
+            .arg(dir.path().join("audit"))
+            .env_remove("SNAT_AUDIT_DIR")
+            .stdin(Stdio::null());
+        if root {
+            c.uid(65534).gid(65534);
+        }
+        match c.output() {
+            // A process forked by a parallel test may hold the copy's write descriptor for
+            // a moment.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("stage trace::run failed"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "yesterday's trace\n");
+    assert!(!new.exists(), "a file the failed trace created is removed");
+}

@@ -257,10 +257,47 @@ pub fn parse_options(opts: &Map) -> Result<TraceOptions, String> {
     })
 }
 
-fn create(path: &PathBuf) -> Result<BufWriter<File>, StageError> {
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|e| StageError::Failed(format!("cannot create trace output file {}: {e}", path.display()).into()))
+/// An output file opened before the tracer attaches, so that a path that cannot be
+/// written fails at once, but emptied only once the trace has started: a trace that
+/// cannot start leaves an existing file as it was, and removes one it created.
+struct OutFile {
+    path: PathBuf,
+    file: Option<File>,
+    created: bool,
+}
+
+impl OutFile {
+    fn open(path: &PathBuf) -> Result<OutFile, StageError> {
+        let created = !path.exists();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(|f| OutFile {
+                path: path.clone(),
+                file: Some(f),
+                created,
+            })
+            .map_err(|e| StageError::Failed(format!("cannot create trace output file {}: {e}", path.display()).into()))
+    }
+
+    /// The file, emptied, for the trace's output.
+    fn start(mut self) -> Result<BufWriter<File>, StageError> {
+        let f = self.file.take().expect("started once");
+        f.set_len(0).map(|()| BufWriter::new(f)).map_err(|e| {
+            StageError::Failed(format!("cannot write trace output file {}: {e}", self.path.display()).into())
+        })
+    }
+}
+
+impl Drop for OutFile {
+    /// Not started: the trace failed to start; remove the file if this run created it.
+    fn drop(&mut self) {
+        if self.file.is_some() && self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn ebpf_error(e: snat_ebpf::Error) -> StageError {
@@ -405,15 +442,8 @@ fn seed_note(r: &snat_ebpf::SeedReport) -> String {
 }
 
 fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
-    let mut text = o
-        .text_out
-        .as_ref()
-        .map(create)
-        .transpose()?
-        .map(TextWriter::new)
-        .transpose()
-        .map_err(|e| StageError::Failed(format!("cannot write trace output: {e}").into()))?;
-    let mut jsonl = o.jsonl_out.as_ref().map(create).transpose()?.map(JsonlWriter::new);
+    let text_file = o.text_out.as_ref().map(OutFile::open).transpose()?;
+    let jsonl_file = o.jsonl_out.as_ref().map(OutFile::open).transpose()?;
     let mut b = TracerBuilder::new()
         .duration(o.duration)
         .mode(o.mode)
@@ -442,6 +472,13 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     );
     let stream = o.mode == Mode::Stream;
     let mut tracer = b.attach().map_err(ebpf_error)?;
+    let mut text = text_file
+        .map(OutFile::start)
+        .transpose()?
+        .map(TextWriter::new)
+        .transpose()
+        .map_err(|e| StageError::Failed(format!("cannot write trace output: {e}").into()))?;
+    let mut jsonl = jsonl_file.map(OutFile::start).transpose()?.map(JsonlWriter::new);
     if ctx.options().progress
         && let Some(r) = tracer.seed_report()
     {
