@@ -27,7 +27,7 @@ pub enum Error {
 
     /// The kernel does not expose its BTF, which the CO-RE program needs.
     #[error(
-        "the kernel has no BTF ({} is absent): snat's tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions; AKS node images have it); in a container, make the host's /sys visible (a privileged pod has it)",
+        "the kernel has no BTF ({} is absent): snat's tracer needs Linux 5.12 or later built with CONFIG_DEBUG_INFO_BTF=y (AKS node images have both); in a container, make the host's /sys visible (a privileged pod has it)",
         path.display()
     )]
     NoBtf {

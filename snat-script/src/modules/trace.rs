@@ -308,15 +308,21 @@ fn ebpf_error(e: snat_ebpf::Error) -> StageError {
 }
 
 fn progress_line(p: &Progress) {
-    let remaining = p
-        .remaining
-        .map_or(String::new(), |r| format!(", {}s left", r.as_secs()));
     eprint!(
-        "\rtrace: {}s elapsed{remaining}, {} events, {} lost   ",
-        p.elapsed.as_secs(),
-        p.events,
-        p.lost
+        "\rtrace: {}   ",
+        progress_text(p.elapsed, p.remaining, p.events, p.lost)
     );
+}
+
+/// "3s elapsed, 7s left, N events, M lost": whole seconds that add up to the trace's length
+/// (both truncated, 1.5 s and 1.5 s would read "1s elapsed, 1s left").
+fn progress_text(elapsed: Duration, remaining: Option<Duration>, events: u64, lost: u64) -> String {
+    let shown = elapsed.as_secs();
+    let left = remaining.map_or(String::new(), |r| {
+        let total = (elapsed + r).as_secs_f64().round() as u64;
+        format!(", {}s left", total.saturating_sub(shown))
+    });
+    format!("{shown}s elapsed{left}, {events} events, {lost} lost")
 }
 
 /// What the trace says about processes: stream mode names one per event, the pid filter
@@ -680,6 +686,16 @@ pub fn create_module(ctx: &Ctx) -> Module {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case::halfway(1500, Some(1500), "1s elapsed, 2s left, 7 events, 0 lost")]
+    #[case::start(0, Some(10_000), "0s elapsed, 10s left, 7 events, 0 lost")]
+    #[case::end(10_000, Some(0), "10s elapsed, 0s left, 7 events, 0 lost")]
+    #[case::until_stopped(2500, None, "2s elapsed, 7 events, 0 lost")]
+    fn progress_seconds_add_up(#[case] elapsed_ms: u64, #[case] remaining_ms: Option<u64>, #[case] want: &str) {
+        let ms = Duration::from_millis;
+        assert_eq!(progress_text(ms(elapsed_ms), remaining_ms.map(ms), 7, 0), want);
+    }
 
     #[rstest::rstest]
     #[case::all_present(&[1, 2], Some(7), &[], )]
