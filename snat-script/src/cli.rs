@@ -22,7 +22,9 @@ Exit codes:
      and a caret
   1  a stage failed at run time (permissions, I/O, API), reported as PLAYBOOK:LINE:COL: stage
      NAME failed: cause; or the audit record cannot be written
-  130/143  interrupted by SIGINT/SIGTERM (the audit record is still written)
+  130/143  interrupted by SIGINT/SIGTERM (the audit record is still written); during a live
+     trace or a read of a log from stdin, the first Ctrl-C only ends that window and the
+     playbook reports what was seen; a second Ctrl-C stops the run
 
 Every run of a playbook leaves exactly one JSON audit record in the audit directory:
 --audit-dir, else $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root, else

@@ -128,8 +128,54 @@ struct Inner {
     stages: Mutex<Vec<StageCall>>,
     actions: Mutex<Vec<ActionRecord>>,
     cancel: Arc<AtomicBool>,
+    window: Arc<Window>,
     report: Mutex<Report>,
     runtime: OnceLock<Result<tokio::runtime::Runtime, String>>,
+}
+
+/// An observation window: the part of a stage that watches the node (a live trace, a
+/// tcptracer log read from a pipe) and that an operator ends with Ctrl-C, as with
+/// tcptracer itself. While one is open, the first SIGINT ends it and the playbook goes on
+/// to report what was seen; a second SIGINT, or SIGTERM, stops the run.
+#[derive(Debug, Default)]
+pub struct Window {
+    open: AtomicBool,
+    end: Arc<AtomicBool>,
+}
+
+impl Window {
+    /// End the open window, if one is open and not yet ended: what the first SIGINT does.
+    /// Returns whether it did.
+    pub fn end_by_signal(&self) -> bool {
+        self.open.load(Ordering::SeqCst) && !self.end.swap(true, Ordering::SeqCst)
+    }
+
+    /// Stop whatever watches: the run is being cancelled.
+    pub fn stop(&self) {
+        self.end.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An open [`Window`]; closes it on drop.
+#[derive(Debug)]
+pub struct WindowGuard(Arc<Window>);
+
+impl WindowGuard {
+    /// The flag that ends the watching: set by the first SIGINT or by a cancellation.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.end.clone()
+    }
+
+    /// Whether the window has been ended.
+    pub fn ended(&self) -> bool {
+        self.0.end.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for WindowGuard {
+    fn drop(&mut self) {
+        self.0.open.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The shared run context. Cheap to clone; every clone sees the same state.
@@ -160,6 +206,7 @@ impl Ctx {
             stages: Mutex::new(Vec::new()),
             actions: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
+            window: Arc::new(Window::default()),
             report: Mutex::new(Report::default()),
             runtime: OnceLock::new(),
         }))
@@ -183,6 +230,21 @@ impl Ctx {
     /// Whether the run was asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.0.cancel.load(Ordering::SeqCst)
+    }
+
+    /// The run's observation window (see [`Window`]), for the signal handler.
+    pub fn window(&self) -> Arc<Window> {
+        self.0.window.clone()
+    }
+
+    /// Open an observation window: until the guard is dropped, a first SIGINT (Ctrl-C)
+    /// ends the window instead of stopping the run. A stage that traces or reads a stream
+    /// stops when [`WindowGuard::flag`] is set (by that SIGINT, or by a cancellation).
+    pub fn open_window(&self) -> WindowGuard {
+        let w = &self.0.window;
+        w.end.store(self.is_cancelled(), Ordering::SeqCst);
+        w.open.store(true, Ordering::SeqCst);
+        WindowGuard(w.clone())
     }
 
     /// Run one stage: record it in the stage log and convert its failure into a script

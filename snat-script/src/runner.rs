@@ -286,13 +286,28 @@ pub fn run(req: RunRequest) -> RunResult {
     let handle = signals.as_ref().map(|s| s.handle());
     if let Some(mut sigs) = signals.take() {
         let cancel = ctx.cancel_flag();
+        let window = ctx.window();
         let caught = caught.clone();
         let take = take.clone();
         let grace = req.signal_grace;
         std::thread::spawn(move || {
-            if let Some(sig) = sigs.forever().next() {
+            // A first SIGINT during an observation window (a live trace, a log read from a
+            // pipe) only ends the window, as Ctrl-C ends tcptracer: the playbook reports.
+            let mut sigs = sigs
+                .forever()
+                .skip_while(|&sig| {
+                    let ended = sig == signal_hook::consts::SIGINT && window.end_by_signal();
+                    if ended {
+                        eprintln!(
+                            "\nsnat-run: SIGINT received: ending the observation window now; the playbook goes on to report (SIGINT again stops the run)"
+                        );
+                    }
+                    ended
+                });
+            if let Some(sig) = sigs.next() {
                 *caught.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
                 cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                window.stop();
                 eprintln!(
                     "snat-run: {} received, stopping (the audit record will be written)",
                     signal_name(sig)

@@ -733,3 +733,116 @@ fn a_trace_that_cannot_start_leaves_its_output_files_alone() {
     assert_eq!(std::fs::read_to_string(&old).unwrap(), "yesterday's trace\n");
     assert!(!new.exists(), "a file the failed trace created is removed");
 }
+
+/// A playbook that reports what a trace or a log read saw: its event count and notes.
+const REPORTS_WHAT_IT_SAW: &str = r#"let t = TRACE;
+report::text("notes", t.notes.reduce(|acc, n| acc + n + "\n", ""));
+report::verdict("clear", `${t.totals.events} events`);
+"#;
+
+/// `tcptracer -t4v | snat-run ... log=-` stopped with Ctrl-C: the SIGINT reaches snat-run
+/// too. The first one must not throw the log away: stdin is read to its end (what the
+/// pipe still holds) and the playbook reports, exit 0. A second SIGINT stops the run.
+#[test]
+fn sigint_while_reading_a_pipe_reads_it_to_the_end_and_reports() {
+    let lines: Vec<String> = std::fs::read_to_string(data("tcptracer/sample-t4v.log"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for twice in [false, true] {
+        let r = Run::new();
+        let p = r.playbook(
+            "pipe.rhai",
+            &REPORTS_WHAT_IT_SAW.replace("TRACE", r#"tcptracer::read("-")"#),
+        );
+        let mut child = r
+            .cmd(&p, &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(lines[..100].concat().as_bytes()).unwrap();
+        wait_for_start(&mut child, &r.audit());
+        signal(&child, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(300));
+        if twice {
+            signal(&child, libc::SIGINT);
+            let o = child.wait_with_output().unwrap();
+            drop(stdin);
+            assert_eq!(code(&o), 130, "a second SIGINT stops the run: {}", stderr(&o));
+            assert_eq!(r.records()[0]["outcome"]["kind"], "interrupted");
+            continue;
+        }
+        // What tcptracer wrote before it died is still in the pipe.
+        stdin.write_all(lines[100..].concat().as_bytes()).unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let events = lines.len() - 2; // the banner and the header are not events
+        assert!(out.contains(&format!("{events} events")), "{out}");
+        assert!(out.contains("Ctrl-C (SIGINT) came while stdin was read"), "{out}");
+        assert!(
+            stderr(&o).contains("ending the observation window now"),
+            "{}",
+            stderr(&o)
+        );
+        let recs = r.records();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0]["outcome"]["kind"], "completed");
+    }
+}
+
+/// Ctrl-C during a live trace ends the trace window, like tcptracer's: the playbook
+/// reports what was traced until then (exit 0) and the trace says it was cut short.
+#[test]
+fn sigint_during_a_live_trace_ends_the_window_and_reports() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI is set");
+        println!("skipped: needs root");
+        return;
+    }
+    let r = Run::new();
+    let p = r.playbook(
+        "live.rhai",
+        &REPORTS_WHAT_IT_SAW.replace("TRACE", "trace::run(#{seconds: 60})"),
+    );
+    let t0 = Instant::now();
+    let mut child = r
+        .cmd(&p, &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the tracer is attached: the child holds an eBPF link.
+    let fds = format!("/proc/{}/fd", child.id());
+    let attached = || {
+        std::fs::read_dir(&fds).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf_link")))
+        })
+    };
+    while !attached() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the tracer never attached");
+        assert!(child.try_wait().unwrap().is_none(), "snat-run ended before attaching");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(45), "the window ended early");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("the trace window was ended by Ctrl-C (SIGINT) after"),
+        "{out}"
+    );
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"]["kind"], "completed");
+}

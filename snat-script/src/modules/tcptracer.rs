@@ -61,7 +61,17 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
         args[k.as_str()] = to_json(v);
     }
     ctx.stage("tcptracer::read", args, || {
-        let summary = reader.read_path(path)?;
+        // `tcptracer -t4v | snat-run ... log=-`: Ctrl-C stops tcptracer and reaches snat-run
+        // too; the first one must not throw away what the pipe still holds, so reading
+        // stdin is an observation window, read to its end.
+        let window = (path == "-").then(|| ctx.open_window());
+        let mut summary = reader.read_path(path)?;
+        if window.is_some_and(|w| w.ended()) {
+            summary.notes.push(
+                "Ctrl-C (SIGINT) came while stdin was read: the log was read to its end, where its writer stopped"
+                    .into(),
+            );
+        }
         let n = summary.totals.events;
         let tl = if timeline {
             Some(log_timeline(path, bucket)?)

@@ -455,8 +455,10 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
         .mode(o.mode)
         .seed_owners(o.seed_owners)
         .attach_point(o.attach)
-        .seed_proc_root(ctx.options().host_proc.clone())
-        .cancel_flag(ctx.cancel_flag());
+        .seed_proc_root(ctx.options().host_proc.clone());
+    // Ctrl-C ends the trace window early (a second one, or SIGTERM, stops the run).
+    let window = ctx.open_window();
+    b = b.cancel_flag(window.flag());
     if !o.netns.is_empty() {
         b = b.netns(o.netns.iter().copied());
     }
@@ -517,6 +519,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     };
     let show = ctx.options().progress;
     let on_sample = |i: usize, rows: &[FlowRow]| tl.borrow_mut().sample(i, &per_netns(rows, !stream));
+    let t_run = std::time::Instant::now();
     let end = tracer
         .run_sampled(
             Some(o.bucket),
@@ -529,6 +532,10 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
             on_sample,
         )
         .map_err(ebpf_error)?;
+    let ran = t_run.elapsed();
+    drop(window);
+    // Ended by the flag without a cancellation: the first Ctrl-C ended the window.
+    let ended_early = end == RunEnd::Cancelled && !ctx.is_cancelled();
     let res = tracer.finish(&mut on_event).map_err(ebpf_error)?;
     let mut tl = tl.into_inner();
     tl.sample(usize::MAX, &per_netns(&res.flows, !stream));
@@ -548,10 +555,20 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
             "up to {lost} events are missing from the timeline (see the trace's notes): its counts are lower bounds"
         ));
     }
+    let early_note = ended_early.then(|| {
+        format!(
+            "the trace window was ended by Ctrl-C (SIGINT) after {:.1} s of {} s: the counts cover that part only",
+            ran.as_secs_f64(),
+            o.duration.as_secs_f64()
+        )
+    });
+    if let Some(n) = &early_note {
+        timeline.notes.push(format!("{n}; later buckets are empty"));
+    }
     if show {
         eprintln!();
     }
-    if end == RunEnd::Cancelled {
+    if end == RunEnd::Cancelled && !ended_early {
         return Err(StageError::Interrupted);
     }
     if let Some(e) = add_err {
@@ -572,6 +589,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     }
     let mut s = summarise(&o, summary, &res)?;
     s.notes.extend(filter_notes);
+    s.notes.extend(early_note);
     let n = s.totals.events;
     Ok((Trace::with_timeline(s, Some(timeline)), Some(n)))
 }
