@@ -181,6 +181,14 @@ pub enum Error {
         /// Why it is not a tcptracer line.
         reason: crate::tcptracer::LineError,
     },
+    /// The input is not a tcptracer log at all: empty, or no line of it is one.
+    #[error("{log}: not a tcptracer log: {reason}; pass what `tcptracer -t4v` (or -t, -v, or no option) writes")]
+    TcptracerNotALog {
+        /// The log (a path, or `-` for stdin).
+        log: String,
+        /// What it is instead.
+        reason: String,
+    },
     // ----- procindex --------------------------------------------------------------
     /// A process's /proc files could not be read for lack of privilege.
     #[error(

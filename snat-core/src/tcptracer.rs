@@ -874,6 +874,8 @@ struct ChunkState {
     lost: u64,
     lost_lines: u64,
     first_lost_line: Option<u64>,
+    /// tcptracer's banner lines.
+    banners: u64,
     malformed: u64,
     bad: Vec<BadLine>,
     truncated: bool,
@@ -946,6 +948,7 @@ impl ChunkState {
             lost: 0,
             lost_lines: 0,
             first_lost_line: None,
+            banners: 0,
             malformed: 0,
             bad: Vec::new(),
             truncated: false,
@@ -1059,7 +1062,11 @@ impl ChunkState {
                 }
                 true
             }
-            Ok(RawLine::Banner | RawLine::Blank) => true,
+            Ok(RawLine::Banner) => {
+                self.banners += 1;
+                true
+            }
+            Ok(RawLine::Blank) => true,
             Err(reason) => {
                 if reason == LineError::Truncated {
                     self.truncated = true;
@@ -1372,6 +1379,7 @@ impl LogReader {
         let mut bad: Vec<BadLine> = Vec::new();
         let mut summary = TraceSummary::new(source, self.groupings.clone());
         let (mut events, mut no_netns, mut lost_lines, mut truncated) = (0u64, 0u64, 0u64, false);
+        let mut banners = 0u64;
         let mut first_lost: Option<u64> = None;
         let mut formats: Vec<(u64, Format)> = Vec::new();
         let mut tables: Vec<FastMap> = self.groupings.iter().map(|_| FastMap::default()).collect();
@@ -1400,6 +1408,7 @@ impl LogReader {
             events += st.events;
             no_netns += st.no_netns_events;
             lost_lines += st.lost_lines;
+            banners += st.banners;
             truncated |= st.truncated;
             summary.lost_events = summary.lost_events.saturating_add(st.lost);
             summary.malformed_lines += st.malformed;
@@ -1415,6 +1424,24 @@ impl LogReader {
                 }
             }
             offset += st.lines;
+        }
+        // Nothing to count is not the same as a quiet node: a log without a single line
+        // (tcptracer never started) or without one tcptracer line (another file).
+        if offset == 0 {
+            return Err(Error::TcptracerNotALog {
+                log: source.to_string(),
+                reason: "it is empty, and tcptracer writes its banner and column header before any event: it never started (see its own error output), or wrote elsewhere".into(),
+            });
+        }
+        if events + banners + lost_lines == 0 && formats.is_empty() && summary.malformed_lines > 0 {
+            let first = bad
+                .first()
+                .map(|b| format!(" (line {}: {}: {:?})", b.line, b.reason, b.text))
+                .unwrap_or_default();
+            return Err(Error::TcptracerNotALog {
+                log: source.to_string(),
+                reason: format!("none of its {offset} lines is a tcptracer event, banner or column header{first}"),
+            });
         }
         summary.totals = with_open(summary.totals);
         for (agg, t) in summary.groupings.iter_mut().zip(tables) {
@@ -1442,11 +1469,9 @@ impl LogReader {
     }
 
     fn write_notes(&self, s: &mut TraceSummary, f: NoteFacts) {
-        if f.lines == 0 {
-            s.notes.push("the log is empty: no lines at all".into());
-        } else if f.events == 0 {
+        if f.events == 0 {
             s.notes.push(format!(
-                "no events in {} lines: is this a tcptracer log (`tcptracer -t4v > log`)?",
+                "no events in {} lines: tcptracer saw no connection while it ran",
                 f.lines
             ));
         }

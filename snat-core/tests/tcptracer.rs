@@ -392,6 +392,39 @@ fn notes_explain_lost_samples_missing_netns_and_truncation() {
     );
 }
 
+/// Input that is no tcptracer log is an error, not an empty trace that reads as a quiet
+/// node; a real log in which tcptracer saw nothing is a trace with a note.
+#[rstest]
+#[case::empty("", Err("x.log: not a tcptracer log: it is empty"))]
+#[case::garbage(
+    "hello\nworld of text\n\n",
+    Err("x.log: not a tcptracer log: none of its 3 lines is a tcptracer event, banner or column header (line 1:")
+)]
+#[case::binary("\x7fELF\x02\x01\x01\0\n\0\0\n", Err("not a tcptracer log: none of its 2 lines"))]
+#[case::banner_only(
+    "Tracing TCP established connections. Ctrl-C to end.\n",
+    Ok("no events in 1 lines: tcptracer saw no connection while it ran")
+)]
+#[case::header_and_garbage(
+    "TIME(s)  TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT\nnot an event\n",
+    Ok("no events in 2 lines")
+)]
+#[case::lost_only("Possibly lost 12 samples\n", Ok("no events in 1 lines"))]
+fn input_that_is_not_a_log_is_an_error(#[case] log: &str, #[case] want: Result<&str, &str>) {
+    match (LogReader::new().read(log.as_bytes(), "x.log"), want) {
+        (Ok(s), Ok(note)) => assert!(s.notes.iter().any(|n| n.starts_with(note)), "{:?}", s.notes),
+        (Err(e), Err(msg)) => {
+            let e = e.to_string();
+            assert!(e.contains(msg), "{e}");
+            assert!(
+                e.ends_with("pass what `tcptracer -t4v` (or -t, -v, or no option) writes"),
+                "{e}"
+            );
+        }
+        (got, want) => panic!("got {got:?}, want {want:?}"),
+    }
+}
+
 #[test]
 fn open_connections_are_counted_per_key() {
     let s = read("t4v.log");
@@ -869,17 +902,24 @@ proptest! {
     #[test]
     fn arbitrary_input_never_panics_and_every_line_is_accounted(lines in proptest::collection::vec("[ -~\t]{0,60}", 0..40)) {
         let log = lines.join("\n") + "\n";
-        let s = LogReader::new().read(log.as_bytes(), "fuzz").unwrap();
-        let mut events = 0;
-        let mut bad = 0;
+        let r = LogReader::new().read(log.as_bytes(), "fuzz");
+        let (mut events, mut bad, mut tcptracer_lines) = (0, 0, 0);
         for l in &lines {
             match parse_line(l) {
                 Ok(Line::Event(_)) => events += 1,
-                Ok(_) => {}
+                Ok(Line::Blank) => {}
+                Ok(_) => tcptracer_lines += 1,
                 Err(_) => bad += 1,
             }
         }
-        prop_assert_eq!((s.totals.events, s.malformed_lines), (events, bad));
+        // Not a log at all: some lines, none of them tcptracer's (blank ones aside).
+        if events + tcptracer_lines == 0 && bad > 0 {
+            let e = r.unwrap_err().to_string();
+            prop_assert!(e.starts_with("fuzz: not a tcptracer log: none of its"), "{}", e);
+        } else {
+            let s = r.unwrap();
+            prop_assert_eq!((s.totals.events, s.malformed_lines), (events, bad));
+        }
     }
 
     /// The fast path for `-t4v` lines must count exactly what the full parser reads: every

@@ -846,3 +846,20 @@ fn sigint_during_a_live_trace_ends_the_window_and_reports() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["outcome"]["kind"], "completed");
 }
+
+/// `tcptracer -t4v | snat-run examples/tcptracer-log.rhai --param log=-` where tcptracer
+/// failed to start (no kprobes, say): an empty pipe is a failed stage, not "clear".
+#[test]
+fn an_empty_pipe_is_not_a_clear_node() {
+    let r = Run::new();
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let o = r.run(&root.join("examples/tcptracer-log.rhai"), &["--param", "log=-"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stage tcptracer::read failed: -: not a tcptracer log: it is empty"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
+    assert_eq!(r.records()[0]["outcome"]["kind"], "stage_failed");
+}
