@@ -254,6 +254,18 @@ impl ProcIndex {
     pub fn scan(proc_root: impl AsRef<Path>) -> Result<ProcIndex, Error> {
         let proc_root = proc_root.as_ref();
         let pids = list_pids(proc_root)?;
+        // A real /proc always lists processes (at least the one reading it, or its pid 1):
+        // an empty directory is a hostPath mount that failed, or the wrong path.
+        if pids.is_empty() {
+            return Err(Error::Io {
+                what: "no process directory (a number) in",
+                path: proc_root.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "it is not a mounted /proc: pass the host's /proc with --host-proc (in a pod, the host's /proc mounted e.g. at /host/proc)",
+                ),
+            });
+        }
         let mut processes = Vec::with_capacity(pids.len());
         let mut vanished = 0;
         let mut denied = Vec::new();
@@ -629,6 +641,18 @@ mod tests {
         );
         assert!(netns_without_process(root, &BTreeSet::new()).is_empty());
         assert!(netns_without_process(&root.join("missing"), &wanted).is_empty());
+    }
+
+    #[test]
+    fn scan_of_a_directory_without_processes_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("self")).unwrap();
+        let err = ProcIndex::scan(dir.path()).unwrap_err().to_string();
+        assert!(err.starts_with("no process directory (a number) in "), "{err}");
+        assert!(
+            err.contains("it is not a mounted /proc: pass the host's /proc with --host-proc"),
+            "{err}"
+        );
     }
 
     #[test]

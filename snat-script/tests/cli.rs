@@ -863,3 +863,24 @@ fn an_empty_pipe_is_not_a_clear_node() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
     assert_eq!(r.records()[0]["outcome"]["kind"], "stage_failed");
 }
+
+/// `--host-proc` naming an empty directory (a hostPath mount that failed) fails the
+/// census; it used to find no namespace and report "clear".
+#[test]
+fn an_empty_host_proc_is_not_a_clear_node() {
+    let r = Run::new();
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let empty = r.dir.path().join("fakeproc");
+    std::fs::create_dir(&empty).unwrap();
+    let o = r.run(
+        &root.join("examples/census.rhai"),
+        &["--host-proc", empty.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no process directory (a number) in"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
+}
