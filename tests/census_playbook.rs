@@ -1,6 +1,7 @@
 //! examples/census.rhai on a simulated node (needs root): a pod holding many flows to one
 //! public destination and connects stuck in SYN_SENT is named by its UID, with the
-//! per-destination pressure, and the verdict is "pressure found".
+//! node-wide per-destination pressure (two namespaces, each under the threshold alone),
+//! and the verdict is "pressure found".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,8 +62,25 @@ fn census_playbook_names_the_pod_under_pressure() {
         ],
     )
     .unwrap();
+    // A second namespace with fewer flows to the same destination: neither reaches `warn`
+    // alone, the node does.
+    let other_ns = Netns::new("q").unwrap();
+    let _veth2 = Veth::new(&other_ns, "10.201.8.2/24", &world, "10.201.8.1/24").unwrap();
+    other_ns.ip(&["route", "add", "default", "via", "10.201.8.1"]).unwrap();
+    let _other = spawn_holder(
+        Some(&other_ns.path()),
+        None,
+        &[Plan::Connect {
+            to: sa("198.18.0.1:443"),
+            count: 15,
+        }],
+    )
+    .unwrap();
 
-    let params = BTreeMap::from([("warn".to_string(), "25".to_string())]);
+    let params = BTreeMap::from([
+        ("warn".to_string(), "40".to_string()),
+        ("syn_warn".to_string(), "3".to_string()),
+    ]);
     let ctx = Ctx::new(RunOptions::default(), params);
     let engine = build(&ctx, &Limits::default());
     let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/census.rhai")).unwrap();
@@ -70,15 +88,29 @@ fn census_playbook_names_the_pod_under_pressure() {
 
     let report = ctx.report();
     assert_eq!(report.verdict, Some(Verdict::PressureFound));
-    let ours: Vec<_> = report
+    // The destination is hot for the node (30 + 15 flows), named by its biggest user.
+    let hot: Vec<_> = report
         .findings
         .iter()
-        .filter(|f| f.summary.contains(&pod.uid))
+        .filter(|f| f.evidence.get("node_flows").is_some())
         .collect();
-    assert_eq!(ours.len(), 1, "{:?}", report.findings);
-    assert_eq!(ours[0].destination, Some(sa("198.18.0.1:443")));
-    assert_eq!(ours[0].evidence["established"], 30);
-    assert_eq!(ours[0].netns, Some(pod_ns.inode().unwrap()));
+    assert_eq!(hot.len(), 1, "{:?}", report.findings);
+    assert_eq!(hot[0].destination, Some(sa("198.18.0.1:443")));
+    assert_eq!(hot[0].evidence["node_flows"], 45);
+    assert_eq!(hot[0].evidence["namespaces"], 2);
+    assert_eq!(hot[0].evidence["established"], 30);
+    assert_eq!(hot[0].netns, Some(pod_ns.inode().unwrap()));
+    assert!(hot[0].summary.contains(&pod.uid), "{}", hot[0].summary);
+    // The connects waiting in SYN_SENT reach `syn_warn`: named by the namespace with most.
+    let syn: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.evidence.get("node_syn_sent").is_some())
+        .collect();
+    assert_eq!(syn.len(), 1, "{:?}", report.findings);
+    assert_eq!(syn[0].evidence["node_syn_sent"], 3);
+    assert_eq!(syn[0].netns, Some(pod_ns.inode().unwrap()));
+    assert_eq!(syn[0].destination, Some(sa("198.18.9.9:443")));
     // The namespace table: our pod's row has 30 public ESTABLISHED and 3 SYN_SENT.
     let table = report
         .sections
