@@ -170,6 +170,18 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
             let mut buf = [0u8; 1];
             let _ = std::io::Read::read(&mut &s, &mut buf);
         }
+        // And 30 on loopback, which uses no SNAT port: not churn that advice is about.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        for _ in 0..30 {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (srv, _) = l.accept().unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut &srv, &mut buf);
+            drop(srv);
+            let _ = std::io::Read::read(&mut &c, &mut buf);
+        }
     })
     .join()
     .unwrap();
@@ -386,7 +398,7 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         .iter()
         .find(|r| r[col("owner")].as_str().unwrap().contains(&pods[2].cg.uid))
         .expect("a row for the churning pod");
-    assert_eq!(churn[col("time_wait")], 40, "{churn:?}");
+    assert_eq!(churn[col("public_time_wait")], 40, "{churn:?}");
     assert_eq!(churn[col("public_established")], 1);
     let summary = report["summary"].as_str().unwrap();
     assert!(
