@@ -15,6 +15,7 @@
 //! - [`resolve`]: from a network namespace (or a socket) to its pod or process.
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //! - [`timeline`]: connections over a trace window per network namespace, in time buckets.
+//! - [`held`]: SNAT ports held at once per destination: connects within one hold time.
 //!
 //! ```no_run
 //! use snat_core::aggregate::{Field, Metric};
@@ -36,6 +37,7 @@ pub mod census;
 pub mod cgroup;
 mod diag_split;
 pub mod error;
+pub mod held;
 pub mod metrics;
 pub mod model;
 pub mod policy;

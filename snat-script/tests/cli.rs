@@ -884,3 +884,109 @@ fn an_empty_host_proc_is_not_a_clear_node() {
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
 }
+
+/// An hour of tcptracer -t4v log with one connect every 3.6 s to one destination: 1,000
+/// connects, but at most 67 within the 240 s a SNAT port stays held, so no pressure. Read
+/// from stdin (no second pass for the TIME column) the whole log's count is used, and the
+/// notes say it overstates.
+#[test]
+fn tcptracer_log_weighs_connects_by_the_time_a_port_is_held() {
+    let r = Run::new();
+    let mut log = String::from(
+        "Tracing TCP established connections. Ctrl-C to end.\nTIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS\n",
+    );
+    for i in 0..1000u64 {
+        let t = i * 3_600_000_000;
+        log += &format!(
+            "{t:<13} connect      100    app              4  10.244.0.5       20.50.60.70      {:<6} 443    4026532001\n",
+            30000 + i
+        );
+    }
+    let path = r.dir.path().join("hour.log");
+    std::fs::write(&path, &log).unwrap();
+    let playbook = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tcptracer-log.rhai"));
+    let o = r.run(playbook, &["--param", &format!("log={}", path.display())]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("most connects in 240 s"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("67 ") && l.contains("1000") && l.contains("20.50.60.70")),
+        "{out}"
+    );
+    // From stdin: all 1,000 count, with the note.
+    let mut child = r
+        .cmd(playbook, &["--param", "log=-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(log.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("the log came from stdin, which cannot be read twice"),
+        "{out}"
+    );
+}
+
+/// tcptracer-log.rhai names the namespace behind the hot destination, not the namespace
+/// with the most public connects overall: 800 connects from A to one destination are SNAT
+/// pressure; 900 from B to 900 destinations are not.
+#[test]
+fn tcptracer_log_names_the_namespace_behind_the_hot_destination() {
+    let r = Run::new();
+    let mut log = String::from(
+        "Tracing TCP established connections. Ctrl-C to end.\nTIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS\n",
+    );
+    let line = |t: u64, pid: u32, saddr: &str, daddr: &str, sport: u32, netns: u64| {
+        format!(
+            "{t:<13} connect      {pid:<6} {:<16} 4  {saddr:<16} {daddr:<16} {sport:<6} {:<6} {netns}\n",
+            "app", 443
+        )
+    };
+    for i in 0..800u32 {
+        log += &line(
+            u64::from(i) * 1000,
+            100,
+            "10.244.0.5",
+            "20.50.60.70",
+            30000 + i,
+            4026532001,
+        );
+    }
+    for i in 0..900u32 {
+        let daddr = format!("52.{}.{}.9", 1 + i / 200, i % 200);
+        log += &line(
+            900_000 + u64::from(i) * 1000,
+            200,
+            "10.244.0.6",
+            &daddr,
+            30000 + i,
+            4026532002,
+        );
+    }
+    let path = r.dir.path().join("mislead.log");
+    std::fs::write(&path, log).unwrap();
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let o = r.run(
+        &root.join("examples/tcptracer-log.rhai"),
+        &["--param", &format!("log={}", path.display()), "--output", "json"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let rep: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let findings = rep["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0]["netns"], 4026532001u64, "{findings:?}");
+    assert_eq!(findings[0]["destination"], "20.50.60.70:443");
+    assert!(
+        rep["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("mostly from netns 4026532001"),
+        "{}",
+        rep["summary"]
+    );
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rhai::{Dynamic, EvalAltResult, Map, Module};
 use snat_core::aggregate::TraceSummary;
+use snat_core::held::HeldPorts;
 use snat_core::tcptracer::{LogEvents, LogReader};
 use snat_core::timeline::{MAX_BUCKETS, Timeline, TimelineBuilder};
 
@@ -141,6 +142,53 @@ fn log_timeline(path: &str, bucket: Option<Duration>) -> Result<Timeline, snat_c
     Ok(tl)
 }
 
+/// `tcptracer::held`: per destination, the most connects within one hold time.
+fn held(ctx: &Ctx, path: &str, hold_secs: i64) -> Result<Map, Box<EvalAltResult>> {
+    if path == "-" {
+        return usage(
+            "tcptracer::held needs a log file: it reads the log a second time for its TIME column, which stdin cannot be",
+        );
+    }
+    if !(1..=86_400).contains(&hold_secs) {
+        return usage(format!(
+            "tcptracer::held: hold must be 1 to 86400 seconds, got {hold_secs}"
+        ));
+    }
+    let args = serde_json::json!({ "path": path, "hold": hold_secs });
+    ctx.stage("tcptracer::held", args, || {
+        let file = std::fs::File::open(path).map_err(|source| snat_core::Error::Io {
+            what: "cannot open tcptracer log",
+            path: path.into(),
+            source,
+        })?;
+        let mut h = HeldPorts::new(Duration::from_secs(hold_secs.unsigned_abs()));
+        for ev in LogEvents::new(BufReader::new(file), path).flatten() {
+            h.add(&ev);
+        }
+        let (timed, untimed, late) = (h.timed(), h.untimed(), h.out_of_order());
+        let peaks: rhai::Array = h
+            .finish()
+            .into_iter()
+            .map(|p| {
+                let mut m = Map::new();
+                m.insert("daddr".into(), p.daddr.to_string().into());
+                m.insert("dport".into(), Dynamic::from_int(i64::from(p.dport)));
+                m.insert("peak".into(), Dynamic::from_int(p.peak as i64));
+                m.insert("at".into(), Dynamic::from_float(p.at_ns as f64 / 1e9));
+                m.insert("connects".into(), Dynamic::from_int(p.connects as i64));
+                Dynamic::from_map(m)
+            })
+            .collect();
+        let n = peaks.len() as u64;
+        let mut m = Map::new();
+        m.insert("peaks".into(), Dynamic::from_array(peaks));
+        m.insert("timed".into(), Dynamic::from_int(timed as i64));
+        m.insert("untimed".into(), Dynamic::from_int(untimed as i64));
+        m.insert("out_of_order".into(), Dynamic::from_int(late as i64));
+        Ok((m, Some(n)))
+    })
+}
+
 /// The `tcptracer` module.
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
@@ -158,6 +206,16 @@ pub fn create_module(ctx: &Ctx) -> Module {
         "Same, with options: by: [[field, ...], ...] (groupings to keep), strict: bool (fail on the first\nmalformed line), max_errors: int (malformed lines to note, default 5), timeline: bool (also bucket\nthe events by their TIME column, for trace.timeline(); needs a -t log and a file), bucket: seconds\n(the timeline's bucket; default 1 s, doubled until 60 buckets cover the log).",
     )
     .set_into_module(&mut m, move |path: &str, opts: Map| read(&c, path, &opts));
+    let c = ctx.clone();
+    func(
+        "held",
+        &["path: &str", "hold: i64", "Map"],
+        "SNAT ports held at once per destination, from a log with a TIME column (-t): for each (daddr, dport),
+the most connects and failed connects within any `hold` seconds (Azure holds a port about 240 s after
+its connection closes). Returns #{peaks: [#{daddr, dport, peak, at (seconds into the log), connects}],
+highest first, timed, untimed (connects without a time: a log without -t gives no peaks), out_of_order}.",
+    )
+    .set_into_module(&mut m, move |path: &str, hold: i64| held(&c, path, hold));
     m
 }
 
