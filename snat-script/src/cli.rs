@@ -224,9 +224,57 @@ fn print_chain(err: &(dyn std::error::Error + 'static)) {
     eprintln!("snat-run: error: {}", crate::ctx::error_chain(err));
 }
 
+/// Whether the command line asks for `--output json` (read before clap, whose errors come
+/// before any parsed option).
+fn wants_json(args: &[String]) -> bool {
+    args.windows(2)
+        .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json" || a == "-ojson")
+}
+
+/// With `--output json`, an invocation refused before its playbook runs still prints its
+/// one JSON document (no run id, no audit record: nothing ran).
+fn refused_json(playbook: Option<&std::path::Path>, kind: &str, message: &str, code: u8) {
+    let doc = serde_json::json!({
+        "schema": "snat.report/v1",
+        "playbook": playbook.map(|p| p.display().to_string()),
+        "run_id": null,
+        "audit_record": null,
+        "title": null,
+        "verdict": null,
+        "summary": null,
+        "findings": [],
+        "sections": [],
+        "exit_code": code,
+        "error": { "kind": kind, "message": message },
+    });
+    let _ = out(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
+}
+
 /// Parse the command line, run, and return the exit code (errors already printed).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            let _ = e.print();
+            if wants_json(&args) {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                refused_json(None, "usage_error", first.trim_start_matches("error: "), 2);
+            }
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Some(Command::Functions { json, definitions }) => match functions(json, definitions) {
             Ok(()) => ExitCode::SUCCESS,
@@ -244,43 +292,46 @@ pub fn main() -> ExitCode {
 
 fn run(a: RunArgs) -> ExitCode {
     init_tracing(a.verbose);
-    let Some(playbook) = a.playbook else {
-        eprintln!("snat-run: error: no playbook given (see --help)");
-        return ExitCode::from(2);
+    let json = matches!(a.output, Output::Json);
+    let refuse = |playbook: Option<&std::path::Path>, msg: String| {
+        eprintln!("snat-run: error: {msg}");
+        if json {
+            refused_json(playbook, "usage_error", &msg, 2);
+        }
+        ExitCode::from(2)
     };
+    let Some(playbook) = a.playbook else {
+        return refuse(None, "no playbook given (see --help)".into());
+    };
+    let pb = Some(playbook.as_path());
     for a in &a.allow {
         if snat_core::k8s::remediate::Action::from_name(a).is_none() {
             let known: Vec<&str> = snat_core::k8s::remediate::Action::ALL
                 .iter()
                 .map(|x| x.name())
                 .collect();
-            eprintln!(
-                "snat-run: error: --allow {a}: no such action (known: {})",
-                known.join(", ")
-            );
-            return ExitCode::from(2);
+            return refuse(pb, format!("--allow {a}: no such action (known: {})", known.join(", ")));
         }
     }
     let mut params = BTreeMap::new();
     for (k, v) in a.params {
         if params.insert(k.clone(), v).is_some() {
-            eprintln!("snat-run: error: --param {k} given twice");
-            return ExitCode::from(2);
+            return refuse(pb, format!("--param {k} given twice"));
         }
     }
     let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
     let fleet = if on_nodes {
         let Some(image) = a.fleet.image.filter(|i| !i.trim().is_empty()) else {
-            eprintln!("snat-run: error: --on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run");
-            return ExitCode::from(2);
+            return refuse(
+                pb,
+                "--on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run".into(),
+            );
         };
         if a.fleet.concurrency == 0 {
-            eprintln!("snat-run: error: --concurrency must be at least 1");
-            return ExitCode::from(2);
+            return refuse(pb, "--concurrency must be at least 1".into());
         }
         if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
-            eprintln!("snat-run: error: --on-node {n:?}: empty node name");
-            return ExitCode::from(2);
+            return refuse(pb, format!("--on-node {n:?}: empty node name"));
         }
         let mut extra_args = Vec::new();
         for (k, v) in &params {
@@ -336,9 +387,20 @@ fn run(a: RunArgs) -> ExitCode {
         signal_grace: Duration::from_secs(if fleet.is_some() { 15 } else { 3 }),
         fleet,
     };
+    let playbook = req.playbook.clone();
     let r = runner::run(req);
     if let Some(e) = &r.error {
         print_chain(e);
+        // A run that could not start (its audit directory cannot be written) printed
+        // nothing on stdout.
+        if json && r.audit_record.is_none() && matches!(e, crate::Error::Audit(_)) {
+            refused_json(
+                Some(&playbook),
+                "audit_unwritable",
+                &crate::ctx::error_chain(e),
+                r.exit_code,
+            );
+        }
     }
     ExitCode::from(r.exit_code)
 }
@@ -410,5 +472,23 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
             print_chain(&e);
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case::short(&["snat-run", "p.rhai", "-o", "json"], true)]
+    #[case::long(&["snat-run", "--output", "json", "p.rhai"], true)]
+    #[case::equals(&["snat-run", "--output=json"], true)]
+    #[case::glued(&["snat-run", "-ojson"], true)]
+    #[case::table(&["snat-run", "-o", "table"], false)]
+    #[case::a_param_named_json(&["snat-run", "--param", "json"], false)]
+    #[case::none(&["snat-run"], false)]
+    fn json_is_seen_before_clap(#[case] args: &[&str], #[case] want: bool) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        assert_eq!(wants_json(&args), want);
     }
 }

@@ -990,3 +990,53 @@ fn tcptracer_log_names_the_namespace_behind_the_hot_destination() {
         rep["summary"]
     );
 }
+
+/// `--output json` keeps its promise of one JSON document on stdout also when the
+/// invocation is refused before the playbook runs (clap's errors, snat-run's own checks,
+/// an audit directory that cannot be written).
+#[test]
+fn refused_invocations_still_print_one_json_document() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "let x = param(\"a\", 1);");
+    let unwritable = r.dir.path().join("file-not-dir");
+    std::fs::write(&unwritable, "").unwrap();
+    for (args, kind, code_want, msg) in [
+        (
+            vec!["--allow", "nuke"],
+            "usage_error",
+            2,
+            "--allow nuke: no such action",
+        ),
+        (
+            vec!["--param", "a=1", "--param", "a=2"],
+            "usage_error",
+            2,
+            "--param a given twice",
+        ),
+        (vec!["--param", "novalue"], "usage_error", 2, "novalue"),
+        (vec!["--bogus-flag"], "usage_error", 2, "--bogus-flag"),
+    ] {
+        let mut all = vec!["-o", "json"];
+        all.extend(args.iter().copied());
+        let o = r.run(&p, &all);
+        assert_eq!(code(&o), code_want, "{args:?}: {}", stderr(&o));
+        let doc: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not one JSON document ({e}): {:?}", o.stdout));
+        assert_eq!(doc["error"]["kind"], kind, "{args:?}: {doc}");
+        assert_eq!(doc["exit_code"], code_want, "{args:?}");
+        assert!(
+            doc["error"]["message"].as_str().unwrap().contains(msg),
+            "{args:?}: {doc}"
+        );
+    }
+    let o = Command::new(bin())
+        .arg(&p)
+        .args(["-o", "json", "--audit-dir"])
+        .arg(unwritable.join("sub"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert!(r.records().is_empty(), "nothing ran, so no audit record");
+}
