@@ -405,10 +405,20 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     getter(&mut m, "len", "i64", "Number of rows.", |r: &mut Ranking| {
         r.0.rows.len() as i64
     });
-    method("top", &["ranking: Ranking", "n: i64", "Ranking"], "The first n rows.")
-        .set_into_module(&mut m, |r: &mut Ranking, n: i64| {
-            Ranking(Arc::new(r.0.top(usize::try_from(n).unwrap_or(0))))
-        });
+    method(
+        "top",
+        &["ranking: Ranking", "n: i64", "Ranking"],
+        "The first n rows (n >= 0).",
+    )
+    .set_into_module(
+        &mut m,
+        |r: &mut Ranking, n: i64| -> Result<Ranking, Box<EvalAltResult>> {
+            match usize::try_from(n) {
+                Ok(n) => Ok(Ranking(Arc::new(r.0.top(n)))),
+                Err(_) => usage(format!("top({n}): the number of rows cannot be negative")),
+            }
+        },
+    );
     method(
         "by",
         &["ranking: Ranking", "metric: &str", "Ranking"],
@@ -507,6 +517,25 @@ mod tests {
         let mut e = rhai::Engine::new();
         e.register_global_module(create_module(&Ctx::new(Default::default(), Default::default())).into());
         e
+    }
+
+    #[rstest::rstest]
+    #[case::some("t.rank([\"netns\", \"daddr\", \"dport\"]).top(1).len", Ok(1))]
+    #[case::none("t.rank([\"netns\", \"daddr\", \"dport\"]).top(0).len", Ok(0))]
+    #[case::more_than_there_are("t.rank([\"netns\", \"daddr\", \"dport\"]).top(50).len", Ok(2))]
+    #[case::negative(
+        "t.rank([\"netns\", \"daddr\", \"dport\"]).top(-1).len",
+        Err("top(-1): the number of rows cannot be negative")
+    )]
+    fn top_takes_rows_and_refuses_a_negative_count(#[case] script: &str, #[case] want: Result<i64, &str>) {
+        let e = engine();
+        let mut scope = rhai::Scope::new();
+        scope.push("t", trace());
+        match (e.eval_with_scope::<i64>(&mut scope, script), want) {
+            (Ok(n), Ok(w)) => assert_eq!(n, w),
+            (Err(err), Err(w)) => assert!(err.to_string().contains(w), "{err}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
     }
 
     #[test]
