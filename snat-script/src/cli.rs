@@ -217,6 +217,7 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(runner::stderr_is_terminal())
         .try_init();
 }
 

@@ -1040,3 +1040,20 @@ fn refused_invocations_still_print_one_json_document() {
     assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
     assert!(r.records().is_empty(), "nothing ran, so no audit record");
 }
+
+/// A playbook's `warn()` is one plain line on stderr: not twice (once through the log
+/// subscriber), and without terminal colour codes when stderr is a file.
+#[test]
+fn a_warning_is_one_plain_line() {
+    let r = Run::new();
+    let p = r.playbook("w.rhai", "warn(\"disk is hot\");\nlog(\"step 1\");\n");
+    let o = r.run(&p, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("disk is hot").count(), 1, "{err}");
+    assert!(err.lines().any(|l| l == "warning: disk is hot"), "{err}");
+    assert_eq!(err.matches("step 1").count(), 1, "{err}");
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
+    let o = r.run(&p, &["-v"]);
+    assert_eq!(stderr(&o).matches("step 1").count(), 1, "{}", stderr(&o));
+}

@@ -122,11 +122,13 @@ pub fn create_module(ctx: &Ctx) -> Module {
         "Write a line to stderr (never stdout: stdout carries the report).",
     )
     .set_into_module(&mut m, |msg: Dynamic| {
-        tracing::info!(target: "playbook", "{msg}");
+        // The line on stderr is the message; the tracing event (at debug, so not printed
+        // a second time by default) puts it in context for -vv.
+        tracing::debug!(target: "playbook", "log: {msg}");
         eprintln!("{msg}");
     });
     method("warn", &["message: ?", "()"], "Write a warning line to stderr.").set_into_module(&mut m, |msg: Dynamic| {
-        tracing::warn!(target: "playbook", "{msg}");
+        tracing::debug!(target: "playbook", "warning: {msg}");
         eprintln!("warning: {msg}");
     });
     m
