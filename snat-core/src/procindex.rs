@@ -416,8 +416,9 @@ fn unescape_mount(s: &str) -> String {
 /// them, so [`ProcIndex::scan`] does not see them, each with a file to enter it by: one
 /// only a thread has entered (`PROC/PID/task/TID/ns/net`), or one only a mount keeps (`ip
 /// netns add` and CNI plugins bind-mount namespaces under `/run/netns`: an `nsfs` mount in
-/// `PROC/1/mountinfo`, entered as `PROC/1/root/MOUNT-POINT`, which also works when snat
-/// runs in a container with the host's /proc). Best effort: what cannot be read (a
+/// `PROC/1/mountinfo`, entered through pid 1's view of the filesystem, its `root` link
+/// followed by the mount point, which also works when snat runs in a container with the
+/// host's /proc). Best effort: what cannot be read (a
 /// process or thread exiting meanwhile, no permission) is skipped. Stops early once every
 /// wanted namespace is found.
 pub fn netns_without_process(proc_root: &Path, wanted: &BTreeSet<u64>) -> BTreeMap<u64, PathBuf> {
@@ -635,7 +636,7 @@ mod tests {
             netns_without_process(root, &wanted),
             [
                 (200, root.join("40/task/41/ns/net")),
-                (500, root.join("1/root/run/netns/a"))
+                (500, root.join("1").join("root").join("run").join("netns").join("a"))
             ]
             .into()
         );

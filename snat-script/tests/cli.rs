@@ -17,6 +17,14 @@ fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(rel)
 }
 
+/// The repository's root, where the examples (and their test data) are.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The banner and column header of `tcptracer -t4v`.
+const T4V_HEAD: &str = "Tracing TCP established connections. Ctrl-C to end.\nTIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS\n";
+
 fn example(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(rel)
 }
@@ -602,11 +610,9 @@ fn unknown_allow_action_is_a_usage_error() {
 #[test]
 fn find_node_without_metrics_asks_for_them() {
     let r = Run::new();
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let playbook = root.join("examples/find-node.rhai");
     let o = r
-        .cmd(&playbook, &[])
-        .current_dir(root)
+        .cmd(&example("find-node.rhai"), &[])
+        .current_dir(repo())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -624,9 +630,8 @@ fn find_node_without_metrics_asks_for_them() {
 #[test]
 fn out_of_range_parameters_of_the_examples_are_refused() {
     let r = Run::new();
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let playbook = root.join("examples/tcptracer-log.rhai");
-    let log = root.join("tests/data/tcptracer/sample-t4v.log");
+    let playbook = example("tcptracer-log.rhai");
+    let log = data("tcptracer/sample-t4v.log");
     for (p, want) in [
         (
             "alert=75",
@@ -852,8 +857,7 @@ fn sigint_during_a_live_trace_ends_the_window_and_reports() {
 #[test]
 fn an_empty_pipe_is_not_a_clear_node() {
     let r = Run::new();
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let o = r.run(&root.join("examples/tcptracer-log.rhai"), &["--param", "log=-"]);
+    let o = r.run(&example("tcptracer-log.rhai"), &["--param", "log=-"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("stage tcptracer::read failed: -: not a tcptracer log: it is empty"),
@@ -869,13 +873,9 @@ fn an_empty_pipe_is_not_a_clear_node() {
 #[test]
 fn an_empty_host_proc_is_not_a_clear_node() {
     let r = Run::new();
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let empty = r.dir.path().join("fakeproc");
     std::fs::create_dir(&empty).unwrap();
-    let o = r.run(
-        &root.join("examples/census.rhai"),
-        &["--host-proc", empty.to_str().unwrap()],
-    );
+    let o = r.run(&example("census.rhai"), &["--host-proc", empty.to_str().unwrap()]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no process directory (a number) in"),
@@ -892,9 +892,7 @@ fn an_empty_host_proc_is_not_a_clear_node() {
 #[test]
 fn tcptracer_log_weighs_connects_by_the_time_a_port_is_held() {
     let r = Run::new();
-    let mut log = String::from(
-        "Tracing TCP established connections. Ctrl-C to end.\nTIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS\n",
-    );
+    let mut log = String::from(T4V_HEAD);
     for i in 0..1000u64 {
         let t = i * 3_600_000_000;
         log += &format!(
@@ -904,8 +902,8 @@ fn tcptracer_log_weighs_connects_by_the_time_a_port_is_held() {
     }
     let path = r.dir.path().join("hour.log");
     std::fs::write(&path, &log).unwrap();
-    let playbook = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tcptracer-log.rhai"));
-    let o = r.run(playbook, &["--param", &format!("log={}", path.display())]);
+    let playbook = example("tcptracer-log.rhai");
+    let o = r.run(&playbook, &["--param", &format!("log={}", path.display())]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("most connects in 240 s"), "{out}");
@@ -916,7 +914,7 @@ fn tcptracer_log_weighs_connects_by_the_time_a_port_is_held() {
     );
     // From stdin: all 1,000 count, with the note.
     let mut child = r
-        .cmd(playbook, &["--param", "log=-"])
+        .cmd(&playbook, &["--param", "log=-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -938,9 +936,7 @@ fn tcptracer_log_weighs_connects_by_the_time_a_port_is_held() {
 #[test]
 fn tcptracer_log_names_the_namespace_behind_the_hot_destination() {
     let r = Run::new();
-    let mut log = String::from(
-        "Tracing TCP established connections. Ctrl-C to end.\nTIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS\n",
-    );
+    let mut log = String::from(T4V_HEAD);
     let line = |t: u64, pid: u32, saddr: &str, daddr: &str, sport: u32, netns: u64| {
         format!(
             "{t:<13} connect      {pid:<6} {:<16} 4  {saddr:<16} {daddr:<16} {sport:<6} {:<6} {netns}\n",
@@ -970,9 +966,8 @@ fn tcptracer_log_names_the_namespace_behind_the_hot_destination() {
     }
     let path = r.dir.path().join("mislead.log");
     std::fs::write(&path, log).unwrap();
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let o = r.run(
-        &root.join("examples/tcptracer-log.rhai"),
+        &example("tcptracer-log.rhai"),
         &["--param", &format!("log={}", path.display()), "--output", "json"],
     );
     assert_eq!(code(&o), 3, "{}", stderr(&o));
