@@ -1052,3 +1052,39 @@ fn a_warning_is_one_plain_line() {
     let o = r.run(&p, &["-v"]);
     assert_eq!(stderr(&o).matches("step 1").count(), 1, "{}", stderr(&o));
 }
+
+/// A failed connect to a public destination is pressure however few connects it had
+/// (snat's own `text_out` records them): found past the rows the table shows.
+#[test]
+fn tcptracer_log_flags_a_failed_connect_to_a_quiet_destination() {
+    let r = Run::new();
+    let mut log = String::from(T4V_HEAD);
+    for i in 0..30u32 {
+        log += &format!(
+            "{:<13} connect      100    app              4  10.244.0.5       20.1.1.{:<8} {:<6} 443    4026532001\n",
+            u64::from(i) * 1000,
+            i + 1,
+            30000 + i
+        );
+    }
+    log += "99000         failed_connect 200  job              4  10.244.0.6       20.9.9.9         31000  443    4026532002\n";
+    let path = r.dir.path().join("failed.log");
+    std::fs::write(&path, log).unwrap();
+    let o = r.run(
+        &example("tcptracer-log.rhai"),
+        &[
+            "--param",
+            &format!("log={}", path.display()),
+            "--param",
+            "top=3",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let rep: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = &rep["findings"][0];
+    assert_eq!(f["destination"], "20.9.9.9:443", "{rep}");
+    assert_eq!(f["netns"], 4026532002u64, "{rep}");
+    assert_eq!(f["severity"], "critical");
+}
