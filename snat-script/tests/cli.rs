@@ -1088,3 +1088,23 @@ fn tcptracer_log_flags_a_failed_connect_to_a_quiet_destination() {
     assert_eq!(f["netns"], 4026532002u64, "{rep}");
     assert_eq!(f["severity"], "critical");
 }
+
+/// verify-fix compares flows held: two runs of tcptracer-log (whose findings count connects
+/// in a log) are refused, not reported as "pressure dropped" from 0 to 0.
+#[test]
+fn verify_fix_refuses_runs_without_flows_to_compare() {
+    let r = Run::new();
+    let log = format!("log={}", data("tcptracer/incident-t4v.log").display());
+    for _ in 0..2 {
+        let o = r.run(&example("tcptracer-log.rhai"), &["--param", &log]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+    }
+    let o = r.run(&example("verify-fix.rhai"), &["--param", "playbook=tcptracer-log"]);
+    assert_ne!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("whose findings count connects in a log, not the flows a node holds"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("dropped"));
+}

@@ -246,6 +246,16 @@ fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
                 return Err(bad(format!("`{key}` is missing or not an array")));
             }
         }
+        // A failed or interrupted run's findings are what it had found when it stopped:
+        // comparing them would call a fix a success. Audit records are checked the same way
+        // (`findings_problem`).
+        if let Some(e) = obj.get("error").filter(|e| !e.is_null()) {
+            let kind = e["kind"].as_str().unwrap_or("error");
+            let message = e["message"].as_str().unwrap_or("");
+            return Err(bad(format!(
+                "the run did not complete ({kind}: {message}), so its findings are not a whole run's: save the report of a completed run"
+            )));
+        }
         "report"
     } else if obj.contains_key("schema_version") && obj.contains_key("run_id") && obj.contains_key("stages") {
         let record = snat_core::audit::read_record(path)?;
@@ -370,6 +380,14 @@ mod tests {
     #[case::not_a_record(
         r#"{"schema_version":2,"run_id":"r","stages":[],"verdict":null}"#,
         Err("not a valid audit record")
+    )]
+    #[case::failed_run(
+        r#"{"schema":"snat.report/v1","findings":[],"sections":[],"exit_code":1,"error":{"kind":"stage_failed","message":"boom"}}"#,
+        Err("the run did not complete (stage_failed: boom)")
+    )]
+    #[case::completed_run_with_null_error(
+        r#"{"schema":"snat.report/v1","findings":[],"sections":[],"exit_code":0,"error":null}"#,
+        Ok("report")
     )]
     #[case::not_json("{not json", Err("not JSON"))]
     #[case::array("[1,2]", Err("not a JSON object"))]
