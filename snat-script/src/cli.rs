@@ -78,7 +78,8 @@ struct RunArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
 
-    /// Also write a self-contained HTML report (tables, findings, charts) to FILE.
+    /// Also write a self-contained HTML report (tables, findings, charts) to FILE. Its
+    /// directory is checked before the run starts.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
 
@@ -154,7 +155,7 @@ struct FleetArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Sandbox limits")]
 struct LimitArgs {
-    /// Operations before the playbook is stopped (endless-loop guard).
+    /// Operations before the playbook is stopped (endless-loop guard; 0: no limit).
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_operations)]
     max_operations: u64,
     /// Nested function calls.
@@ -223,6 +224,24 @@ fn init_tracing(verbose: u8) {
 
 fn print_chain(err: &(dyn std::error::Error + 'static)) {
     eprintln!("snat-run: error: {}", crate::ctx::error_chain(err));
+}
+
+/// Whether this process may create files in `dir` (an existing directory, with write and
+/// search permission).
+fn writable_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    match std::fs::metadata(dir) {
+        Err(e) => return Err(e.to_string()),
+        Ok(m) if !m.is_dir() => return Err("not a directory".into()),
+        Ok(_) => {}
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
 }
 
 /// Whether the command line asks for `--output json` (read before clap, whose errors come
@@ -305,6 +324,20 @@ fn run(a: RunArgs) -> ExitCode {
         return refuse(None, "no playbook given (see --help)".into());
     };
     let pb = Some(playbook.as_path());
+    // The HTML report is written after the run: a directory it cannot go to would only be
+    // found then, after a trace of minutes.
+    if let Some(h) = &a.html {
+        let dir = match h.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if let Err(why) = writable_dir(dir) {
+            return refuse(
+                pb,
+                format!("--html {}: cannot write into {}: {why}", h.display(), dir.display()),
+            );
+        }
+    }
     for a in &a.allow {
         if snat_core::k8s::remediate::Action::from_name(a).is_none() {
             let known: Vec<&str> = snat_core::k8s::remediate::Action::ALL

@@ -1108,3 +1108,21 @@ fn verify_fix_refuses_runs_without_flows_to_compare() {
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("dropped"));
 }
+
+/// `--html` into a directory that does not exist is refused before the run (a trace of
+/// minutes would otherwise end with a warning and no HTML report), with nothing run.
+#[test]
+fn an_html_report_that_cannot_be_written_is_refused_up_front() {
+    let r = Run::new();
+    let p = r.playbook("h.rhai", "report::verdict(\"clear\", \"fine\");");
+    let html = r.dir.path().join("no-such-dir").join("r.html");
+    let o = r.run(&p, &["--html", html.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--html"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot write into"), "{}", stderr(&o));
+    assert!(r.records().is_empty(), "nothing ran");
+    let ok = r.dir.path().join("r.html");
+    let o = r.run(&p, &["--html", ok.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(ok.exists());
+}

@@ -283,7 +283,7 @@ fn trace_node_playbook_ranks_and_flags_failed_connects() {
         assert!(per_dest.contains(&row(attempts, to)), "{per_dest:?}");
     }
     assert!(per_dest.iter().all(|r| r[3].is_u64()), "{per_dest:?}");
-    let step2 = table("Connections by source address");
+    let step2 = table("Events by source address");
     assert!(step2.iter().any(|r| r[1] == "127.0.0.1" && r[2] == netns));
     assert!(rep.findings.iter().any(|f| f.kind == "failed_connects"));
 }
