@@ -287,6 +287,14 @@ pub fn main() -> ExitCode {
                 e.exit();
             }
             let _ = e.print();
+            // `snat-run playbook.rhai log=x`: clap reads the KEY=VALUE as a subcommand.
+            if let Some(kv) = args
+                .windows(2)
+                .find(|w| !matches!(w[0].as_str(), "-p" | "--param") && !w[1].starts_with('-') && w[1].contains('='))
+                .map(|w| &w[1])
+            {
+                eprintln!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})");
+            }
             if wants_json(&args) {
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or_default();
@@ -324,6 +332,15 @@ fn run(a: RunArgs) -> ExitCode {
         return refuse(None, "no playbook given (see --help)".into());
     };
     let pb = Some(playbook.as_path());
+    // `snat-run funtions`: a bare word that is no file and is close to a subcommand is a
+    // typo of the subcommand, not a playbook.
+    if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
+        let word = playbook.to_string_lossy();
+        let hint = crate::modules::did_you_mean(&word, ["functions", "audit"]);
+        if !hint.is_empty() {
+            return refuse(pb, format!("no playbook or subcommand {word:?}{hint}"));
+        }
+    }
     // The HTML report is written after the run: a directory it cannot go to would only be
     // found then, after a trace of minutes.
     if let Some(h) = &a.html {

@@ -1126,3 +1126,30 @@ fn an_html_report_that_cannot_be_written_is_refused_up_front() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(ok.exists());
 }
+
+/// Command-line slips an SRE makes get a pointer: a subcommand typo is not run as a
+/// missing playbook (no audit record), and `KEY=VALUE` without `--param` says how.
+#[test]
+fn command_line_slips_say_what_was_meant() {
+    let r = Run::new();
+    let o = r.run(Path::new("funtions"), &[]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no playbook or subcommand \"funtions\" (did you mean `functions`?)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(r.records().is_empty(), "a typo of a subcommand runs nothing");
+    let p = r.playbook("p.rhai", "let l = param(\"log\");");
+    let o = r.run(&p, &["log=x"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("hint: a playbook parameter is passed as --param log=x (or -p log=x)"),
+        "{}",
+        stderr(&o)
+    );
+    // A real --param next to another mistake gets no such hint.
+    let o = r.run(&p, &["--param", "log=x", "--bogus"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("hint:"), "{}", stderr(&o));
+}
