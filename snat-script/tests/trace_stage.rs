@@ -366,14 +366,23 @@ fn trace_node_playbook_weighs_failures_by_destination_and_counts_waiting_connect
             ("top", "1000"),
             ("bucket", "0.5"),
         ];
+        let inode_text = inode.to_string();
         if public {
+            // Also narrowed to the test's namespace, as an SRE narrows a trace to a pod.
             params.push(("as_public", "127.0.0.0/8"));
+            params.push(("netns", inode_text.as_str()));
         }
         let (e, ctx) = engine(&params);
         let base = bpf_links();
         let path = ns.path();
         let traffic = std::thread::spawn(move || {
             wait_attached(base);
+            // Traffic outside the namespace too, which the netns filter must leave out.
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            for _ in 0..3 {
+                drop(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+                drop(l.accept().unwrap());
+            }
             in_netns(path, || {
                 let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
                 for _ in 0..REFUSED {
@@ -416,6 +425,20 @@ fn trace_node_playbook_weighs_failures_by_destination_and_counts_waiting_connect
                 w.summary
             );
             assert!(!kinds.contains(&"failed_connects_no_snat"), "{kinds:?}");
+            // Narrowed to one namespace: every row of the Step 2 table is that namespace's.
+            let step2 = rep
+                .sections
+                .iter()
+                .find(|s| s.title.starts_with("Events by source address"))
+                .map(|s| serde_json::to_value(&s.body).unwrap())
+                .unwrap();
+            let rows = step2["rows"].as_array().unwrap();
+            assert!(!rows.is_empty() && rows.iter().all(|r| r[2] == inode), "{rows:?}");
+            assert!(
+                rep.title.as_deref().unwrap().ends_with(&format!("only netns {inode})")),
+                "{:?}",
+                rep.title
+            );
         } else {
             assert_eq!(rep.verdict, Some(Verdict::Clear), "{:?}", rep.summary);
             let f = finding("failed_connects_no_snat");
