@@ -643,6 +643,15 @@ fn accepts_on_a_listener_older_than_the_trace_have_its_owner() {
         } else {
             assert_eq!(s.totals.accepts, 0, "{:?} {:?}", s.totals, s.notes);
             assert!(!s.notes.iter().any(|n| n.starts_with("owners of older sockets:")));
+            // The missing accepts are explained, not a silent zero.
+            let me = std::process::id();
+            assert!(
+                s.notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("pid {me} with seed_owners false: accepts on sockets"))),
+                "{:?}",
+                s.notes
+            );
         }
     }
 }

@@ -342,6 +342,16 @@ fn attribution_note(mode: Mode, pid: Option<u32>) -> &'static str {
     }
 }
 
+/// With a pid filter and no owner snapshot, a listener older than the trace has no owner,
+/// so the kernel's pid filter drops its accepts without counting them anywhere: say so.
+fn pid_without_seed_note(pid: Option<u32>, seed_owners: bool) -> Option<String> {
+    pid.filter(|_| !seed_owners).map(|p| {
+        format!(
+            "pid {p} with seed_owners false: accepts on sockets it was listening on before the trace have no owner, so the pid filter leaves them out (and closes of its older connections); seed_owners true names them"
+        )
+    })
+}
+
 /// Finish the summary: feed the kernel's rows (aggregated mode; in stream mode the events
 /// were fed as they came), account for losses, and explain the attribution.
 fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result<TraceSummary, StageError> {
@@ -377,6 +387,9 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
         st.counted
     ));
     s.notes.push(attribution_note(o.mode, o.pid).into());
+    if let Some(n) = pid_without_seed_note(o.pid, o.seed_owners) {
+        s.notes.push(n);
+    }
     if st.events_dropped > 0 {
         s.notes.push(format!(
             "{} events lost: the event rings were full (reader too slow); kernel counters are complete",
@@ -741,6 +754,20 @@ mod tests {
     #[case::aggregated(Mode::Aggregated, None, "aggregated mode records no pid/comm")]
     fn the_attribution_note_fits_what_was_recorded(#[case] mode: Mode, #[case] pid: Option<u32>, #[case] starts: &str) {
         assert!(attribution_note(mode, pid).starts_with(starts));
+    }
+
+    #[rstest::rstest]
+    #[case::pid_without_snapshot(Some(7), false, true)]
+    #[case::pid_with_snapshot(Some(7), true, false)]
+    #[case::no_pid(None, false, false)]
+    fn a_pid_filter_without_the_snapshot_says_what_it_misses(
+        #[case] pid: Option<u32>,
+        #[case] seed: bool,
+        #[case] noted: bool,
+    ) {
+        let n = pid_without_seed_note(pid, seed);
+        assert_eq!(n.is_some(), noted, "{n:?}");
+        assert!(n.is_none_or(|n| n.starts_with("pid 7 with seed_owners false: accepts on sockets")));
     }
 
     fn opts(script: &str) -> Result<TraceOptions, String> {
