@@ -47,6 +47,16 @@ pub enum Error {
         source: Option<std::io::Error>,
     },
 
+    /// tracefs is mounted, but this process may not read it.
+    #[error(
+        "tracefs is mounted but this process may not read {} (permission denied: tracefs is mode 0700): run snat as root, or use attach \"raw_tracepoint\" (the default \"auto\" tries it first), which needs no tracefs",
+        path.display()
+    )]
+    TracefsDenied {
+        /// The path that could not be read.
+        path: PathBuf,
+    },
+
     /// The kernel's verifier rejected the program.
     #[error(
         "the kernel's verifier rejected program {program}: this kernel is not supported by this build of snat (it needs Linux 5.12 or later: BTF, BPF ring buffer, BPF atomics); if the kernel is that recent, report it with the log below\n{log}"

@@ -768,6 +768,13 @@ fn ensure_tracefs() -> Result<(), Error> {
     if tracepoint_dir(TRACEFS).exists() || tracepoint_dir(DEBUGFS_TRACING).exists() {
         return Ok(());
     }
+    // `exists()` is false also when the path cannot be read: tracefs is mounted with mode
+    // 0700, so a process without root's file access sees nothing there. Say that, not
+    // "not mounted" (mounting it again would not help).
+    let tp = tracepoint_dir(TRACEFS);
+    if matches!(tp.try_exists(), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied) {
+        return Err(Error::TracefsDenied { path: tp });
+    }
     if Path::new(TRACEFS).join("events").exists() {
         return Err(Error::TracefsUnavailable {
             detail: format!(

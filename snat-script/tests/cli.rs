@@ -1153,3 +1153,55 @@ fn command_line_slips_say_what_was_meant() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(!stderr(&o).contains("hint:"), "{}", stderr(&o));
 }
+
+/// Without root's file access (a user with CAP_BPF and CAP_PERFMON only), the classic
+/// tracepoint cannot be found in tracefs, which is mounted 0700: the error says that,
+/// not "tracefs is not mounted" (mounting it again would not help).
+#[test]
+fn tracefs_that_cannot_be_read_is_not_called_unmounted() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI is set");
+        println!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.path().join("snat-run");
+    std::fs::copy(bin(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let playbook = dir.path().join("tp.rhai");
+    std::fs::write(&playbook, "trace::run(#{seconds: 1, attach: \"tracepoint\"});\n").unwrap();
+    std::fs::set_permissions(&playbook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut tries = 0;
+    let o = loop {
+        let r = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"])
+            .arg(&exe)
+            .arg(&playbook)
+            .arg("--audit-dir")
+            .arg(dir.path().join("audit"))
+            .env_remove("SNAT_AUDIT_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) runs");
+        // A process forked by a parallel test may hold the copy open for writing a moment.
+        if String::from_utf8_lossy(&r.stderr).contains("Text file busy") && tries < 100 {
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "tracefs is mounted but this process may not read /sys/kernel/tracing/events/sock/inet_sock_set_state (permission denied"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("not mounted"), "{}", stderr(&o));
+}
