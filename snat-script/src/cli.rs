@@ -321,69 +321,24 @@ pub fn main() -> ExitCode {
 fn run(a: RunArgs) -> ExitCode {
     init_tracing(a.verbose);
     let json = matches!(a.output, Output::Json);
-    let refuse = |playbook: Option<&std::path::Path>, msg: String| {
+    let Some(playbook) = a.playbook.clone() else {
+        let msg = "no playbook given (see --help)";
         eprintln!("snat-run: error: {msg}");
         if json {
-            refused_json(playbook, "usage_error", &msg, 2);
+            refused_json(None, "usage_error", msg, 2);
         }
-        ExitCode::from(2)
+        return ExitCode::from(2);
     };
-    let Some(playbook) = a.playbook else {
-        return refuse(None, "no playbook given (see --help)".into());
-    };
-    let pb = Some(playbook.as_path());
-    // `snat-run funtions`: a bare word that is no file and is close to a subcommand is a
-    // typo of the subcommand, not a playbook.
-    if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
-        let word = playbook.to_string_lossy();
-        let hint = crate::modules::did_you_mean(&word, ["functions", "audit"]);
-        if !hint.is_empty() {
-            return refuse(pb, format!("no playbook or subcommand {word:?}{hint}"));
-        }
-    }
-    // The HTML report is written after the run: a directory it cannot go to would only be
-    // found then, after a trace of minutes.
-    if let Some(h) = &a.html {
-        let dir = match h.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        if let Err(why) = writable_dir(dir) {
-            return refuse(
-                pb,
-                format!("--html {}: cannot write into {}: {why}", h.display(), dir.display()),
-            );
-        }
-    }
-    for a in &a.allow {
-        if snat_core::k8s::remediate::Action::from_name(a).is_none() {
-            let known: Vec<&str> = snat_core::k8s::remediate::Action::ALL
-                .iter()
-                .map(|x| x.name())
-                .collect();
-            return refuse(pb, format!("--allow {a}: no such action (known: {})", known.join(", ")));
-        }
-    }
+    // A command-line mistake found now is still a run of this playbook: the runner records
+    // it (exit 2) and runs nothing.
+    let refused = invocation_problem(&a, &playbook);
     let mut params = BTreeMap::new();
     for (k, v) in a.params {
-        if params.insert(k.clone(), v).is_some() {
-            return refuse(pb, format!("--param {k} given twice"));
-        }
+        params.entry(k).or_insert(v);
     }
     let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
-    let fleet = if on_nodes {
-        let Some(image) = a.fleet.image.filter(|i| !i.trim().is_empty()) else {
-            return refuse(
-                pb,
-                "--on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run".into(),
-            );
-        };
-        if a.fleet.concurrency == 0 {
-            return refuse(pb, "--concurrency must be at least 1".into());
-        }
-        if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
-            return refuse(pb, format!("--on-node {n:?}: empty node name"));
-        }
+    let fleet = if on_nodes && refused.is_none() {
+        let image = a.fleet.image.unwrap_or_default();
         let mut extra_args = Vec::new();
         for (k, v) in &params {
             extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
@@ -403,7 +358,7 @@ fn run(a: RunArgs) -> ExitCode {
             extra_args,
         })
     } else {
-        if a.fleet.image.is_some() {
+        if !on_nodes && a.fleet.image.is_some() {
             eprintln!("snat-run: warning: --image is only used with --on-node or --all-nodes");
         }
         None
@@ -437,6 +392,7 @@ fn run(a: RunArgs) -> ExitCode {
         // Node Jobs still running are deleted on SIGINT/SIGTERM: give that time.
         signal_grace: Duration::from_secs(if fleet.is_some() { 15 } else { 3 }),
         fleet,
+        refused,
     };
     let playbook = req.playbook.clone();
     let r = runner::run(req);
@@ -454,6 +410,56 @@ fn run(a: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(r.exit_code)
+}
+
+/// What is wrong with a command line clap accepted, if anything: a subcommand's name
+/// mistyped as a playbook, an `--html` directory that cannot be written, an unknown
+/// `--allow` action, a repeated `--param`, fleet flags that do not go together.
+fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String> {
+    // `snat-run funtions`: a bare word that is no file and is close to a subcommand.
+    if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
+        let word = playbook.to_string_lossy();
+        let hint = crate::modules::did_you_mean(&word, ["functions", "audit"]);
+        if !hint.is_empty() {
+            return Some(format!("no playbook or subcommand {word:?}{hint}"));
+        }
+    }
+    // The HTML report is written after the run: a directory it cannot go to would only be
+    // found then, after a trace of minutes.
+    if let Some(h) = &a.html {
+        let dir = match h.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if let Err(why) = writable_dir(dir) {
+            return Some(format!(
+                "--html {}: cannot write into {}: {why}",
+                h.display(),
+                dir.display()
+            ));
+        }
+    }
+    use snat_core::k8s::remediate::Action;
+    if let Some(x) = a.allow.iter().find(|x| Action::from_name(x).is_none()) {
+        let known: Vec<&str> = Action::ALL.iter().map(|x| x.name()).collect();
+        return Some(format!("--allow {x}: no such action (known: {})", known.join(", ")));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some((k, _)) = a.params.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Some(format!("--param {k} given twice"));
+    }
+    if a.fleet.all_nodes || !a.fleet.on_node.is_empty() {
+        if a.fleet.image.as_ref().is_none_or(|i| i.trim().is_empty()) {
+            return Some("--on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run".into());
+        }
+        if a.fleet.concurrency == 0 {
+            return Some("--concurrency must be at least 1".into());
+        }
+        if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
+            return Some(format!("--on-node {n:?}: empty node name"));
+        }
+    }
+    None
 }
 
 fn functions(json: bool, definitions: Option<PathBuf>) -> anyhow::Result<()> {

@@ -35,6 +35,12 @@ pub enum Error {
     #[error("{0}")]
     Param(String),
 
+    /// The command line is wrong in a way the CLI finds after parsing it (an unknown
+    /// `--allow` action, a repeated `--param`, an `--html` directory that cannot be
+    /// written): the run is recorded and stops before the playbook runs.
+    #[error("{0}")]
+    Usage(String),
+
     /// The playbook file cannot be read.
     #[error("cannot read playbook {}: {source}", path.display())]
     ReadPlaybook {
@@ -73,7 +79,7 @@ impl Error {
     /// The exit code `snat-run` uses for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Playbook { .. } | Error::Param(_) | Error::ReadPlaybook { .. } => 2,
+            Error::Playbook { .. } | Error::Param(_) | Error::Usage(_) | Error::ReadPlaybook { .. } => 2,
             Error::Stage { .. } | Error::Audit(_) => 1,
             Error::Interrupted { signal } => {
                 if *signal == "SIGTERM" {

@@ -56,6 +56,9 @@ pub struct RunRequest {
     /// Run the playbook on cluster nodes as Jobs instead of locally (`--on-node`,
     /// `--all-nodes`): one `fleet::run` stage, see [`crate::fleet`].
     pub fleet: Option<crate::fleet::FleetOptions>,
+    /// A command-line error found before the run ([`Error::Usage`]): the run writes its
+    /// audit record (outcome `playbook_error`, exit 2) and runs nothing.
+    pub refused: Option<String>,
 }
 
 /// What a run ended with.
@@ -177,6 +180,9 @@ fn print_report(
 }
 
 fn error_kind(e: &Error) -> &'static str {
+    if matches!(e, Error::Usage(_)) {
+        return "usage_error";
+    }
     match e.exit_code() {
         2 => "playbook_error",
         1 => "stage_failed",
@@ -370,6 +376,9 @@ fn execute(
         };
         (kind, Some(e), None, code)
     };
+    if let Some(msg) = &req.refused {
+        return fail(Error::Usage(msg.clone()));
+    }
     let bytes = match source {
         Ok(b) => b,
         Err(e) => {
