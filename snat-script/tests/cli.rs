@@ -607,6 +607,15 @@ fn unknown_allow_action_is_a_usage_error() {
     assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
     assert!(recs[0]["stages"].as_array().unwrap().is_empty(), "nothing ran");
     assert_eq!(recs[0]["exit_code"], 2);
+    assert!(
+        recs[0]["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow evnt: no such action"),
+        "{}",
+        recs[0]["outcome"]
+    );
+    assert_schema_valid(&recs[0]);
 }
 
 /// find-node.rhai has no default metrics file: run from the repository's root (where the
