@@ -88,6 +88,12 @@ fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// The run exited with `code` and its stderr says `needle`.
+fn expect_exit(o: &Output, code_want: i32, needle: &str) {
+    assert_eq!(code(o), code_want, "{}", stderr(o));
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
 fn validator() -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/audit-record.schema.json"))
@@ -630,12 +636,7 @@ fn find_node_without_metrics_asks_for_them() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("missing parameter `metrics`: pass --param metrics=VALUE"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 2, "missing parameter `metrics`: pass --param metrics=VALUE");
     assert!(!String::from_utf8_lossy(&o.stdout).contains("SNAT pressure found"));
 }
 
@@ -872,11 +873,10 @@ fn sigint_during_a_live_trace_ends_the_window_and_reports() {
 fn an_empty_pipe_is_not_a_clear_node() {
     let r = Run::new();
     let o = r.run(&example("tcptracer-log.rhai"), &["--param", "log=-"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("stage tcptracer::read failed: -: not a tcptracer log: it is empty"),
-        "{}",
-        stderr(&o)
+    expect_exit(
+        &o,
+        1,
+        "stage tcptracer::read failed: -: not a tcptracer log: it is empty",
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
     assert_eq!(r.records()[0]["outcome"]["kind"], "stage_failed");
@@ -890,12 +890,7 @@ fn an_empty_host_proc_is_not_a_clear_node() {
     let empty = r.dir.path().join("fakeproc");
     std::fs::create_dir(&empty).unwrap();
     let o = r.run(&example("census.rhai"), &["--host-proc", empty.to_str().unwrap()]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no process directory (a number) in"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 1, "no process directory (a number) in");
     assert!(!String::from_utf8_lossy(&o.stdout).contains("Verdict: clear"));
 }
 
@@ -1151,22 +1146,20 @@ fn an_html_report_that_cannot_be_written_is_refused_up_front() {
 fn command_line_slips_say_what_was_meant() {
     let r = Run::new();
     let o = r.run(Path::new("funtions"), &[]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no playbook or subcommand \"funtions\" (did you mean `functions`?)"),
-        "{}",
-        stderr(&o)
+    expect_exit(
+        &o,
+        2,
+        "no playbook or subcommand \"funtions\" (did you mean `functions`?)",
     );
     let recs = r.records();
     assert_eq!(recs.len(), 1, "recorded, as every run is");
     assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
     let p = r.playbook("p.rhai", "let l = param(\"log\");");
     let o = r.run(&p, &["log=x"]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("hint: a playbook parameter is passed as --param log=x (or -p log=x)"),
-        "{}",
-        stderr(&o)
+    expect_exit(
+        &o,
+        2,
+        "hint: a playbook parameter is passed as --param log=x (or -p log=x)",
     );
     // A real --param next to another mistake gets no such hint.
     let o = r.run(&p, &["--param", "log=x", "--bogus"]);
