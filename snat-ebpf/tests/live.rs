@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique};
+use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique, wait_until_closed};
 use snat_core::aggregate::{Field, Metric, TraceSummary};
 use snat_core::model::{Direction, EventKind, Family, TcpEvent, TcpState};
 use snat_ebpf::{AttachPoint, FlowRow, KernelReads, KernelStats, Mode, TracerBuilder};
@@ -973,6 +973,9 @@ fn live_reader_loses_nothing_at_moderate_rate() {
     }
     client.join().unwrap();
     server.join().unwrap();
+    // Every connection must have reached CLOSE before the count is checked: a client
+    // socket closed before its peer can still be in FIN_WAIT2 when the threads end.
+    wait_until_closed(&a, Duration::from_secs(90));
     let (events, res) = collect(tracer, 4 * M as u64);
     read += events.len() as u64;
     let s = res.stats;

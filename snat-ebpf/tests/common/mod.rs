@@ -375,6 +375,46 @@ pub fn collect(mut tracer: Tracer, expected: u64) -> (Vec<TcpEvent>, TraceResult
     (events, res)
 }
 
+/// Wait (up to `max`) until no TCP socket of `ns` is still on its way to CLOSE: every
+/// socket is gone, in TIME_WAIT (whose CLOSE the kernel has reported) or listening. A
+/// connection's last state change can trail the threads that made it (an orphaned socket
+/// in FIN_WAIT waits for its peer's FIN), so a test that expects every close must wait for
+/// the sockets, not for the threads. Panics naming the states still seen.
+pub fn wait_until_closed(ns: &Netns, max: Duration) {
+    use snat_core::census::{CensusOptions, StateSet, census_netns};
+    use snat_core::model::TcpState::*;
+    let opts = CensusOptions {
+        states: StateSet::of(&[
+            Established,
+            SynSent,
+            SynRecv,
+            FinWait1,
+            FinWait2,
+            CloseWait,
+            LastAck,
+            Closing,
+        ]),
+        ..CensusOptions::default()
+    };
+    let t0 = Instant::now();
+    loop {
+        let c = census_netns(Path::new(&ns.path()), opts).expect("census of the test namespace");
+        if c.sockets.is_empty() {
+            return;
+        }
+        if t0.elapsed() > max {
+            let mut states: Vec<String> = c.sockets.iter().map(|s| format!("{:?}", s.state)).collect();
+            states.sort();
+            states.dedup();
+            panic!(
+                "{} sockets still not closed after {max:?}, in states {states:?}",
+                c.sockets.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// An address literal.
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
