@@ -88,6 +88,68 @@ fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// A copy of snat-run in a directory anyone may write, run as nobody (when the tests run
+/// as root) with only the capabilities asked for: how an unprivileged operator runs it.
+struct Unprivileged {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+}
+
+impl Unprivileged {
+    fn new() -> Unprivileged {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let exe = dir.path().join("snat-run");
+        std::fs::copy(bin(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Unprivileged { dir, exe }
+    }
+
+    /// A file of this directory that nobody may read and write.
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        p
+    }
+
+    /// Run `playbook` with an audit directory here; `caps` (e.g. `+bpf,+perfmon`) are
+    /// the only capabilities kept, none when empty.
+    fn run(&self, playbook: &Path, caps: &str) -> Output {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut tries = 0;
+        loop {
+            let mut c = Command::new(if root { Path::new("setpriv") } else { self.exe.as_path() });
+            if root {
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+                if !caps.is_empty() {
+                    c.arg(format!("--inh-caps={caps}"))
+                        .arg(format!("--ambient-caps={caps}"));
+                }
+                c.arg(&self.exe);
+            }
+            let o = c
+                .arg(playbook)
+                .arg("--audit-dir")
+                .arg(self.dir.path().join("audit"))
+                .env_remove("SNAT_AUDIT_DIR")
+                .stdin(Stdio::null())
+                .output()
+                .expect("setpriv (util-linux) runs");
+            // A process forked by a parallel test may hold the copy open for writing a moment.
+            if String::from_utf8_lossy(&o.stderr).contains("Text file busy") && tries < 100 {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            return o;
+        }
+    }
+}
+
 /// The run exited with `code` and its stderr says `needle`.
 fn expect_exit(o: &Output, code_want: i32, needle: &str) {
     assert_eq!(code(o), code_want, "{}", stderr(o));
@@ -703,51 +765,18 @@ fn audit_verify_of_a_directory_without_records_fails() {
 /// attached. Run as nobody when root, so the attach fails either way.
 #[test]
 fn a_trace_that_cannot_start_leaves_its_output_files_alone() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let exe = dir.path().join("snat-run");
-    std::fs::copy(bin(), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let old = dir.path().join("old.txt");
-    std::fs::write(&old, "yesterday's trace\n").unwrap();
-    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let new = dir.path().join("new.jsonl");
-    let playbook = dir.path().join("t.rhai");
-    std::fs::write(
-        &playbook,
-        format!(
+    let u = Unprivileged::new();
+    let old = u.file("old.txt", "yesterday's trace\n");
+    let new = u.dir.path().join("new.jsonl");
+    let playbook = u.file(
+        "t.rhai",
+        &format!(
             "trace::run(#{{seconds: 1, mode: \"stream\", text_out: {:?}, jsonl_out: {:?}}});\n",
             old.display().to_string(),
             new.display().to_string()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&playbook, std::fs::Permissions::from_mode(0o644)).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut tries = 0;
-    let o = loop {
-        let mut c = Command::new(&exe);
-        c.arg(&playbook)
-            .arg("--audit-dir")
-            .arg(dir.path().join("audit"))
-            .env_remove("SNAT_AUDIT_DIR")
-            .stdin(Stdio::null());
-        if root {
-            c.uid(65534).gid(65534);
-        }
-        match c.output() {
-            // A process forked by a parallel test may hold the copy's write descriptor for
-            // a moment.
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => break other.unwrap(),
-        }
-    };
+    );
+    let o = u.run(&playbook, "");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("stage trace::run failed"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&old).unwrap(), "yesterday's trace\n");
@@ -820,10 +849,7 @@ fn sigint_while_reading_a_pipe_reads_it_to_the_end_and_reports() {
 /// reports what was traced until then (exit 0) and the trace says it was cut short.
 #[test]
 fn sigint_during_a_live_trace_ends_the_window_and_reports() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI is set");
-        println!("skipped: needs root");
+    if !snat_testbed::require_root() {
         return;
     }
     let r = Run::new();
@@ -1172,42 +1198,12 @@ fn command_line_slips_say_what_was_meant() {
 /// not "tracefs is not mounted" (mounting it again would not help).
 #[test]
 fn tracefs_that_cannot_be_read_is_not_called_unmounted() {
-    use std::os::unix::fs::PermissionsExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI is set");
-        println!("skipped: needs root");
+    if !snat_testbed::require_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let exe = dir.path().join("snat-run");
-    std::fs::copy(bin(), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let playbook = dir.path().join("tp.rhai");
-    std::fs::write(&playbook, "trace::run(#{seconds: 1, attach: \"tracepoint\"});\n").unwrap();
-    std::fs::set_permissions(&playbook, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut tries = 0;
-    let o = loop {
-        let r = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"])
-            .arg(&exe)
-            .arg(&playbook)
-            .arg("--audit-dir")
-            .arg(dir.path().join("audit"))
-            .env_remove("SNAT_AUDIT_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .expect("setpriv (util-linux) runs");
-        // A process forked by a parallel test may hold the copy open for writing a moment.
-        if String::from_utf8_lossy(&r.stderr).contains("Text file busy") && tries < 100 {
-            tries += 1;
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        break r;
-    };
+    let u = Unprivileged::new();
+    let playbook = u.file("tp.rhai", "trace::run(#{seconds: 1, attach: \"tracepoint\"});\n");
+    let o = u.run(&playbook, "+bpf,+perfmon");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(
         stderr(&o).contains(
