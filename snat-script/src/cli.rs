@@ -401,12 +401,7 @@ fn run(a: RunArgs) -> ExitCode {
         // A run that could not start (its audit directory cannot be written) printed
         // nothing on stdout.
         if json && r.audit_record.is_none() && matches!(e, crate::Error::Audit(_)) {
-            refused_json(
-                Some(&playbook),
-                "audit_unwritable",
-                &crate::ctx::error_chain(e),
-                r.exit_code,
-            );
+            refused_json(Some(&playbook), e.kind(), &crate::ctx::error_chain(e), r.exit_code);
         }
     }
     ExitCode::from(r.exit_code)

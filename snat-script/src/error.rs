@@ -76,6 +76,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The `error.kind` of the JSON report: `playbook_error`, `usage_error`,
+    /// `stage_failed`, `audit_unwritable` or `interrupted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Playbook { .. } | Error::Param(_) | Error::ReadPlaybook { .. } => "playbook_error",
+            Error::Usage(_) => "usage_error",
+            Error::Stage { .. } => "stage_failed",
+            Error::Audit(_) => "audit_unwritable",
+            Error::Interrupted { .. } => "interrupted",
+        }
+    }
+
     /// The exit code `snat-run` uses for this error.
     pub fn exit_code(&self) -> u8 {
         match self {

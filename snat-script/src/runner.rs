@@ -164,7 +164,7 @@ fn print_report(
         OutputFormat::Json => {
             let mut doc = report.to_json(&facts);
             if let Some(e) = error {
-                doc["error"] = serde_json::json!({ "kind": error_kind(e), "message": e.to_string() });
+                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
             }
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
@@ -177,17 +177,6 @@ fn print_report(
         }
     }
     let _ = out.flush();
-}
-
-fn error_kind(e: &Error) -> &'static str {
-    if matches!(e, Error::Usage(_)) {
-        return "usage_error";
-    }
-    match e.exit_code() {
-        2 => "playbook_error",
-        1 => "stage_failed",
-        _ => "interrupted",
-    }
 }
 
 /// Parse `KEY=VALUE`.
@@ -425,7 +414,7 @@ fn execute(
     let result = engine.eval_ast::<rhai::Dynamic>(&ast);
     let outcome = classify(req, &script, ctx, result);
     if let (Some(e), false) = (&outcome.1, ctx.is_cancelled()) {
-        let arg = serde_json::json!({ "kind": error_kind(e), "message": e.to_string(), "exit_code": outcome.3 });
+        let arg = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": outcome.3 });
         if let Ok(d) = rhai::serde::to_dynamic(&arg) {
             ctx.fire_hook("on_error", d);
         }
