@@ -252,8 +252,9 @@ fn wants_json(args: &[String]) -> bool {
         || args.iter().any(|a| a == "--output=json" || a == "-ojson")
 }
 
-/// With `--output json`, an invocation refused before its playbook runs still prints its
-/// one JSON document (no run id, no audit record: nothing ran).
+/// With `--output json`, an invocation refused before a run could be recorded (no usable
+/// audit directory, or a mistake in `functions`/`audit`) still prints its one JSON document,
+/// with no run id and no audit record.
 fn refused_json(playbook: Option<&std::path::Path>, kind: &str, message: &str, code: u8) {
     let doc = serde_json::json!({
         "schema": "snat.report/v1",
@@ -295,10 +296,13 @@ pub fn main() -> ExitCode {
             {
                 eprintln!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})");
             }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            if names_a_playbook_run(&args) {
+                return record_refused_command_line(&args, first);
+            }
             if wants_json(&args) {
-                let text = e.render().to_string();
-                let first = text.lines().next().unwrap_or_default();
-                refused_json(None, "usage_error", first.trim_start_matches("error: "), 2);
+                refused_json(None, "usage_error", first, 2);
             }
             return ExitCode::from(2);
         }
@@ -316,6 +320,98 @@ pub fn main() -> ExitCode {
         }) => audit_verify(&dir),
         None => run(cli.run),
     }
+}
+
+/// Whether a command line clap refused was meant to run a playbook (not `functions` or
+/// `audit`, whose mistakes run nothing and are not recorded).
+fn names_a_playbook_run(args: &[String]) -> bool {
+    !matches!(
+        args.iter().skip(1).find(|a| !a.starts_with('-')).map(String::as_str),
+        Some("functions" | "audit")
+    )
+}
+
+/// The value of `--NAME VALUE` or `--NAME=VALUE` on a command line clap could not parse.
+fn raw_option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let eq = format!("{name}=");
+    args.iter().enumerate().skip(1).rev().find_map(|(i, a)| {
+        if a == name {
+            args.get(i + 1).map(String::as_str)
+        } else {
+            a.strip_prefix(&eq)
+        }
+    })
+}
+
+/// A command line clap refused (an unknown flag, a `--param` without `=`, a bad number) is
+/// still a run of snat-run: it is recorded like the mistakes snat-run finds itself, in the
+/// audit directory the command line names if it can be read from it, else the default,
+/// with the command line (secrets redacted) in the outcome's message. Exit 2 either way.
+fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode {
+    let json = wants_json(args);
+    let audit_dir = raw_option(args, "--audit-dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(snat_core::audit::default_dir);
+    let playbook = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.ends_with(".rhai"))
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let name = std::path::Path::new(&args[0])
+        .file_name()
+        .map_or_else(|| "snat-run".into(), |n| n.to_string_lossy());
+    let (message, cmdline) = redact_refused(clap_message, &args[1..].join(" "));
+    let message = format!("{message} (command line: {name} {cmdline})");
+    let req = RunRequest {
+        playbook: playbook.clone(),
+        params: BTreeMap::new(),
+        options: RunOptions {
+            progress: false,
+            ..RunOptions::default()
+        },
+        limits: Limits::default(),
+        output: if json { OutputFormat::Json } else { OutputFormat::Table },
+        html: None,
+        audit_dir,
+        signal_grace: Duration::from_secs(3),
+        fleet: None,
+        refused: Some(message),
+    };
+    let r = runner::run(req);
+    if r.audit_record.is_none() {
+        if let Some(e) = &r.error {
+            eprintln!(
+                "snat-run: note: this refused command line left no audit record: {}",
+                crate::ctx::error_chain(e)
+            );
+        }
+        if json {
+            let named = (!playbook.as_os_str().is_empty()).then_some(playbook.as_path());
+            refused_json(named, "usage_error", clap_message, 2);
+        }
+    }
+    ExitCode::from(2)
+}
+
+/// clap's message and the command line it refused, with what the command line's redaction
+/// hides (`--token=abc`, `--password abc`) also hidden where the message quotes it.
+fn redact_refused(message: &str, cmdline: &str) -> (String, String) {
+    let redacted = snat_core::audit::redact_cmdline(cmdline);
+    let mut message = message.to_string();
+    for (word, red) in cmdline.split_whitespace().zip(redacted.split_whitespace()) {
+        if word == red {
+            continue;
+        }
+        let secret = match (word.split_once('='), red.split_once('=')) {
+            (Some((_, value)), Some(_)) => value,
+            _ => word,
+        };
+        if !secret.is_empty() {
+            message = message.replace(secret, snat_core::audit::REDACTED);
+        }
+    }
+    (message, redacted)
 }
 
 fn run(a: RunArgs) -> ExitCode {
@@ -530,6 +626,37 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case::flag_value(
+        "invalid value 'hunter2' for '--context <NAME>'",
+        "p.rhai --password hunter2",
+        "invalid value '<redacted>' for '--context <NAME>'",
+        "p.rhai --password <redacted>"
+    )]
+    #[case::equals(
+        "unexpected argument '--token' found",
+        "p.rhai --token=abc",
+        "unexpected argument '--token' found",
+        "p.rhai --token=<redacted>"
+    )]
+    #[case::nothing_secret(
+        "invalid value 'novalue' for '--param <KEY=VALUE>'",
+        "p.rhai --param novalue",
+        "invalid value 'novalue' for '--param <KEY=VALUE>'",
+        "p.rhai --param novalue"
+    )]
+    fn refused_command_lines_keep_secrets_out(
+        #[case] message: &str,
+        #[case] cmdline: &str,
+        #[case] want_message: &str,
+        #[case] want_cmdline: &str,
+    ) {
+        assert_eq!(
+            redact_refused(message, cmdline),
+            (want_message.to_string(), want_cmdline.to_string())
+        );
+    }
 
     #[rstest::rstest]
     #[case::short(&["snat-run", "p.rhai", "-o", "json"], true)]

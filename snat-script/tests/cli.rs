@@ -240,11 +240,78 @@ fn missing_and_bad_params_exit_2() {
     let o = r.run(&p, &["--param", "novalue"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
-    assert_eq!(
-        r.records().len(),
-        2,
-        "clap usage errors run no playbook and leave no record"
+    // Refused by clap, before anything runs: still recorded, with what was refused.
+    let recs = r.records();
+    assert_eq!(recs.len(), 3, "one record per invocation");
+    assert_eq!(recs[2]["outcome"]["kind"], "playbook_error");
+    assert_eq!(recs[2]["exit_code"], 2);
+    assert!(recs[2]["stages"].as_array().unwrap().is_empty());
+    let msg = recs[2]["outcome"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("expected KEY=VALUE") && msg.contains("--param novalue"),
+        "{msg}"
     );
+}
+
+/// What clap refuses (an unknown flag, a bad number) is a run too: it leaves its one record,
+/// in the directory the command line names in either spelling, with the command line's
+/// secrets redacted; `functions` and `audit` mistakes run no playbook and leave none.
+#[test]
+fn a_command_line_clap_refuses_is_recorded() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "let x = param(\"a\", 1);");
+    let o = r.run(&p, &["--token=hunter2", "--param", "a=2"]);
+    expect_exit(&o, 2, "unexpected argument '--token'");
+    assert!(stderr(&o).contains("audit record: "), "{}", stderr(&o));
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    let rec = &recs[0];
+    let msg = rec["outcome"]["message"].as_str().unwrap();
+    assert!(msg.contains("--token=<redacted>"), "{msg}");
+    assert!(!serde_json::to_string(rec).unwrap().contains("hunter2"), "{rec}");
+    assert!(rec["playbook"]["path"].as_str().unwrap().ends_with("a.rhai"), "{rec}");
+    assert!(rec["playbook"]["sha256"].is_string(), "{rec}");
+    assert_schema_valid(rec);
+
+    // `--audit-dir=DIR`, and a number clap cannot parse, with -o json: the document names
+    // the record.
+    let other = r.dir.path().join("other-audit");
+    let o = Command::new(bin())
+        .arg(&p)
+        .arg(format!("--audit-dir={}", other.display()))
+        .args(["-o", "json", "--max-operations", "lots"])
+        .env_remove("SNAT_AUDIT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "usage_error", "{doc}");
+    let rec_path = doc["audit_record"].as_str().expect("the record's path");
+    assert!(Path::new(rec_path).starts_with(&other), "{rec_path}");
+    assert!(doc["run_id"].is_string(), "{doc}");
+
+    // No playbook named at all: recorded with an empty path.
+    let o = Command::new(bin())
+        .args(["--bogus", "--audit-dir"])
+        .arg(r.audit())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let recs = r.records();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1]["playbook"]["path"], "", "{}", recs[1]);
+    assert_schema_valid(&recs[1]);
+
+    // Not playbook runs: no record.
+    for args in [&["functions", "--bogus"][..], &["audit", "verify"][..]] {
+        let o = Command::new(bin())
+            .args(args)
+            .env("SNAT_AUDIT_DIR", r.audit())
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(r.records().len(), 2);
 }
 
 #[test]
@@ -1068,9 +1135,9 @@ fn refused_invocations_still_print_one_json_document() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
     assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
-    // The two refused by snat-run itself are recorded; clap's and the unwritable
-    // directory's cannot be (nothing names a usable audit directory).
-    assert_eq!(r.records().len(), 2);
+    // The four refused command lines are recorded (clap's too); the unwritable
+    // directory's cannot be.
+    assert_eq!(r.records().len(), 4);
 }
 
 /// A playbook's `warn()` is one plain line on stderr: not twice (once through the log
