@@ -117,6 +117,58 @@ fn a_culprit_that_did_not_drop_exits_3_and_is_named() {
     assert_eq!(other["dropped"], false);
 }
 
+/// A later run that could not reach the API names the same pod by UID only: it is still
+/// the culprit, matched by UID, and its unchanged flows are not "dropped" (before, the
+/// workload key and the UID key never met, and the run said the fix worked).
+#[test]
+fn a_culprit_named_only_by_uid_later_is_still_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut after: Value = serde_json::from_str(&std::fs::read_to_string(data("before.json")).unwrap()).unwrap();
+    after["run_id"] = "later-run-without-api".into();
+    for f in after["findings"].as_array_mut().unwrap() {
+        let uid = f["pod"]["uid"].clone();
+        f["pod"] = serde_json::json!({ "uid": uid });
+    }
+    let after_path = dir.path().join("after-no-api.json");
+    std::fs::write(&after_path, serde_json::to_string(&after).unwrap()).unwrap();
+    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_path)]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = table_rows(&rep);
+    let checkout = rows
+        .iter()
+        .find(|r| r["culprit"] == "shop/Deployment/checkout")
+        .unwrap();
+    assert_eq!(
+        (checkout["before_flows"].as_i64(), checkout["after_flows"].as_i64()),
+        (Some(124), Some(124))
+    );
+    assert_eq!(checkout["seen_after"], true);
+    assert_eq!(checkout["dropped"], false);
+    let summary = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["summary"].as_str().unwrap().starts_with("shop/Deployment/checkout"))
+        .unwrap()["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        summary.contains("matched in the later run as [\"pod aaaaaaaa-0000-0000-0000-000000000001\"]"),
+        "{summary}"
+    );
+    // Matched holders are not listed again as new ones.
+    assert!(
+        rep["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["title"] != "Holders of public flows now that were not culprits before"),
+        "{rep}"
+    );
+}
+
 #[test]
 fn a_broken_file_or_a_record_of_another_playbook_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
