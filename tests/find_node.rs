@@ -18,7 +18,20 @@ fn run(kubeconfig: PathBuf) -> Ctx {
 }
 
 fn run_with(kubeconfig: PathBuf, metrics: &str) -> Ctx {
-    let params = [("metrics".to_string(), format!("{ROOT}/tests/data/metrics/{metrics}"))].into();
+    let (ctx, r) = try_run_with(kubeconfig, metrics);
+    if let Err(e) = r {
+        panic!("playbook failed: {e}");
+    }
+    ctx
+}
+
+/// `metrics` is one file of tests/data/metrics, or several separated by commas.
+fn try_run_with(kubeconfig: PathBuf, metrics: &str) -> (Ctx, Result<(), Box<rhai::EvalAltResult>>) {
+    let files: Vec<String> = metrics
+        .split(',')
+        .map(|f| format!("{ROOT}/tests/data/metrics/{f}"))
+        .collect();
+    let params = [("metrics".to_string(), files.join(","))].into();
     let ctx = Ctx::new(
         RunOptions {
             kubeconfig: Some(kubeconfig),
@@ -29,10 +42,78 @@ fn run_with(kubeconfig: PathBuf, metrics: &str) -> Ctx {
     let mut engine = rhai::Engine::new();
     snat_script::modules::register_all(&mut engine, &ctx);
     let script = std::fs::read_to_string(format!("{ROOT}/examples/find-node.rhai")).unwrap();
-    if let Err(e) = engine.run(&script) {
-        panic!("playbook failed: {e}");
-    }
-    ctx
+    let r = engine.run(&script);
+    (ctx, r)
+}
+
+/// The port metrics and SnatConnectionCount come from two az calls: read together, the
+/// failed connections are counted; with the port metrics alone they are unknown, not 0.
+#[test]
+fn failed_connections_come_from_the_second_file_and_are_unknown_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = kubeconfig(dir.path(), ([127, 0, 0, 1], 9).into());
+    let ctx = run_with(
+        nowhere.clone(),
+        "sample-az-metrics.json,sample-az-snat-connections.json",
+    );
+    let rep = ctx.report();
+    assert_eq!(rep.verdict, Some(Verdict::PressureFound));
+    assert_eq!(rep.findings[0].evidence["failed"], 89.0);
+    assert!(
+        rep.summary.as_deref().unwrap().ends_with("89 failed connections"),
+        "{:?}",
+        rep.summary
+    );
+    let ctx = run_with(nowhere, "sample-az-metrics.json");
+    let rep = ctx.report();
+    assert!(
+        rep.findings[0].evidence["failed"].is_null(),
+        "{:?}",
+        rep.findings[0].evidence
+    );
+    assert!(
+        rep.summary.as_deref().unwrap().contains("failed connections unknown"),
+        "{:?}",
+        rep.summary
+    );
+}
+
+/// Metrics that name no backend cannot say "clear": the playbook fails, naming the split
+/// it needs.
+#[test]
+fn metrics_without_a_backend_split_are_an_error_not_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, r) = try_run_with(kubeconfig(dir.path(), ([127, 0, 0, 1], 9).into()), "lb-unsplit.json");
+    let err = r.expect_err("no verdict from unsplit metrics").to_string();
+    assert!(
+        err.contains("name no backend IP") && err.contains("BackendIPAddress eq '*'"),
+        "{err}"
+    );
+    assert_eq!(ctx.report().verdict, None);
+}
+
+/// A 403 on the pod list keeps the node and the verdict already found.
+#[test]
+fn a_forbidden_pod_list_keeps_the_verdict() {
+    let server = Server::start(fixtures::cluster());
+    server
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/pods".into(), common::apiserver::Fault::Status(403, None)));
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = run(kubeconfig(dir.path(), server.addr));
+    let rep = ctx.report();
+    assert_eq!(rep.verdict, Some(Verdict::PressureFound));
+    assert!(
+        rep.summary.as_deref().unwrap().starts_with("node-a (10.224.0.4"),
+        "{:?}",
+        rep.summary
+    );
+    let text = serde_json::to_string(&rep.sections).unwrap();
+    assert!(text.contains("Cannot list the pods on node-a"), "{text}");
+    assert!(rep.sections.iter().all(|s| s.title != "Pods on node-a"));
 }
 
 #[test]
@@ -78,7 +159,7 @@ fn names_the_hottest_ip_and_says_no_cluster_is_reachable() {
         rep.summary
             .as_deref()
             .unwrap()
-            .starts_with("10.224.0.4: peak 100% of 1024 ports, 0 failed connections"),
+            .starts_with("10.224.0.4: peak 100% of 1024 ports, failed connections unknown"),
         "{:?}",
         rep.summary
     );

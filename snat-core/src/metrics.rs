@@ -120,8 +120,40 @@ impl MetricsDoc {
 
     /// Append the metrics of another document about the same resource (two `az` calls).
     pub fn merge(&mut self, other: MetricsDoc) {
+        if matches!(self.resource, ResourceKind::Other(_)) {
+            self.resource = other.resource.clone();
+        }
+        if self.timespan.is_none() {
+            self.timespan = other.timespan;
+        }
         self.metrics.extend(other.metrics);
     }
+}
+
+/// Read several metrics files about one resource (the port metrics and
+/// `SnatConnectionCount` come from two `az` calls) as one document. An error names the
+/// file; files about different kinds of resource (a load balancer and a NAT gateway) are
+/// refused.
+pub fn read_paths(paths: &[&Path]) -> Result<MetricsDoc, Error> {
+    let mut doc: Option<MetricsDoc> = None;
+    for path in paths {
+        let part = read_path(path)?;
+        match &mut doc {
+            None => doc = Some(part),
+            Some(d) => {
+                let known = |r: &ResourceKind| !matches!(r, ResourceKind::Other(_));
+                if known(&d.resource) && known(&part.resource) && d.resource != part.resource {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} and {} are metrics of different kinds of resource ({:?} and {:?}): pass the files of one load balancer",
+                        d.source, part.source, d.resource, part.resource
+                    )));
+                }
+                d.source = format!("{} + {}", d.source, part.source);
+                d.merge(part);
+            }
+        }
+    }
+    doc.ok_or_else(|| Error::InvalidArgument("no metrics file given".into()))
 }
 
 fn bad(source: &str, path: &str, problem: impl Into<String>) -> Error {
@@ -400,6 +432,12 @@ pub struct SnatMetrics {
     pub nat_gateway: BTreeMap<String, f64>,
     /// Whether node-level attribution is possible from these metrics.
     pub per_node: bool,
+    /// Whether the document has `SnatConnectionCount` split by `BackendIPAddress`, so that
+    /// the backends' `failed` counts are known. When it is false (a file of the port
+    /// metrics only), `failed` is 0 for every backend because nothing was measured, and a
+    /// note says so.
+    #[serde(default)]
+    pub failed_known: bool,
     /// Things the reader must know (missing splits, metric errors, NAT gateway caveat).
     pub notes: Vec<String>,
 }
@@ -414,6 +452,14 @@ impl SnatMetrics {
         }
     }
 }
+
+/// The note for a load balancer document without `SnatConnectionCount` (followed by
+/// [`SNAT_CONNECTION_COUNT_AZ`]).
+pub const FAILED_UNKNOWN_NOTE: &str = "the document has no SnatConnectionCount split by BackendIPAddress, so failed SNAT connections (the surest sign of exhaustion) are unknown, not zero; get them with";
+
+/// The `az` command line that gets a load balancer's failed SNAT connections for the last
+/// hour, to be read together with the port metrics (`metrics::read([ports, failed])`).
+pub const SNAT_CONNECTION_COUNT_AZ: &str = "az monitor metrics list --resource <LB resource id> --metrics SnatConnectionCount --aggregation Total --interval PT1M --offset 1h --filter \"BackendIPAddress eq '*' and ConnectionState eq '*'\" -o json";
 
 /// The note attached to NAT gateway metrics.
 pub const NAT_GATEWAY_NOTE: &str = "NAT gateway metrics carry no per-node dimension (ports are allocated on demand across the subnet): find the node by a socket census of every node (snat-run --all-nodes)";
@@ -454,6 +500,7 @@ pub fn analyze(doc: &MetricsDoc) -> Result<SnatMetrics, Error> {
         by_failed: Vec::new(),
         nat_gateway: BTreeMap::new(),
         per_node: !is_nat,
+        failed_known: false,
         notes,
     };
     if is_nat {
@@ -495,6 +542,7 @@ pub fn analyze(doc: &MetricsDoc) -> Result<SnatMetrics, Error> {
                 )
             })?;
             let acc = per_ip.entry(ip).or_default();
+            out.failed_known |= which == "snatconnectioncount";
             for p in &s.points {
                 match which.as_str() {
                     "allocatedsnatports" => {
@@ -572,6 +620,10 @@ pub fn analyze(doc: &MetricsDoc) -> Result<SnatMetrics, Error> {
             "no SNAT metric split by BackendIPAddress: the document has nothing to rank (expected AllocatedSnatPorts, UsedSnatPorts or SnatConnectionCount)"
                 .to_string(),
         );
+    }
+    if !rows.is_empty() && !out.failed_known {
+        out.notes
+            .push(format!("{FAILED_UNKNOWN_NOTE}: {SNAT_CONNECTION_COUNT_AZ}"));
     }
     let ratio_key = |b: &BackendUsage| b.peak_ratio.unwrap_or(-1.0);
     rows.sort_by(|a, b| {
@@ -891,6 +943,37 @@ mod tests {
             assert!(cmds[0].contains(&"SNATConnectionCount".to_string()));
             assert!(!cmds[0].contains(&"--filter".to_string()));
         }
+    }
+
+    /// The port metrics alone say nothing of failed connections: unknown, with a note naming
+    /// the az command; with the second file (SnatConnectionCount) the failures rank the
+    /// backends.
+    #[test]
+    fn failed_connections_are_unknown_without_snat_connection_count() {
+        let dir = format!("{}/../tests/data/metrics", env!("CARGO_MANIFEST_DIR"));
+        let ports = PathBuf::from(format!("{dir}/sample-az-metrics.json"));
+        let conns = PathBuf::from(format!("{dir}/sample-az-snat-connections.json"));
+        let a = analyze(&read_paths(&[&ports]).unwrap()).unwrap();
+        assert!(!a.failed_known);
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.starts_with(FAILED_UNKNOWN_NOTE) && n.contains("SnatConnectionCount")),
+            "{:?}",
+            a.notes
+        );
+        let a = analyze(&read_paths(&[&ports, &conns]).unwrap()).unwrap();
+        assert!(a.failed_known, "{:?}", a.notes);
+        assert!(a.notes.is_empty(), "{:?}", a.notes);
+        let hot = a.hottest().unwrap();
+        assert_eq!(hot.backend_ip.to_string(), "10.224.0.4");
+        assert_eq!(hot.failed, 89.0);
+        assert_eq!(a.by_failed[1].failed, 0.0);
+        assert_eq!(hot.allocated, Some(1024.0));
+        // Files of a NAT gateway and a load balancer are not one resource.
+        let nat = PathBuf::from(format!("{dir}/natgw-metrics.json"));
+        let err = read_paths(&[&ports, &nat]).unwrap_err().to_string();
+        assert!(err.contains("different kinds of resource"), "{err}");
     }
 
     #[rstest]

@@ -23,9 +23,15 @@ fn backend(b: &BackendUsage) -> Dynamic {
     to_dyn(b).unwrap_or(Dynamic::UNIT)
 }
 
-fn read(ctx: &Ctx, path: &str) -> Result<Metrics, Box<EvalAltResult>> {
-    ctx.stage("metrics::read", json!({ "path": path }), || {
-        let doc = core::read_path(std::path::Path::new(path))?;
+fn read(ctx: &Ctx, paths: &[String]) -> Result<Metrics, Box<EvalAltResult>> {
+    let args = if let [one] = paths {
+        json!({ "path": one })
+    } else {
+        json!({ "paths": paths })
+    };
+    ctx.stage("metrics::read", args, || {
+        let paths: Vec<&std::path::Path> = paths.iter().map(std::path::Path::new).collect();
+        let doc = core::read_paths(&paths)?;
         let a = core::analyze(&doc)?;
         let n = a.by_ratio.len() as u64;
         Ok((Metrics(Arc::new(a)), Some(n)))
@@ -43,7 +49,19 @@ pub fn create_module(ctx: &Ctx) -> Module {
         &["path: &str", "Metrics"],
         "Read and analyse a metrics file: the JSON of `az monitor metrics list -o json` or of the Azure Monitor\nREST API, for a load balancer (AllocatedSnatPorts, UsedSnatPorts, SnatConnectionCount split by\nBackendIPAddress) or a NAT gateway. Malformed files fail with the JSON path of the problem.",
     )
-    .set_into_module(&mut m, move |path: &str| read(&c, path));
+    .set_into_module(&mut m, move |path: &str| read(&c, &[path.to_string()]));
+
+    let c = ctx.clone();
+    func(
+        "read",
+        &["paths: Array", "Metrics"],
+        "Read several metrics files of one load balancer as one document: the port metrics and
+SnatConnectionCount come from two `az` calls (see metrics::az_commands).",
+    )
+    .set_into_module(&mut m, move |paths: Array| {
+        let paths: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+        read(&c, &paths)
+    });
 
     func(
         "parse",
@@ -126,6 +144,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
     );
     getter(
         &mut m,
+        "failed_known",
+        "bool",
+        "Whether the document has SnatConnectionCount split by BackendIPAddress. When false, every
+backend's `failed` is 0 because nothing was measured (a note says so).",
+        |x: &mut Metrics| x.0.failed_known,
+    );
+    getter(
+        &mut m,
         "by_ratio",
         "Array",
         "Backends ranked by peak used/allocated ports: maps with backend_ip, allocated, used_peak, used_mean,\npeak_ratio, failed, connections, severity.",
@@ -178,7 +204,11 @@ pub fn create_module(ctx: &Ctx) -> Module {
                 b.used_peak.map_or("-".into(), |v| format!("{v:.0}")),
                 b.allocated.map_or("-".into(), |v| format!("{v:.0}")),
                 b.peak_ratio.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
-                b.failed
+                if x.0.failed_known {
+                    b.failed.to_string()
+                } else {
+                    "unknown".into()
+                }
             ));
         }
         for n in &x.0.notes {
