@@ -3,7 +3,6 @@
 //! node-wide per-destination pressure (two namespaces, each under the threshold alone),
 //! and the verdict is "pressure found".
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use snat_core::audit::Verdict;
@@ -77,16 +76,38 @@ fn census_playbook_names_the_pod_under_pressure() {
     )
     .unwrap();
 
-    let params = BTreeMap::from([
-        ("warn".to_string(), "40".to_string()),
-        ("syn_warn".to_string(), "3".to_string()),
-    ]);
-    let ctx = Ctx::new(RunOptions::default(), params);
-    let engine = build(&ctx, &Limits::default());
     let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/census.rhai")).unwrap();
-    engine.run(&script).unwrap();
+    let census = |params: &[(&str, &str)]| {
+        let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ctx = Ctx::new(RunOptions::default(), params);
+        build(&ctx, &Limits::default()).run(&script).unwrap();
+        let report: snat_script::report::Report = ctx.report().clone();
+        report
+    };
+    let node_flow_findings = |r: &snat_script::report::Report| -> Vec<serde_json::Value> {
+        r.findings
+            .iter()
+            .filter(|f| f.evidence.get("node_flows").is_some())
+            .map(|f| serde_json::to_value(f).unwrap())
+            .collect()
+    };
+    // The threshold follows the node's SNAT ports: half of them, critical at all of them.
+    let r = census(&[("ports", "80")]);
+    let hot = node_flow_findings(&r);
+    assert_eq!(hot.len(), 1, "{:?}", r.findings);
+    assert_eq!(hot[0]["severity"], "warning");
+    assert_eq!(
+        (&hot[0]["evidence"]["threshold"], &hot[0]["evidence"]["ports"]),
+        (&40.into(), &80.into())
+    );
+    let r = census(&[("ports", "44")]);
+    assert_eq!(node_flow_findings(&r)[0]["severity"], "critical", "{:?}", r.findings);
+    // 60 nodes get 512 ports each from AKS's table: 45 flows are not pressure.
+    let r = census(&[("nodes", "60"), ("syn_warn", "100")]);
+    assert!(node_flow_findings(&r).is_empty(), "{:?}", r.findings);
+    assert_eq!(r.verdict, Some(Verdict::Clear));
 
-    let report = ctx.report();
+    let report = census(&[("warn", "40"), ("syn_warn", "3")]);
     assert_eq!(report.verdict, Some(Verdict::PressureFound));
     // The destination is hot for the node (30 + 15 flows), named by its biggest user.
     let hot: Vec<_> = report
