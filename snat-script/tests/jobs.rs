@@ -116,9 +116,13 @@ fn cluster(n: &Node, etl_active: i32) -> apiserver::State {
 }
 
 fn jobs(dir: &Path, kc: &Path, wait: u32) -> (Output, Value) {
+    jobs_on(dir, kc, wait, "node-j")
+}
+
+fn jobs_on(dir: &Path, kc: &Path, wait: u32, node: &str) -> (Output, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jobs.rhai"))
-        .args(["-o", "json", "-q", "-p", "node=node-j", "-p", "ports=48"])
+        .args(["-o", "json", "-q", "-p", &format!("node={node}"), "-p", "ports=48"])
         .arg("-p")
         .arg(format!("wait={wait}"))
         .arg("--kubeconfig")
@@ -132,6 +136,26 @@ fn jobs(dir: &Path, kc: &Path, wait: u32) -> (Output, Value) {
     let rep =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out, rep)
+}
+
+/// A node name the cluster does not have is an error naming the nodes it has, at once,
+/// not "no active Job pod" (or a wait for one that never comes).
+#[test]
+fn a_mistyped_node_is_an_error_not_clear() {
+    let server = Server::start(apiserver::State {
+        token: "t0ken".into(),
+        nodes: vec![fixtures::node("node-j", "10.224.0.7")].into(),
+        max_page: 50,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), server.addr);
+    let t0 = std::time::Instant::now();
+    let (out, rep) = jobs_on(dir.path(), &kc, 5, "node-jj");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    let msg = rep["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no node named node-jj (its nodes: [\"node-j\"])"), "{msg}");
 }
 
 #[test]

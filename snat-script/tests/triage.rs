@@ -531,6 +531,21 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         assert_eq!(f["evidence"]["before_flows"], 124);
         assert_eq!(f["evidence"]["after_flows"], 4, "{params:?}");
     }
+    // A mistyped node name is said, and names no finding.
+    let typo = snat_run(
+        "triage.rhai",
+        &["seconds=1", "node=node-tt", "ports=128", "nodes=3"].map(String::from),
+    );
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        err.contains("the cluster has no node named node-tt (its nodes: [\"node-t\""),
+        "{err}"
+    );
+    let rep: Value = serde_json::from_slice(&typo.stdout).unwrap();
+    assert!(
+        rep["findings"].as_array().unwrap().iter().all(|f| f["node"].is_null()),
+        "{rep:#}"
+    );
     drop(holders);
 }
 
