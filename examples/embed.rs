@@ -38,18 +38,23 @@ fn main() -> ExitCode {
     let policy = Policy::new();
     println!();
     println!("public destinations (connects, netns, daddr, dport, rule):");
-    if let Ok(r) = summary.rank(&[Field::Netns, Field::Daddr, Field::Dport], Metric::Connects) {
-        for row in r.rows.iter().take(10) {
-            if let Value::Ip(ip) = row.key[1] {
-                let v = policy.classify(ip);
-                if v.snat {
-                    println!(
-                        "{} {} {} {} {}",
-                        row.counts.connects, row.key[0], ip, row.key[2], v.rule.name
-                    );
-                }
-            }
+    let ranking = match summary.rank(&[Field::Netns, Field::Daddr, Field::Dport], Metric::Connects) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("embed: {e}");
+            return ExitCode::from(1);
         }
+    };
+    // Keep the public destinations first, then the ten busiest of them.
+    let public = ranking.rows.iter().filter_map(|row| match row.key[1] {
+        Value::Ip(ip) => Some((row, ip, policy.classify(ip))).filter(|(_, _, v)| v.snat),
+        _ => None,
+    });
+    for (row, ip, v) in public.take(10) {
+        println!(
+            "{} {} {} {} {}",
+            row.counts.connects, row.key[0], ip, row.key[2], v.rule.name
+        );
     }
     if summary.lost_events > 0 || summary.malformed_lines > 0 {
         eprintln!(
