@@ -51,7 +51,8 @@ Examples:
     after_help = "Exit codes: 0 clear, 3 SNAT pressure found, 2 playbook/param error, 1 stage failure. See --help.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -297,7 +298,8 @@ pub fn main() -> ExitCode {
                 eprintln!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})");
             }
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            let first = clap_summary(&text);
+            let first = first.as_str();
             if names_a_playbook_run(&args) {
                 return record_refused_command_line(&args, first);
             }
@@ -320,6 +322,19 @@ pub fn main() -> ExitCode {
         }) => audit_verify(&dir),
         None => run(cli.run),
     }
+}
+
+/// clap's error in one line: its first paragraph (the message and, for a missing
+/// argument, the arguments it names), without the `error: ` prefix, the tips and the usage.
+fn clap_summary(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 /// Whether a command line clap refused was meant to run a playbook (not `functions` or
@@ -626,6 +641,19 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case::missing(
+        "error: the following required arguments were not provided:\n  <PLAYBOOK.rhai>\n\nUsage: snat-run <PLAYBOOK.rhai>\n",
+        "the following required arguments were not provided: <PLAYBOOK.rhai>"
+    )]
+    #[case::with_tip(
+        "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, use '-- --x'\n",
+        "unexpected argument '--x' found"
+    )]
+    fn clap_errors_are_summed_up_in_one_line(#[case] rendered: &str, #[case] want: &str) {
+        assert_eq!(clap_summary(rendered), want);
+    }
 
     #[rstest::rstest]
     #[case::flag_value(

@@ -83,11 +83,25 @@ pub fn create_module(ctx: &Ctx) -> Module {
     .set_into_module(
         &mut m,
         move |name: &str, default: Dynamic, min: Dynamic, max: Dynamic| -> Result<Dynamic, Box<EvalAltResult>> {
+            let num = |d: &Dynamic| d.as_int().map(|i| i as f64).or_else(|_| d.as_float());
+            // The playbook's own range is checked whether or not the parameter is given.
+            match (num(&default), num(&min), num(&max)) {
+                (Ok(_), Ok(lo), Ok(hi)) if lo > hi => {
+                    return usage(format!(
+                        "param(\"{name}\", default, min, max): min {min} is above max {max}: the playbook gives the range backwards"
+                    ));
+                }
+                (Ok(_), Ok(_), Ok(_)) => {}
+                _ => {
+                    return usage(format!(
+                        "param(\"{name}\", default, min, max): default, min and max must be numbers"
+                    ));
+                }
+            }
             let Some(raw) = c.params().get(name) else {
                 return Ok(default);
             };
             let v = typed(name, raw, &default)?;
-            let num = |d: &Dynamic| d.as_int().map(|i| i as f64).or_else(|_| d.as_float());
             let (Ok(x), Ok(lo), Ok(hi)) = (num(&v), num(&min), num(&max)) else {
                 return usage(format!(
                     "param(\"{name}\", default, min, max): default, min and max must be numbers"
@@ -324,6 +338,7 @@ mod tests {
     #[case::not_a_number(&[("top", "x")], r#"param("top", 10, 1, 1000)"#, "parameter `top`: \"x\" is not an integer")]
     #[case::nan(&[("f", "NaN")], r#"param("f", 1.0, 0.0, 2.0)"#, "is out of range")]
     #[case::string_default(&[("s", "a")], r#"param("s", "x", 1, 2)"#, "default, min and max must be numbers")]
+    #[case::backwards_range(&[], r#"param("n", 5, 10, 1)"#, "min 10 is above max 1: the playbook gives the range backwards")]
     fn param_errors_say_what_to_pass(#[case] p: &[(&str, &str)], #[case] script: &str, #[case] want: &str) {
         let e = eval(p, script).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");

@@ -111,6 +111,14 @@ pub fn create_module(ctx: &Ctx) -> Module {
     )
     .set_into_module(&mut m, move |f: Map| -> Result<(), Box<EvalAltResult>> {
         let json = to_json(&Dynamic::from_map(f));
+        if let Some(d) = json.get("destination").and_then(|d| d.as_str())
+            && d.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "bad finding: destination {d:?} must be \"ip:port\" (e.g. \"203.0.113.10:443\", \"[2001:db8::1]:443\")"
+            )
+            .into());
+        }
         let finding: Finding = serde_json::from_value(json).map_err(|e| format!("bad finding: {e}"))?;
         let arg = super::to_dyn(&finding)?;
         c.report().findings.push(finding);
@@ -303,6 +311,10 @@ mod tests {
         let rep = ctx.report();
         assert_eq!(rep.verdict, Some(Verdict::PressureFound));
         assert_eq!(rep.findings[0].destination, Some("203.0.113.5:443".parse().unwrap()));
+        let (_, r) =
+            run(r#"report::finding(#{kind: "k", severity: "info", summary: "s", destination: "203.0.113.10"})"#);
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains(r#"destination "203.0.113.10" must be "ip:port""#), "{msg}");
         assert_eq!(rep.findings[0].evidence["flows"], 900);
         match &rep.sections[0].body {
             SectionBody::Table { rows, .. } => assert_eq!(rows[1], vec![Value::Null, Value::from("y")]),
