@@ -199,6 +199,8 @@ async fn context_selects_the_cluster() {
     o.context = Some("missing".into());
     let err = Kube::connect(&o).await.unwrap_err().to_string();
     assert!(err.contains("missing") && err.contains("kubeconfig"), "{err}");
+    // The contexts there are, so the typo is easy to see.
+    assert!(err.contains("its contexts are fake, second"), "{err}");
 }
 
 #[tokio::test]

@@ -208,9 +208,11 @@ enum AuditCommand {
 }
 
 fn init_tracing(verbose: u8) {
+    // kube_client logs each failed request as an ERROR; snat's stages report (and retry)
+    // them already, so its lines are only shown from -vv on.
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,kube_client=off",
+        1 => "info,kube_client=off",
         2 => "debug",
         _ => "trace",
     };
@@ -544,6 +546,16 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
                 dir.display()
             ));
         }
+    }
+    // A kubeconfig named on the command line must be there: without it every API call
+    // would fail and the playbook would report "no cluster" instead.
+    if let Some(k) = &a.kubeconfig
+        && let Err(e) = std::fs::File::open(k)
+    {
+        return Some(format!(
+            "--kubeconfig {}: {e}: pass the file kubectl uses (kubectl config view --minify --raw > FILE), or leave the flag out to use KUBECONFIG or ~/.kube/config",
+            k.display()
+        ));
     }
     use snat_core::k8s::remediate::Action;
     if let Some(x) = a.allow.iter().find(|x| Action::from_name(x).is_none()) {

@@ -253,6 +253,25 @@ fn missing_and_bad_params_exit_2() {
     );
 }
 
+/// A `--kubeconfig` that is not there is refused before the run (exit 2, recorded): the
+/// playbook would otherwise report "no cluster reachable" as if that were the situation.
+#[test]
+fn a_missing_kubeconfig_is_refused() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "let x = param(\"a\", 1);");
+    let missing = r.dir.path().join("no-such-kubeconfig");
+    let o = r.run(&p, &["--kubeconfig", missing.to_str().unwrap()]);
+    expect_exit(&o, 2, "no-such-kubeconfig: No such file or directory");
+    assert!(
+        stderr(&o).contains("kubectl config view --minify --raw"),
+        "{}",
+        stderr(&o)
+    );
+    let recs = r.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+}
+
 /// What clap refuses (an unknown flag, a bad number) is a run too: it leaves its one record,
 /// in the directory the command line names in either spelling, with the command line's
 /// secrets redacted; `functions` and `audit` mistakes run no playbook and leave none.

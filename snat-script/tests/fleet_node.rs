@@ -15,12 +15,7 @@ fn node_script_runs_snat_run_and_frames_report_and_audit() {
     let playbook = std::fs::read_to_string(format!("{root}/examples/find-node.rhai")).unwrap();
     let metrics = format!("{root}/tests/data/metrics/sample-az-metrics.json");
     let mut spec = FleetSpec::new("IMAGE", "examples/find-node.rhai", playbook.clone());
-    spec.extra_args = vec![
-        "--param".into(),
-        format!("metrics={metrics}"),
-        "--kubeconfig".into(),
-        dir.path().join("no-kubeconfig").display().to_string(),
-    ];
+    spec.extra_args = vec!["--param".into(), format!("metrics={metrics}")];
     // The container's command line, exactly as the Job carries it, with the paths of the
     // container (/tmp/snat, /host/proc) mapped to this test's directory and /proc.
     let job = job_manifest(&spec, "node-a");
@@ -41,6 +36,8 @@ fn node_script_runs_snat_run_and_frames_report_and_audit() {
     let out = Command::new(&cmd[0])
         .args(&cmd[1..])
         .env("SNAT_WORK", &work)
+        // No cluster: KUBECONFIG names a file that does not exist (and no in-cluster token).
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
         .env("SNAT_PLAYBOOK", c.env.as_ref().unwrap()[0].value.clone().unwrap())
         .current_dir(root)
         .output()

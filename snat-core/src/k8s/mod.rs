@@ -130,6 +130,62 @@ fn config_error(what: String, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The kubeconfig kubectl would use, and a description of where it came from: the file
+/// given, else the files of `KUBECONFIG` merged (those that do not exist are skipped, as
+/// kubectl skips them), else `~/.kube/config`. `None` when there is none (then only the
+/// in-cluster configuration is left).
+fn load_kubeconfig(explicit: Option<&std::path::Path>) -> Result<Option<(Kubeconfig, String)>, Error> {
+    load_kubeconfig_from(explicit, std::env::var_os("KUBECONFIG"), std::env::var_os("HOME"))
+}
+
+fn load_kubeconfig_from(
+    explicit: Option<&std::path::Path>,
+    kubeconfig_var: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Result<Option<(Kubeconfig, String)>, Error> {
+    if let Some(path) = explicit {
+        let kc = Kubeconfig::read_from(path)
+            .map_err(|e| config_error(format!("cannot read kubeconfig {}", path.display()), e))?;
+        return Ok(Some((kc, format!("kubeconfig {}", path.display()))));
+    }
+    if let Some(list) = kubeconfig_var {
+        let named: Vec<std::path::PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        let existing: Vec<&std::path::PathBuf> = named.iter().filter(|p| p.exists()).collect();
+        if !named.is_empty() {
+            if existing.is_empty() {
+                let all: Vec<String> = named.iter().map(|p| p.display().to_string()).collect();
+                return Err(config_error(
+                    "KUBECONFIG names no file that exists".into(),
+                    format!("{} (fix KUBECONFIG, or pass --kubeconfig FILE)", all.join(", ")),
+                ));
+            }
+            let mut merged = Kubeconfig::default();
+            for p in &existing {
+                let kc = Kubeconfig::read_from(p).map_err(|e| {
+                    config_error(format!("cannot read kubeconfig {} (from KUBECONFIG)", p.display()), e)
+                })?;
+                merged = merged.merge(kc).map_err(|e| {
+                    config_error(format!("cannot merge kubeconfig {} (from KUBECONFIG)", p.display()), e)
+                })?;
+            }
+            let shown: Vec<String> = existing.iter().map(|p| p.display().to_string()).collect();
+            return Ok(Some((merged, format!("kubeconfig {} (KUBECONFIG)", shown.join(":")))));
+        }
+    }
+    let Some(home) = home.filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&home).join(".kube/config");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let kc = Kubeconfig::read_from(&path)
+        .map_err(|e| config_error(format!("cannot read kubeconfig {}", path.display()), e))?;
+    Ok(Some((kc, format!("kubeconfig {}", path.display()))))
+}
+
 impl Kube {
     /// Load the configuration as kubectl would and build a client. No request is made.
     pub async fn connect(opts: &KubeOptions) -> Result<Kube, Error> {
@@ -137,36 +193,52 @@ impl Kube {
             context: opts.context.clone(),
             ..Default::default()
         };
-        let mut config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .map_err(|e| config_error(format!("cannot read kubeconfig {}", path.display()), e))?;
+        let mut config = match load_kubeconfig(opts.kubeconfig.as_deref())? {
+            Some((kc, source)) => {
+                if let Some(want) = &opts.context
+                    && !kc.contexts.iter().any(|c| &c.name == want)
+                {
+                    let names: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+                    return Err(config_error(
+                        format!("no context {want:?} in {source}"),
+                        format!(
+                            "its contexts are {} (kubectl config get-contexts lists them)",
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    ));
+                }
                 kube::Config::from_custom_kubeconfig(kc, &kco).await.map_err(|e| {
                     config_error(
                         format!(
-                            "cannot use kubeconfig {}{}",
-                            path.display(),
-                            opts.context.as_deref().map(|c| format!(" (context {c:?})")).unwrap_or_default()
+                            "cannot use {source}{}",
+                            opts.context
+                                .as_deref()
+                                .map(|c| format!(" (context {c:?})"))
+                                .unwrap_or_default()
                         ),
                         e,
                     )
                 })?
             }
-            None => match kube::Config::from_kubeconfig(&kco).await {
-                Ok(c) => c,
-                Err(file_err) if opts.context.is_none() => kube::Config::incluster().map_err(|in_err| {
-                    config_error(
-                        "no usable kubeconfig (KUBECONFIG or ~/.kube/config) and not running in a pod".into(),
-                        format!("kubeconfig: {file_err}; in-cluster: {in_err} (pass --kubeconfig or run `az aks get-credentials`)"),
-                    )
-                })?,
-                Err(e) => {
-                    return Err(config_error(
-                        format!("cannot use context {:?} of the default kubeconfig", opts.context),
-                        e,
-                    ));
-                }
-            },
+            None if opts.context.is_some() => {
+                return Err(config_error(
+                    format!(
+                        "--context {:?} given, but there is no kubeconfig",
+                        opts.context.as_deref().unwrap_or_default()
+                    ),
+                    "pass --kubeconfig FILE, set KUBECONFIG, or run `az aks get-credentials`",
+                ));
+            }
+            None => kube::Config::incluster().map_err(|in_err| {
+                config_error(
+                    "no kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) and not running in a pod".into(),
+                    format!("in-cluster: {in_err} (pass --kubeconfig or run `az aks get-credentials`)"),
+                )
+            })?,
         };
         config.connect_timeout = Some(opts.connect_timeout);
         config.read_timeout = Some(opts.read_timeout);
@@ -348,3 +420,55 @@ pub(crate) fn api_error(op: &Op, status: StatusCode, body: &[u8], attempts: u32)
 }
 
 pub(crate) use crate::error::chain;
+
+#[cfg(test)]
+mod kubeconfig_tests {
+    use super::*;
+
+    const ONE: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: a\n  context:\n    cluster: a\n    user: u\ncurrent-context: a\nusers:\n- name: u\n  user:\n    token: t\n";
+
+    /// KUBECONFIG as kubectl reads it: a file in the list that does not exist is skipped;
+    /// a list of only missing files is an error naming them; without KUBECONFIG,
+    /// ~/.kube/config; without either, nothing (in-cluster is left).
+    #[test]
+    fn kubeconfig_is_found_as_kubectl_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, ONE).unwrap();
+        let missing = dir.path().join("missing");
+        let list = std::env::join_paths([&missing, &good]).unwrap();
+        let (kc, source) = load_kubeconfig_from(None, Some(list), None).unwrap().unwrap();
+        assert_eq!(kc.contexts[0].name, "a");
+        assert!(source.contains("good") && !source.contains("missing"), "{source}");
+
+        let err = load_kubeconfig_from(None, Some(missing.clone().into_os_string()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("KUBECONFIG names no file that exists") && err.contains("missing"),
+            "{err}"
+        );
+
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".kube")).unwrap();
+        assert!(
+            load_kubeconfig_from(None, None, Some(home.clone().into_os_string()))
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(home.join(".kube/config"), ONE).unwrap();
+        let (_, source) = load_kubeconfig_from(None, None, Some(home.into_os_string()))
+            .unwrap()
+            .unwrap();
+        assert!(source.ends_with(".kube/config"), "{source}");
+
+        // The file given wins, and a missing one is an error, not a fallback.
+        let err = load_kubeconfig_from(Some(&missing), Some(good.into_os_string()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read kubeconfig") && err.contains("missing"),
+            "{err}"
+        );
+    }
+}
