@@ -98,6 +98,9 @@
 //!     gives it; it never holds headers, so no credential.
 //!   - `state` (string): `"planned"`, `"applied"`, `"unchanged"` or `"failed"`.
 //!   - `result` (string or `null`): the API's answer, or why it was not applied.
+//!   - `cluster` (object or `null`, absent in older records): the cluster the request went
+//!     to, or would have, when a client was connected: `server` (the API server's URL) and
+//!     `context` (the kubeconfig context, `null` in a pod).
 //! - `outcome` (object): how the run ended.
 //!   - `kind` (string): `"completed"`, `"playbook_error"`, `"stage_failed"` or
 //!     `"interrupted"`.
@@ -364,6 +367,19 @@ pub struct ActionRecord {
     pub state: ActionState,
     /// The API's answer or the reason it was not applied.
     pub result: Option<String>,
+    /// The cluster the request went to (or would have gone to), when a client was connected:
+    /// with several clusters, "cordoned node X" means nothing without it.
+    #[serde(default)]
+    pub cluster: Option<ClusterRef>,
+}
+
+/// Which Kubernetes cluster an action was sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRef {
+    /// The API server's URL.
+    pub server: String,
+    /// The kubeconfig context (null for the in-cluster configuration).
+    pub context: Option<String>,
 }
 
 /// What happened to a remediation action.

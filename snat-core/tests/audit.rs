@@ -581,6 +581,7 @@ fn full_records() -> Vec<AuditRecord> {
                     request: json!({"method": "PATCH", "path": "/api/v1/namespaces/default/pods/api-7d9f", "body": {}}),
                     state,
                     result: (state != ActionState::Planned).then(|| "200 OK".to_owned()),
+                    cluster: None,
                 })
                 .collect();
             r.outcome = snat_core::audit::Outcome {

@@ -375,6 +375,11 @@ impl Ctx {
         lock(&self.0.report)
     }
 
+    /// The Kubernetes client if one was connected already (no connection is attempted).
+    pub fn kube_if_connected(&self) -> Option<snat_core::k8s::Kube> {
+        lock(&self.0.kube).clone()
+    }
+
     /// The run's Kubernetes client (`--kubeconfig`, `--context`), connected on first use and
     /// shared by every stage that talks to the API.
     pub fn kube(&self) -> Result<snat_core::k8s::Kube, StageError> {

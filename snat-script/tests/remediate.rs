@@ -259,6 +259,14 @@ async fn allowed_actions_apply_once_and_reruns_change_nothing() {
     let rec = e.last_record();
     validate(&rec);
     assert_eq!(states(&rec), all("applied"), "{:#}", rec["actions"]);
+    // Each action names the cluster it changed.
+    for a in rec["actions"].as_array().unwrap() {
+        assert_eq!(
+            a["cluster"],
+            json!({ "server": format!("http://{}/", e.api.addr), "context": "fake" }),
+            "{a:#}"
+        );
+    }
     // The Event, as the server received it.
     {
         let events = e.api.state.events.lock().unwrap();

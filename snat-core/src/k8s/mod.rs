@@ -113,6 +113,7 @@ pub struct Kube {
     client: kube::Client,
     opts: KubeOptions,
     server: String,
+    context: Option<String>,
 }
 
 impl std::fmt::Debug for Kube {
@@ -193,8 +194,10 @@ impl Kube {
             context: opts.context.clone(),
             ..Default::default()
         };
+        let mut context = None;
         let mut config = match load_kubeconfig(opts.kubeconfig.as_deref())? {
             Some((kc, source)) => {
+                context = opts.context.clone().or_else(|| kc.current_context.clone());
                 if let Some(want) = &opts.context
                     && !kc.contexts.iter().any(|c| &c.name == want)
                 {
@@ -253,6 +256,7 @@ impl Kube {
             client,
             opts: opts.clone(),
             server,
+            context,
         })
     }
 
@@ -264,6 +268,12 @@ impl Kube {
     /// The API server's URL.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The kubeconfig context in use (the one asked for, else the current context); `None`
+    /// for the in-cluster configuration.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
     }
 
     /// The options in use.

@@ -171,6 +171,10 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
         request: request.clone(),
         state,
         result: Some(result.clone()),
+        cluster: ctx.kube_if_connected().map(|k| snat_core::audit::ClusterRef {
+            server: k.server().to_string(),
+            context: k.context().map(str::to_string),
+        }),
     });
     let mut m = Map::new();
     m.insert("action".into(), name.into());
