@@ -392,6 +392,45 @@ async fn exec_census_without_tcp6_warns() {
     assert!(c.warnings.iter().any(|w| w.contains("tcp6")), "{:?}", c.warnings);
 }
 
+/// An exec that answers with nothing (no /proc/net/tcp header at all) is a failure naming
+/// the pod, not a pod without sockets.
+#[tokio::test]
+async fn exec_with_empty_output_fails() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: vec![],
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp header"),
+        "{err}"
+    );
+}
+
+/// `cat` reported success, so it read /proc/net/tcp6: output without that table is cut short.
+#[tokio::test]
+async fn exec_without_tcp6_and_without_an_error_fails() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp6 header"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn exec_without_cat_fails_clearly() {
     let e = env(cluster()).await;
@@ -599,7 +638,7 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     let st = cluster();
     *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
     *st.exec.lock().unwrap() = Some(ExecReply {
-        stdout: TCP.as_bytes().to_vec(),
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
         stderr: vec![],
         status: json!({"metadata": {}, "status": "Success"}),
     });
