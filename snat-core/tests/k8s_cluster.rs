@@ -653,6 +653,10 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         .unwrap();
     exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
     let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(
+        fleet::missing_nodes(&e.kube, &nodes).await.unwrap(),
+        Vec::<String>::new()
+    );
     fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
         .await
         .unwrap();
@@ -690,6 +694,23 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
     assert_eq!(granted_cluster, used_cluster);
     assert_eq!(granted_ns, used_ns);
+}
+
+#[tokio::test]
+async fn missing_nodes_names_the_nodes_the_cluster_does_not_have() {
+    let e = env(cluster()).await;
+    let asked: Vec<String> = ["node-b", "nosuchnode", "node-a", "node-c"].map(String::from).to_vec();
+    let missing = fleet::missing_nodes(&e.kube, &asked).await.unwrap();
+    assert_eq!(missing, ["nosuchnode", "node-c"]);
+    // Errors other than "not found" are the caller's to judge.
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes/node-a".into(), Fault::Status(403, None)));
+    let err = fleet::missing_nodes(&e.kube, &asked).await.unwrap_err();
+    assert!(matches!(err, snat_core::Error::KubeForbidden { .. }), "{err}");
 }
 
 #[tokio::test]

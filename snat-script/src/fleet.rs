@@ -7,16 +7,20 @@
 //! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
 //! directory only sees the chain). The merged report has one row per node; the verdict is
 //! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
-//! node failed, else "clear" (exit 0).
+//! node failed, else "clear" (exit 0). The `--on-node` names are checked first (`get
+//! nodes`): a name the cluster does not have is a command-line mistake, exit 2, and no Job
+//! is created at all.
 
 use std::path::{Path, PathBuf};
 
 use rhai::{Dynamic, EvalAltResult};
 use serde_json::{Value, json};
 use snat_core::audit::Verdict;
+use snat_core::k8s::Kube;
 use snat_core::k8s::fleet::{self, FleetResult, FleetSpec, NodeOutcome};
 
 use crate::ctx::{Ctx, StageError};
+use crate::modules::did_you_mean;
 use crate::report::{Section, SectionBody};
 
 /// Where and how to run the playbook on nodes.
@@ -109,6 +113,63 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
     (pressure, failed)
 }
 
+/// How many known nodes an unknown `--on-node` message lists.
+const KNOWN_SHOWN: usize = 5;
+
+/// What is wrong with `--on-node` names the cluster does not have: each with the closest
+/// known name, if one is close, and a few of the nodes it does have (`known`: `None` when
+/// they could not be listed).
+fn unknown_nodes_message(missing: &[String], known: Option<&[String]>) -> String {
+    let named: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            let hint = known.map_or_else(String::new, |k| did_you_mean(m, k.iter().map(String::as_str)));
+            format!("{m}{hint}")
+        })
+        .collect();
+    let mut msg = match named.as_slice() {
+        [one] => format!("--on-node {one}: no such node in the cluster"),
+        many => format!("--on-node: no such nodes in the cluster: {}", many.join(", ")),
+    };
+    match known {
+        Some([]) => msg.push_str("; it has no nodes"),
+        Some(k) => {
+            let mut k = k.to_vec();
+            k.sort();
+            let more = k.len().saturating_sub(KNOWN_SHOWN);
+            k.truncate(KNOWN_SHOWN);
+            msg.push_str(&format!("; its nodes: {}", k.join(", ")));
+            if more > 0 {
+                msg.push_str(&format!(" and {more} more (kubectl get nodes)"));
+            }
+        }
+        None => {}
+    }
+    msg.push_str("; no Job was created");
+    msg
+}
+
+/// Refuse `--on-node` names that are no node of the cluster before any Job is created: a
+/// Job pinned to a node that does not exist stays Pending until its deadline. A mistyped
+/// name is a command-line mistake (exit 2) and stops the whole run, so that the report never
+/// covers fewer nodes than were asked for. Without the RBAC to `get nodes`, say so and go on.
+fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<(), StageError> {
+    match ctx.block_on(fleet::missing_nodes(kube, names))? {
+        Ok(missing) if missing.is_empty() => Ok(()),
+        Ok(missing) => {
+            let known = ctx.block_on(fleet::all_node_names(kube)).ok().and_then(Result::ok);
+            Err(StageError::Usage(unknown_nodes_message(&missing, known.as_deref())))
+        }
+        Err(e @ snat_core::Error::KubeForbidden { .. }) => {
+            eprintln!(
+                "snat-run: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Run `script` on the nodes `opts` names, as the stage `fleet::run`, writing the fleet
 /// files under `<audit_dir>/fleet/<run_id>/` and the merged report into `ctx`'s report.
 pub fn run(
@@ -131,6 +192,7 @@ pub fn run(
         let nodes = if opts.all_nodes {
             ctx.block_on(fleet::all_node_names(&kube))??
         } else {
+            check_node_names(ctx, &kube, &opts.nodes)?;
             opts.nodes.clone()
         };
         if nodes.is_empty() {
@@ -161,4 +223,45 @@ pub fn run(
         }
         Ok((Dynamic::UNIT, Some(nodes.len() as u64)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[rstest]
+    #[case::typo(
+        &["aks-pool-vmss000003"],
+        Some(&["aks-pool-vmss000001", "aks-pool-vmss000002", "aks-pool-vmss00003"][..]),
+        "--on-node aks-pool-vmss000003 (did you mean `aks-pool-vmss00003`?): no such node in the cluster; its nodes: aks-pool-vmss000001, aks-pool-vmss000002, aks-pool-vmss00003; no Job was created"
+    )]
+    #[case::nothing_close(
+        &["nosuchnode"],
+        Some(&["node-b", "node-a"][..]),
+        "--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"
+    )]
+    #[case::two_of_many(
+        &["x", "nod-3"],
+        Some(&["node-1", "node-2", "node-3", "node-4", "node-5", "node-6", "node-7"][..]),
+        "--on-node: no such nodes in the cluster: x, nod-3 (did you mean `node-3`?); its nodes: node-1, node-2, node-3, node-4, node-5 and 2 more (kubectl get nodes); no Job was created"
+    )]
+    #[case::not_listed(&["n"], None, "--on-node n: no such node in the cluster; no Job was created")]
+    #[case::no_nodes(
+        &["n"],
+        Some(&[][..]),
+        "--on-node n: no such node in the cluster; it has no nodes; no Job was created"
+    )]
+    fn unknown_nodes_are_named_with_the_known_ones(
+        #[case] missing: &[&str],
+        #[case] known: Option<&[&str]>,
+        #[case] want: &str,
+    ) {
+        let known = known.map(names);
+        assert_eq!(unknown_nodes_message(&names(missing), known.as_deref()), want);
+    }
 }

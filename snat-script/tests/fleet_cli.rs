@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Server, fixtures, kubeconfig};
+use common::{Server, apiserver, fixtures, kubeconfig};
 use serde_json::{Value, json};
 
 const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/census.rhai");
@@ -255,6 +255,69 @@ fn on_node_without_image_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+}
+
+/// A mistyped --on-node is refused (exit 2, naming it and the known nodes) before any Job
+/// is created, also for the nodes that do exist: on a real cluster its Job would stay
+/// Pending until the deadline.
+#[test]
+fn an_unknown_node_is_refused_before_any_job_is_created() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--on-node", "nosuchnode", "--image", "img:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains(
+            "--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"
+        ),
+        "{err}"
+    );
+    let rep = report(&out);
+    assert_eq!(rep["error"]["kind"], "usage_error", "{rep:#}");
+    assert_eq!(rep["exit_code"], 2);
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+    let reqs = srv.state.requests.lock().unwrap().clone();
+    assert!(reqs.iter().any(|r| r == "GET /api/v1/nodes/nosuchnode"), "{reqs:#?}");
+    assert!(!reqs.iter().any(|r| r.starts_with("POST")), "{reqs:#?}");
+    // Recorded like any refused command line.
+    let audit = dir.path().join("audit");
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["exit_code"], 2);
+    assert!(
+        recs[0]["outcome"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nosuchnode"),
+        "{:#}",
+        recs[0]
+    );
+    audit_verify(&audit);
+}
+
+/// Without the RBAC to get nodes the names cannot be checked: the run says so and goes on.
+#[test]
+fn node_names_that_cannot_be_checked_do_not_stop_the_run() {
+    let srv = server();
+    srv.state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes/node-a".into(), apiserver::Fault::Status(403, None)));
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-a", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains("warning: cannot check that the --on-node names are nodes"),
+        "{err}"
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 1);
 }
 
 #[test]

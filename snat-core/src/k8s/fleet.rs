@@ -492,6 +492,30 @@ pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
     Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
 }
 
+/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
+/// the order given. For checking `--on-node` before any Job is created: a Job pinned to a
+/// node that does not exist is never scheduled, and its pod stays Pending until the Job's
+/// deadline. Any other error (RBAC, transport) is returned.
+pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
+    use k8s_openapi::api::core::v1::Node;
+    let req = Request::new(Node::url_path(&(), None));
+    let mut missing = Vec::new();
+    for name in names {
+        let op = Op {
+            verb: "get",
+            resource: "nodes",
+            scope: Scope::Cluster,
+            name: Some(name.clone()),
+        };
+        match kube.send_raw(&op, true, || req.get(name, &GetParams::default())).await {
+            Ok(_) => {}
+            Err(Error::KubeNotFound { .. }) => missing.push(name.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
 fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
     let o = |verb, resource| Op {
         verb,
