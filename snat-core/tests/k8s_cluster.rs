@@ -514,6 +514,49 @@ async fn fleet_runs_jobs_and_merges_records() {
     assert_eq!(rec["nodes"][1]["audit_sha256"], json!(sha));
 }
 
+/// Each node's Job is reported as it is created, runs and ends, with how many nodes are done.
+#[tokio::test]
+async fn fleet_reports_each_job_as_it_goes() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(200));
+    st.failing_nodes.lock().unwrap().push("node-b".into());
+    let e = env(st).await;
+    let nodes: Vec<String> = ["node-a", "node-b"].map(String::from).to_vec();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &fleet::FleetEvent<'_>| {
+        let line = match ev {
+            fleet::FleetEvent::Created { node, .. } => format!("{node} created"),
+            fleet::FleetEvent::Running { node, .. } => format!("{node} running"),
+            fleet::FleetEvent::Finished { run, done, total } => {
+                format!("{} {:?} {done}/{total}", run.node, run.outcome)
+            }
+        };
+        sink.lock().unwrap().push(line);
+    });
+    fleet::run_fleet_with(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)), on_event)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for n in ["node-a", "node-b"] {
+        let of_node: Vec<&str> = seen
+            .iter()
+            .filter(|l| l.starts_with(n))
+            .map(|l| l.split_once(' ').unwrap().1)
+            .collect();
+        assert_eq!(of_node.len(), 3, "{seen:?}");
+        assert_eq!(&of_node[..2], ["created", "running"], "{seen:?}");
+        let want = if n == "node-a" { "Completed" } else { "Failed" };
+        assert!(of_node[2].starts_with(want), "{seen:?}");
+    }
+    let counts: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ').map(|x| x.1))
+        .filter(|c| c.contains('/'))
+        .collect();
+    assert_eq!(counts, ["1/2", "2/2"], "{seen:?}");
+}
+
 #[tokio::test]
 async fn fleet_fan_out_over_1000_nodes_respects_concurrency() {
     let st = cluster();

@@ -12,12 +12,13 @@
 //! is created at all.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult};
 use serde_json::{Value, json};
 use snat_core::audit::Verdict;
 use snat_core::k8s::Kube;
-use snat_core::k8s::fleet::{self, FleetResult, FleetSpec, NodeOutcome};
+use snat_core::k8s::fleet::{self, FleetEvent, FleetResult, FleetSpec, NodeOutcome};
 
 use crate::ctx::{Ctx, StageError};
 use crate::modules::did_you_mean;
@@ -113,6 +114,27 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
     (pressure, failed)
 }
 
+/// The progress line for a fleet event (`node NODE: job JOB running`, ..., `2/5 nodes done`).
+fn progress_text(ev: &FleetEvent<'_>) -> String {
+    match ev {
+        FleetEvent::Created { node, job } => format!("node {node}: job {job} created"),
+        FleetEvent::Running { node, job } => format!("node {node}: job {job} running"),
+        FleetEvent::Finished { run, done, total } => {
+            let how = match run.outcome {
+                NodeOutcome::Completed => match run.output.as_ref().and_then(|o| o.exit_code) {
+                    Some(0) => "done: clear".to_string(),
+                    Some(3) => "done: SNAT pressure found".to_string(),
+                    Some(c) => format!("done: snat-run exited {c} on the node (see its report)"),
+                    None => "done".to_string(),
+                },
+                NodeOutcome::Failed => format!("failed: {}", run.error.as_deref().unwrap_or("the Job failed")),
+                NodeOutcome::Cancelled => "cancelled".to_string(),
+            };
+            format!("node {}: job {} {how}; {done}/{total} nodes done", run.node, run.job)
+        }
+    }
+}
+
 /// How many known nodes an unknown `--on-node` message lists.
 const KNOWN_SHOWN: usize = 5;
 
@@ -205,7 +227,24 @@ pub fn run(
         spec.concurrency = opts.concurrency;
         spec.extra_args = opts.extra_args.clone();
         spec.run_id = run_id.to_string();
-        let res = ctx.block_on(fleet::run_fleet(&kube, &spec, &nodes, ctx.cancel_flag()))??;
+        // A run lasts as long as its slowest node (up to the Jobs' deadline): say what happens.
+        let progress = ctx.options().progress;
+        let say = move |line: String| {
+            if progress {
+                eprintln!("fleet: {line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        };
+        say(format!(
+            "{} on {} node(s), at most {} Job(s) at a time, in namespace {}",
+            playbook.display(),
+            nodes.len(),
+            opts.concurrency,
+            opts.namespace
+        ));
+        let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &FleetEvent<'_>| say(progress_text(ev)));
+        let res = ctx.block_on(fleet::run_fleet_with(&kube, &spec, &nodes, ctx.cancel_flag(), on_event))??;
         let dir: PathBuf = audit_dir.join("fleet").join(run_id);
         let record = fleet::write_fleet(&dir, &res)?;
         let (pressure, failed) = merge_report(ctx, playbook, &res, &record);
@@ -229,6 +268,58 @@ pub fn run(
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    fn finished(outcome: NodeOutcome, exit: Option<i32>, error: Option<&str>) -> fleet::NodeRun {
+        fleet::NodeRun {
+            node: "aks-pool-vmss000003".into(),
+            job: "snat-0123abcd-1a2b3c4d5e".into(),
+            pod: None,
+            outcome,
+            output: exit.map(|c| fleet::parse_node_output(&format!("--- snat:exit {c} ---\n"))),
+            error: error.map(String::from),
+            duration_ms: 1.0,
+        }
+    }
+
+    #[rstest]
+    #[case::clear(finished(NodeOutcome::Completed, Some(0), None), "done: clear; 2/5 nodes done")]
+    #[case::pressure(
+        finished(NodeOutcome::Completed, Some(3), None),
+        "done: SNAT pressure found; 2/5 nodes done"
+    )]
+    #[case::failed_on_the_node(
+        finished(NodeOutcome::Completed, Some(1), None),
+        "done: snat-run exited 1 on the node (see its report); 2/5 nodes done"
+    )]
+    #[case::job_failed(
+        finished(NodeOutcome::Failed, None, Some("Job snat-x cannot start: ImagePullBackOff")),
+        "failed: Job snat-x cannot start: ImagePullBackOff; 2/5 nodes done"
+    )]
+    #[case::cancelled(finished(NodeOutcome::Cancelled, None, None), "cancelled; 2/5 nodes done")]
+    fn a_finished_node_says_how_it_ended(#[case] run: fleet::NodeRun, #[case] want: &str) {
+        let line = progress_text(&FleetEvent::Finished {
+            run: &run,
+            done: 2,
+            total: 5,
+        });
+        assert_eq!(
+            line,
+            format!("node aks-pool-vmss000003: job snat-0123abcd-1a2b3c4d5e {want}")
+        );
+    }
+
+    #[test]
+    fn jobs_are_named_as_they_start() {
+        let (node, job) = ("node-a", "snat-0123abcd-1a2b3c4d5e");
+        assert_eq!(
+            progress_text(&FleetEvent::Created { node, job }),
+            "node node-a: job snat-0123abcd-1a2b3c4d5e created"
+        );
+        assert_eq!(
+            progress_text(&FleetEvent::Running { node, job }),
+            "node node-a: job snat-0123abcd-1a2b3c4d5e running"
+        );
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{Server, apiserver, fixtures, kubeconfig};
 use serde_json::{Value, json};
+use snat_core::k8s::fleet;
 
 const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/census.rhai");
 
@@ -34,6 +35,58 @@ fn snat_run(dir: &Path, server: &Server, args: &[&str]) -> Output {
         .env_remove("KUBECONFIG")
         .output()
         .unwrap()
+}
+
+/// Run snat-run as `snat_run` does, but with stderr on a pseudo-terminal, as in an
+/// interactive shell. Returns the exit code and what was written to the terminal.
+fn snat_run_on_a_terminal(dir: &Path, server: &Server, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new file descriptors, which are then owned here.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and nothing else owns them.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let kc = kubeconfig(dir, server.addr);
+    let child = {
+        // The Command holds the terminal's slave end; dropping it after the spawn leaves the
+        // child the only holder, so reading the master ends when the child exits.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snat-run"));
+        cmd.arg(PLAYBOOK)
+            .args(["--output", "json", "--kubeconfig"])
+            .arg(&kc)
+            .arg("--audit-dir")
+            .arg(dir.join("audit"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(slave));
+        cmd.spawn().unwrap()
+    };
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Linux answers EIO once the last holder of the slave end has closed it.
+        while let Ok(n) = f.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).replace("\r\n", "\n")
+    });
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), reader.join().unwrap())
 }
 
 fn report(out: &Output) -> Value {
@@ -318,6 +371,59 @@ fn node_names_that_cannot_be_checked_do_not_stop_the_run() {
         "{err}"
     );
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 1);
+}
+
+/// With stderr a terminal, a fleet run says what each node's Job does and how many nodes are
+/// done (a run can last until the Jobs' deadline); `-q` silences it.
+#[test]
+fn progress_lines_on_a_terminal() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = snat_run_on_a_terminal(dir.path(), &srv, &["--all-nodes", "--image", "img:1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let job_a = fleet::job_name(&fleet_run_id(&srv), "node-a");
+    for want in [
+        "fleet: ".to_string() + PLAYBOOK + " on 2 node(s), at most 10 Job(s) at a time, in namespace snat",
+        format!("fleet: node node-a: job {job_a} created"),
+        format!("fleet: node node-a: job {job_a} done: clear; "),
+        "/2 nodes done".into(),
+        "fleet: node node-b: job ".into(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
+    let done: Vec<&str> = err.lines().filter(|l| l.ends_with(" nodes done")).collect();
+    assert_eq!(done.len(), 2, "{err}");
+    assert!(done[1].ends_with("; 2/2 nodes done"), "{err}");
+
+    let srv = server();
+    let (code, err) = snat_run_on_a_terminal(dir.path(), &srv, &["--all-nodes", "--image", "img:1", "-q"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("fleet:"), "-q: {err}");
+}
+
+/// Not on a terminal, the same lines are logged with -v, and nothing is said without it.
+#[test]
+fn progress_is_logged_with_v_and_silent_without() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-b", "--image", "img:1", "-v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let job_b = fleet::job_name(&fleet_run_id(&srv), "node-b");
+    assert!(err.contains(&format!("node node-b: job {job_b} created")), "{err}");
+    assert!(err.contains("done: clear; 1/1 nodes done"), "{err}");
+
+    let srv = server();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-b", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("nodes done") && !err.contains("created"), "{err}");
+}
+
+/// The run id the Jobs were created with (their `snat.io/run-id` label).
+fn fleet_run_id(srv: &Server) -> String {
+    let m = srv.state.manifests.lock().unwrap();
+    m[0].metadata.labels.as_ref().unwrap()["snat.io/run-id"].clone()
 }
 
 #[test]
