@@ -420,6 +420,38 @@ fn progress_is_logged_with_v_and_silent_without() {
     assert!(!err.contains("nodes done") && !err.contains("created"), "{err}");
 }
 
+/// The fleet-only flags do nothing without --on-node or --all-nodes: each one given says so
+/// (also when it repeats the default), and the playbook still runs here.
+#[rstest::rstest]
+#[case::image(&["--image", "img:1"], &["--image"])]
+#[case::concurrency(&["--concurrency", "3"], &["--concurrency"])]
+#[case::concurrency_at_its_default(&["--concurrency", "10"], &["--concurrency"])]
+#[case::namespace(&["--namespace", "ops"], &["--namespace"])]
+#[case::all(
+    &["--namespace", "ops", "--image", "i", "--concurrency", "2"],
+    &["--image", "--concurrency", "--namespace"]
+)]
+#[case::none(&[], &[])]
+fn fleet_flags_without_nodes_warn(#[case] args: &[&str], #[case] warned: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = dir.path().join("local.rhai");
+    std::fs::write(&playbook, "report::verdict(\"clear\", \"ran here\");\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&playbook)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for flag in ["--image", "--concurrency", "--namespace"] {
+        let line = format!("snat-run: warning: {flag} is only used with --on-node or --all-nodes");
+        assert_eq!(err.contains(&line), warned.contains(&flag), "{flag}: {err}");
+    }
+}
+
 /// The run id the Jobs were created with (their `snat.io/run-id` label).
 fn fleet_run_id(srv: &Server) -> String {
     let m = srv.state.manifests.lock().unwrap();
