@@ -452,6 +452,44 @@ fn fleet_flags_without_nodes_warn(#[case] args: &[&str], #[case] warned: &[&str]
     }
 }
 
+/// find-node.rhai's "Next step" advice is a fleet command line that snat-run accepts: it
+/// names --image, without which --on-node/--all-nodes is refused.
+#[rstest::rstest]
+#[case::nat_gateway(
+    "natgw-metrics.json",
+    "snat-run examples/census.rhai --all-nodes --image <your snat image>"
+)]
+#[case::load_balancer(
+    "sample-az-metrics.json",
+    "snat-run examples/census.rhai --on-node node-a --image <your snat image>"
+)]
+fn find_node_advises_a_fleet_run_with_an_image(#[case] metrics: &str, #[case] want: &str) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{root}/examples/find-node.rhai"))
+        .args(["--output", "json", "--param"])
+        .arg(format!("metrics={root}/tests/data/metrics/{metrics}"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig(dir.path(), srv.addr))
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let rep = report(&out);
+    let next: Vec<&str> = rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["title"] == "Next step")
+        .filter_map(|s| s["text"].as_str())
+        .collect();
+    assert_eq!(next.len(), 1, "{rep:#}");
+    assert!(next[0].contains(want), "{:?} not in {:?}", want, next[0]);
+}
+
 /// The run id the Jobs were created with (their `snat.io/run-id` label).
 fn fleet_run_id(srv: &Server) -> String {
     let m = srv.state.manifests.lock().unwrap();
