@@ -462,9 +462,6 @@ fn run(a: RunArgs) -> ExitCode {
         if a.dry_run {
             extra_args.push("--dry-run".into());
         }
-        for x in &a.allow {
-            extra_args.extend(["--allow".to_string(), x.clone()]);
-        }
         Some(crate::fleet::FleetOptions {
             nodes: a.fleet.on_node,
             all_nodes: a.fleet.all_nodes,
@@ -527,7 +524,8 @@ fn run(a: RunArgs) -> ExitCode {
 
 /// What is wrong with a command line clap accepted, if anything: a subcommand's name
 /// mistyped as a playbook, an `--html` directory that cannot be written, an unknown
-/// `--allow` action, a repeated `--param`, fleet flags that do not go together.
+/// `--allow` action, a repeated `--param`, fleet flags that do not go together (`--allow`
+/// on nodes among them).
 fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String> {
     // `snat-run funtions`: a bare word that is no file and is close to a subcommand.
     if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
@@ -570,6 +568,13 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
         }
         if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
             return Some(format!("--on-node {n:?}: empty node name"));
+        }
+        // The node Jobs run without Kubernetes credentials (no ServiceAccount token, no
+        // kubeconfig): every allowed action there would fail, recorded only on the node.
+        if let Some(x) = a.allow.first() {
+            return Some(format!(
+                "--allow {x} cannot be used with --on-node/--all-nodes: the node Jobs run without Kubernetes credentials (no ServiceAccount token, no kubeconfig), so act:: calls there cannot reach the API. Remediation runs where your kubeconfig is: run the fleet run without --allow, then run the remediating playbook here with --allow"
+            ));
         }
     }
     None

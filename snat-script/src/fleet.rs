@@ -37,7 +37,8 @@ pub struct FleetOptions {
     pub concurrency: usize,
     /// Namespace of the Jobs.
     pub namespace: String,
-    /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`, `--allow`).
+    /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`; never `--allow`:
+    /// the Jobs have no credentials to act with).
     pub extra_args: Vec<String>,
 }
 

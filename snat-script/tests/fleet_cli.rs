@@ -166,8 +166,6 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
             "--param",
             "warn=64",
             "--dry-run",
-            "--allow",
-            "event",
         ],
     );
     assert_eq!(
@@ -202,7 +200,7 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for w in [["--param", "warn=64"].as_slice(), &["--dry-run"], &["--allow", "event"]] {
+    for w in [["--param", "warn=64"].as_slice(), &["--dry-run"]] {
         assert!(argv.windows(w.len()).any(|x| x == w), "{w:?} not in {argv:?}");
     }
 
@@ -494,6 +492,32 @@ fn find_node_advises_a_fleet_run_with_an_image(#[case] metrics: &str, #[case] wa
 fn fleet_run_id(srv: &Server) -> String {
     let m = srv.state.manifests.lock().unwrap();
     m[0].metadata.labels.as_ref().unwrap()["snat.io/run-id"].clone()
+}
+
+/// The node Jobs have no Kubernetes credentials: --allow on nodes would only make every
+/// action fail there, so it is refused (exit 2) before anything reaches the cluster.
+#[test]
+fn allow_on_nodes_is_a_usage_error() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--image", "img:1", "--allow", "event"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--allow event cannot be used with --on-node/--all-nodes")
+            && err.contains("Remediation runs where your kubeconfig is"),
+        "{err}"
+    );
+    assert_eq!(report(&out)["error"]["kind"], "usage_error");
+    assert!(
+        srv.state.requests.lock().unwrap().is_empty(),
+        "nothing sent to the cluster"
+    );
+    assert_eq!(records(&dir.path().join("audit")).len(), 1);
 }
 
 #[test]
