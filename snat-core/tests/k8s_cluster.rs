@@ -394,6 +394,45 @@ async fn exec_census_without_tcp6_warns() {
     assert!(c.warnings.iter().any(|w| w.contains("tcp6")), "{:?}", c.warnings);
 }
 
+/// An exec that answers with nothing (no /proc/net/tcp header at all) is a failure naming
+/// the pod, not a pod without sockets.
+#[tokio::test]
+async fn exec_with_empty_output_fails() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: vec![],
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp header"),
+        "{err}"
+    );
+}
+
+/// `cat` reported success, so it read /proc/net/tcp6: output without that table is cut short.
+#[tokio::test]
+async fn exec_without_tcp6_and_without_an_error_fails() {
+    let e = env(cluster()).await;
+    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+        stdout: TCP.as_bytes().to_vec(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp6 header"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn exec_without_cat_fails_clearly() {
     let e = env(cluster()).await;
@@ -475,6 +514,49 @@ async fn fleet_runs_jobs_and_merges_records() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(rec["nodes"][1]["audit_sha256"], json!(sha));
+}
+
+/// Each node's Job is reported as it is created, runs and ends, with how many nodes are done.
+#[tokio::test]
+async fn fleet_reports_each_job_as_it_goes() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(200));
+    st.failing_nodes.lock().unwrap().push("node-b".into());
+    let e = env(st).await;
+    let nodes: Vec<String> = ["node-a", "node-b"].map(String::from).to_vec();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &fleet::FleetEvent<'_>| {
+        let line = match ev {
+            fleet::FleetEvent::Created { node, .. } => format!("{node} created"),
+            fleet::FleetEvent::Running { node, .. } => format!("{node} running"),
+            fleet::FleetEvent::Finished { run, done, total } => {
+                format!("{} {:?} {done}/{total}", run.node, run.outcome)
+            }
+        };
+        sink.lock().unwrap().push(line);
+    });
+    fleet::run_fleet_with(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)), on_event)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for n in ["node-a", "node-b"] {
+        let of_node: Vec<&str> = seen
+            .iter()
+            .filter(|l| l.starts_with(n))
+            .map(|l| l.split_once(' ').unwrap().1)
+            .collect();
+        assert_eq!(of_node.len(), 3, "{seen:?}");
+        assert_eq!(&of_node[..2], ["created", "running"], "{seen:?}");
+        let want = if n == "node-a" { "Completed" } else { "Failed" };
+        assert!(of_node[2].starts_with(want), "{seen:?}");
+    }
+    let counts: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ').map(|x| x.1))
+        .filter(|c| c.contains('/'))
+        .collect();
+    assert_eq!(counts, ["1/2", "2/2"], "{seen:?}");
 }
 
 #[tokio::test]
@@ -601,7 +683,7 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     let st = cluster();
     *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
     *st.exec.lock().unwrap() = Some(ExecReply {
-        stdout: TCP.as_bytes().to_vec(),
+        stdout: format!("{TCP}{TCP6}").into_bytes(),
         stderr: vec![],
         status: json!({"metadata": {}, "status": "Success"}),
     });
@@ -616,6 +698,10 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         .unwrap();
     exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
     let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(
+        fleet::missing_nodes(&e.kube, &nodes).await.unwrap(),
+        Vec::<String>::new()
+    );
     fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
         .await
         .unwrap();
@@ -653,6 +739,23 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
     assert_eq!(granted_cluster, used_cluster);
     assert_eq!(granted_ns, used_ns);
+}
+
+#[tokio::test]
+async fn missing_nodes_names_the_nodes_the_cluster_does_not_have() {
+    let e = env(cluster()).await;
+    let asked: Vec<String> = ["node-b", "nosuchnode", "node-a", "node-c"].map(String::from).to_vec();
+    let missing = fleet::missing_nodes(&e.kube, &asked).await.unwrap();
+    assert_eq!(missing, ["nosuchnode", "node-c"]);
+    // Errors other than "not found" are the caller's to judge.
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes/node-a".into(), Fault::Status(403, None)));
+    let err = fleet::missing_nodes(&e.kube, &asked).await.unwrap_err();
+    assert!(matches!(err, snat_core::Error::KubeForbidden { .. }), "{err}");
 }
 
 #[tokio::test]

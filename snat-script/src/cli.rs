@@ -143,13 +143,33 @@ struct FleetArgs {
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
 
-    /// At most this many node Jobs at a time.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    concurrency: usize,
+    /// At most this many node Jobs at a time [default: 10].
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
 
-    /// Namespace of the node Jobs (with the snat-node ServiceAccount).
-    #[arg(long, value_name = "NS", default_value = "snat")]
-    namespace: String,
+    /// Namespace of the node Jobs (with the snat-node ServiceAccount) [default: snat].
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+}
+
+impl FleetArgs {
+    /// `--concurrency` when not given.
+    const CONCURRENCY: usize = 10;
+    /// `--namespace` when not given.
+    const NAMESPACE: &str = "snat";
+
+    /// The fleet-only flags given, in the order `--help` lists them: without `--on-node`
+    /// or `--all-nodes` they do nothing, which is worth a warning.
+    fn given_without_nodes(&self) -> Vec<&'static str> {
+        [
+            ("--image", self.image.is_some()),
+            ("--concurrency", self.concurrency.is_some()),
+            ("--namespace", self.namespace.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
 }
 
 /// Sandbox limits (the defaults suit every shipped playbook).
@@ -459,20 +479,19 @@ fn run(a: RunArgs) -> ExitCode {
         if a.dry_run {
             extra_args.push("--dry-run".into());
         }
-        for x in &a.allow {
-            extra_args.extend(["--allow".to_string(), x.clone()]);
-        }
         Some(crate::fleet::FleetOptions {
             nodes: a.fleet.on_node,
             all_nodes: a.fleet.all_nodes,
             image,
-            concurrency: a.fleet.concurrency,
-            namespace: a.fleet.namespace,
+            concurrency: a.fleet.concurrency.unwrap_or(FleetArgs::CONCURRENCY),
+            namespace: a.fleet.namespace.unwrap_or_else(|| FleetArgs::NAMESPACE.into()),
             extra_args,
         })
     } else {
-        if !on_nodes && a.fleet.image.is_some() {
-            eprintln!("snat-run: warning: --image is only used with --on-node or --all-nodes");
+        if !on_nodes {
+            for flag in a.fleet.given_without_nodes() {
+                eprintln!("snat-run: warning: {flag} is only used with --on-node or --all-nodes");
+            }
         }
         None
     };
@@ -522,7 +541,8 @@ fn run(a: RunArgs) -> ExitCode {
 
 /// What is wrong with a command line clap accepted, if anything: a subcommand's name
 /// mistyped as a playbook, an `--html` directory that cannot be written, an unknown
-/// `--allow` action, a repeated `--param`, fleet flags that do not go together.
+/// `--allow` action, a repeated `--param`, fleet flags that do not go together (`--allow`
+/// on nodes among them).
 fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String> {
     // `snat-run funtions`: a bare word that is no file and is close to a subcommand.
     if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
@@ -570,11 +590,18 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
         if a.fleet.image.as_ref().is_none_or(|i| i.trim().is_empty()) {
             return Some("--on-node/--all-nodes need --image IMAGE: the snat image the node Jobs run".into());
         }
-        if a.fleet.concurrency == 0 {
+        if a.fleet.concurrency == Some(0) {
             return Some("--concurrency must be at least 1".into());
         }
         if let Some(n) = a.fleet.on_node.iter().find(|n| n.trim().is_empty()) {
             return Some(format!("--on-node {n:?}: empty node name"));
+        }
+        // The node Jobs run without Kubernetes credentials (no ServiceAccount token, no
+        // kubeconfig): every allowed action there would fail, recorded only on the node.
+        if let Some(x) = a.allow.first() {
+            return Some(format!(
+                "--allow {x} cannot be used with --on-node/--all-nodes: the node Jobs run without Kubernetes credentials (no ServiceAccount token, no kubeconfig), so act:: calls there cannot reach the API. Remediation runs where your kubeconfig is: run the fleet run without --allow, then run the remediating playbook here with --allow"
+            ));
         }
     }
     None

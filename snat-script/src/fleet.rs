@@ -7,16 +7,21 @@
 //! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
 //! directory only sees the chain). The merged report has one row per node; the verdict is
 //! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
-//! node failed, else "clear" (exit 0).
+//! node failed, else "clear" (exit 0). The `--on-node` names are checked first (`get
+//! nodes`): a name the cluster does not have is a command-line mistake, exit 2, and no Job
+//! is created at all.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult};
 use serde_json::{Value, json};
 use snat_core::audit::Verdict;
-use snat_core::k8s::fleet::{self, FleetResult, FleetSpec, NodeOutcome};
+use snat_core::k8s::Kube;
+use snat_core::k8s::fleet::{self, FleetEvent, FleetResult, FleetSpec, NodeOutcome};
 
 use crate::ctx::{Ctx, StageError};
+use crate::modules::did_you_mean;
 use crate::report::{Section, SectionBody};
 
 /// Where and how to run the playbook on nodes.
@@ -32,7 +37,8 @@ pub struct FleetOptions {
     pub concurrency: usize,
     /// Namespace of the Jobs.
     pub namespace: String,
-    /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`, `--allow`).
+    /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`; never `--allow`:
+    /// the Jobs have no credentials to act with).
     pub extra_args: Vec<String>,
 }
 
@@ -109,6 +115,84 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
     (pressure, failed)
 }
 
+/// The progress line for a fleet event (`node NODE: job JOB running`, ..., `2/5 nodes done`).
+fn progress_text(ev: &FleetEvent<'_>) -> String {
+    match ev {
+        FleetEvent::Created { node, job } => format!("node {node}: job {job} created"),
+        FleetEvent::Running { node, job } => format!("node {node}: job {job} running"),
+        FleetEvent::Finished { run, done, total } => {
+            let how = match run.outcome {
+                NodeOutcome::Completed => match run.output.as_ref().and_then(|o| o.exit_code) {
+                    Some(0) => "done: clear".to_string(),
+                    Some(3) => "done: SNAT pressure found".to_string(),
+                    Some(c) => format!("done: snat-run exited {c} on the node (see its report)"),
+                    None => "done".to_string(),
+                },
+                NodeOutcome::Failed => format!("failed: {}", run.error.as_deref().unwrap_or("the Job failed")),
+                NodeOutcome::Cancelled => "cancelled".to_string(),
+            };
+            format!("node {}: job {} {how}; {done}/{total} nodes done", run.node, run.job)
+        }
+    }
+}
+
+/// How many known nodes an unknown `--on-node` message lists.
+const KNOWN_SHOWN: usize = 5;
+
+/// What is wrong with `--on-node` names the cluster does not have: each with the closest
+/// known name, if one is close, and a few of the nodes it does have (`known`: `None` when
+/// they could not be listed).
+fn unknown_nodes_message(missing: &[String], known: Option<&[String]>) -> String {
+    let named: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            let hint = known.map_or_else(String::new, |k| did_you_mean(m, k.iter().map(String::as_str)));
+            format!("{m}{hint}")
+        })
+        .collect();
+    let mut msg = match named.as_slice() {
+        [one] => format!("--on-node {one}: no such node in the cluster"),
+        many => format!("--on-node: no such nodes in the cluster: {}", many.join(", ")),
+    };
+    match known {
+        Some([]) => msg.push_str("; it has no nodes"),
+        Some(k) => {
+            let mut k = k.to_vec();
+            k.sort();
+            let more = k.len().saturating_sub(KNOWN_SHOWN);
+            k.truncate(KNOWN_SHOWN);
+            msg.push_str(&format!("; its nodes: {}", k.join(", ")));
+            if more > 0 {
+                msg.push_str(&format!(" and {more} more (kubectl get nodes)"));
+            }
+        }
+        None => {}
+    }
+    msg.push_str("; no Job was created");
+    msg
+}
+
+/// Refuse `--on-node` names that are no node of the cluster before any Job is created: a
+/// Job pinned to a node that does not exist stays Pending until its deadline. A mistyped
+/// name is a command-line mistake (exit 2) and stops the whole run, so that the report never
+/// covers fewer nodes than were asked for. Without the RBAC to `get nodes`, say so and go on.
+fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<(), StageError> {
+    match ctx.block_on(fleet::missing_nodes(kube, names))? {
+        Ok(missing) if missing.is_empty() => Ok(()),
+        Ok(missing) => {
+            let known = ctx.block_on(fleet::all_node_names(kube)).ok().and_then(Result::ok);
+            Err(StageError::Usage(unknown_nodes_message(&missing, known.as_deref())))
+        }
+        Err(e @ snat_core::Error::KubeForbidden { .. }) => {
+            eprintln!(
+                "snat-run: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Run `script` on the nodes `opts` names, as the stage `fleet::run`, writing the fleet
 /// files under `<audit_dir>/fleet/<run_id>/` and the merged report into `ctx`'s report.
 pub fn run(
@@ -131,6 +215,7 @@ pub fn run(
         let nodes = if opts.all_nodes {
             ctx.block_on(fleet::all_node_names(&kube))??
         } else {
+            check_node_names(ctx, &kube, &opts.nodes)?;
             opts.nodes.clone()
         };
         if nodes.is_empty() {
@@ -143,7 +228,24 @@ pub fn run(
         spec.concurrency = opts.concurrency;
         spec.extra_args = opts.extra_args.clone();
         spec.run_id = run_id.to_string();
-        let res = ctx.block_on(fleet::run_fleet(&kube, &spec, &nodes, ctx.cancel_flag()))??;
+        // A run lasts as long as its slowest node (up to the Jobs' deadline): say what happens.
+        let progress = ctx.options().progress;
+        let say = move |line: String| {
+            if progress {
+                eprintln!("fleet: {line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        };
+        say(format!(
+            "{} on {} node(s), at most {} Job(s) at a time, in namespace {}",
+            playbook.display(),
+            nodes.len(),
+            opts.concurrency,
+            opts.namespace
+        ));
+        let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &FleetEvent<'_>| say(progress_text(ev)));
+        let res = ctx.block_on(fleet::run_fleet_with(&kube, &spec, &nodes, ctx.cancel_flag(), on_event))??;
         let dir: PathBuf = audit_dir.join("fleet").join(run_id);
         let record = fleet::write_fleet(&dir, &res)?;
         let (pressure, failed) = merge_report(ctx, playbook, &res, &record);
@@ -161,4 +263,97 @@ pub fn run(
         }
         Ok((Dynamic::UNIT, Some(nodes.len() as u64)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn finished(outcome: NodeOutcome, exit: Option<i32>, error: Option<&str>) -> fleet::NodeRun {
+        fleet::NodeRun {
+            node: "aks-pool-vmss000003".into(),
+            job: "snat-0123abcd-1a2b3c4d5e".into(),
+            pod: None,
+            outcome,
+            output: exit.map(|c| fleet::parse_node_output(&format!("--- snat:exit {c} ---\n"))),
+            error: error.map(String::from),
+            duration_ms: 1.0,
+        }
+    }
+
+    #[rstest]
+    #[case::clear(finished(NodeOutcome::Completed, Some(0), None), "done: clear; 2/5 nodes done")]
+    #[case::pressure(
+        finished(NodeOutcome::Completed, Some(3), None),
+        "done: SNAT pressure found; 2/5 nodes done"
+    )]
+    #[case::failed_on_the_node(
+        finished(NodeOutcome::Completed, Some(1), None),
+        "done: snat-run exited 1 on the node (see its report); 2/5 nodes done"
+    )]
+    #[case::job_failed(
+        finished(NodeOutcome::Failed, None, Some("Job snat-x cannot start: ImagePullBackOff")),
+        "failed: Job snat-x cannot start: ImagePullBackOff; 2/5 nodes done"
+    )]
+    #[case::cancelled(finished(NodeOutcome::Cancelled, None, None), "cancelled; 2/5 nodes done")]
+    fn a_finished_node_says_how_it_ended(#[case] run: fleet::NodeRun, #[case] want: &str) {
+        let line = progress_text(&FleetEvent::Finished {
+            run: &run,
+            done: 2,
+            total: 5,
+        });
+        assert_eq!(
+            line,
+            format!("node aks-pool-vmss000003: job snat-0123abcd-1a2b3c4d5e {want}")
+        );
+    }
+
+    #[test]
+    fn jobs_are_named_as_they_start() {
+        let (node, job) = ("node-a", "snat-0123abcd-1a2b3c4d5e");
+        assert_eq!(
+            progress_text(&FleetEvent::Created { node, job }),
+            "node node-a: job snat-0123abcd-1a2b3c4d5e created"
+        );
+        assert_eq!(
+            progress_text(&FleetEvent::Running { node, job }),
+            "node node-a: job snat-0123abcd-1a2b3c4d5e running"
+        );
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[rstest]
+    #[case::typo(
+        &["aks-pool-vmss000003"],
+        Some(&["aks-pool-vmss000001", "aks-pool-vmss000002", "aks-pool-vmss00003"][..]),
+        "--on-node aks-pool-vmss000003 (did you mean `aks-pool-vmss00003`?): no such node in the cluster; its nodes: aks-pool-vmss000001, aks-pool-vmss000002, aks-pool-vmss00003; no Job was created"
+    )]
+    #[case::nothing_close(
+        &["nosuchnode"],
+        Some(&["node-b", "node-a"][..]),
+        "--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"
+    )]
+    #[case::two_of_many(
+        &["x", "nod-3"],
+        Some(&["node-1", "node-2", "node-3", "node-4", "node-5", "node-6", "node-7"][..]),
+        "--on-node: no such nodes in the cluster: x, nod-3 (did you mean `node-3`?); its nodes: node-1, node-2, node-3, node-4, node-5 and 2 more (kubectl get nodes); no Job was created"
+    )]
+    #[case::not_listed(&["n"], None, "--on-node n: no such node in the cluster; no Job was created")]
+    #[case::no_nodes(
+        &["n"],
+        Some(&[][..]),
+        "--on-node n: no such node in the cluster; it has no nodes; no Job was created"
+    )]
+    fn unknown_nodes_are_named_with_the_known_ones(
+        #[case] missing: &[&str],
+        #[case] known: Option<&[&str]>,
+        #[case] want: &str,
+    ) {
+        let known = known.map(names);
+        assert_eq!(unknown_nodes_message(&names(missing), known.as_deref()), want);
+    }
 }

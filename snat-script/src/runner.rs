@@ -406,6 +406,15 @@ fn execute(
     // On nodes: the playbook was checked for syntax and parameters here, and runs there.
     if let Some(f) = &req.fleet {
         let result = crate::fleet::run(ctx, f, &req.playbook, &script, run_id, &req.audit_dir);
+        // The fleet stage's usage errors are about the command line (an --on-node naming no
+        // node), not about a place in the playbook, which has not run.
+        if let Err(e) = &result
+            && let rhai::EvalAltResult::ErrorRuntime(v, _) = e.as_ref()
+            && let Some(f) = v.clone().try_cast::<crate::ctx::StageFailure>()
+            && f.usage
+        {
+            return fail(Error::Usage(f.message));
+        }
         return classify(req, &script, ctx, result);
     }
     ast.set_source(req.playbook.display().to_string());

@@ -11,8 +11,9 @@ use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Server, fixtures, kubeconfig};
+use common::{Server, apiserver, fixtures, kubeconfig};
 use serde_json::{Value, json};
+use snat_core::k8s::fleet;
 
 const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/census.rhai");
 
@@ -34,6 +35,58 @@ fn snat_run(dir: &Path, server: &Server, args: &[&str]) -> Output {
         .env_remove("KUBECONFIG")
         .output()
         .unwrap()
+}
+
+/// Run snat-run as `snat_run` does, but with stderr on a pseudo-terminal, as in an
+/// interactive shell. Returns the exit code and what was written to the terminal.
+fn snat_run_on_a_terminal(dir: &Path, server: &Server, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new file descriptors, which are then owned here.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and nothing else owns them.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let kc = kubeconfig(dir, server.addr);
+    let child = {
+        // The Command holds the terminal's slave end; dropping it after the spawn leaves the
+        // child the only holder, so reading the master ends when the child exits.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snat-run"));
+        cmd.arg(PLAYBOOK)
+            .args(["--output", "json", "--kubeconfig"])
+            .arg(&kc)
+            .arg("--audit-dir")
+            .arg(dir.join("audit"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(slave));
+        cmd.spawn().unwrap()
+    };
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Linux answers EIO once the last holder of the slave end has closed it.
+        while let Ok(n) = f.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).replace("\r\n", "\n")
+    });
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), reader.join().unwrap())
 }
 
 fn report(out: &Output) -> Value {
@@ -113,8 +166,6 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
             "--param",
             "warn=64",
             "--dry-run",
-            "--allow",
-            "event",
         ],
     );
     assert_eq!(
@@ -149,7 +200,7 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for w in [["--param", "warn=64"].as_slice(), &["--dry-run"], &["--allow", "event"]] {
+    for w in [["--param", "warn=64"].as_slice(), &["--dry-run"]] {
         assert!(argv.windows(w.len()).any(|x| x == w), "{w:?} not in {argv:?}");
     }
 
@@ -255,6 +306,218 @@ fn on_node_without_image_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+}
+
+/// A mistyped --on-node is refused (exit 2, naming it and the known nodes) before any Job
+/// is created, also for the nodes that do exist: on a real cluster its Job would stay
+/// Pending until the deadline.
+#[test]
+fn an_unknown_node_is_refused_before_any_job_is_created() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--on-node", "nosuchnode", "--image", "img:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains(
+            "--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"
+        ),
+        "{err}"
+    );
+    let rep = report(&out);
+    assert_eq!(rep["error"]["kind"], "usage_error", "{rep:#}");
+    assert_eq!(rep["exit_code"], 2);
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+    let reqs = srv.state.requests.lock().unwrap().clone();
+    assert!(reqs.iter().any(|r| r == "GET /api/v1/nodes/nosuchnode"), "{reqs:#?}");
+    assert!(!reqs.iter().any(|r| r.starts_with("POST")), "{reqs:#?}");
+    // Recorded like any refused command line.
+    let audit = dir.path().join("audit");
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["exit_code"], 2);
+    assert!(
+        recs[0]["outcome"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nosuchnode"),
+        "{:#}",
+        recs[0]
+    );
+    audit_verify(&audit);
+}
+
+/// Without the RBAC to get nodes the names cannot be checked: the run says so and goes on.
+#[test]
+fn node_names_that_cannot_be_checked_do_not_stop_the_run() {
+    let srv = server();
+    srv.state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/api/v1/nodes/node-a".into(), apiserver::Fault::Status(403, None)));
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-a", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains("warning: cannot check that the --on-node names are nodes"),
+        "{err}"
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 1);
+}
+
+/// With stderr a terminal, a fleet run says what each node's Job does and how many nodes are
+/// done (a run can last until the Jobs' deadline); `-q` silences it.
+#[test]
+fn progress_lines_on_a_terminal() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = snat_run_on_a_terminal(dir.path(), &srv, &["--all-nodes", "--image", "img:1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let job_a = fleet::job_name(&fleet_run_id(&srv), "node-a");
+    for want in [
+        "fleet: ".to_string() + PLAYBOOK + " on 2 node(s), at most 10 Job(s) at a time, in namespace snat",
+        format!("fleet: node node-a: job {job_a} created"),
+        format!("fleet: node node-a: job {job_a} done: clear; "),
+        "/2 nodes done".into(),
+        "fleet: node node-b: job ".into(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
+    let done: Vec<&str> = err.lines().filter(|l| l.ends_with(" nodes done")).collect();
+    assert_eq!(done.len(), 2, "{err}");
+    assert!(done[1].ends_with("; 2/2 nodes done"), "{err}");
+
+    let srv = server();
+    let (code, err) = snat_run_on_a_terminal(dir.path(), &srv, &["--all-nodes", "--image", "img:1", "-q"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("fleet:"), "-q: {err}");
+}
+
+/// Not on a terminal, the same lines are logged with -v, and nothing is said without it.
+#[test]
+fn progress_is_logged_with_v_and_silent_without() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-b", "--image", "img:1", "-v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let job_b = fleet::job_name(&fleet_run_id(&srv), "node-b");
+    assert!(err.contains(&format!("node node-b: job {job_b} created")), "{err}");
+    assert!(err.contains("done: clear; 1/1 nodes done"), "{err}");
+
+    let srv = server();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-b", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("nodes done") && !err.contains("created"), "{err}");
+}
+
+/// The fleet-only flags do nothing without --on-node or --all-nodes: each one given says so
+/// (also when it repeats the default), and the playbook still runs here.
+#[rstest::rstest]
+#[case::image(&["--image", "img:1"], &["--image"])]
+#[case::concurrency(&["--concurrency", "3"], &["--concurrency"])]
+#[case::concurrency_at_its_default(&["--concurrency", "10"], &["--concurrency"])]
+#[case::namespace(&["--namespace", "ops"], &["--namespace"])]
+#[case::all(
+    &["--namespace", "ops", "--image", "i", "--concurrency", "2"],
+    &["--image", "--concurrency", "--namespace"]
+)]
+#[case::none(&[], &[])]
+fn fleet_flags_without_nodes_warn(#[case] args: &[&str], #[case] warned: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = dir.path().join("local.rhai");
+    std::fs::write(&playbook, "report::verdict(\"clear\", \"ran here\");\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&playbook)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for flag in ["--image", "--concurrency", "--namespace"] {
+        let line = format!("snat-run: warning: {flag} is only used with --on-node or --all-nodes");
+        assert_eq!(err.contains(&line), warned.contains(&flag), "{flag}: {err}");
+    }
+}
+
+/// find-node.rhai's "Next step" advice is a fleet command line that snat-run accepts: it
+/// names --image, without which --on-node/--all-nodes is refused.
+#[rstest::rstest]
+#[case::nat_gateway(
+    "natgw-metrics.json",
+    "snat-run examples/census.rhai --all-nodes --image <your snat image>"
+)]
+#[case::load_balancer(
+    "sample-az-metrics.json",
+    "snat-run examples/census.rhai --on-node node-a --image <your snat image>"
+)]
+fn find_node_advises_a_fleet_run_with_an_image(#[case] metrics: &str, #[case] want: &str) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(format!("{root}/examples/find-node.rhai"))
+        .args(["--output", "json", "--param"])
+        .arg(format!("metrics={root}/tests/data/metrics/{metrics}"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig(dir.path(), srv.addr))
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let rep = report(&out);
+    let next: Vec<&str> = rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["title"] == "Next step")
+        .filter_map(|s| s["text"].as_str())
+        .collect();
+    assert_eq!(next.len(), 1, "{rep:#}");
+    assert!(next[0].contains(want), "{:?} not in {:?}", want, next[0]);
+}
+
+/// The run id the Jobs were created with (their `snat.io/run-id` label).
+fn fleet_run_id(srv: &Server) -> String {
+    let m = srv.state.manifests.lock().unwrap();
+    m[0].metadata.labels.as_ref().unwrap()["snat.io/run-id"].clone()
+}
+
+/// The node Jobs have no Kubernetes credentials: --allow on nodes would only make every
+/// action fail there, so it is refused (exit 2) before anything reaches the cluster.
+#[test]
+fn allow_on_nodes_is_a_usage_error() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--image", "img:1", "--allow", "event"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--allow event cannot be used with --on-node/--all-nodes")
+            && err.contains("Remediation runs where your kubeconfig is"),
+        "{err}"
+    );
+    assert_eq!(report(&out)["error"]["kind"], "usage_error");
+    assert!(
+        srv.state.requests.lock().unwrap().is_empty(),
+        "nothing sent to the cluster"
+    );
+    assert_eq!(records(&dir.path().join("audit")).len(), 1);
 }
 
 #[test]

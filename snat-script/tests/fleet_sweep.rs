@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 const HEADER: &str =
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+/// An empty /proc/net/tcp6, as `cat` prints it after /proc/net/tcp.
+const HEADER6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
 
 /// One pod's /proc/net/tcp: 3 ESTABLISHED to 20.11.11.11:443 (public), 1 SYN_SENT to it,
 /// 2 ESTABLISHED to 10.0.0.5:443 (private), 1 TIME_WAIT to the public one.
@@ -29,17 +31,15 @@ fn proc_net_tcp() -> String {
     s.push_str(&line(4, 40004, "0500000A:01BB", "01"));
     s.push_str(&line(5, 40005, "0500000A:01BB", "01"));
     s.push_str(&line(6, 40006, "0B0B0B14:01BB", "06"));
+    s.push_str(HEADER6);
     s
 }
 
-#[test]
-fn ranks_every_node_by_flows_to_one_public_destination() {
+/// Run fleet-sweep.rhai with `-p ports=24` against the fixture cluster, every exec
+/// answering `reply`; returns the exit code, the JSON report and stderr.
+fn sweep(reply: apiserver::ExecReply) -> (Option<i32>, Value, String) {
     let state = fixtures::cluster();
-    *state.exec.lock().unwrap() = Some(apiserver::ExecReply {
-        stdout: proc_net_tcp().into_bytes(),
-        stderr: vec![],
-        status: json!({"metadata": {}, "status": "Success"}),
-    });
+    *state.exec.lock().unwrap() = Some(reply);
     let server = Server::start(state);
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), server.addr);
@@ -53,29 +53,58 @@ fn ranks_every_node_by_flows_to_one_public_destination() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let t = &rep["sections"][0];
-    let cols: Vec<&str> = t["columns"]
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (out.status.code(), rep, stderr)
+}
+
+/// The named section's rows as maps from column to cell.
+fn table(rep: &Value, title_starts: &str) -> Vec<serde_json::Map<String, Value>> {
+    let t = rep["sections"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c.as_str().unwrap())
+        .find(|s| s["title"].as_str().unwrap_or("").starts_with(title_starts))
+        .unwrap_or_else(|| panic!("no section {title_starts:?}: {rep:#}"));
+    let cols: Vec<String> = t["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
         .collect();
-    let col = |n: &str| cols.iter().position(|c| *c == n).unwrap();
-    let rows = t["rows"].as_array().unwrap();
+    t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .cloned()
+                .zip(r.as_array().unwrap().iter().cloned())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_every_node_by_flows_to_one_public_destination() {
+    let (code, rep, stderr) = sweep(apiserver::ExecReply {
+        stdout: proc_net_tcp().into_bytes(),
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    assert_eq!(code, Some(3), "{stderr}");
+    let rows = table(&rep, "Nodes by");
     assert_eq!(rows.len(), 2);
     // node-a: 7 pods x 4 public flows (3 ESTABLISHED + 1 SYN_SENT) = 28 of 24 ports.
-    assert_eq!(rows[0][col("node")], "node-a");
-    assert_eq!(rows[0][col("hottest_flows")], 28);
-    assert_eq!(rows[0][col("hottest_destination")], "20.11.11.11:443");
-    assert_eq!(rows[0][col("pods_scanned")], 7);
-    assert_eq!(rows[0][col("level")], "critical");
+    assert_eq!(rows[0]["node"], "node-a");
+    assert_eq!(rows[0]["hottest_flows"], 28);
+    assert_eq!(rows[0]["hottest_destination"], "20.11.11.11:443");
+    assert_eq!(rows[0]["pods_scanned"], 7);
+    assert_eq!(rows[0]["level"], "critical");
     // node-b: 2 pods x 4 = 8.
-    assert_eq!(rows[1][col("node")], "node-b");
-    assert_eq!(rows[1][col("hottest_flows")], 8);
-    assert_eq!(rows[1][col("level")], "ok");
+    assert_eq!(rows[1]["node"], "node-b");
+    assert_eq!(rows[1]["hottest_flows"], 8);
+    assert_eq!(rows[1]["level"], "ok");
     let findings = rep["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 1);
     assert_eq!(findings[0]["node"]["name"], "node-a");
@@ -87,4 +116,42 @@ fn ranks_every_node_by_flows_to_one_public_destination() {
         "{}",
         rep["summary"]
     );
+}
+
+/// An exec that answers with nothing (no /proc/net/tcp header) is a pod that could not be
+/// read, not a pod without flows: no node may come out "scanned, 0 failed".
+#[test]
+fn empty_exec_output_counts_the_pod_as_failed() {
+    let (code, rep, stderr) = sweep(apiserver::ExecReply {
+        stdout: vec![],
+        stderr: vec![],
+        status: json!({"metadata": {}, "status": "Success"}),
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows = table(&rep, "Nodes by");
+    let counts: Vec<(Value, Value, Value)> = rows
+        .iter()
+        .map(|r| (r["node"].clone(), r["pods_scanned"].clone(), r["pods_failed"].clone()))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            (json!("node-a"), json!(0), json!(7)),
+            (json!("node-b"), json!(0), json!(2))
+        ]
+    );
+    let failures = table(&rep, "Pods that could not be read");
+    assert_eq!(failures.len(), 9, "{failures:#?}");
+    let api0 = failures
+        .iter()
+        .find(|f| f["pod"] == "shop/api-7d9f-0")
+        .unwrap_or_else(|| panic!("{failures:#?}"));
+    let why = api0["error"].as_str().unwrap();
+    assert!(
+        why.contains("shop/api-7d9f-0") && why.contains("no /proc/net/tcp header"),
+        "{why}"
+    );
+    // A clear verdict says how little it rests on.
+    let summary = rep["summary"].as_str().unwrap();
+    assert!(summary.contains("0 of 9 pod(s) read"), "{summary}");
 }

@@ -6,6 +6,8 @@
 //! channel 3), splits the output into its two tables and parses them into [`Socket`]s with
 //! the same format rules the node-side census uses. The container only needs `cat`; a pod
 //! without IPv6 has no `/proc/net/tcp6`, which is reported as a warning, not a failure.
+//! Output without a table's header line (empty output included) is a failure, never "no
+//! sockets": `cat` prints the header of every file it reads.
 
 use std::time::Duration;
 
@@ -74,19 +76,67 @@ pub fn split_proc_net(text: &str) -> Result<Vec<(Family, String)>, String> {
     Ok(tables)
 }
 
-/// Split and parse `cat /proc/net/tcp /proc/net/tcp6` output.
-pub fn parse_tables(text: &str) -> Result<(Vec<Socket>, Vec<String>), String> {
-    let tables = split_proc_net(text)?;
+/// What `cat /proc/net/tcp /proc/net/tcp6` sent back through the exec API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatOutput<'a> {
+    /// Everything on stdout.
+    pub stdout: &'a str,
+    /// Everything on stderr, trimmed.
+    pub stderr: &'a str,
+    /// Whether the exec status says the command failed (non-zero exit).
+    pub failed: bool,
+    /// The exec status's message, if any.
+    pub status_message: &'a str,
+}
+
+/// Split and parse what `cat /proc/net/tcp /proc/net/tcp6` sent back.
+///
+/// Each file `cat` read must show its header line: real `cat /proc/net/tcp` always prints
+/// it, so output without the IPv4 header (empty output included) is an error, never zero
+/// sockets. The IPv6 table may only be missing when `cat` said it could not read the file
+/// (a pod without IPv6 has no `/proc/net/tcp6`: `cat` complains on stderr and exits 1, a
+/// warning here); a `cat` that reported success without it sent incomplete output.
+pub fn parse_output(out: &CatOutput<'_>) -> Result<(Vec<Socket>, Vec<String>), String> {
+    let tables = split_proc_net(out.stdout).map_err(|m| format!("unexpected output: {m}"))?;
+    let has = |fam: Family| tables.iter().any(|(f, _)| *f == fam);
+    let cat_complained = out.failed || !out.stderr.is_empty();
+    let said = match (out.status_message.trim(), out.stderr) {
+        ("", "") => String::new(),
+        (m, "") => format!(" (exec status: {m})"),
+        ("", e) => format!(" (stderr: {e})"),
+        (m, e) => format!(" (exec status: {m}; stderr: {e})"),
+    };
+    if tables.is_empty() && cat_complained {
+        return Err(format!(
+            "`cat /proc/net/tcp /proc/net/tcp6` failed{said}: the container needs `cat`; pick another container with the container option"
+        ));
+    }
+    if !has(Family::Ipv4) {
+        let got = if out.stdout.trim().is_empty() {
+            "the output was empty".to_string()
+        } else {
+            format!("{} bytes of output without it", out.stdout.len())
+        };
+        return Err(format!(
+            "no /proc/net/tcp header (\"sl local_address rem_address ...\", which `cat /proc/net/tcp` always prints): {got}{said}; the pod's sockets are unknown"
+        ));
+    }
+    if !has(Family::Ipv6) && !cat_complained {
+        return Err(
+            "no /proc/net/tcp6 header, yet `cat` reported no error (a missing /proc/net/tcp6 makes it fail): the output is incomplete"
+                .to_string(),
+        );
+    }
     let mut sockets = Vec::new();
-    let mut warnings = Vec::new();
     for (family, body) in &tables {
         sockets.extend(crate::census::parse_proc_net_tcp(body, *family).map_err(|e| e.to_string())?);
     }
-    if !tables.iter().any(|(f, _)| *f == Family::Ipv4) {
-        warnings.push("no /proc/net/tcp table in the output".to_string());
-    }
-    if !tables.iter().any(|(f, _)| *f == Family::Ipv6) {
+    let mut warnings = Vec::new();
+    if !has(Family::Ipv6) {
         warnings.push("no /proc/net/tcp6 table (IPv6 disabled in the pod?): IPv4 sockets only".to_string());
+    }
+    if !out.stderr.is_empty() {
+        warnings.push(format!("stderr: {}", out.stderr));
     }
     Ok((sockets, warnings))
 }
@@ -153,21 +203,16 @@ pub async fn census_in_pod(
             timeout: format!("{limit:?}"),
         })??;
     let text = String::from_utf8_lossy(&out);
-    let (sockets, mut warnings) = parse_tables(&text).map_err(|m| exec_err(format!("unexpected output: {m}")))?;
-    let stderr = String::from_utf8_lossy(&err).trim().to_string();
+    let stderr = String::from_utf8_lossy(&err);
     let failed = status.as_ref().is_some_and(|s| s.status.as_deref() == Some("Failure"));
-    if failed || !stderr.is_empty() {
-        // `cat` exits 1 when /proc/net/tcp6 is missing but still prints the IPv4 table.
-        if sockets.is_empty() && !text.contains("local_address") {
-            let msg = status.and_then(|s| s.message).unwrap_or_default();
-            return Err(exec_err(format!(
-                "`cat /proc/net/tcp /proc/net/tcp6` failed: {msg} {stderr} (the container needs `cat`; pick another container with the container option)"
-            )));
-        }
-        if !stderr.is_empty() {
-            warnings.push(format!("stderr: {stderr}"));
-        }
-    }
+    let status_message = status.and_then(|s| s.message).unwrap_or_default();
+    let (sockets, warnings) = parse_output(&CatOutput {
+        stdout: &text,
+        stderr: stderr.trim(),
+        failed,
+        status_message: &status_message,
+    })
+    .map_err(exec_err)?;
     Ok(PodCensus {
         pod: format!("{namespace}/{pod}"),
         container: container.map(str::to_string),
@@ -184,19 +229,42 @@ mod tests {
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 2100E00A:A0C6 0500A8C0:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0000000000000000 20 4 30 10 -1\n";
     const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0\n";
 
+    static BOTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{TCP}{TCP6}"));
+    const CAT_NO_TCP6: &str = "cat: can't open '/proc/net/tcp6': No such file or directory";
+
+    fn ok(stdout: &str) -> CatOutput<'_> {
+        CatOutput {
+            stdout,
+            ..Default::default()
+        }
+    }
+
+    fn cat_failed<'a>(stdout: &'a str, stderr: &'a str) -> CatOutput<'a> {
+        CatOutput {
+            stdout,
+            stderr,
+            failed: true,
+            status_message: "command terminated with non-zero exit code",
+        }
+    }
+
     #[rstest]
-    #[case::both(format!("{TCP}{TCP6}"), 2, 0)]
-    #[case::v4_only(TCP.to_string(), 1, 1)]
-    #[case::headers_only("  sl  local_address rem_address   st\n  sl  local_address remote_address st\n".to_string(), 0, 0)]
-    fn splits_and_parses(#[case] text: String, #[case] sockets: usize, #[case] warnings: usize) {
-        let (s, w) = parse_tables(&text).unwrap();
+    #[case::both(ok(&BOTH), 2, 0)]
+    #[case::v4_only_cat_said_why(cat_failed(TCP, CAT_NO_TCP6), 1, 2)]
+    #[case::headers_only(
+        ok("  sl  local_address rem_address   st\n  sl  local_address remote_address st\n"),
+        0,
+        0
+    )]
+    fn splits_and_parses(#[case] out: CatOutput<'_>, #[case] sockets: usize, #[case] warnings: usize) {
+        let (s, w) = parse_output(&out).unwrap();
         assert_eq!(s.len(), sockets);
         assert_eq!(w.len(), warnings, "{w:?}");
     }
 
     #[test]
     fn decodes_addresses() {
-        let (s, _) = parse_tables(&format!("{TCP}{TCP6}")).unwrap();
+        let (s, _) = parse_output(&ok(&BOTH)).unwrap();
         assert_eq!(s[0].local.to_string(), "10.224.0.33:41158");
         assert_eq!(s[0].remote.to_string(), "192.168.0.5:443");
         assert_eq!(s[0].uid, 1000);
@@ -206,10 +274,27 @@ mod tests {
     }
 
     #[rstest]
-    #[case::no_header("cat: /proc/net/tcp: No such file\n")]
-    #[case::short_row("  sl  local_address rem_address\n 0: 0100007F:0050\n")]
-    #[case::bad_state("  sl  local_address rem_address\n 0: 0100007F:0050 00000000:0000 FF 0:0 0:0 0 0 0 1\n")]
-    fn rejects_garbage(#[case] text: &str) {
-        assert!(parse_tables(text).is_err());
+    #[case::no_header(cat_failed("cat: /proc/net/tcp: No such file\n", ""), "unexpected output")]
+    #[case::short_row(ok("  sl  local_address rem_address\n 0: 0100007F:0050\n"), "")]
+    #[case::bad_state(
+        ok("  sl  local_address rem_address\n 0: 0100007F:0050 00000000:0000 FF 0:0 0:0 0 0 0 1\n"),
+        ""
+    )]
+    // Exec answered with nothing at all: not a pod without sockets.
+    #[case::empty(ok(""), "no /proc/net/tcp header")]
+    #[case::blank_lines(ok("\n\n"), "no /proc/net/tcp header")]
+    #[case::only_tcp6(
+        cat_failed(TCP6, "cat: can't open '/proc/net/tcp': Permission denied"),
+        "no /proc/net/tcp header"
+    )]
+    // cat read both files (no error) but the IPv6 table is not in the output.
+    #[case::tcp6_missing_without_an_error(ok(TCP), "no /proc/net/tcp6 header")]
+    #[case::no_cat(
+        cat_failed("", "exec: \"cat\": executable file not found in $PATH"),
+        "the container needs `cat`"
+    )]
+    fn rejects_garbage(#[case] out: CatOutput<'_>, #[case] want: &str) {
+        let err = parse_output(&out).unwrap_err();
+        assert!(err.contains(want), "{err}");
     }
 }

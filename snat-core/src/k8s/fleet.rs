@@ -9,7 +9,8 @@
 //! ([`NODE_SCRIPT`]): the JSON report, the node's audit record, snat-run's stderr and its
 //! exit code, each after a marker line. [`run_fleet`] creates the Jobs with bounded
 //! concurrency, waits for each, reads its pod's log, deletes the Job, and merges the results
-//! into one [`FleetRecord`] that references every node's audit record by run id and SHA-256.
+//! into one [`FleetRecord`] that references every node's audit record by run id and SHA-256;
+//! [`run_fleet_with`] also reports each Job's creation, start and end as it happens.
 //! Setting the cancel flag (Ctrl-C) deletes every Job still running and starts no more.
 
 use std::collections::BTreeMap;
@@ -444,6 +445,40 @@ pub struct FleetResult {
     pub runs: Vec<NodeRun>,
 }
 
+/// What a fleet run reports as it goes ([`run_fleet_with`]), for progress lines: a run can
+/// take as long as the Jobs' deadline, and nothing else is said until it ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FleetEvent<'a> {
+    /// The node's Job was created.
+    Created {
+        /// Node name.
+        node: &'a str,
+        /// Job name.
+        job: &'a str,
+    },
+    /// The Job's pod runs: the Job counts it ready (or, from an API server that does not
+    /// count ready pods, active). A Job that ends before a poll sees it running has no
+    /// such event.
+    Running {
+        /// Node name.
+        node: &'a str,
+        /// Job name.
+        job: &'a str,
+    },
+    /// The node is done, however it ended (also when its Job could not be created).
+    Finished {
+        /// The node's run.
+        run: &'a NodeRun,
+        /// Nodes done so far, this one included.
+        done: usize,
+        /// Nodes in the run.
+        total: usize,
+    },
+}
+
+/// Receives the [`FleetEvent`]s of a run, from the tasks that run the nodes.
+pub type OnFleetEvent = Arc<dyn Fn(&FleetEvent<'_>) + Send + Sync>;
+
 fn safe_file(node: &str) -> String {
     node.chars()
         .map(|c| {
@@ -492,6 +527,30 @@ pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
     Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
 }
 
+/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
+/// the order given. For checking `--on-node` before any Job is created: a Job pinned to a
+/// node that does not exist is never scheduled, and its pod stays Pending until the Job's
+/// deadline. Any other error (RBAC, transport) is returned.
+pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
+    use k8s_openapi::api::core::v1::Node;
+    let req = Request::new(Node::url_path(&(), None));
+    let mut missing = Vec::new();
+    for name in names {
+        let op = Op {
+            verb: "get",
+            resource: "nodes",
+            scope: Scope::Cluster,
+            name: Some(name.clone()),
+        };
+        match kube.send_raw(&op, true, || req.get(name, &GetParams::default())).await {
+            Ok(_) => {}
+            Err(Error::KubeNotFound { .. }) => missing.push(name.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
 fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
     let o = |verb, resource| Op {
         verb,
@@ -520,7 +579,7 @@ async fn delete_job(kube: &Kube, ns: &str, job: &str) -> Result<(), Error> {
     }
 }
 
-async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool) -> NodeRun {
+async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool, on_event: &OnFleetEvent) -> NodeRun {
     let t0 = Instant::now();
     let job = job_name(&spec.run_id, node);
     let mut run = NodeRun {
@@ -554,8 +613,10 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
         run.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
         return run;
     }
+    on_event(&FleetEvent::Created { node, job: &job });
     let result = async {
         let deadline = Duration::from_secs(u64::try_from(spec.active_deadline_seconds).unwrap_or(900) + 120);
+        let mut running = false;
         let succeeded = loop {
             if cancel.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -569,6 +630,14 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             }
             if st.failed.unwrap_or(0) > 0 {
                 break false;
+            }
+            let runs = match st.ready {
+                Some(ready) => ready > 0,
+                None => st.active.unwrap_or(0) > 0,
+            };
+            if runs && !running {
+                running = true;
+                on_event(&FleetEvent::Running { node, job: &job });
             }
             if t0.elapsed() > deadline {
                 return Err(Error::Fleet(format!(
@@ -658,6 +727,17 @@ pub async fn run_fleet(
     nodes: &[String],
     cancel: Arc<AtomicBool>,
 ) -> Result<FleetResult, Error> {
+    run_fleet_with(kube, spec, nodes, cancel, Arc::new(|_: &FleetEvent<'_>| {})).await
+}
+
+/// [`run_fleet`], telling `on_event` as each node's Job is created, runs and ends.
+pub async fn run_fleet_with(
+    kube: &Kube,
+    spec: &FleetSpec,
+    nodes: &[String],
+    cancel: Arc<AtomicBool>,
+    on_event: OnFleetEvent,
+) -> Result<FleetResult, Error> {
     if spec.concurrency == 0 {
         return Err(Error::Fleet("concurrency must be at least 1".into()));
     }
@@ -672,22 +752,32 @@ pub async fn run_fleet(
     let spec_arc = Arc::new(spec.clone());
     let mut set = tokio::task::JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
-        let (sem, spec, kube, cancel, node) = (
+        let (sem, spec, kube, cancel, node, on_event) = (
             sem.clone(),
             spec_arc.clone(),
             kube.clone(),
             cancel.clone(),
             node.clone(),
+            on_event.clone(),
         );
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            (i, run_node(&kube, &spec, &node, &cancel).await)
+            (i, run_node(&kube, &spec, &node, &cancel, &on_event).await)
         });
     }
     let mut runs: Vec<Option<NodeRun>> = vec![None; nodes.len()];
+    let mut done = 0;
     while let Some(r) = set.join_next().await {
         match r {
-            Ok((i, run)) => runs[i] = Some(run),
+            Ok((i, run)) => {
+                done += 1;
+                on_event(&FleetEvent::Finished {
+                    run: &run,
+                    done,
+                    total: nodes.len(),
+                });
+                runs[i] = Some(run);
+            }
             Err(e) => return Err(Error::Fleet(format!("a node task failed: {e}"))),
         }
     }

@@ -193,7 +193,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
             func(
                 "census_in_pod",
                 &["namespace: &str", "pod: &str", "Map"],
-                "Every TCP socket of a pod, read with `cat /proc/net/tcp /proc/net/tcp6` through the exec API (nothing\ninstalled, no node access): #{pod, container, sockets: [#{family, state, local, remote, inode, uid}],\nwarnings}. Needs RBAC create (and get) on pods/exec, and `cat` in the container.",
+                "Every TCP socket of a pod, read with `cat /proc/net/tcp /proc/net/tcp6` through the exec API (nothing\ninstalled, no node access): #{pod, container, sockets: [#{family, state, local, remote, inode, uid}],\nwarnings}. Needs RBAC create (and get) on pods/exec, and `cat` in the container. Output without the\n/proc/net/tcp header (e.g. empty) fails, naming the pod: it is never counted as a pod without sockets.",
             )
             .set_into_module(&mut m, move |ns: &str, pod: &str| f(ns, pod, None));
         }
