@@ -462,7 +462,7 @@ pub const FAILED_UNKNOWN_NOTE: &str = "the document has no SnatConnectionCount s
 pub const SNAT_CONNECTION_COUNT_AZ: &str = "az monitor metrics list --resource <LB resource id> --metrics SnatConnectionCount --aggregation Total --interval PT1M --offset 1h --filter \"BackendIPAddress eq '*' and ConnectionState eq '*'\" -o json";
 
 /// The note attached to NAT gateway metrics.
-pub const NAT_GATEWAY_NOTE: &str = "NAT gateway metrics carry no per-node dimension (ports are allocated on demand across the subnet): find the node by a socket census of every node (snat-run --all-nodes)";
+pub const NAT_GATEWAY_NOTE: &str = "NAT gateway metrics carry no per-node dimension (ports are allocated on demand across the subnet): find the node by a socket census of every node (snat-run examples/census.rhai --all-nodes --image <your snat image>)";
 
 #[derive(Default)]
 struct Acc {
