@@ -127,7 +127,17 @@ fn empty_exec_output_counts_the_pod_as_failed() {
         stderr: vec![],
         status: json!({"metadata": {}, "status": "Success"}),
     });
-    assert_eq!(code, Some(0), "{stderr}");
+    // Nothing read is neither clear nor pressure: a run-time failure, with the tables kept.
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(rep["error"]["kind"], "stage_failed", "{rep:#}");
+    assert!(
+        rep["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no pod could be read (9 failed"),
+        "{rep:#}"
+    );
+    assert!(rep["verdict"].is_null(), "{rep:#}");
     let rows = table(&rep, "Nodes by");
     let counts: Vec<(Value, Value, Value)> = rows
         .iter()
@@ -151,7 +161,4 @@ fn empty_exec_output_counts_the_pod_as_failed() {
         why.contains("shop/api-7d9f-0") && why.contains("no /proc/net/tcp header"),
         "{why}"
     );
-    // A clear verdict says how little it rests on.
-    let summary = rep["summary"].as_str().unwrap();
-    assert!(summary.contains("0 of 9 pod(s) read"), "{summary}");
 }

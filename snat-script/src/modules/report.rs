@@ -105,6 +105,25 @@ pub fn create_module(ctx: &Ctx) -> Module {
     );
     let c = ctx.clone();
     func(
+        "fail",
+        &["message: &str", "()"],
+        "End the run as a run-time failure (exit 1, outcome stage_failed) with this message, for a\nplaybook that cannot conclude (e.g. nothing could be read): neither \"clear\" nor \"pressure found\"\nwould be true. The report so far is kept and printed; the audit record holds the message.",
+    )
+    .set_into_module(&mut m, move |message: &str| -> Result<(), Box<EvalAltResult>> {
+        #[derive(Debug)]
+        struct Inconclusive(String);
+        impl std::fmt::Display for Inconclusive {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Inconclusive {}
+        c.stage("report::fail", serde_json::json!({ "message": message }), || {
+            Err::<((), Option<u64>), _>(crate::ctx::StageError::failed(Inconclusive(message.to_string())))
+        })
+    });
+    let c = ctx.clone();
+    func(
         "finding",
         &["finding: Map", "()"],
         "Add a finding: #{kind, severity: \"info\"|\"warning\"|\"critical\", summary, pod?, process?, netns?,\ndestination?: \"ip:port\", node?, evidence?: #{...}}.",
