@@ -879,6 +879,49 @@ report::text("notes", t.notes.reduce(|acc, n| acc + n + "\n", ""));
 report::verdict("clear", `${t.totals.events} events`);
 "#;
 
+/// A SIGINT sent to snat-run alone (`timeout -s INT`, an orchestrator) while the writer of
+/// its stdin lives on: what the pipe held is read, and once the pipe has been silent for a
+/// second the playbook reports, exit 0, instead of waiting for a writer that may never stop.
+#[test]
+fn sigint_while_a_live_writer_is_silent_ends_the_read() {
+    let lines: Vec<String> = std::fs::read_to_string(data("tcptracer/sample-t4v.log"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let r = Run::new();
+    let p = r.playbook(
+        "pipe.rhai",
+        &REPORTS_WHAT_IT_SAW.replace("TRACE", r#"tcptracer::read("-")"#),
+    );
+    let mut child = r
+        .cmd(&p, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines[..100].concat().as_bytes()).unwrap();
+    wait_for_start(&mut child, &r.audit());
+    let t0 = Instant::now();
+    signal(&child, libc::SIGINT);
+    // The writer stays, silent, with the pipe open (for 25 s: long enough to tell).
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(25));
+        drop(stdin);
+    });
+    let o = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    drop(writer);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("98 events"), "{out}");
+    assert!(out.contains("or fell silent for 1 s"), "{out}");
+    assert_eq!(r.records()[0]["outcome"]["kind"], "completed");
+}
+
 /// `tcptracer -t4v | snat-run ... log=-` stopped with Ctrl-C: the SIGINT reaches snat-run
 /// too. The first one must not throw the log away: stdin is read to its end (what the
 /// pipe still holds) and the playbook reports, exit 0. A second SIGINT stops the run.

@@ -66,12 +66,22 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
         // too; the first one must not throw away what the pipe still holds, so reading
         // stdin is an observation window, read to its end.
         let window = (path == "-").then(|| ctx.open_window());
-        let mut summary = reader.read_path(path)?;
+        let mut summary = match &window {
+            Some(w) => {
+                let input = WindowedStdin {
+                    end: w.flag(),
+                    idle: STDIN_IDLE_AFTER_SIGINT,
+                    silent_since: None,
+                };
+                reader.read(std::io::BufReader::with_capacity(1 << 16, input), "-")?
+            }
+            None => reader.read_path(path)?,
+        };
         if window.is_some_and(|w| w.ended()) {
-            summary.notes.push(
-                "Ctrl-C (SIGINT) came while stdin was read: the log was read to its end, where its writer stopped"
-                    .into(),
-            );
+            summary.notes.push(format!(
+                "Ctrl-C (SIGINT) came while stdin was read: the log was read until its writer stopped, or fell silent for {} s",
+                STDIN_IDLE_AFTER_SIGINT.as_secs()
+            ));
         }
         let n = summary.totals.events;
         let tl = if timeline {
@@ -81,6 +91,61 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
         };
         Ok((Trace::with_timeline(summary, tl), Some(n)))
     })
+}
+
+/// After the first SIGINT, how long stdin may stay silent before it counts as ended.
+const STDIN_IDLE_AFTER_SIGINT: Duration = Duration::from_secs(1);
+
+/// Standard input as an observation window. Until `end` is set it reads as usual. Once
+/// it is set (the first Ctrl-C), what the pipe still holds is read, and the input ends when
+/// the writer closes it or, if the writer lives on (a SIGINT sent to snat-run alone, by
+/// `timeout -s INT` or an orchestrator), when it has been silent for `idle`.
+struct WindowedStdin {
+    end: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    idle: Duration,
+    silent_since: Option<std::time::Instant>,
+}
+
+impl std::io::Read for WindowedStdin {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::sync::atomic::Ordering;
+        loop {
+            let mut fd = libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let n = unsafe { libc::poll(&mut fd, 1, 100) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n > 0 {
+                // Readable, closed (POLLHUP) or in error: read() says which.
+                self.silent_since = None;
+                // SAFETY: `buf` is valid for writes of its length.
+                let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                if got < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                return Ok(got as usize);
+            }
+            if self.end.load(Ordering::SeqCst) {
+                let since = *self.silent_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= self.idle {
+                    return Ok(0);
+                }
+            }
+        }
+    }
 }
 
 fn bucket_of(v: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
