@@ -80,8 +80,35 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
             n.error.clone().map_or(Value::Null, Value::String),
         ]);
     }
+    // Every node's findings, each naming its node, so that `-o json`, the audit record and
+    // verify-fix see what the nodes found, not only a table of them.
+    let mut findings = Vec::new();
+    for (i, n) in res.record.nodes.iter().enumerate() {
+        let Some(list) = res
+            .runs
+            .get(i)
+            .and_then(|r| r.output.as_ref()?.report.as_ref()?.get("findings")?.as_array().cloned())
+        else {
+            continue;
+        };
+        for f in list {
+            match serde_json::from_value::<snat_core::model::Finding>(f) {
+                Ok(mut f) => {
+                    let node = f
+                        .node
+                        .get_or_insert_with(|| snat_core::model::NodeRef { name: None, ip: None });
+                    if node.name.is_none() {
+                        node.name = Some(n.node.clone());
+                    }
+                    findings.push(f);
+                }
+                Err(e) => tracing::warn!(node = %n.node, "a finding in the node's report cannot be read: {e}"),
+            }
+        }
+    }
     let total = res.record.nodes.len();
     let mut rep = ctx.report();
+    rep.findings.extend(findings);
     rep.title = Some(format!("{} on {total} node(s)", playbook.display()));
     rep.verdict = if pressure > 0 {
         Some(Verdict::PressureFound)

@@ -183,6 +183,14 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
     assert_eq!(rows[0][2], 3);
     assert_eq!(rows[0][3], "pressure_found");
     assert_eq!(rows[0][4], "pod shop/api-0 holds 900 ports to 20.1.1.1:443");
+    // The node's findings are the run's, each naming its node (also in the audit record).
+    let findings = rep["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{rep:#}");
+    assert_eq!(findings[0]["node"]["name"], "node-a");
+    assert_eq!(findings[0]["severity"], "critical");
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(rep["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(rec["findings"][0]["node"]["name"], "node-a", "{rec:#}");
 
     // One Job, on node-a, deleted afterwards; it carries the image and the run's options.
     let s = &srv.state;
