@@ -374,7 +374,9 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
         output: if json { OutputFormat::Json } else { OutputFormat::Table },
         html: None,
         audit_dir,
+        handle_signals: true,
         signal_grace: Duration::from_secs(3),
+        cancel: None,
         fleet: None,
         refused: Some(message),
     };
@@ -485,8 +487,11 @@ fn run(a: RunArgs) -> ExitCode {
         },
         html: a.html,
         audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
+        // snat-run is the program: the run handles SIGINT/SIGTERM (and may exit).
+        handle_signals: true,
         // Node Jobs still running are deleted on SIGINT/SIGTERM: give that time.
         signal_grace: Duration::from_secs(if fleet.is_some() { 15 } else { 3 }),
+        cancel: None,
         fleet,
         refused,
     };

@@ -6,7 +6,7 @@
 //! | 3 | ran, the playbook's verdict is "SNAT pressure found" | — |
 //! | 2 | the playbook or its params are wrong | [`Error::Playbook`], [`Error::Param`], [`Error::ReadPlaybook`] |
 //! | 1 | a stage failed at run time, or the run could not be audited | [`Error::Stage`], [`Error::Audit`] |
-//! | 130 / 143 | interrupted by SIGINT / SIGTERM | [`Error::Interrupted`] |
+//! | 130 / 143 | interrupted by SIGINT / SIGTERM, or (130) cancelled by the embedding program | [`Error::Interrupted`], [`Error::Cancelled`] |
 
 use std::path::PathBuf;
 
@@ -73,18 +73,23 @@ pub enum Error {
         /// `SIGINT` or `SIGTERM`.
         signal: &'static str,
     },
+
+    /// The program that embeds the runner cancelled the run
+    /// ([`crate::runner::CancelHandle::cancel`]).
+    #[error("cancelled by the program running it")]
+    Cancelled,
 }
 
 impl Error {
     /// The `error.kind` of the JSON report: `playbook_error`, `usage_error`,
-    /// `stage_failed`, `audit_unwritable` or `interrupted`.
+    /// `stage_failed`, `audit_unwritable` or `interrupted` (also for [`Error::Cancelled`]).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Playbook { .. } | Error::Param(_) | Error::ReadPlaybook { .. } => "playbook_error",
             Error::Usage(_) => "usage_error",
             Error::Stage { .. } => "stage_failed",
             Error::Audit(_) => "audit_unwritable",
-            Error::Interrupted { .. } => "interrupted",
+            Error::Interrupted { .. } | Error::Cancelled => "interrupted",
         }
     }
 
@@ -100,6 +105,7 @@ impl Error {
                     130
                 }
             }
+            Error::Cancelled => 130,
         }
     }
 }

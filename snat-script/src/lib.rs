@@ -32,6 +32,7 @@ pub mod html;
 pub mod modules;
 pub mod report;
 pub mod runner;
+mod signals;
 
 pub use ctx::{Ctx, RunOptions, StageError};
 pub use error::Error;
