@@ -159,6 +159,25 @@ fn chart_summary(s: &Value) -> Vec<Value> {
     ]
 }
 
+/// The JSON document of an invocation refused before a run could be recorded (an audit
+/// directory that cannot be opened, a command line naming no playbook): the fields of
+/// [`Report::to_json`] with no run id, no audit record and nothing reported, and `error`.
+pub fn refused_json(playbook: Option<&str>, kind: &str, message: &str, exit_code: u8) -> Value {
+    json!({
+        "schema": "snat.report/v1",
+        "playbook": playbook,
+        "run_id": null,
+        "audit_record": null,
+        "title": null,
+        "verdict": null,
+        "summary": null,
+        "findings": [],
+        "sections": [],
+        "exit_code": exit_code,
+        "error": { "kind": kind, "message": message },
+    })
+}
+
 impl Report {
     /// The JSON document printed with `--output json`.
     pub fn to_json(&self, facts: &RunFacts<'_>) -> Value {

@@ -8,9 +8,10 @@
 //! returns, or the signal thread when a stage does not notice the signal within the grace
 //! period) writes it, and the other does nothing.
 //!
-//! Embedding: [`run`] with [`RunRequest::new`] touches no signal disposition and never
-//! exits the process; [`RunResult`] carries the exit code, the error and the audit
-//! record's path; a [`CancelHandle`] stops the run from another thread.
+//! Embedding: [`run`] with [`RunRequest::new`] touches no signal disposition, never exits
+//! the process and prints nothing on stdout; [`RunResult`] carries the report, the exit
+//! code, the error and the audit record's path; a [`CancelHandle`] stops the run from
+//! another thread.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -34,12 +35,17 @@ pub enum OutputFormat {
     /// Aligned tables for a human.
     #[default]
     Table,
-    /// Exactly one JSON document on stdout.
+    /// Exactly one JSON document on stdout, also on failure (an audit directory that
+    /// cannot be opened included).
     Json,
+    /// Nothing on stdout: for programs that embed the runner and read
+    /// [`RunResult::report`]. The playbook's `print` and warnings still go to stderr.
+    Quiet,
 }
 
 /// Everything one run needs. [`RunRequest::new`] gives the defaults an embedding program
-/// wants (signals left alone); `snat-run` fills every field from its command line.
+/// wants (nothing on stdout, signals left alone); `snat-run` fills every field from its
+/// command line.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     /// Playbook path.
@@ -87,7 +93,7 @@ pub struct RunRequest {
 
 impl RunRequest {
     /// A run of `playbook` recording into `audit_dir`, with the defaults for embedding:
-    /// no parameters, default options and limits, tables on stdout, no HTML report,
+    /// no parameters, default options and limits, [`OutputFormat::Quiet`], no HTML report,
     /// signals not handled, no cancel handle, run here (not on cluster nodes).
     pub fn new(playbook: impl Into<PathBuf>, audit_dir: impl Into<PathBuf>) -> RunRequest {
         RunRequest {
@@ -95,7 +101,7 @@ impl RunRequest {
             params: BTreeMap::new(),
             options: RunOptions::default(),
             limits: Limits::default(),
-            output: OutputFormat::Table,
+            output: OutputFormat::Quiet,
             html: None,
             audit_dir: audit_dir.into(),
             handle_signals: false,
@@ -117,6 +123,10 @@ pub struct RunResult {
     pub error: Option<Error>,
     /// Path of the audit record, when it was written.
     pub audit_record: Option<PathBuf>,
+    /// The playbook's report as it stood when the run ended: what `snat-run` prints, as
+    /// tables or as the JSON document's title, verdict, summary, findings and sections
+    /// (empty when the run could not start).
+    pub report: Report,
 }
 
 /// Stops a run from another thread; see [`RunRequest::cancel`]. Cheap to clone; every
@@ -232,8 +242,9 @@ impl Finalizer {
         );
         RunResult {
             exit_code,
-            error: audit_err.or(None),
+            error: audit_err,
             audit_record: audit_path,
+            report,
         }
     }
 }
@@ -253,23 +264,31 @@ fn print_report(
         audit_record: audit_s.as_deref(),
         exit_code,
     };
-    let mut out = std::io::stdout().lock();
     match output {
         OutputFormat::Json => {
             let mut doc = report.to_json(&facts);
             if let Some(e) = error {
                 doc["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
             }
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            print_json(&doc);
         }
         OutputFormat::Table => {
             if error.is_none() || !report.sections.is_empty() || report.verdict.is_some() {
+                let mut out = std::io::stdout().lock();
                 let _ = write!(out, "{}", report.to_text(&facts));
+                let _ = out.flush();
             } else if let Some(a) = &audit_s {
                 eprintln!("audit record: {a}");
             }
         }
+        OutputFormat::Quiet => {}
     }
+}
+
+/// Print one JSON document on stdout (a reader that went away is no error).
+fn print_json(doc: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(doc).unwrap_or_default());
     let _ = out.flush();
 }
 
@@ -298,7 +317,7 @@ fn signal_name(sig: i32) -> &'static str {
 
 /// Run one playbook: check the audit directory, run the playbook, print its report as
 /// [`RunRequest::output`] says, write exactly one audit record, and return the exit code,
-/// the error and where the record is.
+/// the error, the report and where the record is.
 ///
 /// Signals: with [`RunRequest::handle_signals`] (what `snat-run` does), SIGINT and SIGTERM
 /// are handled for the length of the run, their previous dispositions come back before
@@ -310,10 +329,23 @@ pub fn run(req: RunRequest) -> RunResult {
     let dir = match AuditDir::open(&req.audit_dir) {
         Ok(d) => d,
         Err(e) => {
+            // No run can be recorded, but `--output json` still prints its one document.
+            let error = Error::Audit(e);
+            let exit_code = error.exit_code();
+            if req.output == OutputFormat::Json {
+                let playbook = req.playbook.display().to_string();
+                print_json(&crate::report::refused_json(
+                    (!playbook.is_empty()).then_some(playbook.as_str()),
+                    error.kind(),
+                    &crate::ctx::error_chain(&error),
+                    exit_code,
+                ));
+            }
             return RunResult {
-                exit_code: 1,
-                error: Some(Error::Audit(e)),
+                exit_code,
+                error: Some(error),
                 audit_record: None,
+                report: Report::default(),
             };
         }
     };

@@ -1135,6 +1135,17 @@ fn refused_invocations_still_print_one_json_document() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
     assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    // A command line clap refuses, into that directory: one document too (not a second
+    // one for the refusal), and the exit code it names.
+    let o = Command::new(bin())
+        .arg(&p)
+        .args(["-o", "json", "--bogus-flag", "--audit-dir"])
+        .arg(unwritable.join("sub"))
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert_eq!(doc["exit_code"], code(&o), "{doc}");
     // The four refused command lines are recorded (clap's too); the unwritable
     // directory's cannot be.
     assert_eq!(r.records().len(), 4);

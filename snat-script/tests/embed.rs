@@ -1,18 +1,23 @@
-//! The runner embedded in another program, in process: `snat_script::runner::run` leaves the
-//! program's signal handling alone unless asked to handle signals, puts it back when it
-//! was, and can be cancelled from another thread.
+//! The runner embedded in another program, in process: `snat_script::runner::run` returns
+//! the report and prints only what it is asked to, leaves the program's signal handling
+//! alone unless asked to handle signals, puts it back when it was, and can be cancelled
+//! from another thread.
 //!
-//! Signal dispositions are process-wide, so the tests that touch them take [`serial`].
+//! Signal dispositions and file descriptor 1 are process-wide, so the tests that touch
+//! them take [`serial`].
 
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
+use snat_core::audit::Verdict;
 use snat_script::Error;
 use snat_script::engine::Limits;
-use snat_script::runner::{self, CancelHandle, RunRequest};
+use snat_script::runner::{self, CancelHandle, OutputFormat, RunRequest, RunResult};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -98,6 +103,94 @@ fn endless(dir: &Dir) -> RunRequest {
         ..Limits::default()
     };
     req
+}
+
+/// What `f` writes on stdout (file descriptor 1), and what it returns. stdout stays locked
+/// meanwhile, so the test harness's own lines wait.
+fn stdout_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let mut file = tempfile::tempfile().unwrap();
+    let mut lock = std::io::stdout().lock();
+    lock.flush().unwrap();
+    // SAFETY: dup/dup2/close on descriptor 1 and descriptors this function owns.
+    let saved = unsafe { libc::dup(1) };
+    assert!(saved >= 0);
+    assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), 1) }, 1);
+    let r = f();
+    lock.flush().unwrap();
+    assert_eq!(unsafe { libc::dup2(saved, 1) }, 1);
+    unsafe { libc::close(saved) };
+    drop(lock);
+    let mut out = String::new();
+    file.rewind().unwrap();
+    file.read_to_string(&mut out).unwrap();
+    (r, out)
+}
+
+/// A playbook that reports, with the verdict "SNAT pressure found" (exit 3).
+const REPORTS: &str = r#"report::title("Embedded");
+report::table("ports", ["pod", "connects"], [["web-1", 900]]);
+report::verdict("pressure_found", "web-1 holds 900 ports");
+"#;
+
+/// Whatever the output format, the caller gets the report; stdout carries only what the
+/// format says: nothing at all for `Quiet`.
+#[rstest::rstest]
+#[case::quiet(OutputFormat::Quiet, "")]
+#[case::table(OutputFormat::Table, "Embedded\n========")]
+#[case::json(OutputFormat::Json, "\"schema\": \"snat.report/v1\"")]
+fn the_result_holds_the_report_and_stdout_only_what_the_format_says(#[case] output: OutputFormat, #[case] want: &str) {
+    let _serial = serial();
+    let dir = Dir::new();
+    let mut req = RunRequest::new(dir.playbook(REPORTS), dir.audit());
+    req.output = output;
+    let (r, out): (RunResult, String) = stdout_of(|| runner::run(req));
+    assert_eq!(r.exit_code, 3, "{:?}", r.error);
+    assert_eq!(r.report.title.as_deref(), Some("Embedded"));
+    assert_eq!(r.report.verdict, Some(Verdict::PressureFound));
+    assert_eq!(r.report.summary.as_deref(), Some("web-1 holds 900 ports"));
+    assert_eq!(r.report.sections.len(), 1);
+    assert!(r.audit_record.is_some());
+    if want.is_empty() {
+        assert_eq!(out, "", "{output:?} prints nothing on stdout");
+    } else {
+        assert!(out.contains(want), "{output:?}: want {want:?} in {out:?}");
+    }
+    if output == OutputFormat::Json {
+        let doc: Value = serde_json::from_str(&out).expect("one JSON document");
+        assert_eq!(doc["verdict"], "pressure_found");
+    }
+}
+
+/// An audit directory that cannot be opened: no run, exit 1, and with `Json` still exactly
+/// one document on stdout, which says why (with `Quiet`, nothing).
+#[rstest::rstest]
+#[case::json(OutputFormat::Json)]
+#[case::quiet(OutputFormat::Quiet)]
+fn an_unusable_audit_dir_keeps_the_output_contract(#[case] output: OutputFormat) {
+    let _serial = serial();
+    let dir = Dir::new();
+    let file = dir.0.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let mut req = RunRequest::new(dir.playbook(REPORTS), file.join("audit"));
+    req.output = output;
+    let (r, out) = stdout_of(|| runner::run(req));
+    assert_eq!(r.exit_code, 1);
+    assert!(matches!(r.error, Some(Error::Audit(_))), "{:?}", r.error);
+    assert!(r.audit_record.is_none());
+    assert_eq!(r.report, snat_script::report::Report::default());
+    if output == OutputFormat::Quiet {
+        assert_eq!(out, "");
+        return;
+    }
+    let doc: Value = serde_json::from_str(&out).expect("exactly one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert!(
+        doc["error"]["message"].as_str().unwrap().contains("is not usable"),
+        "{doc}"
+    );
+    assert_eq!(doc["exit_code"], 1);
+    assert_eq!(doc["run_id"], Value::Null);
+    assert!(doc["playbook"].as_str().unwrap().ends_with("p.rhai"), "{doc}");
 }
 
 fn record(path: Option<&Path>) -> Value {
