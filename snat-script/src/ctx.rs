@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
@@ -116,6 +116,15 @@ struct HookSet {
     defined: BTreeSet<String>,
 }
 
+/// A stage that has started and not yet returned.
+struct Running {
+    id: u64,
+    name: String,
+    args: serde_json::Value,
+    started_at: String,
+    t0: Instant,
+}
+
 /// The hooks a playbook may define, each taking one map argument.
 pub const HOOKS: [&str; 3] = ["on_finding", "on_stage_end", "on_error"];
 
@@ -126,6 +135,8 @@ struct Inner {
     options: RunOptions,
     params: BTreeMap<String, String>,
     stages: Mutex<Vec<StageCall>>,
+    running: Mutex<Vec<Running>>,
+    next_stage: AtomicU64,
     actions: Mutex<Vec<ActionRecord>>,
     cancel: Arc<AtomicBool>,
     window: Arc<Window>,
@@ -204,6 +215,8 @@ impl Ctx {
             options,
             params,
             stages: Mutex::new(Vec::new()),
+            running: Mutex::new(Vec::new()),
+            next_stage: AtomicU64::new(0),
             actions: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
             window: Arc::new(Window::default()),
@@ -258,11 +271,20 @@ impl Ctx {
         let started_at = audit::now_rfc3339();
         let t0 = Instant::now();
         tracing::debug!(stage = name, %args, "stage start");
+        let id = self.0.next_stage.fetch_add(1, Ordering::SeqCst);
+        lock(&self.0.running).push(Running {
+            id,
+            name: name.to_string(),
+            args: args.clone(),
+            started_at: started_at.clone(),
+            t0,
+        });
         let res = if self.is_cancelled() {
             Err(StageError::Interrupted)
         } else {
             f()
         };
+        lock(&self.0.running).retain(|r| r.id != id);
         let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (outcome, items, error, ret) = match res {
             Ok((v, items)) => (StageOutcome::Ok, items, None, Ok(v)),
@@ -358,6 +380,24 @@ impl Ctx {
     /// A snapshot of the stage log.
     pub fn stages(&self) -> Vec<StageCall> {
         lock(&self.0.stages).clone()
+    }
+
+    /// The stage log with the stages still running appended, outcome `interrupted`, each
+    /// with its arguments and its duration so far: what the audit record holds when a run
+    /// is stopped while a stage blocks (a read of a pipe that never ends), and the record
+    /// is written without waiting for the stage to return.
+    pub fn stages_at_interrupt(&self) -> Vec<StageCall> {
+        let mut stages = self.stages();
+        stages.extend(lock(&self.0.running).iter().map(|r| StageCall {
+            name: r.name.clone(),
+            args: r.args.clone(),
+            started_at: r.started_at.clone(),
+            duration_ms: r.t0.elapsed().as_secs_f64() * 1000.0,
+            items: None,
+            outcome: StageOutcome::Interrupted,
+            error: Some("interrupted".to_string()),
+        }));
+        stages
     }
 
     /// Record a remediation action (planned or applied).

@@ -194,7 +194,13 @@ impl Finalizer {
         exit_code: u8,
     ) -> RunResult {
         self.record.ended_at = audit::now_rfc3339();
-        self.record.stages = self.ctx.stages();
+        // Stopped by a signal, the record may be written while a stage still blocks (the
+        // signal thread's, after the grace period): that stage is in it, interrupted.
+        self.record.stages = if kind == OutcomeKind::Interrupted {
+            self.ctx.stages_at_interrupt()
+        } else {
+            self.ctx.stages()
+        };
         self.record.actions = self.ctx.actions();
         self.record.outcome = Outcome {
             kind,

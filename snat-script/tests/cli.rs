@@ -583,6 +583,15 @@ fn sigterm_while_a_stage_blocks_still_writes_the_record() {
     let recs = r.records();
     assert_eq!(recs.len(), 1, "exactly one record");
     assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_eq!(recs[0]["exit_code"], 143);
+    // The stage that was blocked is in the record, interrupted, with its arguments and
+    // how long it ran (from before the signal to the end of the grace period).
+    let stages = recs[0]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "{stages:?}");
+    assert_eq!(stages[0]["name"], "tcptracer::read");
+    assert_eq!(stages[0]["outcome"], "interrupted");
+    assert_eq!(stages[0]["args"]["path"], "-");
+    assert!(stages[0]["duration_ms"].as_f64().unwrap() > 300.0, "{}", stages[0]);
     assert_schema_valid(&recs[0]);
 }
 
