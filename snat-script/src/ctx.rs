@@ -16,6 +16,7 @@ use std::time::Instant;
 use rhai::{Dynamic, EvalAltResult, Position};
 use snat_core::audit::{self, ActionRecord, StageCall, StageOutcome};
 
+use crate::error::StageCause;
 use crate::report::Report;
 
 /// Options of a run that stages may consult.
@@ -93,6 +94,8 @@ pub struct StageFailure {
     pub stage: String,
     /// The error and its causes, `: `-joined.
     pub message: String,
+    /// The error itself, for a run-time failure ([`StageError::Failed`]).
+    pub cause: Option<StageCause>,
     /// True for [`StageError::Usage`] (exit 2), false for run-time failures (exit 1).
     pub usage: bool,
     /// True when the run was interrupted.
@@ -289,14 +292,15 @@ impl Ctx {
         let (outcome, items, error, ret) = match res {
             Ok((v, items)) => (StageOutcome::Ok, items, None, Ok(v)),
             Err(e) => {
-                let (message, usage, interrupted) = match &e {
-                    StageError::Usage(m) => (m.clone(), true, false),
-                    StageError::Failed(err) => (error_chain(err.as_ref()), false, false),
-                    StageError::Interrupted => ("interrupted".to_string(), false, true),
+                let (message, usage, interrupted, cause) = match e {
+                    StageError::Usage(m) => (m, true, false, None),
+                    StageError::Failed(err) => (error_chain(err.as_ref()), false, false, Some(StageCause::from(err))),
+                    StageError::Interrupted => ("interrupted".to_string(), false, true, None),
                 };
                 let failure = StageFailure {
                     stage: name.to_string(),
                     message: message.clone(),
+                    cause,
                     usage,
                     interrupted,
                 };

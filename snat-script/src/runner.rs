@@ -204,7 +204,7 @@ impl Finalizer {
         self.record.actions = self.ctx.actions();
         self.record.outcome = Outcome {
             kind,
-            message: error.map(|e| e.to_string()),
+            message: error.map(|e| crate::ctx::error_chain(e)),
         };
         self.record.verdict = verdict;
         self.record.exit_code = i32::from(exit_code);
@@ -274,7 +274,7 @@ fn print_report(
         OutputFormat::Json => {
             let mut doc = report.to_json(&facts);
             if let Some(e) = error {
-                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
+                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": crate::ctx::error_chain(e) });
             }
             print_json(&doc);
         }
@@ -556,7 +556,8 @@ fn execute(
     let result = engine.eval_ast::<rhai::Dynamic>(&ast);
     let outcome = classify(req, &script, ctx, result);
     if let (Some(e), false) = (&outcome.1, ctx.is_cancelled()) {
-        let arg = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": outcome.3 });
+        let arg =
+            serde_json::json!({ "kind": e.kind(), "message": crate::ctx::error_chain(e), "exit_code": outcome.3 });
         if let Ok(d) = rhai::serde::to_dynamic(&arg) {
             ctx.fire_hook("on_error", d);
         }

@@ -287,3 +287,36 @@ fn a_run_cancelled_before_it_starts_runs_nothing() {
     assert_eq!(rec["outcome"]["kind"], "interrupted");
     assert_eq!(rec["stages"], serde_json::json!([]), "no stage ran");
 }
+
+/// A stage failure keeps its cause for the embedding program: `source()` is the stage's
+/// own error, and the messages (the record's, the chain) still name it.
+#[test]
+fn a_stage_failure_keeps_its_cause() {
+    let dir = Dir::new();
+    let req = RunRequest::new(
+        dir.playbook("let t = tcptracer::read(\"/nonexistent/t.log\");\n"),
+        dir.audit(),
+    );
+    let r = runner::run(req);
+    assert_eq!(r.exit_code, 1, "{:?}", r.error);
+    let e = r.error.as_ref().expect("an error");
+    assert!(
+        matches!(e, Error::Stage { stage, .. } if stage == "tcptracer::read"),
+        "{e:?}"
+    );
+    let cause = std::error::Error::source(e).expect("the stage's error");
+    assert!(
+        matches!(
+            cause.downcast_ref::<snat_core::Error>(),
+            Some(snat_core::Error::Io { .. })
+        ),
+        "{cause:?}"
+    );
+    let chain = snat_script::ctx::error_chain(e);
+    assert!(
+        chain.contains("stage tcptracer::read failed: cannot open tcptracer log /nonexistent/t.log"),
+        "{chain}"
+    );
+    let rec = record(r.audit_record.as_deref());
+    assert_eq!(rec["outcome"]["message"], chain.as_str());
+}
