@@ -89,7 +89,9 @@
 //!   - `started_at` (time): when the call started.
 //!   - `duration_ms` (number, at least 0): how long it took, in milliseconds.
 //!   - `items` (integer or `null`): how many items it produced, where that means something.
-//!   - `outcome` (string): `"ok"`, `"failed"` or `"interrupted"`.
+//!   - `outcome` (string): `"ok"`, `"failed"` or `"interrupted"` (the run was stopped
+//!     while the call ran; a call that had not returned when the record was written, a
+//!     read blocked on a pipe say, has its duration until then).
 //!   - `error` (string or `null`): the error message of a failed call.
 //! - `actions` (array of object): remediation actions, planned and applied.
 //!   - `action` (string): e.g. `"event"`, `"annotate"`, `"label"`, `"restart"`, `"cordon"`.

@@ -279,19 +279,8 @@ fn wants_json(args: &[String]) -> bool {
 /// audit directory, or a mistake in `functions`/`audit`) still prints its one JSON document,
 /// with no run id and no audit record.
 fn refused_json(playbook: Option<&std::path::Path>, kind: &str, message: &str, code: u8) {
-    let doc = serde_json::json!({
-        "schema": "snat.report/v1",
-        "playbook": playbook.map(|p| p.display().to_string()),
-        "run_id": null,
-        "audit_record": null,
-        "title": null,
-        "verdict": null,
-        "summary": null,
-        "findings": [],
-        "sections": [],
-        "exit_code": code,
-        "error": { "kind": kind, "message": message },
-    });
+    let playbook = playbook.map(|p| p.display().to_string());
+    let doc = crate::report::refused_json(playbook.as_deref(), kind, message, code);
     let _ = out(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
 }
 
@@ -383,7 +372,9 @@ fn raw_option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 /// A command line clap refused (an unknown flag, a `--param` without `=`, a bad number) is
 /// still a run of snat-run: it is recorded like the mistakes snat-run finds itself, in the
 /// audit directory the command line names if it can be read from it, else the default,
-/// with the command line (secrets redacted) in the outcome's message. Exit 2 either way.
+/// with the command line (secrets redacted) in the outcome's message. Exit 2, or 1 when
+/// that directory cannot be written (the runner's exit code and JSON document, as for any
+/// run).
 fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode {
     let json = wants_json(args);
     let audit_dir = raw_option(args, "--audit-dir")
@@ -401,7 +392,7 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
     let (message, cmdline) = redact_refused(clap_message, &args[1..].join(" "));
     let message = format!("{message} (command line: {name} {cmdline})");
     let req = RunRequest {
-        playbook: playbook.clone(),
+        playbook,
         params: BTreeMap::new(),
         options: RunOptions {
             progress: false,
@@ -411,24 +402,22 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
         output: if json { OutputFormat::Json } else { OutputFormat::Table },
         html: None,
         audit_dir,
+        handle_signals: true,
         signal_grace: Duration::from_secs(3),
+        cancel: None,
         fleet: None,
         refused: Some(message),
     };
     let r = runner::run(req);
-    if r.audit_record.is_none() {
-        if let Some(e) = &r.error {
-            eprintln!(
-                "snat-run: note: this refused command line left no audit record: {}",
-                crate::ctx::error_chain(e)
-            );
-        }
-        if json {
-            let named = (!playbook.as_os_str().is_empty()).then_some(playbook.as_path());
-            refused_json(named, "usage_error", clap_message, 2);
-        }
+    if r.audit_record.is_none()
+        && let Some(e) = &r.error
+    {
+        eprintln!(
+            "snat-run: note: this refused command line left no audit record: {}",
+            crate::ctx::error_chain(e)
+        );
     }
-    ExitCode::from(2)
+    ExitCode::from(r.exit_code)
 }
 
 /// clap's message and the command line it refused, with what the command line's redaction
@@ -521,20 +510,19 @@ fn run(a: RunArgs) -> ExitCode {
         },
         html: a.html,
         audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
+        // snat-run is the program: the run handles SIGINT/SIGTERM (and may exit).
+        handle_signals: true,
         // Node Jobs still running are deleted on SIGINT/SIGTERM: give that time.
         signal_grace: Duration::from_secs(if fleet.is_some() { 15 } else { 3 }),
+        cancel: None,
         fleet,
         refused,
     };
-    let playbook = req.playbook.clone();
+    // The runner prints the report, or with --output json its one document (also when the
+    // audit directory cannot be written).
     let r = runner::run(req);
     if let Some(e) = &r.error {
         print_chain(e);
-        // A run that could not start (its audit directory cannot be written) printed
-        // nothing on stdout.
-        if json && r.audit_record.is_none() && matches!(e, crate::Error::Audit(_)) {
-            refused_json(Some(&playbook), e.kind(), &crate::ctx::error_chain(e), r.exit_code);
-        }
     }
     ExitCode::from(r.exit_code)
 }

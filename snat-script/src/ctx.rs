@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use rhai::{Dynamic, EvalAltResult, Position};
 use snat_core::audit::{self, ActionRecord, StageCall, StageOutcome};
 
+use crate::error::StageCause;
 use crate::report::Report;
 
 /// Options of a run that stages may consult.
@@ -93,6 +94,8 @@ pub struct StageFailure {
     pub stage: String,
     /// The error and its causes, `: `-joined.
     pub message: String,
+    /// The error itself, for a run-time failure ([`StageError::Failed`]).
+    pub cause: Option<StageCause>,
     /// True for [`StageError::Usage`] (exit 2), false for run-time failures (exit 1).
     pub usage: bool,
     /// True when the run was interrupted.
@@ -116,6 +119,15 @@ struct HookSet {
     defined: BTreeSet<String>,
 }
 
+/// A stage that has started and not yet returned.
+struct Running {
+    id: u64,
+    name: String,
+    args: serde_json::Value,
+    started_at: String,
+    t0: Instant,
+}
+
 /// The hooks a playbook may define, each taking one map argument.
 pub const HOOKS: [&str; 3] = ["on_finding", "on_stage_end", "on_error"];
 
@@ -126,6 +138,8 @@ struct Inner {
     options: RunOptions,
     params: BTreeMap<String, String>,
     stages: Mutex<Vec<StageCall>>,
+    running: Mutex<Vec<Running>>,
+    next_stage: AtomicU64,
     actions: Mutex<Vec<ActionRecord>>,
     cancel: Arc<AtomicBool>,
     window: Arc<Window>,
@@ -204,6 +218,8 @@ impl Ctx {
             options,
             params,
             stages: Mutex::new(Vec::new()),
+            running: Mutex::new(Vec::new()),
+            next_stage: AtomicU64::new(0),
             actions: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
             window: Arc::new(Window::default()),
@@ -258,23 +274,33 @@ impl Ctx {
         let started_at = audit::now_rfc3339();
         let t0 = Instant::now();
         tracing::debug!(stage = name, %args, "stage start");
+        let id = self.0.next_stage.fetch_add(1, Ordering::SeqCst);
+        lock(&self.0.running).push(Running {
+            id,
+            name: name.to_string(),
+            args: args.clone(),
+            started_at: started_at.clone(),
+            t0,
+        });
         let res = if self.is_cancelled() {
             Err(StageError::Interrupted)
         } else {
             f()
         };
+        lock(&self.0.running).retain(|r| r.id != id);
         let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (outcome, items, error, ret) = match res {
             Ok((v, items)) => (StageOutcome::Ok, items, None, Ok(v)),
             Err(e) => {
-                let (message, usage, interrupted) = match &e {
-                    StageError::Usage(m) => (m.clone(), true, false),
-                    StageError::Failed(err) => (error_chain(err.as_ref()), false, false),
-                    StageError::Interrupted => ("interrupted".to_string(), false, true),
+                let (message, usage, interrupted, cause) = match e {
+                    StageError::Usage(m) => (m, true, false, None),
+                    StageError::Failed(err) => (error_chain(err.as_ref()), false, false, Some(StageCause::from(err))),
+                    StageError::Interrupted => ("interrupted".to_string(), false, true, None),
                 };
                 let failure = StageFailure {
                     stage: name.to_string(),
                     message: message.clone(),
+                    cause,
                     usage,
                     interrupted,
                 };
@@ -358,6 +384,24 @@ impl Ctx {
     /// A snapshot of the stage log.
     pub fn stages(&self) -> Vec<StageCall> {
         lock(&self.0.stages).clone()
+    }
+
+    /// The stage log with the stages still running appended, outcome `interrupted`, each
+    /// with its arguments and its duration so far: what the audit record holds when a run
+    /// is stopped while a stage blocks (a read of a pipe that never ends), and the record
+    /// is written without waiting for the stage to return.
+    pub fn stages_at_interrupt(&self) -> Vec<StageCall> {
+        let mut stages = self.stages();
+        stages.extend(lock(&self.0.running).iter().map(|r| StageCall {
+            name: r.name.clone(),
+            args: r.args.clone(),
+            started_at: r.started_at.clone(),
+            duration_ms: r.t0.elapsed().as_secs_f64() * 1000.0,
+            items: None,
+            outcome: StageOutcome::Interrupted,
+            error: Some("interrupted".to_string()),
+        }));
+        stages
     }
 
     /// Record a remediation action (planned or applied).

@@ -15,6 +15,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, ParseError, Position};
 
 use crate::ctx::{Ctx, StageFailure};
 use crate::error::Error;
+use crate::error::StageCause;
 use crate::modules;
 
 /// Sandbox limits. The defaults suit every shipped playbook with a wide margin; raise
@@ -164,7 +165,8 @@ pub fn eval_failure(path: &Path, source: &str, err: &EvalAltResult) -> Failure {
                         .line()
                         .map(|l| crate::error::place(path, l, pos.position().unwrap_or(0))),
                     stage: f.stage.clone(),
-                    message: f.message.clone(),
+                    source: f.cause.clone().unwrap_or_else(|| StageCause::new(f.message.clone())),
+                    message: f.message,
                 })
             }
         }

@@ -8,7 +8,40 @@
 //! - [`runner::run`]: what `snat-run PLAYBOOK.rhai` does: run a playbook, print its report,
 //!   and leave exactly one audit record, whatever happens.
 //!
-//! Embedding the engine in another tool:
+//! Running a playbook from another program, as `snat-run` does, with the report handed back
+//! instead of printed. [`runner::RunRequest::new`] prints nothing on stdout
+//! ([`runner::OutputFormat::Quiet`]), installs no signal handler and never exits the
+//! process (`snat-run` sets [`handle_signals`](runner::RunRequest::handle_signals)); a
+//! [`runner::CancelHandle`] stops the run from another thread:
+//!
+//! ```no_run
+//! use snat_script::runner::{self, CancelHandle, RunRequest};
+//!
+//! let mut req = RunRequest::new("examples/tcptracer-log.rhai", "snat-audit");
+//! req.params.insert("log".into(), "tcptracer.log".into());
+//! let cancel = CancelHandle::new(); // cancel.cancel() from any thread stops the run
+//! req.cancel = Some(cancel.clone());
+//!
+//! let result = runner::run(req);
+//! // The report the playbook built: title, verdict, summary, findings, sections.
+//! if let Some(verdict) = result.report.verdict {
+//!     println!("verdict: {verdict:?}");
+//! }
+//! for finding in &result.report.findings {
+//!     println!("- {}", finding.summary);
+//! }
+//! // snat-run's exit code: 0 clear, 3 SNAT pressure found, 2 playbook or parameter
+//! // error, 1 stage failure, 130/143 interrupted; the error for the failures.
+//! if let Some(e) = &result.error {
+//!     eprintln!("exit {}: {}", result.exit_code, snat_script::ctx::error_chain(e));
+//! }
+//! // Every run that could open its audit directory leaves exactly one record.
+//! if let Some(path) = &result.audit_record {
+//!     println!("audit record: {}", path.display());
+//! }
+//! ```
+//!
+//! Embedding the engine itself, without the runner's audit record and report:
 //!
 //! ```no_run
 //! use snat_script::{Ctx, RunOptions};
@@ -32,6 +65,7 @@ pub mod html;
 pub mod modules;
 pub mod report;
 pub mod runner;
+mod signals;
 
 pub use ctx::{Ctx, RunOptions, StageError};
 pub use error::Error;

@@ -15,6 +15,7 @@
 //! | `findings` | array | [`snat_core::model::Finding`] objects, in the order added |
 //! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}`, `{title, kind: "data", data}` or `{title, kind: "chart", x_label, y_label, series: [{name, points: [[x, y]...]}]}` |
 //! | `exit_code` | integer | what the process exits with |
+//! | `error` | object, on failure only | `{kind, message}`: `kind` is `playbook_error`, `usage_error`, `stage_failed`, `audit_unwritable` or `interrupted` ([`crate::Error::kind`]); `message` is the error with its causes. With `audit_unwritable` no run could be recorded: `run_id` and `audit_record` are null ([`refused_json`]) |
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -157,6 +158,25 @@ fn chart_summary(s: &Value) -> Vec<Value> {
         peak.map_or(Value::Null, |p| num(p.0)),
         pts.last().map_or(Value::Null, |p| num(p.1)),
     ]
+}
+
+/// The JSON document of an invocation refused before a run could be recorded (an audit
+/// directory that cannot be opened, a command line naming no playbook): the fields of
+/// [`Report::to_json`] with no run id, no audit record and nothing reported, and `error`.
+pub fn refused_json(playbook: Option<&str>, kind: &str, message: &str, exit_code: u8) -> Value {
+    json!({
+        "schema": "snat.report/v1",
+        "playbook": playbook,
+        "run_id": null,
+        "audit_record": null,
+        "title": null,
+        "verdict": null,
+        "summary": null,
+        "findings": [],
+        "sections": [],
+        "exit_code": exit_code,
+        "error": { "kind": kind, "message": message },
+    })
 }
 
 impl Report {

@@ -1,16 +1,22 @@
 //! Running one playbook end to end: audit directory check, parameters, the sandboxed
-//! engine, signals, the report on stdout, and exactly one audit record per run.
+//! engine, signals (when asked), the report on stdout, and exactly one audit record per run.
 //!
 //! The order matters. The audit directory is proven writable *before* anything runs (a
 //! run without its record is not allowed). From then on every ending (success, playbook
-//! error, stage failure, SIGINT, SIGTERM) goes through one finalizer, which writes the
-//! record once: whoever gets there first (the main thread when the playbook returns, or
-//! the signal thread when a stage does not notice the cancellation within the grace
+//! error, stage failure, cancellation, SIGINT, SIGTERM) goes through one finalizer, which
+//! writes the record once: whoever gets there first (the main thread when the playbook
+//! returns, or the signal thread when a stage does not notice the signal within the grace
 //! period) writes it, and the other does nothing.
+//!
+//! Embedding: [`run`] with [`RunRequest::new`] touches no signal disposition, never exits
+//! the process and prints nothing on stdout; [`RunResult`] carries the report, the exit
+//! code, the error and the audit record's path; a [`CancelHandle`] stops the run from
+//! another thread.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use snat_core::audit::{
     self, AuditDir, AuditRecord, HostInfo, Outcome, OutcomeKind, PlaybookInfo, SCHEMA_VERSION, ToolInfo, Verdict,
 };
 
-use crate::ctx::{Ctx, RunOptions};
+use crate::ctx::{Ctx, RunOptions, Window};
 use crate::engine::{self, Failure, Limits};
 use crate::error::Error;
 use crate::report::{Report, RunFacts};
@@ -29,11 +35,17 @@ pub enum OutputFormat {
     /// Aligned tables for a human.
     #[default]
     Table,
-    /// Exactly one JSON document on stdout.
+    /// Exactly one JSON document on stdout, also on failure (an audit directory that
+    /// cannot be opened included).
     Json,
+    /// Nothing on stdout: for programs that embed the runner and read
+    /// [`RunResult::report`]. The playbook's `print` and warnings still go to stderr.
+    Quiet,
 }
 
-/// Everything one run needs.
+/// Everything one run needs. [`RunRequest::new`] gives the defaults an embedding program
+/// wants (nothing on stdout, signals left alone); `snat-run` fills every field from its
+/// command line.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     /// Playbook path.
@@ -50,9 +62,27 @@ pub struct RunRequest {
     pub html: Option<PathBuf>,
     /// Audit directory.
     pub audit_dir: PathBuf,
-    /// How long stages get to notice SIGINT/SIGTERM before the record is written without
-    /// them and the process exits.
+    /// Whether the run handles SIGINT and SIGTERM itself, as `snat-run` does. When true,
+    /// [`run`] installs handlers for both for as long as it runs and puts the previous
+    /// dispositions back before it returns: a signal cancels the run (exit 130 or 143;
+    /// during an observation window the first SIGINT only ends the window), and if the run
+    /// has not ended [`signal_grace`](Self::signal_grace) later (a stage blocked in a
+    /// read), the record is written from the signal thread and **the process exits** with
+    /// the run's exit code. Only one run at a time in a process can handle signals; another
+    /// one runs without (a warning says so).
+    ///
+    /// When false (the default of [`RunRequest::new`]) no handler is installed, the
+    /// program's own handling of the signals stays as it is, and nothing in the run exits
+    /// the process; stop a run with [`cancel`](Self::cancel).
+    pub handle_signals: bool,
+    /// With [`handle_signals`](Self::handle_signals): how long stages get to notice
+    /// SIGINT/SIGTERM before the record is written without them and the process exits.
     pub signal_grace: Duration,
+    /// Cancels the run when [`CancelHandle::cancel`] is called (from another thread, before
+    /// or during the run): the playbook stops at its next operation or stage, exit 130,
+    /// error [`Error::Cancelled`], outcome `interrupted` in the record. A stage blocked in
+    /// a read (a log read from a pipe that never ends) notices it only when the read returns.
+    pub cancel: Option<CancelHandle>,
     /// Run the playbook on cluster nodes as Jobs instead of locally (`--on-node`,
     /// `--all-nodes`): one `fleet::run` stage, see [`crate::fleet`].
     pub fleet: Option<crate::fleet::FleetOptions>,
@@ -61,15 +91,89 @@ pub struct RunRequest {
     pub refused: Option<String>,
 }
 
+impl RunRequest {
+    /// A run of `playbook` recording into `audit_dir`, with the defaults for embedding:
+    /// no parameters, default options and limits, [`OutputFormat::Quiet`], no HTML report,
+    /// signals not handled, no cancel handle, run here (not on cluster nodes).
+    pub fn new(playbook: impl Into<PathBuf>, audit_dir: impl Into<PathBuf>) -> RunRequest {
+        RunRequest {
+            playbook: playbook.into(),
+            params: BTreeMap::new(),
+            options: RunOptions::default(),
+            limits: Limits::default(),
+            output: OutputFormat::Quiet,
+            html: None,
+            audit_dir: audit_dir.into(),
+            handle_signals: false,
+            signal_grace: Duration::from_secs(3),
+            cancel: None,
+            fleet: None,
+            refused: None,
+        }
+    }
+}
+
 /// What a run ended with.
 #[derive(Debug)]
 pub struct RunResult {
-    /// Exit code.
+    /// Exit code, as `snat-run` would exit: 0 clear, 3 SNAT pressure found, 2 playbook or
+    /// parameter error, 1 stage failure or no audit record, 130/143 interrupted.
     pub exit_code: u8,
     /// The error, for non-zero codes other than 3.
     pub error: Option<Error>,
     /// Path of the audit record, when it was written.
     pub audit_record: Option<PathBuf>,
+    /// The playbook's report as it stood when the run ended: what `snat-run` prints, as
+    /// tables or as the JSON document's title, verdict, summary, findings and sections
+    /// (empty when the run could not start).
+    pub report: Report,
+}
+
+/// Stops a run from another thread; see [`RunRequest::cancel`]. Cheap to clone; every
+/// clone cancels the same run.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    requested: AtomicBool,
+    /// The run's cancel flag and observation window, once it started.
+    run: Mutex<Option<(Arc<AtomicBool>, Arc<Window>)>>,
+}
+
+impl CancelHandle {
+    /// A handle for one run.
+    pub fn new() -> CancelHandle {
+        CancelHandle::default()
+    }
+
+    /// Ask the run to stop. Before the run starts, it stops at once when it does.
+    pub fn cancel(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        if let Some((flag, window)) = lock(&self.0.run).as_ref() {
+            flag.store(true, Ordering::SeqCst);
+            window.stop();
+        }
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    fn attach(&self, ctx: &Ctx) {
+        let (flag, window) = (ctx.cancel_flag(), ctx.window());
+        let mut g = lock(&self.0.run);
+        if self.is_cancelled() {
+            flag.store(true, Ordering::SeqCst);
+            window.stop();
+        }
+        *g = Some((flag, window));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes the one record of a run and prints the report; usable once.
@@ -90,11 +194,17 @@ impl Finalizer {
         exit_code: u8,
     ) -> RunResult {
         self.record.ended_at = audit::now_rfc3339();
-        self.record.stages = self.ctx.stages();
+        // Stopped by a signal, the record may be written while a stage still blocks (the
+        // signal thread's, after the grace period): that stage is in it, interrupted.
+        self.record.stages = if kind == OutcomeKind::Interrupted {
+            self.ctx.stages_at_interrupt()
+        } else {
+            self.ctx.stages()
+        };
         self.record.actions = self.ctx.actions();
         self.record.outcome = Outcome {
             kind,
-            message: error.map(|e| e.to_string()),
+            message: error.map(|e| crate::ctx::error_chain(e)),
         };
         self.record.verdict = verdict;
         self.record.exit_code = i32::from(exit_code);
@@ -138,8 +248,9 @@ impl Finalizer {
         );
         RunResult {
             exit_code,
-            error: audit_err.or(None),
+            error: audit_err,
             audit_record: audit_path,
+            report,
         }
     }
 }
@@ -159,23 +270,31 @@ fn print_report(
         audit_record: audit_s.as_deref(),
         exit_code,
     };
-    let mut out = std::io::stdout().lock();
     match output {
         OutputFormat::Json => {
             let mut doc = report.to_json(&facts);
             if let Some(e) = error {
-                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
+                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": crate::ctx::error_chain(e) });
             }
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            print_json(&doc);
         }
         OutputFormat::Table => {
             if error.is_none() || !report.sections.is_empty() || report.verdict.is_some() {
+                let mut out = std::io::stdout().lock();
                 let _ = write!(out, "{}", report.to_text(&facts));
+                let _ = out.flush();
             } else if let Some(a) = &audit_s {
                 eprintln!("audit record: {a}");
             }
         }
+        OutputFormat::Quiet => {}
     }
+}
+
+/// Print one JSON document on stdout (a reader that went away is no error).
+fn print_json(doc: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(doc).unwrap_or_default());
     let _ = out.flush();
 }
 
@@ -198,27 +317,41 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Signals a run reacts to.
-const SIGNALS: [i32; 2] = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
-
 fn signal_name(sig: i32) -> &'static str {
-    if sig == signal_hook::consts::SIGTERM {
-        "SIGTERM"
-    } else {
-        "SIGINT"
-    }
+    if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" }
 }
 
-/// Run one playbook. Prints the report on stdout; returns the exit code.
+/// Run one playbook: check the audit directory, run the playbook, print its report as
+/// [`RunRequest::output`] says, write exactly one audit record, and return the exit code,
+/// the error, the report and where the record is.
+///
+/// Signals: with [`RunRequest::handle_signals`] (what `snat-run` does), SIGINT and SIGTERM
+/// are handled for the length of the run, their previous dispositions come back before
+/// this returns, and a stage that does not notice a signal within the grace period makes
+/// the process exit once the record is written. Without it, the run leaves signals alone
+/// and never exits the process; [`RunRequest::cancel`] stops it.
 pub fn run(req: RunRequest) -> RunResult {
     let started_at = audit::now_rfc3339();
     let dir = match AuditDir::open(&req.audit_dir) {
         Ok(d) => d,
         Err(e) => {
+            // No run can be recorded, but `--output json` still prints its one document.
+            let error = Error::Audit(e);
+            let exit_code = error.exit_code();
+            if req.output == OutputFormat::Json {
+                let playbook = req.playbook.display().to_string();
+                print_json(&crate::report::refused_json(
+                    (!playbook.is_empty()).then_some(playbook.as_str()),
+                    error.kind(),
+                    &crate::ctx::error_chain(&error),
+                    exit_code,
+                ));
+            }
             return RunResult {
-                exit_code: 1,
-                error: Some(Error::Audit(e)),
+                exit_code,
+                error: Some(error),
                 audit_record: None,
+                report: Report::default(),
             };
         }
     };
@@ -231,6 +364,9 @@ pub fn run(req: RunRequest) -> RunResult {
     let mut options = req.options.clone();
     options.audit_dir = Some(dir.path().to_path_buf());
     let ctx = Ctx::new(options, req.params.clone());
+    if let Some(c) = &req.cancel {
+        c.attach(&ctx);
+    }
     let run_id = uuid::Uuid::new_v4().to_string();
     let record = AuditRecord {
         schema_version: SCHEMA_VERSION,
@@ -265,77 +401,80 @@ pub fn run(req: RunRequest) -> RunResult {
     })));
     let take = {
         let f = finalizer.clone();
-        move || f.lock().unwrap_or_else(|p| p.into_inner()).take()
+        move || lock(&f).take()
     };
 
-    // Signals: set the cancel flag; if the run has not ended within the grace period (a
-    // stage blocked in a read, say), write the record from here and exit.
+    // Signals, when the caller leaves them to the run: set the cancel flag; if the run has
+    // not ended within the grace period (a stage blocked in a read, say), write the record
+    // from the signal thread and exit.
     let caught: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(None));
-    let mut signals = match signal_hook::iterator::Signals::new(SIGNALS) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot install signal handlers: {e}");
-            None
-        }
-    };
-    let handle = signals.as_ref().map(|s| s.handle());
-    if let Some(mut sigs) = signals.take() {
+    let signals = if req.handle_signals {
         let cancel = ctx.cancel_flag();
         let window = ctx.window();
         let caught = caught.clone();
         let take = take.clone();
         let grace = req.signal_grace;
-        std::thread::spawn(move || {
+        let mut stopping = false;
+        let on_signal = move |sig: i32| {
+            if stopping {
+                return;
+            }
             // A first SIGINT during an observation window (a live trace, a log read from a
             // pipe) only ends the window, as Ctrl-C ends tcptracer: the playbook reports.
-            let mut sigs = sigs
-                .forever()
-                .skip_while(|&sig| {
-                    let ended = sig == signal_hook::consts::SIGINT && window.end_by_signal();
-                    if ended {
-                        eprintln!(
-                            "\nsnat-run: SIGINT received: ending the observation window now; the playbook goes on to report (SIGINT again stops the run)"
-                        );
-                    }
-                    ended
-                });
-            if let Some(sig) = sigs.next() {
-                *caught.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
-                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                window.stop();
+            if sig == libc::SIGINT && window.end_by_signal() {
                 eprintln!(
-                    "snat-run: {} received, stopping (the audit record will be written)",
-                    signal_name(sig)
+                    "\nsnat-run: SIGINT received: ending the observation window now; the playbook goes on to report (SIGINT again stops the run)"
                 );
-                std::thread::sleep(grace);
-                if let Some(f) = take() {
-                    let err = Error::Interrupted {
-                        signal: signal_name(sig),
-                    };
-                    let code = err.exit_code();
-                    let r = f.finish(OutcomeKind::Interrupted, Some(&err), None, code);
-                    eprintln!("snat-run: {err}");
-                    std::process::exit(i32::from(r.exit_code));
-                }
+                return;
             }
-        });
-    }
+            stopping = true;
+            *lock(&caught) = Some(sig);
+            cancel.store(true, Ordering::SeqCst);
+            window.stop();
+            eprintln!(
+                "snat-run: {} received, stopping (the audit record will be written)",
+                signal_name(sig)
+            );
+            std::thread::sleep(grace);
+            if let Some(f) = take() {
+                let err = Error::Interrupted {
+                    signal: signal_name(sig),
+                };
+                let code = err.exit_code();
+                let r = f.finish(OutcomeKind::Interrupted, Some(&err), None, code);
+                eprintln!("snat-run: {err}");
+                std::process::exit(i32::from(r.exit_code));
+            }
+        };
+        match crate::signals::install(on_signal) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot install signal handlers: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let (kind, error, verdict, code) = execute(&req, &ctx, source, &run_id);
-    let (kind, error, code) = match *caught.lock().unwrap_or_else(|p| p.into_inner()) {
-        Some(sig) if kind == OutcomeKind::Interrupted || code != 0 && code != 3 => {
+    let stopped = kind == OutcomeKind::Interrupted || code != 0 && code != 3;
+    let (kind, error, code) = match *lock(&caught) {
+        Some(sig) if stopped => {
             let e = Error::Interrupted {
                 signal: signal_name(sig),
             };
             let c = e.exit_code();
             (OutcomeKind::Interrupted, Some(e), c)
         }
+        None if stopped && req.cancel.as_ref().is_some_and(CancelHandle::is_cancelled) => {
+            let e = Error::Cancelled;
+            let c = e.exit_code();
+            (OutcomeKind::Interrupted, Some(e), c)
+        }
         _ => (kind, error, code),
     };
-    if let Some(h) = handle {
-        h.close();
-    }
-    match take() {
+    let result = match take() {
         Some(f) => {
             let mut r = f.finish(kind, error.as_ref(), verdict, code);
             if r.error.is_none() {
@@ -347,7 +486,10 @@ pub fn run(req: RunRequest) -> RunResult {
         None => loop {
             std::thread::park();
         },
-    }
+    };
+    // The record is written: a signal now finds the dispositions the caller had.
+    drop(signals);
+    result
 }
 
 fn execute(
@@ -423,7 +565,8 @@ fn execute(
     let result = engine.eval_ast::<rhai::Dynamic>(&ast);
     let outcome = classify(req, &script, ctx, result);
     if let (Some(e), false) = (&outcome.1, ctx.is_cancelled()) {
-        let arg = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": outcome.3 });
+        let arg =
+            serde_json::json!({ "kind": e.kind(), "message": crate::ctx::error_chain(e), "exit_code": outcome.3 });
         if let Ok(d) = rhai::serde::to_dynamic(&arg) {
             ctx.fire_hook("on_error", d);
         }

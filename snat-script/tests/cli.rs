@@ -602,6 +602,15 @@ fn sigterm_while_a_stage_blocks_still_writes_the_record() {
     let recs = r.records();
     assert_eq!(recs.len(), 1, "exactly one record");
     assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert_eq!(recs[0]["exit_code"], 143);
+    // The stage that was blocked is in the record, interrupted, with its arguments and
+    // how long it ran (from before the signal to the end of the grace period).
+    let stages = recs[0]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "{stages:?}");
+    assert_eq!(stages[0]["name"], "tcptracer::read");
+    assert_eq!(stages[0]["outcome"], "interrupted");
+    assert_eq!(stages[0]["args"]["path"], "-");
+    assert!(stages[0]["duration_ms"].as_f64().unwrap() > 300.0, "{}", stages[0]);
     assert_schema_valid(&recs[0]);
 }
 
@@ -1201,6 +1210,17 @@ fn refused_invocations_still_print_one_json_document() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
     assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    // A command line clap refuses, into that directory: one document too (not a second
+    // one for the refusal), and the exit code it names.
+    let o = Command::new(bin())
+        .arg(&p)
+        .args(["-o", "json", "--bogus-flag", "--audit-dir"])
+        .arg(unwritable.join("sub"))
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert_eq!(doc["exit_code"], code(&o), "{doc}");
     // The four refused command lines are recorded (clap's too); the unwritable
     // directory's cannot be.
     assert_eq!(r.records().len(), 4);
