@@ -70,6 +70,7 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
             Some(w) => {
                 let input = WindowedStdin {
                     end: w.flag(),
+                    cancel: ctx.cancel_flag(),
                     idle: STDIN_IDLE_AFTER_SIGINT,
                     silent_since: None,
                 };
@@ -77,6 +78,10 @@ fn read(ctx: &Ctx, path: &str, opts: &Map) -> Result<Trace, Box<EvalAltResult>> 
             }
             None => reader.read_path(path)?,
         };
+        // SIGTERM or a second SIGINT: the run stops, and this stage was interrupted.
+        if ctx.is_cancelled() {
+            return Err(crate::ctx::StageError::Interrupted);
+        }
         if window.is_some_and(|w| w.ended()) {
             summary.notes.push(format!(
                 "Ctrl-C (SIGINT) came while stdin was read: the log was read until its writer stopped, or fell silent for {} s",
@@ -102,6 +107,8 @@ const STDIN_IDLE_AFTER_SIGINT: Duration = Duration::from_secs(1);
 /// `timeout -s INT` or an orchestrator), when it has been silent for `idle`.
 struct WindowedStdin {
     end: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The run's cancellation (SIGTERM, a second SIGINT): stop reading at once.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     idle: Duration,
     silent_since: Option<std::time::Instant>,
 }
@@ -110,6 +117,9 @@ impl std::io::Read for WindowedStdin {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::sync::atomic::Ordering;
         loop {
+            if self.cancel.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
             let mut fd = libc::pollfd {
                 fd: libc::STDIN_FILENO,
                 events: libc::POLLIN,
