@@ -222,7 +222,9 @@ impl Finalizer {
             Err(e) => (None, 1, Some(Error::Audit(e))),
         };
         let report = self.ctx.report().clone();
-        if let Some(path) = &self.html {
+        // A refused command line ran nothing to show (and its --html may be what was refused).
+        let refused = matches!(error, Some(Error::Usage(_)));
+        if let Some(path) = self.html.as_ref().filter(|_| !refused) {
             let audit_s = audit_path.as_ref().map(|p| p.display().to_string());
             let facts = RunFacts {
                 playbook: &self.record.playbook.path,

@@ -1310,6 +1310,11 @@ fn an_html_report_that_cannot_be_written_is_refused_up_front() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--html"), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot write into"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("cannot write the HTML report"),
+        "the refusal is the only word on it: {}",
+        stderr(&o)
+    );
     let recs = r.records();
     assert_eq!(recs.len(), 1, "recorded, as every run is");
     assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
