@@ -287,7 +287,22 @@ fn refused_json(playbook: Option<&std::path::Path>, kind: &str, message: &str, c
 /// Parse the command line, run, and return the exit code (errors already printed).
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let cli = match Cli::try_parse_from(&args) {
+    // As a kubectl plugin (`kubectl snat ...` runs kubectl-snat), help, usage and
+    // --version say so.
+    let plugin = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-snat"));
+    let name = if plugin { "kubectl snat" } else { "snat-run" };
+    let parsed = {
+        use clap::{CommandFactory, FromArgMatches};
+        Cli::command()
+            .name(name)
+            .bin_name(name)
+            .try_get_matches_from(&args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    };
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;

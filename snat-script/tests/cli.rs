@@ -253,6 +253,27 @@ fn missing_and_bad_params_exit_2() {
     );
 }
 
+/// As a kubectl plugin the command calls itself `kubectl snat` in its version, help and
+/// usage; it is the same runner.
+#[test]
+fn the_kubectl_plugin_names_itself_kubectl_snat() {
+    let o = Command::new(env!("CARGO_BIN_EXE_kubectl-snat"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("kubectl snat {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_kubectl-snat"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: kubectl snat [OPTIONS] <PLAYBOOK.rhai>"));
+    let o = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("snat-run "));
+}
+
 /// A `--kubeconfig` that is not there is refused before the run (exit 2, recorded): the
 /// playbook would otherwise report "no cluster reachable" as if that were the situation.
 #[test]
