@@ -349,6 +349,26 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         "{stages:?}"
     );
 
+    // Step 4 names the top owner of each destination by the pod's name, not its UID.
+    let step4 = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("Step 4: public flows per destination")
+        })
+        .expect("the Step 4 table");
+    let col = step4["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c == "top_owner")
+        .unwrap();
+    assert_eq!(step4["rows"][0][col], "shop/checkout-5c8d-x7k2p", "{step4:#}");
+
     // The culprit: first finding, named with its workload, exact counts.
     let findings = report["findings"].as_array().expect("findings in the record");
     let culprit = &findings[0];
