@@ -334,11 +334,23 @@ impl Drop for Cgroup {
         // Shared `kubepods*` parents another guard created but could not remove while we
         // used them: remove them once empty (a parent still in use refuses, harmlessly).
         let mut cur = self.dir();
+        let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_string);
         while let Some(parent) = cur.parent().map(Path::to_path_buf) {
-            let is_kubepods = parent
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("kubepods"));
+            // Ours, removed above (the cgroupfs driver's `pod<uid>`): go on up.
+            if self.created.contains(&parent) && !parent.exists() {
+                cur = parent;
+                continue;
+            }
+            // `kubepods*` (systemd), and the cgroupfs driver's `kubepods/burstable` and
+            // `kubepods/besteffort`.
+            let is_kubepods = name_of(&parent).is_some_and(|n| {
+                n.starts_with("kubepods")
+                    || matches!(n.as_str(), "burstable" | "besteffort")
+                        && parent
+                            .parent()
+                            .and_then(&name_of)
+                            .is_some_and(|g| g.starts_with("kubepods"))
+            });
             if !is_kubepods {
                 break;
             }
@@ -786,5 +798,23 @@ mod tests {
         let _ = c.wait();
         let f = PodCgroup::new(Layout::Cgroupfs, Qos::Guaranteed).unwrap();
         assert_eq!(f.cgroup.rel(), format!("/kubepods/pod{}/{}", f.uid, f.container_id));
+        // The cgroupfs driver's QoS level: its `kubepods/burstable` parent goes with the
+        // last pod in it, also when another guard created it (the first one out cannot
+        // remove it while the second still uses it).
+        let b1 = PodCgroup::new(Layout::Cgroupfs, Qos::Burstable).unwrap();
+        let b2 = PodCgroup::new(Layout::Cgroupfs, Qos::Burstable).unwrap();
+        let qos_dir = b2.cgroup.dir().parent().unwrap().parent().unwrap().to_path_buf();
+        assert!(qos_dir.ends_with("kubepods/burstable"), "{}", qos_dir.display());
+        let pods_in = |d: &Path| {
+            std::fs::read_dir(d)
+                .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0)
+        };
+        let ours_only = pods_in(&qos_dir) == 2;
+        drop(b1);
+        drop(b2);
+        if ours_only {
+            assert!(!qos_dir.exists(), "{} left behind", qos_dir.display());
+        }
     }
 }
