@@ -224,6 +224,11 @@ enum AuditCommand {
     Verify {
         /// The audit directory.
         dir: PathBuf,
+        /// Print one JSON document on stdout instead of text: `status` ("intact", "broken",
+        /// "empty" or "unreadable"), `dir`, `records`, `head`, `head_sha256`, `break`
+        /// ({file, reason} or null) and `error` (or null). The exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -344,8 +349,14 @@ pub fn main() -> ExitCode {
             }
         },
         Some(Command::Audit {
-            command: AuditCommand::Verify { dir },
-        }) => audit_verify(&dir),
+            command: AuditCommand::Verify { dir, json },
+        }) => {
+            if json {
+                audit_verify_json(&dir)
+            } else {
+                audit_verify(&dir)
+            }
+        }
         None => run(cli.run),
     }
 }
@@ -640,6 +651,50 @@ fn out(text: &str) -> anyhow::Result<()> {
     match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to stdout"),
+    }
+}
+
+/// `audit verify --json`: the same checks as [`audit_verify`], as one JSON document.
+fn audit_verify_json(dir: &std::path::Path) -> ExitCode {
+    let (status, doc) = match snat_core::audit::verify(dir) {
+        Ok(rep) => {
+            let status = match (&rep.first_break, rep.records) {
+                (Some(_), _) => "broken",
+                (None, 0) => "empty",
+                (None, _) => "intact",
+            };
+            (
+                status,
+                serde_json::json!({
+                    "records": rep.records,
+                    "head": rep.head.as_ref().map(|h| h.display().to_string()),
+                    "head_sha256": rep.head_sha256,
+                    "break": rep.first_break.as_ref().map(|b| serde_json::json!({
+                        "file": b.file.display().to_string(),
+                        "reason": b.reason,
+                    })),
+                    "error": null,
+                }),
+            )
+        }
+        Err(e) => (
+            "unreadable",
+            serde_json::json!({
+                "records": 0, "head": null, "head_sha256": null, "break": null,
+                "error": crate::ctx::error_chain(&e),
+            }),
+        ),
+    };
+    let mut doc = doc;
+    doc["status"] = status.into();
+    doc["dir"] = dir.display().to_string().into();
+    match out(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())) {
+        Ok(()) if status == "intact" => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(1),
+        Err(e) => {
+            print_chain(e.as_ref());
+            ExitCode::from(1)
+        }
     }
 }
 

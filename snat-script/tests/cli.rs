@@ -518,6 +518,48 @@ fn records_chain_and_tampering_is_named() {
     assert!(e.contains(&third), "names the record that breaks the chain: {e}");
 }
 
+/// `audit verify --json` for scripts: one document per check, whatever the result, with a
+/// status that tells a broken chain from an empty or unreadable directory.
+#[test]
+fn audit_verify_json_tells_intact_broken_empty_and_unreadable_apart() {
+    let r = Run::new();
+    let p = r.playbook("c.rhai", VERDICT_FOUND);
+    for _ in 0..2 {
+        assert_eq!(code(&r.run(&p, &[])), 3);
+    }
+    let verify = |dir: &Path| {
+        let o = Command::new(bin())
+            .args(["audit", "verify", "--json"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("one JSON document ({e}): {}", String::from_utf8_lossy(&o.stdout)));
+        (code(&o), doc)
+    };
+    let (c, doc) = verify(&r.audit());
+    assert_eq!((c, doc["status"].as_str()), (0, Some("intact")), "{doc:#}");
+    assert_eq!(doc["records"], 2);
+    assert_eq!(doc["head_sha256"].as_str().unwrap().len(), 64);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(r.audit())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    std::fs::remove_file(&files[0]).unwrap();
+    let (c, doc) = verify(&r.audit());
+    assert_eq!((c, doc["status"].as_str()), (1, Some("broken")), "{doc:#}");
+    assert!(doc["break"]["reason"].is_string(), "{doc:#}");
+    let empty = r.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (c, doc) = verify(&empty);
+    assert_eq!((c, doc["status"].as_str()), (1, Some("empty")), "{doc:#}");
+    let (c, doc) = verify(&r.dir.path().join("nope"));
+    assert_eq!((c, doc["status"].as_str()), (1, Some("unreadable")), "{doc:#}");
+    assert!(doc["error"].is_string(), "{doc:#}");
+}
+
 #[test]
 fn a_param_the_playbook_never_reads_is_refused_before_anything_runs() {
     let r = Run::new();
