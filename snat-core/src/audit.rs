@@ -138,8 +138,9 @@
 //! signature (`sig=`). The rule is deliberately wide: a redacted harmless value costs
 //! little, a leaked token costs a lot. Findings go through [`redact_findings`]: the same
 //! rule at any depth, and in a process's `cmdline` each argument that is a secret on its
-//! own, follows a secret-looking flag (`--password hunter2`) or is the value of one
-//! (`--token=abc`, `password=abc`) is replaced by `<redacted>`, word by word.
+//! own, follows a secret-looking flag given without a value (`--password hunter2`) or the
+//! word `Bearer` or `Basic`, or is the value of a secret-looking flag (`--token=abc`,
+//! `password=abc`) is replaced by `<redacted>`, word by word (see [`redact_cmdline`]).
 //!
 //! # The directory and the chain
 //!

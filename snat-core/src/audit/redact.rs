@@ -110,32 +110,42 @@ pub fn redact_json(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// True for the word `Bearer` or `Basic` in any case (HTTP authentication schemes are
+/// case-insensitive): the word after it is a credential.
+fn is_auth_scheme(word: &str) -> bool {
+    word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("basic")
+}
+
 /// A command line with every secret argument replaced by [`REDACTED`], word by word
 /// (arguments are split on whitespace and joined again with single spaces): an argument
 /// that looks secret itself ([`looks_secret_value`]); the value of a `NAME=VALUE` argument
-/// (`--token=abc`, `PASSWORD=abc`) whose name is a secret key ([`is_secret_key`]); and the
-/// argument after a flag that is a secret key on its own (`--password hunter2`, `-token x`)
-/// or after the word `Bearer` or `Basic`.
+/// (`--token=abc`, `PASSWORD=abc`) whose name is a secret key ([`is_secret_key`]); the
+/// argument after a flag that is a secret key on its own, without `=` (`--password
+/// hunter2`, `-token x`); and the argument after the word `Bearer` or `Basic` (in any
+/// case), also when that word is itself the value of a secret flag (`--auth Bearer x`).
+/// A flag with a value (`--header=Authorization:`) never makes the next argument secret:
+/// only its name counts, and only when it has no value.
 pub fn redact_cmdline(cmdline: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut redact_next = false;
     for word in cmdline.split_whitespace() {
         if redact_next {
-            redact_next = false;
+            // `--auth Bearer x`: the scheme is the flag's value, the credential follows.
+            redact_next = is_auth_scheme(word);
             out.push(REDACTED.to_owned());
             continue;
         }
-        if let Some((name, _)) = word.split_once('=')
+        if let Some((name, value)) = word.split_once('=')
             && is_secret_key(name.trim_start_matches('-'))
         {
+            redact_next = is_auth_scheme(value);
             out.push(format!("{name}={REDACTED}"));
         } else if looks_secret_value(word) {
             out.push(REDACTED.to_owned());
         } else {
-            let lower = word.to_ascii_lowercase();
-            redact_next = lower == "bearer"
-                || lower == "basic"
-                || word.starts_with('-') && word.len() > 1 && is_secret_key(word.trim_start_matches('-'));
+            let flag = word.trim_start_matches('-');
+            redact_next = is_auth_scheme(word)
+                || word.starts_with('-') && !flag.is_empty() && !flag.contains('=') && is_secret_key(flag);
             out.push(word.to_owned());
         }
     }
@@ -259,6 +269,16 @@ mod tests {
     #[case::flag_space("mysql --password hunter2 -h db", "mysql --password <redacted> -h db")]
     #[case::env_style("env DB_PASSWORD=p run", "env DB_PASSWORD=<redacted> run")]
     #[case::bearer_word("curl -H Authorization: Bearer xyz", "curl -H Authorization: Bearer <redacted>")]
+    #[case::bearer_any_case("curl -H authorization: BEARER xyz -v", "curl -H authorization: BEARER <redacted> -v")]
+    #[case::basic_word("wget --header Basic dXNlcjpw x", "wget --header Basic <redacted> x")]
+    #[case::header_flag_with_value(
+        "curl --header=Authorization: Bearer xyz https://api",
+        "curl --header=Authorization: Bearer <redacted> https://api"
+    )]
+    #[case::flag_value_with_a_secret_word("app --sort=key name", "app --sort=key name")]
+    #[case::scheme_as_flag_value("app --auth Bearer xyz -v", "app --auth <redacted> <redacted> -v")]
+    #[case::scheme_as_eq_value("app --auth=Bearer xyz -v", "app --auth=<redacted> <redacted> -v")]
+    #[case::lone_dashes("app -- --secret", "app -- --secret")]
     #[case::jwt("cli eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "cli <redacted>")]
     #[case::trailing_flag("app --secret", "app --secret")]
     #[case::spaces("  a   b  ", "a b")]
