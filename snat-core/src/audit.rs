@@ -135,8 +135,11 @@
 //! a JSON Web Token (`eyJ...` with three dot-separated base64url parts), kubeconfig
 //! credential data (`client-key-data`, `client-certificate-data`, `token:`), an
 //! `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a shared-access
-//! signature (`sig=`). The rule is deliberately wide: a redacted harmless value costs
-//! little, a leaked token costs a lot. Findings go through [`redact_findings`]: the same
+//! signature (`sig=`). A value that is not a secret as a whole keeps its text, with the
+//! secrets inside it redacted by [`redact_text`] (a JSON Web Token anywhere in it, the value
+//! of `token=…` or of a URL's `sig=…`, a PEM block, the word after `Bearer`; see there).
+//! The rule is deliberately wide: a redacted harmless value costs little, a leaked token
+//! costs a lot. Findings go through [`redact_findings`]: the same
 //! rule at any depth, and in a process's `cmdline` each argument that is a secret on its
 //! own, follows a secret-looking flag given without a value (`--password hunter2`) or the
 //! word `Bearer` or `Basic`, or is the value of a secret-looking flag (`--token=abc`,
@@ -208,6 +211,7 @@ pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
 pub use host::decode_capabilities;
 pub use redact::{
     REDACTED, is_secret_key, looks_secret_value, redact_cmdline, redact_findings, redact_json, redact_params,
+    redact_text,
 };
 pub use select::{Reference, Selected, Selector, playbook_matches, read_record, record_paths, select};
 pub use verify::{ChainBreak, VerifyReport, verify};
