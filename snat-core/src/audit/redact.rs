@@ -417,6 +417,193 @@ pub fn redact_findings(findings: &[serde_json::Value]) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// The fewest characters a secret value needs for [`SecretValues`] to look for it in a
+/// record's text: shorter values (`1`, `on`, `abc`) would redact every number and many
+/// words of every message.
+pub const MIN_SECRET_VALUE_CHARS: usize = 4;
+
+/// Values that are never looked for in a record's text, whatever their key: a flag's
+/// `true` or `false` is no secret, and redacting it everywhere would ruin the record.
+const NOT_SECRET_VALUES: &[&str] = &["true", "false", "yes", "null", "none"];
+
+/// The secret values a run was given (the raw values of the parameters that
+/// [`redact_params`] redacts, and the parts that [`redact_text`] redacts from the others),
+/// to find them again wherever they were copied into a record: an error message that
+/// quotes a parameter (`"hunter2" is not an integer`), a stage error naming a secret path,
+/// a finding's summary.
+///
+/// A value is looked for as it is, trimmed, and escaped as Rust's `{:?}` and JSON would
+/// write it inside quotes. Values shorter than [`MIN_SECRET_VALUE_CHARS`] characters,
+/// `true`, `false`, `yes`, `null`, `none` (in any case) and parts of the marker
+/// `<redacted>` itself are not looked for: they are too common to replace everywhere.
+///
+/// Its `Debug` output shows how many forms it holds, never the values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues {
+    /// Every form to look for, longest first.
+    forms: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValues({} forms, redacted)", self.forms.len())
+    }
+}
+
+impl SecretValues {
+    /// The secret values of `params` (the `--param` pairs as given, before redaction): the
+    /// value of every entry [`redact_params`] replaces, and every part [`redact_text`]
+    /// redacts from a value, of any entry.
+    pub fn from_params(params: &BTreeMap<String, String>) -> SecretValues {
+        let mut secrets = SecretValues::default();
+        for (k, v) in params {
+            if is_secret_key(k) || looks_secret_value(v) {
+                secrets.insert(v);
+            }
+            redact_text_noting(v, &mut |part| {
+                secrets.insert(part);
+            });
+        }
+        secrets
+    }
+
+    /// Adds `value` (see [`SecretValues`] for the forms looked for); false when it is too
+    /// short or too common to be looked for.
+    pub fn insert(&mut self, value: &str) -> bool {
+        let worth = |s: &str| {
+            s.chars().count() >= MIN_SECRET_VALUE_CHARS
+                && !NOT_SECRET_VALUES.iter().any(|w| s.eq_ignore_ascii_case(w))
+                && !REDACTED.contains(s)
+        };
+        let trimmed = value.trim();
+        if !worth(trimmed) {
+            return false;
+        }
+        let quoted = |s: &str| {
+            let debug = format!("{s:?}");
+            let json = serde_json::to_string(s).unwrap_or_default();
+            [debug, json].map(|q| q.get(1..q.len().saturating_sub(1)).unwrap_or_default().to_owned())
+        };
+        let [debug, json] = quoted(value);
+        let [debug_trimmed, json_trimmed] = quoted(trimmed);
+        for form in [
+            value.to_owned(),
+            trimmed.to_owned(),
+            debug,
+            json,
+            debug_trimmed,
+            json_trimmed,
+        ] {
+            if worth(&form) && !self.forms.contains(&form) {
+                self.forms.push(form);
+            }
+        }
+        self.forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        true
+    }
+
+    /// True when there is no value to look for.
+    pub fn is_empty(&self) -> bool {
+        self.forms.is_empty()
+    }
+
+    /// Where the forms occur in `text`, overlapping occurrences merged, in order.
+    fn spans(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+        for form in &self.forms {
+            let mut from = 0;
+            while let Some(at) = text[from..].find(form.as_str()) {
+                let start = from + at;
+                spans.push(start..start + form.len());
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        spans.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+        let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(spans.len());
+        for r in spans {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
+    /// `text` with every occurrence of a secret value replaced by [`REDACTED`] (adjacent or
+    /// overlapping occurrences by one). Whatever the text, no value survives: should the
+    /// replacement itself form a value again with its neighbours, the pass is repeated, and
+    /// after a few passes the whole text is replaced.
+    pub fn redact(&self, text: &str) -> String {
+        const PASSES: usize = 4;
+        let mut out = text.to_owned();
+        for _ in 0..PASSES {
+            let spans = self.spans(&out);
+            if spans.is_empty() {
+                return out;
+            }
+            let mut next = String::with_capacity(out.len());
+            let mut copied = 0;
+            for r in spans {
+                next.push_str(&out[copied..r.start]);
+                next.push_str(REDACTED);
+                copied = r.end;
+            }
+            next.push_str(&out[copied..]);
+            out = next;
+        }
+        if self.spans(&out).is_empty() {
+            out
+        } else {
+            REDACTED.to_owned()
+        }
+    }
+
+    /// `value` with [`SecretValues::redact`] applied to every string at any depth (object
+    /// keys are kept: they are names, not data).
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        if self.is_empty() {
+            return value.clone();
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(members) => {
+                Value::Object(members.iter().map(|(k, v)| (k.clone(), self.redact_json(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// What [`AuditDir::write`](super::AuditDir::write) does to a record before writing it:
+/// `params` through [`redact_params`], stage `args` through [`redact_json`], stage `error`
+/// and `outcome.message` through [`redact_text`], `findings` through [`redact_findings`];
+/// then every occurrence of `secrets` is replaced in those, in `playbook.path` and in the
+/// actions' `target`, `request` and `result`.
+pub(super) fn redact_record(record: &mut super::AuditRecord, secrets: &SecretValues) {
+    let text = |s: &str| secrets.redact(&redact_text(s));
+    record.playbook.path = secrets.redact(&record.playbook.path);
+    record.params = redact_params(&record.params)
+        .into_iter()
+        .map(|(k, v)| (k, secrets.redact(&v)))
+        .collect();
+    for stage in &mut record.stages {
+        stage.args = secrets.redact_json(&redact_json(&stage.args));
+        stage.error = stage.error.as_deref().map(text);
+    }
+    for action in &mut record.actions {
+        action.target = secrets.redact(&action.target);
+        action.request = secrets.redact_json(&action.request);
+        action.result = action.result.as_deref().map(|r| secrets.redact(r));
+    }
+    record.outcome.message = record.outcome.message.as_deref().map(text);
+    record.findings = redact_findings(&record.findings)
+        .iter()
+        .map(|f| secrets.redact_json(f))
+        .collect();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,7 +822,147 @@ mod tests {
             })
     }
 
+    #[rstest]
+    #[case::one("1", false)]
+    #[case::short("abc", false)]
+    #[case::short_after_trim("  abc \n", false)]
+    #[case::boolean("true", false)]
+    #[case::boolean_upper("FALSE", false)]
+    #[case::part_of_the_marker("dact", false)]
+    #[case::four("abcd", true)]
+    #[case::password("hunter2", true)]
+    #[case::non_ascii("pässwörd", true)]
+    fn which_secret_values_are_looked_for(#[case] value: &str, #[case] kept: bool) {
+        let mut s = SecretValues::default();
+        assert_eq!(s.insert(value), kept, "{value:?}");
+        assert_eq!(s.is_empty(), !kept);
+    }
+
+    #[rstest]
+    #[case::quoted_by_debug(
+        &["SuperSecretValue123"],
+        "parameter `token`: \"SuperSecretValue123\" is not an integer",
+        "parameter `token`: \"<redacted>\" is not an integer"
+    )]
+    #[case::in_a_path(
+        &["/nonexistent?sig=SECRETSIG"],
+        "cannot open /nonexistent?sig=SECRETSIG: No such file",
+        "cannot open <redacted>: No such file"
+    )]
+    #[case::escaped_by_debug(&["a\"b\\cdef"], "bad value \"a\\\"b\\\\cdef\" here", "bad value \"<redacted>\" here")]
+    #[case::escaped_by_json(&["tab\tsecret"], "{\"v\":\"tab\\tsecret\"}", "{\"v\":\"<redacted>\"}")]
+    #[case::trimmed(&["  spaced-secret\n"], "got spaced-secret.", "got <redacted>.")]
+    #[case::every_occurrence(&["hunter2"], "hunter2 and hunter2hunter2, hunter22", "<redacted> and <redacted>, <redacted>2")]
+    #[case::overlapping(&["abcdef", "defghi"], "xabcdefghix", "x<redacted>x")]
+    #[case::multi_line(&["hunter2"], "line 1\n  hunter2  \n\tend", "line 1\n  <redacted>  \n\tend")]
+    #[case::short_values_are_left(&["1", "on", "true"], "line 1: on is true", "line 1: on is true")]
+    #[case::formed_again_by_the_marker(&["d>zz"], "d>zzzz", "<redacte<redacted>")]
+    #[case::nothing(&[], "hunter2", "hunter2")]
+    fn redacts_every_occurrence_of_a_secret_value(#[case] values: &[&str], #[case] text: &str, #[case] want: &str) {
+        let mut s = SecretValues::default();
+        for v in values {
+            s.insert(v);
+        }
+        assert_eq!(s.redact(text), want);
+    }
+
+    #[test]
+    fn secret_values_of_params_are_the_redacted_ones() {
+        let params: BTreeMap<String, String> = [
+            ("token", "SuperSecretValue123"),
+            ("log", "/nonexistent?sig=SECRETSIG"),
+            ("note", "call with password=hunter22 now"),
+            ("node", "aks-nodepool1-0"),
+            ("use_auth", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = SecretValues::from_params(&params);
+        let text = "SuperSecretValue123 /nonexistent?sig=SECRETSIG hunter22 aks-nodepool1-0 true SECRETSIG";
+        assert_eq!(
+            s.redact(text),
+            "<redacted> <redacted> <redacted> aks-nodepool1-0 true <redacted>"
+        );
+        assert!(!format!("{s:?}").contains("hunter22"), "Debug shows no value: {s:?}");
+    }
+
+    #[test]
+    fn a_record_is_redacted_everywhere_a_secret_value_can_be_copied() {
+        let mut record: crate::audit::AuditRecord = serde_json::from_value(json!({
+            "schema_version": 2, "run_id": "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f",
+            "tool": {"name": "t", "version": "0"}, "playbook": {"path": "p.rhai", "sha256": null},
+            "params": {"token": "SuperSecretValue123", "log": "/nonexistent?sig=SECRETSIG", "node": "n1"},
+            "started_at": "2026-11-21T05:59:05Z", "ended_at": "2026-11-21T05:59:05Z",
+            "host": {"hostname": "h", "kernel_release": "k", "uid": 0, "euid": 0, "capabilities": []},
+            "stages": [{"name": "tcptracer::read", "args": {"path": "/nonexistent?sig=SECRETSIG", "copy": "SuperSecretValue123"},
+                        "started_at": "2026-11-21T05:59:05Z", "duration_ms": 1.0, "items": null, "outcome": "failed",
+                        "error": "cannot open /nonexistent?sig=SECRETSIG: No such file or directory"}],
+            "actions": [{"action": "event", "target": "pod/default/SuperSecretValue123", "request": {"body": {"message": "x SuperSecretValue123"}},
+                         "state": "planned", "result": "SuperSecretValue123"}],
+            "outcome": {"kind": "playbook_error", "message": "parameter `token`: \"SuperSecretValue123\" is not an integer\nnote=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"},
+            "verdict": null, "exit_code": 2, "prev_sha256": null,
+            "findings": [{"kind": "k", "severity": "info", "summary": format!("token SuperSecretValue123 seen, note={JWT}"), "evidence": {"list": ["SECRETSIG"]}}],
+            "findings_truncated": 0,
+        }))
+        .unwrap();
+        let raw = record.params.clone();
+        record.params = redact_params(&raw);
+        let secrets = SecretValues::from_params(&raw);
+        redact_record(&mut record, &secrets);
+        let text = serde_json::to_string(&record).unwrap();
+        for secret in ["SuperSecretValue123", "SECRETSIG", "eyJ"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(record.params["node"], "n1");
+        assert_eq!(
+            record.outcome.message.as_deref(),
+            Some("parameter `token`: \"<redacted>\" is not an integer\nnote=<redacted>")
+        );
+        assert_eq!(
+            record.stages[0].error.as_deref(),
+            Some("cannot open /nonexistent?sig=<redacted>: No such file or directory")
+        );
+        assert_eq!(record.findings[0]["summary"], "token <redacted> seen, note=<redacted>");
+        assert_eq!(record.actions[0].target, "pod/default/<redacted>");
+    }
+
     proptest::proptest! {
+        /// A secret value, in any text, as it is or quoted by `{:?}`, never survives the
+        /// writer's redaction of a message.
+        #[test]
+        fn a_secret_value_never_survives_in_any_text(
+            before in "\\PC{0,40}",
+            after in "\\PC{0,40}",
+            value in "\\PC{4,24}",
+            debug in proptest::bool::ANY,
+        ) {
+            let mut s = SecretValues::default();
+            proptest::prop_assume!(s.insert(&value));
+            let shown = if debug { format!("{value:?}") } else { value.clone() };
+            let out = s.redact(&redact_text(&format!("{before}{shown}{after}")));
+            proptest::prop_assert!(!out.contains(&value), "{out:?}");
+            proptest::prop_assert!(!out.contains(value.trim()), "{out:?}");
+        }
+
+        /// Two values that overlap or touch in the text are both gone.
+        #[test]
+        fn overlapping_secret_values_never_survive(
+            text in "[a-d<>]{0,30}",
+            a in "[a-d<>]{4,8}",
+            b in "[a-d<>]{4,8}",
+        ) {
+            let mut s = SecretValues::default();
+            s.insert(&a);
+            s.insert(&b);
+            let out = s.redact(&text);
+            for v in [&a, &b] {
+                if !REDACTED.contains(v.as_str()) {
+                    proptest::prop_assert!(!out.contains(v.as_str()), "{v} in {out:?}");
+                }
+            }
+        }
+
         #[test]
         fn text_redaction_is_idempotent(text in "\\PC{0,60}", tricky in proptest::collection::vec(
             proptest::sample::select(vec!["token=", "sig=", "?", "&", "\"", "'", "\\", ":", " ", "\n", "eyJ", ".",
