@@ -125,6 +125,8 @@ struct Inner {
     in_hook: AtomicBool,
     options: RunOptions,
     params: BTreeMap<String, String>,
+    /// The secret values among `params`, kept out of the debug log of stage arguments.
+    secrets: audit::SecretValues,
     stages: Mutex<Vec<StageCall>>,
     actions: Mutex<Vec<ActionRecord>>,
     cancel: Arc<AtomicBool>,
@@ -202,6 +204,7 @@ impl Ctx {
             hooks: Mutex::new(None),
             in_hook: AtomicBool::new(false),
             options,
+            secrets: audit::SecretValues::from_params(&params),
             params,
             stages: Mutex::new(Vec::new()),
             actions: Mutex::new(Vec::new()),
@@ -257,7 +260,12 @@ impl Ctx {
     ) -> Result<T, Box<EvalAltResult>> {
         let started_at = audit::now_rfc3339();
         let t0 = Instant::now();
-        tracing::debug!(stage = name, %args, "stage start");
+        // Logged as the audit record has them: a -vv log is no place for a secret either.
+        tracing::debug!(
+            stage = name,
+            args = %self.0.secrets.redact_json(&audit::redact_json(&args)),
+            "stage start"
+        );
         let res = if self.is_cancelled() {
             Err(StageError::Interrupted)
         } else {

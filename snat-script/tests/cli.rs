@@ -522,7 +522,8 @@ fn params_with_secret_names_are_redacted() {
 }
 
 /// The reviewer's runs: a secret parameter quoted by a playbook error, a secret path in a
-/// stage error, a JWT inside a finding's summary. None of them is anywhere in the record files' bytes, and the
+/// stage error (and in the `-vv` debug line of the stage's arguments), a JWT inside a
+/// finding's summary. None of them is anywhere in the record files' bytes, and the
 /// records still match the schema.
 #[test]
 fn secrets_copied_into_messages_never_reach_the_record() {
@@ -534,8 +535,15 @@ fn secrets_copied_into_messages_never_reach_the_record() {
     expect_exit(&o, 2, "is not an integer");
 
     let log = r.playbook("log.rhai", "let t = tcptracer::read(param(\"log\"));\n");
-    let o = r.run(&log, &["-p", "log=/nonexistent?sig=SECRETSIG"]);
+    let o = r.run(&log, &["-vv", "-p", "log=/nonexistent?sig=SECRETSIG"]);
     expect_exit(&o, 1, "tcptracer::read");
+    let err = stderr(&o);
+    let start = err
+        .lines()
+        .find(|l| l.contains("stage start"))
+        .unwrap_or_else(|| panic!("no stage start line with -vv:\n{err}"));
+    assert!(!start.contains("SECRETSIG"), "{start}");
+    assert!(start.contains("<redacted>"), "{start}");
 
     let finding = r.playbook(
         "finding.rhai",
