@@ -41,6 +41,8 @@
 //!     prev_sha256: None, // set by write
 //!     findings: vec![],  // the report's findings, as JSON objects
 //!     findings_truncated: 0,
+//!     // The raw --param values, so that the writer can find secrets copied into messages.
+//!     secret_values: audit::SecretValues::from_params(&Default::default()),
 //! };
 //! let path = dir.write(&mut record)?;
 //! assert!(path.ends_with(audit::record_file_name(&record)?));
@@ -72,7 +74,8 @@
 //!   - `sha256` (hash or `null`): of the playbook file's bytes; `null` when it could not be
 //!     read (the outcome then says why).
 //! - `params` (object of string to string): the `--param KEY=VALUE` pairs, with the value of
-//!   every key that looks secret replaced by `"<redacted>"` (see [`redact_params`]).
+//!   every key that looks secret replaced by `"<redacted>"` (see [`redact_params`] and
+//!   "What never enters a record").
 //! - `started_at`, `ended_at` (time): start and end of the run.
 //! - `host` (object): where and as whom the run happened.
 //!   - `hostname` (string): the host name (`uname -n`).
@@ -92,7 +95,7 @@
 //!   - `outcome` (string): `"ok"`, `"failed"` or `"interrupted"` (the run was stopped
 //!     while the call ran; a call that had not returned when the record was written, a
 //!     read blocked on a pipe say, has its duration until then).
-//!   - `error` (string or `null`): the error message of a failed call.
+//!   - `error` (string or `null`): the error message of a failed call, secrets redacted.
 //! - `actions` (array of object): remediation actions, planned and applied.
 //!   - `action` (string): e.g. `"event"`, `"annotate"`, `"label"`, `"restart"`, `"cordon"`.
 //!   - `target` (string): e.g. `"pod/default/api-7d9f"`.
@@ -106,7 +109,8 @@
 //! - `outcome` (object): how the run ended.
 //!   - `kind` (string): `"completed"`, `"playbook_error"`, `"stage_failed"` or
 //!     `"interrupted"`.
-//!   - `message` (string or `null`): what went wrong, for anything but `"completed"`.
+//!   - `message` (string or `null`): what went wrong, for anything but `"completed"`,
+//!     secrets redacted.
 //! - `verdict` (string or `null`): `"pressure_found"`, `"clear"`, or `null` when the
 //!   playbook gave none.
 //! - `exit_code` (integer): the exit code of `snat-run`.
@@ -131,20 +135,47 @@
 //! # What never enters a record
 //!
 //! No environment variable, no token, no kubeconfig (neither its content nor the
-//! credentials it points to), no HTTP header. Parameters and stage arguments go through
-//! [`redact_params`] / [`redact_json`] (the writer applies them again, so a caller that
-//! forgets cannot leak): a value is replaced by `"<redacted>"` when its key contains, in
-//! any case, one of `token`, `password`, `passwd`, `pwd`, `secret`, `key`, `credential`,
-//! `auth`, `cookie`, `session`, `private`, `cert`, `bearer`, `kubeconfig`, `sas`,
-//! `signature`; or when the value itself looks like a secret: a PEM block (`-----BEGIN`),
-//! a JSON Web Token (`eyJ...` with three dot-separated base64url parts), kubeconfig
-//! credential data (`client-key-data`, `client-certificate-data`, `token:`), an
-//! `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a shared-access
-//! signature (`sig=`). The rule is deliberately wide: a redacted harmless value costs
-//! little, a leaked token costs a lot. Findings go through [`redact_findings`]: the same
-//! rule at any depth, and in a process's `cmdline` each argument that is a secret on its
-//! own, follows a secret-looking flag (`--password hunter2`) or is the value of one
-//! (`--token=abc`, `password=abc`) is replaced by `<redacted>`, word by word.
+//! credentials it points to), no HTTP header. [`AuditDir::write`] applies every rule below
+//! itself, so a caller that forgets cannot leak; the rule is deliberately wide: a redacted
+//! harmless value costs little, a leaked token costs a lot.
+//!
+//! - **Secret keys and values.** Parameters and stage arguments go through
+//!   [`redact_params`] / [`redact_json`]: a value is replaced by `"<redacted>"` when its
+//!   key contains, in any case, one of `token`, `password`, `passwd`, `pwd`, `secret`,
+//!   `key`, `credential`, `auth`, `cookie`, `session`, `private`, `cert`, `bearer`,
+//!   `kubeconfig`, `sas`, `signature`; or when the value itself looks like a secret: a PEM
+//!   block (`-----BEGIN`), a JSON Web Token (`eyJ...` with three dot-separated base64url
+//!   parts), kubeconfig credential data (`client-key-data`, `client-certificate-data`,
+//!   `token:`), an `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a
+//!   shared-access signature (`sig=`).
+//! - **Secrets inside text.** Any other string of `params`, stage `args` and `findings`,
+//!   every stage `error` and `outcome.message` keep their text, with the secrets inside
+//!   them replaced by [`redact_text`]: a JSON Web Token anywhere (`note=eyJ…`), the value
+//!   of a `NAME=VALUE` pair whose name is a secret key or `sig`, also in a URL's query
+//!   string (`?sv=…&sig=<redacted>&se=…`), a PEM block, the one-word value of a
+//!   `token: …` line, the word after `Bearer` or `Basic`. Whitespace and line breaks are
+//!   kept.
+//! - **Secret values wherever they were copied.** An error message may quote a parameter
+//!   (``parameter `token`: "hunter22" is not an integer``), a stage error may name a secret
+//!   path. The record carries the raw values of the secret parameters in
+//!   `secret_values` ([`SecretValues::from_params`], filled by the runner; never written),
+//!   and the writer replaces every occurrence of them, as given, trimmed, or escaped as
+//!   `{:?}` and JSON write them, in `playbook.path`, `params`, stage `args` and `error`,
+//!   the actions' `target`, `request` and `result`, `outcome.message` and every string of
+//!   `findings`. Values shorter than [`MIN_SECRET_VALUE_CHARS`] (4) characters, and
+//!   `true`, `false`, `yes`, `null`, `none`, are not looked for: replacing them
+//!   everywhere would ruin the record (every `1` of every message), so such a value stays
+//!   protected only where its key or its form gives it away.
+//! - **Command lines.** Findings go through [`redact_findings`]: the rules above at any
+//!   depth, and in a process's `cmdline` each argument that is a secret on its own,
+//!   follows a secret-looking flag given without a value (`--password hunter2`) or the
+//!   word `Bearer` or `Basic`, or is the value of a secret-looking flag (`--token=abc`,
+//!   `password=abc`) is replaced by `<redacted>`, word by word (see [`redact_cmdline`]).
+//!
+//! What is left: a secret that the run was not given as a parameter and that has none of
+//! the forms above (a password typed into a playbook's text, a secret that holds spaces
+//! in free text) is not recognised. The host, tool, times and hashes of a record are not
+//! searched for secret values.
 //!
 //! # The directory and the chain
 //!
@@ -211,7 +242,8 @@ mod verify;
 pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
 pub use host::decode_capabilities;
 pub use redact::{
-    REDACTED, is_secret_key, looks_secret_value, redact_cmdline, redact_findings, redact_json, redact_params,
+    MIN_SECRET_VALUE_CHARS, REDACTED, SecretValues, is_secret_key, looks_secret_value, redact_cmdline, redact_findings,
+    redact_json, redact_params, redact_text,
 };
 pub use select::{Reference, Selected, Selector, playbook_matches, read_record, record_paths, select};
 pub use verify::{ChainBreak, VerifyReport, verify};
@@ -269,6 +301,12 @@ pub struct AuditRecord {
     /// [`MAX_FINDINGS_BYTES`].
     #[serde(default)]
     pub findings_truncated: u64,
+    /// The raw values of the secret parameters (see [`SecretValues::from_params`]), for the
+    /// writer to find and redact wherever they were copied (a message, an error, a
+    /// finding). Never written: [`AuditDir::write`] empties it, and a record read from a
+    /// file has none.
+    #[serde(skip)]
+    pub secret_values: SecretValues,
 }
 
 impl AuditRecord {

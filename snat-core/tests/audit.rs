@@ -53,6 +53,7 @@ fn record(started_at: &str) -> AuditRecord {
         prev_sha256: None,
         findings: vec![finding("checkout", 120)],
         findings_truncated: 0,
+        secret_values: Default::default(),
     }
 }
 

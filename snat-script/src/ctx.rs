@@ -137,6 +137,8 @@ struct Inner {
     in_hook: AtomicBool,
     options: RunOptions,
     params: BTreeMap<String, String>,
+    /// The secret values among `params`, kept out of the debug log of stage arguments.
+    secrets: audit::SecretValues,
     stages: Mutex<Vec<StageCall>>,
     running: Mutex<Vec<Running>>,
     next_stage: AtomicU64,
@@ -216,6 +218,7 @@ impl Ctx {
             hooks: Mutex::new(None),
             in_hook: AtomicBool::new(false),
             options,
+            secrets: audit::SecretValues::from_params(&params),
             params,
             stages: Mutex::new(Vec::new()),
             running: Mutex::new(Vec::new()),
@@ -273,7 +276,12 @@ impl Ctx {
     ) -> Result<T, Box<EvalAltResult>> {
         let started_at = audit::now_rfc3339();
         let t0 = Instant::now();
-        tracing::debug!(stage = name, %args, "stage start");
+        // Logged as the audit record has them: a -vv log is no place for a secret either.
+        tracing::debug!(
+            stage = name,
+            args = %self.0.secrets.redact_json(&audit::redact_json(&args)),
+            "stage start"
+        );
         let id = self.0.next_stage.fetch_add(1, Ordering::SeqCst);
         lock(&self.0.running).push(Running {
             id,

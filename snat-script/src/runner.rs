@@ -393,6 +393,8 @@ pub fn run(req: RunRequest) -> RunResult {
         prev_sha256: None,
         findings: Vec::new(),
         findings_truncated: 0,
+        // The raw values behind the redacted params, for the writer to find in messages.
+        secret_values: audit::SecretValues::from_params(&req.params),
     };
     let finalizer = Arc::new(Mutex::new(Some(Finalizer {
         dir,

@@ -603,6 +603,64 @@ fn params_with_secret_names_are_redacted() {
     assert!(!serde_json::to_string(rec).unwrap().contains("hunter2"));
 }
 
+/// The reviewer's runs: a secret parameter quoted by a playbook error, a secret path in a
+/// stage error (and in the `-vv` debug line of the stage's arguments), a JWT inside a
+/// finding's summary. None of them is anywhere in the record files' bytes, and the
+/// records still match the schema.
+#[test]
+fn secrets_copied_into_messages_never_reach_the_record() {
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    let r = Run::new();
+
+    let int = r.playbook("int.rhai", "let t = param(\"token\", 1);\n");
+    let o = r.run(&int, &["-p", "token=SuperSecretValue123"]);
+    expect_exit(&o, 2, "is not an integer");
+
+    let log = r.playbook("log.rhai", "let t = tcptracer::read(param(\"log\"));\n");
+    let o = r.run(&log, &["-vv", "-p", "log=/nonexistent?sig=SECRETSIG"]);
+    expect_exit(&o, 1, "tcptracer::read");
+    let err = stderr(&o);
+    let start = err
+        .lines()
+        .find(|l| l.contains("stage start"))
+        .unwrap_or_else(|| panic!("no stage start line with -vv:\n{err}"));
+    assert!(!start.contains("SECRETSIG"), "{start}");
+    assert!(start.contains("<redacted>"), "{start}");
+
+    let finding = r.playbook(
+        "finding.rhai",
+        &format!("report::finding(#{{kind: \"k\", severity: \"info\", summary: \"note={JWT} seen\"}});\n"),
+    );
+    assert_eq!(code(&r.run(&finding, &[])), 0);
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(r.audit())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let bytes = std::fs::read_to_string(f).unwrap();
+        for secret in ["SuperSecretValue123", "SECRETSIG", JWT] {
+            assert!(!bytes.contains(secret), "{secret} in {}:\n{bytes}", f.display());
+        }
+    }
+    let recs = r.records();
+    for rec in &recs {
+        assert_schema_valid(rec);
+    }
+    assert_eq!(recs[0]["params"]["token"], "<redacted>");
+    let msg = recs[0]["outcome"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("parameter `token`: \"<redacted>\" is not an integer"),
+        "{msg}"
+    );
+    let error = recs[1]["stages"][0]["error"].as_str().unwrap();
+    assert!(error.contains("/nonexistent?sig=<redacted>"), "{error}");
+    assert_eq!(recs[2]["findings"][0]["summary"], "note=<redacted> seen");
+}
+
 fn wait_for_start(child: &mut Child, audit: &Path) {
     // The audit directory is created before the playbook runs; give the engine a moment.
     let t0 = Instant::now();

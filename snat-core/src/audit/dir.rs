@@ -14,8 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AuditRecord, MAX_FINDINGS, MAX_FINDINGS_BYTES, SCHEMA_VERSION, VerifyReport, redact_findings, redact_json,
-    redact_params, verify,
+    AuditRecord, MAX_FINDINGS, MAX_FINDINGS_BYTES, SCHEMA_VERSION, VerifyReport, redact::redact_record, verify,
 };
 use crate::Error;
 
@@ -329,11 +328,13 @@ impl AuditDir {
     /// of the newest record file (`None` if there is none), names the file (see
     /// [`record_file_name`]; the time part is raised if needed so that the new record
     /// sorts last), and writes it atomically (temporary file, fsync, rename, fsync of the
-    /// directory). The writer also redacts `params`, stage `args` and `findings` again (see
-    /// [`redact_params`], [`redact_findings`]), keeps `findings` within [`MAX_FINDINGS`] and
+    /// directory). The writer also redacts `params`, stage `args` and `findings` again, the
+    /// secret parts of stage errors and of `outcome.message`, and every occurrence of the
+    /// record's `secret_values` in those and in the actions (see the module documentation,
+    /// "What never enters a record"); it keeps `findings` within [`MAX_FINDINGS`] and
     /// [`MAX_FINDINGS_BYTES`] (counting the rest in `findings_truncated`), and writes every
-    /// time as UTC with nine fractional digits (the same instant); `record` ends up exactly
-    /// as written.
+    /// time as UTC with nine fractional digits (the same instant). `record` ends up exactly
+    /// as written: its `secret_values`, which are never written, are emptied.
     ///
     /// Fails without writing anything when the record cannot be named
     /// ([`Error::AuditRecordInvalid`]: a bad `run_id`, a time that is not RFC 3339, a
@@ -343,11 +344,8 @@ impl AuditDir {
         check_record(record)?;
         let mut name = record_file_name(record)?;
         normalise_times(record)?;
-        record.params = redact_params(&record.params);
-        for stage in &mut record.stages {
-            stage.args = redact_json(&stage.args);
-        }
-        record.findings = redact_findings(&record.findings);
+        let secrets = std::mem::take(&mut record.secret_values);
+        redact_record(record, &secrets);
         bound_findings(record);
 
         let lock_path = self.path.join(LOCK_FILE);
@@ -505,6 +503,48 @@ mod tests {
     #[case::multibyte("2026112é055905.123456789Z-3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f.json", false)]
     fn record_names(#[case] name: &str, #[case] is_record: bool) {
         assert_eq!(parse_name(name).is_some(), is_record, "{name}");
+    }
+
+    /// The reviewer's runs: a secret parameter quoted in the outcome, a secret path in a
+    /// stage error and a JWT inside a finding's summary never reach the file.
+    #[test]
+    fn write_keeps_secret_values_out_of_every_string_of_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = AuditDir::open(tmp.path().join("audit")).unwrap();
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        let raw: std::collections::BTreeMap<String, String> =
+            [("token", "SuperSecretValue123"), ("log", "/nonexistent?sig=SECRETSIG")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        let mut record: AuditRecord = serde_json::from_value(serde_json::json!({
+            "schema_version": 2, "run_id": "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f",
+            "tool": {"name": "t", "version": "0"}, "playbook": {"path": "p.rhai", "sha256": null},
+            "params": {}, "started_at": "2026-11-21T05:59:05Z", "ended_at": "2026-11-21T05:59:06Z",
+            "host": {"hostname": "h", "kernel_release": "k", "uid": 0, "euid": 0, "capabilities": []},
+            "stages": [{"name": "tcptracer::read", "args": {"path": "/nonexistent?sig=SECRETSIG"},
+                        "started_at": "2026-11-21T05:59:05Z", "duration_ms": 1.0, "items": null, "outcome": "failed",
+                        "error": "cannot open /nonexistent?sig=SECRETSIG: No such file or directory (os error 2)"}],
+            "actions": [], "verdict": null, "exit_code": 2, "prev_sha256": null,
+            "outcome": {"kind": "playbook_error", "message": "p.rhai:1:9: parameter `token`: \"SuperSecretValue123\" is not an integer"},
+            "findings": [{"kind": "k", "severity": "info", "summary": format!("note={jwt} (SuperSecretValue123)"), "evidence": {}}],
+            "findings_truncated": 0,
+        }))
+        .unwrap();
+        record.params = super::super::redact_params(&raw);
+        record.secret_values = super::super::SecretValues::from_params(&raw);
+        let path = dir.write(&mut record).unwrap();
+        let bytes = fs::read_to_string(&path).unwrap();
+        for secret in ["SuperSecretValue123", "SECRETSIG", jwt] {
+            assert!(!bytes.contains(secret), "{secret} in the record:\n{bytes}");
+        }
+        assert!(record.secret_values.is_empty(), "the writer empties them");
+        let read: AuditRecord = serde_json::from_str(&bytes).unwrap();
+        assert_eq!(read, record, "the record ends up exactly as written");
+        assert_eq!(
+            read.outcome.message.as_deref(),
+            Some("p.rhai:1:9: parameter `token`: \"<redacted>\" is not an integer")
+        );
     }
 
     proptest::proptest! {

@@ -224,6 +224,7 @@ mod tests {
                                   "netns": 1, "destination": "198.18.0.1:443",
                                   "evidence": {"public_established": flows, "failed_by_destination": [{"destination": "198.18.0.1:443", "count": 2}]}})],
             findings_truncated: 0,
+            secret_values: Default::default(),
         };
         dir.write(&mut r).unwrap();
         r.run_id
