@@ -94,9 +94,7 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
         for f in list {
             match serde_json::from_value::<snat_core::model::Finding>(f) {
                 Ok(mut f) => {
-                    let node = f
-                        .node
-                        .get_or_insert_with(|| snat_core::model::NodeRef { name: None, ip: None });
+                    let node = f.node.get_or_insert(snat_core::model::NodeRef { name: None, ip: None });
                     if node.name.is_none() {
                         node.name = Some(n.node.clone());
                     }
