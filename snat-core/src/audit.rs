@@ -142,7 +142,7 @@
 //! - **Secret keys and values.** Parameters and stage arguments go through
 //!   [`redact_params`] / [`redact_json`]: a value is replaced by `"<redacted>"` when its
 //!   key contains, in any case, one of `token`, `password`, `passwd`, `pwd`, `secret`,
-//!   `key`, `credential`, `auth`, `cookie`, `session`, `private`, `cert`, `bearer`,
+//!   `key`, `credential`, `auth`, `cookie`, `session`, `cert`, `bearer`,
 //!   `kubeconfig`, `sas`, `signature`; or when the value itself looks like a secret: a PEM
 //!   block (`-----BEGIN`), a JSON Web Token (`eyJ...` with three dot-separated base64url
 //!   parts), kubeconfig credential data (`client-key-data`, `client-certificate-data`,

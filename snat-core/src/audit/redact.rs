@@ -18,7 +18,6 @@ const SECRET_KEY_WORDS: &[&str] = &[
     "auth",
     "cookie",
     "session",
-    "private",
     "cert",
     "bearer",
     "kubeconfig",
@@ -37,7 +36,8 @@ const SECRET_VALUE_MARKERS: &[&str] = &[
 
 /// True when a parameter or argument named `key` holds a secret: its name contains, in any
 /// case, one of `token`, `password`, `passwd`, `pwd`, `secret`, `key`, `credential`, `auth`,
-/// `cookie`, `session`, `private`, `cert`, `bearer`, `kubeconfig`, `sas`, `signature`.
+/// `cookie`, `session`, `cert`, `bearer`, `kubeconfig`, `sas`, `signature` (`private_key`
+/// is caught by `key`; `private` alone is the playbooks' list of CIDRs that use no SNAT).
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_KEY_WORDS.iter().any(|w| key.contains(w))
@@ -627,6 +627,8 @@ mod tests {
     #[case::top("top", false)]
     #[case::namespace("namespace", false)]
     #[case::threshold("threshold", false)]
+    #[case::private_cidrs("private", false)]
+    #[case::private_key("ssh_private_key", true)]
     fn secret_keys(#[case] key: &str, #[case] secret: bool) {
         assert_eq!(is_secret_key(key), secret, "{key}");
     }
