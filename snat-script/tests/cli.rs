@@ -1009,17 +1009,14 @@ report::text("notes", t.notes.reduce(|acc, n| acc + n + "\n", ""));
 report::verdict("clear", `${t.totals.events} events`);
 "#;
 
-/// A SIGINT sent to snat-run alone (`timeout -s INT`, an orchestrator) while the writer of
-/// its stdin lives on: what the pipe held is read, and once the pipe has been silent for a
-/// second the playbook reports, exit 0, instead of waiting for a writer that may never stop.
-#[test]
-fn sigint_while_a_live_writer_is_silent_ends_the_read() {
+/// The sample log's lines, and a snat-run reading `tcptracer::read("-")` from a pipe that
+/// already holds the first 100 of them (started: its audit directory exists).
+fn reading_a_pipe(r: &Run) -> (Vec<String>, std::process::Child, std::process::ChildStdin) {
     let lines: Vec<String> = std::fs::read_to_string(data("tcptracer/sample-t4v.log"))
         .unwrap()
         .lines()
         .map(|l| format!("{l}\n"))
         .collect();
-    let r = Run::new();
     let p = r.playbook(
         "pipe.rhai",
         &REPORTS_WHAT_IT_SAW.replace("TRACE", r#"tcptracer::read("-")"#),
@@ -1034,6 +1031,16 @@ fn sigint_while_a_live_writer_is_silent_ends_the_read() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(lines[..100].concat().as_bytes()).unwrap();
     wait_for_start(&mut child, &r.audit());
+    (lines, child, stdin)
+}
+
+/// A SIGINT sent to snat-run alone (`timeout -s INT`, an orchestrator) while the writer of
+/// its stdin lives on: what the pipe held is read, and once the pipe has been silent for a
+/// second the playbook reports, exit 0, instead of waiting for a writer that may never stop.
+#[test]
+fn sigint_while_a_live_writer_is_silent_ends_the_read() {
+    let r = Run::new();
+    let (_, child, stdin) = reading_a_pipe(&r);
     let t0 = Instant::now();
     signal(&child, libc::SIGINT);
     // The writer stays, silent, with the pipe open (for 25 s: long enough to tell).
@@ -1057,27 +1064,9 @@ fn sigint_while_a_live_writer_is_silent_ends_the_read() {
 /// pipe still holds) and the playbook reports, exit 0. A second SIGINT stops the run.
 #[test]
 fn sigint_while_reading_a_pipe_reads_it_to_the_end_and_reports() {
-    let lines: Vec<String> = std::fs::read_to_string(data("tcptracer/sample-t4v.log"))
-        .unwrap()
-        .lines()
-        .map(|l| format!("{l}\n"))
-        .collect();
     for twice in [false, true] {
         let r = Run::new();
-        let p = r.playbook(
-            "pipe.rhai",
-            &REPORTS_WHAT_IT_SAW.replace("TRACE", r#"tcptracer::read("-")"#),
-        );
-        let mut child = r
-            .cmd(&p, &[])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(lines[..100].concat().as_bytes()).unwrap();
-        wait_for_start(&mut child, &r.audit());
+        let (lines, child, mut stdin) = reading_a_pipe(&r);
         signal(&child, libc::SIGINT);
         std::thread::sleep(Duration::from_millis(300));
         if twice {

@@ -783,10 +783,7 @@ mod tests {
         "users:\n- name: u\n  user:\n    token: <redacted>\n    client-key-data: <redacted>\n"
     )]
     #[case::yaml_list_item("  - password: hunter2", "  - password: <redacted>")]
-    #[case::line_with_a_sentence(
-        "kubeconfig: cannot read /root/.kube/config",
-        "kubeconfig: cannot read /root/.kube/config"
-    )]
+    #[case::line_with_a_sentence("kubeconfig: cannot read ~/.kube/config", "kubeconfig: cannot read ~/.kube/config")]
     #[case::key_word_in_prose(
         "the token file is missing: key not found",
         "the token file is missing: key not found"
