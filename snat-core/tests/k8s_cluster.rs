@@ -394,43 +394,24 @@ async fn exec_census_without_tcp6_warns() {
     assert!(c.warnings.iter().any(|w| w.contains("tcp6")), "{:?}", c.warnings);
 }
 
-/// An exec that answers with nothing (no /proc/net/tcp header at all) is a failure naming
-/// the pod, not a pod without sockets.
+/// An exec whose answer lacks a table `cat` should have printed is a failure naming the pod,
+/// not a pod without sockets: nothing at all (no /proc/net/tcp header), or /proc/net/tcp
+/// alone although `cat` reported success (so it read /proc/net/tcp6 too: cut short).
 #[tokio::test]
-async fn exec_with_empty_output_fails() {
-    let e = env(cluster()).await;
-    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
-        stdout: vec![],
-        stderr: vec![],
-        status: json!({"metadata": {}, "status": "Success"}),
-    });
-    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp header"),
-        "{err}"
-    );
-}
-
-/// `cat` reported success, so it read /proc/net/tcp6: output without that table is cut short.
-#[tokio::test]
-async fn exec_without_tcp6_and_without_an_error_fails() {
-    let e = env(cluster()).await;
-    *e.api.state.exec.lock().unwrap() = Some(ExecReply {
-        stdout: TCP.as_bytes().to_vec(),
-        stderr: vec![],
-        status: json!({"metadata": {}, "status": "Success"}),
-    });
-    let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("shop/api-7d9f-0") && err.contains("no /proc/net/tcp6 header"),
-        "{err}"
-    );
+async fn exec_output_missing_a_table_fails() {
+    for (stdout, missing) in [("", "no /proc/net/tcp header"), (TCP, "no /proc/net/tcp6 header")] {
+        let e = env(cluster()).await;
+        *e.api.state.exec.lock().unwrap() = Some(ExecReply {
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: vec![],
+            status: json!({"metadata": {}, "status": "Success"}),
+        });
+        let err = exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shop/api-7d9f-0") && err.contains(missing), "{err}");
+    }
 }
 
 #[tokio::test]
