@@ -23,7 +23,13 @@ const SECRET_KEY_WORDS: &[&str] = &[
     "kubeconfig",
     "sas",
     "signature",
+    "connectionstring",
+    "connstr",
 ];
+
+/// Short words that make a key secret only as a whole word of it (`gh_pat`, `sig`,
+/// `db-pass`), not inside another word (`path`, `design`, `spin`).
+const SECRET_KEY_WHOLE_WORDS: &[&str] = &["pat", "sig", "otp", "pin", "pass"];
 
 /// Substrings (case-insensitive) that make a value secret whatever its key.
 const SECRET_VALUE_MARKERS: &[&str] = &[
@@ -36,11 +42,17 @@ const SECRET_VALUE_MARKERS: &[&str] = &[
 
 /// True when a parameter or argument named `key` holds a secret: its name contains, in any
 /// case, one of `token`, `password`, `passwd`, `pwd`, `secret`, `key`, `credential`, `auth`,
-/// `cookie`, `session`, `cert`, `bearer`, `kubeconfig`, `sas`, `signature` (`private_key`
-/// is caught by `key`; `private` alone is the playbooks' list of CIDRs that use no SNAT).
+/// `cookie`, `session`, `cert`, `bearer`, `kubeconfig`, `sas`, `signature`, `connectionstring`,
+/// `connstr` (separators ignored: `connection_string`), or has one of `pat`, `sig`, `otp`,
+/// `pin`, `pass` as a whole word (`gh_pat`, `db-pass`; not `path`). `private_key` is caught
+/// by `key`; `private` alone is the playbooks' list of CIDRs that use no SNAT.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    SECRET_KEY_WORDS.iter().any(|w| key.contains(w))
+    let flat: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+    SECRET_KEY_WORDS.iter().any(|w| flat.contains(w))
+        || key
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| SECRET_KEY_WHOLE_WORDS.contains(&word))
 }
 
 /// True when `value` looks like a secret whatever its key: a PEM block, a JSON Web Token,
@@ -267,6 +279,8 @@ fn redact_word(word: &str, redact_next: &mut bool, note: &mut dyn FnMut(&str)) -
         *redact_next = true;
         return word.to_owned();
     }
+    let without_userinfo = redact_userinfo(word, note);
+    let word = without_userinfo.as_str();
     let b = word.as_bytes();
     let mut out = String::with_capacity(word.len());
     let (mut i, mut copied) = (0, 0);
@@ -298,6 +312,34 @@ fn redact_word(word: &str, redact_next: &mut bool, note: &mut dyn FnMut(&str)) -
         i += 1;
     }
     out.push_str(&word[copied..]);
+    out
+}
+
+/// `word` with the password of every URL's user information (`https://user:PASSWORD@host`)
+/// redacted.
+fn redact_userinfo(word: &str, note: &mut dyn FnMut(&str)) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_len = tail.find(['/', '?', '#']).unwrap_or(tail.len());
+        let authority = &tail[..authority_len];
+        match authority
+            .rfind('@')
+            .and_then(|end| Some((authority[..end].find(':')?, end)))
+        {
+            Some((colon, end)) if end > colon + 1 && &authority[colon + 1..end] != REDACTED => {
+                note(&authority[colon + 1..end]);
+                out.push_str(&authority[..=colon]);
+                out.push_str(REDACTED);
+                out.push_str(&authority[end..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[authority_len..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -459,6 +501,10 @@ impl SecretValues {
         for (k, v) in params {
             if is_secret_key(k) || looks_secret_value(v) {
                 secrets.insert(v);
+                // A list parameter (`-p api_keys=a,b`) is used element by element.
+                for part in v.split(',') {
+                    secrets.insert(part);
+                }
             }
             redact_text_noting(v, &mut |part| {
                 secrets.insert(part);
@@ -593,6 +639,9 @@ pub(super) fn redact_record(record: &mut super::AuditRecord, secrets: &SecretVal
         stage.error = stage.error.as_deref().map(text);
     }
     for action in &mut record.actions {
+        if let Some(c) = &mut action.cluster {
+            c.server = text(&c.server);
+        }
         action.target = secrets.redact(&action.target);
         action.request = secrets.redact_json(&action.request);
         action.result = action.result.as_deref().map(|r| secrets.redact(r));
@@ -627,6 +676,12 @@ mod tests {
     #[case::top("top", false)]
     #[case::namespace("namespace", false)]
     #[case::threshold("threshold", false)]
+    #[case::pat("gh_pat", true)]
+    #[case::sig("sig", true)]
+    #[case::pass("db-pass", true)]
+    #[case::connection_string("connection_string", true)]
+    #[case::path("path", false)]
+    #[case::design("design", false)]
     #[case::private_cidrs("private", false)]
     #[case::private_key("ssh_private_key", true)]
     fn secret_keys(#[case] key: &str, #[case] secret: bool) {
@@ -783,6 +838,11 @@ mod tests {
         "users:\n- name: u\n  user:\n    token: <redacted>\n    client-key-data: <redacted>\n"
     )]
     #[case::yaml_list_item("  - password: hunter2", "  - password: <redacted>")]
+    #[case::url_userinfo(
+        "cannot read https://svc:PaSsW0rd77@files.example/x.log: 404",
+        "cannot read https://svc:<redacted>@files.example/x.log: 404"
+    )]
+    #[case::url_user_only("see https://svc@files.example/x", "see https://svc@files.example/x")]
     #[case::line_with_a_sentence("kubeconfig: cannot read ~/.kube/config", "kubeconfig: cannot read ~/.kube/config")]
     #[case::key_word_in_prose(
         "the token file is missing: key not found",
@@ -884,6 +944,13 @@ mod tests {
             "<redacted> <redacted> <redacted> aks-nodepool1-0 true <redacted>"
         );
         assert!(!format!("{s:?}").contains("hunter22"), "Debug shows no value: {s:?}");
+        // A secret list parameter is used element by element.
+        let list: BTreeMap<String, String> = [("api_keys".to_owned(), "FirstKey1111,SecondKey2222".to_owned())].into();
+        let s = SecretValues::from_params(&list);
+        assert_eq!(
+            s.redact("got SecondKey2222, then FirstKey1111"),
+            "got <redacted>, then <redacted>"
+        );
     }
 
     #[test]
