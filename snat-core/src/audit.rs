@@ -143,7 +143,9 @@
 //!   [`redact_params`] / [`redact_json`]: a value is replaced by `"<redacted>"` when its
 //!   key contains, in any case, one of `token`, `password`, `passwd`, `pwd`, `secret`,
 //!   `key`, `credential`, `auth`, `cookie`, `session`, `cert`, `bearer`,
-//!   `kubeconfig`, `sas`, `signature`; or when the value itself looks like a secret: a PEM
+//!   `kubeconfig`, `sas`, `signature`, `connectionstring`, `connstr` (separators ignored),
+//!   or has `pat`, `sig`, `otp`, `pin` or `pass` as a whole word (see [`is_secret_key`]);
+//!   or when the value itself looks like a secret: a PEM
 //!   block (`-----BEGIN`), a JSON Web Token (`eyJ...` with three dot-separated base64url
 //!   parts), kubeconfig credential data (`client-key-data`, `client-certificate-data`,
 //!   `token:`), an `Authorization`-style `Bearer ` or `Basic ` value, or a URL carrying a
