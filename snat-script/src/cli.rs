@@ -419,7 +419,9 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
     let message = format!("{message} (command line: {name} {cmdline})");
     let req = RunRequest {
         playbook,
-        params: BTreeMap::new(),
+        // What the command line meant as parameters: recorded (redacted), and their secret
+        // values kept out of the record wherever clap's message copied them.
+        params: raw_params(args),
         options: RunOptions {
             progress: false,
             ..RunOptions::default()
@@ -444,6 +446,31 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
         );
     }
     ExitCode::from(r.exit_code)
+}
+
+/// The `--param`/`-p` values of a command line clap could not parse, as `KEY=VALUE` or, a
+/// likely slip, `KEY VALUE`.
+fn raw_params(args: &[String]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let given = match a.as_str() {
+            "-p" | "--param" => it.next().map(String::as_str),
+            _ => a
+                .strip_prefix("--param=")
+                .or_else(|| a.strip_prefix("-p").filter(|v| !v.is_empty())),
+        };
+        let Some(given) = given else { continue };
+        let split = given
+            .split_once('=')
+            .or_else(|| given.trim().split_once(char::is_whitespace));
+        if let Some((k, v)) = split
+            && !k.trim().is_empty()
+        {
+            out.entry(k.trim().to_string()).or_insert_with(|| v.trim().to_string());
+        }
+    }
+    out
 }
 
 /// clap's message and the command line it refused, with what the command line's redaction

@@ -312,6 +312,22 @@ fn a_command_line_clap_refuses_is_recorded() {
     assert!(rec["playbook"]["path"].as_str().unwrap().ends_with("a.rhai"), "{rec}");
     assert!(rec["playbook"]["sha256"].is_string(), "{rec}");
     assert_schema_valid(rec);
+    // A secret parameter's value, given with a space instead of `=` (clap quotes it back)
+    // or repeated elsewhere on the command line, stays out of the record.
+    for extra in [
+        &["--param", "token SuperSecret123"][..],
+        &["--param", "token=Hunter2PassB", "--max-operations", "Hunter2PassB"][..],
+    ] {
+        let o = r.run(&p, extra);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        let last = r.records().pop().unwrap();
+        let text = serde_json::to_string(&last).unwrap();
+        assert!(
+            !text.contains("SuperSecret123") && !text.contains("Hunter2PassB"),
+            "{text}"
+        );
+        assert_eq!(last["params"]["token"], "<redacted>", "{last}");
+    }
 
     // `--audit-dir=DIR`, and a number clap cannot parse, with -o json: the document names
     // the record.
@@ -338,9 +354,9 @@ fn a_command_line_clap_refuses_is_recorded() {
         .unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     let recs = r.records();
-    assert_eq!(recs.len(), 2);
-    assert_eq!(recs[1]["playbook"]["path"], "", "{}", recs[1]);
-    assert_schema_valid(&recs[1]);
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[3]["playbook"]["path"], "", "{}", recs[3]);
+    assert_schema_valid(&recs[3]);
 
     // Not playbook runs: no record.
     for args in [&["functions", "--bogus"][..], &["audit", "verify"][..]] {
@@ -351,7 +367,7 @@ fn a_command_line_clap_refuses_is_recorded() {
             .unwrap();
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
     }
-    assert_eq!(r.records().len(), 2);
+    assert_eq!(r.records().len(), 4);
 }
 
 #[test]
