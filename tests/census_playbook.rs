@@ -102,6 +102,9 @@ fn census_playbook_names_the_pod_under_pressure() {
     );
     let r = census(&[("ports", "44")]);
     assert_eq!(node_flow_findings(&r)[0]["severity"], "critical", "{:?}", r.findings);
+    // A `warn` above the ports does not hide a destination at the budget.
+    let r = census(&[("ports", "44"), ("warn", "100")]);
+    assert_eq!(node_flow_findings(&r)[0]["severity"], "critical", "{:?}", r.findings);
     // 60 nodes get 512 ports each from AKS's table: 45 flows are not pressure.
     let r = census(&[("nodes", "60"), ("syn_warn", "100")]);
     assert!(node_flow_findings(&r).is_empty(), "{:?}", r.findings);

@@ -169,6 +169,34 @@ fn a_culprit_named_only_by_uid_later_is_still_matched() {
     );
 }
 
+/// A culprit that fell to `info` in the later run (under the warning level, another pod now
+/// critical) still holds the flows it holds: they count, and a 0 % drop is no fix.
+#[test]
+fn a_culprit_that_fell_to_info_still_counts_its_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut after: Value = serde_json::from_str(&std::fs::read_to_string(data("before.json")).unwrap()).unwrap();
+    after["run_id"] = "later-run-info".into();
+    for f in after["findings"].as_array_mut().unwrap() {
+        if f["pod"]["owner"]["name"] == "checkout" {
+            f["severity"] = "info".into();
+        }
+    }
+    let after_path = dir.path().join("after-info.json");
+    std::fs::write(&after_path, serde_json::to_string(&after).unwrap()).unwrap();
+    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_path)]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = table_rows(&rep);
+    let checkout = rows
+        .iter()
+        .find(|r| r["culprit"] == "shop/Deployment/checkout")
+        .unwrap();
+    assert_eq!(
+        (checkout["after_flows"].as_i64(), checkout["dropped"].as_bool()),
+        (Some(124), Some(false))
+    );
+}
+
 #[test]
 fn a_broken_file_or_a_record_of_another_playbook_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
