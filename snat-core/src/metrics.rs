@@ -148,6 +148,14 @@ pub fn read_paths(paths: &[&Path]) -> Result<MetricsDoc, Error> {
                         d.source, part.source, d.resource, part.resource
                     )));
                 }
+                // The same metric twice (a file given twice, or overlapping queries) would
+                // be added up per timestamp: twice the ports, twice the failures.
+                if let Some(m) = part.metrics.iter().find(|m| d.metric(&m.name).is_some()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "metric {} is in both {} and {}: pass each metric once",
+                        m.name, d.source, part.source
+                    )));
+                }
                 d.source = format!("{} + {}", d.source, part.source);
                 d.merge(part);
             }
@@ -432,7 +440,8 @@ pub struct SnatMetrics {
     pub nat_gateway: BTreeMap<String, f64>,
     /// Whether node-level attribution is possible from these metrics.
     pub per_node: bool,
-    /// Whether the document has `SnatConnectionCount` split by `BackendIPAddress`, so that
+    /// Whether the document has `SnatConnectionCount` split by `BackendIPAddress` and
+    /// `ConnectionState`, so that
     /// the backends' `failed` counts are known. When it is false (a file of the port
     /// metrics only), `failed` is 0 for every backend because nothing was measured, and a
     /// note says so.
@@ -455,7 +464,7 @@ impl SnatMetrics {
 
 /// The note for a load balancer document without `SnatConnectionCount` (followed by
 /// [`SNAT_CONNECTION_COUNT_AZ`]).
-pub const FAILED_UNKNOWN_NOTE: &str = "the document has no SnatConnectionCount split by BackendIPAddress, so failed SNAT connections (the surest sign of exhaustion) are unknown, not zero; get them with";
+pub const FAILED_UNKNOWN_NOTE: &str = "the document has no SnatConnectionCount split by BackendIPAddress and ConnectionState, so failed SNAT connections (the surest sign of exhaustion) are unknown, not zero; get them with";
 
 /// The `az` command line that gets a load balancer's failed SNAT connections for the last
 /// hour, to be read together with the port metrics (`metrics::read([ports, failed])`).
@@ -542,7 +551,8 @@ pub fn analyze(doc: &MetricsDoc) -> Result<SnatMetrics, Error> {
                 )
             })?;
             let acc = per_ip.entry(ip).or_default();
-            out.failed_known |= which == "snatconnectioncount";
+            // Failures are known only where the counts are split by ConnectionState.
+            out.failed_known |= which == "snatconnectioncount" && s.dimension("ConnectionState").is_some();
             for p in &s.points {
                 match which.as_str() {
                     "allocatedsnatports" => {
@@ -970,6 +980,23 @@ mod tests {
         assert_eq!(hot.failed, 89.0);
         assert_eq!(a.by_failed[1].failed, 0.0);
         assert_eq!(hot.allocated, Some(1024.0));
+        // The same file twice would count everything twice.
+        let err = read_paths(&[&ports, &ports]).unwrap_err().to_string();
+        assert!(
+            err.contains("is in both") && err.contains("pass each metric once"),
+            "{err}"
+        );
+        // SnatConnectionCount split by backend but not by ConnectionState: failures unknown.
+        let text = std::fs::read_to_string(&conns).unwrap();
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        for ts in v["value"][0]["timeseries"].as_array_mut().unwrap() {
+            ts["metadatavalues"].as_array_mut().unwrap().truncate(1);
+        }
+        let unsplit = parse(&v.to_string(), "no-state.json").unwrap();
+        let mut doc = read_paths(&[&ports]).unwrap();
+        doc.merge(unsplit);
+        let a = analyze(&doc).unwrap();
+        assert!(!a.failed_known, "{:?}", a.notes);
         // Files of a NAT gateway and a load balancer are not one resource.
         let nat = PathBuf::from(format!("{dir}/natgw-metrics.json"));
         let err = read_paths(&[&ports, &nat]).unwrap_err().to_string();
