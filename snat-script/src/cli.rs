@@ -618,6 +618,22 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
             k.display()
         ));
     }
+    // A --context the kubeconfig lacks is a typo: refused like a missing --kubeconfig, not
+    // found by the first API call as "no cluster".
+    if let Some(want) = &a.context
+        && let Ok(Some(names)) = snat_core::k8s::kubeconfig_contexts(a.kubeconfig.as_deref())
+        && !names.contains(want)
+    {
+        let hint = crate::modules::did_you_mean(want, names.iter().map(String::as_str));
+        return Some(format!(
+            "--context {want}: no such context in the kubeconfig{hint}; its contexts are {}",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
     use snat_core::k8s::remediate::Action;
     if let Some(x) = a.allow.iter().find(|x| Action::from_name(x).is_none()) {
         let known: Vec<&str> = Action::ALL.iter().map(|x| x.name()).collect();

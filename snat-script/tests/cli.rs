@@ -293,6 +293,24 @@ fn a_missing_kubeconfig_is_refused() {
     assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
 }
 
+/// A `--context` the kubeconfig lacks is refused before the run too, naming the contexts.
+#[test]
+fn a_context_the_kubeconfig_lacks_is_refused() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "let x = param(\"a\", 1);");
+    let kc = r.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: demo\n  context:\n    cluster: c\n    user: u\n- name: prod\n  context:\n    cluster: c\n    user: u\ncurrent-context: demo\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .unwrap();
+    let o = r.run(&p, &["--kubeconfig", kc.to_str().unwrap(), "--context", "dmeo"]);
+    expect_exit(&o, 2, "--context dmeo: no such context in the kubeconfig");
+    assert!(stderr(&o).contains("its contexts are demo, prod"), "{}", stderr(&o));
+    let o = r.run(&p, &["--kubeconfig", kc.to_str().unwrap(), "--context", "prod"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 /// What clap refuses (an unknown flag, a bad number) is a run too: it leaves its one record,
 /// in the directory the command line names in either spelling, with the command line's
 /// secrets redacted; `functions` and `audit` mistakes run no playbook and leave none.

@@ -139,7 +139,10 @@ fn empty_exec_output_counts_the_pod_as_failed() {
     );
     assert!(rep["verdict"].is_null(), "{rep:#}");
     let rows = table(&rep, "Nodes by");
-    assert!(rows.iter().all(|r| r["level"] == "unknown"), "not read is not ok: {rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["level"] == "unknown"),
+        "not read is not ok: {rows:#?}"
+    );
     let counts: Vec<(Value, Value, Value)> = rows
         .iter()
         .map(|r| (r["node"].clone(), r["pods_scanned"].clone(), r["pods_failed"].clone()))

@@ -139,6 +139,12 @@ fn load_kubeconfig(explicit: Option<&std::path::Path>) -> Result<Option<(Kubecon
     load_kubeconfig_from(explicit, std::env::var_os("KUBECONFIG"), std::env::var_os("HOME"))
 }
 
+/// The context names of the kubeconfig kubectl would use (`explicit`, else `KUBECONFIG`,
+/// else `~/.kube/config`); `Ok(None)` when there is none. No request is made.
+pub fn kubeconfig_contexts(explicit: Option<&std::path::Path>) -> Result<Option<Vec<String>>, Error> {
+    Ok(load_kubeconfig(explicit)?.map(|(kc, _)| kc.contexts.into_iter().map(|c| c.name).collect()))
+}
+
 fn load_kubeconfig_from(
     explicit: Option<&std::path::Path>,
     kubeconfig_var: Option<std::ffi::OsString>,
