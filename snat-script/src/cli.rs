@@ -588,6 +588,9 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
     // `snat-run funtions`: a bare word that is no file and is close to a subcommand.
     if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
         let word = playbook.to_string_lossy();
+        if word == "help" {
+            return Some("no playbook or subcommand \"help\": for help, run snat-run --help (and snat-run functions for what a playbook can call)".into());
+        }
         let hint = crate::modules::did_you_mean(&word, ["functions", "audit"]);
         if !hint.is_empty() {
             return Some(format!("no playbook or subcommand {word:?}{hint}"));

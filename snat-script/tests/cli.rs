@@ -1482,6 +1482,8 @@ fn command_line_slips_say_what_was_meant() {
     let recs = r.records();
     assert_eq!(recs.len(), 1, "recorded, as every run is");
     assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    let o = r.run(Path::new("help"), &[]);
+    expect_exit(&o, 2, "for help, run snat-run --help");
     let p = r.playbook("p.rhai", "let l = param(\"log\");");
     let o = r.run(&p, &["log=x"]);
     expect_exit(
