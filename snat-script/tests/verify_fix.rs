@@ -117,28 +117,34 @@ fn a_culprit_that_did_not_drop_exits_3_and_is_named() {
     assert_eq!(other["dropped"], false);
 }
 
+/// verify-fix of before.json against a later run that is before.json with `edit` applied to
+/// each finding, expected to exit 3: the report and checkout's row.
+fn against_an_edited_before(edit: impl Fn(&mut Value)) -> (Value, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut after: Value = serde_json::from_str(&std::fs::read_to_string(data("before.json")).unwrap()).unwrap();
+    after["run_id"] = "a-later-run".into();
+    after["findings"].as_array_mut().unwrap().iter_mut().for_each(edit);
+    let after_path = dir.path().join("after.json");
+    std::fs::write(&after_path, serde_json::to_string(&after).unwrap()).unwrap();
+    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_path)]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checkout = table_rows(&rep)
+        .into_iter()
+        .find(|r| r["culprit"] == "shop/Deployment/checkout")
+        .unwrap();
+    (rep, checkout)
+}
+
 /// A later run that could not reach the API names the same pod by UID only: it is still
 /// the culprit, matched by UID, and its unchanged flows are not "dropped" (before, the
 /// workload key and the UID key never met, and the run said the fix worked).
 #[test]
 fn a_culprit_named_only_by_uid_later_is_still_matched() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut after: Value = serde_json::from_str(&std::fs::read_to_string(data("before.json")).unwrap()).unwrap();
-    after["run_id"] = "later-run-without-api".into();
-    for f in after["findings"].as_array_mut().unwrap() {
+    let (rep, checkout) = against_an_edited_before(|f| {
         let uid = f["pod"]["uid"].clone();
         f["pod"] = serde_json::json!({ "uid": uid });
-    }
-    let after_path = dir.path().join("after-no-api.json");
-    std::fs::write(&after_path, serde_json::to_string(&after).unwrap()).unwrap();
-    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_path)]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = table_rows(&rep);
-    let checkout = rows
-        .iter()
-        .find(|r| r["culprit"] == "shop/Deployment/checkout")
-        .unwrap();
+    });
     assert_eq!(
         (checkout["before_flows"].as_i64(), checkout["after_flows"].as_i64()),
         (Some(124), Some(124))
@@ -173,24 +179,11 @@ fn a_culprit_named_only_by_uid_later_is_still_matched() {
 /// critical) still holds the flows it holds: they count, and a 0 % drop is no fix.
 #[test]
 fn a_culprit_that_fell_to_info_still_counts_its_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut after: Value = serde_json::from_str(&std::fs::read_to_string(data("before.json")).unwrap()).unwrap();
-    after["run_id"] = "later-run-info".into();
-    for f in after["findings"].as_array_mut().unwrap() {
+    let (_, checkout) = against_an_edited_before(|f| {
         if f["pod"]["owner"]["name"] == "checkout" {
             f["severity"] = "info".into();
         }
-    }
-    let after_path = dir.path().join("after-info.json");
-    std::fs::write(&after_path, serde_json::to_string(&after).unwrap()).unwrap();
-    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_path)]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = table_rows(&rep);
-    let checkout = rows
-        .iter()
-        .find(|r| r["culprit"] == "shop/Deployment/checkout")
-        .unwrap();
+    });
     assert_eq!(
         (checkout["after_flows"].as_i64(), checkout["dropped"].as_bool()),
         (Some(124), Some(false))
