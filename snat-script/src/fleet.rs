@@ -179,22 +179,29 @@ fn unknown_nodes_message(missing: &[String], known: Option<&[String]>) -> String
         [one] => format!("--on-node {one}: no such node in the cluster"),
         many => format!("--on-node: no such nodes in the cluster: {}", many.join(", ")),
     };
-    match known {
-        Some([]) => msg.push_str("; it has no nodes"),
-        Some(k) => {
-            let mut k = k.to_vec();
-            k.sort();
-            let more = k.len().saturating_sub(KNOWN_SHOWN);
-            k.truncate(KNOWN_SHOWN);
-            msg.push_str(&format!("; its nodes: {}", k.join(", ")));
-            if more > 0 {
-                msg.push_str(&format!(" and {more} more (kubectl get nodes)"));
-            }
-        }
-        None => {}
+    if let Some(k) = known {
+        msg.push_str("; ");
+        msg.push_str(&known_nodes(k));
     }
     msg.push_str("; no Job was created");
     msg
+}
+
+/// A few of the cluster's nodes, for a message about a node name it does not have: `its
+/// nodes: a, b, c and 7 more (kubectl get nodes)`, or `it has no nodes`.
+pub(crate) fn known_nodes(known: &[String]) -> String {
+    if known.is_empty() {
+        return "it has no nodes".into();
+    }
+    let mut k = known.to_vec();
+    k.sort();
+    let more = k.len().saturating_sub(KNOWN_SHOWN);
+    k.truncate(KNOWN_SHOWN);
+    let mut text = format!("its nodes: {}", k.join(", "));
+    if more > 0 {
+        text.push_str(&format!(" and {more} more (kubectl get nodes)"));
+    }
+    text
 }
 
 /// Refuse `--on-node` names that are no node of the cluster before any Job is created: a

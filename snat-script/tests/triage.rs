@@ -558,7 +558,7 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     );
     let err = String::from_utf8_lossy(&typo.stderr);
     assert!(
-        err.contains("the cluster has no node named node-tt (its nodes: [\"node-t\""),
+        err.contains("no node node-tt in the cluster (did you mean `node-t`?); its nodes: node-t"),
         "{err}"
     );
     let rep: Value = serde_json::from_slice(&typo.stdout).unwrap();

@@ -73,6 +73,35 @@ pub fn create_module(ctx: &Ctx) -> Module {
 
     let c = ctx.clone();
     func(
+        "unknown_node",
+        &["name: &str", "?"],
+        "() when the cluster has a node of this name; else what is wrong, for a message: `no node NAME in the\ncluster (did you mean `NAME2`?); its nodes: a, b and 3 more`. A typo in a node parameter would otherwise\nlook like a node without pods. Needs RBAC get nodes (and list nodes for the names).",
+    )
+    .set_into_module(&mut m, move |name: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+        c.stage("kube::unknown_node", json!({ "node": name }), || {
+            let kube = c.kube()?;
+            let missing = c.block_on(snat_core::k8s::fleet::missing_nodes(&kube, &[name.to_string()]))??;
+            if missing.is_empty() {
+                return Ok((Dynamic::UNIT, Some(0)));
+            }
+            // The names only help: a cluster that lets us get a node but not list them
+            // still gets the answer.
+            let known = c
+                .block_on(snat_core::k8s::fleet::all_node_names(&kube))
+                .ok()
+                .and_then(Result::ok);
+            let mut text = format!("no node {name} in the cluster");
+            if let Some(k) = &known {
+                text.push_str(&super::did_you_mean(name, k.iter().map(String::as_str)));
+                text.push_str("; ");
+                text.push_str(&crate::fleet::known_nodes(k));
+            }
+            Ok((Dynamic::from(text), Some(1)))
+        })
+    });
+
+    let c = ctx.clone();
+    func(
         "nodes",
         &["Array"],
         "Every node's name (`kubectl get nodes`). Needs RBAC list nodes.",
