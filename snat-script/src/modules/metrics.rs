@@ -59,7 +59,16 @@ pub fn create_module(ctx: &Ctx) -> Module {
 SnatConnectionCount come from two `az` calls (see metrics::az_commands).",
     )
     .set_into_module(&mut m, move |paths: Array| {
-        let paths: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+        // A list split from `a.json, b.json,`: spaces around a name and empty entries are
+        // slips, not files.
+        let paths: Vec<String> = paths
+            .into_iter()
+            .map(|p| p.to_string().trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if paths.is_empty() {
+            return Err("metrics::read: no file named".into());
+        }
         read(&c, &paths)
     });
 
@@ -249,6 +258,19 @@ mod tests {
         let st = ctx.stages();
         assert_eq!(st[0].name, "metrics::read");
         assert_eq!(st[0].items, Some(2));
+    }
+
+    #[test]
+    fn a_list_of_files_is_trimmed() {
+        let (ctx, r) = run(&format!(
+            r#"metrics::read([" {} ", "{}", "", " "]).failed_known"#,
+            data("sample-az-metrics.json"),
+            data("sample-az-snat-connections.json")
+        ));
+        assert!(r.unwrap().as_bool().unwrap());
+        assert_eq!(ctx.stages()[0].args["paths"].as_array().unwrap().len(), 2);
+        let (_, r) = run(r#"metrics::read(["", " "])"#);
+        assert!(r.unwrap_err().to_string().contains("no file named"));
     }
 
     #[test]
