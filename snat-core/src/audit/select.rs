@@ -195,7 +195,7 @@ struct Skipped {
 }
 
 impl Skipped {
-    fn describe(&self, sel: &Selector, wanted: usize, total: usize) -> String {
+    fn describe(&self, dir: &Path, sel: &Selector, wanted: usize, total: usize) -> String {
         let of = sel
             .playbook
             .as_deref()
@@ -231,9 +231,29 @@ impl Skipped {
             ));
         }
         format!(
-            "{} among {total} record(s) searched; run the playbook first (every snat-run run leaves a record)",
-            parts.join(", skipped ")
+            "{} among {total} record(s) searched; run the playbook first (every snat-run run leaves a record){}",
+            parts.join(", skipped "),
+            root_hint(dir, euid())
         )
+    }
+}
+
+/// Where root's runs record by default (see [`super::default_dir`]).
+const ROOT_DIR: &str = "/var/lib/snat/audit";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// For a user other than root searching a directory other than root's: the records of runs
+/// made with `sudo` (triage, census and trace need root) are in root's directory, so say
+/// so rather than only "none yet".
+fn root_hint(dir: &Path, euid: u32) -> &'static str {
+    if euid != 0 && dir != Path::new(ROOT_DIR) {
+        "; runs made as root (sudo snat-run ...) record into /var/lib/snat/audit: run this one with sudo too, or pass --audit-dir /var/lib/snat/audit"
+    } else {
+        ""
     }
 }
 
@@ -267,9 +287,10 @@ pub fn select(dir: &Path, sel: &Selector) -> Result<Selected, Error> {
     };
     let paths = record_paths(dir)?;
     if paths.is_empty() {
-        return Err(no(
-            "the directory holds no records yet: run the playbook first (every snat-run run leaves a record)".into(),
-        ));
+        return Err(no(format!(
+            "the directory holds no records yet: run the playbook first (every snat-run run leaves a record){}",
+            root_hint(dir, euid())
+        )));
     }
     let (from, wanted) = match &sel.reference {
         Reference::Last => (0, sel.back),
@@ -350,13 +371,26 @@ pub fn select(dir: &Path, sel: &Selector) -> Result<Selected, Error> {
         }
         skipped.usable += 1;
     }
-    Err(no(skipped.describe(sel, wanted, paths.len() - from)))
+    Err(no(skipped.describe(dir, sel, wanted, paths.len() - from)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case::user_in_own_dir("/home/u/.local/state/snat/audit", 1000, true)]
+    #[case::user_in_root_dir("/var/lib/snat/audit", 1000, false)]
+    #[case::root("/srv/audit", 0, false)]
+    fn root_hint_points_a_user_at_roots_records(#[case] dir: &str, #[case] euid: u32, #[case] hint: bool) {
+        let h = root_hint(Path::new(dir), euid);
+        assert_eq!(
+            h.contains("sudo") && h.contains("--audit-dir /var/lib/snat/audit"),
+            hint,
+            "{h:?}"
+        );
+    }
 
     #[rstest]
     #[case::last("last", Reference::Last, 0, None)]
