@@ -29,10 +29,18 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "usage: demo-node DIR (as root; writes DIR/kubeconfig, prints READY <node> <storm pod uid>, holds the node until stdin closes)";
+    let dir = match std::env::args().nth(1) {
+        Some(a) if !a.starts_with('-') => std::path::PathBuf::from(a),
+        Some(a) if a == "-h" || a == "--help" => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        _ => return Err(USAGE.into()),
+    };
     if !require_root() {
         return Ok(());
     }
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: demo-node DIR")?);
     let world = Netns::new("dw")?;
     for a in ["198.18.0.1/32", "203.0.113.10/32", "10.99.0.1/32"] {
         world.add_lo_addr(a)?;
