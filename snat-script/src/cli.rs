@@ -131,7 +131,7 @@ struct RunArgs {
 #[command(next_help_heading = "On cluster nodes")]
 struct FleetArgs {
     /// Run the playbook on this node, as a Job pinned to it (privileged, host PID and network
-    /// namespaces), instead of here. Repeatable. Needs --image.
+    /// namespaces), instead of here. Repeatable (a node named twice runs once). Needs --image.
     #[arg(long, value_name = "NODE")]
     on_node: Vec<String>,
 
@@ -521,8 +521,17 @@ fn run(a: RunArgs) -> ExitCode {
         if a.dry_run {
             extra_args.push("--dry-run".into());
         }
+        // A node named twice would get a second Job of the same name, which the API server
+        // refuses (409): each node runs once.
+        let (nodes, repeated) = snat_core::k8s::fleet::unique_nodes(&a.fleet.on_node);
+        if !repeated.is_empty() {
+            eprintln!(
+                "snat-run: warning: --on-node {} given more than once: each node runs once",
+                repeated.join(", ")
+            );
+        }
         Some(crate::fleet::FleetOptions {
-            nodes: a.fleet.on_node,
+            nodes,
             all_nodes: a.fleet.all_nodes,
             image,
             concurrency: a.fleet.concurrency.unwrap_or(FleetArgs::CONCURRENCY),

@@ -296,6 +296,70 @@ fn a_failed_node_without_pressure_fails_the_run() {
     audit_verify(&audit);
 }
 
+/// A node named twice gets one Job (a second Job of the same name would be refused with
+/// 409 and that node reported failed), and one warning names it.
+#[test]
+fn a_node_named_twice_runs_once_with_a_warning() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &[
+            "--on-node",
+            "node-b",
+            "--on-node",
+            "node-a",
+            "--on-node",
+            "node-b",
+            "--on-node",
+            "node-b",
+            "--image",
+            "img:1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(
+        warnings,
+        ["snat-run: warning: --on-node node-b given more than once: each node runs once"],
+        "{err}"
+    );
+    let rep = report(&out);
+    let rows: Vec<(Value, Value)> = node_rows(&rep).iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("node-b"), json!("completed")),
+            (json!("node-a"), json!("completed"))
+        ],
+        "{rep:#}"
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 2);
+    let pinned: Vec<String> = srv
+        .state
+        .manifests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            j.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .node_name
+                .clone()
+                .unwrap()
+        })
+        .filter(|n| n == "node-b")
+        .collect();
+    assert_eq!(pinned.len(), 1, "one Job on node-b");
+}
+
 #[test]
 fn on_node_without_image_is_a_usage_error() {
     let srv = server();
