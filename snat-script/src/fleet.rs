@@ -280,7 +280,8 @@ fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<(), Stag
         }
         Err(e @ snat_core::Error::KubeForbidden { .. }) => {
             eprintln!(
-                "snat-run: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway"
+                "{}: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway",
+                crate::program_name()
             );
             Ok(())
         }
