@@ -230,6 +230,7 @@ impl Finalizer {
                 playbook: &self.record.playbook.path,
                 run_id: &self.record.run_id,
                 audit_record: audit_s.as_deref(),
+                host: Some(&self.record.host.hostname),
                 exit_code,
             };
             match std::fs::write(path, crate::html::render(&report, &facts)) {
@@ -271,6 +272,7 @@ fn print_report(
         playbook: &record.playbook.path,
         run_id: &record.run_id,
         audit_record: audit_s.as_deref(),
+        host: Some(&record.host.hostname),
         exit_code,
     };
     match output {

@@ -348,6 +348,23 @@ fn the_kubectl_plugin_says_kubectl_snat_in_all_its_help_and_messages() {
     );
 }
 
+/// The JSON report names the host the run was on, as its audit record does, so a saved
+/// report can be checked against the host it is later compared with (verify-fix).
+#[test]
+fn the_json_report_names_the_host_as_the_record_does() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "report::verdict(\"clear\", \"nothing\");");
+    let o = r.run(&p, &["-o", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let rec = r.records().pop().unwrap();
+    assert!(
+        doc["host"]["hostname"].as_str().is_some_and(|h| !h.is_empty()),
+        "{doc:#}"
+    );
+    assert_eq!(doc["host"]["hostname"], rec["host"]["hostname"]);
+}
+
 /// A `--kubeconfig` that is not there is refused before the run (exit 2, recorded): the
 /// playbook would otherwise report "no cluster reachable" as if that were the situation.
 #[test]
