@@ -242,7 +242,7 @@ mod select;
 mod verify;
 
 pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
-pub use host::decode_capabilities;
+pub use host::{decode_capabilities, hostname_of};
 pub use redact::{
     MIN_SECRET_VALUE_CHARS, REDACTED, SecretValues, is_secret_key, looks_secret_value, redact_cmdline, redact_findings,
     redact_json, redact_params, redact_text,

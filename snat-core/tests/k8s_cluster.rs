@@ -497,6 +497,25 @@ async fn fleet_runs_jobs_and_merges_records() {
     assert_eq!(rec["nodes"][1]["audit_sha256"], json!(sha));
 }
 
+/// A node named twice gets one Job: a second create of the same Job name would be refused
+/// (409) and that node reported failed.
+#[tokio::test]
+async fn fleet_runs_a_node_named_twice_once() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(10));
+    let e = env(st).await;
+    let nodes: Vec<String> = ["node-a", "node-b", "node-a"].map(String::from).to_vec();
+    let res = fleet::run_fleet(&e.kube, &spec(4), &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let ran: Vec<(&str, NodeOutcome)> = res.record.nodes.iter().map(|n| (n.node.as_str(), n.outcome)).collect();
+    assert_eq!(
+        ran,
+        [("node-a", NodeOutcome::Completed), ("node-b", NodeOutcome::Completed)]
+    );
+    assert_eq!(e.api.state.created.load(Ordering::SeqCst), 2);
+}
+
 /// Each node's Job is reported as it is created, runs and ends, with how many nodes are done.
 #[tokio::test]
 async fn fleet_reports_each_job_as_it_goes() {

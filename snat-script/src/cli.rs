@@ -131,7 +131,7 @@ struct RunArgs {
 #[command(next_help_heading = "On cluster nodes")]
 struct FleetArgs {
     /// Run the playbook on this node, as a Job pinned to it (privileged, host PID and network
-    /// namespaces), instead of here. Repeatable. Needs --image.
+    /// namespaces), instead of here. Repeatable (a node named twice runs once). Needs --image.
     #[arg(long, value_name = "NODE")]
     on_node: Vec<String>,
 
@@ -251,7 +251,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn print_chain(err: &(dyn std::error::Error + 'static)) {
-    eprintln!("snat-run: error: {}", crate::ctx::error_chain(err));
+    eprintln!("{}: error: {}", crate::program_name(), crate::ctx::error_chain(err));
 }
 
 /// Whether this process may create files in `dir` (an existing directory, with write and
@@ -299,9 +299,10 @@ pub fn main() -> ExitCode {
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-snat"));
     let name = if plugin { "kubectl snat" } else { "snat-run" };
+    crate::set_program_name(name);
     let parsed = {
         use clap::{CommandFactory, FromArgMatches};
-        Cli::command()
+        named(Cli::command(), name)
             .name(name)
             .bin_name(name)
             .try_get_matches_from(&args)
@@ -326,7 +327,10 @@ pub fn main() -> ExitCode {
                 .find(|w| !matches!(w[0].as_str(), "-p" | "--param") && !w[1].starts_with('-') && w[1].contains('='))
                 .map(|w| &w[1])
             {
-                eprintln!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})");
+                eprintln!(
+                    "{}: hint: a playbook parameter is passed as --param {kv} (or -p {kv})",
+                    crate::program_name()
+                );
             }
             let text = e.render().to_string();
             let first = clap_summary(&text);
@@ -344,7 +348,7 @@ pub fn main() -> ExitCode {
         Some(Command::Functions { json, definitions }) => match functions(json, definitions) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("snat-run: error: {e:#}");
+                eprintln!("{}: error: {e:#}", crate::program_name());
                 ExitCode::from(1)
             }
         },
@@ -359,6 +363,54 @@ pub fn main() -> ExitCode {
         }
         None => run(cli.run),
     }
+}
+
+/// `cmd` with every mention of `snat-run` in its help texts (about, after-help, exit codes,
+/// examples, each argument's help), and in its subcommands', saying `name` instead: the
+/// kubectl plugin's help reads `kubectl snat ...` throughout.
+fn named(cmd: clap::Command, name: &str) -> clap::Command {
+    if name == "snat-run" {
+        return cmd;
+    }
+    let sub = |t: Option<&clap::builder::StyledStr>| t.map(|t| t.to_string().replace("snat-run", name));
+    let mut cmd = cmd;
+    if let Some(t) = sub(cmd.get_about()) {
+        cmd = cmd.about(t);
+    }
+    if let Some(t) = sub(cmd.get_long_about()) {
+        cmd = cmd.long_about(t);
+    }
+    if let Some(t) = sub(cmd.get_before_help()) {
+        cmd = cmd.before_help(t);
+    }
+    if let Some(t) = sub(cmd.get_before_long_help()) {
+        cmd = cmd.before_long_help(t);
+    }
+    if let Some(t) = sub(cmd.get_after_help()) {
+        cmd = cmd.after_help(t);
+    }
+    if let Some(t) = sub(cmd.get_after_long_help()) {
+        cmd = cmd.after_long_help(t);
+    }
+    let args: Vec<clap::Id> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+    for id in args {
+        cmd = cmd.mut_arg(id, |a| {
+            let (help, long) = (sub(a.get_help()), sub(a.get_long_help()));
+            let a = match help {
+                Some(h) => a.help(h),
+                None => a,
+            };
+            match long {
+                Some(h) => a.long_help(h),
+                None => a,
+            }
+        });
+    }
+    let subcommands: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for s in subcommands {
+        cmd = cmd.mut_subcommand(s, |c| named(c, name));
+    }
+    cmd
 }
 
 /// clap's error in one line: its first paragraph (the message and, for a missing
@@ -441,7 +493,8 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
         && let Some(e) = &r.error
     {
         eprintln!(
-            "snat-run: note: this refused command line left no audit record: {}",
+            "{}: note: this refused command line left no audit record: {}",
+            crate::program_name(),
             crate::ctx::error_chain(e)
         );
     }
@@ -498,7 +551,7 @@ fn run(a: RunArgs) -> ExitCode {
     let json = matches!(a.output, Output::Json);
     let Some(playbook) = a.playbook.clone() else {
         let msg = "no playbook given (see --help)";
-        eprintln!("snat-run: error: {msg}");
+        eprintln!("{}: error: {msg}", crate::program_name());
         if json {
             refused_json(None, "usage_error", msg, 2);
         }
@@ -521,8 +574,18 @@ fn run(a: RunArgs) -> ExitCode {
         if a.dry_run {
             extra_args.push("--dry-run".into());
         }
+        // A node named twice would get a second Job of the same name, which the API server
+        // refuses (409): each node runs once.
+        let (nodes, repeated) = snat_core::k8s::fleet::unique_nodes(&a.fleet.on_node);
+        if !repeated.is_empty() {
+            eprintln!(
+                "{}: warning: --on-node {} given more than once: each node runs once",
+                crate::program_name(),
+                repeated.join(", ")
+            );
+        }
         Some(crate::fleet::FleetOptions {
-            nodes: a.fleet.on_node,
+            nodes,
             all_nodes: a.fleet.all_nodes,
             image,
             concurrency: a.fleet.concurrency.unwrap_or(FleetArgs::CONCURRENCY),
@@ -532,7 +595,10 @@ fn run(a: RunArgs) -> ExitCode {
     } else {
         if !on_nodes {
             for flag in a.fleet.given_without_nodes() {
-                eprintln!("snat-run: warning: {flag} is only used with --on-node or --all-nodes");
+                eprintln!(
+                    "{}: warning: {flag} is only used with --on-node or --all-nodes",
+                    crate::program_name()
+                );
             }
         }
         None
@@ -589,7 +655,10 @@ fn invocation_problem(a: &RunArgs, playbook: &std::path::Path) -> Option<String>
     if !playbook.exists() && playbook.components().count() == 1 && playbook.extension().is_none() {
         let word = playbook.to_string_lossy();
         if word == "help" {
-            return Some("no playbook or subcommand \"help\": for help, run snat-run --help (and snat-run functions for what a playbook can call)".into());
+            let me = crate::program_name();
+            return Some(format!(
+                "no playbook or subcommand \"help\": for help, run {me} --help (and {me} functions for what a playbook can call)"
+            ));
         }
         let hint = crate::modules::did_you_mean(&word, ["functions", "audit"]);
         if !hint.is_empty() {
@@ -750,7 +819,8 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
             // No record at all: the wrong directory, or every record removed.
             None if rep.records == 0 => {
                 eprintln!(
-                    "snat-run: no audit records in {}: is it the audit directory (--audit-dir, $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root)? Records are named YYYYMMDDTHHMMSS.nnnnnnnnnZ-<run id>.json; if there were some, they were all removed",
+                    "{}: no audit records in {}: is it the audit directory (--audit-dir, $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root)? Records are named YYYYMMDDTHHMMSS.nnnnnnnnnZ-<run id>.json; if there were some, they were all removed",
+                    crate::program_name(),
                     dir.display()
                 );
                 ExitCode::from(1)
@@ -770,7 +840,12 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
                 }
             }
             Some(b) => {
-                eprintln!("snat-run: audit chain broken at {}: {}", b.file.display(), b.reason);
+                eprintln!(
+                    "{}: audit chain broken at {}: {}",
+                    crate::program_name(),
+                    b.file.display(),
+                    b.reason
+                );
                 ExitCode::from(1)
             }
         },

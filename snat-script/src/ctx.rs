@@ -385,7 +385,7 @@ impl Ctx {
         let r = engine.call_fn_with_options::<rhai::Dynamic>(opts, &mut rhai::Scope::new(), &ast, name, (arg,));
         self.0.in_hook.store(false, Ordering::SeqCst);
         if let Err(e) = r {
-            eprintln!("snat-run: warning: hook {name} failed: {e}");
+            eprintln!("{}: warning: hook {name} failed: {e}", crate::program_name());
         }
     }
 

@@ -7,7 +7,9 @@
 //! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
 //! directory only sees the chain). The merged report has one row per node; the verdict is
 //! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
-//! node failed, else "clear" (exit 0). The `--on-node` names are checked first (`get
+//! node failed, else "clear" (exit 0). A node the run was stopped before it finished
+//! (Ctrl-C, SIGTERM) is "interrupted", never "failed", in the summary and the Nodes table;
+//! the run then ends interrupted (130/143) with no "clear" verdict. The `--on-node` names are checked first (`get
 //! nodes`): a name the cluster does not have is a command-line mistake, exit 2, and no Job
 //! is created at all.
 
@@ -42,13 +44,80 @@ pub struct FleetOptions {
     pub extra_args: Vec<String>,
 }
 
-/// What one node found, as the merged report shows it.
-fn node_pressure(r: &fleet::FleetNodeEntry) -> bool {
-    r.exit_code == Some(3) || r.verdict.as_ref().and_then(|v| v.as_str()) == Some("pressure_found")
+/// How one node ended, as the merged report counts it: each node is in exactly one of
+/// these. A node stopped by Ctrl-C/SIGTERM (or a cancelled run) is interrupted, never
+/// failed: nothing went wrong on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    /// It found SNAT pressure (exit 3 or verdict "pressure_found").
+    Pressure,
+    /// It ran and found nothing (exit 0).
+    Clear,
+    /// Its Job failed, or snat-run failed on it (another exit code).
+    Failed,
+    /// The run was stopped before this node finished; its Job was deleted.
+    Interrupted,
 }
 
-fn node_failed(r: &fleet::FleetNodeEntry) -> bool {
-    r.outcome != NodeOutcome::Completed || !matches!(r.exit_code, Some(0) | Some(3))
+impl NodeState {
+    fn of(r: &fleet::FleetNodeEntry) -> NodeState {
+        let pressure = r.exit_code == Some(3) || r.verdict.as_ref().and_then(|v| v.as_str()) == Some("pressure_found");
+        match r.outcome {
+            NodeOutcome::Cancelled => NodeState::Interrupted,
+            _ if pressure => NodeState::Pressure,
+            NodeOutcome::Completed if r.exit_code == Some(0) => NodeState::Clear,
+            _ => NodeState::Failed,
+        }
+    }
+
+    /// Its name in the Nodes table's outcome column and in the summary.
+    fn word(self) -> &'static str {
+        match self {
+            NodeState::Pressure => "found SNAT pressure",
+            NodeState::Clear => "clear",
+            NodeState::Failed => "failed",
+            NodeState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The Nodes table's outcome cell: the Job's outcome, with "interrupted" for a node the run
+/// was stopped before it finished (the fleet record says `cancelled`).
+fn outcome_cell(r: &fleet::FleetNodeEntry) -> Value {
+    match r.outcome {
+        NodeOutcome::Cancelled => json!(NodeState::Interrupted.word()),
+        o => serde_json::to_value(o).unwrap_or(Value::Null),
+    }
+}
+
+/// The merged report's summary: how many nodes ended each way, e.g. `3 node(s): 2 clear, 1
+/// interrupted` (ways no node ended are left out).
+fn summary(states: &[NodeState]) -> String {
+    let counts: Vec<String> = [
+        NodeState::Pressure,
+        NodeState::Clear,
+        NodeState::Failed,
+        NodeState::Interrupted,
+    ]
+    .into_iter()
+    .filter_map(|s| {
+        let n = states.iter().filter(|x| **x == s).count();
+        (n > 0).then(|| format!("{n} {}", s.word()))
+    })
+    .collect();
+    format!("{} node(s): {}", states.len(), counts.join(", "))
+}
+
+/// The merged report's verdict: pressure if any node found it; clear only when every node
+/// ran and found nothing; else none (a failed or interrupted node was not checked).
+fn verdict(states: &[NodeState]) -> Option<Verdict> {
+    if states.contains(&NodeState::Pressure) {
+        Some(Verdict::PressureFound)
+    } else if states.iter().all(|s| *s == NodeState::Clear) {
+        Some(Verdict::Clear)
+    } else {
+        None
+    }
 }
 
 fn top_finding(res: &FleetResult, i: usize) -> Value {
@@ -60,20 +129,23 @@ fn top_finding(res: &FleetResult, i: usize) -> Value {
 }
 
 /// Fill the run's report from a fleet result; returns (pressure nodes, failed nodes).
+/// Interrupted nodes are neither.
 fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) -> (usize, Vec<String>) {
     let mut rows = Vec::new();
-    let (mut pressure, mut failed) = (0, Vec::new());
+    let states: Vec<NodeState> = res.record.nodes.iter().map(NodeState::of).collect();
+    let pressure = states.iter().filter(|s| **s == NodeState::Pressure).count();
+    let failed: Vec<String> = res
+        .record
+        .nodes
+        .iter()
+        .zip(&states)
+        .filter(|(_, s)| **s == NodeState::Failed)
+        .map(|(n, _)| n.node.clone())
+        .collect();
     for (i, n) in res.record.nodes.iter().enumerate() {
-        if node_pressure(n) {
-            pressure += 1;
-        }
-        if node_failed(n) {
-            failed.push(n.node.clone());
-        }
-        let outcome = serde_json::to_value(n.outcome).unwrap_or(Value::Null);
         rows.push(vec![
             json!(n.node),
-            outcome,
+            outcome_cell(n),
             n.exit_code.map_or(Value::Null, |c| json!(c)),
             n.verdict.clone().unwrap_or(Value::Null),
             top_finding(res, i),
@@ -108,17 +180,8 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
     let mut rep = ctx.report();
     rep.findings.extend(findings);
     rep.title = Some(format!("{} on {total} node(s)", playbook.display()));
-    rep.verdict = if pressure > 0 {
-        Some(Verdict::PressureFound)
-    } else if failed.is_empty() {
-        Some(Verdict::Clear)
-    } else {
-        None
-    };
-    rep.summary = Some(format!(
-        "{pressure} of {total} node(s) found SNAT pressure, {} failed",
-        failed.len()
-    ));
+    rep.verdict = verdict(&states);
+    rep.summary = Some(summary(&states));
     rep.sections.push(Section {
         title: "Nodes".into(),
         body: SectionBody::Table {
@@ -154,7 +217,7 @@ fn progress_text(ev: &FleetEvent<'_>) -> String {
                     None => "done".to_string(),
                 },
                 NodeOutcome::Failed => format!("failed: {}", run.error.as_deref().unwrap_or("the Job failed")),
-                NodeOutcome::Cancelled => "cancelled".to_string(),
+                NodeOutcome::Cancelled => "interrupted".to_string(),
             };
             format!("node {}: job {} {how}; {done}/{total} nodes done", run.node, run.job)
         }
@@ -217,7 +280,8 @@ fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<(), Stag
         }
         Err(e @ snat_core::Error::KubeForbidden { .. }) => {
             eprintln!(
-                "snat-run: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway"
+                "{}: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway",
+                crate::program_name()
             );
             Ok(())
         }
@@ -328,7 +392,7 @@ mod tests {
         finished(NodeOutcome::Failed, None, Some("Job snat-x cannot start: ImagePullBackOff")),
         "failed: Job snat-x cannot start: ImagePullBackOff; 2/5 nodes done"
     )]
-    #[case::cancelled(finished(NodeOutcome::Cancelled, None, None), "cancelled; 2/5 nodes done")]
+    #[case::interrupted(finished(NodeOutcome::Cancelled, None, None), "interrupted; 2/5 nodes done")]
     fn a_finished_node_says_how_it_ended(#[case] run: fleet::NodeRun, #[case] want: &str) {
         let line = progress_text(&FleetEvent::Finished {
             run: &run,
@@ -339,6 +403,66 @@ mod tests {
             line,
             format!("node aks-pool-vmss000003: job snat-0123abcd-1a2b3c4d5e {want}")
         );
+    }
+
+    fn entry(outcome: NodeOutcome, exit: Option<i32>, verdict: Option<&str>) -> fleet::FleetNodeEntry {
+        fleet::FleetNodeEntry {
+            node: "n".into(),
+            job: "snat-0123abcd-1a2b3c4d5e".into(),
+            outcome,
+            exit_code: exit,
+            verdict: verdict.map(|v| json!(v)),
+            audit_run_id: None,
+            audit_sha256: None,
+            audit_file: None,
+            report_file: None,
+            error: None,
+        }
+    }
+
+    #[rstest]
+    #[case::clear(entry(NodeOutcome::Completed, Some(0), Some("clear")), NodeState::Clear, "completed")]
+    #[case::pressure(
+        entry(NodeOutcome::Completed, Some(3), Some("pressure_found")),
+        NodeState::Pressure,
+        "completed"
+    )]
+    #[case::pressure_in_a_failed_run(
+        entry(NodeOutcome::Completed, Some(1), Some("pressure_found")),
+        NodeState::Pressure,
+        "completed"
+    )]
+    #[case::failed_on_the_node(entry(NodeOutcome::Completed, Some(1), None), NodeState::Failed, "completed")]
+    #[case::job_failed(entry(NodeOutcome::Failed, None, None), NodeState::Failed, "failed")]
+    #[case::interrupted(entry(NodeOutcome::Cancelled, None, None), NodeState::Interrupted, "interrupted")]
+    fn each_node_is_counted_one_way(
+        #[case] e: fleet::FleetNodeEntry,
+        #[case] state: NodeState,
+        #[case] table_outcome: &str,
+    ) {
+        assert_eq!(NodeState::of(&e), state);
+        assert_eq!(outcome_cell(&e), json!(table_outcome));
+    }
+
+    use NodeState::{Clear, Failed, Interrupted, Pressure};
+
+    #[rstest]
+    #[case::all_clear(&[Clear, Clear], "2 node(s): 2 clear", Some(Verdict::Clear))]
+    #[case::interrupted_is_not_failed(&[Clear, Interrupted, Clear], "3 node(s): 2 clear, 1 interrupted", None)]
+    #[case::every_way(
+        &[Interrupted, Failed, Clear, Pressure],
+        "4 node(s): 1 found SNAT pressure, 1 clear, 1 failed, 1 interrupted",
+        Some(Verdict::PressureFound)
+    )]
+    #[case::failed(&[Failed, Clear], "2 node(s): 1 clear, 1 failed", None)]
+    #[case::all_interrupted(&[Interrupted, Interrupted], "2 node(s): 2 interrupted", None)]
+    fn the_summary_counts_interrupted_nodes_apart(
+        #[case] states: &[NodeState],
+        #[case] want: &str,
+        #[case] want_verdict: Option<Verdict>,
+    ) {
+        assert_eq!(summary(states), want);
+        assert_eq!(verdict(states), want_verdict);
     }
 
     #[test]

@@ -306,6 +306,7 @@ mod tests {
                 playbook: "p",
                 run_id: "r",
                 audit_record: None,
+                host: None,
                 exit_code: 0,
             },
         );

@@ -69,3 +69,17 @@ mod signals;
 
 pub use ctx::{Ctx, RunOptions, StageError};
 pub use error::Error;
+
+static PROGRAM_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The name the command was invoked as, which starts its messages on stderr (`snat-run:
+/// warning: ...`): `kubectl snat` when run as the kubectl plugin (`kubectl-snat`), else
+/// `snat-run` (also in programs that embed the runner).
+pub fn program_name() -> &'static str {
+    PROGRAM_NAME.get().copied().unwrap_or("snat-run")
+}
+
+/// Set [`program_name`] (once per process; later calls change nothing).
+pub(crate) fn set_program_name(name: &'static str) {
+    let _ = PROGRAM_NAME.set(name);
+}

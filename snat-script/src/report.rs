@@ -9,6 +9,7 @@
 //! | `playbook` | string | playbook path as given |
 //! | `run_id` | string | the run's id, also in the audit record |
 //! | `audit_record` | string or null | path of the run's audit record |
+//! | `host` | object or null | where the run happened: `{hostname}`, the host name its audit record holds as `host.hostname` (`uname -n`); null when no run could be recorded. Reports saved before this field have none: a playbook comparing runs (verify-fix.rhai) then cannot tell which host an earlier run was on |
 //! | `title` | string or null | set by `report::title` |
 //! | `verdict` | `"pressure_found"`, `"clear"` or null | set by `report::verdict` |
 //! | `summary` | string or null | one line, set with the verdict |
@@ -88,6 +89,8 @@ pub struct RunFacts<'a> {
     pub run_id: &'a str,
     /// Audit record path.
     pub audit_record: Option<&'a str>,
+    /// Host name of the host the run happened on (the audit record's `host.hostname`).
+    pub host: Option<&'a str>,
     /// Exit code.
     pub exit_code: u8,
 }
@@ -169,6 +172,7 @@ pub fn refused_json(playbook: Option<&str>, kind: &str, message: &str, exit_code
         "playbook": playbook,
         "run_id": null,
         "audit_record": null,
+        "host": null,
         "title": null,
         "verdict": null,
         "summary": null,
@@ -187,6 +191,7 @@ impl Report {
             "playbook": facts.playbook,
             "run_id": facts.run_id,
             "audit_record": facts.audit_record,
+            "host": facts.host.map(|h| json!({ "hostname": h })),
             "title": self.title,
             "verdict": self.verdict,
             "summary": self.summary,
@@ -306,6 +311,7 @@ mod tests {
             playbook: "p",
             run_id: "r",
             audit_record: None,
+            host: None,
             exit_code: 0,
         });
         assert!(
@@ -326,6 +332,7 @@ mod tests {
             playbook: "p.rhai",
             run_id: "x",
             audit_record: None,
+            host: Some("aks-nodepool1-12345678-vmss000003"),
             exit_code: 3,
         });
         for k in [
@@ -333,6 +340,7 @@ mod tests {
             "playbook",
             "run_id",
             "audit_record",
+            "host",
             "title",
             "verdict",
             "summary",
@@ -343,5 +351,6 @@ mod tests {
             assert!(j.get(k).is_some(), "{k}");
         }
         assert_eq!(j["verdict"], "pressure_found");
+        assert_eq!(j["host"]["hostname"], "aks-nodepool1-12345678-vmss000003");
     }
 }

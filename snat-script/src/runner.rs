@@ -230,12 +230,14 @@ impl Finalizer {
                 playbook: &self.record.playbook.path,
                 run_id: &self.record.run_id,
                 audit_record: audit_s.as_deref(),
+                host: Some(&self.record.host.hostname),
                 exit_code,
             };
             match std::fs::write(path, crate::html::render(&report, &facts)) {
                 Ok(()) => eprintln!("HTML report: {}", path.display()),
                 Err(e) => eprintln!(
-                    "snat-run: warning: cannot write the HTML report {}: {e}",
+                    "{}: warning: cannot write the HTML report {}: {e}",
+                    crate::program_name(),
                     path.display()
                 ),
             }
@@ -270,6 +272,7 @@ fn print_report(
         playbook: &record.playbook.path,
         run_id: &record.run_id,
         audit_record: audit_s.as_deref(),
+        host: Some(&record.host.hostname),
         exit_code,
     };
     match output {
@@ -427,7 +430,8 @@ pub fn run(req: RunRequest) -> RunResult {
             // pipe) only ends the window, as Ctrl-C ends tcptracer: the playbook reports.
             if sig == libc::SIGINT && window.end_by_signal() {
                 eprintln!(
-                    "\nsnat-run: SIGINT received: ending the observation window now; the playbook goes on to report (SIGINT again stops the run)"
+                    "\n{}: SIGINT received: ending the observation window now; the playbook goes on to report (SIGINT again stops the run)",
+                    crate::program_name()
                 );
                 return;
             }
@@ -436,7 +440,8 @@ pub fn run(req: RunRequest) -> RunResult {
             cancel.store(true, Ordering::SeqCst);
             window.stop();
             eprintln!(
-                "snat-run: {} received, stopping (the audit record will be written)",
+                "{}: {} received, stopping (the audit record will be written)",
+                crate::program_name(),
                 signal_name(sig)
             );
             std::thread::sleep(grace);
@@ -446,7 +451,7 @@ pub fn run(req: RunRequest) -> RunResult {
                 };
                 let code = err.exit_code();
                 let r = f.finish(OutcomeKind::Interrupted, Some(&err), None, code);
-                eprintln!("snat-run: {err}");
+                eprintln!("{}: {err}", crate::program_name());
                 std::process::exit(i32::from(r.exit_code));
             }
         };

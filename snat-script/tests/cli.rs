@@ -274,6 +274,97 @@ fn the_kubectl_plugin_names_itself_kubectl_snat() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("snat-run "));
 }
 
+/// As the plugin, the whole help says `kubectl snat`: the long help's exit codes and
+/// examples, the subcommands' help and usage; and its messages start with `kubectl snat:`.
+/// snat-run's own help is unchanged.
+#[test]
+fn the_kubectl_plugin_says_kubectl_snat_in_all_its_help_and_messages() {
+    let plugin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kubectl-snat"))
+            .args(args)
+            .env_remove("SNAT_AUDIT_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Words only: clap wraps the paragraphs to the terminal's width.
+    let long = String::from_utf8_lossy(&plugin(&["--help"]).stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for want in [
+        "`kubectl snat functions` lists everything a playbook can call",
+        "Check the chain with `kubectl snat audit verify DIR`",
+        "Examples: kubectl snat examples/tcptracer-log.rhai --param log=tcptracer.log",
+        "| kubectl snat examples/tcptracer-log.rhai --param log=- --output json",
+        "kubectl snat examples/census.rhai --all-nodes --image ",
+        "kubectl snat functions kubectl snat audit verify /var/lib/snat/audit",
+    ] {
+        assert!(long.contains(want), "{want:?} not in:\n{long}");
+    }
+    for (args, usage) in [
+        (&["--help"][..], "Usage: kubectl snat [OPTIONS] <PLAYBOOK.rhai>"),
+        (&["-h"], "Usage: kubectl snat [OPTIONS] <PLAYBOOK.rhai>"),
+        (&["audit", "--help"], "Usage: kubectl snat audit <COMMAND>"),
+        (
+            &["audit", "verify", "--help"],
+            "Usage: kubectl snat audit verify [OPTIONS] <DIR>",
+        ),
+        (&["functions", "--help"], "Usage: kubectl snat functions [OPTIONS]"),
+    ] {
+        let o = plugin(args);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains(usage), "{args:?}: {usage:?} not in:\n{out}");
+        assert!(!out.contains("snat-run"), "{args:?} still says snat-run:\n{out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = plugin(&["audit", "verify", dir.path().to_str().unwrap()]);
+    assert!(
+        stderr(&o).starts_with("kubectl snat: no audit records in "),
+        "{}",
+        stderr(&o)
+    );
+    let audit = dir.path().join("audit");
+    let o = plugin(&["help", "--audit-dir", audit.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "kubectl snat: error: no playbook or subcommand \"help\": for help, run kubectl snat --help (and kubectl snat functions for what a playbook can call)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = plugin(&["p.rhai", "--audit-dir", audit.to_str().unwrap(), "log=x"]);
+    assert!(
+        stderr(&o).contains("kubectl snat: hint: a playbook parameter is passed as --param log=x"),
+        "{}",
+        stderr(&o)
+    );
+    let own = String::from_utf8_lossy(&Command::new(bin()).arg("--help").output().unwrap().stdout).into_owned();
+    assert!(
+        own.contains("\n  snat-run functions\n") && !own.contains("kubectl snat functions"),
+        "{own}"
+    );
+}
+
+/// The JSON report names the host the run was on, as its audit record does, so a saved
+/// report can be checked against the host it is later compared with (verify-fix).
+#[test]
+fn the_json_report_names_the_host_as_the_record_does() {
+    let r = Run::new();
+    let p = r.playbook("a.rhai", "report::verdict(\"clear\", \"nothing\");");
+    let o = r.run(&p, &["-o", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let rec = r.records().pop().unwrap();
+    assert!(
+        doc["host"]["hostname"].as_str().is_some_and(|h| !h.is_empty()),
+        "{doc:#}"
+    );
+    assert_eq!(doc["host"]["hostname"], rec["host"]["hostname"]);
+}
+
 /// A `--kubeconfig` that is not there is refused before the run (exit 2, recorded): the
 /// playbook would otherwise report "no cluster reachable" as if that were the situation.
 #[test]

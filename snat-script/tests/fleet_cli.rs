@@ -296,6 +296,70 @@ fn a_failed_node_without_pressure_fails_the_run() {
     audit_verify(&audit);
 }
 
+/// A node named twice gets one Job (a second Job of the same name would be refused with
+/// 409 and that node reported failed), and one warning names it.
+#[test]
+fn a_node_named_twice_runs_once_with_a_warning() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &[
+            "--on-node",
+            "node-b",
+            "--on-node",
+            "node-a",
+            "--on-node",
+            "node-b",
+            "--on-node",
+            "node-b",
+            "--image",
+            "img:1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(
+        warnings,
+        ["snat-run: warning: --on-node node-b given more than once: each node runs once"],
+        "{err}"
+    );
+    let rep = report(&out);
+    let rows: Vec<(Value, Value)> = node_rows(&rep).iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("node-b"), json!("completed")),
+            (json!("node-a"), json!("completed"))
+        ],
+        "{rep:#}"
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 2);
+    let pinned: Vec<String> = srv
+        .state
+        .manifests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            j.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .node_name
+                .clone()
+                .unwrap()
+        })
+        .filter(|n| n == "node-b")
+        .collect();
+    assert_eq!(pinned.len(), 1, "one Job on node-b");
+}
+
 #[test]
 fn on_node_without_image_is_a_usage_error() {
     let srv = server();
@@ -567,5 +631,58 @@ fn sigint_deletes_the_running_jobs_and_still_writes_the_record() {
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
     assert_eq!(recs[0]["stages"][0]["name"], "fleet::run");
+    audit_verify(&audit);
+}
+
+/// A node still running when the run is stopped is "interrupted", never "failed": in the
+/// summary, the Nodes table and the error; the nodes that finished keep their result, and
+/// the run ends as interrupted (130).
+#[test]
+fn a_node_stopped_by_sigint_is_interrupted_not_failed() {
+    let srv = server();
+    srv.state.hanging_nodes.lock().unwrap().push("node-b".into());
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), srv.addr);
+    let audit = dir.path().join("audit");
+    let child = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(PLAYBOOK)
+        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(&audit)
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // node-a's Job is done (and deleted) while node-b's still runs.
+    let t0 = std::time::Instant::now();
+    while srv.state.deleted.load(Ordering::SeqCst) < 1 || srv.state.created.load(Ordering::SeqCst) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "node-a's Job never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr: {err}");
+    let rep = report(&out);
+    assert_eq!(rep["summary"], "2 node(s): 1 clear, 1 interrupted", "{rep:#}");
+    assert_eq!(rep["verdict"], Value::Null, "not every node was checked: {rep:#}");
+    assert_eq!(rep["error"]["kind"], "interrupted");
+    let rows: Vec<(Value, Value)> = node_rows(&rep).iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("node-a"), json!("completed")),
+            (json!("node-b"), json!("interrupted"))
+        ]
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("failed"), "{stdout}");
+    let recs = records(&audit);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
+    assert!(!recs[0].to_string().contains("failed"), "{:#}", recs[0]);
     audit_verify(&audit);
 }

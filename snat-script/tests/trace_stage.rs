@@ -574,6 +574,7 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
                 playbook: "t",
                 run_id: "r",
                 audit_record: None,
+                host: None,
                 exit_code: 0,
             },
         );

@@ -29,6 +29,21 @@ fn verify(dir: &Path, params: &[(&str, PathBuf)]) -> Output {
     c.output().unwrap()
 }
 
+/// `verify`, with more snat-run arguments.
+fn verify_with(dir: &Path, params: &[(&str, PathBuf)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snat-run"));
+    c.arg(root().join("examples/verify-fix.rhai"))
+        .args(["-o", "json", "-q", "--audit-dir"])
+        .arg(dir.join("audit"))
+        .args(args)
+        .env_remove("SNAT_AUDIT_DIR")
+        .stdin(Stdio::null());
+    for (k, v) in params {
+        c.arg("-p").arg(format!("{k}={}", v.display()));
+    }
+    c.output().unwrap()
+}
+
 fn data(name: &str) -> PathBuf {
     root().join("tests/data/verify-fix").join(name)
 }
@@ -530,4 +545,140 @@ fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
         (Some(40), Some(30))
     );
     assert!(rep["summary"].as_str().unwrap().contains(&culprit), "{rep:#}");
+}
+
+// ----- after=now: only on the host the earlier run was on ----------------------------------
+
+/// before.json saved into `dir` as a report of a run on `host` (`None`: a report that does
+/// not say, as saved by an older snat).
+fn before_on(dir: &Path, host: Option<&str>) -> PathBuf {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(data("before.json")).unwrap()).unwrap();
+    match host {
+        Some(h) => v["host"] = serde_json::json!({ "hostname": h }),
+        None => assert!(v.get("host").is_none(), "before.json names no host"),
+    }
+    let p = dir.join("before-on-a-host.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    p
+}
+
+/// A `--host-proc` tree of a host named `name` (PID 1's /etc/hostname), with no process.
+fn proc_of_host(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join("hostproc");
+    std::fs::create_dir_all(p.join("1/root/etc")).unwrap();
+    std::fs::write(p.join("1/root/etc/hostname"), format!("{name}\n")).unwrap();
+    p
+}
+
+fn stages(rep: &Value) -> Vec<String> {
+    let rec: Value = serde_json::from_slice(&std::fs::read(rep["audit_record"].as_str().unwrap()).unwrap()).unwrap();
+    rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A census here says nothing about another node's culprits (every one would look gone,
+/// "fixed", exit 0): an earlier run on another host is refused, naming it and how to
+/// compare there, before any census.
+#[test]
+fn after_now_refuses_an_earlier_run_on_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = snat_core::audit::HostInfo::current().hostname;
+    let before = before_on(dir.path(), Some("aks-elsewhere-vmss000007"));
+    let out = verify(
+        dir.path(),
+        &[("before", before.clone()), ("after", PathBuf::from("now"))],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = rep["error"]["message"].as_str().unwrap();
+    assert_eq!(rep["error"]["kind"], "playbook_error", "{rep:#}");
+    for want in [
+        format!(
+            "before: {} is a run on host aks-elsewhere-vmss000007, but this is host {here}",
+            before.display()
+        ),
+        "Run verify-fix on aks-elsewhere-vmss000007".into(),
+        "or pass -p after= a saved report or audit record of a later run on aks-elsewhere-vmss000007".into(),
+    ] {
+        assert!(msg.contains(&want), "{want:?} not in {msg:?}");
+    }
+    assert!(rep["verdict"].is_null(), "{rep:#}");
+    assert_eq!(stages(&rep), ["report::load"], "no census was taken");
+}
+
+/// "This host" is the host of --host-proc: its name decides, not the name of the machine
+/// snat-run runs on.
+#[test]
+fn after_now_checks_the_host_of_host_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = before_on(dir.path(), Some("aks-nodepool1-12345678-vmss000003"));
+    let params = [("before", before), ("after", PathBuf::from("now"))];
+    let other = proc_of_host(dir.path(), "aks-nodepool1-12345678-vmss000009");
+    let out = verify_with(dir.path(), &params, &["--host-proc", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["error"]["message"].as_str().unwrap().contains(
+            "is a run on host aks-nodepool1-12345678-vmss000003, but this is host aks-nodepool1-12345678-vmss000009"
+        ),
+        "{rep:#}"
+    );
+
+    // The same host: no refusal; the census of that /proc (of no socket) goes on.
+    std::fs::remove_dir_all(&other).unwrap();
+    let same = proc_of_host(dir.path(), "aks-nodepool1-12345678-vmss000003");
+    let out = verify_with(dir.path(), &params, &["--host-proc", same.to_str().unwrap()]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rep["error"].is_null(), "{rep:#}");
+    assert!(stages(&rep).contains(&"census::namespaces".to_string()), "{rep:#}");
+    assert!(
+        compared(&rep).contains("a socket census of this node (host aks-nodepool1-12345678-vmss000003) now"),
+        "{rep:#}"
+    );
+}
+
+/// On the earlier run's own host the census is taken as before, and the report says which
+/// host both sides are; an earlier run that does not say its host gets a warning and is
+/// compared all the same. A census of this host needs root.
+#[test]
+fn after_now_on_the_same_host_compares_and_an_unknown_host_warns() {
+    if !snat_testbed::require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let here = snat_core::audit::HostInfo::current().hostname;
+    let before = before_on(dir.path(), Some(&here));
+    let out = verify(dir.path(), &[("before", before), ("after", PathBuf::from("now"))]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = compared(&rep);
+    assert!(
+        text.contains(&format!("of examples/triage.rhai on host {here}, "))
+            && text.contains(&format!("after:  a socket census of this node (host {here}) now")),
+        "{text}"
+    );
+
+    let before = before_on(dir.path(), None);
+    let out = verify(
+        dir.path(),
+        &[("before", before.clone()), ("after", PathBuf::from("now"))],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "verify-fix: warning: before: {} does not say which host it ran on",
+            before.display()
+        )) && err.contains(&format!("a census of this host ({here}) now")),
+        "{err}"
+    );
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(compared(&rep).contains("on host unknown, "), "{}", compared(&rep));
 }

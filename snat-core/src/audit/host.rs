@@ -101,6 +101,37 @@ fn proc_string(path: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The host name of the host whose `/proc` is mounted at `proc_root` (`--host-proc`), as
+/// [`HostInfo::current`] would give it on that host, or `None` when it cannot be told:
+///
+/// - this process's own host name (`uname(2)`) when PID 1 of `proc_root` is in this
+///   process's UTS namespace (`/proc` itself, or a pod's `/host/proc` with the host's
+///   network and so its UTS namespace: the fleet Jobs);
+/// - else that host's `/etc/hostname`, read through PID 1's root (a container with a host
+///   name of its own, given the host's `/proc`; needs the privileges a census needs);
+/// - else, when `proc_root` is this process's own `/proc` (PID 1's namespace cannot be read
+///   without root), `uname(2)`.
+pub fn hostname_of(proc_root: &std::path::Path) -> Option<String> {
+    let here = || uname().map(|(name, _)| name).filter(|n| !n.is_empty());
+    let ours = std::fs::read_link("/proc/self/ns/uts").ok();
+    let theirs = std::fs::read_link(proc_root.join("1/ns/uts")).ok();
+    if ours.is_some() && ours == theirs {
+        return here();
+    }
+    if let Ok(text) = std::fs::read_to_string(proc_root.join("1/root/etc/hostname"))
+        && let Some(name) = text.lines().next().map(str::trim).filter(|n| !n.is_empty())
+    {
+        return Some(name.to_string());
+    }
+    let own_proc = std::fs::read_link(proc_root.join("self"))
+        .ok()
+        .is_some_and(|pid| pid.as_os_str() == std::process::id().to_string().as_str());
+    if theirs.is_none() && own_proc {
+        return here();
+    }
+    None
+}
+
 impl HostInfo {
     /// The host this process runs on: host name and kernel release (`uname(2)`, else
     /// `/proc/sys/kernel/{hostname,osrelease}`, else `"unknown"`), real and effective user
@@ -190,6 +221,52 @@ mod tests {
     fn rejects_bad_masks(#[case] hex: &str) {
         let err = decode_capabilities(hex).unwrap_err().to_string();
         assert!(err.contains("capability mask"), "{err}");
+    }
+
+    /// A `/proc` tree with PID 1's `/etc/hostname` (and, when `uts` is given, its UTS
+    /// namespace link).
+    fn proc_tree(hostname: Option<&str>, uts: Option<&str>) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("1/root/etc")).unwrap();
+        std::fs::create_dir_all(d.path().join("1/ns")).unwrap();
+        if let Some(h) = hostname {
+            std::fs::write(d.path().join("1/root/etc/hostname"), h).unwrap();
+        }
+        if let Some(u) = uts {
+            std::os::unix::fs::symlink(u, d.path().join("1/ns/uts")).unwrap();
+        }
+        d
+    }
+
+    #[rstest]
+    #[case::another_hosts_proc(
+        Some("aks-nodepool1-12345678-vmss000003\n"),
+        None,
+        Some("aks-nodepool1-12345678-vmss000003")
+    )]
+    #[case::another_uts_namespace(Some("node-b\n"), Some("uts:[1]"), Some("node-b"))]
+    #[case::first_line_only(Some("  node-c \n# comment\n"), None, Some("node-c"))]
+    #[case::empty_hostname_file(Some("\n"), None, None)]
+    #[case::nothing_to_tell(None, None, None)]
+    fn names_the_host_of_another_proc(
+        #[case] etc_hostname: Option<&str>,
+        #[case] uts: Option<&str>,
+        #[case] want: Option<&str>,
+    ) {
+        let d = proc_tree(etc_hostname, uts);
+        assert_eq!(hostname_of(d.path()).as_deref(), want);
+    }
+
+    #[test]
+    fn names_this_host_from_its_own_proc() {
+        assert_eq!(
+            hostname_of(std::path::Path::new("/proc")),
+            Some(HostInfo::current().hostname)
+        );
+        // PID 1 in this process's UTS namespace: this host, whatever its /etc/hostname says.
+        let ours = std::fs::read_link("/proc/self/ns/uts").unwrap();
+        let d = proc_tree(Some("stale-name"), Some(ours.to_str().unwrap()));
+        assert_eq!(hostname_of(d.path()), Some(HostInfo::current().hostname));
     }
 
     #[test]

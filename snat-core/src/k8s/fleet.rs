@@ -719,8 +719,26 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
     run
 }
 
-/// Run `spec`'s playbook on `nodes`, at most `spec.concurrency` Jobs at a time. Errors
-/// only for an unusable spec; each node's failure is in its [`NodeRun`].
+/// `names` with each name kept once, at its first place, and the names that were given
+/// more than once (each once, in the order they first repeat). A node's Job name is derived
+/// from the node, so a second Job for the same node would be refused by the API server
+/// (409 AlreadyExists) and that node reported failed.
+pub fn unique_nodes(names: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut unique, mut repeated) = (Vec::new(), Vec::new());
+    for n in names {
+        if seen.insert(n.as_str()) {
+            unique.push(n.clone());
+        } else if !repeated.contains(n) {
+            repeated.push(n.clone());
+        }
+    }
+    (unique, repeated)
+}
+
+/// Run `spec`'s playbook on `nodes`, at most `spec.concurrency` Jobs at a time; a node named
+/// more than once runs once ([`unique_nodes`]). Errors only for an unusable spec; each
+/// node's failure is in its [`NodeRun`].
 pub async fn run_fleet(
     kube: &Kube,
     spec: &FleetSpec,
@@ -747,6 +765,8 @@ pub async fn run_fleet_with(
     if let Some(n) = nodes.iter().find(|n| n.is_empty()) {
         return Err(Error::Fleet(format!("bad node name {n:?}")));
     }
+    let (nodes, _) = unique_nodes(nodes);
+    let nodes = nodes.as_slice();
     let started_at = crate::audit::now_rfc3339();
     let sem = Arc::new(tokio::sync::Semaphore::new(spec.concurrency));
     let spec_arc = Arc::new(spec.clone());
@@ -1039,6 +1059,19 @@ mod tests {
         assert_eq!(file.metadata.name.as_deref(), Some("snat-RUN-NODEHASH"));
         file.metadata.name = built.metadata.name.clone();
         assert_eq!(file, built);
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[rstest]
+    #[case::none_repeated(&["a", "b"], &["a", "b"], &[])]
+    #[case::twice(&["a", "a"], &["a"], &["a"])]
+    #[case::first_place_kept(&["b", "a", "b", "c", "a", "b"], &["b", "a", "c"], &["b", "a"])]
+    #[case::empty(&[], &[], &[])]
+    fn repeated_nodes_are_kept_once(#[case] given: &[&str], #[case] unique: &[&str], #[case] repeated: &[&str]) {
+        assert_eq!(unique_nodes(&names(given)), (names(unique), names(repeated)));
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct State {
     pub manifests: Mutex<Vec<Job>>,
     /// Fleet: how long a Job takes to finish; `None` = never finishes.
     pub job_runtime: Mutex<Option<Duration>>,
+    /// Fleet: nodes whose Jobs never finish, whatever `job_runtime` says.
+    pub hanging_nodes: Mutex<Vec<String>>,
     /// Fleet: nodes whose Job pods wait in ImagePullBackOff forever.
     pub stuck_nodes: Mutex<Vec<String>>,
     /// Exec: the subprotocol the server picks (default v4.channel.k8s.io).
@@ -342,7 +344,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         }
         (Method::GET, ["apis", "batch", "v1", "namespaces", ns, "jobs", name]) => {
             if let Some((node, t0)) = state.fleet_jobs.lock().unwrap().get(*name).cloned() {
-                let done = state.job_runtime.lock().unwrap().is_some_and(|d| t0.elapsed() >= d);
+                let done = state.job_runtime.lock().unwrap().is_some_and(|d| t0.elapsed() >= d)
+                    && !state.hanging_nodes.lock().unwrap().contains(&node);
                 let fails = state.failing_nodes.lock().unwrap().contains(&node);
                 let j = Job {
                     metadata: ObjectMeta {

@@ -121,14 +121,15 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
     let allowed = opts.allow.contains(name);
     let (target, request, state, result) = match planned {
         Planned::Refused { target, reason } => {
-            eprintln!("snat-run: act::{name}: {reason}");
+            eprintln!("{}: act::{name}: {reason}", crate::program_name());
             (target, Value::Null, ActionState::Failed, reason)
         }
         Planned::Plan(plan) => {
             let request = plan.request_json();
             let (state, result) = if opts.dry_run {
                 eprintln!(
-                    "snat-run: dry-run: act::{name} on {} would send (after GET {} to skip it if already done):\n{}",
+                    "{}: dry-run: act::{name} on {} would send (after GET {} to skip it if already done):\n{}",
+                    crate::program_name(),
                     plan.target,
                     plan.read_path,
                     plan.request.render()
@@ -140,7 +141,8 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
                 (ActionState::Planned, r)
             } else if !allowed {
                 eprintln!(
-                    "snat-run: act::{name} on {} planned only: not allowed (pass --allow {name})",
+                    "{}: act::{name} on {} planned only: not allowed (pass --allow {name})",
+                    crate::program_name(),
                     plan.target
                 );
                 (
@@ -157,7 +159,11 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
                     Ok(Applied::Applied(s)) => (ActionState::Applied, s),
                     Ok(Applied::Unchanged(s)) => (ActionState::Unchanged, s),
                     Err(msg) => {
-                        eprintln!("snat-run: act::{name} on {} failed: {msg}", plan.target);
+                        eprintln!(
+                            "{}: act::{name} on {} failed: {msg}",
+                            crate::program_name(),
+                            plan.target
+                        );
                         (ActionState::Failed, msg)
                     }
                 }

@@ -2,7 +2,7 @@
 //! and cgroup), and the TCP sockets of each, counted by state and per public destination,
 //! read from the host's /proc (`--host-proc`) and netlink sock_diag without touching the
 //! pods. `namespaces` and `sockets` are stages; the getters and rankings on their results
-//! are not.
+//! are not, nor is `hostname`, the name of the host the census reads.
 //!
 //! Which destinations count as public is decided by a `Policy` (from `policy::azure()`),
 //! by an array of CIDRs treated as private on top of snat's built-in rules, or by a
@@ -264,6 +264,16 @@ pub fn create_module(ctx: &Ctx) -> Module {
                 .collect();
             Ok((arr, Some(n)))
         })
+    });
+
+    let c = ctx.clone();
+    func(
+        "hostname",
+        &["?"],
+        "The host name of the host whose sockets a census counts: the one --host-proc belongs to (this host's\n`uname -n`, as its audit records hold in host.hostname, when PID 1 of --host-proc shares this process's\nUTS namespace; else that host's /etc/hostname), or () when it cannot be told. For checking that an\nearlier run (a report's or record's host.hostname) was on this host before comparing it with a census.",
+    )
+    .set_into_module(&mut m, move || -> Dynamic {
+        snat_core::audit::hostname_of(&c.options().host_proc).map_or(Dynamic::UNIT, Dynamic::from)
     });
 
     let c = ctx.clone();
@@ -613,6 +623,40 @@ mod tests {
         let mut scope = rhai::Scope::new();
         scope.push("c", census());
         e.eval_with_scope::<T>(&mut scope, script)
+    }
+
+    /// `census::hostname()` names the host of --host-proc: another host's /proc tree gives
+    /// that host's name, this host's /proc this host's (as its audit records hold it), and a
+    /// tree that tells nothing gives ().
+    #[test]
+    fn hostname_follows_host_proc() {
+        let name_with = |host_proc: &std::path::Path| -> Dynamic {
+            let ctx = Ctx::new(
+                crate::RunOptions {
+                    host_proc: host_proc.to_path_buf(),
+                    ..Default::default()
+                },
+                Default::default(),
+            );
+            engine(&ctx).eval::<Dynamic>("census::hostname()").unwrap()
+        };
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("1/root/etc")).unwrap();
+        std::fs::write(
+            other.path().join("1/root/etc/hostname"),
+            "aks-nodepool1-12345678-vmss000003\n",
+        )
+        .unwrap();
+        assert_eq!(
+            name_with(other.path()).into_string().unwrap(),
+            "aks-nodepool1-12345678-vmss000003"
+        );
+        assert_eq!(
+            name_with(std::path::Path::new("/proc")).into_string().unwrap(),
+            snat_core::audit::HostInfo::current().hostname
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(name_with(empty.path()).is_unit());
     }
 
     #[test]

@@ -486,7 +486,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
     }
     let filter_notes = check_filters(&o, &ctx.options().host_proc);
     for n in &filter_notes {
-        eprintln!("snat-run: warning: trace::run: {n}");
+        eprintln!("{}: warning: trace::run: {n}", crate::program_name());
     }
     let tl = std::cell::RefCell::new(
         TimelineBuilder::new(o.duration, o.bucket).map_err(|e| StageError::Usage(e.to_string()))?,
