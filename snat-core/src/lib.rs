@@ -4,6 +4,8 @@
 //! playbook (through `snat-script`) or directly in a Rust tool:
 //!
 //! - [`model`]: the data model every stage shares (events, sockets, processes, pods, findings).
+//! - [`metrics`]: Azure Monitor SNAT metrics (the article's Step 1): which backend IP, so
+//!   which node, is short of ports or failing connections.
 //! - [`tcptracer`]: reads BCC `tcptracer` logs (the article's Step 2), streaming.
 //! - [`aggregate`]: counts and ranks events by any subset of fields.
 //! - [`policy`]: which destinations consume SNAT ports, and which rule says so.
@@ -16,6 +18,10 @@
 //! - [`audit`]: the JSON audit record every run leaves, and its hash chain.
 //! - [`timeline`]: connections over a trace window per network namespace, in time buckets.
 //! - [`held`]: SNAT ports held at once per destination: connects within one hold time.
+//! - `k8s` (feature `kube`, on by default): the Kubernetes API stages: node by IP, pods on a
+//!   node and their owner workloads, a socket census through the exec API, a playbook on
+//!   many nodes as Jobs, and gated remediation. Without the feature, the rest builds with no
+//!   Kubernetes or async dependencies.
 //!
 //! ```no_run
 //! use snat_core::aggregate::{Field, Metric};
