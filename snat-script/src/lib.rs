@@ -35,7 +35,8 @@
 //! if let Some(e) = &result.error {
 //!     eprintln!("exit {}: {}", result.exit_code, snat_script::ctx::error_chain(e));
 //! }
-//! // Every run that could open its audit directory leaves exactly one record.
+//! // Every run leaves exactly one record; a run refused because its audit directory
+//! // cannot be written leaves it in a fallback directory (none only if that fails too).
 //! if let Some(path) = &result.audit_record {
 //!     println!("audit record: {}", path.display());
 //! }

@@ -15,7 +15,7 @@
 //! | `findings` | array | [`snat_core::model::Finding`] objects, in the order added |
 //! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}`, `{title, kind: "data", data}` or `{title, kind: "chart", x_label, y_label, series: [{name, points: [[x, y]...]}]}` |
 //! | `exit_code` | integer | what the process exits with |
-//! | `error` | object, on failure only | `{kind, message}`: `kind` is `playbook_error`, `usage_error`, `stage_failed`, `audit_unwritable` or `interrupted` ([`crate::Error::kind`]); `message` is the error with its causes. With `audit_unwritable` no run could be recorded: `run_id` and `audit_record` are null ([`refused_json`]) |
+//! | `error` | object, on failure only | `{kind, message}`: `kind` is `playbook_error`, `usage_error`, `stage_failed`, `audit_unwritable` or `interrupted` ([`crate::Error::kind`]); `message` is the error with its causes. With `audit_unwritable` the playbook did not run: `audit_record` is the record of that refusal in a fallback directory (named in `message`), or, when none could be written, null with `run_id` ([`refused_json`]) |
 
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -161,8 +161,9 @@ fn the_result_holds_the_report_and_stdout_only_what_the_format_says(#[case] outp
     }
 }
 
-/// An audit directory that cannot be opened: no run, exit 1, and with `Json` still exactly
-/// one document on stdout, which says why (with `Quiet`, nothing).
+/// An audit directory that cannot be opened, with the fallback turned off: no run, no
+/// record, exit 1, and with `Json` still exactly one document on stdout, which says why
+/// (with `Quiet`, nothing).
 #[rstest::rstest]
 #[case::json(OutputFormat::Json)]
 #[case::quiet(OutputFormat::Quiet)]
@@ -173,6 +174,7 @@ fn an_unusable_audit_dir_keeps_the_output_contract(#[case] output: OutputFormat)
     std::fs::write(&file, "").unwrap();
     let mut req = RunRequest::new(dir.playbook(REPORTS), file.join("audit"));
     req.output = output;
+    req.audit_fallback = false;
     let (r, out) = stdout_of(|| runner::run(req));
     assert_eq!(r.exit_code, 1);
     assert!(matches!(r.error, Some(Error::Audit(_))), "{:?}", r.error);
