@@ -34,7 +34,9 @@ $XDG_STATE_HOME/snat/audit (~/.local/state/snat/audit). Check the chain with
 run (exit 1), and the refusal is recorded in a fallback directory: the default one above
 when it is another directory, else $TMPDIR/snat-audit-<uid> (/tmp when TMPDIR is unset;
 created 0700, refused if another user owns it); stderr (audit record: PATH) and the JSON
-document's audit_record say where the record is.
+document's audit_record say where the record is. The value of a secret --param
+(token=..., password=...) is replaced by <redacted> in the record and in everything
+snat-run prints.
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
@@ -324,14 +326,27 @@ pub fn main() -> ExitCode {
             ) {
                 e.exit();
             }
-            let _ = e.print();
+            // clap quotes the command line back: without its secrets, as in the record.
+            let plain = e.render().to_string();
+            let shown = redact_command_line_text(&plain, &args);
+            if shown == plain {
+                let _ = e.print();
+            } else {
+                eprint!("{shown}");
+            }
             // `snat-run playbook.rhai log=x`: clap reads the KEY=VALUE as a subcommand.
             if let Some(kv) = args
                 .windows(2)
                 .find(|w| !matches!(w[0].as_str(), "-p" | "--param") && !w[1].starts_with('-') && w[1].contains('='))
                 .map(|w| &w[1])
             {
-                eprintln!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})");
+                eprintln!(
+                    "{}",
+                    redact_command_line_text(
+                        &format!("snat-run: hint: a playbook parameter is passed as --param {kv} (or -p {kv})"),
+                        &args
+                    )
+                );
             }
             let text = e.render().to_string();
             let first = clap_summary(&text);
@@ -444,12 +459,9 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
     };
     let r = runner::run(req);
     if r.audit_record.is_none()
-        && let Some(e) = &r.error
+        && let Some(e) = &r.error_message
     {
-        eprintln!(
-            "snat-run: note: this refused command line left no audit record: {}",
-            crate::ctx::error_chain(e)
-        );
+        eprintln!("snat-run: note: this refused command line left no audit record: {e}");
     }
     ExitCode::from(r.exit_code)
 }
@@ -477,6 +489,14 @@ fn raw_params(args: &[String]) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Text that quotes the command line `args` (clap's error, a hint), without the secrets the
+/// refused command line's record keeps out: what [`redact_refused`] hides, and the values
+/// of secret `--param`s.
+fn redact_command_line_text(text: &str, args: &[String]) -> String {
+    let secrets = snat_core::audit::SecretValues::from_params(&raw_params(args));
+    secrets.redact(&redact_refused(text, &args.get(1..).unwrap_or_default().join(" ")).0)
 }
 
 /// clap's message and the command line it refused, with what the command line's redaction
@@ -581,8 +601,9 @@ fn run(a: RunArgs) -> ExitCode {
     // The runner prints the report, or with --output json its one document (also when the
     // audit directory cannot be written).
     let r = runner::run(req);
-    if let Some(e) = &r.error {
-        print_chain(e);
+    // The error without the values of secret parameters, as the record has it.
+    if let Some(m) = &r.error_message {
+        eprintln!("snat-run: error: {m}");
     }
     ExitCode::from(r.exit_code)
 }

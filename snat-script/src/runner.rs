@@ -10,6 +10,12 @@
 //! main thread when the playbook returns, or the signal thread when a stage does not notice
 //! the signal within the grace period) writes it, and the other does nothing.
 //!
+//! Secrets: the value of every secret `--param` (see [`audit::SecretValues`]) is kept out
+//! of the record by its writer, and out of everything the run prints or returns by the
+//! finalizer: the error line, the JSON document, the tables, the HTML report,
+//! [`RunResult::report`] and [`RunResult::error_message`] (not [`RunResult::error`], the
+//! error itself, for a program to match on).
+//!
 //! Embedding: [`run`] with [`RunRequest::new`] touches no signal disposition, never exits
 //! the process and prints nothing on stdout; [`RunResult`] carries the report, the exit
 //! code, the error and the audit record's path; a [`CancelHandle`] stops the run from
@@ -131,15 +137,20 @@ pub struct RunResult {
     /// Exit code, as `snat-run` would exit: 0 clear, 3 SNAT pressure found, 2 playbook or
     /// parameter error, 1 stage failure or no audit record, 130/143 interrupted.
     pub exit_code: u8,
-    /// The error, for non-zero codes other than 3.
+    /// The error, for non-zero codes other than 3, as it is (secrets included: see
+    /// [`error_message`](Self::error_message) for the text to show).
     pub error: Option<Error>,
+    /// The error with its causes, as `snat-run` prints it: every value of a secret
+    /// parameter replaced by `<redacted>`, as in the audit record.
+    pub error_message: Option<String>,
     /// Path of the audit record, when it was written: in the audit directory asked for,
     /// or, for a run refused because that one cannot be written, in the fallback
     /// directory (see [`RunRequest::audit_fallback`]).
     pub audit_record: Option<PathBuf>,
     /// The playbook's report as it stood when the run ended: what `snat-run` prints, as
     /// tables or as the JSON document's title, verdict, summary, findings and sections
-    /// (empty when the run could not start).
+    /// (empty when the run could not start), with every value of a secret parameter
+    /// replaced by `<redacted>` (see [`Report::redacted`]).
     pub report: Report,
 }
 
@@ -230,19 +241,25 @@ impl Finalizer {
             .iter()
             .filter_map(|f| serde_json::to_value(f).ok())
             .collect();
+        // The writer empties them from the record: kept for what is printed.
+        let secrets = self.record.secret_values.clone();
         let written = self.dir.write(&mut self.record);
         let (audit_path, exit_code, audit_err) = match written {
             Ok(p) => (Some(p), exit_code, None),
             Err(e) => (None, 1, Some(Error::Audit(e))),
         };
-        let report = self.ctx.report().clone();
+        // What is printed, written as HTML and returned keeps the secret values out, as the
+        // record does: CI logs keep stdout and stderr.
+        let report = self.ctx.report().redacted(&secrets);
+        let playbook = secrets.redact(&self.record.playbook.path);
         let audit_s = audit_path.as_ref().map(|p| p.display().to_string());
         let facts = RunFacts {
-            playbook: &self.record.playbook.path,
+            playbook: &playbook,
             run_id: &self.record.run_id,
             audit_record: audit_s.as_deref(),
             exit_code,
         };
+        let message = |e: &Error| secrets.redact(&crate::ctx::error_chain(e));
         // A refused run ran nothing to show (and its --html may be what was refused).
         let refused = matches!(error, Some(Error::Usage(_) | Error::AuditRefused { .. }));
         if let Some(path) = self.html.as_ref().filter(|_| !refused) {
@@ -254,13 +271,14 @@ impl Finalizer {
                 ),
             }
         }
-        let shown = error
-            .or(audit_err.as_ref())
-            .map(|e| (e.kind(), crate::ctx::error_chain(e)));
+        let shown = error.or(audit_err.as_ref()).map(|e| (e.kind(), message(e)));
         print_report(&report, self.output, &facts, shown);
+        // `run` returns this error, else the run's: the message is of the same one.
+        let error_message = audit_err.as_ref().or(error).map(message);
         RunResult {
             exit_code,
             error: audit_err,
+            error_message,
             audit_record: audit_path,
             report,
         }
@@ -330,6 +348,9 @@ fn signal_name(sig: i32) -> &'static str {
 /// message, the JSON document's `audit_record` and [`RunResult::audit_record`]. Only when
 /// no fallback directory can be written either (or the fallback is off) does the run
 /// leave no record; the error then says why for each directory.
+///
+/// Everything printed and returned keeps the values of secret parameters out (see the
+/// module documentation).
 ///
 /// Signals: with [`RunRequest::handle_signals`] (what `snat-run` does), SIGINT and SIGTERM
 /// are handled for the length of the run, their previous dispositions come back before
@@ -538,10 +559,11 @@ fn fall_back(req: &RunRequest, e: snat_core::Error) -> (Option<AuditDir>, Error)
 /// A run that cannot be recorded anywhere: nothing runs, nothing is written, and
 /// `--output json` still prints its one document.
 fn unrecorded(req: &RunRequest, error: Error) -> RunResult {
+    let secrets = audit::SecretValues::from_params(&req.params);
     let exit_code = error.exit_code();
-    let message = crate::ctx::error_chain(&error);
+    let message = secrets.redact(&crate::ctx::error_chain(&error));
     if req.output == OutputFormat::Json {
-        let playbook = req.playbook.display().to_string();
+        let playbook = secrets.redact(&req.playbook.display().to_string());
         print_json(&crate::report::refused_json(
             (!playbook.is_empty()).then_some(playbook.as_str()),
             error.kind(),
@@ -552,6 +574,7 @@ fn unrecorded(req: &RunRequest, error: Error) -> RunResult {
     RunResult {
         exit_code,
         error: Some(error),
+        error_message: Some(message),
         audit_record: None,
         report: Report::default(),
     }
