@@ -32,11 +32,11 @@ Every run of a playbook leaves exactly one JSON audit record in the audit direct
 $XDG_STATE_HOME/snat/audit (~/.local/state/snat/audit). Check the chain with
 `snat-run audit verify DIR`. If that directory cannot be written, the playbook does not
 run (exit 1), and the refusal is recorded in a fallback directory: the default one above
-when it is another directory, else $TMPDIR/snat-audit-<uid> (/tmp when TMPDIR is unset;
-created 0700, refused if another user owns it); stderr (audit record: PATH) and the JSON
-document's audit_record say where the record is. The value of a secret --param
-(token=..., password=...) is replaced by <redacted> in the record and in everything
-snat-run prints.
+when it is another directory, else snat-audit-<uid> in the temporary directory ($TMPDIR
+or the system's; created 0700, refused if another user owns it); stderr (audit record:
+PATH) and the JSON document's audit_record say where the record is. The value of a
+secret --param (token=..., password=...) is replaced by <redacted> in the record and in
+everything snat-run prints.
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log

@@ -86,8 +86,8 @@ fn default_dir_from(var: impl Fn(&str) -> Option<OsString>, euid: u32) -> PathBu
 }
 
 /// The audit directory of last resort, [`AuditDir::open_fallback`]'s second choice:
-/// `snat-audit-<euid>` in the system's temporary directory (`$TMPDIR`, else `/tmp`), e.g.
-/// `/tmp/snat-audit-1000`.
+/// `snat-audit-<euid>` in the system's temporary directory ([`std::env::temp_dir`]:
+/// `$TMPDIR`, else the system's default), e.g. `snat-audit-1000` for user 1000.
 pub fn private_temp_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
