@@ -9,9 +9,10 @@
 //!
 //! The runner opens the directory with [`AuditDir::open`] *before* it does anything (so a
 //! directory it cannot write stops the run at once, with a message saying which directory,
-//! why, and what to do), fills an [`AuditRecord`] as the run goes, and hands it to
-//! [`AuditDir::write`] once, whatever the ending (completed, playbook error, stage failure,
-//! SIGINT, SIGTERM). The JSON Schema of a record (draft 2020-12) is
+//! why, and what to do; the refusal itself is recorded in the directory
+//! [`AuditDir::open_fallback`] gives), fills an [`AuditRecord`] as the run goes, and hands
+//! it to [`AuditDir::write`] once, whatever the ending (completed, playbook error, stage
+//! failure, SIGINT, SIGTERM). The JSON Schema of a record (draft 2020-12) is
 //! `schemas/audit-record.schema.json` at the root of the repository.
 //!
 //! ```
@@ -108,7 +109,9 @@
 //!     `context` (the kubeconfig context, `null` in a pod).
 //! - `outcome` (object): how the run ended.
 //!   - `kind` (string): `"completed"`, `"playbook_error"`, `"stage_failed"` or
-//!     `"interrupted"`.
+//!     `"interrupted"`. A run refused because its audit directory cannot be written is
+//!     `"stage_failed"` (exit 1), recorded in a fallback directory (see "The directory and
+//!     the chain"), its message naming the directory and the error.
 //!   - `message` (string or `null`): what went wrong, for anything but `"completed"`,
 //!     secrets redacted.
 //! - `verdict` (string or `null`): `"pressure_found"`, `"clear"`, or `null` when the
@@ -186,6 +189,12 @@
 //!   `$HOME/.local/state/snat/audit`. [`AuditDir::open`] creates it (and its parents)
 //!   with mode 0700 if missing; an existing directory keeps its permissions. Record files
 //!   are created with mode 0600.
+//! - A run whose audit directory cannot be opened does not run, but its refusal is still
+//!   recorded, in the directory [`AuditDir::open_fallback`] opens: [`default_dir`] when
+//!   that is not the directory that failed, else [`private_temp_dir`]
+//!   (`snat-audit-<euid>` in the system's temporary directory, created with mode 0700, and
+//!   refused by [`AuditDir::open_private`] when it is a symbolic link, is owned by another
+//!   user, or other users may write it). When neither opens, the run leaves no record.
 //! - A record file is named `<time>-<run_id>.json`, where `<time>` is
 //!   `YYYYMMDDTHHMMSS.nnnnnnnnnZ` (UTC), so that the names sort by time; records that
 //!   would sort equal are ordered by the full name (byte order). `<time>` is the record's
@@ -241,7 +250,7 @@ mod redact;
 mod select;
 mod verify;
 
-pub use dir::{AuditDir, default_dir, now_rfc3339, record_file_name, sha256_hex};
+pub use dir::{AuditDir, default_dir, now_rfc3339, private_temp_dir, record_file_name, sha256_hex};
 pub use host::{decode_capabilities, hostname_of};
 pub use redact::{
     MIN_SECRET_VALUE_CHARS, REDACTED, SecretValues, is_secret_key, looks_secret_value, redact_cmdline, redact_findings,

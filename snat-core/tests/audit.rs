@@ -430,6 +430,51 @@ fn a_directory_without_write_permission_is_refused() {
     assert_unusable(AuditDir::open(&dir), &dir, "cannot create a file in it");
 }
 
+/// The private fallback directory (under the system's temporary directory, which every
+/// user can write) is created 0700 and then used; one that another user could have planted
+/// or can write is refused, whatever it holds.
+#[test]
+fn a_private_directory_is_created_0700_and_refused_when_others_control_it() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("snat-audit-test");
+    let dir = AuditDir::open_private(&path).unwrap();
+    assert_eq!(dir.path(), path);
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+    // Again, existing and ours: fine.
+    AuditDir::open_private(&path).unwrap();
+
+    let link = tmp.path().join("link");
+    symlink(&path, &link).unwrap();
+    assert_unusable(AuditDir::open_private(&link), &link, "symbolic link");
+
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    assert_unusable(AuditDir::open_private(&shared), &shared, "other users may write it");
+    assert!(
+        fs::read_dir(&shared).unwrap().next().is_none(),
+        "nothing written into it"
+    );
+
+    let file = tmp.path().join("file");
+    fs::write(&file, "").unwrap();
+    assert_unusable(AuditDir::open_private(&file), &file, "not a directory");
+
+    if !snat_testbed::require_root() {
+        return;
+    }
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    assert_unusable(AuditDir::open_private(&theirs), &theirs, "not owned by this user");
+    assert!(
+        fs::read_dir(&theirs).unwrap().next().is_none(),
+        "nothing written into it"
+    );
+}
+
 #[test]
 fn verify_of_an_empty_directory_is_ok_and_of_a_missing_one_an_error() {
     let tmp = tempfile::tempdir().unwrap();

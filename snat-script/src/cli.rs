@@ -21,7 +21,8 @@ Exit codes:
      --param, a bad argument), reported as PLAYBOOK:LINE:COL: message, with the source line
      and a caret
   1  a stage failed at run time (permissions, I/O, API), reported as PLAYBOOK:LINE:COL: stage
-     NAME failed: cause; or the audit record cannot be written
+     NAME failed: cause; or the audit directory cannot be written (the playbook does not
+     run)
   130/143  interrupted by SIGINT/SIGTERM (the audit record is still written); during a live
      trace or a read of a log from stdin, the first Ctrl-C only ends that window and the
      playbook reports what was seen; a second Ctrl-C stops the run
@@ -29,7 +30,13 @@ Exit codes:
 Every run of a playbook leaves exactly one JSON audit record in the audit directory:
 --audit-dir, else $SNAT_AUDIT_DIR, else /var/lib/snat/audit as root, else
 $XDG_STATE_HOME/snat/audit (~/.local/state/snat/audit). Check the chain with
-`snat-run audit verify DIR`.
+`snat-run audit verify DIR`. If that directory cannot be written, the playbook does not
+run (exit 1), and the refusal is recorded in a fallback directory: the default one above
+when it is another directory, else snat-audit-<uid> in the temporary directory ($TMPDIR
+or the system's; created 0700, refused if another user owns it); stderr (audit record:
+PATH) and the JSON document's audit_record say where the record is. The value of a
+secret --param (token=..., password=...) is replaced by <redacted> in the record and in
+everything snat-run prints.
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
@@ -85,8 +92,8 @@ struct RunArgs {
     html: Option<PathBuf>,
 
     /// Where the run's audit record goes [default: $SNAT_AUDIT_DIR, else /var/lib/snat/audit
-    /// as root, else ~/.local/state/snat/audit]. The run fails before doing anything if it
-    /// is not writable.
+    /// as root, else ~/.local/state/snat/audit]. If it cannot be written, the playbook does
+    /// not run (exit 1) and the refusal is recorded in a fallback directory (see --help).
     #[arg(long, value_name = "DIR")]
     audit_dir: Option<PathBuf>,
 
@@ -320,7 +327,14 @@ pub fn main() -> ExitCode {
             ) {
                 e.exit();
             }
-            let _ = e.print();
+            // clap quotes the command line back: without its secrets, as in the record.
+            let plain = e.render().to_string();
+            let shown = redact_command_line_text(&plain, &args);
+            if shown == plain {
+                let _ = e.print();
+            } else {
+                eprint!("{shown}");
+            }
             // `snat-run playbook.rhai log=x`: clap reads the KEY=VALUE as a subcommand.
             if let Some(kv) = args
                 .windows(2)
@@ -328,8 +342,14 @@ pub fn main() -> ExitCode {
                 .map(|w| &w[1])
             {
                 eprintln!(
-                    "{}: hint: a playbook parameter is passed as --param {kv} (or -p {kv})",
-                    crate::program_name()
+                    "{}",
+                    redact_command_line_text(
+                        &format!(
+                            "{}: hint: a playbook parameter is passed as --param {kv} (or -p {kv})",
+                            crate::program_name()
+                        ),
+                        &args
+                    )
                 );
             }
             let text = e.render().to_string();
@@ -451,8 +471,8 @@ fn raw_option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 /// still a run of snat-run: it is recorded like the mistakes snat-run finds itself, in the
 /// audit directory the command line names if it can be read from it, else the default,
 /// with the command line (secrets redacted) in the outcome's message. Exit 2, or 1 when
-/// that directory cannot be written (the runner's exit code and JSON document, as for any
-/// run).
+/// that directory cannot be written (recorded then in the runner's fallback directory: the
+/// runner's exit code, record and JSON document, as for any run).
 fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode {
     let json = wants_json(args);
     let audit_dir = raw_option(args, "--audit-dir")
@@ -482,6 +502,7 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
         output: if json { OutputFormat::Json } else { OutputFormat::Table },
         html: None,
         audit_dir,
+        audit_fallback: true,
         handle_signals: true,
         signal_grace: Duration::from_secs(3),
         cancel: None,
@@ -490,12 +511,11 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
     };
     let r = runner::run(req);
     if r.audit_record.is_none()
-        && let Some(e) = &r.error
+        && let Some(e) = &r.error_message
     {
         eprintln!(
-            "{}: note: this refused command line left no audit record: {}",
-            crate::program_name(),
-            crate::ctx::error_chain(e)
+            "{}: note: this refused command line left no audit record: {e}",
+            crate::program_name()
         );
     }
     ExitCode::from(r.exit_code)
@@ -524,6 +544,14 @@ fn raw_params(args: &[String]) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Text that quotes the command line `args` (clap's error, a hint), without the secrets the
+/// refused command line's record keeps out: what [`redact_refused`] hides, and the values
+/// of secret `--param`s.
+fn redact_command_line_text(text: &str, args: &[String]) -> String {
+    let secrets = snat_core::audit::SecretValues::from_params(&raw_params(args));
+    secrets.redact(&redact_refused(text, &args.get(1..).unwrap_or_default().join(" ")).0)
 }
 
 /// clap's message and the command line it refused, with what the command line's redaction
@@ -629,6 +657,7 @@ fn run(a: RunArgs) -> ExitCode {
         },
         html: a.html,
         audit_dir: a.audit_dir.unwrap_or_else(snat_core::audit::default_dir),
+        audit_fallback: true,
         // snat-run is the program: the run handles SIGINT/SIGTERM (and may exit).
         handle_signals: true,
         // Node Jobs still running are deleted on SIGINT/SIGTERM: give that time.
@@ -640,8 +669,9 @@ fn run(a: RunArgs) -> ExitCode {
     // The runner prints the report, or with --output json its one document (also when the
     // audit directory cannot be written).
     let r = runner::run(req);
-    if let Some(e) = &r.error {
-        print_chain(e);
+    // The error without the values of secret parameters, as the record has it.
+    if let Some(m) = &r.error_message {
+        eprintln!("{}: error: {m}", crate::program_name());
     }
     ExitCode::from(r.exit_code)
 }

@@ -5,7 +5,7 @@
 //! | 0 | ran, nothing found | — |
 //! | 3 | ran, the playbook's verdict is "SNAT pressure found" | — |
 //! | 2 | the playbook or its params are wrong | [`Error::Playbook`], [`Error::Param`], [`Error::ReadPlaybook`] |
-//! | 1 | a stage failed at run time, or the run could not be audited | [`Error::Stage`], [`Error::Audit`] |
+//! | 1 | a stage failed at run time, or the run could not be audited | [`Error::Stage`], [`Error::Audit`], [`Error::AuditRefused`] |
 //! | 130 / 143 | interrupted by SIGINT / SIGTERM, or (130) cancelled by the embedding program | [`Error::Interrupted`], [`Error::Cancelled`] |
 
 //!
@@ -76,10 +76,31 @@ pub enum Error {
         source: StageCause,
     },
 
-    /// The audit record cannot be written: before the run (the run does nothing), or when
-    /// it ends. The cause is [`source`](std::error::Error::source).
+    /// The audit record cannot be written: when the run ends, or before the run when
+    /// [`RunRequest::audit_fallback`](crate::runner::RunRequest::audit_fallback) is off
+    /// (the run does nothing; with it on, that is [`Error::AuditRefused`]). The cause is
+    /// [`source`](std::error::Error::source).
     #[error("cannot record the run")]
     Audit(#[source] snat_core::Error),
+
+    /// The audit directory asked for cannot be written, so the playbook was not run: a
+    /// run must not act without the audit trail it asked for. The refusal is recorded
+    /// in a fallback directory when one opens ([`snat_core::audit::AuditDir::open_fallback`];
+    /// [`RunResult::audit_record`](crate::runner::RunResult::audit_record) is the record).
+    /// The cause, why the directory cannot be written, is
+    /// [`source`](std::error::Error::source).
+    #[error("{}", audit_refused(fallback, usage.as_deref()))]
+    AuditRefused {
+        /// The fallback directory the refusal is recorded in, or why none could be used
+        /// (each directory tried, with its error).
+        fallback: Result<PathBuf, String>,
+        /// A mistake of the command line found as well ([`Error::Usage`]'s message), so
+        /// that the record still names it.
+        usage: Option<String>,
+        /// Why the audit directory asked for cannot be written.
+        #[source]
+        source: snat_core::Error,
+    },
 
     /// SIGINT or SIGTERM stopped the run.
     #[error("interrupted by {signal}")]
@@ -102,7 +123,7 @@ impl Error {
             Error::Playbook { .. } | Error::Param(_) | Error::ReadPlaybook { .. } => "playbook_error",
             Error::Usage(_) => "usage_error",
             Error::Stage { .. } => "stage_failed",
-            Error::Audit(_) => "audit_unwritable",
+            Error::Audit(_) | Error::AuditRefused { .. } => "audit_unwritable",
             Error::Interrupted { .. } | Error::Cancelled => "interrupted",
         }
     }
@@ -111,7 +132,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Playbook { .. } | Error::Param(_) | Error::Usage(_) | Error::ReadPlaybook { .. } => 2,
-            Error::Stage { .. } | Error::Audit(_) => 1,
+            Error::Stage { .. } | Error::Audit(_) | Error::AuditRefused { .. } => 1,
             Error::Interrupted { signal } => {
                 if *signal == "SIGTERM" {
                     143
@@ -147,6 +168,22 @@ impl std::ops::Deref for StageCause {
 
     fn deref(&self) -> &Self::Target {
         &*self.0
+    }
+}
+
+/// The message of [`Error::AuditRefused`], before its cause.
+fn audit_refused(fallback: &Result<PathBuf, String>, usage: Option<&str>) -> String {
+    let usage = usage
+        .map(|u| format!(" (the command line was refused too: {u})"))
+        .unwrap_or_default();
+    match fallback {
+        Ok(dir) => format!(
+            "the playbook was not run{usage}: its audit directory cannot be written, so this refusal is recorded in the fallback audit directory {} instead",
+            dir.display()
+        ),
+        Err(why) => format!(
+            "the playbook was not run{usage} and left no audit record: its audit directory cannot be written, and no fallback audit directory could be used either ({why})"
+        ),
     }
 }
 

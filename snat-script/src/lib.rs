@@ -32,10 +32,12 @@
 //! }
 //! // snat-run's exit code: 0 clear, 3 SNAT pressure found, 2 playbook or parameter
 //! // error, 1 stage failure, 130/143 interrupted; the error for the failures.
-//! if let Some(e) = &result.error {
-//!     eprintln!("exit {}: {}", result.exit_code, snat_script::ctx::error_chain(e));
+//! // The message keeps the values of secret parameters out, as the record does.
+//! if let Some(message) = &result.error_message {
+//!     eprintln!("exit {}: {message}", result.exit_code);
 //! }
-//! // Every run that could open its audit directory leaves exactly one record.
+//! // Every run leaves exactly one record; a run refused because its audit directory
+//! // cannot be written leaves it in a fallback directory (none only if that fails too).
 //! if let Some(path) = &result.audit_record {
 //!     println!("audit record: {}", path.display());
 //! }

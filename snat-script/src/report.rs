@@ -16,11 +16,15 @@
 //! | `findings` | array | [`snat_core::model::Finding`] objects, in the order added |
 //! | `sections` | array | `{title, kind: "table", columns, rows}`, `{title, kind: "text", text}`, `{title, kind: "data", data}` or `{title, kind: "chart", x_label, y_label, series: [{name, points: [[x, y]...]}]}` |
 //! | `exit_code` | integer | what the process exits with |
-//! | `error` | object, on failure only | `{kind, message}`: `kind` is `playbook_error`, `usage_error`, `stage_failed`, `audit_unwritable` or `interrupted` ([`crate::Error::kind`]); `message` is the error with its causes. With `audit_unwritable` no run could be recorded: `run_id` and `audit_record` are null ([`refused_json`]) |
+//! | `error` | object, on failure only | `{kind, message}`: `kind` is `playbook_error`, `usage_error`, `stage_failed`, `audit_unwritable` or `interrupted` ([`crate::Error::kind`]); `message` is the error with its causes. With `audit_unwritable` the playbook did not run: `audit_record` is the record of that refusal in a fallback directory (named in `message`), or, when none could be written, null with `run_id` ([`refused_json`]) |
+//!
+//! Every value of a secret `--param` is replaced by `<redacted>` wherever it occurs in the
+//! document, as in the audit record ([`Report::redacted`], and the error's message).
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use snat_core::audit::Verdict;
+use snat_core::audit::{SecretValues, Verdict};
 use snat_core::model::Finding;
 
 /// One section of a report.
@@ -163,6 +167,30 @@ fn chart_summary(s: &Value) -> Vec<Value> {
     ]
 }
 
+/// A finding with [`SecretValues::redact`] applied to each of its strings; a typed part
+/// that would no longer parse once redacted (an address) is left out.
+fn redact_finding(f: &Finding, secrets: &SecretValues) -> Finding {
+    fn part<T: Serialize + DeserializeOwned>(x: &Option<T>, secrets: &SecretValues) -> Option<T> {
+        let v = serde_json::to_value(x.as_ref()?).ok()?;
+        serde_json::from_value(secrets.redact_json(&v)).ok()
+    }
+    let evidence = match secrets.redact_json(&Value::Object(f.evidence.clone())) {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    Finding {
+        kind: secrets.redact(&f.kind),
+        severity: f.severity,
+        summary: secrets.redact(&f.summary),
+        node: part(&f.node, secrets),
+        pod: part(&f.pod, secrets),
+        process: part(&f.process, secrets),
+        netns: f.netns,
+        destination: part(&f.destination, secrets),
+        evidence,
+    }
+}
+
 /// The JSON document of an invocation refused before a run could be recorded (an audit
 /// directory that cannot be opened, a command line naming no playbook): the fields of
 /// [`Report::to_json`] with no run id, no audit record and nothing reported, and `error`.
@@ -184,6 +212,54 @@ pub fn refused_json(playbook: Option<&str>, kind: &str, message: &str, exit_code
 }
 
 impl Report {
+    /// The report with every occurrence of `secrets` (the values of a run's secret
+    /// parameters) replaced by `<redacted>` in every string it holds: title, summary, each
+    /// finding's strings (its `evidence` at any depth), each section's title, columns,
+    /// cells, text, data and chart labels and series. What `snat-run` prints and writes as
+    /// HTML, so that a secret a playbook copied into its report stays out of CI logs as it
+    /// stays out of the audit record. A typed part of a finding that would no longer parse
+    /// once redacted (a `destination` or a node's address holding a secret value) is left
+    /// out rather than shown.
+    pub fn redacted(&self, secrets: &SecretValues) -> Report {
+        if secrets.is_empty() {
+            return self.clone();
+        }
+        let text = |t: &str| secrets.redact(t);
+        let values = |v: &[Value]| v.iter().map(|x| secrets.redact_json(x)).collect::<Vec<_>>();
+        Report {
+            title: self.title.as_deref().map(text),
+            verdict: self.verdict,
+            summary: self.summary.as_deref().map(text),
+            findings: self.findings.iter().map(|f| redact_finding(f, secrets)).collect(),
+            sections: self
+                .sections
+                .iter()
+                .map(|s| Section {
+                    title: text(&s.title),
+                    body: match &s.body {
+                        SectionBody::Table { columns, rows } => SectionBody::Table {
+                            columns: columns.iter().map(|c| text(c)).collect(),
+                            rows: rows.iter().map(|r| values(r)).collect(),
+                        },
+                        SectionBody::Text { text: t } => SectionBody::Text { text: text(t) },
+                        SectionBody::Data { data } => SectionBody::Data {
+                            data: secrets.redact_json(data),
+                        },
+                        SectionBody::Chart {
+                            x_label,
+                            y_label,
+                            series,
+                        } => SectionBody::Chart {
+                            x_label: text(x_label),
+                            y_label: text(y_label),
+                            series: values(series),
+                        },
+                    },
+                })
+                .collect(),
+        }
+    }
+
     /// The JSON document printed with `--output json`.
     pub fn to_json(&self, facts: &RunFacts<'_>) -> Value {
         json!({
@@ -281,6 +357,70 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every string of the report loses the secret values; a typed part of a finding that a
+    /// secret value would break (an address) is left out, the rest of the finding kept.
+    #[test]
+    fn redacted_replaces_secret_values_in_every_string() {
+        let params = [("token", "s3cr3tvalue"), ("pin", "4430")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let secrets = SecretValues::from_params(&params);
+        let finding: Finding = serde_json::from_value(json!({
+            "kind": "k", "severity": "warning", "summary": "to 10.0.0.1:4430 with s3cr3tvalue",
+            "destination": "10.0.0.1:4430", "node": {"name": "n-s3cr3tvalue", "ip": "10.0.0.2"},
+            "netns": 4026531992u64, "evidence": {"args": ["--token", "s3cr3tvalue"], "n": 3},
+        }))
+        .unwrap();
+        let report = Report {
+            title: Some("for s3cr3tvalue".into()),
+            verdict: Some(Verdict::Clear),
+            summary: Some("s3cr3tvalue".into()),
+            findings: vec![finding],
+            sections: vec![
+                Section {
+                    title: "t".into(),
+                    body: SectionBody::Table {
+                        columns: vec!["s3cr3tvalue".into()],
+                        rows: vec![vec![json!("x s3cr3tvalue"), json!(4430)]],
+                    },
+                },
+                Section {
+                    title: "d".into(),
+                    body: SectionBody::Data {
+                        data: json!({"nested": [{"v": "s3cr3tvalue"}]}),
+                    },
+                },
+            ],
+        };
+        let r = report.redacted(&secrets);
+        let text = format!("{r:?}");
+        assert!(!text.contains("s3cr3tvalue") && !text.contains("\"4430"), "{text}");
+        assert_eq!(r.title.as_deref(), Some("for <redacted>"));
+        let f = &r.findings[0];
+        assert_eq!(f.summary, "to 10.0.0.1:<redacted> with <redacted>");
+        assert_eq!(f.destination, None, "left out: its port is the secret");
+        assert_eq!(f.node.as_ref().unwrap().name.as_deref(), Some("n-<redacted>"));
+        assert_eq!((f.netns, f.severity), (Some(4026531992), report.findings[0].severity));
+        assert_eq!(f.evidence["args"], json!(["--token", "<redacted>"]));
+        assert_eq!(f.evidence["n"], 3);
+        assert_eq!(
+            r.sections[0].body,
+            SectionBody::Table {
+                columns: vec!["<redacted>".into()],
+                rows: vec![vec![json!("x <redacted>"), json!(4430)]],
+            },
+            "numbers are not strings: kept"
+        );
+        assert_eq!(
+            r.sections[1].body,
+            SectionBody::Data {
+                data: json!({"nested": [{"v": "<redacted>"}]})
+            }
+        );
+        assert_eq!(report.redacted(&SecretValues::default()), report, "nothing to hide");
+    }
 
     #[test]
     fn table_aligns_columns() {

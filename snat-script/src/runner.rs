@@ -2,11 +2,19 @@
 //! engine, signals (when asked), the report on stdout, and exactly one audit record per run.
 //!
 //! The order matters. The audit directory is proven writable *before* anything runs (a
-//! run without its record is not allowed). From then on every ending (success, playbook
-//! error, stage failure, cancellation, SIGINT, SIGTERM) goes through one finalizer, which
-//! writes the record once: whoever gets there first (the main thread when the playbook
-//! returns, or the signal thread when a stage does not notice the signal within the grace
-//! period) writes it, and the other does nothing.
+//! run without its record is not allowed). When it is not, the playbook does not run, and
+//! the refusal is recorded in a fallback directory instead (see
+//! [`RunRequest::audit_fallback`]), so that even that run leaves its one record. From then
+//! on every ending (success, playbook error, stage failure, cancellation, SIGINT, SIGTERM)
+//! goes through one finalizer, which writes the record once: whoever gets there first (the
+//! main thread when the playbook returns, or the signal thread when a stage does not notice
+//! the signal within the grace period) writes it, and the other does nothing.
+//!
+//! Secrets: the value of every secret `--param` (see [`audit::SecretValues`]) is kept out
+//! of the record by its writer, and out of everything the run prints or returns by the
+//! finalizer: the error line, the JSON document, the tables, the HTML report,
+//! [`RunResult::report`] and [`RunResult::error_message`] (not [`RunResult::error`], the
+//! error itself, for a program to match on).
 //!
 //! Embedding: [`run`] with [`RunRequest::new`] touches no signal disposition, never exits
 //! the process and prints nothing on stdout; [`RunResult`] carries the report, the exit
@@ -15,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,6 +70,14 @@ pub struct RunRequest {
     pub html: Option<PathBuf>,
     /// Audit directory.
     pub audit_dir: PathBuf,
+    /// When [`audit_dir`](Self::audit_dir) cannot be opened, the playbook never runs (exit
+    /// 1, error [`Error::AuditRefused`]); with this set, the refusal is still recorded, in
+    /// the first directory of [`AuditDir::open_fallback`] that opens (the default audit
+    /// directory when it is another one, else a private directory of this user under the
+    /// system's temporary directory), and [`RunResult::audit_record`] says where. When
+    /// false, or when no fallback opens, the run leaves no record. True in
+    /// [`RunRequest::new`] and in `snat-run`.
+    pub audit_fallback: bool,
     /// Whether the run handles SIGINT and SIGTERM itself, as `snat-run` does. When true,
     /// [`run`] installs handlers for both for as long as it runs and puts the previous
     /// dispositions back before it returns: a signal cancels the run (exit 130 or 143;
@@ -94,6 +110,7 @@ pub struct RunRequest {
 impl RunRequest {
     /// A run of `playbook` recording into `audit_dir`, with the defaults for embedding:
     /// no parameters, default options and limits, [`OutputFormat::Quiet`], no HTML report,
+    /// a refusal recorded in a fallback directory when `audit_dir` cannot be written,
     /// signals not handled, no cancel handle, run here (not on cluster nodes).
     pub fn new(playbook: impl Into<PathBuf>, audit_dir: impl Into<PathBuf>) -> RunRequest {
         RunRequest {
@@ -104,6 +121,7 @@ impl RunRequest {
             output: OutputFormat::Quiet,
             html: None,
             audit_dir: audit_dir.into(),
+            audit_fallback: true,
             handle_signals: false,
             signal_grace: Duration::from_secs(3),
             cancel: None,
@@ -119,13 +137,20 @@ pub struct RunResult {
     /// Exit code, as `snat-run` would exit: 0 clear, 3 SNAT pressure found, 2 playbook or
     /// parameter error, 1 stage failure or no audit record, 130/143 interrupted.
     pub exit_code: u8,
-    /// The error, for non-zero codes other than 3.
+    /// The error, for non-zero codes other than 3, as it is (secrets included: see
+    /// [`error_message`](Self::error_message) for the text to show).
     pub error: Option<Error>,
-    /// Path of the audit record, when it was written.
+    /// The error with its causes, as `snat-run` prints it: every value of a secret
+    /// parameter replaced by `<redacted>`, as in the audit record.
+    pub error_message: Option<String>,
+    /// Path of the audit record, when it was written: in the audit directory asked for,
+    /// or, for a run refused because that one cannot be written, in the fallback
+    /// directory (see [`RunRequest::audit_fallback`]).
     pub audit_record: Option<PathBuf>,
     /// The playbook's report as it stood when the run ended: what `snat-run` prints, as
     /// tables or as the JSON document's title, verdict, summary, findings and sections
-    /// (empty when the run could not start).
+    /// (empty when the run could not start), with every value of a secret parameter
+    /// replaced by `<redacted>` (see [`Report::redacted`]).
     pub report: Report,
 }
 
@@ -216,23 +241,29 @@ impl Finalizer {
             .iter()
             .filter_map(|f| serde_json::to_value(f).ok())
             .collect();
+        // The writer empties them from the record: kept for what is printed.
+        let secrets = self.record.secret_values.clone();
         let written = self.dir.write(&mut self.record);
         let (audit_path, exit_code, audit_err) = match written {
             Ok(p) => (Some(p), exit_code, None),
             Err(e) => (None, 1, Some(Error::Audit(e))),
         };
-        let report = self.ctx.report().clone();
-        // A refused command line ran nothing to show (and its --html may be what was refused).
-        let refused = matches!(error, Some(Error::Usage(_)));
+        // What is printed, written as HTML and returned keeps the secret values out, as the
+        // record does: CI logs keep stdout and stderr.
+        let report = self.ctx.report().redacted(&secrets);
+        let playbook = secrets.redact(&self.record.playbook.path);
+        let audit_s = audit_path.as_ref().map(|p| p.display().to_string());
+        let facts = RunFacts {
+            playbook: &playbook,
+            run_id: &self.record.run_id,
+            audit_record: audit_s.as_deref(),
+            host: Some(&self.record.host.hostname),
+            exit_code,
+        };
+        let message = |e: &Error| secrets.redact(&crate::ctx::error_chain(e));
+        // A refused run ran nothing to show (and its --html may be what was refused).
+        let refused = matches!(error, Some(Error::Usage(_) | Error::AuditRefused { .. }));
         if let Some(path) = self.html.as_ref().filter(|_| !refused) {
-            let audit_s = audit_path.as_ref().map(|p| p.display().to_string());
-            let facts = RunFacts {
-                playbook: &self.record.playbook.path,
-                run_id: &self.record.run_id,
-                audit_record: audit_s.as_deref(),
-                host: Some(&self.record.host.hostname),
-                exit_code,
-            };
             match std::fs::write(path, crate::html::render(&report, &facts)) {
                 Ok(()) => eprintln!("HTML report: {}", path.display()),
                 Err(e) => eprintln!(
@@ -242,53 +273,36 @@ impl Finalizer {
                 ),
             }
         }
-        print_report(
-            &report,
-            self.output,
-            &self.record,
-            audit_path.as_deref(),
-            exit_code,
-            error.or(audit_err.as_ref()),
-        );
+        let shown = error.or(audit_err.as_ref()).map(|e| (e.kind(), message(e)));
+        print_report(&report, self.output, &facts, shown);
+        // `run` returns this error, else the run's: the message is of the same one.
+        let error_message = audit_err.as_ref().or(error).map(message);
         RunResult {
             exit_code,
             error: audit_err,
+            error_message,
             audit_record: audit_path,
             report,
         }
     }
 }
 
-fn print_report(
-    report: &Report,
-    output: OutputFormat,
-    record: &AuditRecord,
-    audit: Option<&Path>,
-    exit_code: u8,
-    error: Option<&Error>,
-) {
-    let audit_s = audit.map(|p| p.display().to_string());
-    let facts = RunFacts {
-        playbook: &record.playbook.path,
-        run_id: &record.run_id,
-        audit_record: audit_s.as_deref(),
-        host: Some(&record.host.hostname),
-        exit_code,
-    };
+/// Print `report` as `output` says; `error` is the error's kind and message.
+fn print_report(report: &Report, output: OutputFormat, facts: &RunFacts<'_>, error: Option<(&str, String)>) {
     match output {
         OutputFormat::Json => {
-            let mut doc = report.to_json(&facts);
-            if let Some(e) = error {
-                doc["error"] = serde_json::json!({ "kind": e.kind(), "message": crate::ctx::error_chain(e) });
+            let mut doc = report.to_json(facts);
+            if let Some((kind, message)) = error {
+                doc["error"] = serde_json::json!({ "kind": kind, "message": message });
             }
             print_json(&doc);
         }
         OutputFormat::Table => {
             if error.is_none() || !report.sections.is_empty() || report.verdict.is_some() {
                 let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{}", report.to_text(&facts));
+                let _ = write!(out, "{}", report.to_text(facts));
                 let _ = out.flush();
-            } else if let Some(a) = &audit_s {
+            } else if let Some(a) = facts.audit_record {
                 eprintln!("audit record: {a}");
             }
         }
@@ -330,6 +344,16 @@ fn signal_name(sig: i32) -> &'static str {
 /// [`RunRequest::output`] says, write exactly one audit record, and return the exit code,
 /// the error, the report and where the record is.
 ///
+/// An audit directory that cannot be written stops the run before the playbook runs (exit
+/// 1, [`Error::AuditRefused`], `audit_unwritable` in the JSON document); the refusal is
+/// recorded in a fallback directory ([`RunRequest::audit_fallback`]), named by the error's
+/// message, the JSON document's `audit_record` and [`RunResult::audit_record`]. Only when
+/// no fallback directory can be written either (or the fallback is off) does the run
+/// leave no record; the error then says why for each directory.
+///
+/// Everything printed and returned keeps the values of secret parameters out (see the
+/// module documentation).
+///
 /// Signals: with [`RunRequest::handle_signals`] (what `snat-run` does), SIGINT and SIGTERM
 /// are handled for the length of the run, their previous dispositions come back before
 /// this returns, and a stage that does not notice a signal within the grace period makes
@@ -337,28 +361,14 @@ fn signal_name(sig: i32) -> &'static str {
 /// and never exits the process; [`RunRequest::cancel`] stops it.
 pub fn run(req: RunRequest) -> RunResult {
     let started_at = audit::now_rfc3339();
-    let dir = match AuditDir::open(&req.audit_dir) {
-        Ok(d) => d,
-        Err(e) => {
-            // No run can be recorded, but `--output json` still prints its one document.
-            let error = Error::Audit(e);
-            let exit_code = error.exit_code();
-            if req.output == OutputFormat::Json {
-                let playbook = req.playbook.display().to_string();
-                print_json(&crate::report::refused_json(
-                    (!playbook.is_empty()).then_some(playbook.as_str()),
-                    error.kind(),
-                    &crate::ctx::error_chain(&error),
-                    exit_code,
-                ));
-            }
-            return RunResult {
-                exit_code,
-                error: Some(error),
-                audit_record: None,
-                report: Report::default(),
-            };
-        }
+    // The audit directory asked for, or the fallback that records the refusal to run
+    // without it (the playbook will not run).
+    let (dir, refusal) = match AuditDir::open(&req.audit_dir) {
+        Ok(d) => (d, None),
+        Err(e) => match fall_back(&req, e) {
+            (Some(d), refusal) => (d, Some(refusal)),
+            (None, error) => return unrecorded(&req, error),
+        },
     };
     let source = std::fs::read(&req.playbook);
     let playbook_info = PlaybookInfo {
@@ -466,7 +476,14 @@ pub fn run(req: RunRequest) -> RunResult {
         None
     };
 
-    let (kind, error, verdict, code) = execute(&req, &ctx, source, &run_id);
+    let (kind, error, verdict, code) = match refusal {
+        Some(e) => {
+            // Exit 1 as any failure to record; `stage_failed` keeps the record's schema.
+            let code = e.exit_code();
+            (OutcomeKind::StageFailed, Some(e), None, code)
+        }
+        None => execute(&req, &ctx, source, &run_id),
+    };
     let stopped = kind == OutcomeKind::Interrupted || code != 0 && code != 3;
     let (kind, error, code) = match *lock(&caught) {
         Some(sig) if stopped => {
@@ -499,6 +516,72 @@ pub fn run(req: RunRequest) -> RunResult {
     // The record is written: a signal now finds the dispositions the caller had.
     drop(signals);
     result
+}
+
+/// When the audit directory asked for cannot be opened (`e`): the fallback directory, when
+/// one opens, and the error the refused run ends with.
+fn fall_back(req: &RunRequest, e: snat_core::Error) -> (Option<AuditDir>, Error) {
+    if !req.audit_fallback {
+        return (None, Error::Audit(e));
+    }
+    let usage = req.refused.clone();
+    match AuditDir::open_fallback(&req.audit_dir) {
+        Ok(dir) => {
+            let fallback = Ok(dir.path().to_path_buf());
+            let error = Error::AuditRefused {
+                fallback,
+                usage,
+                source: e,
+            };
+            (Some(dir), error)
+        }
+        Err(errors) => {
+            let why: Vec<String> = errors
+                .iter()
+                .map(|f| match f {
+                    snat_core::Error::AuditDirUnusable { dir, what, source } => {
+                        format!("{}: {what}: {source}", dir.display())
+                    }
+                    other => crate::ctx::error_chain(other),
+                })
+                .collect();
+            let why = if why.is_empty() {
+                "no other directory to try".to_string()
+            } else {
+                why.join("; ")
+            };
+            let error = Error::AuditRefused {
+                fallback: Err(why),
+                usage,
+                source: e,
+            };
+            (None, error)
+        }
+    }
+}
+
+/// A run that cannot be recorded anywhere: nothing runs, nothing is written, and
+/// `--output json` still prints its one document.
+fn unrecorded(req: &RunRequest, error: Error) -> RunResult {
+    let secrets = audit::SecretValues::from_params(&req.params);
+    let exit_code = error.exit_code();
+    let message = secrets.redact(&crate::ctx::error_chain(&error));
+    if req.output == OutputFormat::Json {
+        let playbook = secrets.redact(&req.playbook.display().to_string());
+        print_json(&crate::report::refused_json(
+            (!playbook.is_empty()).then_some(playbook.as_str()),
+            error.kind(),
+            &message,
+            exit_code,
+        ));
+    }
+    RunResult {
+        exit_code,
+        error: Some(error),
+        error_message: Some(message),
+        audit_record: None,
+        report: Report::default(),
+    }
 }
 
 fn execute(

@@ -44,6 +44,12 @@ impl Run {
         self.dir.path().join("audit")
     }
 
+    /// Where a run whose audit directory cannot be written records its refusal:
+    /// `$SNAT_AUDIT_DIR` for the runs of [`Run::cmd`] (never the system's directory).
+    fn fallback(&self) -> PathBuf {
+        self.dir.path().join("fallback")
+    }
+
     fn playbook(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -56,7 +62,7 @@ impl Run {
             .arg("--audit-dir")
             .arg(self.audit())
             .args(args)
-            .env_remove("SNAT_AUDIT_DIR");
+            .env("SNAT_AUDIT_DIR", self.fallback());
         c
     }
 
@@ -65,19 +71,24 @@ impl Run {
     }
 
     fn records(&self) -> Vec<Value> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(self.audit())
-            .map(|rd| {
-                rd.map(|e| e.unwrap().path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-            .iter()
-            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-            .collect()
+        records_in(&self.audit())
     }
+}
+
+/// The records of an audit directory, oldest first (none when it does not exist).
+fn records_in(dir: &Path) -> Vec<Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
 }
 
 fn stderr(o: &Output) -> String {
@@ -118,6 +129,14 @@ impl Unprivileged {
     /// Run `playbook` with an audit directory here; `caps` (e.g. `+bpf,+perfmon`) are
     /// the only capabilities kept, none when empty.
     fn run(&self, playbook: &Path, caps: &str) -> Output {
+        self.run_with(playbook, caps, &self.dir.path().join("audit"), |c| {
+            c.env_remove("SNAT_AUDIT_DIR");
+        })
+    }
+
+    /// [`run`](Self::run) with `audit` as the audit directory and `env` setting the
+    /// environment.
+    fn run_with(&self, playbook: &Path, caps: &str, audit: &Path, env: impl Fn(&mut Command)) -> Output {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let mut tries = 0;
@@ -131,14 +150,9 @@ impl Unprivileged {
                 }
                 c.arg(&self.exe);
             }
-            let o = c
-                .arg(playbook)
-                .arg("--audit-dir")
-                .arg(self.dir.path().join("audit"))
-                .env_remove("SNAT_AUDIT_DIR")
-                .stdin(Stdio::null())
-                .output()
-                .expect("setpriv (util-linux) runs");
+            c.arg(playbook).arg("--audit-dir").arg(audit);
+            env(&mut c);
+            let o = c.stdin(Stdio::null()).output().expect("setpriv (util-linux) runs");
             // A process forked by a parallel test may hold the copy open for writing a moment.
             if String::from_utf8_lossy(&o.stderr).contains("Text file busy") && tries < 100 {
                 tries += 1;
@@ -569,23 +583,184 @@ fn a_playbook_error_without_a_place_prints_no_zero_position() {
     assert!(stderr(&o).contains(&want), "want {want:?} in:\n{}", stderr(&o));
 }
 
+/// An audit directory that cannot be written stops the run before the playbook runs (exit
+/// 1, as before), and the refusal still leaves exactly one record: in the default audit
+/// directory when that is another one, else in a private directory under `$TMPDIR`. The
+/// error line, the record and the JSON document name both directories; only when no
+/// fallback opens is there no record, and then the error says why for each.
 #[test]
-fn unwritable_audit_dir_fails_before_running() {
+fn an_unwritable_audit_dir_refuses_the_run_and_records_it_in_a_fallback() {
     let r = Run::new();
-    let marker = r.dir.path().join("ran");
-    // If the playbook ran, the stage would create nothing, but its record would exist; the
-    // directory's parent is a regular file, which fails for root too.
+    // Under a regular file: no one, root included, can create it.
+    let file = r.dir.path().join("a-file");
+    std::fs::write(&file, "file").unwrap();
+    let unwritable = file.join("audit");
+    // Had it run: a report on stdout and exit 3.
     let p = r.playbook("x.rhai", VERDICT_FOUND);
-    std::fs::write(&marker, "file").unwrap();
-    let o = Command::new(bin())
-        .arg(&p)
-        .arg("--audit-dir")
-        .arg(marker.join("audit"))
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut c = Command::new(bin());
+        c.arg(&p)
+            .arg("--audit-dir")
+            .arg(&unwritable)
+            .args(args)
+            .env_remove("SNAT_AUDIT_DIR")
+            .env_remove("TMPDIR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let names_both = |text: &str, fallback: &Path| {
+        assert!(text.contains(&unwritable.display().to_string()), "{text}");
+        assert!(text.contains("Not a directory"), "the OS error: {text}");
+        assert!(
+            text.contains(&format!("fallback audit directory {}", fallback.display())),
+            "{text}"
+        );
+    };
+
+    // The default directory ($SNAT_AUDIT_DIR) is another one: the refusal is recorded there.
+    let fallback = r.fallback();
+    let o = run(&[], &[("SNAT_AUDIT_DIR", &fallback)]);
+    expect_exit(&o, 1, "the playbook was not run");
+    names_both(&stderr(&o), &fallback);
+    assert!(o.stdout.is_empty(), "nothing ran, nothing reported");
+    assert!(!unwritable.exists());
+    let recs = records_in(&fallback);
+    assert_eq!(recs.len(), 1, "exactly one record");
+    let rec = &recs[0];
+    assert_schema_valid(rec);
+    assert_eq!(rec["exit_code"], 1);
+    assert_eq!(rec["outcome"]["kind"], "stage_failed");
+    assert_eq!(rec["stages"], serde_json::json!([]), "nothing ran");
+    assert!(rec["playbook"]["path"].as_str().unwrap().ends_with("x.rhai"), "{rec}");
+    names_both(rec["outcome"]["message"].as_str().unwrap(), &fallback);
+    let shown = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("audit record: ").map(PathBuf::from))
+        .unwrap_or_else(|| panic!("stderr names the record: {}", stderr(&o)));
+    assert!(shown.starts_with(&fallback), "{}", shown.display());
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(&shown).unwrap()).unwrap();
+    assert_eq!(on_disk["run_id"], rec["run_id"]);
+
+    // With -o json: one document, whose audit_record is the refusal's record.
+    let o = run(&["-o", "json"], &[("SNAT_AUDIT_DIR", &fallback)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert_eq!(doc["exit_code"], 1, "{doc}");
+    names_both(doc["error"]["message"].as_str().unwrap(), &fallback);
+    let rec_path = PathBuf::from(doc["audit_record"].as_str().expect("the record's path"));
+    assert!(rec_path.starts_with(&fallback), "{doc}");
+    let rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    assert_eq!(rec["run_id"], doc["run_id"]);
+    assert_eq!(records_in(&fallback).len(), 2);
+
+    // The fallback directory is an audit directory like any: its chain verifies.
+    let v = Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(&fallback)
         .output()
         .unwrap();
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("--audit-dir"), "{}", stderr(&o));
-    assert!(o.stdout.is_empty(), "nothing ran, nothing printed");
+    assert_eq!(code(&v), 0, "{}", stderr(&v));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("ok: 2 record(s)") && out.contains("chain intact"), "{out}");
+
+    // The default is the directory that failed: a directory of this user under $TMPDIR.
+    let tmp = r.dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let private = tmp.join(format!("snat-audit-{}", unsafe { libc::geteuid() }));
+    let o = run(&[], &[("SNAT_AUDIT_DIR", &unwritable), ("TMPDIR", &tmp)]);
+    expect_exit(&o, 1, "the playbook was not run");
+    names_both(&stderr(&o), &private);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+    let recs = records_in(&private);
+    assert_eq!(recs.len(), 1);
+    assert_schema_valid(&recs[0]);
+
+    // Neither can be written: no record, the document says so, the error names both failures.
+    let o = run(&["-o", "json"], &[("SNAT_AUDIT_DIR", &unwritable), ("TMPDIR", &file)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("left no audit record"), "{err}");
+    assert!(err.contains(&unwritable.display().to_string()), "{err}");
+    assert!(err.contains(&file.join("snat-audit-").display().to_string()), "{err}");
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
+    assert_eq!(doc["audit_record"], Value::Null, "{doc}");
+    assert_eq!(doc["run_id"], Value::Null, "{doc}");
+    assert_eq!(records_in(&private).len(), 1);
+    assert_eq!(records_in(&fallback).len(), 2);
+}
+
+/// An ordinary user given root's audit directory (0700, owned by root): the refusal is
+/// recorded in that user's private directory under `$TMPDIR`, created 0700 and owned by
+/// the user; a directory of that name another user planted there is not used.
+#[test]
+fn an_unprivileged_run_into_roots_audit_dir_records_in_its_private_temp_dir() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !snat_testbed::require_root() {
+        return;
+    }
+    let u = Unprivileged::new();
+    let p = u.file("p.rhai", VERDICT_FOUND);
+    // Root's audit directory, and root's home.
+    let audit = u.dir.path().join("root-audit");
+    std::fs::create_dir(&audit).unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let roots = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(roots.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let tmp_dir = |name: &str| {
+        let d = u.dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        d
+    };
+    let (tmp, planted_tmp) = (tmp_dir("tmp"), tmp_dir("tmp-planted"));
+    // HOME as root's: the user's own default directory cannot be created either.
+    let env = |tmp: &Path| {
+        let (home, tmp) = (roots.path().to_path_buf(), tmp.to_path_buf());
+        move |c: &mut Command| {
+            c.env_remove("SNAT_AUDIT_DIR")
+                .env_remove("XDG_STATE_HOME")
+                .env("HOME", &home)
+                .env("TMPDIR", &tmp);
+        }
+    };
+
+    let o = u.run_with(&p, "", &audit, env(&tmp));
+    expect_exit(&o, 1, "Permission denied");
+    let private = tmp.join("snat-audit-65534");
+    let meta = std::fs::metadata(&private).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o700), "{meta:?}");
+    assert!(stderr(&o).contains(&private.display().to_string()), "{}", stderr(&o));
+    let recs = records_in(&private);
+    assert_eq!(recs.len(), 1);
+    assert_schema_valid(&recs[0]);
+    assert_eq!(recs[0]["host"]["euid"], 65534);
+    let msg = recs[0]["outcome"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&audit.display().to_string()) && msg.contains("Permission denied"),
+        "{msg}"
+    );
+    assert!(records_in(&audit).is_empty());
+
+    // Planted by root, where the user's would go: refused, nothing written into it.
+    let planted = planted_tmp.join("snat-audit-65534");
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = u.run_with(&p, "", &audit, env(&planted_tmp));
+    expect_exit(&o, 1, "not owned by this user");
+    assert!(stderr(&o).contains("left no audit record"), "{}", stderr(&o));
+    assert!(
+        std::fs::read_dir(&planted).unwrap().next().is_none(),
+        "nothing written into it"
+    );
 }
 
 #[test]
@@ -784,6 +959,88 @@ fn secrets_copied_into_messages_never_reach_the_record() {
     let error = recs[1]["stages"][0]["error"].as_str().unwrap();
     assert!(error.contains("/nonexistent?sig=<redacted>"), "{error}");
     assert_eq!(recs[2]["findings"][0]["summary"], "note=<redacted> seen");
+}
+
+/// A playbook that copies its secret parameter into every part of its report and into its
+/// error.
+const LEAKY: &str = r#"let t = param("token");
+report::title("run for " + t);
+report::text("notes", "token " + t);
+report::table("rows", ["value"], [[t]]);
+report::finding(#{kind: "k", severity: "info", summary: "seen " + t});
+throw "bad token " + t;
+"#;
+
+/// A secret parameter's value that the playbook copied into its report and its error stays
+/// out of each channel a CI log keeps (the error line on stderr, the tables, the JSON
+/// document, the HTML report), as it stays out of the record; a command line clap refuses
+/// does not print it back either.
+#[rstest::rstest]
+#[case::error_line("stderr")]
+#[case::tables("table")]
+#[case::json_document("json")]
+#[case::html_report("html")]
+#[case::refused_command_line("clap")]
+fn a_secret_param_stays_out_of_every_output(#[case] channel: &str) {
+    const SECRET: &str = "supersecretvalue";
+    let r = Run::new();
+    let p = r.playbook("leak.rhai", LEAKY);
+    let html = r.dir.path().join("r.html");
+    let given = format!("token={SECRET}");
+    let mut args = vec!["-p", given.as_str()];
+    match channel {
+        "json" => args.extend(["-o", "json"]),
+        "html" => args.extend(["--html", html.to_str().unwrap()]),
+        _ => {}
+    }
+    if channel == "clap" {
+        // Given with a space (clap quotes it back), and without --param (a hint shows how).
+        let spaced = format!("token {SECRET}");
+        for args in [vec!["--param", spaced.as_str()], vec![given.as_str()]] {
+            let o = r.run(&p, &args);
+            assert_eq!(code(&o), 2, "{}", stderr(&o));
+            let err = stderr(&o);
+            assert!(!err.contains(SECRET), "{args:?}: {err}");
+            assert!(err.contains("<redacted>"), "{args:?}: {err}");
+        }
+        return;
+    }
+    let o = r.run(&p, &args);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let recorded = r.records()[0]["outcome"]["message"].as_str().unwrap().to_string();
+    assert!(recorded.contains("bad token <redacted>"), "{recorded}");
+    let shown = match channel {
+        "stderr" => {
+            let err = stderr(&o);
+            assert!(
+                err.contains(&format!("snat-run: error: {recorded}")),
+                "the record's message: {recorded}\nstderr: {err}"
+            );
+            err
+        }
+        "table" => {
+            let out = String::from_utf8(o.stdout).unwrap();
+            for want in ["run for <redacted>", "token <redacted>", "- [info] seen <redacted>"] {
+                assert!(out.contains(want), "{want}: {out}");
+            }
+            out
+        }
+        "json" => {
+            let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+            assert_eq!(doc["error"]["message"], recorded.as_str(), "{doc}");
+            assert_eq!(doc["title"], "run for <redacted>", "{doc}");
+            assert_eq!(doc["findings"][0]["summary"], "seen <redacted>", "{doc}");
+            assert_eq!(doc["sections"][1]["rows"][0][0], "<redacted>", "{doc}");
+            String::from_utf8(o.stdout).unwrap()
+        }
+        "html" => {
+            let page = std::fs::read_to_string(&html).expect("the HTML report is written");
+            assert!(page.contains("seen &lt;redacted&gt;"), "{page}");
+            page
+        }
+        other => unreachable!("{other}"),
+    };
+    assert!(!shown.contains(SECRET), "{channel}: {shown}");
 }
 
 fn wait_for_start(child: &mut Child, audit: &Path) {
@@ -1440,6 +1697,7 @@ fn refused_invocations_still_print_one_json_document() {
         .arg(&p)
         .args(["-o", "json", "--audit-dir"])
         .arg(unwritable.join("sub"))
+        .env("SNAT_AUDIT_DIR", r.fallback())
         .output()
         .unwrap();
     assert_eq!(code(&o), 1, "{}", stderr(&o));
@@ -1451,14 +1709,22 @@ fn refused_invocations_still_print_one_json_document() {
         .arg(&p)
         .args(["-o", "json", "--bogus-flag", "--audit-dir"])
         .arg(unwritable.join("sub"))
+        .env("SNAT_AUDIT_DIR", r.fallback())
         .output()
         .unwrap();
     let doc: Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
     assert_eq!(doc["error"]["kind"], "audit_unwritable", "{doc}");
     assert_eq!(doc["exit_code"], code(&o), "{doc}");
-    // The four refused command lines are recorded (clap's too); the unwritable
-    // directory's cannot be.
+    let rec_path = PathBuf::from(doc["audit_record"].as_str().expect("recorded in the fallback"));
+    assert!(rec_path.starts_with(r.fallback()), "{doc}");
+    // Its record names the command line's mistake as well as the directory.
+    let rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let msg = rec["outcome"]["message"].as_str().unwrap();
+    assert!(msg.contains("--bogus-flag") && msg.contains("file-not-dir"), "{msg}");
+    // The four refused command lines are recorded (clap's too); the two runs into the
+    // unwritable directory in the fallback.
     assert_eq!(r.records().len(), 4);
+    assert_eq!(records_in(&r.fallback()).len(), 2);
 }
 
 /// A playbook's `warn()` is one plain line on stderr: not twice (once through the log

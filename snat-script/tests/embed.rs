@@ -161,8 +161,9 @@ fn the_result_holds_the_report_and_stdout_only_what_the_format_says(#[case] outp
     }
 }
 
-/// An audit directory that cannot be opened: no run, exit 1, and with `Json` still exactly
-/// one document on stdout, which says why (with `Quiet`, nothing).
+/// An audit directory that cannot be opened, with the fallback turned off: no run, no
+/// record, exit 1, and with `Json` still exactly one document on stdout, which says why
+/// (with `Quiet`, nothing).
 #[rstest::rstest]
 #[case::json(OutputFormat::Json)]
 #[case::quiet(OutputFormat::Quiet)]
@@ -173,9 +174,11 @@ fn an_unusable_audit_dir_keeps_the_output_contract(#[case] output: OutputFormat)
     std::fs::write(&file, "").unwrap();
     let mut req = RunRequest::new(dir.playbook(REPORTS), file.join("audit"));
     req.output = output;
+    req.audit_fallback = false;
     let (r, out) = stdout_of(|| runner::run(req));
     assert_eq!(r.exit_code, 1);
     assert!(matches!(r.error, Some(Error::Audit(_))), "{:?}", r.error);
+    assert!(r.error_message.as_deref().unwrap().contains("is not usable"), "{r:?}");
     assert!(r.audit_record.is_none());
     assert_eq!(r.report, snat_script::report::Report::default());
     if output == OutputFormat::Quiet {
@@ -191,6 +194,27 @@ fn an_unusable_audit_dir_keeps_the_output_contract(#[case] output: OutputFormat)
     assert_eq!(doc["exit_code"], 1);
     assert_eq!(doc["run_id"], Value::Null);
     assert!(doc["playbook"].as_str().unwrap().ends_with("p.rhai"), "{doc}");
+}
+
+/// What a run returns keeps a secret parameter's value out as what it prints does: the
+/// report and the error's message; the error itself is the program's to match on.
+#[test]
+fn the_report_and_message_returned_keep_secret_values_out() {
+    let dir = Dir::new();
+    let mut req = RunRequest::new(
+        dir.playbook("let t = param(\"password\");\nreport::title(\"for \" + t);\nthrow \"bad \" + t;\n"),
+        dir.audit(),
+    );
+    req.params.insert("password".into(), "Hunter2Hunter2".into());
+    let r = runner::run(req);
+    assert_eq!(r.exit_code, 2, "{:?}", r.error);
+    assert_eq!(r.report.title.as_deref(), Some("for <redacted>"));
+    let message = r.error_message.as_deref().unwrap();
+    assert!(
+        message.contains("bad <redacted>") && !message.contains("Hunter2"),
+        "{message}"
+    );
+    assert!(matches!(r.error, Some(Error::Playbook { .. })), "{:?}", r.error);
 }
 
 fn record(path: Option<&Path>) -> Value {

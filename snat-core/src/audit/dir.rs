@@ -85,6 +85,33 @@ fn default_dir_from(var: impl Fn(&str) -> Option<OsString>, euid: u32) -> PathBu
     PathBuf::from(SYSTEM)
 }
 
+/// The audit directory of last resort, [`AuditDir::open_fallback`]'s second choice:
+/// `snat-audit-<euid>` in the system's temporary directory ([`std::env::temp_dir`]:
+/// `$TMPDIR`, else the system's default), e.g. `snat-audit-1000` for user 1000.
+pub fn private_temp_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("snat-audit-{euid}"))
+}
+
+/// [`AuditDir::open_fallback`] with its two directories given.
+fn open_fallback_in(failed: &Path, default: &Path, temp: &Path) -> Result<AuditDir, Vec<Error>> {
+    let mut errors = Vec::new();
+    if default != failed {
+        match AuditDir::open(default) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => errors.push(e),
+        }
+    }
+    if temp != failed {
+        match AuditDir::open_private(temp) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors)
+}
+
 /// Formats a time as the `YYYYMMDDTHHMMSS.nnnnnnnnnZ` prefix of a record file name.
 fn stamp(ts: Timestamp) -> Option<String> {
     let dt = Offset::UTC.to_datetime(ts);
@@ -307,6 +334,72 @@ impl AuditDir {
         Ok(dir)
     }
 
+    /// Opens `path` as [`open`](Self::open) does, for a directory in a place other users
+    /// can write too (the system's temporary directory): creates it with mode 0700 if
+    /// missing (its parent must exist), and refuses it with [`Error::AuditDirUnusable`]
+    /// if it is a symbolic link or not a directory, is not owned by the effective user, or
+    /// other users may write it. Another user cannot then have planted it, or records in it.
+    pub fn open_private(path: impl Into<PathBuf>) -> Result<AuditDir, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let path = path.into();
+        let unusable = |what: &'static str, source: io::Error| Error::AuditDirUnusable {
+            dir: path.clone(),
+            what,
+            source,
+        };
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unusable("cannot create it", e)),
+        }
+        let meta = fs::symlink_metadata(&path).map_err(|e| unusable("cannot look at it", e))?;
+        if meta.file_type().is_symlink() {
+            return Err(unusable(
+                "it is a symbolic link, which another user may have planted",
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(unusable(
+                "it exists and is not a directory",
+                io::Error::from(io::ErrorKind::NotADirectory),
+            ));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(unusable(
+                "it exists and is not owned by this user",
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("owned by uid {}, this process runs as uid {euid}", meta.uid()),
+                ),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unusable(
+                "other users may write it",
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("mode {:o}; chmod 700 it or remove it", meta.mode() & 0o7777),
+                ),
+            ));
+        }
+        AuditDir::open(path)
+    }
+
+    /// Opens the directory that records a run refused because its audit directory
+    /// `failed` cannot be opened, so that the refusal still leaves its record: the first
+    /// of these that opens,
+    ///
+    /// 1. [`default_dir`], when it is not `failed`;
+    /// 2. [`private_temp_dir`], opened with [`open_private`](Self::open_private).
+    ///
+    /// Fails with the error of each directory tried, in that order.
+    pub fn open_fallback(failed: &Path) -> Result<AuditDir, Vec<Error>> {
+        open_fallback_in(failed, &default_dir(), &private_temp_dir())
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -470,6 +563,53 @@ mod tests {
     fn default_dir_rules(#[case] env: &[(&str, &str)], #[case] euid: u32, #[case] want: &str) {
         let var = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v));
         assert_eq!(default_dir_from(var, euid), PathBuf::from(want));
+    }
+
+    /// The fallback never retries the directory that failed: the default when it is another
+    /// directory, else the private temporary directory; with neither usable, the errors of
+    /// both, in that order.
+    #[test]
+    fn fallback_takes_the_first_other_directory_that_opens() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
+        fs::write(&file, "").unwrap();
+        let failed = file.join("audit");
+        let default = tmp.path().join("default");
+        let temp = tmp.path().join("snat-audit-test");
+
+        let dir = open_fallback_in(&failed, &default, &temp).unwrap();
+        assert_eq!(dir.path(), default);
+        assert!(!temp.exists(), "the temporary directory is not needed");
+
+        let dir = open_fallback_in(&default, &default, &temp).unwrap();
+        assert_eq!(dir.path(), temp, "the default failed: not tried again");
+        assert_eq!(fs::metadata(&temp).unwrap().permissions().mode() & 0o777, 0o700);
+
+        let other = file.join("default");
+        let errors = open_fallback_in(&failed, &other, &failed).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown.len(),
+            1,
+            "the temporary directory is the one that failed: {shown:?}"
+        );
+        assert!(shown[0].contains(&other.display().to_string()), "{shown:?}");
+
+        let errors = open_fallback_in(&failed, &other, &file.join("tmp")).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(shown[0].contains(&other.display().to_string()), "{shown:?}");
+        assert!(shown[1].contains(&file.join("tmp").display().to_string()), "{shown:?}");
+    }
+
+    #[test]
+    fn the_private_temp_dir_is_named_with_the_user_id() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let dir = private_temp_dir();
+        assert_eq!(dir.parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(dir.file_name().unwrap().to_string_lossy(), format!("snat-audit-{euid}"));
     }
 
     #[test]
