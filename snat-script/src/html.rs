@@ -190,8 +190,10 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// The whole report as one HTML document.
-pub fn render(report: &Report, facts: &RunFacts<'_>) -> String {
+/// The whole report as one HTML document. `error` is the run's error kind and message
+/// (as the JSON document's `error` has them), shown under the verdict: a page saved from a
+/// failed or interrupted run says why, not only "No verdict".
+pub fn render(report: &Report, facts: &RunFacts<'_>, error: Option<(&str, &str)>) -> String {
     let title = report
         .title
         .clone()
@@ -225,6 +227,19 @@ th{{background:#f3f3f3}}.verdict{{padding:.6em 1em;border-radius:4px;font-weight
             .map(|a| format!(" · audit record {}", escape(a)))
             .unwrap_or_default(),
     );
+    if let Some((kind, message)) = error {
+        let what = if kind == "interrupted" {
+            "The run was interrupted"
+        } else {
+            "The run failed"
+        };
+        let _ = write!(
+            h,
+            r#"<p class="verdict bad">{what} ({k})</p><pre class="error">{m}</pre>"#,
+            k = escape(kind),
+            m = escape(message),
+        );
+    }
     if !report.findings.is_empty() {
         h.push_str("<h2>Findings</h2><ul>");
         for f in &report.findings {
@@ -309,8 +324,12 @@ mod tests {
                 host: None,
                 exit_code: 0,
             },
+            Some(("stage_failed", "p:1:1: stage x failed: <img src=x onerror=y>")),
         );
         assert!(!html.contains("<script>"));
+        assert!(!html.contains("<img"));
+        assert!(html.contains("The run failed (stage_failed)"), "{html}");
+        assert!(html.contains("stage x failed: &lt;img"), "{html}");
         assert!(!html.contains("<b>x"));
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"));
         assert!(html.contains("t&amp;t"));

@@ -263,8 +263,10 @@ impl Finalizer {
         let message = |e: &Error| secrets.redact(&crate::ctx::error_chain(e));
         // A refused run ran nothing to show (and its --html may be what was refused).
         let refused = matches!(error, Some(Error::Usage(_) | Error::AuditRefused { .. }));
+        let shown = error.or(audit_err.as_ref()).map(|e| (e.kind(), message(e)));
         if let Some(path) = self.html.as_ref().filter(|_| !refused) {
-            match std::fs::write(path, crate::html::render(&report, &facts)) {
+            let html_error = shown.as_ref().map(|(k, m)| (*k, m.as_str()));
+            match std::fs::write(path, crate::html::render(&report, &facts, html_error)) {
                 Ok(()) => eprintln!("HTML report: {}", path.display()),
                 Err(e) => eprintln!(
                     "{}: warning: cannot write the HTML report {}: {e}",
@@ -273,7 +275,6 @@ impl Finalizer {
                 ),
             }
         }
-        let shown = error.or(audit_err.as_ref()).map(|e| (e.kind(), message(e)));
         print_report(&report, self.output, &facts, shown);
         // `run` returns this error, else the run's: the message is of the same one.
         let error_message = audit_err.as_ref().or(error).map(message);

@@ -1825,6 +1825,26 @@ fn an_html_report_that_cannot_be_written_is_refused_up_front() {
     assert!(ok.exists());
 }
 
+/// The HTML page of a run that failed, or that the playbook ended with `report::fail`,
+/// says why (as the JSON document's `error` does), not only "No verdict".
+#[test]
+fn an_html_report_of_a_failed_run_says_why() {
+    let r = Run::new();
+    let missing = r.dir.path().join("no-such.log");
+    let p = r.playbook("f.rhai", &format!("tcptracer::read({:?});", missing.to_str().unwrap()));
+    let html = r.dir.path().join("f.html");
+    let o = r.run(&p, &["--html", html.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("The run failed (stage_failed)"), "{page}");
+    assert!(page.contains("cannot open tcptracer log"), "{page}");
+    let p = r.playbook("g.rhai", "report::fail(\"the API said 503 & gave up\");");
+    let o = r.run(&p, &["--html", html.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("the API said 503 &amp; gave up"), "{page}");
+}
+
 /// Command-line slips an SRE makes get a pointer: a subcommand typo is not run as a
 /// missing playbook (no audit record), and `KEY=VALUE` without `--param` says how.
 #[test]

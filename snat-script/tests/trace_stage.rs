@@ -577,6 +577,7 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
                 host: None,
                 exit_code: 0,
             },
+            None,
         );
         assert_eq!(html.matches("<polyline").count(), 2, "{mode}: {html}");
         assert!(html.contains(">shop/pod-a<") && html.contains(">shop/pod-b<"), "{html}");
