@@ -78,6 +78,13 @@ pub fn svg_chart(x_label: &str, y_label: &str, series: &[Value]) -> String {
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let ymax = all.iter().fold(0.0_f64, |m, p| m.max(p.1)).max(1.0);
+    // Counts get whole-number ticks (four steps): an all-zero series would otherwise be
+    // labelled 0, 0.25, 0.5...
+    let ymax = if all.iter().all(|p| p.1.fract() == 0.0) {
+        (ymax / 4.0).ceil() * 4.0
+    } else {
+        ymax
+    };
     let xspan = if xmax > xmin { xmax - xmin } else { 1.0 };
     let pw = w - left - right;
     let ph = h - top - bottom;
@@ -361,6 +368,24 @@ mod tests {
         assert_eq!(big.matches("<polyline").count(), 20);
         assert_eq!(big.matches(r#"stroke-dasharray="6 3""#).count(), 2 * 8);
         assert!(big.contains(">pod-19<"));
+        // Counts: whole-number y ticks, also when every value is 0.
+        for (points, want) in [
+            (json!([[0, 0], [1, 0]]), ["0", "1", "2", "3", "4"]),
+            (json!([[0, 3], [1, 6]]), ["0", "2", "4", "6", "8"]),
+        ] {
+            let svg = svg_chart("s", "n", &[json!({"name": "c", "points": points})]);
+            // The y labels are the texts right of the axis (x = left - 6).
+            let labels: Vec<&str> = svg
+                .split(r#"<text x="54" "#)
+                .skip(1)
+                .filter_map(|t| {
+                    t.split_once('>')
+                        .and_then(|(_, rest)| rest.split_once('<'))
+                        .map(|(v, _)| v)
+                })
+                .collect();
+            assert_eq!(labels, want, "{svg}");
+        }
         let one = svg_chart("s", "n", &[json!({"name": "lone", "points": [[3, 4]]})]);
         assert!(one.contains("<circle"), "{one}");
     }
