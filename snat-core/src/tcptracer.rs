@@ -28,7 +28,7 @@ use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value};
+use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value, key_family};
 use crate::error::Error;
 use crate::model::{Clock, EventKind, Family, TcpEvent};
 
@@ -763,7 +763,8 @@ fn kind_code(k: EventKind) -> u8 {
 
 #[inline]
 fn encode_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
-    match ip {
+    // Keys hold an IPv4-mapped address as its IPv4 address (see `Field::Daddr`).
+    match ip.to_canonical() {
         IpAddr::V4(a) => {
             buf.push(4);
             buf.extend_from_slice(&a.octets());
@@ -786,7 +787,7 @@ fn encode_key(ev: &RawEvent<'_>, fields: &[Field], buf: &mut Vec<u8>) {
                 buf.extend_from_slice(&(ev.comm.len() as u32).to_le_bytes());
                 buf.extend_from_slice(ev.comm);
             }
-            Field::Family => buf.push(ev.family.number()),
+            Field::Family => buf.push(key_family(ev.family, &ev.daddr).number()),
             Field::Saddr => encode_ip(buf, &ev.saddr),
             Field::Daddr => encode_ip(buf, &ev.daddr),
             Field::Sport => buf.extend_from_slice(&ev.sport.to_le_bytes()),

@@ -983,6 +983,76 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Connects, failures and closes between two IPv4 addresses, some from IPv4 sockets and
+    /// some from dual-stack IPv6 sockets (IPv4-mapped addresses, `IP` 6): every path of the
+    /// reader (packed, fast, full) and any thread split ranks them in one row per grouping,
+    /// keyed by the IPv4 addresses, with every event counted.
+    #[test]
+    fn ipv4_mapped_lines_rank_with_ipv4_lines(
+        local in any::<[u8; 4]>(),
+        remote in any::<[u8; 4]>(),
+        evs in proptest::collection::vec(
+            (any::<bool>(), prop_oneof![Just(EventKind::Connect), Just(EventKind::FailedConnect), Just(EventKind::Close)]),
+            1..60,
+        ),
+        threads in 1usize..4,
+    ) {
+        let (l4, r4) = (std::net::Ipv4Addr::from(local), std::net::Ipv4Addr::from(remote));
+        let mut log = format!("{BANNER}\n{}\n", bcc_header(Some(TimeUnit::Nanoseconds), true, true));
+        for (i, (mapped, kind)) in evs.iter().enumerate() {
+            let (saddr, daddr) = if *mapped {
+                (IpAddr::V6(l4.to_ipv6_mapped()), IpAddr::V6(r4.to_ipv6_mapped()))
+            } else {
+                (IpAddr::V4(l4), IpAddr::V4(r4))
+            };
+            let e = TcpEvent {
+                time_ns: Some(i as u64 * 1000),
+                clock: Clock::Relative,
+                kind: *kind,
+                pid: 7,
+                comm: "app".into(),
+                family: Family::of(&saddr),
+                saddr,
+                daddr,
+                sport: 40000 + i as u16,
+                dport: 443,
+                netns: Some(4026532785),
+                cgroup_id: None,
+                prev_state: None,
+                duration_ns: None,
+                error: None,
+            };
+            log.push_str(&format_event(&e, true, true));
+            log.push('\n');
+        }
+        let groupings = vec![
+            vec![Field::Saddr, Field::Netns],
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Family, Field::Daddr],
+            vec![Field::Comm, Field::Daddr],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapped.log");
+        std::fs::write(&path, &log).unwrap();
+        let s = LogReader::new().groupings(groupings.clone()).threads(threads).read_path(&path).unwrap();
+        prop_assert_eq!(s.malformed_lines, 0, "{:?}", s.notes);
+        for g in &groupings {
+            let r = s.rank(g, Metric::Events).unwrap();
+            prop_assert_eq!(r.rows.len(), 1, "{:?}: {:?}", g, r.rows);
+            prop_assert_eq!(r.rows[0].counts.events, evs.len() as u64);
+            for (f, v) in g.iter().zip(&r.rows[0].key) {
+                match f {
+                    Field::Saddr => prop_assert_eq!(v, &Value::Ip(IpAddr::V4(l4))),
+                    Field::Daddr => prop_assert_eq!(v, &Value::Ip(IpAddr::V4(r4))),
+                    Field::Family => prop_assert_eq!(v, &Value::Family(Family::Ipv4)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// A log mixing everything the reader's paths must agree on: `-t4v` events (IPv4 and IPv6,
 /// COMM with spaces), some with a byte overwritten by a near miss, `Possibly lost` lines,
 /// headers, blank lines, garbage, and maybe no newline at the end.

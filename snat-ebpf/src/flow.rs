@@ -10,7 +10,7 @@
 //!
 //! | field | outbound / unknown row | inbound row |
 //! | --- | --- | --- |
-//! | `netns`, `family`, `saddr`, `daddr` | the key's value | the key's value |
+//! | `netns`, `family`, `saddr`, `daddr` | the key's value (an IPv4-mapped address, and its family, as IPv4) | the same |
 //! | `dport` | the remote port | `Missing` (`-`) |
 //! | `sport` | `Missing` | the listening port |
 //! | `pid`, `comm` | not available (`None`: grouping by them is an error) | same |
@@ -23,7 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use snat_core::aggregate::{Counts, Field, Record, Value};
+use snat_core::aggregate::{Counts, Field, Record, Value, key_family};
 use snat_core::model::{Clock, Direction, EventKind, Family, TcpEvent, TcpState};
 
 use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
@@ -152,9 +152,10 @@ impl FlowRow {
         let inbound = self.direction == Direction::Inbound;
         Some(match field {
             Field::Kind | Field::Pid | Field::Comm => return None,
-            Field::Family => Value::Family(self.family),
-            Field::Saddr => Value::Ip(self.saddr),
-            Field::Daddr => Value::Ip(self.daddr),
+            // As for events: an IPv4-mapped address is keyed as IPv4 (see `Field::Daddr`).
+            Field::Family => Value::Family(key_family(self.family, &self.daddr)),
+            Field::Saddr => Value::Ip(self.saddr.to_canonical()),
+            Field::Daddr => Value::Ip(self.daddr.to_canonical()),
             Field::Sport if inbound => Value::Int(u64::from(self.port)),
             Field::Sport => Value::Missing,
             Field::Dport if inbound => Value::Missing,
@@ -359,6 +360,63 @@ mod tests {
         // pid cannot come from kernel-aggregated rows
         let mut bad = TraceSummary::new("live", vec![vec![Field::Pid]]);
         assert!(bad.add(&out).is_err());
+    }
+
+    /// The kernel keys a dual-stack socket's flow to `::ffff:198.18.0.2` apart from an IPv4
+    /// socket's flow to 198.18.0.2 (family and addresses differ): rankings put them in one
+    /// row, keyed by the IPv4 addresses, with the counts summed.
+    #[test]
+    fn ipv4_mapped_rows_rank_with_ipv4_rows() {
+        let v4 = row(
+            abi::DIR_OUTBOUND,
+            443,
+            FlowCounts {
+                connects: 3,
+                ..Default::default()
+            },
+        );
+        let mut k = FlowKey {
+            netns: 4026532001,
+            family: abi::AF_INET6,
+            port: 443,
+            direction: abi::DIR_OUTBOUND,
+            ..FlowKey::default()
+        };
+        k.saddr = Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
+        k.daddr = Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let mapped = FlowRow::from_raw(
+            &k,
+            &FlowCounts {
+                connects: 4,
+                failed_connects: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(mapped.daddr, "::ffff:198.18.0.2".parse::<IpAddr>().unwrap());
+        let by = vec![
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Saddr, Field::Netns],
+            vec![Field::Family, Field::Kind],
+        ];
+        let mut s = TraceSummary::new("live", by.clone());
+        for r in [&v4, &mapped] {
+            for part in r.split_by_kind() {
+                s.add(&part).unwrap();
+            }
+        }
+        let r = s.rank(&by[0], Metric::Attempts).unwrap();
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!(r.rows[0].key[1], Value::Ip("198.18.0.2".parse().unwrap()));
+        assert_eq!(r.rows[0].counts.get(Metric::Attempts), 8);
+        let r = s.rank(&by[1], Metric::Events).unwrap();
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!(r.rows[0].key[0], Value::Ip("198.18.0.1".parse().unwrap()));
+        let r = s.rank(&by[2], Metric::Events).unwrap();
+        assert!(
+            r.rows.iter().all(|row| row.key[0] == Value::Family(Family::Ipv4)),
+            "{r:?}"
+        );
     }
 
     #[test]
