@@ -182,6 +182,7 @@ fn main() -> io::Result<()> {
             time_ns: Some(t),
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: p.pid,
             comm: p.comm.to_string(),
             family: Family::of(&saddr),

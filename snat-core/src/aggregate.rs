@@ -16,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::model::{EventKind, Family, TcpEvent};
+use crate::model::{Direction, EventKind, Family, TcpEvent};
 
 /// A field that events can be grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -41,9 +41,18 @@ pub enum Field {
     /// one row, as in the census. Per-event output (tcptracer text, JSON Lines) keeps the
     /// address as the kernel or the log gave it.
     Daddr,
-    /// Local port.
+    /// Local port: for an accepted connection, the port the server listens on.
     Sport,
-    /// Remote port.
+    /// Remote port of a connection this side opened (connects, failed connects, their
+    /// closes): the destination port a SNAT port is taken for. For an inbound connection
+    /// (accepts, and closes the live tracer knows to be of an accepted connection) it is
+    /// missing (`-`, `()` in a playbook, `null` in JSON): the remote port there is the
+    /// client's ephemeral port, one row per connection that says nothing about SNAT, and the
+    /// live tracer's aggregated mode does not even record it. So a ranking by
+    /// `(netns, daddr, dport)` gives the same rows from a tcptracer log, a stream-mode and an
+    /// aggregated-mode trace; `sport` of an accept is the listening port. A tcptracer log
+    /// does not say which side a close is from, so there a close keeps its DPORT. The
+    /// per-event output (tcptracer text, JSON Lines) still carries the remote port.
     Dport,
     /// Network namespace inode.
     Netns,
@@ -303,6 +312,7 @@ impl Record for TcpEvent {
             Field::Saddr => Value::Ip(self.saddr.to_canonical()),
             Field::Daddr => Value::Ip(self.daddr.to_canonical()),
             Field::Sport => Value::Int(u64::from(self.sport)),
+            Field::Dport if self.direction == Direction::Inbound => Value::Missing,
             Field::Dport => Value::Int(u64::from(self.dport)),
             Field::Netns => self.netns.map_or(Value::Missing, Value::Int),
         })
@@ -630,6 +640,7 @@ mod tests {
             time_ns: None,
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: 1,
             comm: "c".into(),
             family: Family::Ipv4,
@@ -786,6 +797,28 @@ mod tests {
         };
         assert_eq!(e.value(Field::Daddr), Some(Value::Ip(key.parse().unwrap())));
         assert_eq!(e.value(Field::Family), Some(Value::Family(family)));
+    }
+
+    /// `dport` is the destination port of what this side opened, missing for inbound
+    /// connections (the client's port); `sport` stays the local port.
+    #[rstest::rstest]
+    #[case::connect(EventKind::Connect, Direction::Outbound, Value::Int(80))]
+    #[case::failed(EventKind::FailedConnect, Direction::Outbound, Value::Int(80))]
+    #[case::accept(EventKind::Accept, Direction::Inbound, Value::Missing)]
+    #[case::close_of_an_accepted_connection(EventKind::Close, Direction::Inbound, Value::Missing)]
+    #[case::close_of_an_outbound_connection(EventKind::Close, Direction::Outbound, Value::Int(80))]
+    #[case::close_of_unknown_direction(EventKind::Close, Direction::Unknown, Value::Int(80))]
+    fn dport_is_missing_for_inbound_connections(
+        #[case] kind: EventKind,
+        #[case] direction: Direction,
+        #[case] want: Value,
+    ) {
+        let e = TcpEvent {
+            direction,
+            ..ev(kind, "10.0.0.2", "10.0.0.3", Some(5))
+        };
+        assert_eq!(e.value(Field::Dport), Some(want));
+        assert_eq!(e.value(Field::Sport), Some(Value::Int(1)));
     }
 
     #[test]

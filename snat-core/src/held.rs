@@ -153,6 +153,7 @@ mod tests {
             time_ns: t,
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: 1,
             comm: "c".into(),
             family: Family::Ipv4,

@@ -81,6 +81,19 @@ impl EventKind {
     }
 }
 
+impl EventKind {
+    /// The direction an event of this kind shows by itself: outbound for connects and
+    /// failed connects, inbound for accepts, unknown for closes (either side may close)
+    /// and unknown events.
+    pub fn direction(self) -> Direction {
+        match self {
+            EventKind::Connect | EventKind::FailedConnect => Direction::Outbound,
+            EventKind::Accept => Direction::Inbound,
+            EventKind::Close | EventKind::Unknown => Direction::Unknown,
+        }
+    }
+}
+
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -209,6 +222,7 @@ impl FromStr for TcpState {
 /// | `time_ns` | integer or null | time of the event, on `clock` |
 /// | `clock` | `"relative"` / `"unix"` | which clock `time_ns` is on |
 /// | `kind` | string | `connect`, `accept`, `close`, `failed_connect`, `unknown` |
+/// | `direction` | `"outbound"` / `"inbound"` / `"unknown"` | who opened the connection (see [`TcpEvent::direction`]) |
 /// | `pid` | integer | owning process (see [`TcpEvent::pid`]) |
 /// | `comm` | string | owning process's command name (may contain spaces) |
 /// | `family` | `"ipv4"` / `"ipv6"` | address family |
@@ -229,6 +243,13 @@ pub struct TcpEvent {
     pub clock: Clock,
     /// What happened.
     pub kind: EventKind,
+    /// Which side opened the connection: [`EventKind::direction`] for connects, failed
+    /// connects and accepts; for a close, what the live tracer knew (outbound or inbound
+    /// when it saw the connection established, unknown for a connection older than the
+    /// trace) and unknown in a tcptracer log, whose close lines do not say. Rankings use it
+    /// for `dport` (see [`crate::aggregate::Field::Dport`]). Absent in JSON: unknown.
+    #[serde(default)]
+    pub direction: Direction,
     /// The owning process. For live traces, the process that called `connect()` (for
     /// connects and failed connects) or `listen()` (for accepts): an accepted socket
     /// inherits its listener's owner, which is wrong for pre-fork servers.
@@ -269,7 +290,7 @@ impl TcpEvent {
 }
 
 /// The direction of a connection, relative to the host (or netns) that owns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// This side called `connect()`: the connection uses a SNAT port when its
@@ -278,6 +299,7 @@ pub enum Direction {
     /// This side accepted the connection.
     Inbound,
     /// Not known (e.g. a close in a tcptracer log).
+    #[default]
     Unknown,
 }
 
@@ -472,6 +494,7 @@ mod tests {
             time_ns: Some(5),
             clock: Clock::Relative,
             kind: EventKind::FailedConnect,
+            direction: Direction::Outbound,
             pid: 7,
             comm: "my app".into(),
             family: Family::Ipv4,

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value, key_family};
 use crate::error::Error;
-use crate::model::{Clock, EventKind, Family, TcpEvent};
+use crate::model::{Clock, Direction, EventKind, Family, TcpEvent};
 
 mod fast;
 mod packed;
@@ -190,6 +190,9 @@ impl std::error::Error for LineError {}
 struct RawEvent<'a> {
     time_ns: Option<u64>,
     kind: EventKind,
+    /// What the kind says ([`EventKind::direction`]): a log's close lines carry none. Keys
+    /// read it for DPORT, so that keys rebuilt without the kind still know.
+    direction: Direction,
     pid: u32,
     comm: &'a [u8],
     family: Family,
@@ -207,6 +210,7 @@ impl RawEvent<'_> {
         RawEvent {
             time_ns: None,
             kind: EventKind::Unknown,
+            direction: Direction::Unknown,
             pid: 0,
             comm: &[],
             family: Family::Ipv4,
@@ -229,6 +233,7 @@ impl RawEvent<'_> {
             time_ns,
             clock,
             kind: self.kind,
+            direction: self.direction,
             pid: self.pid,
             comm: String::from_utf8_lossy(self.comm).into_owned(),
             family: self.family,
@@ -620,6 +625,7 @@ fn parse_event(line: &[u8]) -> Result<RawEvent<'_>, LineError> {
     Ok(RawEvent {
         time_ns,
         kind,
+        direction: kind.direction(),
         pid,
         comm,
         family,
@@ -791,7 +797,13 @@ fn encode_key(ev: &RawEvent<'_>, fields: &[Field], buf: &mut Vec<u8>) {
             Field::Saddr => encode_ip(buf, &ev.saddr),
             Field::Daddr => encode_ip(buf, &ev.daddr),
             Field::Sport => buf.extend_from_slice(&ev.sport.to_le_bytes()),
-            Field::Dport => buf.extend_from_slice(&ev.dport.to_le_bytes()),
+            // An accept's DPORT is the client's port: not part of its key (see
+            // `Field::Dport`).
+            Field::Dport if ev.direction == Direction::Inbound => buf.push(0),
+            Field::Dport => {
+                buf.push(1);
+                buf.extend_from_slice(&ev.dport.to_le_bytes());
+            }
             Field::Netns => match ev.netns {
                 None => buf.push(0),
                 Some(n) => {
@@ -834,7 +846,14 @@ fn decode_key(mut b: &[u8], fields: &[Field]) -> Vec<Value> {
             }
             Field::Family => Value::Family(if take(b, 1)[0] == 4 { Family::Ipv4 } else { Family::Ipv6 }),
             Field::Saddr | Field::Daddr => Value::Ip(decode_ip(b)),
-            Field::Sport | Field::Dport => Value::Int(u64::from(u16_of(take(b, 2)))),
+            Field::Sport => Value::Int(u64::from(u16_of(take(b, 2)))),
+            Field::Dport => {
+                if take(b, 1)[0] == 0 {
+                    Value::Missing
+                } else {
+                    Value::Int(u64::from(u16_of(take(b, 2))))
+                }
+            }
             Field::Netns => {
                 if take(b, 1)[0] == 0 {
                     Value::Missing

@@ -744,6 +744,7 @@ fn arb_event() -> impl Strategy<Value = TcpEvent> {
                     _ => Clock::Relative,
                 },
                 kind,
+                direction: kind.direction(),
                 pid,
                 comm: comm.clone(),
                 family: Family::of(&saddr),
@@ -954,7 +955,9 @@ proptest! {
                     let key = vec![
                         ev.kind.as_str().to_string(), ev.pid.to_string(), ev.comm.clone(),
                         ev.family.number().to_string(), ev.saddr.to_string(), ev.daddr.to_string(),
-                        ev.sport.to_string(), ev.dport.to_string(),
+                        // An accept's DPORT (the client's port) is no part of its key.
+                        ev.sport.to_string(),
+                        if ev.kind == EventKind::Accept { "-".into() } else { ev.dport.to_string() },
                         ev.netns.map_or("-".into(), |n| n.to_string()),
                     ];
                     let c = want.entry(key).or_default();
@@ -981,6 +984,47 @@ proptest! {
             .collect();
         prop_assert_eq!(got, want);
     }
+}
+
+/// Accepts from one client on many ephemeral ports are one row per (netns, client, `-`) in
+/// every path of the reader, as in both live modes; their SPORT is the listening port. A
+/// close line does not say who opened the connection, so it keeps its DPORT.
+#[rstest]
+#[case::packed_path(vec![Field::Netns, Field::Daddr, Field::Dport], "", 1)]
+#[case::fast_path(vec![Field::Comm, Field::Netns, Field::Daddr, Field::Dport], "", 1)]
+// A leading blank leaves every line to the full parser.
+#[case::full_parser(vec![Field::Netns, Field::Daddr, Field::Dport], " ", 1)]
+#[case::packed_path_threads(vec![Field::Netns, Field::Daddr, Field::Dport], "", 3)]
+fn accepts_rank_without_the_clients_port(#[case] fields: Vec<Field>, #[case] lead: &str, #[case] threads: usize) {
+    let mut log = format!("{BANNER}\n{}\n", bcc_header(Some(TimeUnit::Nanoseconds), true, true));
+    for i in 0..40u64 {
+        let port = 40000 + i;
+        log.push_str(&format!(
+            "{lead}{:<14}accept       9      server           4  10.244.0.9       10.244.1.7       8080   {port:<6} 4026532785\n",
+            i * 1000
+        ));
+        log.push_str(&format!(
+            "{lead}{:<14}close        9      server           4  10.244.0.9       10.244.1.7       8080   {port:<6} 4026532785\n",
+            i * 1000 + 500
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accepts.log");
+    std::fs::write(&path, &log).unwrap();
+    let s = LogReader::new()
+        .groupings(vec![fields.clone(), vec![Field::Kind, Field::Sport]])
+        .threads(threads)
+        .read_path(&path)
+        .unwrap();
+    let r = s.rank(&fields, Metric::Accepts).unwrap();
+    assert_eq!(r.rows.len(), 1, "{r:?}");
+    assert_eq!(r.rows[0].counts.accepts, 40);
+    assert_eq!(r.value(&r.rows[0], Field::Dport), Some(&Value::Missing));
+    assert_eq!(r.value(&r.rows[0], Field::Daddr), Some(&Value::Ip(ip("10.244.1.7"))));
+    assert_eq!(r.rows[0].counts.closes, 0, "closes keep their DPORT: {r:?}");
+    assert_eq!(s.rank(&fields, Metric::Closes).unwrap().rows.len(), 40);
+    let k = s.rank(&[Field::Kind, Field::Sport], Metric::Accepts).unwrap();
+    assert_eq!(k.rows[0].key, vec![Value::Kind(EventKind::Accept), Value::Int(8080)]);
 }
 
 proptest! {
@@ -1010,6 +1054,7 @@ proptest! {
                 time_ns: Some(i as u64 * 1000),
                 clock: Clock::Relative,
                 kind: *kind,
+                direction: kind.direction(),
                 pid: 7,
                 comm: "app".into(),
                 family: Family::of(&saddr),

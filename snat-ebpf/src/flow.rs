@@ -11,7 +11,7 @@
 //! | field | outbound / unknown row | inbound row |
 //! | --- | --- | --- |
 //! | `netns`, `family`, `saddr`, `daddr` | the key's value (an IPv4-mapped address, and its family, as IPv4) | the same |
-//! | `dport` | the remote port | `Missing` (`-`) |
+//! | `dport` | the remote port | `Missing` (`-`): the client's port is not recorded |
 //! | `sport` | `Missing` | the listening port |
 //! | `pid`, `comm` | not available (`None`: grouping by them is an error) | same |
 //! | `kind` | not available on a whole row | same |
@@ -20,6 +20,12 @@
 //! one record per event kind with a non-zero count (connects, accepts, closes, failed
 //! connects), each carrying only that kind's counts; `open` rides on the connect (outbound)
 //! or accept (inbound) part. The parts add up to the row, so totals are unchanged.
+//!
+//! Stream-mode events rank the same way ([`snat_core::aggregate::Field::Dport`]): an
+//! event's [`TcpEvent::direction`] is the kernel's direction of its connection, and the
+//! `dport` of an inbound event (an accept, or the close of an accepted connection) is
+//! `Missing` in rankings, though the event itself carries the client's port. So a
+//! grouping without `sport`, `pid` or `comm` gives the same rows and counts in both modes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -260,6 +266,7 @@ pub fn event_from_raw(r: &RawEvent, clock: &WallClock) -> Option<TcpEvent> {
         time_ns: Some(clock.unix_ns(r.ts_ns)),
         clock: Clock::Unix,
         kind,
+        direction: direction_of(r.direction),
         pid: r.pid,
         comm: if owner_known { comm_of(&r.comm) } else { String::new() },
         family,
@@ -419,6 +426,72 @@ mod tests {
         );
     }
 
+    /// An accepted connection as the kernel's inbound row and as stream-mode events (an
+    /// accept and a close per connection, each with the client's port and the kernel's
+    /// direction): the same rows with the same counts.
+    #[test]
+    fn inbound_events_rank_like_the_inbound_row() {
+        let inb = row(
+            abi::DIR_INBOUND,
+            8080,
+            FlowCounts {
+                accepts: 3,
+                closes: 3,
+                ..Default::default()
+            },
+        );
+        let mut events = Vec::new();
+        for (i, kind) in [EventKind::Accept, EventKind::Close]
+            .into_iter()
+            .cycle()
+            .take(6)
+            .enumerate()
+        {
+            events.push(TcpEvent {
+                time_ns: None,
+                clock: Clock::Unix,
+                kind,
+                direction: Direction::Inbound,
+                pid: 1,
+                comm: "srv".into(),
+                family: Family::Ipv4,
+                saddr: inb.saddr,
+                daddr: inb.daddr,
+                sport: 8080,
+                dport: 50000 + (i / 2) as u16,
+                netns: Some(inb.netns),
+                cgroup_id: None,
+                prev_state: None,
+                duration_ns: None,
+                error: None,
+            });
+        }
+        let by = vec![
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Kind, Field::Sport, Field::Dport],
+        ];
+        let mut from_row = TraceSummary::new("live", by.clone());
+        for part in inb.split_by_kind() {
+            from_row.add(&part).unwrap();
+        }
+        let mut from_events = TraceSummary::new("live", by.clone());
+        for e in &events {
+            from_events.add(e).unwrap();
+        }
+        for g in &by {
+            let rows = |s: &TraceSummary| {
+                s.rank(g, Metric::Events)
+                    .unwrap()
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.key, r.counts.events, r.counts.accepts, r.counts.closes))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(rows(&from_events), rows(&from_row), "{g:?}");
+        }
+        assert_eq!(from_events.rank(&by[0], Metric::Events).unwrap().rows.len(), 1);
+    }
+
     #[test]
     fn events_decode() {
         let mut r = RawEvent {
@@ -446,6 +519,9 @@ mod tests {
         assert_eq!(e.error, Some(libc::ECONNREFUSED));
         assert_eq!(e.prev_state, Some(TcpState::SynSent));
         assert_eq!(e.cgroup_id, Some(9));
+        assert_eq!(e.direction, Direction::Unknown);
+        r.direction = abi::DIR_OUTBOUND;
+        assert_eq!(event_from_raw(&r, &clock).unwrap().direction, Direction::Outbound);
         r.flags = 0;
         r.kind = abi::KIND_CLOSE;
         let e = event_from_raw(&r, &clock).unwrap();

@@ -96,6 +96,7 @@ mod tests {
             time_ns: Some(t),
             clock: Clock::Unix,
             kind,
+            direction: kind.direction(),
             pid: 4242,
             comm: "curl worker".into(),
             family,

@@ -371,6 +371,8 @@ pub(super) fn encode_raw_key(line: &FastLine<'_>, fields: &[Field], buf: &mut Ve
             Field::Saddr => push_slice(buf, line.saddr),
             Field::Daddr => push_slice(buf, line.daddr),
             Field::Sport => push_slice(buf, line.sport),
+            // An accept's DPORT is left out of its key (see `Field::Dport`): empty.
+            Field::Dport if line.kind == EventKind::Accept => push_slice(buf, &[]),
             Field::Dport => push_slice(buf, line.dport),
             Field::Netns => push_slice(buf, line.netns),
         }
@@ -419,7 +421,10 @@ pub(super) fn raw_to_key(mut raw: &[u8], fields: &[Field], out: &mut Vec<u8>) ->
                 }
             }
             Field::Sport => ev.sport = u16::try_from(parse_u64(take_slice(b))?).ok()?,
-            Field::Dport => ev.dport = u16::try_from(parse_u64(take_slice(b))?).ok()?,
+            Field::Dport => match take_slice(b) {
+                [] => ev.direction = crate::model::Direction::Inbound,
+                t => ev.dport = u16::try_from(parse_u64(t)?).ok()?,
+            },
             Field::Netns => ev.netns = Some(parse_u64(take_slice(b))?),
         }
     }

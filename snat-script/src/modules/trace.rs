@@ -32,8 +32,12 @@
 //!
 //! In aggregated mode the kernel keeps one port per row (the remote port of outbound
 //! connections, the listening port of inbound ones) and no pid or comm: grouping by `pid`
-//! or `comm` needs `mode: "stream"`; `dport` of an inbound row and `sport` of an outbound
-//! row are `()`.
+//! or `comm` needs `mode: "stream"`, and `sport` of an outbound row is `()`. In both modes
+//! (and in `tcptracer::read`) `dport` is the destination port of connections this side
+//! opened and `()` for inbound ones (accepts, and the closes of accepted connections): their
+//! remote port is the client's ephemeral port, worth nothing in a ranking. So a ranking by
+//! `["netns", "daddr", "dport"]` gives the same rows in either mode; the events written to
+//! `text_out` and `jsonl_out` still carry the client's port.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

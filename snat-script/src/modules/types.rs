@@ -495,6 +495,7 @@ mod tests {
                 time_ns: Some(i as u64),
                 clock: Clock::Relative,
                 kind: EventKind::Connect,
+                direction: snat_core::model::Direction::Outbound,
                 pid: 10,
                 comm: "curl".into(),
                 family: Family::Ipv4,
