@@ -14,7 +14,8 @@
 //! from both ends of the line, never by offset: IPv6 addresses in brackets overflow their
 //! 16-character column, and COMM (whatever lies between PID and IP) may contain spaces.
 //! [`format_event`] writes the same text for snat's own events (with the extra kind
-//! `failed_connect`), so snat's live output round-trips through this reader.
+//! `failed_connect`, for which [`TypeColumn::Wide`] widens the TYPE column), so snat's live
+//! output round-trips through this reader.
 //!
 //! Each line takes the first of three paths that is sure of it, and all three count the
 //! same: the packed path (`packed`: IPv4 `-t4v` lines, integer keys, for groupings without
@@ -639,14 +640,39 @@ fn parse_event(line: &[u8]) -> Result<RawEvent<'_>, LineError> {
 
 // ----- formatting ------------------------------------------------------------------
 
+/// How wide [`format_header`] and [`format_event`] make the TYPE column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TypeColumn {
+    /// tcptracer's 12 characters: lines byte-identical to tcptracer's for the kinds it
+    /// prints. A `failed_connect` (14 characters) overflows it and pushes the rest of its
+    /// line two columns right, out of line with the header.
+    #[default]
+    Tcptracer,
+    /// As wide as the longest kind, `failed_connect` (14 characters): every line aligns
+    /// under the header, two blanks wider than tcptracer's. For text that may hold failed
+    /// connects. Whitespace-separated fields (`awk '{print $6,$10}'`) are the same.
+    Wide,
+}
+
+impl TypeColumn {
+    /// The column's width in characters.
+    pub fn width(self) -> usize {
+        match self {
+            TypeColumn::Tcptracer => 12,
+            TypeColumn::Wide => EventKind::FailedConnect.as_str().len(),
+        }
+    }
+}
+
 /// The column header [`format_event`] lines go under (tcptracer `-v` style, trailing
-/// blanks trimmed).
-pub fn format_header(with_time: bool, with_netns: bool) -> String {
+/// blanks trimmed), with a TYPE column as wide as `types` says.
+pub fn format_header(with_time: bool, with_netns: bool, types: TypeColumn) -> String {
     let mut s = String::new();
     if with_time {
         s.push_str("TIME(ns)      ");
     }
-    s.push_str("TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  ");
+    let _ = write!(s, "{:<w$} ", "TYPE", w = types.width());
+    s.push_str("PID    COMM             IP SADDR            DADDR            SPORT  DPORT  ");
     if with_netns {
         s.push_str("NETNS");
     }
@@ -655,13 +681,14 @@ pub fn format_header(with_time: bool, with_netns: bool) -> String {
 }
 
 /// One event as a `tcptracer -t4v`-style line (kinds as words, IPv6 in brackets, columns
-/// padded as tcptracer pads them, trailing blanks trimmed, no newline).
+/// padded as tcptracer pads them, the TYPE column as wide as `types` says, trailing blanks
+/// trimmed, no newline).
 ///
 /// Unlike tcptracer, a TIME wider than its column is still followed by a space, so the
 /// columns stay apart. A missing time or netns is written `-`. Control characters in COMM
 /// become `?` so the event stays on one line; blanks at the ends of COMM do not survive a
 /// round trip through [`parse_line`].
-pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String {
+pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool, types: TypeColumn) -> String {
     let mut s = String::with_capacity(128);
     if with_time {
         match ev.time_ns {
@@ -678,7 +705,7 @@ pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String 
     };
     let _ = write!(
         s,
-        "{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6}",
+        "{:<w$} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6}",
         ev.kind.as_str(),
         ev.pid,
         comm,
@@ -686,7 +713,8 @@ pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String 
         addr(&ev.saddr),
         addr(&ev.daddr),
         ev.sport,
-        ev.dport
+        ev.dport,
+        w = types.width()
     );
     if with_netns {
         match ev.netns {

@@ -13,7 +13,8 @@ use snat_core::Error;
 use snat_core::aggregate::{Field, Metric, TraceSummary, Value};
 use snat_core::model::{Clock, EventKind, Family, TcpEvent};
 use snat_core::tcptracer::{
-    BANNER, Format, Line, LineError, LogEvents, LogReader, TimeUnit, format_event, format_header, parse_line,
+    BANNER, Format, Line, LineError, LogEvents, LogReader, TimeUnit, TypeColumn, format_event, format_header,
+    parse_line,
 };
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tcptracer");
@@ -686,24 +687,58 @@ fn event_iterator_streams_events_and_errors() {
 fn format_matches_tcptracer_layout() {
     let e = event("0 connect 18627 curl 4 10.244.1.7 203.0.113.8 53746 80 4026532785");
     assert_eq!(
-        format_event(&e, true, true),
+        format_event(&e, true, true, TypeColumn::Tcptracer),
         "0             connect      18627  curl             4  10.244.1.7       203.0.113.8      53746  80     4026532785"
     );
     assert_eq!(
-        format_header(true, true),
+        format_header(true, true, TypeColumn::Tcptracer),
         "TIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS"
     );
     // The article's awk columns still work on our output: $6 SADDR, $10 NETNS.
-    let line = format_event(&e, true, true);
+    let line = format_event(&e, true, true, TypeColumn::Tcptracer);
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!((cols[5], cols[9]), ("10.244.1.7", "4026532785"));
     let mut f = e.clone();
     f.time_ns = Some(1_763_700_000_123_456_789);
     f.comm = "bad\nname".into();
-    let line = format_event(&f, true, false);
+    let line = format_event(&f, true, false, TypeColumn::Tcptracer);
     assert!(
         line.starts_with("1763700000123456789 connect      18627  bad?name "),
         "{line}"
+    );
+}
+
+/// Where each whitespace-separated field of `line` starts.
+fn field_starts(line: &str) -> Vec<usize> {
+    let b = line.as_bytes();
+    (0..b.len())
+        .filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' '))
+        .collect()
+}
+
+/// With the wide TYPE column every kind, `failed_connect` included, starts each field
+/// where the header's starts, and splits into as many fields; tcptracer's own width
+/// pushes a `failed_connect` line's fields two columns right.
+#[rstest]
+#[case::connect(EventKind::Connect)]
+#[case::accept(EventKind::Accept)]
+#[case::close(EventKind::Close)]
+#[case::unknown(EventKind::Unknown)]
+#[case::failed_connect(EventKind::FailedConnect)]
+fn wide_type_column_aligns_every_kind(#[case] kind: EventKind) {
+    let mut e = event("0 connect 18627 curl 4 10.244.1.7 203.0.113.8 53746 80 4026532785");
+    e.kind = kind;
+    for with_time in [true, false] {
+        let header = format_header(with_time, true, TypeColumn::Wide);
+        let line = format_event(&e, with_time, true, TypeColumn::Wide);
+        assert_eq!(field_starts(&line), field_starts(&header), "\n{header}\n{line}");
+    }
+    let narrow = format_event(&e, true, true, TypeColumn::Tcptracer);
+    let header = format_header(true, true, TypeColumn::Tcptracer);
+    assert_eq!(
+        field_starts(&narrow) == field_starts(&header),
+        kind != EventKind::FailedConnect,
+        "\n{header}\n{narrow}"
     );
 }
 
@@ -852,8 +887,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn format_then_parse_round_trips(ev in arb_event(), with_time in any::<bool>(), with_netns in any::<bool>()) {
-        let line = format_event(&ev, with_time, with_netns);
+    fn format_then_parse_round_trips(
+        ev in arb_event(),
+        with_time in any::<bool>(),
+        with_netns in any::<bool>(),
+        types in prop_oneof![Just(TypeColumn::Tcptracer), Just(TypeColumn::Wide)],
+    ) {
+        let line = format_event(&ev, with_time, with_netns, types);
         let mut want = ev.clone();
         if !with_time {
             want.time_ns = None;
@@ -1068,7 +1108,7 @@ proptest! {
                 duration_ns: None,
                 error: None,
             };
-            log.push_str(&format_event(&e, true, true));
+            log.push_str(&format_event(&e, true, true, TypeColumn::Wide));
             log.push('\n');
         }
         let groupings = vec![

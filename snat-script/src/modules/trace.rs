@@ -17,7 +17,7 @@
 //! | `pid` | only sockets owned by this process; a pid with no process at attach gets a warning and a note | all |
 //! | `dport` | only this server port (remote port outbound, local port inbound) | all |
 //! | `family` | `"ipv4"` or `"ipv6"` | both |
-//! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
+//! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode; TYPE is 14 characters wide so `failed_connect` lines align, fields split by blanks as tcptracer's) | none |
 //! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
 //! | `seed_owners` | at attach, name the owners of sockets older than the trace (in stream mode listeners and connections; in aggregated mode listeners, and only with a `pid` filter, the one case that uses owners) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
