@@ -267,7 +267,8 @@ pub fn event_from_raw(r: &RawEvent, clock: &WallClock) -> Option<TcpEvent> {
         clock: Clock::Unix,
         kind,
         direction: direction_of(r.direction),
-        pid: r.pid,
+        // An unknown owner is pid 0 and no comm, whatever the record holds.
+        pid: if owner_known { r.pid } else { 0 },
         comm: if owner_known { comm_of(&r.comm) } else { String::new() },
         family,
         saddr: ip_of(family, &r.saddr),
@@ -525,7 +526,8 @@ mod tests {
         r.flags = 0;
         r.kind = abi::KIND_CLOSE;
         let e = event_from_raw(&r, &clock).unwrap();
-        assert_eq!(e.comm, "");
+        assert_eq!((e.pid, e.comm.as_str()), (0, ""));
+        assert!(!e.owner_known());
         assert_eq!(e.cgroup_id, None);
         assert_eq!(e.error, None);
         r.kind = 99;

@@ -26,11 +26,14 @@ pub fn tcptracer_header() -> String {
 /// One event as a `tcptracer -t -v` line (no newline). `start_ns` is the time of the
 /// first event of the trace: tcptracer's TIME column counts from it. Failed connects, which
 /// tcptracer never reports, are typed `failed_connect` (snat's log reader accepts it).
-/// An owner the tracer could not know is printed as pid 0 and comm `[unknown]`.
+/// An owner the tracer could not know ([`TcpEvent::owner_known`]) is printed as pid 0 and
+/// comm `[unknown]` (JSON Lines: `pid` and `comm` null); an empty comm also as `[unknown]`,
+/// so that the line keeps its number of fields.
 pub fn tcptracer_line(ev: &TcpEvent, start_ns: u64) -> String {
     let mut rel = ev.clone();
     rel.time_ns = Some(ev.time_ns.map_or(0, |t| t.saturating_sub(start_ns)));
-    if rel.comm.is_empty() {
+    if !ev.owner_known() || rel.comm.is_empty() {
+        rel.pid = 0;
         rel.comm = "[unknown]".into();
     }
     format_event(&rel, true, true, TypeColumn::Wide)
@@ -65,7 +68,8 @@ impl<W: Write> TextWriter<W> {
     }
 }
 
-/// Writes events as JSON Lines (serde of [`TcpEvent`]).
+/// Writes events as JSON Lines (serde of [`TcpEvent`]; its documentation lists the fields).
+/// An owner the tracer could not know is `"pid": null, "comm": null`.
 #[derive(Debug)]
 pub struct JsonlWriter<W: Write> {
     out: W,
@@ -200,6 +204,31 @@ mod tests {
             assert_eq!(line.split_whitespace().count(), 10, "{line}");
             assert_eq!(line.split_whitespace().nth(1), Some(kind.as_str()));
         }
+    }
+
+    /// An event whose owner the tracer could not know: pid 0 and `[unknown]` in the text
+    /// (whose columns need a number and a word), null pid and comm in JSON Lines, and both
+    /// read back as an event without owner.
+    #[test]
+    fn an_unknown_owner_reads_as_unknown_in_text_and_json() {
+        let mut e = ev(EventKind::Close, Family::Ipv4, "10.0.0.1", "203.0.113.5", 7);
+        e.pid = 0;
+        e.comm = String::new();
+        let line = tcptracer_line(&e, 0);
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols.len(), cols[2], cols[3]), (10, "0", "[unknown]"), "{line}");
+        match parse_line(&line).unwrap() {
+            Line::Event(back) => assert!(!back.owner_known(), "{back:?}"),
+            other => panic!("{other:?}"),
+        }
+        let mut w = JsonlWriter::new(Vec::new());
+        w.write(&e).unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(v["pid"].is_null() && v["comm"].is_null(), "{text}");
+        let back: TcpEvent = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(!back.owner_known());
+        assert_eq!(back, e);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! | `dport` | only this server port (remote port outbound, local port inbound) | all |
 //! | `family` | `"ipv4"` or `"ipv6"` | both |
 //! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode; TYPE is 14 characters wide so `failed_connect` lines align, fields split by blanks as tcptracer's) | none |
-//! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
+//! | `jsonl_out` | write events as JSON Lines to this file (stream mode; fields as documented for `snat_core::model::TcpEvent`; an owner the tracer could not know is `"pid": null, "comm": null`) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
 //! | `seed_owners` | at attach, name the owners of sockets older than the trace (in stream mode listeners and connections; in aggregated mode listeners, and only with a `pid` filter, the one case that uses owners) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
 //! | `attach` | `"auto"` (raw tracepoint, else the classic one), `"raw_tracepoint"` or `"tracepoint"` (needs tracefs): same events, the raw one costs less | `"auto"` |
@@ -433,7 +433,7 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
             }
             if st.events_owner_unknown > 0 {
                 s.notes.push(format!(
-                    "{} events have no owner (pid 0): their socket predates the trace and {}",
+                    "{} events have no owner (pid 0 and comm [unknown] in text_out, pid and comm null in jsonl_out): their socket predates the trace and {}",
                     st.events_owner_unknown,
                     if o.seed_owners {
                         "the snapshot taken at attach did not name it"
