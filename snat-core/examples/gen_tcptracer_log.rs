@@ -17,7 +17,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use snat_core::model::{Clock, EventKind, Family, TcpEvent};
-use snat_core::tcptracer::{BANNER, format_event, format_header};
+use snat_core::tcptracer::{BANNER, TypeColumn, format_event, format_header};
 
 /// xorshift64*: small, fast, deterministic.
 struct Rng(u64);
@@ -137,11 +137,12 @@ fn main() -> io::Result<()> {
         w.write_all(b"\n")
     };
     put(&mut w, BANNER)?;
-    put(&mut w, &format_header(true, true))?;
+    put(&mut w, &format_header(true, true, TypeColumn::Tcptracer))?;
     let mut t: u64 = 0;
     let mut n: u64 = 0;
     let mut sport: u16 = 32768;
-    let mut size_so_far: u64 = BANNER.len() as u64 + 1 + format_header(true, true).len() as u64 + 1;
+    let mut size_so_far: u64 =
+        BANNER.len() as u64 + 1 + format_header(true, true, TypeColumn::Tcptracer).len() as u64 + 1;
     while size_so_far < size {
         // Skewed: the first pod is hot, the rest follow a power law.
         let u = rng.unit();
@@ -182,6 +183,7 @@ fn main() -> io::Result<()> {
             time_ns: Some(t),
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: p.pid,
             comm: p.comm.to_string(),
             family: Family::of(&saddr),
@@ -195,7 +197,7 @@ fn main() -> io::Result<()> {
             duration_ns: None,
             error: None,
         };
-        let line = format_event(&ev, true, true);
+        let line = format_event(&ev, true, true, TypeColumn::Tcptracer);
         size_so_far += line.len() as u64 + 1;
         put(&mut w, &line)?;
         n += 1;

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::model::{EventKind, Family, TcpEvent};
+use crate::model::{Direction, EventKind, Family, TcpEvent};
 
 /// A field that events can be grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -28,15 +28,31 @@ pub enum Field {
     Pid,
     /// Command name.
     Comm,
-    /// Address family (tcptracer's `IP`; also accepted as `ip`).
+    /// Address family (tcptracer's `IP`; also accepted as `ip`), as SNAT sees the
+    /// connection: an IPv6 socket connected to an IPv4-mapped address (`::ffff:a.b.c.d`)
+    /// is IPv4 here (see [`key_family`]), whatever the socket's own family.
     Family,
-    /// Local address.
+    /// Local address. An IPv4-mapped IPv6 address is keyed as the IPv4 address it holds,
+    /// so a dual-stack socket and an IPv4 socket land in one row.
     Saddr,
-    /// Remote address.
+    /// Remote address. An IPv4-mapped IPv6 address (`::ffff:20.1.2.3`, what a dual-stack
+    /// socket connecting to an IPv4 destination shows) is keyed as the IPv4 address
+    /// (`20.1.2.3`): it uses an IPv4 SNAT port exactly like an IPv4 socket, so both count in
+    /// one row, as in the census. Per-event output (tcptracer text, JSON Lines) keeps the
+    /// address as the kernel or the log gave it.
     Daddr,
-    /// Local port.
+    /// Local port: for an accepted connection, the port the server listens on.
     Sport,
-    /// Remote port.
+    /// Remote port of a connection this side opened (connects, failed connects, their
+    /// closes): the destination port a SNAT port is taken for. For an inbound connection
+    /// (accepts, and closes the live tracer knows to be of an accepted connection) it is
+    /// missing (`-`, `()` in a playbook, `null` in JSON): the remote port there is the
+    /// client's ephemeral port, one row per connection that says nothing about SNAT, and the
+    /// live tracer's aggregated mode does not even record it. So a ranking by
+    /// `(netns, daddr, dport)` gives the same rows from a tcptracer log, a stream-mode and an
+    /// aggregated-mode trace; `sport` of an accept is the listening port. A tcptracer log
+    /// does not say which side a close is from, so there a close keeps its DPORT. The
+    /// per-event output (tcptracer text, JSON Lines) still carries the remote port.
     Dport,
     /// Network namespace inode.
     Netns,
@@ -119,10 +135,25 @@ impl FromStr for Field {
     }
 }
 
+/// The family a ranking keys a connection of the socket family `family` to `daddr` under:
+/// IPv4 when `daddr` is an IPv4-mapped IPv6 address (the connection leaves as IPv4), else
+/// `family`.
+pub fn key_family(family: Family, daddr: &IpAddr) -> Family {
+    match daddr {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => Family::Ipv4,
+        _ => family,
+    }
+}
+
 /// The value of one [`Field`] of one record.
 ///
 /// Ordering (used to break ties in rankings) is by variant, then by value: numbers
 /// numerically, addresses IPv4 before IPv6 and numerically within a family.
+///
+/// JSON (a ranking row's `key` values): numbers for `pid`, `sport`, `dport` and `netns`,
+/// strings for `kind`, `comm` and addresses (IPv4-mapped IPv6 addresses appear as the
+/// IPv4 address they hold), `"ipv4"` or `"ipv6"` for `family`, `null` for a value the
+/// record does not carry (shown `-` in text).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
@@ -277,10 +308,11 @@ impl Record for TcpEvent {
             Field::Kind => Value::Kind(self.kind),
             Field::Pid => Value::Int(u64::from(self.pid)),
             Field::Comm => Value::Text(self.comm.clone()),
-            Field::Family => Value::Family(self.family),
-            Field::Saddr => Value::Ip(self.saddr),
-            Field::Daddr => Value::Ip(self.daddr),
+            Field::Family => Value::Family(key_family(self.family, &self.daddr)),
+            Field::Saddr => Value::Ip(self.saddr.to_canonical()),
+            Field::Daddr => Value::Ip(self.daddr.to_canonical()),
             Field::Sport => Value::Int(u64::from(self.sport)),
+            Field::Dport if self.direction == Direction::Inbound => Value::Missing,
             Field::Dport => Value::Int(u64::from(self.dport)),
             Field::Netns => self.netns.map_or(Value::Missing, Value::Int),
         })
@@ -608,6 +640,7 @@ mod tests {
             time_ns: None,
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: 1,
             comm: "c".into(),
             family: Family::Ipv4,
@@ -700,6 +733,92 @@ mod tests {
             .unwrap();
         let t = a.ranking(Metric::Events).to_text();
         assert_eq!(t, "Count  SADDR    NETNS\n2      1.2.3.4  4026532785\n");
+    }
+
+    proptest::proptest! {
+        /// A connection from an IPv4 address to another, made once from an IPv4 socket
+        /// and once from a dual-stack IPv6 socket (addresses IPv4-mapped), lands in one row
+        /// of every grouping, keyed by the IPv4 addresses, with the counts summed.
+        #[test]
+        fn ipv4_mapped_addresses_rank_with_ipv4(
+            local in proptest::prelude::any::<[u8; 4]>(),
+            remote in proptest::prelude::any::<[u8; 4]>(),
+            as_v4 in 1u64..20,
+            as_mapped in 1u64..20,
+        ) {
+            let (l4, r4) = (std::net::Ipv4Addr::from(local), std::net::Ipv4Addr::from(remote));
+            let v4 = ev(EventKind::Connect, &l4.to_string(), &r4.to_string(), Some(5));
+            let mapped = TcpEvent {
+                family: Family::Ipv6,
+                saddr: IpAddr::V6(l4.to_ipv6_mapped()),
+                daddr: IpAddr::V6(r4.to_ipv6_mapped()),
+                ..v4.clone()
+            };
+            let groupings = [
+                vec![Field::Daddr],
+                vec![Field::Saddr, Field::Netns],
+                vec![Field::Netns, Field::Daddr, Field::Dport],
+                vec![Field::Family, Field::Saddr, Field::Daddr],
+            ];
+            for fields in groupings {
+                let mut a = Aggregator::new(fields.clone());
+                for _ in 0..as_v4 {
+                    a.add(&v4).unwrap();
+                }
+                for _ in 0..as_mapped {
+                    a.add(&mapped).unwrap();
+                }
+                let r = a.ranking(Metric::Connects);
+                proptest::prop_assert_eq!(r.rows.len(), 1, "{:?}", fields);
+                proptest::prop_assert_eq!(r.rows[0].counts.connects, as_v4 + as_mapped);
+                for (f, v) in fields.iter().zip(&r.rows[0].key) {
+                    let want = match f {
+                        Field::Saddr => Value::Ip(IpAddr::V4(l4)),
+                        Field::Daddr => Value::Ip(IpAddr::V4(r4)),
+                        Field::Family => Value::Family(Family::Ipv4),
+                        other => v4.value(*other).unwrap(),
+                    };
+                    proptest::prop_assert_eq!(v, &want);
+                }
+            }
+        }
+    }
+
+    /// Only IPv4-mapped addresses are folded: other IPv6 addresses, IPv4-compatible ones
+    /// (`::a.b.c.d`) included, keep their own rows and family.
+    #[rstest::rstest]
+    #[case::mapped("::ffff:20.1.2.3", "20.1.2.3", Family::Ipv4)]
+    #[case::compatible("::20.1.2.3", "::20.1.2.3", Family::Ipv6)]
+    #[case::global("2001:db8::5", "2001:db8::5", Family::Ipv6)]
+    fn only_mapped_addresses_become_ipv4(#[case] daddr: &str, #[case] key: &str, #[case] family: Family) {
+        let e = TcpEvent {
+            family: Family::Ipv6,
+            ..ev(EventKind::Connect, "::1", daddr, None)
+        };
+        assert_eq!(e.value(Field::Daddr), Some(Value::Ip(key.parse().unwrap())));
+        assert_eq!(e.value(Field::Family), Some(Value::Family(family)));
+    }
+
+    /// `dport` is the destination port of what this side opened, missing for inbound
+    /// connections (the client's port); `sport` stays the local port.
+    #[rstest::rstest]
+    #[case::connect(EventKind::Connect, Direction::Outbound, Value::Int(80))]
+    #[case::failed(EventKind::FailedConnect, Direction::Outbound, Value::Int(80))]
+    #[case::accept(EventKind::Accept, Direction::Inbound, Value::Missing)]
+    #[case::close_of_an_accepted_connection(EventKind::Close, Direction::Inbound, Value::Missing)]
+    #[case::close_of_an_outbound_connection(EventKind::Close, Direction::Outbound, Value::Int(80))]
+    #[case::close_of_unknown_direction(EventKind::Close, Direction::Unknown, Value::Int(80))]
+    fn dport_is_missing_for_inbound_connections(
+        #[case] kind: EventKind,
+        #[case] direction: Direction,
+        #[case] want: Value,
+    ) {
+        let e = TcpEvent {
+            direction,
+            ..ev(kind, "10.0.0.2", "10.0.0.3", Some(5))
+        };
+        assert_eq!(e.value(Field::Dport), Some(want));
+        assert_eq!(e.value(Field::Sport), Some(Value::Int(1)));
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(240);
 /// One destination's peak.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationPeak {
-    /// Destination address.
+    /// Destination address (an IPv4-mapped IPv6 address as the IPv4 address it holds:
+    /// both take the same IPv4 SNAT port).
     pub daddr: IpAddr,
     /// Destination port.
     pub dport: u16,
@@ -79,7 +80,8 @@ impl HeldPorts {
             return;
         };
         self.timed += 1;
-        let d = self.dests.entry((ev.daddr, ev.dport)).or_default();
+        // An IPv4-mapped destination uses the same IPv4 SNAT port as the IPv4 address.
+        let d = self.dests.entry((ev.daddr.to_canonical(), ev.dport)).or_default();
         d.connects += 1;
         // Events from several CPUs may come slightly out of order: count such an event at
         // the latest time seen, which keeps the window sorted.
@@ -151,6 +153,7 @@ mod tests {
             time_ns: t,
             clock: Clock::Relative,
             kind,
+            direction: kind.direction(),
             pid: 1,
             comm: "c".into(),
             family: Family::Ipv4,
@@ -210,6 +213,23 @@ mod tests {
         assert_eq!(
             got,
             [("20.1.2.3".to_string(), 2, S, 2), ("20.9.9.9".to_string(), 2, 4 * S, 2)]
+        );
+    }
+
+    /// A dual-stack socket's connects to `::ffff:20.1.2.3` hold the same IPv4 SNAT ports
+    /// as IPv4 connects to 20.1.2.3: one destination, one window.
+    #[test]
+    fn ipv4_mapped_destinations_share_the_ipv4_window() {
+        let mut h = HeldPorts::new(DEFAULT_HOLD);
+        h.add(&ev(Some(0), EventKind::Connect, "20.1.2.3"));
+        let mut mapped = ev(Some(S), EventKind::Connect, "::ffff:20.1.2.3");
+        mapped.family = Family::Ipv6;
+        h.add(&mapped);
+        let p = h.finish();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].daddr.to_string(), p[0].peak, p[0].connects),
+            ("20.1.2.3".to_string(), 2, 2)
         );
     }
 

@@ -81,6 +81,19 @@ impl EventKind {
     }
 }
 
+impl EventKind {
+    /// The direction an event of this kind shows by itself: outbound for connects and
+    /// failed connects, inbound for accepts, unknown for closes (either side may close)
+    /// and unknown events.
+    pub fn direction(self) -> Direction {
+        match self {
+            EventKind::Connect | EventKind::FailedConnect => Direction::Outbound,
+            EventKind::Accept => Direction::Inbound,
+            EventKind::Close | EventKind::Unknown => Direction::Unknown,
+        }
+    }
+}
+
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -209,8 +222,9 @@ impl FromStr for TcpState {
 /// | `time_ns` | integer or null | time of the event, on `clock` |
 /// | `clock` | `"relative"` / `"unix"` | which clock `time_ns` is on |
 /// | `kind` | string | `connect`, `accept`, `close`, `failed_connect`, `unknown` |
-/// | `pid` | integer | owning process (see [`TcpEvent::pid`]) |
-/// | `comm` | string | owning process's command name (may contain spaces) |
+/// | `direction` | `"outbound"` / `"inbound"` / `"unknown"` | who opened the connection (see [`TcpEvent::direction`]) |
+/// | `pid` | integer or null | owning process (see [`TcpEvent::pid`]); null when the owner is unknown |
+/// | `comm` | string or null | owning process's command name (may contain spaces); null when the owner is unknown |
 /// | `family` | `"ipv4"` / `"ipv6"` | address family |
 /// | `saddr`, `daddr` | string | local and remote address |
 /// | `sport`, `dport` | integer | local and remote port |
@@ -219,7 +233,13 @@ impl FromStr for TcpState {
 /// | `prev_state` | string or null | state before a close (live traces only) |
 /// | `duration_ns` | integer or null | for a close: time since ESTABLISHED (live traces only) |
 /// | `error` | integer or null | for a failed connect: the socket's errno where known |
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// An owner the live tracer could not know (a socket older than the trace that the
+/// attach-time snapshot did not name, see [`TcpEvent::owner_known`]) is `"pid": null,
+/// "comm": null` (and `"cgroup_id": null`): test `pid == null`. The tcptracer text output
+/// shows the same event as PID `0` and COMM `[unknown]`, since its columns must hold a
+/// number and a word. Reading JSON, a null `pid` or `comm` is read as 0 or empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TcpEvent {
     /// Time of the event in nanoseconds on [`TcpEvent::clock`]; `None` when the log has no
     /// TIME column.
@@ -229,11 +249,22 @@ pub struct TcpEvent {
     pub clock: Clock,
     /// What happened.
     pub kind: EventKind,
+    /// Which side opened the connection: [`EventKind::direction`] for connects, failed
+    /// connects and accepts; for a close, what the live tracer knew (outbound or inbound
+    /// when it saw the connection established, unknown for a connection older than the
+    /// trace) and unknown in a tcptracer log, whose close lines do not say. Rankings use it
+    /// for `dport` (see [`crate::aggregate::Field::Dport`]). Absent in JSON: unknown.
+    #[serde(default)]
+    pub direction: Direction,
     /// The owning process. For live traces, the process that called `connect()` (for
     /// connects and failed connects) or `listen()` (for accepts): an accepted socket
-    /// inherits its listener's owner, which is wrong for pre-fork servers.
+    /// inherits its listener's owner, which is wrong for pre-fork servers. 0 when the owner
+    /// is unknown ([`TcpEvent::owner_known`]).
+    #[serde(deserialize_with = "null_as_default")]
     pub pid: u32,
-    /// The owning process's command name (at most 15 bytes in the kernel; may contain spaces).
+    /// The owning process's command name (at most 15 bytes in the kernel; may contain
+    /// spaces). Empty when the owner is unknown.
+    #[serde(deserialize_with = "null_as_default")]
     pub comm: String,
     /// Address family.
     pub family: Family,
@@ -266,10 +297,72 @@ impl TcpEvent {
     pub fn is_outbound(&self) -> bool {
         matches!(self.kind, EventKind::Connect | EventKind::FailedConnect)
     }
+
+    /// Whether the event names its owning process: pid 0 is no process (the live tracer
+    /// reports pid 0 and no comm for a socket whose owner it could not know, and tcptracer
+    /// prints pid 0 for work the kernel did on no process's behalf).
+    pub fn owner_known(&self) -> bool {
+        self.pid != 0
+    }
+}
+
+/// A JSON field that may be null, read as the type's default when it is.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// [`TcpEvent`] as JSON, with an unknown owner's `pid` and `comm` as null.
+#[derive(Serialize)]
+struct TcpEventJson<'a> {
+    time_ns: Option<u64>,
+    clock: Clock,
+    kind: EventKind,
+    direction: Direction,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    family: Family,
+    saddr: IpAddr,
+    daddr: IpAddr,
+    sport: u16,
+    dport: u16,
+    netns: Option<u64>,
+    cgroup_id: Option<u64>,
+    prev_state: Option<TcpState>,
+    duration_ns: Option<u64>,
+    error: Option<i32>,
+}
+
+impl Serialize for TcpEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let known = self.owner_known();
+        TcpEventJson {
+            time_ns: self.time_ns,
+            clock: self.clock,
+            kind: self.kind,
+            direction: self.direction,
+            pid: known.then_some(self.pid),
+            comm: known.then_some(self.comm.as_str()),
+            family: self.family,
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            netns: self.netns,
+            cgroup_id: self.cgroup_id,
+            prev_state: self.prev_state,
+            duration_ns: self.duration_ns,
+            error: self.error,
+        }
+        .serialize(s)
+    }
 }
 
 /// The direction of a connection, relative to the host (or netns) that owns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// This side called `connect()`: the connection uses a SNAT port when its
@@ -278,6 +371,7 @@ pub enum Direction {
     /// This side accepted the connection.
     Inbound,
     /// Not known (e.g. a close in a tcptracer log).
+    #[default]
     Unknown,
 }
 
@@ -472,6 +566,7 @@ mod tests {
             time_ns: Some(5),
             clock: Clock::Relative,
             kind: EventKind::FailedConnect,
+            direction: Direction::Outbound,
             pid: 7,
             comm: "my app".into(),
             family: Family::Ipv4,
@@ -490,7 +585,44 @@ mod tests {
         assert_eq!(v["family"], "ipv4");
         assert_eq!(v["prev_state"], "SYN_SENT");
         assert_eq!(v["daddr"], "20.0.0.1");
+        assert_eq!(
+            (v["pid"].clone(), v["comm"].clone()),
+            (serde_json::json!(7), serde_json::json!("my app"))
+        );
         let back: TcpEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    /// An unknown owner is `"pid": null, "comm": null` in JSON, and reads back as unknown.
+    #[test]
+    fn unknown_owner_is_null_in_json() {
+        let ev = TcpEvent {
+            time_ns: None,
+            clock: Clock::Unix,
+            kind: EventKind::Close,
+            direction: Direction::Unknown,
+            pid: 0,
+            comm: String::new(),
+            family: Family::Ipv4,
+            saddr: "10.0.0.1".parse().unwrap(),
+            daddr: "20.0.0.1".parse().unwrap(),
+            sport: 1000,
+            dport: 443,
+            netns: Some(4026531992),
+            cgroup_id: None,
+            prev_state: Some(TcpState::Established),
+            duration_ns: None,
+            error: None,
+        };
+        assert!(!ev.owner_known());
+        let v = serde_json::to_value(&ev).unwrap();
+        assert!(
+            v["pid"].is_null() && v["comm"].is_null() && v["cgroup_id"].is_null(),
+            "{v}"
+        );
+        assert!(v.as_object().unwrap().contains_key("pid"), "{v}");
+        let back: TcpEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+        assert!(!back.owner_known());
     }
 }

@@ -14,7 +14,8 @@
 //! from both ends of the line, never by offset: IPv6 addresses in brackets overflow their
 //! 16-character column, and COMM (whatever lies between PID and IP) may contain spaces.
 //! [`format_event`] writes the same text for snat's own events (with the extra kind
-//! `failed_connect`), so snat's live output round-trips through this reader.
+//! `failed_connect`, for which [`TypeColumn::Wide`] widens the TYPE column), so snat's live
+//! output round-trips through this reader.
 //!
 //! Each line takes the first of three paths that is sure of it, and all three count the
 //! same: the packed path (`packed`: IPv4 `-t4v` lines, integer keys, for groupings without
@@ -28,9 +29,9 @@ use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value};
+use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value, key_family};
 use crate::error::Error;
-use crate::model::{Clock, EventKind, Family, TcpEvent};
+use crate::model::{Clock, Direction, EventKind, Family, TcpEvent};
 
 mod fast;
 mod packed;
@@ -190,6 +191,9 @@ impl std::error::Error for LineError {}
 struct RawEvent<'a> {
     time_ns: Option<u64>,
     kind: EventKind,
+    /// What the kind says ([`EventKind::direction`]): a log's close lines carry none. Keys
+    /// read it for DPORT, so that keys rebuilt without the kind still know.
+    direction: Direction,
     pid: u32,
     comm: &'a [u8],
     family: Family,
@@ -207,6 +211,7 @@ impl RawEvent<'_> {
         RawEvent {
             time_ns: None,
             kind: EventKind::Unknown,
+            direction: Direction::Unknown,
             pid: 0,
             comm: &[],
             family: Family::Ipv4,
@@ -229,6 +234,7 @@ impl RawEvent<'_> {
             time_ns,
             clock,
             kind: self.kind,
+            direction: self.direction,
             pid: self.pid,
             comm: String::from_utf8_lossy(self.comm).into_owned(),
             family: self.family,
@@ -620,6 +626,7 @@ fn parse_event(line: &[u8]) -> Result<RawEvent<'_>, LineError> {
     Ok(RawEvent {
         time_ns,
         kind,
+        direction: kind.direction(),
         pid,
         comm,
         family,
@@ -633,14 +640,39 @@ fn parse_event(line: &[u8]) -> Result<RawEvent<'_>, LineError> {
 
 // ----- formatting ------------------------------------------------------------------
 
+/// How wide [`format_header`] and [`format_event`] make the TYPE column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TypeColumn {
+    /// tcptracer's 12 characters: lines byte-identical to tcptracer's for the kinds it
+    /// prints. A `failed_connect` (14 characters) overflows it and pushes the rest of its
+    /// line two columns right, out of line with the header.
+    #[default]
+    Tcptracer,
+    /// As wide as the longest kind, `failed_connect` (14 characters): every line aligns
+    /// under the header, two blanks wider than tcptracer's. For text that may hold failed
+    /// connects. Whitespace-separated fields (`awk '{print $6,$10}'`) are the same.
+    Wide,
+}
+
+impl TypeColumn {
+    /// The column's width in characters.
+    pub fn width(self) -> usize {
+        match self {
+            TypeColumn::Tcptracer => 12,
+            TypeColumn::Wide => EventKind::FailedConnect.as_str().len(),
+        }
+    }
+}
+
 /// The column header [`format_event`] lines go under (tcptracer `-v` style, trailing
-/// blanks trimmed).
-pub fn format_header(with_time: bool, with_netns: bool) -> String {
+/// blanks trimmed), with a TYPE column as wide as `types` says.
+pub fn format_header(with_time: bool, with_netns: bool, types: TypeColumn) -> String {
     let mut s = String::new();
     if with_time {
         s.push_str("TIME(ns)      ");
     }
-    s.push_str("TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  ");
+    let _ = write!(s, "{:<w$} ", "TYPE", w = types.width());
+    s.push_str("PID    COMM             IP SADDR            DADDR            SPORT  DPORT  ");
     if with_netns {
         s.push_str("NETNS");
     }
@@ -649,13 +681,14 @@ pub fn format_header(with_time: bool, with_netns: bool) -> String {
 }
 
 /// One event as a `tcptracer -t4v`-style line (kinds as words, IPv6 in brackets, columns
-/// padded as tcptracer pads them, trailing blanks trimmed, no newline).
+/// padded as tcptracer pads them, the TYPE column as wide as `types` says, trailing blanks
+/// trimmed, no newline).
 ///
 /// Unlike tcptracer, a TIME wider than its column is still followed by a space, so the
 /// columns stay apart. A missing time or netns is written `-`. Control characters in COMM
 /// become `?` so the event stays on one line; blanks at the ends of COMM do not survive a
 /// round trip through [`parse_line`].
-pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String {
+pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool, types: TypeColumn) -> String {
     let mut s = String::with_capacity(128);
     if with_time {
         match ev.time_ns {
@@ -672,7 +705,7 @@ pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String 
     };
     let _ = write!(
         s,
-        "{:<12} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6}",
+        "{:<w$} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {:<6}",
         ev.kind.as_str(),
         ev.pid,
         comm,
@@ -680,7 +713,8 @@ pub fn format_event(ev: &TcpEvent, with_time: bool, with_netns: bool) -> String 
         addr(&ev.saddr),
         addr(&ev.daddr),
         ev.sport,
-        ev.dport
+        ev.dport,
+        w = types.width()
     );
     if with_netns {
         match ev.netns {
@@ -763,7 +797,8 @@ fn kind_code(k: EventKind) -> u8 {
 
 #[inline]
 fn encode_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
-    match ip {
+    // Keys hold an IPv4-mapped address as its IPv4 address (see `Field::Daddr`).
+    match ip.to_canonical() {
         IpAddr::V4(a) => {
             buf.push(4);
             buf.extend_from_slice(&a.octets());
@@ -786,11 +821,17 @@ fn encode_key(ev: &RawEvent<'_>, fields: &[Field], buf: &mut Vec<u8>) {
                 buf.extend_from_slice(&(ev.comm.len() as u32).to_le_bytes());
                 buf.extend_from_slice(ev.comm);
             }
-            Field::Family => buf.push(ev.family.number()),
+            Field::Family => buf.push(key_family(ev.family, &ev.daddr).number()),
             Field::Saddr => encode_ip(buf, &ev.saddr),
             Field::Daddr => encode_ip(buf, &ev.daddr),
             Field::Sport => buf.extend_from_slice(&ev.sport.to_le_bytes()),
-            Field::Dport => buf.extend_from_slice(&ev.dport.to_le_bytes()),
+            // An accept's DPORT is the client's port: not part of its key (see
+            // `Field::Dport`).
+            Field::Dport if ev.direction == Direction::Inbound => buf.push(0),
+            Field::Dport => {
+                buf.push(1);
+                buf.extend_from_slice(&ev.dport.to_le_bytes());
+            }
             Field::Netns => match ev.netns {
                 None => buf.push(0),
                 Some(n) => {
@@ -833,7 +874,14 @@ fn decode_key(mut b: &[u8], fields: &[Field]) -> Vec<Value> {
             }
             Field::Family => Value::Family(if take(b, 1)[0] == 4 { Family::Ipv4 } else { Family::Ipv6 }),
             Field::Saddr | Field::Daddr => Value::Ip(decode_ip(b)),
-            Field::Sport | Field::Dport => Value::Int(u64::from(u16_of(take(b, 2)))),
+            Field::Sport => Value::Int(u64::from(u16_of(take(b, 2)))),
+            Field::Dport => {
+                if take(b, 1)[0] == 0 {
+                    Value::Missing
+                } else {
+                    Value::Int(u64::from(u16_of(take(b, 2))))
+                }
+            }
             Field::Netns => {
                 if take(b, 1)[0] == 0 {
                     Value::Missing

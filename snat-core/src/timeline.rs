@@ -176,6 +176,17 @@ pub enum SeriesMetric {
     Open,
 }
 
+impl SeriesMetric {
+    /// The series' value over the whole window, from its values per bucket (see
+    /// [`LabelledSeries::total`]): their sum for counts, the last level for `Open`.
+    pub fn total(self, values: &[u64]) -> u64 {
+        match self {
+            SeriesMetric::Open => values.last().copied().unwrap_or(0),
+            _ => values.iter().sum(),
+        }
+    }
+}
+
 impl std::str::FromStr for SeriesMetric {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
@@ -204,7 +215,12 @@ pub struct LabelledSeries {
     pub netns: Vec<u64>,
     /// One value per bucket.
     pub values: Vec<u64>,
-    /// Sum of the values.
+    /// The series over the whole window. For the counts (attempts, connects, accepts,
+    /// failed connects, closes), the sum of the values: events in the window. For `open`,
+    /// a level per bucket rather than a count, the last value: the connections still open
+    /// at the end of the window, what the trace's `open` total and rankings count (a sum of
+    /// levels would count a connection once per bucket it stayed open; its highest level
+    /// is `peak`).
     pub total: u64,
     /// Highest value.
     pub peak: u64,
@@ -249,7 +265,7 @@ impl Timeline {
         }
         let mut all: Vec<LabelledSeries> = by
             .into_iter()
-            .map(|(name, (netns, values))| labelled(name, netns, values))
+            .map(|(name, (netns, values))| labelled(name, netns, values, metric))
             .collect();
         let key = |s: &LabelledSeries| if metric == SeriesMetric::Open { s.peak } else { s.total };
         all.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.name.cmp(&b.name)));
@@ -267,13 +283,13 @@ impl Timeline {
         }
         if values.iter().any(|v| *v > 0) {
             netns.sort_unstable();
-            all.push(labelled("other".into(), netns, values));
+            all.push(labelled("other".into(), netns, values, metric));
         }
         all
     }
 }
 
-fn labelled(name: String, netns: Vec<u64>, values: Vec<u64>) -> LabelledSeries {
+fn labelled(name: String, netns: Vec<u64>, values: Vec<u64>, metric: SeriesMetric) -> LabelledSeries {
     let (peak_bucket, peak) = values
         .iter()
         .enumerate()
@@ -281,7 +297,7 @@ fn labelled(name: String, netns: Vec<u64>, values: Vec<u64>) -> LabelledSeries {
     LabelledSeries {
         name,
         netns,
-        total: values.iter().sum(),
+        total: metric.total(&values),
         values,
         peak,
         peak_bucket,
@@ -611,6 +627,71 @@ mod tests {
         assert_eq!(g.iter().map(|s| s.total).sum::<u64>(), 19);
         assert_eq!(t.grouped(label, 10, SeriesMetric::Connects).len(), 4);
         assert!("bogus".parse::<SeriesMetric>().is_err());
+    }
+
+    /// A series' total means something for every metric: events in the window for the
+    /// counts, and for `open` (a level) the connections still open at the window's end, not
+    /// the sum of its levels. Namespace 7 opens 5, closes 3, opens 2 more; namespace 9
+    /// opens 1 and keeps it; both folded into "other" when only one series is kept.
+    #[rstest]
+    #[case::attempts(SeriesMetric::Attempts, 10, [10, 1], 11)]
+    #[case::connects(SeriesMetric::Connects, 10, [7, 1], 8)]
+    #[case::closes(SeriesMetric::Closes, 10, [3, 0], 3)]
+    #[case::open_is_the_last_level_not_the_sum(SeriesMetric::Open, 10, [4, 1], 5)]
+    #[case::open_in_a_folded_series(SeriesMetric::Open, 1, [4, 1], 5)]
+    fn series_totals_mean_something_per_metric(
+        #[case] metric: SeriesMetric,
+        #[case] top: usize,
+        #[case] per_netns: [u64; 2],
+        #[case] all: u64,
+    ) {
+        let mut b = TimelineBuilder::new(S(4), S(1)).unwrap();
+        let cum = |c7: u64, f7: u64, x7: u64, open7: u64, c9: u64, open9: u64| {
+            BTreeMap::from([
+                (
+                    7,
+                    (
+                        BucketCounts {
+                            connects: c7,
+                            failed_connects: f7,
+                            closes: x7,
+                            ..Default::default()
+                        },
+                        open7,
+                    ),
+                ),
+                (
+                    9,
+                    (
+                        BucketCounts {
+                            connects: c9,
+                            ..Default::default()
+                        },
+                        open9,
+                    ),
+                ),
+            ])
+        };
+        b.sample(0, &cum(5, 0, 0, 5, 1, 1));
+        b.sample(1, &cum(5, 1, 3, 2, 1, 1));
+        b.sample(2, &cum(7, 2, 3, 4, 1, 1));
+        b.sample(3, &cum(7, 3, 3, 4, 1, 1));
+        let t = b.finish(Some(S(4)));
+        assert_eq!(t.series[0].open, Some(vec![5, 2, 4, 4]));
+        let g = t.grouped(|_| None, top, metric);
+        if top >= 2 {
+            let totals: Vec<u64> = g.iter().map(|s| s.total).collect();
+            let mut want = per_netns.to_vec();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!(totals, want, "{g:?}");
+        }
+        let folded = t.grouped(|_| None, 0, metric);
+        assert_eq!(folded.len(), 1);
+        assert_eq!((folded[0].name.as_str(), folded[0].total), ("other", all), "{folded:?}");
+        if metric == SeriesMetric::Open {
+            assert_eq!(folded[0].values, vec![6, 3, 5, 5]);
+            assert_eq!(folded[0].peak, 6);
+        }
     }
 
     #[test]

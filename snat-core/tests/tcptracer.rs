@@ -13,7 +13,8 @@ use snat_core::Error;
 use snat_core::aggregate::{Field, Metric, TraceSummary, Value};
 use snat_core::model::{Clock, EventKind, Family, TcpEvent};
 use snat_core::tcptracer::{
-    BANNER, Format, Line, LineError, LogEvents, LogReader, TimeUnit, format_event, format_header, parse_line,
+    BANNER, Format, Line, LineError, LogEvents, LogReader, TimeUnit, TypeColumn, format_event, format_header,
+    parse_line,
 };
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tcptracer");
@@ -686,24 +687,58 @@ fn event_iterator_streams_events_and_errors() {
 fn format_matches_tcptracer_layout() {
     let e = event("0 connect 18627 curl 4 10.244.1.7 203.0.113.8 53746 80 4026532785");
     assert_eq!(
-        format_event(&e, true, true),
+        format_event(&e, true, true, TypeColumn::Tcptracer),
         "0             connect      18627  curl             4  10.244.1.7       203.0.113.8      53746  80     4026532785"
     );
     assert_eq!(
-        format_header(true, true),
+        format_header(true, true, TypeColumn::Tcptracer),
         "TIME(ns)      TYPE         PID    COMM             IP SADDR            DADDR            SPORT  DPORT  NETNS"
     );
     // The article's awk columns still work on our output: $6 SADDR, $10 NETNS.
-    let line = format_event(&e, true, true);
+    let line = format_event(&e, true, true, TypeColumn::Tcptracer);
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!((cols[5], cols[9]), ("10.244.1.7", "4026532785"));
     let mut f = e.clone();
     f.time_ns = Some(1_763_700_000_123_456_789);
     f.comm = "bad\nname".into();
-    let line = format_event(&f, true, false);
+    let line = format_event(&f, true, false, TypeColumn::Tcptracer);
     assert!(
         line.starts_with("1763700000123456789 connect      18627  bad?name "),
         "{line}"
+    );
+}
+
+/// Where each whitespace-separated field of `line` starts.
+fn field_starts(line: &str) -> Vec<usize> {
+    let b = line.as_bytes();
+    (0..b.len())
+        .filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' '))
+        .collect()
+}
+
+/// With the wide TYPE column every kind, `failed_connect` included, starts each field
+/// where the header's starts, and splits into as many fields; tcptracer's own width
+/// pushes a `failed_connect` line's fields two columns right.
+#[rstest]
+#[case::connect(EventKind::Connect)]
+#[case::accept(EventKind::Accept)]
+#[case::close(EventKind::Close)]
+#[case::unknown(EventKind::Unknown)]
+#[case::failed_connect(EventKind::FailedConnect)]
+fn wide_type_column_aligns_every_kind(#[case] kind: EventKind) {
+    let mut e = event("0 connect 18627 curl 4 10.244.1.7 203.0.113.8 53746 80 4026532785");
+    e.kind = kind;
+    for with_time in [true, false] {
+        let header = format_header(with_time, true, TypeColumn::Wide);
+        let line = format_event(&e, with_time, true, TypeColumn::Wide);
+        assert_eq!(field_starts(&line), field_starts(&header), "\n{header}\n{line}");
+    }
+    let narrow = format_event(&e, true, true, TypeColumn::Tcptracer);
+    let header = format_header(true, true, TypeColumn::Tcptracer);
+    assert_eq!(
+        field_starts(&narrow) == field_starts(&header),
+        kind != EventKind::FailedConnect,
+        "\n{header}\n{narrow}"
     );
 }
 
@@ -744,6 +779,7 @@ fn arb_event() -> impl Strategy<Value = TcpEvent> {
                     _ => Clock::Relative,
                 },
                 kind,
+                direction: kind.direction(),
                 pid,
                 comm: comm.clone(),
                 family: Family::of(&saddr),
@@ -851,8 +887,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn format_then_parse_round_trips(ev in arb_event(), with_time in any::<bool>(), with_netns in any::<bool>()) {
-        let line = format_event(&ev, with_time, with_netns);
+    fn format_then_parse_round_trips(
+        ev in arb_event(),
+        with_time in any::<bool>(),
+        with_netns in any::<bool>(),
+        types in prop_oneof![Just(TypeColumn::Tcptracer), Just(TypeColumn::Wide)],
+    ) {
+        let line = format_event(&ev, with_time, with_netns, types);
         let mut want = ev.clone();
         if !with_time {
             want.time_ns = None;
@@ -954,7 +995,9 @@ proptest! {
                     let key = vec![
                         ev.kind.as_str().to_string(), ev.pid.to_string(), ev.comm.clone(),
                         ev.family.number().to_string(), ev.saddr.to_string(), ev.daddr.to_string(),
-                        ev.sport.to_string(), ev.dport.to_string(),
+                        // An accept's DPORT (the client's port) is no part of its key.
+                        ev.sport.to_string(),
+                        if ev.kind == EventKind::Accept { "-".into() } else { ev.dport.to_string() },
                         ev.netns.map_or("-".into(), |n| n.to_string()),
                     ];
                     let c = want.entry(key).or_default();
@@ -980,6 +1023,118 @@ proptest! {
             .map(|r| (r.key.iter().map(|v| v.to_string()).collect(), (r.counts.events, r.counts.closes)))
             .collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+/// Accepts from one client on many ephemeral ports are one row per (netns, client, `-`) in
+/// every path of the reader, as in both live modes; their SPORT is the listening port. A
+/// close line does not say who opened the connection, so it keeps its DPORT.
+#[rstest]
+#[case::packed_path(vec![Field::Netns, Field::Daddr, Field::Dport], "", 1)]
+#[case::fast_path(vec![Field::Comm, Field::Netns, Field::Daddr, Field::Dport], "", 1)]
+// A leading blank leaves every line to the full parser.
+#[case::full_parser(vec![Field::Netns, Field::Daddr, Field::Dport], " ", 1)]
+#[case::packed_path_threads(vec![Field::Netns, Field::Daddr, Field::Dport], "", 3)]
+fn accepts_rank_without_the_clients_port(#[case] fields: Vec<Field>, #[case] lead: &str, #[case] threads: usize) {
+    let mut log = format!("{BANNER}\n{}\n", bcc_header(Some(TimeUnit::Nanoseconds), true, true));
+    for i in 0..40u64 {
+        let port = 40000 + i;
+        log.push_str(&format!(
+            "{lead}{:<14}accept       9      server           4  10.244.0.9       10.244.1.7       8080   {port:<6} 4026532785\n",
+            i * 1000
+        ));
+        log.push_str(&format!(
+            "{lead}{:<14}close        9      server           4  10.244.0.9       10.244.1.7       8080   {port:<6} 4026532785\n",
+            i * 1000 + 500
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accepts.log");
+    std::fs::write(&path, &log).unwrap();
+    let s = LogReader::new()
+        .groupings(vec![fields.clone(), vec![Field::Kind, Field::Sport]])
+        .threads(threads)
+        .read_path(&path)
+        .unwrap();
+    let r = s.rank(&fields, Metric::Accepts).unwrap();
+    assert_eq!(r.rows.len(), 1, "{r:?}");
+    assert_eq!(r.rows[0].counts.accepts, 40);
+    assert_eq!(r.value(&r.rows[0], Field::Dport), Some(&Value::Missing));
+    assert_eq!(r.value(&r.rows[0], Field::Daddr), Some(&Value::Ip(ip("10.244.1.7"))));
+    assert_eq!(r.rows[0].counts.closes, 0, "closes keep their DPORT: {r:?}");
+    assert_eq!(s.rank(&fields, Metric::Closes).unwrap().rows.len(), 40);
+    let k = s.rank(&[Field::Kind, Field::Sport], Metric::Accepts).unwrap();
+    assert_eq!(k.rows[0].key, vec![Value::Kind(EventKind::Accept), Value::Int(8080)]);
+}
+
+proptest! {
+    /// Connects, failures and closes between two IPv4 addresses, some from IPv4 sockets and
+    /// some from dual-stack IPv6 sockets (IPv4-mapped addresses, `IP` 6): every path of the
+    /// reader (packed, fast, full) and any thread split ranks them in one row per grouping,
+    /// keyed by the IPv4 addresses, with every event counted.
+    #[test]
+    fn ipv4_mapped_lines_rank_with_ipv4_lines(
+        local in any::<[u8; 4]>(),
+        remote in any::<[u8; 4]>(),
+        evs in proptest::collection::vec(
+            (any::<bool>(), prop_oneof![Just(EventKind::Connect), Just(EventKind::FailedConnect), Just(EventKind::Close)]),
+            1..60,
+        ),
+        threads in 1usize..4,
+    ) {
+        let (l4, r4) = (std::net::Ipv4Addr::from(local), std::net::Ipv4Addr::from(remote));
+        let mut log = format!("{BANNER}\n{}\n", bcc_header(Some(TimeUnit::Nanoseconds), true, true));
+        for (i, (mapped, kind)) in evs.iter().enumerate() {
+            let (saddr, daddr) = if *mapped {
+                (IpAddr::V6(l4.to_ipv6_mapped()), IpAddr::V6(r4.to_ipv6_mapped()))
+            } else {
+                (IpAddr::V4(l4), IpAddr::V4(r4))
+            };
+            let e = TcpEvent {
+                time_ns: Some(i as u64 * 1000),
+                clock: Clock::Relative,
+                kind: *kind,
+                direction: kind.direction(),
+                pid: 7,
+                comm: "app".into(),
+                family: Family::of(&saddr),
+                saddr,
+                daddr,
+                sport: 40000 + i as u16,
+                dport: 443,
+                netns: Some(4026532785),
+                cgroup_id: None,
+                prev_state: None,
+                duration_ns: None,
+                error: None,
+            };
+            log.push_str(&format_event(&e, true, true, TypeColumn::Wide));
+            log.push('\n');
+        }
+        let groupings = vec![
+            vec![Field::Saddr, Field::Netns],
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Family, Field::Daddr],
+            vec![Field::Comm, Field::Daddr],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapped.log");
+        std::fs::write(&path, &log).unwrap();
+        let s = LogReader::new().groupings(groupings.clone()).threads(threads).read_path(&path).unwrap();
+        prop_assert_eq!(s.malformed_lines, 0, "{:?}", s.notes);
+        for g in &groupings {
+            let r = s.rank(g, Metric::Events).unwrap();
+            prop_assert_eq!(r.rows.len(), 1, "{:?}: {:?}", g, r.rows);
+            prop_assert_eq!(r.rows[0].counts.events, evs.len() as u64);
+            for (f, v) in g.iter().zip(&r.rows[0].key) {
+                match f {
+                    Field::Saddr => prop_assert_eq!(v, &Value::Ip(IpAddr::V4(l4))),
+                    Field::Daddr => prop_assert_eq!(v, &Value::Ip(IpAddr::V4(r4))),
+                    Field::Family => prop_assert_eq!(v, &Value::Family(Family::Ipv4)),
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

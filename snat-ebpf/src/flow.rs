@@ -10,8 +10,8 @@
 //!
 //! | field | outbound / unknown row | inbound row |
 //! | --- | --- | --- |
-//! | `netns`, `family`, `saddr`, `daddr` | the key's value | the key's value |
-//! | `dport` | the remote port | `Missing` (`-`) |
+//! | `netns`, `family`, `saddr`, `daddr` | the key's value (an IPv4-mapped address, and its family, as IPv4) | the same |
+//! | `dport` | the remote port | `Missing` (`-`): the client's port is not recorded |
 //! | `sport` | `Missing` | the listening port |
 //! | `pid`, `comm` | not available (`None`: grouping by them is an error) | same |
 //! | `kind` | not available on a whole row | same |
@@ -20,10 +20,16 @@
 //! one record per event kind with a non-zero count (connects, accepts, closes, failed
 //! connects), each carrying only that kind's counts; `open` rides on the connect (outbound)
 //! or accept (inbound) part. The parts add up to the row, so totals are unchanged.
+//!
+//! Stream-mode events rank the same way ([`snat_core::aggregate::Field::Dport`]): an
+//! event's [`TcpEvent::direction`] is the kernel's direction of its connection, and the
+//! `dport` of an inbound event (an accept, or the close of an accepted connection) is
+//! `Missing` in rankings, though the event itself carries the client's port. So a
+//! grouping without `sport`, `pid` or `comm` gives the same rows and counts in both modes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use snat_core::aggregate::{Counts, Field, Record, Value};
+use snat_core::aggregate::{Counts, Field, Record, Value, key_family};
 use snat_core::model::{Clock, Direction, EventKind, Family, TcpEvent, TcpState};
 
 use crate::abi::{self, FlowCounts, FlowKey, RawEvent};
@@ -152,9 +158,10 @@ impl FlowRow {
         let inbound = self.direction == Direction::Inbound;
         Some(match field {
             Field::Kind | Field::Pid | Field::Comm => return None,
-            Field::Family => Value::Family(self.family),
-            Field::Saddr => Value::Ip(self.saddr),
-            Field::Daddr => Value::Ip(self.daddr),
+            // As for events: an IPv4-mapped address is keyed as IPv4 (see `Field::Daddr`).
+            Field::Family => Value::Family(key_family(self.family, &self.daddr)),
+            Field::Saddr => Value::Ip(self.saddr.to_canonical()),
+            Field::Daddr => Value::Ip(self.daddr.to_canonical()),
             Field::Sport if inbound => Value::Int(u64::from(self.port)),
             Field::Sport => Value::Missing,
             Field::Dport if inbound => Value::Missing,
@@ -259,7 +266,9 @@ pub fn event_from_raw(r: &RawEvent, clock: &WallClock) -> Option<TcpEvent> {
         time_ns: Some(clock.unix_ns(r.ts_ns)),
         clock: Clock::Unix,
         kind,
-        pid: r.pid,
+        direction: direction_of(r.direction),
+        // An unknown owner is pid 0 and no comm, whatever the record holds.
+        pid: if owner_known { r.pid } else { 0 },
         comm: if owner_known { comm_of(&r.comm) } else { String::new() },
         family,
         saddr: ip_of(family, &r.saddr),
@@ -361,6 +370,129 @@ mod tests {
         assert!(bad.add(&out).is_err());
     }
 
+    /// The kernel keys a dual-stack socket's flow to `::ffff:198.18.0.2` apart from an IPv4
+    /// socket's flow to 198.18.0.2 (family and addresses differ): rankings put them in one
+    /// row, keyed by the IPv4 addresses, with the counts summed.
+    #[test]
+    fn ipv4_mapped_rows_rank_with_ipv4_rows() {
+        let v4 = row(
+            abi::DIR_OUTBOUND,
+            443,
+            FlowCounts {
+                connects: 3,
+                ..Default::default()
+            },
+        );
+        let mut k = FlowKey {
+            netns: 4026532001,
+            family: abi::AF_INET6,
+            port: 443,
+            direction: abi::DIR_OUTBOUND,
+            ..FlowKey::default()
+        };
+        k.saddr = Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
+        k.daddr = Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let mapped = FlowRow::from_raw(
+            &k,
+            &FlowCounts {
+                connects: 4,
+                failed_connects: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(mapped.daddr, "::ffff:198.18.0.2".parse::<IpAddr>().unwrap());
+        let by = vec![
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Saddr, Field::Netns],
+            vec![Field::Family, Field::Kind],
+        ];
+        let mut s = TraceSummary::new("live", by.clone());
+        for r in [&v4, &mapped] {
+            for part in r.split_by_kind() {
+                s.add(&part).unwrap();
+            }
+        }
+        let r = s.rank(&by[0], Metric::Attempts).unwrap();
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!(r.rows[0].key[1], Value::Ip("198.18.0.2".parse().unwrap()));
+        assert_eq!(r.rows[0].counts.get(Metric::Attempts), 8);
+        let r = s.rank(&by[1], Metric::Events).unwrap();
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!(r.rows[0].key[0], Value::Ip("198.18.0.1".parse().unwrap()));
+        let r = s.rank(&by[2], Metric::Events).unwrap();
+        assert!(
+            r.rows.iter().all(|row| row.key[0] == Value::Family(Family::Ipv4)),
+            "{r:?}"
+        );
+    }
+
+    /// An accepted connection as the kernel's inbound row and as stream-mode events (an
+    /// accept and a close per connection, each with the client's port and the kernel's
+    /// direction): the same rows with the same counts.
+    #[test]
+    fn inbound_events_rank_like_the_inbound_row() {
+        let inb = row(
+            abi::DIR_INBOUND,
+            8080,
+            FlowCounts {
+                accepts: 3,
+                closes: 3,
+                ..Default::default()
+            },
+        );
+        let mut events = Vec::new();
+        for (i, kind) in [EventKind::Accept, EventKind::Close]
+            .into_iter()
+            .cycle()
+            .take(6)
+            .enumerate()
+        {
+            events.push(TcpEvent {
+                time_ns: None,
+                clock: Clock::Unix,
+                kind,
+                direction: Direction::Inbound,
+                pid: 1,
+                comm: "srv".into(),
+                family: Family::Ipv4,
+                saddr: inb.saddr,
+                daddr: inb.daddr,
+                sport: 8080,
+                dport: 50000 + (i / 2) as u16,
+                netns: Some(inb.netns),
+                cgroup_id: None,
+                prev_state: None,
+                duration_ns: None,
+                error: None,
+            });
+        }
+        let by = vec![
+            vec![Field::Netns, Field::Daddr, Field::Dport],
+            vec![Field::Kind, Field::Sport, Field::Dport],
+        ];
+        let mut from_row = TraceSummary::new("live", by.clone());
+        for part in inb.split_by_kind() {
+            from_row.add(&part).unwrap();
+        }
+        let mut from_events = TraceSummary::new("live", by.clone());
+        for e in &events {
+            from_events.add(e).unwrap();
+        }
+        for g in &by {
+            let rows = |s: &TraceSummary| {
+                s.rank(g, Metric::Events)
+                    .unwrap()
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.key, r.counts.events, r.counts.accepts, r.counts.closes))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(rows(&from_events), rows(&from_row), "{g:?}");
+        }
+        assert_eq!(from_events.rank(&by[0], Metric::Events).unwrap().rows.len(), 1);
+    }
+
     #[test]
     fn events_decode() {
         let mut r = RawEvent {
@@ -388,10 +520,14 @@ mod tests {
         assert_eq!(e.error, Some(libc::ECONNREFUSED));
         assert_eq!(e.prev_state, Some(TcpState::SynSent));
         assert_eq!(e.cgroup_id, Some(9));
+        assert_eq!(e.direction, Direction::Unknown);
+        r.direction = abi::DIR_OUTBOUND;
+        assert_eq!(event_from_raw(&r, &clock).unwrap().direction, Direction::Outbound);
         r.flags = 0;
         r.kind = abi::KIND_CLOSE;
         let e = event_from_raw(&r, &clock).unwrap();
-        assert_eq!(e.comm, "");
+        assert_eq!((e.pid, e.comm.as_str()), (0, ""));
+        assert!(!e.owner_known());
         assert_eq!(e.cgroup_id, None);
         assert_eq!(e.error, None);
         r.kind = 99;

@@ -25,7 +25,9 @@
 //! for pre-fork servers and sockets passed to another process). Sockets and listeners
 //! created before the trace started get their owner from a snapshot taken at attach time
 //! ([`seed`], on by default: [`TracerBuilder::seed_owners`]); those it cannot name have an
-//! unknown owner (pid 0, empty comm).
+//! unknown owner ([`snat_core::model::TcpEvent::owner_known`]: pid 0 and an empty comm in
+//! the event, written `0 [unknown]` in tcptracer text and `"pid": null, "comm": null` in
+//! JSON Lines).
 //!
 //! Counting connections per flow for ten seconds, in the kernel, and ranking them like
 //! the article's `tcptracer | awk | sort | uniq`:

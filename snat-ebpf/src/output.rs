@@ -4,31 +4,39 @@
 //!
 //! The text is [`snat_core::tcptracer::format_event`]'s, the same formatter the log reader
 //! is tested against, so a live trace written here reads back through `tcptracer::read`.
+//! Its TYPE column is 14 characters wide ([`TypeColumn::Wide`]), two more than tcptracer's,
+//! so that `failed_connect`, which tcptracer never prints, fits it: every line stays aligned
+//! under the header. Columns keep tcptracer's order and are separated by blanks, so
+//! whitespace-splitting habits (`awk '{print $6,$10}'`) read the same fields.
 
 use std::io::{self, Write};
 
 use snat_core::model::TcpEvent;
-use snat_core::tcptracer::{format_event, format_header};
+use snat_core::tcptracer::{TypeColumn, format_event, format_header};
 
 /// tcptracer's first line.
 pub use snat_core::tcptracer::BANNER as TCPTRACER_BANNER;
 
-/// The `-t -v` column header (`TIME(ns) TYPE PID COMM IP SADDR DADDR SPORT DPORT NETNS`).
+/// The `-t -v` column header (`TIME(ns) TYPE PID COMM IP SADDR DADDR SPORT DPORT NETNS`),
+/// with the wide TYPE column.
 pub fn tcptracer_header() -> String {
-    format_header(true, true)
+    format_header(true, true, TypeColumn::Wide)
 }
 
 /// One event as a `tcptracer -t -v` line (no newline). `start_ns` is the time of the
 /// first event of the trace: tcptracer's TIME column counts from it. Failed connects, which
 /// tcptracer never reports, are typed `failed_connect` (snat's log reader accepts it).
-/// An owner the tracer could not know is printed as pid 0 and comm `[unknown]`.
+/// An owner the tracer could not know ([`TcpEvent::owner_known`]) is printed as pid 0 and
+/// comm `[unknown]` (JSON Lines: `pid` and `comm` null); an empty comm also as `[unknown]`,
+/// so that the line keeps its number of fields.
 pub fn tcptracer_line(ev: &TcpEvent, start_ns: u64) -> String {
     let mut rel = ev.clone();
     rel.time_ns = Some(ev.time_ns.map_or(0, |t| t.saturating_sub(start_ns)));
-    if rel.comm.is_empty() {
+    if !ev.owner_known() || rel.comm.is_empty() {
+        rel.pid = 0;
         rel.comm = "[unknown]".into();
     }
-    format_event(&rel, true, true)
+    format_event(&rel, true, true, TypeColumn::Wide)
 }
 
 /// Writes events as tcptracer `-t -v` text: the banner and header first, then one line per
@@ -60,7 +68,8 @@ impl<W: Write> TextWriter<W> {
     }
 }
 
-/// Writes events as JSON Lines (serde of [`TcpEvent`]).
+/// Writes events as JSON Lines (serde of [`TcpEvent`]; its documentation lists the fields).
+/// An owner the tracer could not know is `"pid": null, "comm": null`.
 #[derive(Debug)]
 pub struct JsonlWriter<W: Write> {
     out: W,
@@ -96,6 +105,7 @@ mod tests {
             time_ns: Some(t),
             clock: Clock::Unix,
             kind,
+            direction: kind.direction(),
             pid: 4242,
             comm: "curl worker".into(),
             family,
@@ -156,9 +166,69 @@ mod tests {
         assert_eq!(l[1], "failed_connect");
         assert_eq!(l[6], "[fd00::1]");
         assert_eq!(l[7], "[2001:db8::5]");
-        // Fixed columns as tcptracer prints them: TYPE starts at column 14, PID at 27.
+        // TYPE starts at column 14 as in tcptracer; PID at 29, two further right.
         assert_eq!(&lines[2][14..21], "connect");
-        assert_eq!(&lines[2][27..31], "4242");
+        assert_eq!(&lines[2][29..33], "4242");
+    }
+
+    /// Where each whitespace-separated field of `line` starts.
+    fn field_starts(line: &str) -> Vec<usize> {
+        let b = line.as_bytes();
+        (0..b.len())
+            .filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' '))
+            .collect()
+    }
+
+    /// A failed connect's line and a connect's line (and every other kind's) start each
+    /// field under the header's, and split into as many fields as the header names.
+    #[test]
+    fn failed_connect_lines_align_with_the_others_under_the_header() {
+        let mut w = TextWriter::new(Vec::new()).unwrap();
+        let kinds = [
+            EventKind::Connect,
+            EventKind::FailedConnect,
+            EventKind::Accept,
+            EventKind::Close,
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let mut e = ev(kind, Family::Ipv4, "10.0.0.1", "203.0.113.5", 1_000 + i as u64);
+            e.comm = "curl".into();
+            w.write(&e).unwrap();
+        }
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        let header = field_starts(lines[0]);
+        assert_eq!(header.len(), 10, "{}", lines[0]);
+        for (kind, line) in kinds.iter().zip(&lines[1..]) {
+            assert_eq!(field_starts(line), header, "{kind:?}:\n{}\n{line}", lines[0]);
+            assert_eq!(line.split_whitespace().count(), 10, "{line}");
+            assert_eq!(line.split_whitespace().nth(1), Some(kind.as_str()));
+        }
+    }
+
+    /// An event whose owner the tracer could not know: pid 0 and `[unknown]` in the text
+    /// (whose columns need a number and a word), null pid and comm in JSON Lines, and both
+    /// read back as an event without owner.
+    #[test]
+    fn an_unknown_owner_reads_as_unknown_in_text_and_json() {
+        let mut e = ev(EventKind::Close, Family::Ipv4, "10.0.0.1", "203.0.113.5", 7);
+        e.pid = 0;
+        e.comm = String::new();
+        let line = tcptracer_line(&e, 0);
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols.len(), cols[2], cols[3]), (10, "0", "[unknown]"), "{line}");
+        match parse_line(&line).unwrap() {
+            Line::Event(back) => assert!(!back.owner_known(), "{back:?}"),
+            other => panic!("{other:?}"),
+        }
+        let mut w = JsonlWriter::new(Vec::new());
+        w.write(&e).unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(v["pid"].is_null() && v["comm"].is_null(), "{text}");
+        let back: TcpEvent = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(!back.owner_known());
+        assert_eq!(back, e);
     }
 
     #[test]

@@ -389,6 +389,7 @@ mod tests {
             time_ns: None,
             clock: Clock::Unix,
             kind,
+            direction: kind.direction(),
             pid: 0,
             comm: String::new(),
             family: Family::Ipv6,

@@ -12,7 +12,7 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{A4, A6, B4, B6, Netns, Server, Veth, collect, drop_syns, ip, need_root, unique, wait_until_closed};
-use snat_core::aggregate::{Field, Metric, TraceSummary};
+use snat_core::aggregate::{Field, Metric, TraceSummary, Value};
 use snat_core::model::{Direction, EventKind, Family, TcpEvent, TcpState};
 use snat_ebpf::{AttachPoint, FlowRow, KernelReads, KernelStats, Mode, TracerBuilder};
 
@@ -213,10 +213,14 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
         }
     }
 
-    // Aggregated counts equal the event stream's.
+    // Aggregated counts equal the event stream's, `dport` included: the closes of accepted
+    // connections carry the kernel's direction, so their client port is left out as the
+    // kernel's inbound row leaves it out.
     let by = vec![
         vec![Field::Netns, Field::Saddr, Field::Daddr],
         vec![Field::Netns, Field::Kind],
+        vec![Field::Netns, Field::Daddr, Field::Dport],
+        vec![Field::Kind, Field::Netns, Field::Dport],
     ];
     let from_events = summary_of_events(&events, by.clone());
     let from_flows = summary_of_flows(&res.flows, by.clone());
@@ -228,6 +232,141 @@ fn connections(v6: bool, mode: Mode, point: AttachPoint, probe: bool) {
         let fk: Vec<_> = f.rows.iter().map(|r| (r.key.clone(), r.counts.events)).collect();
         assert_eq!(ek, fk, "grouping {g:?}");
     }
+}
+
+/// Ranked rows with their counts (`open` aside: stream-mode events do not carry it).
+fn ranked(s: &TraceSummary, fields: &[Field]) -> Vec<(Vec<Value>, [u64; 5])> {
+    s.rank(fields, Metric::Events)
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| {
+            let c = r.counts;
+            (r.key, [c.events, c.connects, c.accepts, c.closes, c.failed_connects])
+        })
+        .collect()
+}
+
+/// The same traffic, traced once in aggregated mode and once in stream mode, ranks into the
+/// same rows with the same counts. The client connects to the server's IPv4 address from
+/// IPv4 sockets and from dual-stack IPv6 sockets (to `::ffff:198.18.0.2`); the server
+/// listens on `[::]`, so it accepts every connection on an IPv6 socket with IPv4-mapped
+/// addresses. Both kinds of client socket count in one row per destination, and the server's
+/// accepts (and their closes) have no `dport` in either mode.
+#[test]
+fn both_modes_rank_the_same_traffic_alike() {
+    if !need_root() {
+        return;
+    }
+    const N: usize = 8;
+    let a = Netns::new();
+    let b = Netns::new();
+    let _veth = Veth::join(&a, &b);
+    let server = Server::start(&b, ip("::"));
+    let port = server.port;
+    let (Ok(IpAddr::V4(b4)), Ok(IpAddr::V4(a4))) = (B4.parse::<IpAddr>(), A4.parse::<IpAddr>()) else {
+        unreachable!("A4 and B4 are IPv4 literals")
+    };
+    let groupings = vec![
+        vec![Field::Netns, Field::Daddr, Field::Dport],
+        vec![Field::Saddr, Field::Netns],
+        vec![
+            Field::Netns,
+            Field::Kind,
+            Field::Family,
+            Field::Saddr,
+            Field::Daddr,
+            Field::Dport,
+        ],
+    ];
+    let mut by_mode = Vec::new();
+    for mode in [Mode::Aggregated, Mode::Stream] {
+        let tracer = TracerBuilder::new()
+            .mode(mode)
+            .netns([a.inode(), b.inode()])
+            .attach()
+            .unwrap();
+        let client = unique("ds");
+        let families: Vec<Family> = a
+            .in_thread(&client, move || {
+                (0..2 * N)
+                    .map(|i| {
+                        let to = if i % 2 == 0 {
+                            IpAddr::V4(b4)
+                        } else {
+                            IpAddr::V6(b4.to_ipv6_mapped())
+                        };
+                        let mut s = TcpStream::connect((to, port)).unwrap();
+                        s.write_all(b"x").unwrap();
+                        Family::of(&s.local_addr().unwrap().ip())
+                    })
+                    .collect()
+            })
+            .join()
+            .unwrap();
+        // Half the client sockets really were IPv6 (dual-stack) sockets.
+        assert_eq!(families.iter().filter(|f| **f == Family::Ipv6).count(), N);
+        wait_until_closed(&a, Duration::from_secs(90));
+        wait_until_closed(&b, Duration::from_secs(90));
+        // Per connection: connect and close in A, accept and close in B.
+        let (events, res) = collect(tracer, 8 * N as u64);
+        no_loss(&res.stats);
+        assert_eq!(res.stats.counted, 8 * N as u64, "{mode:?}: {:?}", res.stats);
+        let s = match mode {
+            Mode::Aggregated => {
+                // The kernel keys the IPv4 and the dual-stack client sockets apart.
+                let families: BTreeSet<Family> = res
+                    .flows
+                    .iter()
+                    .filter(|f| f.direction == Direction::Outbound)
+                    .map(|f| f.family)
+                    .collect();
+                assert_eq!(families, [Family::Ipv4, Family::Ipv6].into(), "{:#?}", res.flows);
+                summary_of_flows(&res.flows, groupings.clone())
+            }
+            Mode::Stream => {
+                assert_eq!(events.len(), 8 * N);
+                // The events themselves keep what the kernel reported: the client's port on
+                // accepts, IPv4-mapped addresses on IPv6 sockets.
+                let accepts = of_kind(&events, EventKind::Accept);
+                assert!(
+                    accepts.iter().all(|e| e.dport != port && e.sport == port),
+                    "{accepts:?}"
+                );
+                assert!(
+                    accepts.iter().all(|e| e.daddr == IpAddr::V6(a4.to_ipv6_mapped())),
+                    "{accepts:?}"
+                );
+                summary_of_events(&events, groupings.clone())
+            }
+        };
+        by_mode.push(groupings.iter().map(|g| ranked(&s, g)).collect::<Vec<_>>());
+    }
+    for (g, (agg, stream)) in groupings.iter().zip(by_mode[0].iter().zip(&by_mode[1])) {
+        assert_eq!(agg, stream, "grouping {g:?}: aggregated vs stream");
+    }
+    // One row per destination: the client's connects to 198.18.0.2 (IPv4 and mapped
+    // together), and the server's accepts from 198.18.0.1 without a port.
+    let n = 2 * N as u64;
+    let want = vec![
+        (
+            vec![
+                Value::Int(a.inode()),
+                Value::Ip(IpAddr::V4(b4)),
+                Value::Int(u64::from(port)),
+            ],
+            [2 * n, n, 0, n, 0],
+        ),
+        (
+            vec![Value::Int(b.inode()), Value::Ip(IpAddr::V4(a4)), Value::Missing],
+            [2 * n, 0, n, n, 0],
+        ),
+    ];
+    let mut got = by_mode[1][0].clone();
+    got.sort();
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -136,7 +136,10 @@ pub fn render_table(columns: &[String], rows: &[Vec<Value>]) -> String {
 }
 
 /// One chart series as a table row: name, number of points, total, peak, the x of the
-/// first peak, and the last value.
+/// first peak, and the last value. The total is the series' own numeric `total` when it
+/// has one (`timeline.grouped` gives one that fits its metric: for `open`, a level per
+/// bucket, the last level, which a sum of the points would not be), else the sum of the
+/// points.
 fn chart_summary(s: &Value) -> Vec<Value> {
     let pts: Vec<(f64, f64)> = s["points"]
         .as_array()
@@ -160,7 +163,10 @@ fn chart_summary(s: &Value) -> Vec<Value> {
     vec![
         s["name"].clone(),
         Value::from(pts.len()),
-        num(pts.iter().map(|p| p.1).sum()),
+        s.get("total")
+            .filter(|t| t.is_number())
+            .cloned()
+            .unwrap_or_else(|| num(pts.iter().map(|p| p.1).sum())),
         peak.map_or(Value::Null, |p| num(p.1)),
         peak.map_or(Value::Null, |p| num(p.0)),
         pts.last().map_or(Value::Null, |p| num(p.1)),
@@ -460,6 +466,16 @@ mod tests {
         );
         assert!(text.contains("pod-a   4       21     9              1.5   1"), "{text}");
         assert!(text.contains("other   0       0      -              -     -"), "{text}");
+    }
+
+    /// The total column: a series' own total when it has one (a timeline's `open` series
+    /// gives its last level), else the sum of its points.
+    #[rstest::rstest]
+    #[case::counts_sum_their_points(json!({"name": "a", "points": [[0, 2], [1, 3]]}), json!(5))]
+    #[case::a_series_total_wins(json!({"name": "open", "points": [[0, 5], [1, 2], [2, 4]], "total": 4}), json!(4))]
+    #[case::a_total_that_is_no_number_is_ignored(json!({"name": "a", "points": [[0, 1]], "total": "x"}), json!(1))]
+    fn chart_totals(#[case] series: Value, #[case] want: Value) {
+        assert_eq!(chart_summary(&series)[2], want);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! near-miss lines and on garbage, and that real `-t4v` lines do take the fast path.
 
 use super::{Family, Field, RawEvent, is_blank, parse_addr, parse_kind, parse_u64};
+use crate::aggregate::key_family;
 use crate::model::EventKind;
 
 /// The columns of a line [`scan`] accepted, as slices of the line.
@@ -22,7 +23,9 @@ pub(super) struct FastLine<'a> {
     pub(super) kind: EventKind,
     pid: &'a [u8],
     comm: &'a [u8],
-    family: Family,
+    /// The family a ranking keys the line under: its `IP` column, but IPv4 for an
+    /// IPv4-mapped DADDR.
+    key_family: Family,
     saddr: &'a [u8],
     daddr: &'a [u8],
     sport: &'a [u8],
@@ -307,16 +310,16 @@ pub(super) fn scan<'a>(line: &'a [u8], m: &Masks) -> Option<FastLine<'a>> {
     if pid_e >= ip_s || !number_ok(line, m, pid_s, pid_e, 10, b"4294967295") {
         return None;
     }
-    let ok = match family {
-        Family::Ipv4 => ipv4_ok(line, m, saddr_s, saddr_e) && ipv4_ok(line, m, daddr_s, daddr_e),
-        Family::Ipv6 => {
-            parse_addr(&line[saddr_s..saddr_e], family, "SADDR").is_ok()
-                && parse_addr(&line[daddr_s..daddr_e], family, "DADDR").is_ok()
-        }
-    };
-    if !ok {
-        return None;
-    }
+    let key_family = match family {
+        Family::Ipv4 => (ipv4_ok(line, m, saddr_s, saddr_e) && ipv4_ok(line, m, daddr_s, daddr_e)).then_some(family),
+        Family::Ipv6 => match (
+            parse_addr(&line[saddr_s..saddr_e], family, "SADDR"),
+            parse_addr(&line[daddr_s..daddr_e], family, "DADDR"),
+        ) {
+            (Ok(_), Ok(daddr)) => Some(key_family(family, &daddr)),
+            _ => None,
+        },
+    }?;
     // COMM: what lies between PID and IP, without the blanks around it.
     let comm_s = m.next(pid_e, false).min(ip_s);
     let comm_e = m.token_end_before(ip_s).unwrap_or(0).max(comm_s);
@@ -324,7 +327,7 @@ pub(super) fn scan<'a>(line: &'a [u8], m: &Masks) -> Option<FastLine<'a>> {
         kind,
         pid: &line[pid_s..pid_e],
         comm: &line[comm_s..comm_e],
-        family,
+        key_family,
         saddr: &line[saddr_s..saddr_e],
         daddr: &line[daddr_s..daddr_e],
         sport: &line[sport_s..sport_e],
@@ -364,10 +367,12 @@ pub(super) fn encode_raw_key(line: &FastLine<'_>, fields: &[Field], buf: &mut Ve
             Field::Kind => buf.push(super::kind_code(line.kind)),
             Field::Pid => push_slice(buf, line.pid),
             Field::Comm => push_slice(buf, line.comm),
-            Field::Family => buf.push(line.family.number()),
+            Field::Family => buf.push(line.key_family.number()),
             Field::Saddr => push_slice(buf, line.saddr),
             Field::Daddr => push_slice(buf, line.daddr),
             Field::Sport => push_slice(buf, line.sport),
+            // An accept's DPORT is left out of its key (see `Field::Dport`): empty.
+            Field::Dport if line.kind == EventKind::Accept => push_slice(buf, &[]),
             Field::Dport => push_slice(buf, line.dport),
             Field::Netns => push_slice(buf, line.netns),
         }
@@ -416,7 +421,10 @@ pub(super) fn raw_to_key(mut raw: &[u8], fields: &[Field], out: &mut Vec<u8>) ->
                 }
             }
             Field::Sport => ev.sport = u16::try_from(parse_u64(take_slice(b))?).ok()?,
-            Field::Dport => ev.dport = u16::try_from(parse_u64(take_slice(b))?).ok()?,
+            Field::Dport => match take_slice(b) {
+                [] => ev.direction = crate::model::Direction::Inbound,
+                t => ev.dport = u16::try_from(parse_u64(t)?).ok()?,
+            },
             Field::Netns => ev.netns = Some(parse_u64(take_slice(b))?),
         }
     }
@@ -451,7 +459,7 @@ mod tests {
         };
         prop_assert_eq!(f.kind, ev.kind);
         prop_assert_eq!(f.comm, ev.comm);
-        prop_assert_eq!(f.family, ev.family);
+        prop_assert_eq!(f.key_family, key_family(ev.family, &ev.daddr));
         let (mut raw, mut want, mut got) = (Vec::new(), Vec::new(), Vec::new());
         for n in 1..=ALL.len() {
             for fields in [&ALL[..n], &ALL[ALL.len() - n..]] {

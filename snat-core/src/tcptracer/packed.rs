@@ -19,6 +19,10 @@
 //! identical either way (the tests compare the paths on generated and corrupted logs).
 
 use super::{Field, RawEvent, kind_of_code, parse_ipv4, parse_u64};
+use crate::model::{Direction, EventKind};
+
+/// A packed DPORT that stands for "left out of the key" (an accept's).
+const DPORT_MISSING: u64 = 1 << 16;
 
 /// Bytes [`scan`] needs in the buffer from the line's start: the 128 classified, plus 16 so
 /// that a 16-byte load at any position inside the line stays in bounds.
@@ -147,7 +151,8 @@ pub(super) struct Need {
     netns: bool,
 }
 
-/// Bits a field takes in a packed key: IPv4 only, so the family is implied (0 bits).
+/// Bits a field takes in a packed key: IPv4 only, so the family is implied (0 bits); DPORT
+/// has a 17th bit, set for an accept, whose DPORT is left out of keys (`Field::Dport`).
 fn width(f: Field) -> Option<u32> {
     Some(match f {
         Field::Kind => 3,
@@ -155,7 +160,8 @@ fn width(f: Field) -> Option<u32> {
         Field::Comm => return None,
         Field::Family => 0,
         Field::Saddr | Field::Daddr => 32,
-        Field::Sport | Field::Dport => 16,
+        Field::Sport => 16,
+        Field::Dport => 17,
         Field::Netns => 64,
     })
 }
@@ -209,6 +215,7 @@ impl Layout {
                 Field::Saddr => u64::from(l.saddr),
                 Field::Daddr => u64::from(l.daddr),
                 Field::Sport => u64::from(l.sport),
+                Field::Dport if kind_of_code(l.kind) == EventKind::Accept => DPORT_MISSING,
                 Field::Dport => u64::from(l.dport),
                 Field::Netns => l.netns,
             };
@@ -235,7 +242,10 @@ impl Layout {
                 Field::Saddr => ev.saddr = std::net::Ipv4Addr::from(bits(32) as u32).into(),
                 Field::Daddr => ev.daddr = std::net::Ipv4Addr::from(bits(32) as u32).into(),
                 Field::Sport => ev.sport = bits(16) as u16,
-                Field::Dport => ev.dport = bits(16) as u16,
+                Field::Dport => match bits(17) {
+                    DPORT_MISSING => ev.direction = Direction::Inbound,
+                    p => ev.dport = p as u16,
+                },
                 Field::Netns => ev.netns = Some(bits(64)),
             }
         }

@@ -18,6 +18,8 @@ fn columns() -> impl Strategy<Value = Vec<String>> {
             2 => "(0|00|01|[0-9]{1,4})\\.([0-9]{1,4})\\.([0-9]{1,3})(\\.[0-9]{0,4}){0,2}",
             1 => "(25[6-9]|2[6-9][0-9]|300)\\.1\\.1\\.1",
             1 => any::<[u8; 16]>().prop_map(|o| format!("[{}]", std::net::Ipv6Addr::from(o))),
+            // IPv4-mapped (ranked as IPv4), as tcptracer and snat print them.
+            1 => any::<[u8; 4]>().prop_map(|o| format!("[{}]", std::net::Ipv4Addr::from(o).to_ipv6_mapped())),
             1 => "\\[?[0-9a-f:]{2,20}\\]?",
         ]
     };

@@ -192,7 +192,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "chart",
         &["title: &str", "x_label: &str", "y_label: &str", "series: Array", "()"],
-        "Add a line chart: series is [#{name, points: [[x, y], ...]}, ...] (other keys are kept in the JSON\nreport). The HTML report draws it as inline SVG with a legend; table output prints each series'\ntotal, peak and where the peak is. timeline.grouped(...) returns series in this shape.",
+        "Add a line chart: series is [#{name, points: [[x, y], ...]}, ...] (other keys are kept in the JSON\nreport). The HTML report draws it as inline SVG with a legend; table output prints each series'\ntotal (its own `total` when it has a number there, else the sum of its points), peak and where the\npeak is. timeline.grouped(...) returns series in this shape, with a total that fits the metric.",
     )
     .set_into_module(
         &mut m,

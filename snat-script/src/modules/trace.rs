@@ -17,8 +17,8 @@
 //! | `pid` | only sockets owned by this process; a pid with no process at attach gets a warning and a note | all |
 //! | `dport` | only this server port (remote port outbound, local port inbound) | all |
 //! | `family` | `"ipv4"` or `"ipv6"` | both |
-//! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode) | none |
-//! | `jsonl_out` | write events as JSON Lines to this file (stream mode) | none |
+//! | `text_out` | write events as `tcptracer -t -v` text to this file (stream mode; TYPE is 14 characters wide so `failed_connect` lines align, fields split by blanks as tcptracer's) | none |
+//! | `jsonl_out` | write events as JSON Lines to this file (stream mode; fields as documented for `snat_core::model::TcpEvent`; an owner the tracer could not know is `"pid": null, "comm": null`) | none |
 //! | `bucket` | timeline bucket in seconds (0.5 to `seconds`, at most 1440 buckets) | max(1, seconds / 60) |
 //! | `seed_owners` | at attach, name the owners of sockets older than the trace (in stream mode listeners and connections; in aggregated mode listeners, and only with a `pid` filter, the one case that uses owners) from a census and `/proc` snapshot, so their accepts and closes do not show pid 0 | `true` |
 //! | `attach` | `"auto"` (raw tracepoint, else the classic one), `"raw_tracepoint"` or `"tracepoint"` (needs tracefs): same events, the raw one costs less | `"auto"` |
@@ -32,8 +32,12 @@
 //!
 //! In aggregated mode the kernel keeps one port per row (the remote port of outbound
 //! connections, the listening port of inbound ones) and no pid or comm: grouping by `pid`
-//! or `comm` needs `mode: "stream"`; `dport` of an inbound row and `sport` of an outbound
-//! row are `()`.
+//! or `comm` needs `mode: "stream"`, and `sport` of an outbound row is `()`. In both modes
+//! (and in `tcptracer::read`) `dport` is the destination port of connections this side
+//! opened and `()` for inbound ones (accepts, and the closes of accepted connections): their
+//! remote port is the client's ephemeral port, worth nothing in a ranking. So a ranking by
+//! `["netns", "daddr", "dport"]` gives the same rows in either mode; the events written to
+//! `text_out` and `jsonl_out` still carry the client's port.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -429,7 +433,7 @@ fn summarise(o: &TraceOptions, mut s: TraceSummary, res: &TraceResult) -> Result
             }
             if st.events_owner_unknown > 0 {
                 s.notes.push(format!(
-                    "{} events have no owner (pid 0): their socket predates the trace and {}",
+                    "{} events have no owner (pid 0 and comm [unknown] in text_out, pid and comm null in jsonl_out): their socket predates the trace and {}",
                     st.events_owner_unknown,
                     if o.seed_owners {
                         "the snapshot taken at attach did not name it"

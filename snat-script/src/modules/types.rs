@@ -37,7 +37,8 @@ const NO_TIMELINE: &str = "this trace has no timeline: trace::run always keeps o
 
 impl Timeline {
     /// Series folded by label (see [`CoreTimeline::grouped`]) as chart-ready maps:
-    /// `#{name, netns, values, total, peak, peak_at, points}`.
+    /// `#{name, netns, values, total, peak, peak_at, points}` (`total` as
+    /// [`snat_core::timeline::LabelledSeries::total`]: the last level for `open`).
     fn grouped(&self, labels: &Map, top: i64, metric: &str) -> Result<Array, Box<EvalAltResult>> {
         let metric: SeriesMetric = metric.parse().map_err(|e: snat_core::Error| e.to_string())?;
         let Ok(top) = usize::try_from(top) else {
@@ -373,7 +374,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     method(
         "grouped",
         &["timeline: Timeline", "labels: Map", "top: i64", "metric: &str", "Array"],
-        "Fold namespaces into labelled series for report::chart: labels maps a netns inode (as a string key)\nto a name (namespaces without one are `netns N`; several with the same name are added up), the\n`top` series by total (by peak for \"open\") are kept and the rest summed as \"other\". metric:\nattempts (connects + failed_connects), connects, accepts, failed_connects, closes or open. Each\nseries: #{name, netns, values, total, peak, peak_at (seconds), points: [[start, value], ...]}.",
+        "Fold namespaces into labelled series for report::chart: labels maps a netns inode (as a string key)\nto a name (namespaces without one are `netns N`; several with the same name are added up), the\n`top` series by total (by peak for \"open\") are kept and the rest summed as \"other\". metric:\nattempts (connects + failed_connects), connects, accepts, failed_connects, closes or open. Each\nseries: #{name, netns, values, total, peak, peak_at (seconds), points: [[start, value], ...]};\ntotal is the sum of the values, but for \"open\" (a level per bucket) the last level: the connections\nstill open at the end of the window.",
     )
     .set_into_module(
         &mut m,
@@ -495,6 +496,7 @@ mod tests {
                 time_ns: Some(i as u64),
                 clock: Clock::Relative,
                 kind: EventKind::Connect,
+                direction: snat_core::model::Direction::Outbound,
                 pid: 10,
                 comm: "curl".into(),
                 family: Family::Ipv4,
