@@ -449,6 +449,11 @@ async fn exec_forbidden_names_pods_exec() {
         err.contains("cannot create pods/exec \"api-7d9f-0\" in namespace \"shop\""),
         "{err}"
     );
+    // Exec is not in the base RBAC: the error names the optional role that grants it.
+    assert!(
+        err.contains("bind the optional ClusterRole snat-exec, deploy/optional/rbac-exec.yaml"),
+        "{err}"
+    );
 }
 
 fn spec(concurrency: usize) -> FleetSpec {
@@ -659,6 +664,12 @@ fn rules(doc: &serde_json::Value) -> Vec<(String, String, String)> {
     out
 }
 
+fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
 #[tokio::test]
 async fn rbac_grants_exactly_what_the_code_calls() {
     let st = cluster();
@@ -687,24 +698,32 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         .await
         .unwrap();
 
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let of_kind = |k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
-    let cluster_rules = of_kind("ClusterRole");
-    let ns_rules = of_kind("Role");
-    let role_ns = docs.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
+    let base = yaml_docs("deploy/10-rbac.yaml");
+    let exec_role = yaml_docs("deploy/optional/rbac-exec.yaml");
+    let of_kind = |docs: &[serde_json::Value], k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
+    let cluster_rules = of_kind(&base, "ClusterRole");
+    let ns_rules = of_kind(&base, "Role");
+    let exec_rules = of_kind(&exec_role, "ClusterRole");
+    let role_ns = base.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
     assert_eq!(role_ns, "snat");
 
     let mut used_cluster = std::collections::BTreeSet::new();
     let mut used_ns = std::collections::BTreeSet::new();
+    let mut used_exec = std::collections::BTreeSet::new();
     for r in requests(&e.api) {
         let (g, res, verb, ns) = access_of(&r);
         let key = (g, res, verb);
-        // The fleet's own calls are in namespace snat and must be covered by the Role;
-        // everything else by the ClusterRole.
+        // The fleet's own calls are in namespace snat and must be covered by the Role; exec
+        // by the optional snat-exec ClusterRole; everything else by the reader ClusterRole.
         if ns.as_deref() == Some("snat") {
             assert!(ns_rules.contains(&key), "{r} needs {key:?} in the snat-fleet Role");
             used_ns.insert(key);
+        } else if key.1 == "pods/exec" {
+            assert!(
+                exec_rules.contains(&key),
+                "{r} needs {key:?} in the snat-exec ClusterRole"
+            );
+            used_exec.insert(key);
         } else {
             assert!(
                 cluster_rules.contains(&key),
@@ -715,11 +734,78 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     }
     // And nothing granted goes unused (pods/exec `create` is how newer API servers
     // authorize the same WebSocket GET).
-    used_cluster.insert(("".into(), "pods/exec".into(), "create".into()));
-    let granted_cluster: std::collections::BTreeSet<_> = cluster_rules.into_iter().collect();
-    let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
-    assert_eq!(granted_cluster, used_cluster);
-    assert_eq!(granted_ns, used_ns);
+    used_exec.insert(("".into(), "pods/exec".into(), "create".into()));
+    let set = |v: Vec<(String, String, String)>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(set(cluster_rules), used_cluster);
+    assert_eq!(set(ns_rules), used_ns);
+    assert_eq!(set(exec_rules), used_exec);
+}
+
+/// `kubectl apply -f deploy/` applies the files directly in deploy/ with a manifest
+/// extension, in name order, not its subdirectories: that must be exactly the base install
+/// (namespace first, then ServiceAccounts and read-only RBAC plus the fleet Role), nothing
+/// optional, no placeholder, and no exec.
+#[test]
+fn deploy_dir_applies_exactly_the_base_install() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| [".yaml", ".yml", ".json"].iter().any(|x| n.ends_with(x)))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["00-namespace.yaml", "10-rbac.yaml"]);
+    let docs: Vec<serde_json::Value> = files.iter().flat_map(|f| yaml_docs(&format!("deploy/{f}"))).collect();
+    assert_eq!(docs[0]["kind"], "Namespace", "the namespace must be applied first");
+    assert_eq!(docs[0]["metadata"]["name"], "snat");
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let dns = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    let mut kinds = std::collections::BTreeSet::new();
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap();
+        kinds.insert(kind.to_string());
+        let name = d["metadata"]["name"].as_str().unwrap();
+        assert!(dns(name), "{kind} {name:?} is not a valid name");
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind) {
+            assert_eq!(d["metadata"]["namespace"], "snat", "{kind} {name}");
+        }
+        for r in d["rules"].as_array().into_iter().flatten() {
+            let res = r["resources"].as_array().unwrap();
+            assert!(!res.contains(&json!("pods/exec")), "exec is optional: {r}");
+            assert!(!res.contains(&json!("secrets")), "{r}");
+            let verbs = r["verbs"].as_array().unwrap();
+            assert!(!verbs.contains(&json!("*")) && !verbs.contains(&json!("patch")), "{r}");
+        }
+    }
+    let want: std::collections::BTreeSet<String> = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds, want);
+    // The optional roles and the reference Job are where the README says.
+    for f in [
+        "optional/rbac-exec.yaml",
+        "optional/rbac-remediation.yaml",
+        "reference/job-template.yaml",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ exit 0
 /// What to run on the nodes and how.
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
-    /// Namespace of the Jobs (default `snat`; see `deploy/namespace.yaml`).
+    /// Namespace of the Jobs (default `snat`; see `deploy/00-namespace.yaml`).
     pub namespace: String,
     /// Container image with `snat-run` and `/bin/sh` (see `deploy/Dockerfile`).
     pub image: String,
@@ -163,7 +163,7 @@ fn labels(spec: &FleetSpec) -> BTreeMap<String, String> {
     ])
 }
 
-/// The Job that runs the playbook on `node` (mirrored by `deploy/job-template.yaml`).
+/// The Job that runs the playbook on `node` (mirrored by `deploy/reference/job-template.yaml`).
 pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
     let mount = |name: &str, path: &str, ro: bool| VolumeMount {
         name: name.into(),
@@ -1029,7 +1029,7 @@ mod tests {
 
     #[test]
     fn deploy_job_template_mirrors_the_code() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/job-template.yaml");
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reference/job-template.yaml");
         let text = std::fs::read_to_string(p).unwrap();
         let mut file: Job = serde_saphyr::from_str(&text).unwrap();
         let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", "PLAYBOOK_TEXT");
