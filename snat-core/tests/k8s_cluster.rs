@@ -672,13 +672,19 @@ fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn rbac_grants_exactly_what_the_code_calls() {
-    let st = cluster();
+    let mut st = cluster();
     *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
     *st.exec.lock().unwrap() = Some(ExecReply {
         stdout: format!("{TCP}{TCP6}").into_bytes(),
         stderr: vec![],
         status: json!({"metadata": {}, "status": "Success"}),
     });
+    // A node whose Job's pod is refused, so that its events are read.
+    st.nodes.get_mut().unwrap().push(node("node-r", "10.224.0.6"));
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("node-r".into(), Some("denied".into()));
     let e = env(st).await;
     // Every API-calling stage snat has.
     lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
@@ -694,9 +700,16 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         fleet::missing_nodes(&e.kube, &nodes).await.unwrap(),
         Vec::<String>::new()
     );
-    fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
+    let mut s = spec(3);
+    s.stuck_check_after = Duration::ZERO;
+    let res = fleet::run_fleet(&e.kube, &s, &nodes, Arc::new(AtomicBool::new(false)))
         .await
         .unwrap();
+    assert!(
+        res.record.nodes[2].error.as_deref().unwrap().contains("denied"),
+        "{:?}",
+        res.record.nodes[2]
+    );
 
     let base = yaml_docs("deploy/10-rbac.yaml");
     let exec_role = yaml_docs("deploy/optional/rbac-exec.yaml");
@@ -883,6 +896,177 @@ async fn fleet_fails_fast_on_a_pod_that_cannot_start() {
         0,
         "the stuck Job was deleted"
     );
+}
+
+const GATEKEEPER: &str = "admission webhook \"validation.gatekeeper.sh\" denied the request: [azurepolicy-k8sazurev2noprivilege-1f2e] Privileged container is not allowed: snat, securityContext: {\"privileged\": true}";
+
+/// Run one node with `s`, failing the test if the run outlives `limit` (instead of waiting
+/// for the Job's deadline).
+async fn run_one(e: &Env, s: &FleetSpec, node: &str, limit: Duration) -> fleet::FleetNodeEntry {
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(
+        limit,
+        fleet::run_fleet(&e.kube, s, &[node.to_string()], Arc::new(AtomicBool::new(false))),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("node {node} was still waited for after {limit:?}"))
+    .unwrap();
+    eprintln!(
+        "node {node} ended after {:?}: {:?}",
+        t0.elapsed(),
+        res.record.nodes[0].error
+    );
+    assert_eq!(e.api.state.in_flight.load(Ordering::SeqCst), 0, "its Job was deleted");
+    res.record.nodes[0].clone()
+}
+
+/// A Job whose pod the API server refuses (an admission webhook, Pod Security, a missing
+/// ServiceAccount) has no pod and no failed pod: its FailedCreate event says why, and the
+/// node fails as soon as the pod is found missing, with the webhook's message, not at the
+/// Job's deadline.
+#[tokio::test]
+async fn fleet_fails_quickly_when_the_pod_is_refused() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("n1".into(), Some(GATEKEEPER.into()));
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::from_millis(100);
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(
+        err.contains(&format!(
+            "Job {} on node n1: its pod could not be created: Error creating: {GATEKEEPER}",
+            n.job
+        )),
+        "{err}"
+    );
+    assert!(err.contains("ServiceAccount \"snat-node\""), "{err}");
+    // The Job's own events were asked for, in its namespace, as kubectl describe does.
+    let ev: Vec<String> = requests(&e.api).into_iter().filter(|r| r.contains("/events")).collect();
+    assert!(!ev.is_empty());
+    for r in &ev {
+        assert!(r.starts_with("GET /api/v1/namespaces/snat/events?"), "{r}");
+        assert!(
+            r.contains(&format!(
+                "fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{}",
+                n.job
+            )),
+            "{r}"
+        );
+    }
+}
+
+/// A Job the API server has given up on (a `Failed` condition, or `FailureTarget` first on
+/// newer clusters) ends the node at once with the condition's reason, also when it never
+/// had a pod to fail (nothing else in its status changes) and long before the check for
+/// stuck pods.
+#[rstest::rstest]
+#[case::failed_without_a_pod(
+    "Failed",
+    true,
+    "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod"
+)]
+#[case::failure_target(
+    "FailureTarget",
+    true,
+    "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod"
+)]
+#[case::failed_with_a_killed_pod(
+    "Failed",
+    false,
+    "the Job failed (DeadlineExceeded: Job was active longer than specified deadline): the log has no `--- snat:exit N ---` line"
+)]
+#[tokio::test]
+async fn fleet_fails_at_once_on_a_failed_job_condition(#[case] type_: &str, #[case] podless: bool, #[case] want: &str) {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    if podless {
+        st.podless_nodes.lock().unwrap().insert("n1".into(), None);
+    } else {
+        // The pod ran and was killed: its log is cut short.
+        st.node_logs
+            .lock()
+            .unwrap()
+            .insert("n1".into(), "--- snat:report ---\n".into());
+    }
+    st.job_conditions.lock().unwrap().insert(
+        "n1".into(),
+        (
+            Duration::ZERO,
+            vec![apiserver_condition(
+                type_,
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            )],
+        ),
+    );
+    let e = env(st).await;
+    let s = spec(1);
+    assert_eq!(s.stuck_check_after, Duration::from_secs(20));
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(err.contains(want), "{err}");
+}
+
+fn apiserver_condition(type_: &str, reason: &str, message: &str) -> k8s_openapi::api::batch::v1::JobCondition {
+    support::apiserver::job_condition(type_, reason, message)
+}
+
+/// Without the RBAC to list events, a podless Job's cause cannot be looked up: the node
+/// still fails when the Job does (its condition), and the error says the events could
+/// not be read and how to see them. Events are asked for once, not at every poll.
+#[tokio::test]
+async fn fleet_says_when_events_cannot_be_listed() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("n1".into(), Some(GATEKEEPER.into()));
+    st.job_conditions.lock().unwrap().insert(
+        "n1".into(),
+        (
+            Duration::from_millis(300),
+            vec![
+                apiserver_condition(
+                    "FailureTarget",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ),
+                apiserver_condition(
+                    "Failed",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ),
+            ],
+        ),
+    );
+    st.faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/events".into(), Fault::Status(403, None)));
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::ZERO;
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    for want in [
+        "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod",
+        "the Job's events, which say why a pod is not created, could not be read (forbidden: cannot list events in namespace \"snat\"",
+        "bind the Role snat-fleet",
+        &format!("`kubectl -n snat describe job {}` shows them", n.job),
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    let asked = requests(&e.api).iter().filter(|r| r.contains("/events")).count();
+    assert_eq!(asked, 1, "events are not asked for again once refused");
 }
 
 #[tokio::test]

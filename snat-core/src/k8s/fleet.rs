@@ -12,6 +12,12 @@
 //! into one [`FleetRecord`] that references every node's audit record by run id and SHA-256;
 //! [`run_fleet_with`] also reports each Job's creation, start and end as it happens.
 //! Setting the cancel flag (Ctrl-C) deletes every Job still running and starts no more.
+//!
+//! A Job that fails is reported as soon as its status says so: a `Failed` (or, on newer
+//! clusters, `FailureTarget`) condition ends the wait at once, with the condition's reason.
+//! A Job still without a pod after [`FleetSpec::stuck_check_after`] is looked into as
+//! `kubectl describe job` does: its `FailedCreate` events carry the admission webhook's or
+//! Pod Security's refusal, which fails the node at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,10 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext,
-    Toleration, Volume, VolumeMount,
+    Container, EnvVar, Event, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -95,8 +101,8 @@ pub struct FleetSpec {
     /// How often a Job's status is polled (default 2 s).
     pub poll_interval: Duration,
     /// After this long, each poll also looks at the Job's pod so a pod that can never start
-    /// (image pull failures, bad config) fails the node at once instead of at the deadline
-    /// (default 20 s).
+    /// (image pull failures, bad config), or a pod the API server refuses to create (its
+    /// `FailedCreate` events), fails the node at once instead of at the deadline (default 20 s).
     pub stuck_check_after: Duration,
     /// Run id (UUID v4 by default), in every Job's labels.
     pub run_id: String,
@@ -579,6 +585,116 @@ async fn delete_job(kube: &Kube, ns: &str, job: &str) -> Result<(), Error> {
     }
 }
 
+/// How a node's Job ended, as its status says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JobEnd {
+    /// `status.succeeded` > 0.
+    Succeeded,
+    /// `status.failed` > 0 or a failure condition (its text, see [`job_failure`]).
+    Failed(Option<String>),
+}
+
+/// Why a Job has failed, from its conditions: the `Failed` condition with status `True`, or
+/// else `FailureTarget` (set first by newer clusters, while the pods are being stopped), as
+/// `REASON: MESSAGE`, e.g. `DeadlineExceeded: Job was active longer than specified
+/// deadline`. `None` while the Job has not failed. A Job whose pod was never created has
+/// no failed pod to count: only this condition says it has ended.
+pub fn job_failure(st: &JobStatus) -> Option<String> {
+    let c = st
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status == "True" && (c.type_ == "Failed" || c.type_ == "FailureTarget"))
+        .min_by_key(|c| c.type_ != "Failed")?;
+    let parts: Vec<&str> = [&c.reason, &c.message]
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Some(if parts.is_empty() {
+        format!("condition {}", c.type_)
+    } else {
+        parts.join(": ")
+    })
+}
+
+/// The newest `FailedCreate` event among `events` (a Job's): the API server's refusal of
+/// the Job's pod, e.g. an admission webhook's `denied the request: ...` or Pod Security's
+/// `violates PodSecurity "baseline:latest": ...`.
+pub fn pod_creation_refusal(events: &[Event]) -> Option<String> {
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .enumerate()
+        .max_by_key(|(i, e)| (when(e), *i))
+        .map(|(_, e)| e.message.clone().unwrap_or_else(|| "FailedCreate".into()))
+}
+
+/// Looks for why a Job has no pod, in the Job's events (`list events` in its namespace, as
+/// `kubectl describe job` does), and remembers it when events cannot be listed, so that the
+/// node's error can say so.
+#[derive(Debug, Default)]
+struct Podless {
+    /// Why the events could not be listed.
+    events_unreadable: Option<String>,
+}
+
+impl Podless {
+    /// The Job's pod-creation refusal, if its events have one. The first failure to list
+    /// them is logged as a warning; the events are not asked for again.
+    async fn look(&mut self, kube: &Kube, ns: &str, job: &str) -> Option<String> {
+        if self.events_unreadable.is_some() {
+            return None;
+        }
+        let op = Op {
+            verb: "list",
+            resource: "events",
+            scope: Scope::Namespace(ns.to_string()),
+            name: None,
+        };
+        let selector = format!("involvedObject.kind=Job,involvedObject.name={job}");
+        match list_all::<Event>(kube, &op, &Event::url_path(&(), Some(ns)), Some(&selector), None).await {
+            Ok(events) => pod_creation_refusal(&events),
+            Err(e) => {
+                let e = super::chain(&e);
+                tracing::warn!(
+                    "Job {job} has no pod yet, and its events, which would say why, cannot be read: {e}; `kubectl -n {ns} describe job {job}` shows them"
+                );
+                self.events_unreadable = Some(e);
+                None
+            }
+        }
+    }
+
+    /// `; ...` saying the events could not be read, or nothing.
+    fn note(&self, ns: &str, job: &str) -> String {
+        match &self.events_unreadable {
+            Some(e) => format!(
+                "; the Job's events, which say why a pod is not created, could not be read ({e}); `kubectl -n {ns} describe job {job}` shows them"
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// The node's error when the API server refused to create its Job's pod.
+fn refused_pod(spec: &FleetSpec, node: &str, job: &str, condition: Option<&str>, why: &str) -> Error {
+    Error::Fleet(format!(
+        "Job {job} on node {node}{}: its pod could not be created: {why} (FailedCreate: an admission policy such as Azure Policy/Gatekeeper or Pod Security, the ServiceAccount {sa:?} or a ResourceQuota in namespace {ns:?} refused it; the namespace must allow privileged pods, see deploy/00-namespace.yaml and deploy/10-rbac.yaml)",
+        condition.map(|c| format!(" failed ({c})")).unwrap_or_default(),
+        sa = spec.service_account,
+        ns = spec.namespace,
+    ))
+}
+
 async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool, on_event: &OnFleetEvent) -> NodeRun {
     let t0 = Instant::now();
     let job = job_name(&spec.run_id, node);
@@ -614,10 +730,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
         return run;
     }
     on_event(&FleetEvent::Created { node, job: &job });
+    let mut podless = Podless::default();
     let result = async {
         let deadline = Duration::from_secs(u64::try_from(spec.active_deadline_seconds).unwrap_or(900) + 120);
         let mut running = false;
-        let succeeded = loop {
+        let end = loop {
             if cancel.load(Ordering::SeqCst) {
                 return Ok(None);
             }
@@ -626,10 +743,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                 .await?;
             let st = j.status.unwrap_or_default();
             if st.succeeded.unwrap_or(0) > 0 {
-                break true;
+                break JobEnd::Succeeded;
             }
-            if st.failed.unwrap_or(0) > 0 {
-                break false;
+            let condition = job_failure(&st);
+            if st.failed.unwrap_or(0) > 0 || condition.is_some() {
+                break JobEnd::Failed(condition);
             }
             let runs = match st.ready {
                 Some(ready) => ready > 0,
@@ -641,7 +759,8 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             }
             if t0.elapsed() > deadline {
                 return Err(Error::Fleet(format!(
-                    "Job {job} on node {node} did not finish within {deadline:?}"
+                    "Job {job} on node {node} did not finish within {deadline:?}{}",
+                    podless.note(ns, &job)
                 )));
             }
             if t0.elapsed() >= spec.stuck_check_after {
@@ -658,6 +777,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                         "Job {job} on node {node} cannot start: {why} (check the image name and that the node can pull it)"
                     )));
                 }
+                if pods.is_empty()
+                    && let Some(why) = podless.look(kube, ns, &job).await
+                {
+                    return Err(refused_pod(spec, node, &job, None, &why));
+                }
             }
             tokio::time::sleep(spec.poll_interval).await;
         };
@@ -670,7 +794,17 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
         )
         .await?;
         let Some(pod) = pods.iter().filter_map(|p| p.metadata.name.clone()).next_back() else {
-            return Err(Error::Fleet(format!("Job {job} has no pod (was it evicted?)")));
+            return Err(match &end {
+                JobEnd::Succeeded => Error::Fleet(format!("Job {job} has no pod (was it evicted?)")),
+                JobEnd::Failed(condition) => match podless.look(kube, ns, &job).await {
+                    Some(why) => refused_pod(spec, node, &job, condition.as_deref(), &why),
+                    None => Error::Fleet(format!(
+                        "Job {job} on node {node} failed{} without ever having a pod{}",
+                        condition.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                        podless.note(ns, &job)
+                    )),
+                },
+            });
         };
         let pods_req = Request::new(Pod::url_path(&(), Some(ns)));
         // Reports are small; a runaway log must not exhaust memory across 1,000 nodes.
@@ -678,26 +812,40 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             limit_bytes: Some(MAX_LOG_BYTES),
             ..Default::default()
         };
-        let log = kube
+        let log = match kube
             .send_raw(&logs, true, || pods_req.logs(&pod, &log_params))
-            .await?;
-        Ok(Some((succeeded, pod, String::from_utf8_lossy(&log).into_owned())))
+            .await
+        {
+            Ok(log) => log,
+            Err(e) => match &end {
+                JobEnd::Failed(Some(c)) => {
+                    return Err(Error::Fleet(format!(
+                        "Job {job} on node {node} failed ({c}); the log of its pod {pod} cannot be read: {}",
+                        super::chain(&e)
+                    )));
+                }
+                _ => return Err(e),
+            },
+        };
+        Ok(Some((end, pod, String::from_utf8_lossy(&log).into_owned())))
     }
     .await;
     match result {
         Ok(None) => run.outcome = NodeOutcome::Cancelled,
-        Ok(Some((succeeded, pod, log))) => {
+        Ok(Some((end, pod, log))) => {
             let out = parse_node_output(&log);
-            run.outcome = if succeeded && out.exit_code.is_some() {
+            run.outcome = if end == JobEnd::Succeeded && out.exit_code.is_some() {
                 NodeOutcome::Completed
             } else {
                 NodeOutcome::Failed
             };
             if run.outcome == NodeOutcome::Failed {
-                run.error = Some(if out.problems.is_empty() {
-                    "the Job failed".to_string()
-                } else {
-                    out.problems.join("; ")
+                let problems = (!out.problems.is_empty()).then(|| out.problems.join("; "));
+                run.error = Some(match (&end, problems) {
+                    (JobEnd::Failed(Some(c)), Some(p)) => format!("the Job failed ({c}): {p}"),
+                    (JobEnd::Failed(Some(c)), None) => format!("the Job failed ({c})"),
+                    (_, Some(p)) => p,
+                    (_, None) => "the Job failed".to_string(),
                 });
             }
             run.pod = Some(pod);
@@ -1039,6 +1187,69 @@ mod tests {
         assert_eq!(file.metadata.name.as_deref(), Some("snat-RUN-NODEHASH"));
         file.metadata.name = built.metadata.name.clone();
         assert_eq!(file, built);
+    }
+
+    fn cond(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> JobCondition {
+        JobCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(Into::into),
+            message: message.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    use k8s_openapi::api::batch::v1::JobCondition;
+
+    #[rstest]
+    #[case::none(vec![], None)]
+    #[case::complete(vec![cond("Complete", "True", None, None)], None)]
+    #[case::suspended(vec![cond("Suspended", "True", Some("JobSuspended"), None)], None)]
+    #[case::failed_false(vec![cond("Failed", "False", Some("X"), None)], None)]
+    #[case::deadline(
+        vec![cond("Failed", "True", Some("DeadlineExceeded"), Some("Job was active longer than specified deadline"))],
+        Some("DeadlineExceeded: Job was active longer than specified deadline")
+    )]
+    #[case::failure_target_first(
+        vec![cond("FailureTarget", "True", Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))],
+        Some("BackoffLimitExceeded: Job has reached the specified backoff limit")
+    )]
+    #[case::failed_wins_over_failure_target(
+        vec![cond("FailureTarget", "True", Some("A"), None), cond("Failed", "True", Some("B"), None)],
+        Some("B")
+    )]
+    #[case::bare(vec![cond("Failed", "True", None, Some(" "))], Some("condition Failed"))]
+    fn job_failure_reads_the_conditions(#[case] conditions: Vec<JobCondition>, #[case] want: Option<&str>) {
+        let st = JobStatus {
+            conditions: Some(conditions),
+            ..Default::default()
+        };
+        assert_eq!(job_failure(&st).as_deref(), want);
+    }
+
+    fn event(reason: &str, message: &str, last: Option<&str>) -> Event {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        Event {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_timestamp: last.map(|t| Time(t.parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_failed_create_event_says_why() {
+        let events = [
+            event("FailedCreate", "old: quota", Some("2025-01-01T00:00:02Z")),
+            event("SuccessfulCreate", "Created pod: x", Some("2025-01-01T00:00:09Z")),
+            event("FailedCreate", "new: denied", Some("2025-01-01T00:00:05Z")),
+            event("FailedCreate", "older", Some("2025-01-01T00:00:01Z")),
+        ];
+        assert_eq!(pod_creation_refusal(&events).as_deref(), Some("new: denied"));
+        assert_eq!(pod_creation_refusal(&events[1..2]), None);
+        // Without times, the last one listed.
+        let untimed = [event("FailedCreate", "a", None), event("FailedCreate", "b", None)];
+        assert_eq!(pod_creation_refusal(&untimed).as_deref(), Some("b"));
     }
 
     #[test]
