@@ -695,16 +695,23 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         .await
         .unwrap();
     exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
-    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(fleet::all_node_names(&e.kube).await.unwrap().len(), 3);
+    let targets = fleet::select_nodes(&e.kube).await.unwrap();
     assert_eq!(
-        fleet::missing_nodes(&e.kube, &nodes).await.unwrap(),
-        Vec::<String>::new()
+        fleet::check_nodes(&e.kube, &targets.nodes).await.unwrap(),
+        fleet::NodeCheck::default()
     );
     let mut s = spec(3);
     s.stuck_check_after = Duration::ZERO;
-    let res = fleet::run_fleet(&e.kube, &s, &nodes, Arc::new(AtomicBool::new(false)))
-        .await
-        .unwrap();
+    let res = fleet::run_fleet_on(
+        &e.kube,
+        &s,
+        &targets,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(|_: &fleet::FleetEvent<'_>| {}),
+    )
+    .await
+    .unwrap();
     assert!(
         res.record.nodes[2].error.as_deref().unwrap().contains("denied"),
         "{:?}",
@@ -1067,6 +1074,137 @@ async fn fleet_says_when_events_cannot_be_listed() {
     }
     let asked = requests(&e.api).iter().filter(|r| r.contains("/events")).count();
     assert_eq!(asked, 1, "events are not asked for again once refused");
+}
+
+/// The cluster of `cluster()` plus a Windows node, an ACI virtual node and a NotReady node.
+fn mixed_cluster() -> State {
+    let mut st = cluster();
+    st.nodes.get_mut().unwrap().extend([
+        support::fixtures::windows_node("akswin000000", "10.224.0.10"),
+        support::fixtures::virtual_node("virtual-node-aci-linux", "10.224.0.11"),
+        support::fixtures::not_ready_node("node-c", "10.224.0.12"),
+    ]);
+    st
+}
+
+/// `--all-nodes` asks the API server for the Linux nodes, leaves out virtual nodes, and
+/// names every node it leaves out and why; a NotReady node stays, to fail without a Job.
+#[tokio::test]
+async fn select_nodes_keeps_linux_nodes_and_names_the_rest() {
+    let e = env(mixed_cluster()).await;
+    let t = fleet::select_nodes(&e.kube).await.unwrap();
+    assert_eq!(t.nodes, ["node-a", "node-b", "node-c"]);
+    let unfit = |v: &[fleet::UnfitNode]| -> Vec<(String, fleet::Unfit, String)> {
+        v.iter().map(|u| (u.node.clone(), u.unfit, u.detail.clone())).collect()
+    };
+    assert_eq!(
+        unfit(&t.not_ready),
+        [(
+            "node-c".into(),
+            fleet::Unfit::NotReady,
+            "Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.".into()
+        )]
+    );
+    assert_eq!(
+        unfit(&t.skipped),
+        [
+            (
+                "virtual-node-aci-linux".into(),
+                fleet::Unfit::VirtualKubelet,
+                "type=virtual-kubelet".into()
+            ),
+            (
+                "akswin000000".into(),
+                fleet::Unfit::NotLinux,
+                "kubernetes.io/os=windows".into()
+            ),
+        ]
+    );
+    // Selected by the server (page after page), not by reading every node.
+    let mut sel = e.api.state.node_label_selectors.lock().unwrap().clone();
+    sel.dedup();
+    assert_eq!(sel, ["kubernetes.io/os=linux", "kubernetes.io/os!=linux"]);
+    assert!(
+        requests(&e.api)
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/nodes?"))
+            .all(|r| r.contains("labelSelector=kubernetes.io%2Fos")),
+        "{:#?}",
+        requests(&e.api)
+    );
+}
+
+/// The NotReady node fails at once without a Job; the record names the skipped nodes.
+#[tokio::test]
+async fn fleet_fails_a_not_ready_node_without_a_job() {
+    let st = mixed_cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    let t = fleet::select_nodes(&e.kube).await.unwrap();
+    let res = fleet::run_fleet_on(
+        &e.kube,
+        &spec(4),
+        &t,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(|_: &fleet::FleetEvent<'_>| {}),
+    )
+    .await
+    .unwrap();
+    let n = &res.record.nodes;
+    assert_eq!(n.len(), 3);
+    assert_eq!(
+        (n[0].outcome, n[1].outcome),
+        (NodeOutcome::Completed, NodeOutcome::Completed)
+    );
+    assert_eq!(n[2].node, "node-c");
+    assert_eq!(n[2].outcome, NodeOutcome::Failed);
+    assert_eq!(
+        n[2].error.as_deref(),
+        Some(
+            "node node-c: NotReady (Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.): no Job was created (its pod would stay Pending until the deadline)"
+        )
+    );
+    let created: Vec<_> = e
+        .api
+        .state
+        .manifests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|j| j.metadata.annotations.clone().unwrap()["snat.io/node"].clone())
+        .collect();
+    assert_eq!(created, ["node-a", "node-b"]);
+    assert_eq!(res.record.skipped, t.skipped);
+    let dir = tempfile::tempdir().unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fleet::write_fleet(dir.path(), &res).unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        rec["skipped"],
+        json!([
+            {"node": "virtual-node-aci-linux", "unfit": "virtual_kubelet", "detail": "type=virtual-kubelet"},
+            {"node": "akswin000000", "unfit": "not_linux", "detail": "kubernetes.io/os=windows"}
+        ])
+    );
+}
+
+/// `--on-node` names are looked up one by one: which are no node, which the Job cannot run on.
+#[tokio::test]
+async fn check_nodes_names_missing_and_unfit_nodes() {
+    let e = env(mixed_cluster()).await;
+    let asked: Vec<String> = ["node-a", "akswin000000", "nosuch", "virtual-node-aci-linux", "node-c"]
+        .map(String::from)
+        .to_vec();
+    let c = fleet::check_nodes(&e.kube, &asked).await.unwrap();
+    assert_eq!(c.missing, ["nosuch"]);
+    let unfit: Vec<String> = c.unfit.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        unfit,
+        [
+            "akswin000000: not a Linux node (kubernetes.io/os=windows)",
+            "virtual-node-aci-linux: a virtual node (type=virtual-kubelet), with no host of its own",
+            "node-c: NotReady (Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.)",
+        ]
+    );
 }
 
 #[tokio::test]

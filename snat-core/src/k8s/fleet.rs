@@ -18,6 +18,13 @@
 //! A Job still without a pod after [`FleetSpec::stuck_check_after`] is looked into as
 //! `kubectl describe job` does: its `FailedCreate` events carry the admission webhook's or
 //! Pod Security's refusal, which fails the node at once.
+//!
+//! Which nodes: [`select_nodes`] (`--all-nodes`) asks the API server for the Linux nodes
+//! (label selector [`LINUX_NODES`]), leaves out virtual nodes (`type=virtual-kubelet`) and
+//! names every node left out and why; [`check_nodes`] (`--on-node`) says which names are no
+//! node, or a node the Job cannot run on ([`Unfit`]). A NotReady node fails at once, without a
+//! Job (a pod there would stay Pending until the deadline), so that the run never calls the
+//! fleet clear with a node unchecked.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Event, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+    Container, EnvVar, Event, HostPathVolumeSource, Node, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
     SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -440,6 +447,10 @@ pub struct FleetRecord {
     pub cancelled: bool,
     /// One entry per node, in the order asked.
     pub nodes: Vec<FleetNodeEntry>,
+    /// The nodes `--all-nodes` left out, and why (Windows, virtual nodes). Absent in records
+    /// written before it existed.
+    #[serde(default)]
+    pub skipped: Vec<UnfitNode>,
 }
 
 /// The result of [`run_fleet`].
@@ -520,27 +531,169 @@ fn stuck_reason(p: &Pod) -> Option<String> {
     })
 }
 
-/// Every node's name (`list nodes`), for `--all-nodes`.
+/// Every node's name (`list nodes`), Windows and virtual nodes included: what `kubectl get
+/// nodes` shows. A fleet run takes its nodes from [`select_nodes`] instead.
 pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
-    use k8s_openapi::api::core::v1::Node;
-    let op = Op {
+    let nodes: Vec<Node> = list_all(kube, &list_nodes_op(), &Node::url_path(&(), None), None, None).await?;
+    Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
+}
+
+fn list_nodes_op() -> Op {
+    Op {
         verb: "list",
         resource: "nodes",
         scope: Scope::Cluster,
         name: None,
-    };
-    let nodes: Vec<Node> = list_all(kube, &op, &Node::url_path(&(), None), None, None).await?;
-    Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
+    }
 }
 
-/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
-/// the order given. For checking `--on-node` before any Job is created: a Job pinned to a
-/// node that does not exist is never scheduled, and its pod stays Pending until the Job's
-/// deadline. Any other error (RBAC, transport) is returned.
-pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
-    use k8s_openapi::api::core::v1::Node;
+/// The label selector of the nodes a node Job can run on, sent to the API server: the
+/// Job is a privileged Linux pod (`kubernetes.io/os` is set by every kubelet).
+pub const LINUX_NODES: &str = "kubernetes.io/os=linux";
+
+/// The label selector of the other nodes, listed only to name them as skipped.
+pub const NOT_LINUX_NODES: &str = "kubernetes.io/os!=linux";
+
+/// Why snat's node Job cannot run on a node (see [`unfit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unfit {
+    /// Not a Linux node (`kubernetes.io/os` is not `linux`: a Windows node pool). The Job's
+    /// privileged, hostPID Linux pod is refused there. Skipped by `--all-nodes`.
+    NotLinux,
+    /// A virtual node (label `type=virtual-kubelet`: AKS virtual nodes on ACI), with no
+    /// host of its own to look at and no privileged pods. Skipped by `--all-nodes`.
+    VirtualKubelet,
+    /// The node's `Ready` condition is not `True`: a pod pinned there would stay Pending
+    /// until the Job's deadline. The node fails at once, without a Job.
+    NotReady,
+}
+
+/// A node snat's Job cannot run on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfitNode {
+    /// Node name.
+    pub node: String,
+    /// Why.
+    pub unfit: Unfit,
+    /// What the node object says: `kubernetes.io/os=windows`, `type=virtual-kubelet`,
+    /// `Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.`
+    pub detail: String,
+}
+
+impl std::fmt::Display for UnfitNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (node, d) = (&self.node, &self.detail);
+        match self.unfit {
+            Unfit::NotLinux => write!(f, "{node}: not a Linux node ({d})"),
+            Unfit::VirtualKubelet => write!(f, "{node}: a virtual node ({d}), with no host of its own"),
+            Unfit::NotReady => write!(f, "{node}: NotReady ({d})"),
+        }
+    }
+}
+
+/// Why snat's node Job cannot run on `node`, if it cannot: checked in the order of
+/// [`Unfit`]'s variants. A node without a `Ready` condition counts as ready (nothing says
+/// otherwise).
+pub fn unfit(node: &Node) -> Option<(Unfit, String)> {
+    let labels = node.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    match label("kubernetes.io/os") {
+        Some("linux") => {}
+        Some(os) => return Some((Unfit::NotLinux, format!("kubernetes.io/os={os}"))),
+        None => return Some((Unfit::NotLinux, "no kubernetes.io/os label".into())),
+    }
+    if label("type") == Some("virtual-kubelet") {
+        return Some((Unfit::VirtualKubelet, "type=virtual-kubelet".into()));
+    }
+    let ready = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    if ready.status == "True" {
+        return None;
+    }
+    let mut detail = format!("Ready={}", ready.status);
+    for part in [&ready.reason, &ready.message].into_iter().flatten() {
+        detail.push_str(": ");
+        detail.push_str(part.trim());
+    }
+    Some((Unfit::NotReady, detail))
+}
+
+fn unfit_node(n: &Node) -> Option<UnfitNode> {
+    let (unfit, detail) = unfit(n)?;
+    Some(UnfitNode {
+        node: n.metadata.name.clone().unwrap_or_default(),
+        unfit,
+        detail,
+    })
+}
+
+/// The nodes a fleet run covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetTargets {
+    /// The nodes, in order; each gets a Job, except those in `not_ready`.
+    pub nodes: Vec<String>,
+    /// Nodes of `nodes` known to be NotReady: each fails at once, without a Job.
+    pub not_ready: Vec<UnfitNode>,
+    /// Nodes left out (not Linux, virtual), for the record and the user.
+    pub skipped: Vec<UnfitNode>,
+}
+
+impl FleetTargets {
+    /// Exactly `nodes`, nothing known about them.
+    pub fn of(nodes: &[String]) -> FleetTargets {
+        FleetTargets {
+            nodes: nodes.to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The nodes `--all-nodes` runs on (`list nodes`): the Linux nodes, selected by the API
+/// server ([`LINUX_NODES`]), except virtual nodes. The nodes left out are listed too
+/// ([`NOT_LINUX_NODES`]), so that `skipped` names every node the run does not cover. A
+/// NotReady Linux node stays in `nodes` and is named in `not_ready`.
+pub async fn select_nodes(kube: &Kube) -> Result<FleetTargets, Error> {
+    let url = Node::url_path(&(), None);
+    let linux: Vec<Node> = list_all(kube, &list_nodes_op(), &url, None, Some(LINUX_NODES)).await?;
+    let other: Vec<Node> = list_all(kube, &list_nodes_op(), &url, None, Some(NOT_LINUX_NODES)).await?;
+    let mut t = FleetTargets::default();
+    for n in &linux {
+        let Some(name) = n.metadata.name.clone() else { continue };
+        match unfit_node(n) {
+            None => t.nodes.push(name),
+            Some(u) if u.unfit == Unfit::NotReady => {
+                t.nodes.push(name);
+                t.not_ready.push(u);
+            }
+            Some(u) => t.skipped.push(u),
+        }
+    }
+    t.skipped.extend(other.iter().filter_map(unfit_node));
+    Ok(t)
+}
+
+/// What `get nodes NAME` says about the `--on-node` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCheck {
+    /// Names that are no node of the cluster (404), in the order given.
+    pub missing: Vec<String>,
+    /// Nodes the Job cannot run on, in the order given.
+    pub unfit: Vec<UnfitNode>,
+}
+
+/// Look up each of `names` (`get nodes NAME`) before any Job is created: a Job pinned to a
+/// node that does not exist is never scheduled, and one on a Windows or virtual node is
+/// refused; both would wait until the Job's deadline. Any error other than "not found"
+/// (RBAC, transport) is returned.
+pub async fn check_nodes(kube: &Kube, names: &[String]) -> Result<NodeCheck, Error> {
     let req = Request::new(Node::url_path(&(), None));
-    let mut missing = Vec::new();
+    let mut check = NodeCheck::default();
     for name in names {
         let op = Op {
             verb: "get",
@@ -548,13 +701,26 @@ pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>,
             scope: Scope::Cluster,
             name: Some(name.clone()),
         };
-        match kube.send_raw(&op, true, || req.get(name, &GetParams::default())).await {
-            Ok(_) => {}
-            Err(Error::KubeNotFound { .. }) => missing.push(name.clone()),
+        match kube
+            .send_json::<Node>(&op, true, || req.get(name, &GetParams::default()))
+            .await
+        {
+            Ok(n) => check.unfit.extend(unfit_node(&n).map(|u| UnfitNode {
+                node: name.clone(),
+                ..u
+            })),
+            Err(Error::KubeNotFound { .. }) => check.missing.push(name.clone()),
             Err(e) => return Err(e),
         }
     }
-    Ok(missing)
+    Ok(check)
+}
+
+/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
+/// the order given ([`check_nodes`]'s `missing`). Any other error (RBAC, transport) is
+/// returned.
+pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
+    Ok(check_nodes(kube, names).await?.missing)
 }
 
 fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
@@ -886,6 +1052,19 @@ pub async fn run_fleet_with(
     cancel: Arc<AtomicBool>,
     on_event: OnFleetEvent,
 ) -> Result<FleetResult, Error> {
+    run_fleet_on(kube, spec, &FleetTargets::of(nodes), cancel, on_event).await
+}
+
+/// [`run_fleet_with`] on `targets` ([`select_nodes`], [`check_nodes`]): its NotReady nodes
+/// fail at once without a Job, and its skipped nodes are named in the record.
+pub async fn run_fleet_on(
+    kube: &Kube,
+    spec: &FleetSpec,
+    targets: &FleetTargets,
+    cancel: Arc<AtomicBool>,
+    on_event: OnFleetEvent,
+) -> Result<FleetResult, Error> {
+    let nodes = targets.nodes.as_slice();
     if spec.concurrency == 0 {
         return Err(Error::Fleet("concurrency must be at least 1".into()));
     }
@@ -908,6 +1087,21 @@ pub async fn run_fleet_with(
             node.clone(),
             on_event.clone(),
         );
+        if let Some(u) = targets.not_ready.iter().find(|u| u.node == node) {
+            let run = NodeRun {
+                job: job_name(&spec.run_id, &node),
+                node,
+                pod: None,
+                outcome: NodeOutcome::Failed,
+                output: None,
+                error: Some(format!(
+                    "node {u}: no Job was created (its pod would stay Pending until the deadline)"
+                )),
+                duration_ms: 0.0,
+            };
+            set.spawn(async move { (i, run) });
+            continue;
+        }
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             (i, run_node(&kube, &spec, &node, &cancel, &on_event).await)
@@ -964,6 +1158,7 @@ pub async fn run_fleet_with(
             concurrency: spec.concurrency,
             cancelled: cancel.load(Ordering::SeqCst),
             nodes: entries,
+            skipped: targets.skipped.clone(),
         },
         runs,
     })
@@ -1187,6 +1382,63 @@ mod tests {
         assert_eq!(file.metadata.name.as_deref(), Some("snat-RUN-NODEHASH"));
         file.metadata.name = built.metadata.name.clone();
         assert_eq!(file, built);
+    }
+
+    fn node_of(labels: &[(&str, &str)], ready: Option<(&str, Option<&str>, Option<&str>)>) -> Node {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            status: ready.map(|(status, reason, message)| NodeStatus {
+                conditions: Some(vec![
+                    NodeCondition {
+                        type_: "MemoryPressure".into(),
+                        status: "False".into(),
+                        ..Default::default()
+                    },
+                    NodeCondition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        reason: reason.map(Into::into),
+                        message: message.map(Into::into),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const LINUX: (&str, &str) = ("kubernetes.io/os", "linux");
+
+    #[rstest]
+    #[case::linux_ready(node_of(&[LINUX], Some(("True", None, None))), None)]
+    #[case::no_conditions_yet(node_of(&[LINUX], None), None)]
+    #[case::windows(
+        node_of(&[("kubernetes.io/os", "windows")], Some(("True", None, None))),
+        Some((Unfit::NotLinux, "kubernetes.io/os=windows"))
+    )]
+    #[case::no_os_label(node_of(&[], Some(("True", None, None))), Some((Unfit::NotLinux, "no kubernetes.io/os label")))]
+    #[case::aci_virtual_node(
+        node_of(&[LINUX, ("type", "virtual-kubelet")], Some(("True", None, None))),
+        Some((Unfit::VirtualKubelet, "type=virtual-kubelet"))
+    )]
+    #[case::not_ready(
+        node_of(&[LINUX], Some(("False", Some("KubeletNotReady"), Some("container runtime is down")))),
+        Some((Unfit::NotReady, "Ready=False: KubeletNotReady: container runtime is down"))
+    )]
+    #[case::unknown(node_of(&[LINUX], Some(("Unknown", None, None))), Some((Unfit::NotReady, "Ready=Unknown")))]
+    // Windows and NotReady: the node is out whatever its state.
+    #[case::windows_not_ready(
+        node_of(&[("kubernetes.io/os", "windows")], Some(("False", None, None))),
+        Some((Unfit::NotLinux, "kubernetes.io/os=windows"))
+    )]
+    fn nodes_the_job_cannot_run_on(#[case] node: Node, #[case] want: Option<(Unfit, &str)>) {
+        assert_eq!(unfit(&node), want.map(|(u, d)| (u, d.to_string())));
     }
 
     fn cond(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> JobCondition {

@@ -60,6 +60,8 @@ pub struct State {
     pub requests: Mutex<Vec<String>>,
     /// Field selectors received on pod lists.
     pub field_selectors: Mutex<Vec<String>>,
+    /// Label selectors received on node lists.
+    pub node_label_selectors: Mutex<Vec<String>>,
     /// Faults, consumed in order, by path substring.
     pub faults: Mutex<VecDeque<(String, Fault)>>,
     pub exec: Mutex<Option<ExecReply>>,
@@ -304,13 +306,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let method = req.method().clone();
     let r = match (method, seg.as_slice()) {
         (Method::GET, ["api", "v1", "nodes"]) => {
-            let items = state
-                .nodes
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|n| serde_json::to_value(n).unwrap())
-                .collect();
+            let sel = q.get("labelSelector").map(|v| v[0].clone()).unwrap_or_default();
+            if !sel.is_empty() {
+                state.node_label_selectors.lock().unwrap().push(sel.clone());
+            }
+            let nodes = state.nodes.lock().unwrap().clone();
+            let mut items = Vec::new();
+            for n in nodes {
+                match labels_match(n.metadata.labels.as_ref(), &sel) {
+                    Ok(true) => items.push(serde_json::to_value(n).unwrap()),
+                    Ok(false) => {}
+                    Err(e) => return Ok(status(400, "BadRequest", &e)),
+                }
+            }
             page(&state, &q, "NodeList", items)
         }
         (Method::GET, ["api", "v1", "pods"]) => {
@@ -767,6 +775,29 @@ pub fn node_log(node: &str) -> String {
     format!(
         "--- snat:report ---\n{report}\n\n--- snat:audit ---\n{audit}\n\n--- snat:stderr ---\n\n--- snat:exit 0 ---\n"
     )
+}
+
+/// Whether `labels` match a label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined),
+/// as the API server evaluates it: `k!=v` also matches objects without `k`.
+pub fn labels_match(labels: Option<&BTreeMap<String, String>>, selector: &str) -> Result<bool, String> {
+    let get = |k: &str| labels.and_then(|l| l.get(k.trim()));
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            get(k).map(String::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k).map(String::as_str) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else if term.contains(' ') || term.contains('(') {
+            return Err(format!("test server: unsupported label selector {term:?}"));
+        } else {
+            get(term).is_some()
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The Warning event the Job controller records when the API server refuses a Job's pod.
