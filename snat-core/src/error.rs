@@ -303,8 +303,9 @@ pub enum Error {
 
     /// RBAC denied an operation (HTTP 403).
     #[error(
-        "forbidden: cannot {verb} {resource}{} {scope} (RBAC): grant `{verb}` on `{resource}` to your user or to snat's ServiceAccount (see deploy/rbac.yaml); API server said: {message}",
-        name.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default()
+        "forbidden: cannot {verb} {resource}{} {scope} (RBAC): grant `{verb}` on `{resource}` to your user or to snat's ServiceAccount ({}); API server said: {message}",
+        name.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default(),
+        rbac_role_for(verb, resource, scope)
     )]
     KubeForbidden {
         /// RBAC verb.
@@ -426,6 +427,26 @@ pub enum Error {
     },
 }
 
+/// Which of snat's roles grants `verb` on `resource` (as [`Error::KubeForbidden`] names
+/// them), as advice for a 403: the base roles of `deploy/10-rbac.yaml`, or one of the
+/// optional roles of `deploy/optional/`, saying what binding it means.
+fn rbac_role_for(verb: &str, resource: &str, scope: &str) -> &'static str {
+    const FLEET: &str = "bind the Role snat-fleet of deploy/10-rbac.yaml in the Jobs' namespace; creating Jobs in that privileged namespace is root on every node";
+    match (verb, resource) {
+        (_, "pods/exec") => {
+            "bind the optional ClusterRole snat-exec, deploy/optional/rbac-exec.yaml; it allows exec into every pod of the cluster"
+        }
+        ("patch", _)
+        | ("get" | "create", "events")
+        | ("get", "pods" | "deployments.apps" | "statefulsets.apps" | "daemonsets.apps") => {
+            "bind the optional ClusterRole snat-remediation, deploy/optional/rbac-remediation.yaml"
+        }
+        ("create" | "delete", "jobs.batch") | ("get", "pods/log") | ("list", "events") => FLEET,
+        ("list", "pods") if scope.starts_with("in namespace") => FLEET,
+        _ => "bind the ClusterRole snat-reader of deploy/10-rbac.yaml",
+    }
+}
+
 /// Render an error with its whole `source()` chain, `: `-joined, skipping a cause whose text
 /// the message already contains (thiserror messages often embed their source).
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -440,4 +461,49 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    /// A 403 names the role that grants the refused verb: exec and remediation are optional
+    /// roles, not part of the base RBAC.
+    #[rstest]
+    #[case::exec(
+        "create",
+        "pods/exec",
+        "in namespace \"shop\"",
+        "ClusterRole snat-exec, deploy/optional/rbac-exec.yaml"
+    )]
+    #[case::exec_get("get", "pods/exec", "in namespace \"shop\"", "ClusterRole snat-exec")]
+    #[case::cordon("patch", "nodes", "at cluster scope", "ClusterRole snat-remediation")]
+    #[case::event("create", "events", "in namespace \"shop\"", "ClusterRole snat-remediation")]
+    #[case::restart_get("get", "deployments.apps", "in namespace \"shop\"", "ClusterRole snat-remediation")]
+    #[case::fleet_create("create", "jobs.batch", "in namespace \"snat\"", "Role snat-fleet")]
+    #[case::fleet_events("list", "events", "in namespace \"snat\"", "Role snat-fleet")]
+    #[case::fleet_pods("list", "pods", "in namespace \"snat\"", "Role snat-fleet")]
+    #[case::all_pods("list", "pods", "at cluster scope", "ClusterRole snat-reader")]
+    #[case::nodes("list", "nodes", "at cluster scope", "ClusterRole snat-reader")]
+    #[case::owner_job("get", "jobs.batch", "in namespace \"batch\"", "ClusterRole snat-reader")]
+    fn forbidden_names_the_role_to_bind(
+        #[case] verb: &'static str,
+        #[case] resource: &'static str,
+        #[case] scope: &str,
+        #[case] want: &str,
+    ) {
+        let e = Error::KubeForbidden {
+            verb,
+            resource,
+            name: None,
+            scope: scope.into(),
+            message: "denied".into(),
+        }
+        .to_string();
+        assert!(
+            e.contains(&format!("bind the {want}")) || e.contains(&format!("bind the optional {want}")),
+            "{e}"
+        );
+    }
 }

@@ -449,6 +449,11 @@ async fn exec_forbidden_names_pods_exec() {
         err.contains("cannot create pods/exec \"api-7d9f-0\" in namespace \"shop\""),
         "{err}"
     );
+    // Exec is not in the base RBAC: the error names the optional role that grants it.
+    assert!(
+        err.contains("bind the optional ClusterRole snat-exec, deploy/optional/rbac-exec.yaml"),
+        "{err}"
+    );
 }
 
 fn spec(concurrency: usize) -> FleetSpec {
@@ -678,15 +683,27 @@ fn rules(doc: &serde_json::Value) -> Vec<(String, String, String)> {
     out
 }
 
+fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
 #[tokio::test]
 async fn rbac_grants_exactly_what_the_code_calls() {
-    let st = cluster();
+    let mut st = cluster();
     *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
     *st.exec.lock().unwrap() = Some(ExecReply {
         stdout: format!("{TCP}{TCP6}").into_bytes(),
         stderr: vec![],
         status: json!({"metadata": {}, "status": "Success"}),
     });
+    // A node whose Job's pod is refused, so that its events are read.
+    st.nodes.get_mut().unwrap().push(node("node-r", "10.224.0.6"));
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("node-r".into(), Some("denied".into()));
     let e = env(st).await;
     // Every API-calling stage snat has.
     lookup::node_by_ip(&e.kube, "10.224.0.4".parse().unwrap())
@@ -697,33 +714,55 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         .await
         .unwrap();
     exec::census_in_pod(&e.kube, "shop", "api-7d9f-0", None).await.unwrap();
-    let nodes = fleet::all_node_names(&e.kube).await.unwrap();
+    assert_eq!(fleet::all_node_names(&e.kube).await.unwrap().len(), 3);
+    let targets = fleet::select_nodes(&e.kube).await.unwrap();
     assert_eq!(
-        fleet::missing_nodes(&e.kube, &nodes).await.unwrap(),
-        Vec::<String>::new()
+        fleet::check_nodes(&e.kube, &targets.nodes).await.unwrap(),
+        fleet::NodeCheck::default()
     );
-    fleet::run_fleet(&e.kube, &spec(2), &nodes, Arc::new(AtomicBool::new(false)))
-        .await
-        .unwrap();
+    let mut s = spec(3);
+    s.stuck_check_after = Duration::ZERO;
+    let res = fleet::run_fleet_on(
+        &e.kube,
+        &s,
+        &targets,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(|_: &fleet::FleetEvent<'_>| {}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        res.record.nodes[2].error.as_deref().unwrap().contains("denied"),
+        "{:?}",
+        res.record.nodes[2]
+    );
 
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let of_kind = |k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
-    let cluster_rules = of_kind("ClusterRole");
-    let ns_rules = of_kind("Role");
-    let role_ns = docs.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
+    let base = yaml_docs("deploy/10-rbac.yaml");
+    let exec_role = yaml_docs("deploy/optional/rbac-exec.yaml");
+    let of_kind = |docs: &[serde_json::Value], k: &str| rules(docs.iter().find(|d| d["kind"] == k).unwrap());
+    let cluster_rules = of_kind(&base, "ClusterRole");
+    let ns_rules = of_kind(&base, "Role");
+    let exec_rules = of_kind(&exec_role, "ClusterRole");
+    let role_ns = base.iter().find(|d| d["kind"] == "Role").unwrap()["metadata"]["namespace"].clone();
     assert_eq!(role_ns, "snat");
 
     let mut used_cluster = std::collections::BTreeSet::new();
     let mut used_ns = std::collections::BTreeSet::new();
+    let mut used_exec = std::collections::BTreeSet::new();
     for r in requests(&e.api) {
         let (g, res, verb, ns) = access_of(&r);
         let key = (g, res, verb);
-        // The fleet's own calls are in namespace snat and must be covered by the Role;
-        // everything else by the ClusterRole.
+        // The fleet's own calls are in namespace snat and must be covered by the Role; exec
+        // by the optional snat-exec ClusterRole; everything else by the reader ClusterRole.
         if ns.as_deref() == Some("snat") {
             assert!(ns_rules.contains(&key), "{r} needs {key:?} in the snat-fleet Role");
             used_ns.insert(key);
+        } else if key.1 == "pods/exec" {
+            assert!(
+                exec_rules.contains(&key),
+                "{r} needs {key:?} in the snat-exec ClusterRole"
+            );
+            used_exec.insert(key);
         } else {
             assert!(
                 cluster_rules.contains(&key),
@@ -734,11 +773,78 @@ async fn rbac_grants_exactly_what_the_code_calls() {
     }
     // And nothing granted goes unused (pods/exec `create` is how newer API servers
     // authorize the same WebSocket GET).
-    used_cluster.insert(("".into(), "pods/exec".into(), "create".into()));
-    let granted_cluster: std::collections::BTreeSet<_> = cluster_rules.into_iter().collect();
-    let granted_ns: std::collections::BTreeSet<_> = ns_rules.into_iter().collect();
-    assert_eq!(granted_cluster, used_cluster);
-    assert_eq!(granted_ns, used_ns);
+    used_exec.insert(("".into(), "pods/exec".into(), "create".into()));
+    let set = |v: Vec<(String, String, String)>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(set(cluster_rules), used_cluster);
+    assert_eq!(set(ns_rules), used_ns);
+    assert_eq!(set(exec_rules), used_exec);
+}
+
+/// `kubectl apply -f deploy/` applies the files directly in deploy/ with a manifest
+/// extension, in name order, not its subdirectories: that must be exactly the base install
+/// (namespace first, then ServiceAccounts and read-only RBAC plus the fleet Role), nothing
+/// optional, no placeholder, and no exec.
+#[test]
+fn deploy_dir_applies_exactly_the_base_install() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| [".yaml", ".yml", ".json"].iter().any(|x| n.ends_with(x)))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["00-namespace.yaml", "10-rbac.yaml"]);
+    let docs: Vec<serde_json::Value> = files.iter().flat_map(|f| yaml_docs(&format!("deploy/{f}"))).collect();
+    assert_eq!(docs[0]["kind"], "Namespace", "the namespace must be applied first");
+    assert_eq!(docs[0]["metadata"]["name"], "snat");
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let dns = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    let mut kinds = std::collections::BTreeSet::new();
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap();
+        kinds.insert(kind.to_string());
+        let name = d["metadata"]["name"].as_str().unwrap();
+        assert!(dns(name), "{kind} {name:?} is not a valid name");
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&kind) {
+            assert_eq!(d["metadata"]["namespace"], "snat", "{kind} {name}");
+        }
+        for r in d["rules"].as_array().into_iter().flatten() {
+            let res = r["resources"].as_array().unwrap();
+            assert!(!res.contains(&json!("pods/exec")), "exec is optional: {r}");
+            assert!(!res.contains(&json!("secrets")), "{r}");
+            let verbs = r["verbs"].as_array().unwrap();
+            assert!(!verbs.contains(&json!("*")) && !verbs.contains(&json!("patch")), "{r}");
+        }
+    }
+    let want: std::collections::BTreeSet<String> = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds, want);
+    // The optional roles and the reference Job are where the README says.
+    for f in [
+        "optional/rbac-exec.yaml",
+        "optional/rbac-remediation.yaml",
+        "reference/job-template.yaml",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
 }
 
 #[tokio::test]
@@ -815,6 +921,308 @@ async fn fleet_fails_fast_on_a_pod_that_cannot_start() {
         e.api.state.in_flight.load(Ordering::SeqCst),
         0,
         "the stuck Job was deleted"
+    );
+}
+
+const GATEKEEPER: &str = "admission webhook \"validation.gatekeeper.sh\" denied the request: [azurepolicy-k8sazurev2noprivilege-1f2e] Privileged container is not allowed: snat, securityContext: {\"privileged\": true}";
+
+/// Run one node with `s`, failing the test if the run outlives `limit` (instead of waiting
+/// for the Job's deadline).
+async fn run_one(e: &Env, s: &FleetSpec, node: &str, limit: Duration) -> fleet::FleetNodeEntry {
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(
+        limit,
+        fleet::run_fleet(&e.kube, s, &[node.to_string()], Arc::new(AtomicBool::new(false))),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("node {node} was still waited for after {limit:?}"))
+    .unwrap();
+    eprintln!(
+        "node {node} ended after {:?}: {:?}",
+        t0.elapsed(),
+        res.record.nodes[0].error
+    );
+    assert_eq!(e.api.state.in_flight.load(Ordering::SeqCst), 0, "its Job was deleted");
+    res.record.nodes[0].clone()
+}
+
+/// A Job whose pod the API server refuses (an admission webhook, Pod Security, a missing
+/// ServiceAccount) has no pod and no failed pod: its FailedCreate event says why, and the
+/// node fails as soon as the pod is found missing, with the webhook's message, not at the
+/// Job's deadline.
+#[tokio::test]
+async fn fleet_fails_quickly_when_the_pod_is_refused() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("n1".into(), Some(GATEKEEPER.into()));
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::from_millis(100);
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(
+        err.contains(&format!(
+            "Job {} on node n1: its pod could not be created: Error creating: {GATEKEEPER}",
+            n.job
+        )),
+        "{err}"
+    );
+    assert!(err.contains("ServiceAccount \"snat-node\""), "{err}");
+    // The Job's own events were asked for, in its namespace, as kubectl describe does.
+    let ev: Vec<String> = requests(&e.api).into_iter().filter(|r| r.contains("/events")).collect();
+    assert!(!ev.is_empty());
+    for r in &ev {
+        assert!(r.starts_with("GET /api/v1/namespaces/snat/events?"), "{r}");
+        assert!(
+            r.contains(&format!(
+                "fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{}",
+                n.job
+            )),
+            "{r}"
+        );
+    }
+}
+
+/// A Job the API server has given up on (a `Failed` condition, or `FailureTarget` first on
+/// newer clusters) ends the node at once with the condition's reason, also when it never
+/// had a pod to fail (nothing else in its status changes) and long before the check for
+/// stuck pods.
+#[rstest::rstest]
+#[case::failed_without_a_pod(
+    "Failed",
+    true,
+    "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod"
+)]
+#[case::failure_target(
+    "FailureTarget",
+    true,
+    "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod"
+)]
+#[case::failed_with_a_killed_pod(
+    "Failed",
+    false,
+    "the Job failed (DeadlineExceeded: Job was active longer than specified deadline): the log has no `--- snat:exit N ---` line"
+)]
+#[tokio::test]
+async fn fleet_fails_at_once_on_a_failed_job_condition(#[case] type_: &str, #[case] podless: bool, #[case] want: &str) {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    if podless {
+        st.podless_nodes.lock().unwrap().insert("n1".into(), None);
+    } else {
+        // The pod ran and was killed: its log is cut short.
+        st.node_logs
+            .lock()
+            .unwrap()
+            .insert("n1".into(), "--- snat:report ---\n".into());
+    }
+    st.job_conditions.lock().unwrap().insert(
+        "n1".into(),
+        (
+            Duration::ZERO,
+            vec![apiserver_condition(
+                type_,
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            )],
+        ),
+    );
+    let e = env(st).await;
+    let s = spec(1);
+    assert_eq!(s.stuck_check_after, Duration::from_secs(20));
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    assert!(err.contains(want), "{err}");
+}
+
+fn apiserver_condition(type_: &str, reason: &str, message: &str) -> k8s_openapi::api::batch::v1::JobCondition {
+    support::apiserver::job_condition(type_, reason, message)
+}
+
+/// Without the RBAC to list events, a podless Job's cause cannot be looked up: the node
+/// still fails when the Job does (its condition), and the error says the events could
+/// not be read and how to see them. Events are asked for once, not at every poll.
+#[tokio::test]
+async fn fleet_says_when_events_cannot_be_listed() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = None;
+    st.podless_nodes
+        .lock()
+        .unwrap()
+        .insert("n1".into(), Some(GATEKEEPER.into()));
+    st.job_conditions.lock().unwrap().insert(
+        "n1".into(),
+        (
+            Duration::from_millis(300),
+            vec![
+                apiserver_condition(
+                    "FailureTarget",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ),
+                apiserver_condition(
+                    "Failed",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ),
+            ],
+        ),
+    );
+    st.faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/events".into(), Fault::Status(403, None)));
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.stuck_check_after = Duration::ZERO;
+    let n = run_one(&e, &s, "n1", Duration::from_secs(10)).await;
+    assert_eq!(n.outcome, NodeOutcome::Failed);
+    let err = n.error.as_deref().unwrap();
+    for want in [
+        "failed (DeadlineExceeded: Job was active longer than specified deadline) without ever having a pod",
+        "the Job's events, which say why a pod is not created, could not be read (forbidden: cannot list events in namespace \"snat\"",
+        "bind the Role snat-fleet",
+        &format!("`kubectl -n snat describe job {}` shows them", n.job),
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    let asked = requests(&e.api).iter().filter(|r| r.contains("/events")).count();
+    assert_eq!(asked, 1, "events are not asked for again once refused");
+}
+
+/// The cluster of `cluster()` plus a Windows node, an ACI virtual node and a NotReady node.
+fn mixed_cluster() -> State {
+    let mut st = cluster();
+    st.nodes.get_mut().unwrap().extend([
+        support::fixtures::windows_node("akswin000000", "10.224.0.10"),
+        support::fixtures::virtual_node("virtual-node-aci-linux", "10.224.0.11"),
+        support::fixtures::not_ready_node("node-c", "10.224.0.12"),
+    ]);
+    st
+}
+
+/// `--all-nodes` asks the API server for the Linux nodes, leaves out virtual nodes, and
+/// names every node it leaves out and why; a NotReady node stays, to fail without a Job.
+#[tokio::test]
+async fn select_nodes_keeps_linux_nodes_and_names_the_rest() {
+    let e = env(mixed_cluster()).await;
+    let t = fleet::select_nodes(&e.kube).await.unwrap();
+    assert_eq!(t.nodes, ["node-a", "node-b", "node-c"]);
+    let unfit = |v: &[fleet::UnfitNode]| -> Vec<(String, fleet::Unfit, String)> {
+        v.iter().map(|u| (u.node.clone(), u.unfit, u.detail.clone())).collect()
+    };
+    assert_eq!(
+        unfit(&t.not_ready),
+        [(
+            "node-c".into(),
+            fleet::Unfit::NotReady,
+            "Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.".into()
+        )]
+    );
+    assert_eq!(
+        unfit(&t.skipped),
+        [
+            (
+                "virtual-node-aci-linux".into(),
+                fleet::Unfit::VirtualKubelet,
+                "type=virtual-kubelet".into()
+            ),
+            (
+                "akswin000000".into(),
+                fleet::Unfit::NotLinux,
+                "kubernetes.io/os=windows".into()
+            ),
+        ]
+    );
+    // Selected by the server (page after page), not by reading every node.
+    let mut sel = e.api.state.node_label_selectors.lock().unwrap().clone();
+    sel.dedup();
+    assert_eq!(sel, ["kubernetes.io/os=linux", "kubernetes.io/os!=linux"]);
+    assert!(
+        requests(&e.api)
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/nodes?"))
+            .all(|r| r.contains("labelSelector=kubernetes.io%2Fos")),
+        "{:#?}",
+        requests(&e.api)
+    );
+}
+
+/// The NotReady node fails at once without a Job; the record names the skipped nodes.
+#[tokio::test]
+async fn fleet_fails_a_not_ready_node_without_a_job() {
+    let st = mixed_cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    let t = fleet::select_nodes(&e.kube).await.unwrap();
+    let res = fleet::run_fleet_on(
+        &e.kube,
+        &spec(4),
+        &t,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(|_: &fleet::FleetEvent<'_>| {}),
+    )
+    .await
+    .unwrap();
+    let n = &res.record.nodes;
+    assert_eq!(n.len(), 3);
+    assert_eq!(
+        (n[0].outcome, n[1].outcome),
+        (NodeOutcome::Completed, NodeOutcome::Completed)
+    );
+    assert_eq!(n[2].node, "node-c");
+    assert_eq!(n[2].outcome, NodeOutcome::Failed);
+    assert_eq!(
+        n[2].error.as_deref(),
+        Some(
+            "node node-c: NotReady (Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.): no Job was created (its pod would stay Pending until the deadline)"
+        )
+    );
+    let created: Vec<_> = e
+        .api
+        .state
+        .manifests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|j| j.metadata.annotations.clone().unwrap()["snat.io/node"].clone())
+        .collect();
+    assert_eq!(created, ["node-a", "node-b"]);
+    assert_eq!(res.record.skipped, t.skipped);
+    let dir = tempfile::tempdir().unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fleet::write_fleet(dir.path(), &res).unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        rec["skipped"],
+        json!([
+            {"node": "virtual-node-aci-linux", "unfit": "virtual_kubelet", "detail": "type=virtual-kubelet"},
+            {"node": "akswin000000", "unfit": "not_linux", "detail": "kubernetes.io/os=windows"}
+        ])
+    );
+}
+
+/// `--on-node` names are looked up one by one: which are no node, which the Job cannot run on.
+#[tokio::test]
+async fn check_nodes_names_missing_and_unfit_nodes() {
+    let e = env(mixed_cluster()).await;
+    let asked: Vec<String> = ["node-a", "akswin000000", "nosuch", "virtual-node-aci-linux", "node-c"]
+        .map(String::from)
+        .to_vec();
+    let c = fleet::check_nodes(&e.kube, &asked).await.unwrap();
+    assert_eq!(c.missing, ["nosuch"]);
+    let unfit: Vec<String> = c.unfit.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        unfit,
+        [
+            "akswin000000: not a Linux node (kubernetes.io/os=windows)",
+            "virtual-node-aci-linux: a virtual node (type=virtual-kubelet), with no host of its own",
+            "node-c: NotReady (Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.)",
+        ]
     );
 }
 

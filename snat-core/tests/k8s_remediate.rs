@@ -316,8 +316,11 @@ async fn rbac_remediation_grants_exactly_what_the_actions_call() {
     }
     let used: BTreeSet<_> = requests(&e.api).iter().map(|r| access_of(r)).collect();
 
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac-remediation.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/optional/rbac-remediation.yaml"
+    ))
+    .unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     let mut granted = BTreeSet::new();

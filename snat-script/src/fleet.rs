@@ -11,7 +11,10 @@
 //! (Ctrl-C, SIGTERM) is "interrupted", never "failed", in the summary and the Nodes table;
 //! the run then ends interrupted (130/143) with no "clear" verdict. The `--on-node` names are checked first (`get
 //! nodes`): a name the cluster does not have is a command-line mistake, exit 2, and no Job
-//! is created at all.
+//! is created at all; so is a Windows or virtual node, which the Linux node Job cannot run
+//! on. `--all-nodes` runs on the Linux nodes (selected by the API server) and names the
+//! nodes it skips on stderr and in the report and fleet record; a NotReady node fails at
+//! once, without a Job.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +34,8 @@ use crate::report::{Section, SectionBody};
 pub struct FleetOptions {
     /// The nodes named with `--on-node` (ignored with `all_nodes`).
     pub nodes: Vec<String>,
-    /// Every node of the cluster (`--all-nodes`).
+    /// Every Linux node of the cluster that can run the Job (`--all-nodes`; see
+    /// `fleet::select_nodes`).
     pub all_nodes: bool,
     /// The snat image the Jobs run.
     pub image: String,
@@ -267,25 +271,61 @@ pub(crate) fn known_nodes(known: &[String]) -> String {
     text
 }
 
-/// Refuse `--on-node` names that are no node of the cluster before any Job is created: a
-/// Job pinned to a node that does not exist stays Pending until its deadline. A mistyped
-/// name is a command-line mistake (exit 2) and stops the whole run, so that the report never
-/// covers fewer nodes than were asked for. Without the RBAC to `get nodes`, say so and go on.
-fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<(), StageError> {
-    match ctx.block_on(fleet::missing_nodes(kube, names))? {
-        Ok(missing) if missing.is_empty() => Ok(()),
-        Ok(missing) => {
+/// What is wrong with `--on-node` nodes the node Job cannot run on (Windows, virtual).
+fn unfit_nodes_message(unfit: &[fleet::UnfitNode]) -> String {
+    let named: Vec<String> = unfit.iter().map(ToString::to_string).collect();
+    format!(
+        "--on-node {}: snat's node Job is a privileged Linux pod and cannot run there; no Job was created",
+        named.join("; ")
+    )
+}
+
+/// Refuse `--on-node` names that are no node of the cluster, or a node the Job cannot run on
+/// (Windows, virtual), before any Job is created: such a Job stays Pending or is refused
+/// until its deadline. Either is a command-line mistake (exit 2) and stops the whole run, so
+/// that the report never covers fewer nodes than were asked for. A NotReady node is kept,
+/// to fail at once without a Job. Without the RBAC to `get nodes`, say so and go on.
+fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<fleet::FleetTargets, StageError> {
+    match ctx.block_on(fleet::check_nodes(kube, names))? {
+        Ok(c) if !c.missing.is_empty() => {
             let known = ctx.block_on(fleet::all_node_names(kube)).ok().and_then(Result::ok);
-            Err(StageError::Usage(unknown_nodes_message(&missing, known.as_deref())))
+            Err(StageError::Usage(unknown_nodes_message(&c.missing, known.as_deref())))
+        }
+        Ok(c) => {
+            let (not_ready, unfit): (Vec<_>, Vec<_>) =
+                c.unfit.into_iter().partition(|u| u.unfit == fleet::Unfit::NotReady);
+            if !unfit.is_empty() {
+                return Err(StageError::Usage(unfit_nodes_message(&unfit)));
+            }
+            Ok(fleet::FleetTargets {
+                nodes: names.to_vec(),
+                not_ready,
+                skipped: Vec::new(),
+            })
         }
         Err(e @ snat_core::Error::KubeForbidden { .. }) => {
             eprintln!(
                 "{}: warning: cannot check that the --on-node names are nodes ({e}); creating the Jobs anyway",
                 crate::program_name()
             );
-            Ok(())
+            Ok(fleet::FleetTargets::of(names))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Say which nodes the run leaves out and which fail without a Job, and why.
+fn say_left_out(targets: &fleet::FleetTargets) {
+    if !targets.skipped.is_empty() {
+        let list: Vec<String> = targets.skipped.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "snat-run: --all-nodes skips {} node(s) snat's Linux node Job cannot run on: {}",
+            list.len(),
+            list.join("; ")
+        );
+    }
+    for u in &targets.not_ready {
+        eprintln!("snat-run: warning: node {u}: it fails without a Job (a pod there would wait until the deadline)");
     }
 }
 
@@ -308,16 +348,22 @@ pub fn run(
     });
     ctx.stage("fleet::run", args, || {
         let kube = ctx.kube()?;
-        let nodes = if opts.all_nodes {
-            ctx.block_on(fleet::all_node_names(&kube))??
+        let targets = if opts.all_nodes {
+            ctx.block_on(fleet::select_nodes(&kube))??
         } else {
-            check_node_names(ctx, &kube, &opts.nodes)?;
-            opts.nodes.clone()
+            check_node_names(ctx, &kube, &opts.nodes)?
         };
+        say_left_out(&targets);
+        let nodes = targets.nodes.clone();
         if nodes.is_empty() {
-            return Err(StageError::failed(snat_core::Error::Fleet(
-                "the cluster has no nodes to run on".into(),
-            )));
+            return Err(StageError::failed(snat_core::Error::Fleet(format!(
+                "the cluster has no Linux nodes to run on{}",
+                if targets.skipped.is_empty() {
+                    ""
+                } else {
+                    " (see the skipped nodes above)"
+                }
+            ))));
         }
         let mut spec = FleetSpec::new(opts.image.clone(), playbook.display().to_string(), script);
         spec.namespace = opts.namespace.clone();
@@ -341,10 +387,23 @@ pub fn run(
             opts.namespace
         ));
         let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &FleetEvent<'_>| say(progress_text(ev)));
-        let res = ctx.block_on(fleet::run_fleet_with(&kube, &spec, &nodes, ctx.cancel_flag(), on_event))??;
+        let res = ctx.block_on(fleet::run_fleet_on(&kube, &spec, &targets, ctx.cancel_flag(), on_event))??;
         let dir: PathBuf = audit_dir.join("fleet").join(run_id);
         let record = fleet::write_fleet(&dir, &res)?;
         let (pressure, failed) = merge_report(ctx, playbook, &res, &record);
+        if !res.record.skipped.is_empty() {
+            let rows = res.record.skipped.iter().map(|u| {
+                let why = serde_json::to_value(u.unfit).unwrap_or(Value::Null);
+                vec![json!(u.node), why, json!(u.detail)]
+            });
+            ctx.report().sections.push(Section {
+                title: "Skipped nodes".into(),
+                body: SectionBody::Table {
+                    columns: ["node", "why", "detail"].map(String::from).to_vec(),
+                    rows: rows.collect(),
+                },
+            });
+        }
         if res.record.cancelled {
             return Err(StageError::Interrupted);
         }

@@ -271,6 +271,138 @@ fn all_nodes_covers_every_node() {
     audit_verify(&audit);
 }
 
+/// The fixture cluster plus a Windows node, an ACI virtual node and, if asked, a NotReady
+/// node.
+fn mixed_server(not_ready: bool) -> Server {
+    let st = fixtures::cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(10));
+    let mut nodes = st.nodes.lock().unwrap();
+    nodes.push(fixtures::windows_node("akswin000000", "10.224.0.10"));
+    nodes.push(fixtures::virtual_node("virtual-node-aci-linux", "10.224.0.11"));
+    if not_ready {
+        nodes.push(fixtures::not_ready_node("node-c", "10.224.0.12"));
+    }
+    drop(nodes);
+    Server::start(st)
+}
+
+/// The fleet record the run wrote.
+fn fleet_record(dir: &Path) -> Value {
+    let fdir = std::fs::read_dir(dir.join("audit/fleet"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let f = std::fs::read_dir(&fdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("fleet-"))
+        .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+}
+
+/// A Windows node pool or a virtual node does not make a clear --all-nodes run fail: the
+/// Linux node Job is not created there, and stderr, the report and the fleet record say
+/// which nodes were skipped and why.
+#[test]
+fn all_nodes_skips_windows_and_virtual_nodes() {
+    let srv = mixed_server(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--all-nodes", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains(
+            "snat-run: --all-nodes skips 2 node(s) snat's Linux node Job cannot run on: virtual-node-aci-linux: a virtual node (type=virtual-kubelet), with no host of its own; akswin000000: not a Linux node (kubernetes.io/os=windows)"
+        ),
+        "{err}"
+    );
+    let rep = report(&out);
+    assert_eq!(rep["verdict"], "clear");
+    let nodes: Vec<Value> = node_rows(&rep).iter().map(|r| r[0].clone()).collect();
+    assert_eq!(nodes, vec![json!("node-a"), json!("node-b")]);
+    let skipped = rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Skipped nodes")
+        .unwrap_or_else(|| panic!("no Skipped nodes section: {rep:#}"));
+    assert_eq!(
+        skipped["rows"],
+        json!([
+            ["virtual-node-aci-linux", "virtual_kubelet", "type=virtual-kubelet"],
+            ["akswin000000", "not_linux", "kubernetes.io/os=windows"]
+        ])
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 2);
+    let rec = fleet_record(dir.path());
+    assert_eq!(rec["skipped"].as_array().unwrap().len(), 2, "{rec:#}");
+    assert_eq!(rec["skipped"][1]["node"], "akswin000000");
+}
+
+/// A NotReady node is not waited for until the Jobs' deadline: it fails at once, without
+/// a Job, and the run is not called clear with a node unchecked.
+#[test]
+fn all_nodes_fails_a_not_ready_node_without_a_job() {
+    let srv = mixed_server(true);
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--all-nodes", "--image", "img:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("snat-run: warning: node node-c: NotReady (Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.): it fails without a Job"),
+        "{err}"
+    );
+    let rep = report(&out);
+    let rows = node_rows(&rep);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        (rows[2][0].as_str(), rows[2][1].as_str()),
+        (Some("node-c"), Some("failed"))
+    );
+    assert!(rows[2][5].as_str().unwrap().contains("NotReady"), "{rep:#}");
+    assert!(rep["error"]["message"].as_str().unwrap().contains("node-c"), "{rep:#}");
+    assert_eq!(
+        srv.state.created.load(Ordering::SeqCst),
+        2,
+        "no Job for the NotReady node"
+    );
+}
+
+/// --on-node naming a Windows or virtual node is refused (exit 2) before any Job is created.
+#[test]
+fn on_node_refuses_a_node_the_job_cannot_run_on() {
+    let srv = mixed_server(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "node-a", "--on-node", "akswin000000", "--image", "img:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains(
+            "--on-node akswin000000: not a Linux node (kubernetes.io/os=windows): snat's node Job is a privileged Linux pod and cannot run there; no Job was created"
+        ),
+        "{err}"
+    );
+    assert_eq!(report(&out)["error"]["kind"], "usage_error");
+    let out = snat_run(
+        dir.path(),
+        &srv,
+        &["--on-node", "virtual-node-aci-linux", "--image", "img:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains("virtual-node-aci-linux: a virtual node (type=virtual-kubelet)"),
+        "{err}"
+    );
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn a_failed_node_without_pressure_fails_the_run() {
     let srv = server();

@@ -12,6 +12,19 @@
 //! into one [`FleetRecord`] that references every node's audit record by run id and SHA-256;
 //! [`run_fleet_with`] also reports each Job's creation, start and end as it happens.
 //! Setting the cancel flag (Ctrl-C) deletes every Job still running and starts no more.
+//!
+//! A Job that fails is reported as soon as its status says so: a `Failed` (or, on newer
+//! clusters, `FailureTarget`) condition ends the wait at once, with the condition's reason.
+//! A Job still without a pod after [`FleetSpec::stuck_check_after`] is looked into as
+//! `kubectl describe job` does: its `FailedCreate` events carry the admission webhook's or
+//! Pod Security's refusal, which fails the node at once.
+//!
+//! Which nodes: [`select_nodes`] (`--all-nodes`) asks the API server for the Linux nodes
+//! (label selector [`LINUX_NODES`]), leaves out virtual nodes (`type=virtual-kubelet`) and
+//! names every node left out and why; [`check_nodes`] (`--on-node`) says which names are no
+//! node, or a node the Job cannot run on ([`Unfit`]). A NotReady node fails at once, without a
+//! Job (a pod there would stay Pending until the deadline), so that the run never calls the
+//! fleet clear with a node unchecked.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,10 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext,
-    Toleration, Volume, VolumeMount,
+    Container, EnvVar, Event, HostPathVolumeSource, Node, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -74,7 +87,7 @@ exit 0
 /// What to run on the nodes and how.
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
-    /// Namespace of the Jobs (default `snat`; see `deploy/namespace.yaml`).
+    /// Namespace of the Jobs (default `snat`; see `deploy/00-namespace.yaml`).
     pub namespace: String,
     /// Container image with `snat-run` and `/bin/sh` (see `deploy/Dockerfile`).
     pub image: String,
@@ -95,8 +108,8 @@ pub struct FleetSpec {
     /// How often a Job's status is polled (default 2 s).
     pub poll_interval: Duration,
     /// After this long, each poll also looks at the Job's pod so a pod that can never start
-    /// (image pull failures, bad config) fails the node at once instead of at the deadline
-    /// (default 20 s).
+    /// (image pull failures, bad config), or a pod the API server refuses to create (its
+    /// `FailedCreate` events), fails the node at once instead of at the deadline (default 20 s).
     pub stuck_check_after: Duration,
     /// Run id (UUID v4 by default), in every Job's labels.
     pub run_id: String,
@@ -163,7 +176,7 @@ fn labels(spec: &FleetSpec) -> BTreeMap<String, String> {
     ])
 }
 
-/// The Job that runs the playbook on `node` (mirrored by `deploy/job-template.yaml`).
+/// The Job that runs the playbook on `node` (mirrored by `deploy/reference/job-template.yaml`).
 pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
     let mount = |name: &str, path: &str, ro: bool| VolumeMount {
         name: name.into(),
@@ -434,6 +447,10 @@ pub struct FleetRecord {
     pub cancelled: bool,
     /// One entry per node, in the order asked.
     pub nodes: Vec<FleetNodeEntry>,
+    /// The nodes `--all-nodes` left out, and why (Windows, virtual nodes). Absent in records
+    /// written before it existed.
+    #[serde(default)]
+    pub skipped: Vec<UnfitNode>,
 }
 
 /// The result of [`run_fleet`].
@@ -514,27 +531,169 @@ fn stuck_reason(p: &Pod) -> Option<String> {
     })
 }
 
-/// Every node's name (`list nodes`), for `--all-nodes`.
+/// Every node's name (`list nodes`), Windows and virtual nodes included: what `kubectl get
+/// nodes` shows. A fleet run takes its nodes from [`select_nodes`] instead.
 pub async fn all_node_names(kube: &Kube) -> Result<Vec<String>, Error> {
-    use k8s_openapi::api::core::v1::Node;
-    let op = Op {
+    let nodes: Vec<Node> = list_all(kube, &list_nodes_op(), &Node::url_path(&(), None), None, None).await?;
+    Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
+}
+
+fn list_nodes_op() -> Op {
+    Op {
         verb: "list",
         resource: "nodes",
         scope: Scope::Cluster,
         name: None,
-    };
-    let nodes: Vec<Node> = list_all(kube, &op, &Node::url_path(&(), None), None, None).await?;
-    Ok(nodes.into_iter().filter_map(|n| n.metadata.name).collect())
+    }
 }
 
-/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
-/// the order given. For checking `--on-node` before any Job is created: a Job pinned to a
-/// node that does not exist is never scheduled, and its pod stays Pending until the Job's
-/// deadline. Any other error (RBAC, transport) is returned.
-pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
-    use k8s_openapi::api::core::v1::Node;
+/// The label selector of the nodes a node Job can run on, sent to the API server: the
+/// Job is a privileged Linux pod (`kubernetes.io/os` is set by every kubelet).
+pub const LINUX_NODES: &str = "kubernetes.io/os=linux";
+
+/// The label selector of the other nodes, listed only to name them as skipped.
+pub const NOT_LINUX_NODES: &str = "kubernetes.io/os!=linux";
+
+/// Why snat's node Job cannot run on a node (see [`unfit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unfit {
+    /// Not a Linux node (`kubernetes.io/os` is not `linux`: a Windows node pool). The Job's
+    /// privileged, hostPID Linux pod is refused there. Skipped by `--all-nodes`.
+    NotLinux,
+    /// A virtual node (label `type=virtual-kubelet`: AKS virtual nodes on ACI), with no
+    /// host of its own to look at and no privileged pods. Skipped by `--all-nodes`.
+    VirtualKubelet,
+    /// The node's `Ready` condition is not `True`: a pod pinned there would stay Pending
+    /// until the Job's deadline. The node fails at once, without a Job.
+    NotReady,
+}
+
+/// A node snat's Job cannot run on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfitNode {
+    /// Node name.
+    pub node: String,
+    /// Why.
+    pub unfit: Unfit,
+    /// What the node object says: `kubernetes.io/os=windows`, `type=virtual-kubelet`,
+    /// `Ready=Unknown: NodeStatusUnknown: Kubelet stopped posting node status.`
+    pub detail: String,
+}
+
+impl std::fmt::Display for UnfitNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (node, d) = (&self.node, &self.detail);
+        match self.unfit {
+            Unfit::NotLinux => write!(f, "{node}: not a Linux node ({d})"),
+            Unfit::VirtualKubelet => write!(f, "{node}: a virtual node ({d}), with no host of its own"),
+            Unfit::NotReady => write!(f, "{node}: NotReady ({d})"),
+        }
+    }
+}
+
+/// Why snat's node Job cannot run on `node`, if it cannot: checked in the order of
+/// [`Unfit`]'s variants. A node without a `Ready` condition counts as ready (nothing says
+/// otherwise).
+pub fn unfit(node: &Node) -> Option<(Unfit, String)> {
+    let labels = node.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    match label("kubernetes.io/os") {
+        Some("linux") => {}
+        Some(os) => return Some((Unfit::NotLinux, format!("kubernetes.io/os={os}"))),
+        None => return Some((Unfit::NotLinux, "no kubernetes.io/os label".into())),
+    }
+    if label("type") == Some("virtual-kubelet") {
+        return Some((Unfit::VirtualKubelet, "type=virtual-kubelet".into()));
+    }
+    let ready = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    if ready.status == "True" {
+        return None;
+    }
+    let mut detail = format!("Ready={}", ready.status);
+    for part in [&ready.reason, &ready.message].into_iter().flatten() {
+        detail.push_str(": ");
+        detail.push_str(part.trim());
+    }
+    Some((Unfit::NotReady, detail))
+}
+
+fn unfit_node(n: &Node) -> Option<UnfitNode> {
+    let (unfit, detail) = unfit(n)?;
+    Some(UnfitNode {
+        node: n.metadata.name.clone().unwrap_or_default(),
+        unfit,
+        detail,
+    })
+}
+
+/// The nodes a fleet run covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetTargets {
+    /// The nodes, in order; each gets a Job, except those in `not_ready`.
+    pub nodes: Vec<String>,
+    /// Nodes of `nodes` known to be NotReady: each fails at once, without a Job.
+    pub not_ready: Vec<UnfitNode>,
+    /// Nodes left out (not Linux, virtual), for the record and the user.
+    pub skipped: Vec<UnfitNode>,
+}
+
+impl FleetTargets {
+    /// Exactly `nodes`, nothing known about them.
+    pub fn of(nodes: &[String]) -> FleetTargets {
+        FleetTargets {
+            nodes: nodes.to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The nodes `--all-nodes` runs on (`list nodes`): the Linux nodes, selected by the API
+/// server ([`LINUX_NODES`]), except virtual nodes. The nodes left out are listed too
+/// ([`NOT_LINUX_NODES`]), so that `skipped` names every node the run does not cover. A
+/// NotReady Linux node stays in `nodes` and is named in `not_ready`.
+pub async fn select_nodes(kube: &Kube) -> Result<FleetTargets, Error> {
+    let url = Node::url_path(&(), None);
+    let linux: Vec<Node> = list_all(kube, &list_nodes_op(), &url, None, Some(LINUX_NODES)).await?;
+    let other: Vec<Node> = list_all(kube, &list_nodes_op(), &url, None, Some(NOT_LINUX_NODES)).await?;
+    let mut t = FleetTargets::default();
+    for n in &linux {
+        let Some(name) = n.metadata.name.clone() else { continue };
+        match unfit_node(n) {
+            None => t.nodes.push(name),
+            Some(u) if u.unfit == Unfit::NotReady => {
+                t.nodes.push(name);
+                t.not_ready.push(u);
+            }
+            Some(u) => t.skipped.push(u),
+        }
+    }
+    t.skipped.extend(other.iter().filter_map(unfit_node));
+    Ok(t)
+}
+
+/// What `get nodes NAME` says about the `--on-node` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCheck {
+    /// Names that are no node of the cluster (404), in the order given.
+    pub missing: Vec<String>,
+    /// Nodes the Job cannot run on, in the order given.
+    pub unfit: Vec<UnfitNode>,
+}
+
+/// Look up each of `names` (`get nodes NAME`) before any Job is created: a Job pinned to a
+/// node that does not exist is never scheduled, and one on a Windows or virtual node is
+/// refused; both would wait until the Job's deadline. Any error other than "not found"
+/// (RBAC, transport) is returned.
+pub async fn check_nodes(kube: &Kube, names: &[String]) -> Result<NodeCheck, Error> {
     let req = Request::new(Node::url_path(&(), None));
-    let mut missing = Vec::new();
+    let mut check = NodeCheck::default();
     for name in names {
         let op = Op {
             verb: "get",
@@ -542,13 +701,26 @@ pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>,
             scope: Scope::Cluster,
             name: Some(name.clone()),
         };
-        match kube.send_raw(&op, true, || req.get(name, &GetParams::default())).await {
-            Ok(_) => {}
-            Err(Error::KubeNotFound { .. }) => missing.push(name.clone()),
+        match kube
+            .send_json::<Node>(&op, true, || req.get(name, &GetParams::default()))
+            .await
+        {
+            Ok(n) => check.unfit.extend(unfit_node(&n).map(|u| UnfitNode {
+                node: name.clone(),
+                ..u
+            })),
+            Err(Error::KubeNotFound { .. }) => check.missing.push(name.clone()),
             Err(e) => return Err(e),
         }
     }
-    Ok(missing)
+    Ok(check)
+}
+
+/// The names in `names` that are no node of the cluster (`get nodes NAME` answers 404), in
+/// the order given ([`check_nodes`]'s `missing`). Any other error (RBAC, transport) is
+/// returned.
+pub async fn missing_nodes(kube: &Kube, names: &[String]) -> Result<Vec<String>, Error> {
+    Ok(check_nodes(kube, names).await?.missing)
 }
 
 fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
@@ -577,6 +749,116 @@ async fn delete_job(kube: &Kube, ns: &str, job: &str) -> Result<(), Error> {
         Ok(_) | Err(Error::KubeNotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// How a node's Job ended, as its status says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JobEnd {
+    /// `status.succeeded` > 0.
+    Succeeded,
+    /// `status.failed` > 0 or a failure condition (its text, see [`job_failure`]).
+    Failed(Option<String>),
+}
+
+/// Why a Job has failed, from its conditions: the `Failed` condition with status `True`, or
+/// else `FailureTarget` (set first by newer clusters, while the pods are being stopped), as
+/// `REASON: MESSAGE`, e.g. `DeadlineExceeded: Job was active longer than specified
+/// deadline`. `None` while the Job has not failed. A Job whose pod was never created has
+/// no failed pod to count: only this condition says it has ended.
+pub fn job_failure(st: &JobStatus) -> Option<String> {
+    let c = st
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status == "True" && (c.type_ == "Failed" || c.type_ == "FailureTarget"))
+        .min_by_key(|c| c.type_ != "Failed")?;
+    let parts: Vec<&str> = [&c.reason, &c.message]
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Some(if parts.is_empty() {
+        format!("condition {}", c.type_)
+    } else {
+        parts.join(": ")
+    })
+}
+
+/// The newest `FailedCreate` event among `events` (a Job's): the API server's refusal of
+/// the Job's pod, e.g. an admission webhook's `denied the request: ...` or Pod Security's
+/// `violates PodSecurity "baseline:latest": ...`.
+pub fn pod_creation_refusal(events: &[Event]) -> Option<String> {
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .enumerate()
+        .max_by_key(|(i, e)| (when(e), *i))
+        .map(|(_, e)| e.message.clone().unwrap_or_else(|| "FailedCreate".into()))
+}
+
+/// Looks for why a Job has no pod, in the Job's events (`list events` in its namespace, as
+/// `kubectl describe job` does), and remembers it when events cannot be listed, so that the
+/// node's error can say so.
+#[derive(Debug, Default)]
+struct Podless {
+    /// Why the events could not be listed.
+    events_unreadable: Option<String>,
+}
+
+impl Podless {
+    /// The Job's pod-creation refusal, if its events have one. The first failure to list
+    /// them is logged as a warning; the events are not asked for again.
+    async fn look(&mut self, kube: &Kube, ns: &str, job: &str) -> Option<String> {
+        if self.events_unreadable.is_some() {
+            return None;
+        }
+        let op = Op {
+            verb: "list",
+            resource: "events",
+            scope: Scope::Namespace(ns.to_string()),
+            name: None,
+        };
+        let selector = format!("involvedObject.kind=Job,involvedObject.name={job}");
+        match list_all::<Event>(kube, &op, &Event::url_path(&(), Some(ns)), Some(&selector), None).await {
+            Ok(events) => pod_creation_refusal(&events),
+            Err(e) => {
+                let e = super::chain(&e);
+                tracing::warn!(
+                    "Job {job} has no pod yet, and its events, which would say why, cannot be read: {e}; `kubectl -n {ns} describe job {job}` shows them"
+                );
+                self.events_unreadable = Some(e);
+                None
+            }
+        }
+    }
+
+    /// `; ...` saying the events could not be read, or nothing.
+    fn note(&self, ns: &str, job: &str) -> String {
+        match &self.events_unreadable {
+            Some(e) => format!(
+                "; the Job's events, which say why a pod is not created, could not be read ({e}); `kubectl -n {ns} describe job {job}` shows them"
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// The node's error when the API server refused to create its Job's pod.
+fn refused_pod(spec: &FleetSpec, node: &str, job: &str, condition: Option<&str>, why: &str) -> Error {
+    Error::Fleet(format!(
+        "Job {job} on node {node}{}: its pod could not be created: {why} (FailedCreate: an admission policy such as Azure Policy/Gatekeeper or Pod Security, the ServiceAccount {sa:?} or a ResourceQuota in namespace {ns:?} refused it; the namespace must allow privileged pods, see deploy/00-namespace.yaml and deploy/10-rbac.yaml)",
+        condition.map(|c| format!(" failed ({c})")).unwrap_or_default(),
+        sa = spec.service_account,
+        ns = spec.namespace,
+    ))
 }
 
 async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool, on_event: &OnFleetEvent) -> NodeRun {
@@ -614,10 +896,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
         return run;
     }
     on_event(&FleetEvent::Created { node, job: &job });
+    let mut podless = Podless::default();
     let result = async {
         let deadline = Duration::from_secs(u64::try_from(spec.active_deadline_seconds).unwrap_or(900) + 120);
         let mut running = false;
-        let succeeded = loop {
+        let end = loop {
             if cancel.load(Ordering::SeqCst) {
                 return Ok(None);
             }
@@ -626,10 +909,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                 .await?;
             let st = j.status.unwrap_or_default();
             if st.succeeded.unwrap_or(0) > 0 {
-                break true;
+                break JobEnd::Succeeded;
             }
-            if st.failed.unwrap_or(0) > 0 {
-                break false;
+            let condition = job_failure(&st);
+            if st.failed.unwrap_or(0) > 0 || condition.is_some() {
+                break JobEnd::Failed(condition);
             }
             let runs = match st.ready {
                 Some(ready) => ready > 0,
@@ -641,7 +925,8 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             }
             if t0.elapsed() > deadline {
                 return Err(Error::Fleet(format!(
-                    "Job {job} on node {node} did not finish within {deadline:?}"
+                    "Job {job} on node {node} did not finish within {deadline:?}{}",
+                    podless.note(ns, &job)
                 )));
             }
             if t0.elapsed() >= spec.stuck_check_after {
@@ -658,6 +943,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                         "Job {job} on node {node} cannot start: {why} (check the image name and that the node can pull it)"
                     )));
                 }
+                if pods.is_empty()
+                    && let Some(why) = podless.look(kube, ns, &job).await
+                {
+                    return Err(refused_pod(spec, node, &job, None, &why));
+                }
             }
             tokio::time::sleep(spec.poll_interval).await;
         };
@@ -670,7 +960,17 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
         )
         .await?;
         let Some(pod) = pods.iter().filter_map(|p| p.metadata.name.clone()).next_back() else {
-            return Err(Error::Fleet(format!("Job {job} has no pod (was it evicted?)")));
+            return Err(match &end {
+                JobEnd::Succeeded => Error::Fleet(format!("Job {job} has no pod (was it evicted?)")),
+                JobEnd::Failed(condition) => match podless.look(kube, ns, &job).await {
+                    Some(why) => refused_pod(spec, node, &job, condition.as_deref(), &why),
+                    None => Error::Fleet(format!(
+                        "Job {job} on node {node} failed{} without ever having a pod{}",
+                        condition.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                        podless.note(ns, &job)
+                    )),
+                },
+            });
         };
         let pods_req = Request::new(Pod::url_path(&(), Some(ns)));
         // Reports are small; a runaway log must not exhaust memory across 1,000 nodes.
@@ -678,26 +978,40 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             limit_bytes: Some(MAX_LOG_BYTES),
             ..Default::default()
         };
-        let log = kube
+        let log = match kube
             .send_raw(&logs, true, || pods_req.logs(&pod, &log_params))
-            .await?;
-        Ok(Some((succeeded, pod, String::from_utf8_lossy(&log).into_owned())))
+            .await
+        {
+            Ok(log) => log,
+            Err(e) => match &end {
+                JobEnd::Failed(Some(c)) => {
+                    return Err(Error::Fleet(format!(
+                        "Job {job} on node {node} failed ({c}); the log of its pod {pod} cannot be read: {}",
+                        super::chain(&e)
+                    )));
+                }
+                _ => return Err(e),
+            },
+        };
+        Ok(Some((end, pod, String::from_utf8_lossy(&log).into_owned())))
     }
     .await;
     match result {
         Ok(None) => run.outcome = NodeOutcome::Cancelled,
-        Ok(Some((succeeded, pod, log))) => {
+        Ok(Some((end, pod, log))) => {
             let out = parse_node_output(&log);
-            run.outcome = if succeeded && out.exit_code.is_some() {
+            run.outcome = if end == JobEnd::Succeeded && out.exit_code.is_some() {
                 NodeOutcome::Completed
             } else {
                 NodeOutcome::Failed
             };
             if run.outcome == NodeOutcome::Failed {
-                run.error = Some(if out.problems.is_empty() {
-                    "the Job failed".to_string()
-                } else {
-                    out.problems.join("; ")
+                let problems = (!out.problems.is_empty()).then(|| out.problems.join("; "));
+                run.error = Some(match (&end, problems) {
+                    (JobEnd::Failed(Some(c)), Some(p)) => format!("the Job failed ({c}): {p}"),
+                    (JobEnd::Failed(Some(c)), None) => format!("the Job failed ({c})"),
+                    (_, Some(p)) => p,
+                    (_, None) => "the Job failed".to_string(),
                 });
             }
             run.pod = Some(pod);
@@ -756,6 +1070,19 @@ pub async fn run_fleet_with(
     cancel: Arc<AtomicBool>,
     on_event: OnFleetEvent,
 ) -> Result<FleetResult, Error> {
+    run_fleet_on(kube, spec, &FleetTargets::of(nodes), cancel, on_event).await
+}
+
+/// [`run_fleet_with`] on `targets` ([`select_nodes`], [`check_nodes`]): its NotReady nodes
+/// fail at once without a Job, and its skipped nodes are named in the record.
+pub async fn run_fleet_on(
+    kube: &Kube,
+    spec: &FleetSpec,
+    targets: &FleetTargets,
+    cancel: Arc<AtomicBool>,
+    on_event: OnFleetEvent,
+) -> Result<FleetResult, Error> {
+    let nodes = targets.nodes.as_slice();
     if spec.concurrency == 0 {
         return Err(Error::Fleet("concurrency must be at least 1".into()));
     }
@@ -780,6 +1107,21 @@ pub async fn run_fleet_with(
             node.clone(),
             on_event.clone(),
         );
+        if let Some(u) = targets.not_ready.iter().find(|u| u.node == node) {
+            let run = NodeRun {
+                job: job_name(&spec.run_id, &node),
+                node,
+                pod: None,
+                outcome: NodeOutcome::Failed,
+                output: None,
+                error: Some(format!(
+                    "node {u}: no Job was created (its pod would stay Pending until the deadline)"
+                )),
+                duration_ms: 0.0,
+            };
+            set.spawn(async move { (i, run) });
+            continue;
+        }
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             (i, run_node(&kube, &spec, &node, &cancel, &on_event).await)
@@ -836,6 +1178,7 @@ pub async fn run_fleet_with(
             concurrency: spec.concurrency,
             cancelled: cancel.load(Ordering::SeqCst),
             nodes: entries,
+            skipped: targets.skipped.clone(),
         },
         runs,
     })
@@ -1049,7 +1392,7 @@ mod tests {
 
     #[test]
     fn deploy_job_template_mirrors_the_code() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/job-template.yaml");
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reference/job-template.yaml");
         let text = std::fs::read_to_string(p).unwrap();
         let mut file: Job = serde_saphyr::from_str(&text).unwrap();
         let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", "PLAYBOOK_TEXT");
@@ -1072,6 +1415,126 @@ mod tests {
     #[case::empty(&[], &[], &[])]
     fn repeated_nodes_are_kept_once(#[case] given: &[&str], #[case] unique: &[&str], #[case] repeated: &[&str]) {
         assert_eq!(unique_nodes(&names(given)), (names(unique), names(repeated)));
+    }
+
+    fn node_of(labels: &[(&str, &str)], ready: Option<(&str, Option<&str>, Option<&str>)>) -> Node {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            status: ready.map(|(status, reason, message)| NodeStatus {
+                conditions: Some(vec![
+                    NodeCondition {
+                        type_: "MemoryPressure".into(),
+                        status: "False".into(),
+                        ..Default::default()
+                    },
+                    NodeCondition {
+                        type_: "Ready".into(),
+                        status: status.into(),
+                        reason: reason.map(Into::into),
+                        message: message.map(Into::into),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const LINUX: (&str, &str) = ("kubernetes.io/os", "linux");
+
+    #[rstest]
+    #[case::linux_ready(node_of(&[LINUX], Some(("True", None, None))), None)]
+    #[case::no_conditions_yet(node_of(&[LINUX], None), None)]
+    #[case::windows(
+        node_of(&[("kubernetes.io/os", "windows")], Some(("True", None, None))),
+        Some((Unfit::NotLinux, "kubernetes.io/os=windows"))
+    )]
+    #[case::no_os_label(node_of(&[], Some(("True", None, None))), Some((Unfit::NotLinux, "no kubernetes.io/os label")))]
+    #[case::aci_virtual_node(
+        node_of(&[LINUX, ("type", "virtual-kubelet")], Some(("True", None, None))),
+        Some((Unfit::VirtualKubelet, "type=virtual-kubelet"))
+    )]
+    #[case::not_ready(
+        node_of(&[LINUX], Some(("False", Some("KubeletNotReady"), Some("container runtime is down")))),
+        Some((Unfit::NotReady, "Ready=False: KubeletNotReady: container runtime is down"))
+    )]
+    #[case::unknown(node_of(&[LINUX], Some(("Unknown", None, None))), Some((Unfit::NotReady, "Ready=Unknown")))]
+    // Windows and NotReady: the node is out whatever its state.
+    #[case::windows_not_ready(
+        node_of(&[("kubernetes.io/os", "windows")], Some(("False", None, None))),
+        Some((Unfit::NotLinux, "kubernetes.io/os=windows"))
+    )]
+    fn nodes_the_job_cannot_run_on(#[case] node: Node, #[case] want: Option<(Unfit, &str)>) {
+        assert_eq!(unfit(&node), want.map(|(u, d)| (u, d.to_string())));
+    }
+
+    fn cond(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> JobCondition {
+        JobCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(Into::into),
+            message: message.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    use k8s_openapi::api::batch::v1::JobCondition;
+
+    #[rstest]
+    #[case::none(vec![], None)]
+    #[case::complete(vec![cond("Complete", "True", None, None)], None)]
+    #[case::suspended(vec![cond("Suspended", "True", Some("JobSuspended"), None)], None)]
+    #[case::failed_false(vec![cond("Failed", "False", Some("X"), None)], None)]
+    #[case::deadline(
+        vec![cond("Failed", "True", Some("DeadlineExceeded"), Some("Job was active longer than specified deadline"))],
+        Some("DeadlineExceeded: Job was active longer than specified deadline")
+    )]
+    #[case::failure_target_first(
+        vec![cond("FailureTarget", "True", Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))],
+        Some("BackoffLimitExceeded: Job has reached the specified backoff limit")
+    )]
+    #[case::failed_wins_over_failure_target(
+        vec![cond("FailureTarget", "True", Some("A"), None), cond("Failed", "True", Some("B"), None)],
+        Some("B")
+    )]
+    #[case::bare(vec![cond("Failed", "True", None, Some(" "))], Some("condition Failed"))]
+    fn job_failure_reads_the_conditions(#[case] conditions: Vec<JobCondition>, #[case] want: Option<&str>) {
+        let st = JobStatus {
+            conditions: Some(conditions),
+            ..Default::default()
+        };
+        assert_eq!(job_failure(&st).as_deref(), want);
+    }
+
+    fn event(reason: &str, message: &str, last: Option<&str>) -> Event {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        Event {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_timestamp: last.map(|t| Time(t.parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_failed_create_event_says_why() {
+        let events = [
+            event("FailedCreate", "old: quota", Some("2025-01-01T00:00:02Z")),
+            event("SuccessfulCreate", "Created pod: x", Some("2025-01-01T00:00:09Z")),
+            event("FailedCreate", "new: denied", Some("2025-01-01T00:00:05Z")),
+            event("FailedCreate", "older", Some("2025-01-01T00:00:01Z")),
+        ];
+        assert_eq!(pod_creation_refusal(&events).as_deref(), Some("new: denied"));
+        assert_eq!(pod_creation_refusal(&events[1..2]), None);
+        // Without times, the last one listed.
+        let untimed = [event("FailedCreate", "a", None), event("FailedCreate", "b", None)];
+        assert_eq!(pod_creation_refusal(&untimed).as_deref(), Some("b"));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!
 //! Pod patches carry the pod's UID when known (`metadata.uid`), and the read checks it: a
 //! pod that was deleted and re-created under the same name is not touched. The RBAC these
-//! calls need is `deploy/rbac-remediation.yaml` (get + create events; get + patch pods,
+//! calls need is `deploy/optional/rbac-remediation.yaml` (get + create events; get + patch pods,
 //! deployments, statefulsets, daemonsets and nodes).
 
 use serde::Serialize;

@@ -1,6 +1,7 @@
 //! A loopback Kubernetes API server for tests: enough of the real API (JSON built from
 //! k8s-openapi types, `limit`/`continue` pagination it enforces, field and label selectors,
-//! the exec WebSocket protocol, Jobs and pod logs) to drive snat's real kube client.
+//! the exec WebSocket protocol, Jobs with their status conditions, events and pod logs) to
+//! drive snat's real kube client.
 //! Faults (status codes, Retry-After, hangs) are scripted per path.
 
 #![allow(dead_code)]
@@ -21,9 +22,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -59,6 +60,8 @@ pub struct State {
     pub requests: Mutex<Vec<String>>,
     /// Field selectors received on pod lists.
     pub field_selectors: Mutex<Vec<String>>,
+    /// Label selectors received on node lists.
+    pub node_label_selectors: Mutex<Vec<String>>,
     /// Faults, consumed in order, by path substring.
     pub faults: Mutex<VecDeque<(String, Fault)>>,
     pub exec: Mutex<Option<ExecReply>>,
@@ -76,6 +79,13 @@ pub struct State {
     pub hanging_nodes: Mutex<Vec<String>>,
     /// Fleet: nodes whose Job pods wait in ImagePullBackOff forever.
     pub stuck_nodes: Mutex<Vec<String>>,
+    /// Fleet: nodes whose Jobs never get a pod, as when admission refuses it. With a
+    /// message, the Job controller's `FailedCreate` Warning event carrying it is recorded
+    /// against the Job when it is created (what `kubectl describe job` shows).
+    pub podless_nodes: Mutex<HashMap<String, Option<String>>>,
+    /// Fleet: status conditions a node's Job gets once it is this old (then it has no
+    /// active pod), e.g. `Failed`/`DeadlineExceeded`.
+    pub job_conditions: Mutex<HashMap<String, (Duration, Vec<JobCondition>)>>,
     /// Exec: the subprotocol the server picks (default v4.channel.k8s.io).
     pub exec_protocol: Mutex<Option<String>>,
     /// Exec: binary frames the client sent (channel byte first).
@@ -86,7 +96,7 @@ pub struct State {
     pub node_logs: Mutex<HashMap<String, String>>,
     /// Remediation: every POST/PATCH body received ("METHOD path", content type, JSON body).
     pub bodies: Mutex<Vec<(String, String, Value)>>,
-    /// Remediation: core/v1 Events created.
+    /// core/v1 Events: created by remediation, or by the fake Job controller.
     pub events: Mutex<Vec<Value>>,
     /// Remediation: Deployments, StatefulSets and DaemonSets (JSON with `kind`).
     pub workloads: Mutex<Vec<Value>>,
@@ -298,13 +308,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let method = req.method().clone();
     let r = match (method, seg.as_slice()) {
         (Method::GET, ["api", "v1", "nodes"]) => {
-            let items = state
-                .nodes
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|n| serde_json::to_value(n).unwrap())
-                .collect();
+            let sel = q.get("labelSelector").map(|v| v[0].clone()).unwrap_or_default();
+            if !sel.is_empty() {
+                state.node_label_selectors.lock().unwrap().push(sel.clone());
+            }
+            let nodes = state.nodes.lock().unwrap().clone();
+            let mut items = Vec::new();
+            for n in nodes {
+                match labels_match(n.metadata.labels.as_ref(), &sel) {
+                    Ok(true) => items.push(serde_json::to_value(n).unwrap()),
+                    Ok(false) => {}
+                    Err(e) => return Ok(status(400, "BadRequest", &e)),
+                }
+            }
             page(&state, &q, "NodeList", items)
         }
         (Method::GET, ["api", "v1", "pods"]) => {
@@ -347,6 +363,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 let done = state.job_runtime.lock().unwrap().is_some_and(|d| t0.elapsed() >= d)
                     && !state.hanging_nodes.lock().unwrap().contains(&node);
                 let fails = state.failing_nodes.lock().unwrap().contains(&node);
+                let podless = state.podless_nodes.lock().unwrap().contains_key(&node);
+                let conditions = state
+                    .job_conditions
+                    .lock()
+                    .unwrap()
+                    .get(&node)
+                    .filter(|(after, _)| t0.elapsed() >= *after)
+                    .map(|(_, c)| c.clone());
+                let active = !done && !podless && conditions.is_none();
                 let j = Job {
                     metadata: ObjectMeta {
                         name: Some(name.to_string()),
@@ -354,9 +379,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                         ..Default::default()
                     },
                     status: Some(JobStatus {
-                        active: Some(if done { 0 } else { 1 }),
-                        succeeded: Some(if done && !fails { 1 } else { 0 }),
-                        failed: Some(if done && fails { 1 } else { 0 }),
+                        active: Some(if active { 1 } else { 0 }),
+                        ready: Some(if active { 1 } else { 0 }),
+                        succeeded: Some(if done && !fails && !podless { 1 } else { 0 }),
+                        failed: Some(if done && fails && !podless { 1 } else { 0 }),
+                        conditions,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -375,7 +402,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 None => status(404, "NotFound", &format!("jobs.batch \"{name}\" not found")),
             }
         }
-        (Method::POST, ["apis", "batch", "v1", "namespaces", _ns, "jobs"]) => {
+        (Method::POST, ["apis", "batch", "v1", "namespaces", ns, "jobs"]) => {
+            let ns = ns.to_string();
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let job: Job = match serde_json::from_slice(&body) {
                 Ok(j) => j,
@@ -392,7 +420,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 .fleet_jobs
                 .lock()
                 .unwrap()
-                .insert(name.clone(), (node, Instant::now()))
+                .insert(name.clone(), (node.clone(), Instant::now()))
                 .is_some()
             {
                 return Ok(status(
@@ -400,6 +428,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                     "AlreadyExists",
                     &format!("jobs.batch \"{name}\" already exists"),
                 ));
+            }
+            if let Some(Some(message)) = state.podless_nodes.lock().unwrap().get(&node) {
+                let ev = failed_create(&ns, &name, message);
+                state.events.lock().unwrap().push(serde_json::to_value(ev).unwrap());
             }
             let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             state.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -429,6 +461,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 ));
             };
             let node = state.fleet_jobs.lock().unwrap().get(job).map(|(n, _)| n.clone());
+            let node = node.filter(|n| !state.podless_nodes.lock().unwrap().contains_key(n));
             let items = match node {
                 Some(node) => {
                     let stuck = state.stuck_nodes.lock().unwrap().contains(&node);
@@ -539,6 +572,41 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 .header("sec-websocket-protocol", proto)
                 .body(Full::new(Bytes::new()))
                 .unwrap());
+        }
+        (Method::GET, ["api", "v1", "namespaces", ns, "events"]) => {
+            let sel = q.get("fieldSelector").map(|v| v[0].clone()).unwrap_or_default();
+            let mut want = vec![("metadata.namespace".to_string(), ns.to_string())];
+            for term in sel.split(',').filter(|t| !t.is_empty()) {
+                let Some((k, v)) = term.split_once('=') else {
+                    return Ok(status(400, "BadRequest", &format!("invalid field selector {term:?}")));
+                };
+                let known = [
+                    "involvedObject.kind",
+                    "involvedObject.name",
+                    "involvedObject.namespace",
+                    "involvedObject.uid",
+                    "reason",
+                    "type",
+                ];
+                if !known.contains(&k) {
+                    return Ok(status(400, "BadRequest", &format!("field label not supported: {k}")));
+                }
+                want.push((k.to_string(), v.to_string()));
+            }
+            let items = state
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    want.iter().all(|(k, v)| {
+                        let path = format!("/{}", k.replace('.', "/"));
+                        e.pointer(&path).and_then(Value::as_str) == Some(v.as_str())
+                    })
+                })
+                .cloned()
+                .collect();
+            page(&state, &q, "EventList", items)
         }
         (Method::GET, ["api", "v1", "namespaces", ns, "events", name]) => {
             let ev = state
@@ -710,4 +778,69 @@ pub fn node_log(node: &str) -> String {
     format!(
         "--- snat:report ---\n{report}\n\n--- snat:audit ---\n{audit}\n\n--- snat:stderr ---\n\n--- snat:exit 0 ---\n"
     )
+}
+
+/// Whether `labels` match a label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined),
+/// as the API server evaluates it: `k!=v` also matches objects without `k`.
+pub fn labels_match(labels: Option<&BTreeMap<String, String>>, selector: &str) -> Result<bool, String> {
+    let get = |k: &str| labels.and_then(|l| l.get(k.trim()));
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            get(k).map(String::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k).map(String::as_str) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else if term.contains(' ') || term.contains('(') {
+            return Err(format!("test server: unsupported label selector {term:?}"));
+        } else {
+            get(term).is_some()
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The Warning event the Job controller records when the API server refuses a Job's pod.
+pub fn failed_create(ns: &str, job: &str, message: &str) -> Event {
+    let now = Time("2025-01-01T00:00:00Z".parse().unwrap());
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{job}.17f0c0ffee")),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("batch/v1".into()),
+            kind: Some("Job".into()),
+            name: Some(job.into()),
+            namespace: Some(ns.into()),
+            uid: Some(format!("uid-{job}")),
+            ..Default::default()
+        },
+        reason: Some("FailedCreate".into()),
+        message: Some(format!("Error creating: {message}")),
+        type_: Some("Warning".into()),
+        count: Some(3),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(EventSource {
+            component: Some("job-controller".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Job status condition with status `True`.
+pub fn job_condition(type_: &str, reason: &str, message: &str) -> JobCondition {
+    JobCondition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        ..Default::default()
+    }
 }

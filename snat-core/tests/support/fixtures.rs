@@ -5,15 +5,65 @@
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::{Container, Node, NodeAddress, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Node, NodeAddress, NodeCondition, NodeStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::apiserver::State;
 
+/// A Linux node, Ready, as a kubelet registers it (`kubernetes.io/os=linux`).
 pub fn node(name: &str, internal: &str) -> Node {
+    node_with(
+        name,
+        internal,
+        &[("kubernetes.io/os", "linux")],
+        ("True", "KubeletReady", "kubelet is posting ready status"),
+    )
+}
+
+/// A node of a Windows node pool.
+pub fn windows_node(name: &str, internal: &str) -> Node {
+    node_with(
+        name,
+        internal,
+        &[("kubernetes.io/os", "windows")],
+        ("True", "KubeletReady", "kubelet is posting ready status"),
+    )
+}
+
+/// An AKS virtual node (virtual-kubelet on ACI): a Linux node object without a host.
+pub fn virtual_node(name: &str, internal: &str) -> Node {
+    node_with(
+        name,
+        internal,
+        &[
+            ("kubernetes.io/os", "linux"),
+            ("type", "virtual-kubelet"),
+            ("kubernetes.io/role", "agent"),
+        ],
+        ("True", "Ready", "ok"),
+    )
+}
+
+/// A Linux node whose kubelet stopped reporting.
+pub fn not_ready_node(name: &str, internal: &str) -> Node {
+    node_with(
+        name,
+        internal,
+        &[("kubernetes.io/os", "linux")],
+        ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
+    )
+}
+
+/// A node with these labels (plus `kubernetes.io/hostname`) and this Ready condition
+/// (status, reason, message).
+pub fn node_with(name: &str, internal: &str, labels: &[(&str, &str)], ready: (&str, &str, &str)) -> Node {
+    let mut l: std::collections::BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.insert("kubernetes.io/hostname".into(), name.into());
     Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
+            labels: Some(l),
             ..Default::default()
         },
         status: Some(NodeStatus {
@@ -27,6 +77,13 @@ pub fn node(name: &str, internal: &str) -> Node {
                     address: internal.into(),
                 },
             ]),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: ready.0.into(),
+                reason: Some(ready.1.into()),
+                message: Some(ready.2.into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
