@@ -142,7 +142,8 @@ struct FleetArgs {
     #[arg(long, value_name = "NODE")]
     on_node: Vec<String>,
 
-    /// Run the playbook on every node of the cluster. Needs --image.
+    /// Run the playbook on every Linux node of the cluster (Windows and virtual-kubelet nodes
+    /// are skipped and named; a NotReady node fails at once, without a Job). Needs --image.
     #[arg(long, conflicts_with = "on_node")]
     all_nodes: bool,
 
