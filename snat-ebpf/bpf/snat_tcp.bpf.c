@@ -468,6 +468,18 @@ static void *(*const snat_rdonly_cast)(const void *obj, __u32 btf_id) = (void *)
 
 #define AS_SOCK(sk) ((struct sock *)snat_rdonly_cast((sk), bpf_core_type_id_kernel(struct sock)))
 
+/* An IPv4 socket's addresses take the first word of their 16 bytes; the other three must
+ * be zero, not what an IPv6 socket read earlier on this CPU left in its scratch space: flow
+ * keys are compared and hashed whole, so stale words split one IPv4 flow into several. */
+static __always_inline void clear_v4_tail(struct sk_fields *f)
+{
+#pragma unroll
+	for (int i = 1; i < 4; i++) {
+		((__u32 *)f->saddr)[i] = 0;
+		((__u32 *)f->daddr)[i] = 0;
+	}
+}
+
 /* Read family, ports, addresses and the netns pointer: directly, or with one probe read
  * of the socket's first bytes, member by member (CO-RE) if some member lies beyond them. */
 static __always_inline int read_fields(struct sock *sk, struct sk_fields *f, const int direct)
@@ -482,6 +494,7 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f, con
 		if (f->family == AF_INET) {
 			*(__u32 *)f->saddr = c->skc_rcv_saddr;
 			*(__u32 *)f->daddr = c->skc_daddr;
+			clear_v4_tail(f);
 		} else {
 #pragma unroll
 			for (int i = 0; i < 4; i++) {
@@ -512,6 +525,7 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f, con
 		if (f->family == AF_INET) {
 			HEAD_COPY(f->saddr, skc_rcv_saddr, 4, 4);
 			HEAD_COPY(f->daddr, skc_daddr, 4, 4);
+			clear_v4_tail(f);
 		} else {
 			HEAD_COPY(f->saddr, skc_v6_rcv_saddr, 16, 4);
 			HEAD_COPY(f->daddr, skc_v6_daddr, 16, 4);
@@ -527,6 +541,7 @@ static __always_inline int read_fields(struct sock *sk, struct sk_fields *f, con
 	if (f->family == AF_INET) {
 		BPF_CORE_READ_INTO((__u32 *)f->saddr, sk, __sk_common.skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)f->daddr, sk, __sk_common.skc_daddr);
+		clear_v4_tail(f);
 	} else {
 		bpf_core_read(f->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(f->daddr, 16, &sk->__sk_common.skc_v6_daddr);

@@ -322,6 +322,15 @@ fn both_modes_rank_the_same_traffic_alike() {
                     .map(|f| f.family)
                     .collect();
                 assert_eq!(families, [Family::Ipv4, Family::Ipv6].into(), "{:#?}", res.flows);
+                // One kernel row per flow: the IPv4 sockets' keys must not carry the
+                // address bytes an IPv6 socket left in the CPU's scratch space (the
+                // connects alternate between the two families on one thread).
+                let keys: BTreeSet<String> = res
+                    .flows
+                    .iter()
+                    .map(|f| format!("{:?}", (f.netns, f.family, f.direction, f.saddr, f.daddr, f.port)))
+                    .collect();
+                assert_eq!(keys.len(), res.flows.len(), "duplicate flow rows: {:#?}", res.flows);
                 summary_of_flows(&res.flows, groupings.clone())
             }
             Mode::Stream => {
