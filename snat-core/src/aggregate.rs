@@ -435,6 +435,45 @@ pub struct Ranking {
 }
 
 impl Ranking {
+    /// The rows `keep` accepts, in the same order.
+    pub fn retain(&self, mut keep: impl FnMut(&Ranking, &RankRow) -> bool) -> Ranking {
+        Ranking {
+            fields: self.fields.clone(),
+            metric: self.metric,
+            rows: self.rows.iter().filter(|r| keep(self, r)).cloned().collect(),
+        }
+    }
+
+    /// The rows added up by `fields`, each one of this ranking's fields (for example a
+    /// ranking by `(netns, daddr, dport)` summed by `netns`), ranked again by the same
+    /// metric. Errors when a field is not one of the ranking's.
+    pub fn regroup(&self, fields: &[Field]) -> Result<Ranking, Error> {
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| {
+                self.fields.iter().position(|g| g == f).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "cannot sum a ranking by {f}: it is grouped by [{}]",
+                        self.fields.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut sums: HashMap<Vec<Value>, Counts> = HashMap::new();
+        for r in &self.rows {
+            sums.entry(at.iter().map(|i| r.key[*i].clone()).collect())
+                .or_default()
+                .add(&r.counts);
+        }
+        let mut rows: Vec<RankRow> = sums.into_iter().map(|(key, counts)| RankRow { key, counts }).collect();
+        rows.sort_by(|a, b| rank_order(a, b, self.metric));
+        Ok(Ranking {
+            fields: fields.to_vec(),
+            metric: self.metric,
+            rows,
+        })
+    }
+
     /// The value of `field` in `row`, if the ranking groups by it.
     pub fn value<'a>(&self, row: &'a RankRow, field: Field) -> Option<&'a Value> {
         self.fields.iter().position(|f| *f == field).map(|i| &row.key[i])
@@ -677,6 +716,42 @@ mod tests {
         );
         assert!(s.rank(&[Field::Pid], Metric::Events).is_err());
         assert_eq!(r.by(Metric::Closes).rows.len(), 2);
+    }
+
+    /// A ranking by (netns, daddr) filtered and summed by netns: what tcptracer-log.rhai
+    /// does for the namespaces that spend SNAT ports, in Rust.
+    #[test]
+    fn retain_and_regroup_sum_rows_by_a_subset() {
+        let mut s = TraceSummary::new("t", vec![vec![Field::Netns, Field::Daddr]]);
+        for (daddr, netns, n) in [
+            ("1.1.1.1", 5, 3),
+            ("10.0.0.1", 5, 9),
+            ("2.2.2.2", 5, 2),
+            ("1.1.1.1", 7, 4),
+        ] {
+            for _ in 0..n {
+                s.add(&ev(EventKind::Connect, "10.244.0.2", daddr, Some(netns)))
+                    .unwrap();
+            }
+        }
+        let r = s.rank(&[Field::Netns, Field::Daddr], Metric::Connects).unwrap();
+        let public = r.retain(|rk, row| rk.value(row, Field::Daddr) != Some(&Value::Ip("10.0.0.1".parse().unwrap())));
+        assert_eq!(public.rows.len(), 3);
+        let by_ns = public.regroup(&[Field::Netns]).unwrap();
+        assert_eq!(by_ns.fields, vec![Field::Netns]);
+        let got: Vec<(Value, u64)> = by_ns
+            .rows
+            .iter()
+            .map(|r| (r.key[0].clone(), r.counts.connects))
+            .collect();
+        assert_eq!(got, vec![(Value::Int(5), 5), (Value::Int(7), 4)]);
+        // Unfiltered, netns 5 leads with the private destination's 9.
+        assert_eq!(r.regroup(&[Field::Netns]).unwrap().rows[0].counts.connects, 14);
+        let err = r.regroup(&[Field::Dport]).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot sum a ranking by dport") && err.contains("netns, daddr"),
+            "{err}"
+        );
     }
 
     #[rstest::rstest]

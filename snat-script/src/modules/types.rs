@@ -155,18 +155,45 @@ fn metric_of(s: &str) -> Result<Metric, Box<EvalAltResult>> {
 
 impl Ranking {
     fn rows(&self) -> Array {
-        let fields = Arc::new(self.0.fields.clone());
-        self.0
-            .rows
-            .iter()
-            .map(|r| {
-                Dynamic::from(RankRow {
-                    fields: fields.clone(),
-                    metric: self.0.metric,
-                    row: r.clone(),
-                })
-            })
-            .collect()
+        self.clone().into_iter().map(Dynamic::from).collect()
+    }
+}
+
+/// `for row in ranking { ... }`: the rows one at a time, highest first, without building
+/// the array `ranking.rows` would (which the sandbox's array limit caps: a log can hold
+/// more destinations than that).
+impl IntoIterator for Ranking {
+    type Item = RankRow;
+    type IntoIter = RankRows;
+
+    fn into_iter(self) -> RankRows {
+        RankRows {
+            fields: Arc::new(self.0.fields.clone()),
+            ranking: self.0,
+            next: 0,
+        }
+    }
+}
+
+/// The rows of a [`Ranking`], made as they are asked for.
+#[derive(Debug)]
+pub struct RankRows {
+    ranking: Arc<CoreRanking>,
+    fields: Arc<Vec<Field>>,
+    next: usize,
+}
+
+impl Iterator for RankRows {
+    type Item = RankRow;
+
+    fn next(&mut self) -> Option<RankRow> {
+        let row = self.ranking.rows.get(self.next)?;
+        self.next += 1;
+        Some(RankRow {
+            fields: self.fields.clone(),
+            metric: self.ranking.metric,
+            row: row.clone(),
+        })
     }
 }
 
@@ -184,6 +211,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     let mut m = Module::new();
     m.set_custom_type::<Trace>("Trace");
     m.set_custom_type::<Ranking>("Ranking");
+    m.set_iterable::<Ranking>();
     m.set_custom_type::<RankRow>("RankRow");
     m.set_custom_type::<Timeline>("Timeline");
 
@@ -386,7 +414,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &mut m,
         "rows",
         "Array",
-        "The rows (RankRow), highest first.",
+        "The rows (RankRow), highest first, as an array (capped by --max-array-size). To go\nthrough every row of a large ranking, iterate the ranking itself: `for r in ranking { ... }`.",
         |r: &mut Ranking| r.rows(),
     );
     getter(
@@ -429,6 +457,37 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &mut m,
         |r: &mut Ranking, metric: &str| -> Result<Ranking, Box<EvalAltResult>> {
             Ok(Ranking(Arc::new(r.0.by(metric_of(metric)?))))
+        },
+    );
+    method(
+        "snat_only",
+        &["ranking: Ranking", "policy: Policy", "Ranking"],
+        "The rows whose daddr uses SNAT ports by `policy` (pol.classify(row.daddr).snat), in the same\norder, filtered in Rust: for rankings too large to go through in the playbook. The ranking must\ngroup by daddr.",
+    )
+    .set_into_module(
+        &mut m,
+        |r: &mut Ranking, pol: snat_core::policy::Policy| -> Result<Ranking, Box<EvalAltResult>> {
+            if !r.0.fields.contains(&Field::Daddr) {
+                return usage("snat_only: the ranking must group by daddr".to_string());
+            }
+            Ok(Ranking(Arc::new(r.0.retain(|rk, row| match rk.value(row, Field::Daddr) {
+                Some(Value::Ip(ip)) => pol.classify(*ip).snat,
+                _ => false,
+            }))))
+        },
+    );
+    method(
+        "sum_by",
+        &["ranking: Ranking", "fields: Array", "Ranking"],
+        "The rows added up by some of the ranking's fields, ranked again by the same metric: e.g. a\nranking by [\"netns\", \"daddr\", \"dport\"] summed by [\"netns\"] gives each namespace's total.",
+    )
+    .set_into_module(
+        &mut m,
+        |r: &mut Ranking, fields: Array| -> Result<Ranking, Box<EvalAltResult>> {
+            let fields = fields_of(&fields)?;
+            r.0.regroup(&fields)
+                .map(|g| Ranking(Arc::new(g)))
+                .or_else(|e| usage(e.to_string()))
         },
     );
     method(
@@ -556,6 +615,60 @@ mod tests {
             .eval_with_scope(&mut scope, "t.events + t.connects + t.lost_events")
             .unwrap();
         assert_eq!(n, 6);
+    }
+
+    /// `for r in ranking` goes through every row, also when `.rows` would pass the
+    /// sandbox's array limit.
+    #[test]
+    fn a_ranking_iterates_its_rows_past_the_array_limit() {
+        let mut e = engine();
+        e.set_max_array_size(1);
+        let mut scope = rhai::Scope::new();
+        scope.push("t", trace());
+        scope.push(
+            "by_dest",
+            vec![Dynamic::from("netns"), Dynamic::from("daddr"), Dynamic::from("dport")],
+        );
+        let out: String = e
+            .eval_with_scope(
+                &mut scope,
+                r#"let s = ""; for r in t.rank(by_dest) { s += `${r.daddr}=${r.count} `; } s"#,
+            )
+            .unwrap();
+        assert_eq!(out, "203.0.113.5=2 10.0.0.7=1 ");
+        let err = e
+            .eval_with_scope::<i64>(&mut scope, "t.rank(by_dest).rows.len()")
+            .unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn snat_only_and_sum_by_work_in_rust() {
+        let mut e = engine();
+        e.register_static_module(
+            "policy",
+            crate::modules::policy::create_module(&Ctx::new(Default::default(), Default::default())).into(),
+        );
+        let mut scope = rhai::Scope::new();
+        scope.push("t", trace());
+        let out: String = e
+            .eval_with_scope(
+                &mut scope,
+                r#"let r = t.rank(["netns", "daddr", "dport"], "connects");
+                   let p = r.snat_only(policy::azure()).sum_by(["netns"]);
+                   `${r.len} ${r.sum_by(["netns"]).rows[0].count} ${p.len} ${p.rows[0].netns} ${p.rows[0].count}`"#,
+            )
+            .unwrap();
+        // 203.0.113.5 twice (public), 10.0.0.7 once (private).
+        assert_eq!(out, "2 3 1 4026532785 2");
+        let err = e
+            .eval_with_scope::<Dynamic>(&mut scope, r#"t.rank(["saddr", "netns"]).snat_only(policy::azure())"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("must group by daddr"), "{err}");
+        let err = e
+            .eval_with_scope::<Dynamic>(&mut scope, r#"t.rank(["saddr", "netns"]).sum_by(["dport"])"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot sum a ranking by dport"), "{err}");
     }
 
     fn timed_trace() -> Trace {
