@@ -724,6 +724,22 @@ fn allow_on_nodes_is_a_usage_error() {
     assert_eq!(records(&dir.path().join("audit")).len(), 1);
 }
 
+/// `snat-run PLAYBOOK -o json --all-nodes` against the kubeconfig `kc`, recording into
+/// `audit`, started and left running (for the tests that signal it).
+fn spawn_all_nodes(kc: &Path, audit: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(PLAYBOOK)
+        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
+        .arg(kc)
+        .arg("--audit-dir")
+        .arg(audit)
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn sigint_deletes_the_running_jobs_and_still_writes_the_record() {
     let st = fixtures::cluster();
@@ -732,17 +748,7 @@ fn sigint_deletes_the_running_jobs_and_still_writes_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), srv.addr);
     let audit = dir.path().join("audit");
-    let child = Command::new(env!("CARGO_BIN_EXE_snat-run"))
-        .arg(PLAYBOOK)
-        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
-        .arg(&kc)
-        .arg("--audit-dir")
-        .arg(&audit)
-        .env_remove("KUBECONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_all_nodes(&kc, &audit);
     let t0 = std::time::Instant::now();
     while srv.state.created.load(Ordering::SeqCst) < 2 {
         assert!(t0.elapsed() < Duration::from_secs(60), "the Jobs were never created");
@@ -776,17 +782,7 @@ fn a_node_stopped_by_sigint_is_interrupted_not_failed() {
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), srv.addr);
     let audit = dir.path().join("audit");
-    let child = Command::new(env!("CARGO_BIN_EXE_snat-run"))
-        .arg(PLAYBOOK)
-        .args(["--output", "json", "--all-nodes", "--image", "img:1", "--kubeconfig"])
-        .arg(&kc)
-        .arg("--audit-dir")
-        .arg(&audit)
-        .env_remove("KUBECONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_all_nodes(&kc, &audit);
     // node-a's Job is done (and deleted) while node-b's still runs.
     let t0 = std::time::Instant::now();
     while srv.state.deleted.load(Ordering::SeqCst) < 1 || srv.state.created.load(Ordering::SeqCst) < 2 {
