@@ -118,7 +118,7 @@ pub fn hostname_of(proc_root: &std::path::Path) -> Option<String> {
     if ours.is_some() && ours == theirs {
         return here();
     }
-    if let Ok(text) = std::fs::read_to_string(proc_root.join("1/root/etc/hostname"))
+    if let Ok(text) = std::fs::read_to_string(proc_root.join("1").join("root").join("etc/hostname"))
         && let Some(name) = text.lines().next().map(str::trim).filter(|n| !n.is_empty())
     {
         return Some(name.to_string());
@@ -227,10 +227,10 @@ mod tests {
     /// namespace link).
     fn proc_tree(hostname: Option<&str>, uts: Option<&str>) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("1/root/etc")).unwrap();
+        std::fs::create_dir_all(d.path().join("1").join("root").join("etc")).unwrap();
         std::fs::create_dir_all(d.path().join("1/ns")).unwrap();
         if let Some(h) = hostname {
-            std::fs::write(d.path().join("1/root/etc/hostname"), h).unwrap();
+            std::fs::write(d.path().join("1").join("root").join("etc/hostname"), h).unwrap();
         }
         if let Some(u) = uts {
             std::os::unix::fs::symlink(u, d.path().join("1/ns/uts")).unwrap();
