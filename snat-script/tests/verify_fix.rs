@@ -565,8 +565,8 @@ fn before_on(dir: &Path, host: Option<&str>) -> PathBuf {
 /// A `--host-proc` tree of a host named `name` (PID 1's /etc/hostname), with no process.
 fn proc_of_host(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join("hostproc");
-    std::fs::create_dir_all(p.join("1/root/etc")).unwrap();
-    std::fs::write(p.join("1/root/etc/hostname"), format!("{name}\n")).unwrap();
+    std::fs::create_dir_all(p.join("1").join("root").join("etc")).unwrap();
+    std::fs::write(p.join("1").join("root").join("etc/hostname"), format!("{name}\n")).unwrap();
     p
 }
 

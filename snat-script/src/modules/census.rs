@@ -641,9 +641,9 @@ mod tests {
             engine(&ctx).eval::<Dynamic>("census::hostname()").unwrap()
         };
         let other = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(other.path().join("1/root/etc")).unwrap();
+        std::fs::create_dir_all(other.path().join("1").join("root").join("etc")).unwrap();
         std::fs::write(
-            other.path().join("1/root/etc/hostname"),
+            other.path().join("1").join("root").join("etc/hostname"),
             "aks-nodepool1-12345678-vmss000003\n",
         )
         .unwrap();
