@@ -99,6 +99,15 @@ fn report(out: &Output) -> Value {
     })
 }
 
+/// Assert `out` is a refusal (exit 2) whose stderr holds every one of `needles`.
+fn expect_refused(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+}
+
 fn node_rows(rep: &Value) -> Vec<Value> {
     let s = rep["sections"]
         .as_array()
@@ -380,13 +389,11 @@ fn on_node_refuses_a_node_the_job_cannot_run_on() {
         &srv,
         &["--on-node", "node-a", "--on-node", "akswin000000", "--image", "img:1"],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(
-        err.contains(
-            "--on-node akswin000000: not a Linux node (kubernetes.io/os=windows): snat's node Job is a privileged Linux pod and cannot run there; no Job was created"
-        ),
-        "{err}"
+    expect_refused(
+        &out,
+        &[
+            "--on-node akswin000000: not a Linux node (kubernetes.io/os=windows): snat's node Job is a privileged Linux pod and cannot run there; no Job was created",
+        ],
     );
     assert_eq!(report(&out)["error"]["kind"], "usage_error");
     let out = snat_run(
@@ -394,12 +401,7 @@ fn on_node_refuses_a_node_the_job_cannot_run_on() {
         &srv,
         &["--on-node", "virtual-node-aci-linux", "--image", "img:1"],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(
-        err.contains("virtual-node-aci-linux: a virtual node (type=virtual-kubelet)"),
-        "{err}"
-    );
+    expect_refused(&out, &["virtual-node-aci-linux: a virtual node (type=virtual-kubelet)"]);
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
 }
 
@@ -497,9 +499,7 @@ fn on_node_without_image_is_a_usage_error() {
     let srv = server();
     let dir = tempfile::tempdir().unwrap();
     let out = snat_run(dir.path(), &srv, &["--on-node", "node-a"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--image"), "{err}");
+    expect_refused(&out, &["--image"]);
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
 
     let out = snat_run(
@@ -507,8 +507,7 @@ fn on_node_without_image_is_a_usage_error() {
         &srv,
         &["--on-node", "node-a", "--all-nodes", "--image", "i"],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    expect_refused(&out, &["cannot be used with"]);
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
 }
 
@@ -524,13 +523,9 @@ fn an_unknown_node_is_refused_before_any_job_is_created() {
         &srv,
         &["--on-node", "node-a", "--on-node", "nosuchnode", "--image", "img:1"],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(
-        err.contains(
-            "--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"
-        ),
-        "{err}"
+    expect_refused(
+        &out,
+        &["--on-node nosuchnode: no such node in the cluster; its nodes: node-a, node-b; no Job was created"],
     );
     let rep = report(&out);
     assert_eq!(rep["error"]["kind"], "usage_error", "{rep:#}");
@@ -709,12 +704,12 @@ fn allow_on_nodes_is_a_usage_error() {
         &srv,
         &["--on-node", "node-a", "--image", "img:1", "--allow", "event"],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--allow event cannot be used with --on-node/--all-nodes")
-            && err.contains("Remediation runs where your kubeconfig is"),
-        "{err}"
+    expect_refused(
+        &out,
+        &[
+            "--allow event cannot be used with --on-node/--all-nodes",
+            "Remediation runs where your kubeconfig is",
+        ],
     );
     assert_eq!(report(&out)["error"]["kind"], "usage_error");
     assert!(
