@@ -73,6 +73,14 @@ impl Run {
     fn records(&self) -> Vec<Value> {
         records_in(&self.audit())
     }
+
+    /// The run's one audit record, whose outcome is `kind` (every run leaves exactly one).
+    fn only_record(&self, kind: &str) -> Value {
+        let mut recs = self.records();
+        assert_eq!(recs.len(), 1, "exactly one record: {recs:#?}");
+        assert_eq!(recs[0]["outcome"]["kind"], kind, "{:#}", recs[0]);
+        recs.remove(0)
+    }
 }
 
 /// The records of an audit directory, oldest first (none when it does not exist).
@@ -229,11 +237,9 @@ fn syntax_error_exit_2_with_position_caret_and_record() {
     assert!(e.contains(&expect), "{e}");
     assert!(e.contains("let b = a +* 2;"), "{e}");
     assert!(e.contains('^'), "{e}");
-    let recs = r.records();
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
-    assert_eq!(recs[0]["exit_code"], 2);
-    assert_schema_valid(&recs[0]);
+    let rec = r.only_record("playbook_error");
+    assert_eq!(rec["exit_code"], 2);
+    assert_schema_valid(&rec);
 }
 
 #[test]
@@ -393,9 +399,7 @@ fn a_missing_kubeconfig_is_refused() {
         "{}",
         stderr(&o)
     );
-    let recs = r.records();
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    r.only_record("playbook_error");
 }
 
 /// A `--context` the kubeconfig lacks is refused before the run too, naming the contexts.
@@ -878,12 +882,10 @@ fn a_param_the_playbook_never_reads_is_refused_before_anything_runs() {
     assert!(e.contains("--param api_token: "), "{e}");
     assert!(!e.contains("hunter2"), "values are not echoed: {e}");
     // One record, of a playbook error, and no stage ran.
-    let recs = r.records();
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
-    assert_eq!(recs[0]["stages"].as_array().unwrap().len(), 0);
-    assert!(!serde_json::to_string(&recs[0]).unwrap().contains("hunter2"));
-    assert_schema_valid(&recs[0]);
+    let rec = r.only_record("playbook_error");
+    assert_eq!(rec["stages"].as_array().unwrap().len(), 0);
+    assert!(!serde_json::to_string(&rec).unwrap().contains("hunter2"));
+    assert_schema_valid(&rec);
     // Read, the same parameters are fine; a playbook that reads params() may get any.
     let ok = r.playbook("ok.rhai", "let s = param(\"seconds\", 10); let all = params();");
     assert_eq!(code(&r.run(&ok, &["--param", "secnds=60"])), 0);
@@ -1074,11 +1076,9 @@ fn sigint_mid_run_still_writes_the_record() {
     signal(&child, libc::SIGINT);
     let o = child.wait_with_output().unwrap();
     assert_eq!(code(&o), 130, "{}", stderr(&o));
-    let recs = r.records();
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
-    assert_eq!(recs[0]["exit_code"], 130);
-    assert_schema_valid(&recs[0]);
+    let rec = r.only_record("interrupted");
+    assert_eq!(rec["exit_code"], 130);
+    assert_schema_valid(&rec);
 }
 
 #[test]
@@ -1102,19 +1102,17 @@ fn sigterm_while_a_stage_blocks_still_writes_the_record() {
     let o = child.wait_with_output().unwrap();
     drop(stdin);
     assert_eq!(code(&o), 143, "{}", stderr(&o));
-    let recs = r.records();
-    assert_eq!(recs.len(), 1, "exactly one record");
-    assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
-    assert_eq!(recs[0]["exit_code"], 143);
+    let rec = r.only_record("interrupted");
+    assert_eq!(rec["exit_code"], 143);
     // The stage that was blocked is in the record, interrupted, with its arguments and
     // how long it ran (from before the signal to the end of the grace period).
-    let stages = recs[0]["stages"].as_array().unwrap();
+    let stages = rec["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 1, "{stages:?}");
     assert_eq!(stages[0]["name"], "tcptracer::read");
     assert_eq!(stages[0]["outcome"], "interrupted");
     assert_eq!(stages[0]["args"]["path"], "-");
     assert!(stages[0]["duration_ms"].as_f64().unwrap() > 300.0, "{}", stages[0]);
-    assert_schema_valid(&recs[0]);
+    assert_schema_valid(&rec);
 }
 
 #[test]
@@ -1272,20 +1270,18 @@ fn unknown_allow_action_is_a_usage_error() {
         stderr(&o)
     );
     // The playbook does not run, but the invocation is recorded, as every run is.
-    let recs = r.records();
-    assert_eq!(recs.len(), 1, "one record");
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
-    assert!(recs[0]["stages"].as_array().unwrap().is_empty(), "nothing ran");
-    assert_eq!(recs[0]["exit_code"], 2);
+    let rec = r.only_record("playbook_error");
+    assert!(rec["stages"].as_array().unwrap().is_empty(), "nothing ran");
+    assert_eq!(rec["exit_code"], 2);
     assert!(
-        recs[0]["outcome"]["message"]
+        rec["outcome"]["message"]
             .as_str()
             .unwrap()
             .contains("--allow evnt: no such action"),
         "{}",
-        recs[0]["outcome"]
+        rec["outcome"]
     );
-    assert_schema_valid(&recs[0]);
+    assert_schema_valid(&rec);
 }
 
 /// find-node.rhai has no default metrics file: run from the repository's root (where the
@@ -1473,9 +1469,7 @@ fn sigint_while_reading_a_pipe_reads_it_to_the_end_and_reports() {
             "{}",
             stderr(&o)
         );
-        let recs = r.records();
-        assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0]["outcome"]["kind"], "completed");
+        r.only_record("completed");
     }
 }
 
@@ -1522,9 +1516,7 @@ fn sigint_during_a_live_trace_ends_the_window_and_reports() {
         out.contains("the trace window was ended by Ctrl-C (SIGINT) after"),
         "{out}"
     );
-    let recs = r.records();
-    assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0]["outcome"]["kind"], "completed");
+    r.only_record("completed");
 }
 
 /// `tcptracer -t4v | snat-run examples/tcptracer-log.rhai --param log=-` where tcptracer
@@ -1816,9 +1808,7 @@ fn an_html_report_that_cannot_be_written_is_refused_up_front() {
         "the refusal is the only word on it: {}",
         stderr(&o)
     );
-    let recs = r.records();
-    assert_eq!(recs.len(), 1, "recorded, as every run is");
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    r.only_record("playbook_error");
     let ok = r.dir.path().join("r.html");
     let o = r.run(&p, &["--html", ok.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -1856,9 +1846,7 @@ fn command_line_slips_say_what_was_meant() {
         2,
         "no playbook or subcommand \"funtions\" (did you mean `functions`?)",
     );
-    let recs = r.records();
-    assert_eq!(recs.len(), 1, "recorded, as every run is");
-    assert_eq!(recs[0]["outcome"]["kind"], "playbook_error");
+    r.only_record("playbook_error");
     let o = r.run(Path::new("help"), &[]);
     expect_exit(&o, 2, "for help, run snat-run --help");
     let p = r.playbook("p.rhai", "let l = param(\"log\");");
