@@ -459,19 +459,11 @@ impl Ranking {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let mut sums: HashMap<Vec<Value>, Counts> = HashMap::new();
+        let mut sums = Aggregator::new(fields.to_vec());
         for r in &self.rows {
-            sums.entry(at.iter().map(|i| r.key[*i].clone()).collect())
-                .or_default()
-                .add(&r.counts);
+            sums.add_key(at.iter().map(|i| r.key[*i].clone()).collect(), &r.counts);
         }
-        let mut rows: Vec<RankRow> = sums.into_iter().map(|(key, counts)| RankRow { key, counts }).collect();
-        rows.sort_by(|a, b| rank_order(a, b, self.metric));
-        Ok(Ranking {
-            fields: fields.to_vec(),
-            metric: self.metric,
-            rows,
-        })
+        Ok(sums.ranking(self.metric))
     }
 
     /// The value of `field` in `row`, if the ranking groups by it.
