@@ -36,7 +36,9 @@ when it is another directory, else snat-audit-<uid> in the temporary directory (
 or the system's; created 0700, refused if another user owns it); stderr (audit record:
 PATH) and the JSON document's audit_record say where the record is. The value of a
 secret --param (token=..., password=...) is replaced by <redacted> in the record and in
-everything snat-run prints.
+everything snat-run prints, whatever whitespace separates its words there; a value shorter
+than 4 characters is hidden only where the parameter itself is shown (looking for it in
+every text would blank every \"1\" or \"on\").
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
@@ -122,7 +124,10 @@ struct RunArgs {
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 
-    /// No progress lines on stderr.
+    /// Nothing informational on stderr: no progress lines, no "HTML report: FILE", no
+    /// playbook log() lines, no list of the nodes --all-nodes skips. Warnings, errors, the
+    /// playbook's warn() and print() lines and --dry-run's planned requests still print, so
+    /// a run that went well prints nothing on stderr.
     #[arg(short, long)]
     quiet: bool,
 
@@ -488,7 +493,7 @@ fn record_refused_command_line(args: &[String], clap_message: &str) -> ExitCode 
     let name = std::path::Path::new(&args[0])
         .file_name()
         .map_or_else(|| "snat-run".into(), |n| n.to_string_lossy());
-    let (message, cmdline) = redact_refused(clap_message, &args[1..].join(" "));
+    let (message, cmdline) = redact_refused_command_line(clap_message, args);
     let message = format!("{message} (command line: {name} {cmdline})");
     let req = RunRequest {
         playbook,
@@ -547,12 +552,32 @@ fn raw_params(args: &[String]) -> BTreeMap<String, String> {
     out
 }
 
+/// The secret values of a command line clap could not parse: of its `--param`s
+/// ([`raw_params`]), and of its `KEY=VALUE` arguments given without `--param`.
+fn command_line_secrets(args: &[String]) -> snat_core::audit::SecretValues {
+    let mut params = raw_params(args);
+    for a in args.iter().skip(1).filter(|a| !a.starts_with('-')) {
+        if let Some((k, v)) = a.split_once('=') {
+            params.entry(k.trim().to_string()).or_insert_with(|| v.to_string());
+        }
+    }
+    snat_core::audit::SecretValues::from_params(&params)
+}
+
+/// clap's `message` and the command line `args` it refused, both without the values of
+/// secret parameters ([`command_line_secrets`], looked for first: a value of several words
+/// is one argument, which the command line's word-by-word redaction would cut), then with
+/// what [`redact_refused`] hides.
+fn redact_refused_command_line(message: &str, args: &[String]) -> (String, String) {
+    let secrets = command_line_secrets(args);
+    let cmdline = args.get(1..).unwrap_or_default().join(" ");
+    redact_refused(&secrets.redact(message), &secrets.redact(&cmdline))
+}
+
 /// Text that quotes the command line `args` (clap's error, a hint), without the secrets the
-/// refused command line's record keeps out: what [`redact_refused`] hides, and the values
-/// of secret `--param`s.
+/// refused command line's record keeps out (see [`redact_refused_command_line`]).
 fn redact_command_line_text(text: &str, args: &[String]) -> String {
-    let secrets = snat_core::audit::SecretValues::from_params(&raw_params(args));
-    secrets.redact(&redact_refused(text, &args.get(1..).unwrap_or_default().join(" ")).0)
+    redact_refused_command_line(text, args).0
 }
 
 /// clap's message and the command line it refused, with what the command line's redaction
@@ -642,6 +667,7 @@ fn run(a: RunArgs) -> ExitCode {
             kubeconfig: a.kubeconfig,
             kube_context: a.context,
             progress: !a.quiet && runner::stderr_is_terminal(),
+            quiet: a.quiet,
             audit_dir: None, // the runner sets the directory it opened
         },
         limits: Limits {

@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub kube_context: Option<String>,
     /// Whether to draw progress on stderr (stderr is a terminal and not `--quiet`).
     pub progress: bool,
+    /// `--quiet`: no informational lines on stderr (progress, where the HTML report went,
+    /// the playbook's `log` lines, the nodes `--all-nodes` skips); warnings, errors and the
+    /// playbook's `warn` and `print` lines still go there.
+    pub quiet: bool,
     /// The run's audit directory (`--audit-dir`), set by the runner; `None` outside a run,
     /// where readers of earlier records use [`snat_core::audit::default_dir`].
     pub audit_dir: Option<PathBuf>,
@@ -48,6 +52,7 @@ impl Default for RunOptions {
             kubeconfig: None,
             kube_context: None,
             progress: false,
+            quiet: false,
             audit_dir: None,
         }
     }
@@ -241,6 +246,13 @@ impl Ctx {
         &self.0.params
     }
 
+    /// `text` without the values of the run's secret parameters (see
+    /// [`audit::SecretValues::redact`]): what a stage or the playbook writes to stderr
+    /// keeps them out, as the report and the audit record do.
+    pub fn redact(&self, text: &str) -> String {
+        self.0.secrets.redact(text)
+    }
+
     /// The flag SIGINT/SIGTERM set. Long-running stages poll [`Ctx::is_cancelled`].
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.0.cancel.clone()
@@ -385,6 +397,7 @@ impl Ctx {
         let r = engine.call_fn_with_options::<rhai::Dynamic>(opts, &mut rhai::Scope::new(), &ast, name, (arg,));
         self.0.in_hook.store(false, Ordering::SeqCst);
         if let Err(e) = r {
+            let e = self.redact(&e.to_string());
             eprintln!("{}: warning: hook {name} failed: {e}", crate::program_name());
         }
     }

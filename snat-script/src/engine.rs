@@ -62,11 +62,17 @@ pub fn build(ctx: &Ctx, limits: &Limits) -> Engine {
         .set_module_resolver(DummyModuleResolver::new())
         .set_strict_variables(true);
     e.disable_symbol("eval");
-    e.on_print(|s| eprintln!("{s}"));
-    e.on_debug(|s, src, pos| match (src, pos.line()) {
-        (Some(src), Some(l)) => eprintln!("[{src}:{l}] {s}"),
-        (_, Some(l)) => eprintln!("[line {l}] {s}"),
-        _ => eprintln!("{s}"),
+    // A playbook's lines on stderr keep the values of secret parameters out, as its report.
+    let c = ctx.clone();
+    e.on_print(move |s| eprintln!("{}", c.redact(s)));
+    let c = ctx.clone();
+    e.on_debug(move |s, src, pos| {
+        let s = c.redact(s);
+        match (src, pos.line()) {
+            (Some(src), Some(l)) => eprintln!("[{src}:{l}] {s}"),
+            (_, Some(l)) => eprintln!("[line {l}] {s}"),
+            _ => eprintln!("{s}"),
+        }
     });
     let cancel: Arc<AtomicBool> = ctx.cancel_flag();
     e.on_progress(move |_| {

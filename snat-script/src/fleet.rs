@@ -314,9 +314,10 @@ fn check_node_names(ctx: &Ctx, kube: &Kube, names: &[String]) -> Result<fleet::F
     }
 }
 
-/// Say which nodes the run leaves out and which fail without a Job, and why.
-fn say_left_out(targets: &fleet::FleetTargets) {
-    if !targets.skipped.is_empty() {
+/// Say which nodes the run leaves out and which fail without a Job, and why. `quiet`
+/// (`--quiet`) leaves out the skipped nodes (the report lists them too).
+fn say_left_out(targets: &fleet::FleetTargets, quiet: bool) {
+    if !targets.skipped.is_empty() && !quiet {
         let list: Vec<String> = targets.skipped.iter().map(ToString::to_string).collect();
         eprintln!(
             "snat-run: --all-nodes skips {} node(s) snat's Linux node Job cannot run on: {}",
@@ -353,7 +354,8 @@ pub fn run(
         } else {
             check_node_names(ctx, &kube, &opts.nodes)?
         };
-        say_left_out(&targets);
+        // With no node left, the skipped ones are what the error points to.
+        say_left_out(&targets, ctx.options().quiet && !targets.nodes.is_empty());
         let nodes = targets.nodes.clone();
         if nodes.is_empty() {
             return Err(StageError::failed(snat_core::Error::Fleet(format!(

@@ -267,6 +267,7 @@ impl Finalizer {
         if let Some(path) = self.html.as_ref().filter(|_| !refused) {
             let html_error = shown.as_ref().map(|(k, m)| (*k, m.as_str()));
             match std::fs::write(path, crate::html::render(&report, &facts, html_error)) {
+                Ok(()) if self.ctx.options().quiet => {}
                 Ok(()) => eprintln!("HTML report: {}", path.display()),
                 Err(e) => eprintln!(
                     "{}: warning: cannot write the HTML report {}: {e}",

@@ -5,6 +5,12 @@
 //!
 //! `demo-node DIR` writes `DIR/kubeconfig`, prints `READY <node name> <storm pod uid>` on
 //! stdout, and holds everything until stdin closes; then removes it all.
+//!
+//! An instance killed without the chance to clean up (SIGKILL) leaves its namespaces,
+//! cgroups and processes behind: the next one to start removes them, and says so on stderr,
+//! before it builds its own. Each instance records what it creates (see
+//! `snat_testbed::DemoRecord`); the leftovers of an instance that still runs are never
+//! touched.
 
 #[path = "../../snat-core/tests/support/apiserver.rs"]
 mod apiserver;
@@ -20,7 +26,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use snat_testbed::{Layout, Netns, Plan, PodCgroup, Qos, Veth, require_root, spawn_holder};
+use snat_testbed::{
+    DemoRecord, Layout, Netns, Plan, PodCgroup, Qos, Veth, remove_dead_demo_nodes, require_root, spawn_holder,
+};
 
 const NODE: &str = "aks-demo-vmss000003";
 
@@ -41,7 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !require_root() {
         return Ok(());
     }
-    let world = Netns::new("dw")?;
+    for line in remove_dead_demo_nodes() {
+        eprintln!("demo-node: removed the leftover {line}");
+    }
+    let record = DemoRecord::create()?;
+    let world = Netns::named(&record.netns_name("w"))?;
     for a in ["198.18.0.1/32", "203.0.113.10/32", "10.99.0.1/32"] {
         world.add_lo_addr(a)?;
     }
@@ -67,11 +79,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cgs = Vec::new();
     let mut api_pods = Vec::new();
     for i in 0..10u32 {
-        let ns = Netns::new("dp")?;
+        let ns = Netns::named(&record.netns_name(&format!("p{i}")))?;
         let v = Veth::new(&ns, &format!("10.203.{i}.2/24"), &world, &format!("10.203.{i}.1/24"))?;
         ns.ip(&["route", "add", "default", "via", &format!("10.203.{i}.1")])?;
         let layout = if i % 2 == 0 { Layout::Systemd } else { Layout::Cgroupfs };
         let cg = PodCgroup::new(layout, Qos::Burstable)?;
+        record.add_cgroup(&cg.cgroup)?;
         let (plan, name, owner) = match i {
             // The storm: 300 flows to one public destination.
             0 => (
@@ -179,6 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(cgs);
     drop(nets);
     drop(world);
+    drop(record);
     Ok(())
 }
 

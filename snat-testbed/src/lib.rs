@@ -113,9 +113,13 @@ pub struct Netns {
 impl Netns {
     /// Create `<prefix><unique>` and bring its loopback up.
     pub fn new(prefix: &str) -> io::Result<Netns> {
-        let name = unique(prefix);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Netns { name };
+        Netns::named(&unique(prefix))
+    }
+
+    /// Create the namespace `name` exactly (it must not exist) and bring its loopback up.
+    pub fn named(name: &str) -> io::Result<Netns> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Netns { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -435,6 +439,191 @@ impl PodCgroup {
             cgroup: Cgroup::create(&rel)?,
         })
     }
+}
+
+// ----- demo-node instances and their leftovers -----------------------------------------
+
+/// Where each running `demo-node` (the simulated node of `scripts/demo`) keeps the record of
+/// what it created, one file per instance named by its pid ([`DemoRecord`]).
+pub const DEMO_RECORD_DIR: &str = "/run/snat-demo";
+
+/// How the names of `demo-node`'s network namespaces start: `snatdemo-<pid>-<what>`.
+pub const DEMO_NETNS_PREFIX: &str = "snatdemo-";
+
+/// The process name (`/proc/PID/comm`) of a `demo-node`.
+const DEMO_COMM: &str = "demo-node";
+
+/// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`), if it
+/// runs.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What one `demo-node` instance created, recorded as it creates it in
+/// `DEMO_RECORD_DIR/<pid>`, so that the next instance can remove it all should this one die
+/// without cleaning up (SIGKILL): its network namespaces carry its pid in their names
+/// ([`DemoRecord::netns_name`]); its pod cgroups, named as kubelet names them, are listed in
+/// the file, with the directories each one created. The file also holds the start time of
+/// the process, so that a pid used again by another process is not taken for this
+/// instance. Dropped, the record's file is removed (drop it after everything it lists).
+#[derive(Debug)]
+pub struct DemoRecord {
+    pid: u32,
+    file: PathBuf,
+}
+
+impl DemoRecord {
+    /// Start the record of this process (replacing the file of a dead process of the same
+    /// pid).
+    pub fn create() -> io::Result<DemoRecord> {
+        let pid = std::process::id();
+        let start = process_start(pid).ok_or_else(|| io::Error::other("cannot read /proc/self/stat"))?;
+        std::fs::create_dir_all(DEMO_RECORD_DIR)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {DEMO_RECORD_DIR}: {e}")))?;
+        let file = Path::new(DEMO_RECORD_DIR).join(pid.to_string());
+        std::fs::write(&file, format!("start {start}\n"))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", file.display())))?;
+        Ok(DemoRecord { pid, file })
+    }
+
+    /// The record's file.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The name of this instance's network namespace `what`: `snatdemo-<pid>-<what>`.
+    pub fn netns_name(&self, what: &str) -> String {
+        format!("{DEMO_NETNS_PREFIX}{}-{what}", self.pid)
+    }
+
+    /// Record the cgroup `cg` (just created): its path and the directories it created.
+    pub fn add_cgroup(&self, cg: &Cgroup) -> io::Result<()> {
+        use std::io::Write as _;
+        let mut line = format!("cgroup {}", cg.rel);
+        for d in &cg.created {
+            line.push(' ');
+            line.push_str(&d.to_string_lossy());
+        }
+        line.push('\n');
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.file)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", self.file.display())))
+    }
+}
+
+impl Drop for DemoRecord {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A `demo-node` instance, as its record and namespace names tell.
+#[derive(Debug, Default)]
+struct DemoInstance {
+    /// The start time its record gives, when it has one.
+    start: Option<u64>,
+    /// Its cgroups, as its record gives them.
+    cgroups: Vec<Cgroup>,
+    /// Its network namespaces (by name).
+    netns: Vec<String>,
+    /// Whether it has a record file.
+    record: bool,
+}
+
+/// Whether the `demo-node` instance `pid` runs: a process `pid` runs, and it is the one that
+/// wrote the record (same start time) or, without a record, it is a `demo-node`.
+fn demo_alive(pid: u32, recorded_start: Option<u64>) -> bool {
+    match (process_start(pid), recorded_start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == DEMO_COMM),
+    }
+}
+
+/// Remove what `demo-node` instances that no longer run (killed by SIGKILL, say) left
+/// behind: the processes in their network namespaces and cgroups (killed), their network
+/// namespaces, their pod cgroups (and `kubepods*` parents left empty) and their records.
+/// The instances that still run, this process included, are left alone (see [`DemoRecord`]
+/// for how one is told from a dead one). Returns one line per thing removed, to show.
+pub fn remove_dead_demo_nodes() -> Vec<String> {
+    let me = std::process::id();
+    let mut instances: std::collections::BTreeMap<u32, DemoInstance> = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(DEMO_RECORD_DIR).into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let inst = instances.entry(pid).or_default();
+        inst.record = true;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("start") => inst.start = words.next().and_then(|w| w.parse().ok()),
+                Some("cgroup") => {
+                    if let Some(rel) = words.next() {
+                        inst.cgroups.push(Cgroup {
+                            rel: rel.to_string(),
+                            created: words.map(PathBuf::from).collect(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DEMO_NETNS_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        instances.entry(pid).or_default().netns.push(name);
+    }
+    let mut removed = Vec::new();
+    for (pid, inst) in instances {
+        if pid == me || demo_alive(pid, inst.start) {
+            // Still running: its cgroup guards must not be dropped (that would kill them).
+            std::mem::forget(inst.cgroups);
+            continue;
+        }
+        // Its processes first: a namespace stays while a process is in it.
+        for ns in &inst.netns {
+            let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+            for p in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2); the pid is a process inside the dead instance's namespace.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        for cg in inst.cgroups {
+            let dir = cg.dir();
+            let existed = dir.exists();
+            // Its guard kills its processes and removes the directories it created.
+            drop(cg);
+            if existed && !dir.exists() {
+                removed.push(format!("cgroup {} of dead demo-node {pid}", dir.display()));
+            }
+        }
+        for ns in &inst.netns {
+            if run("ip", &["netns", "del", ns]).is_ok() {
+                removed.push(format!("network namespace {ns} of dead demo-node {pid}"));
+            }
+        }
+        if inst.record {
+            let file = Path::new(DEMO_RECORD_DIR).join(pid.to_string());
+            if std::fs::remove_file(&file).is_ok() {
+                removed.push(format!("record {} of dead demo-node {pid}", file.display()));
+            }
+        }
+    }
+    removed
 }
 
 // ----- processes holding connections ---------------------------------------------------

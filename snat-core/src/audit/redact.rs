@@ -474,22 +474,76 @@ const NOT_SECRET_VALUES: &[&str] = &["true", "false", "yes", "null", "none"];
 /// quotes a parameter (`"hunter2" is not an integer`), a stage error naming a secret path,
 /// a finding's summary.
 ///
-/// A value is looked for as it is, trimmed, and escaped as Rust's `{:?}` and JSON would
-/// write it inside quotes. Values shorter than [`MIN_SECRET_VALUE_CHARS`] characters,
-/// `true`, `false`, `yes`, `null`, `none` (in any case) and parts of the marker
-/// `<redacted>` itself are not looked for: they are too common to replace everywhere.
+/// A value is looked for trimmed, as it is and escaped as Rust's `{:?}` and JSON would
+/// write it inside quotes. A value of several words (`abc def ghi`) is found whatever
+/// separates its words in the text, as long as something does: any run of whitespace (a
+/// line break, a tab, several spaces: a message that wraps it, a command line joined again
+/// with single spaces) or of the escapes `\n`, `\r`, `\t`, escaped once or more (the value
+/// inside a JSON or `{:?}` string). Values shorter than [`MIN_SECRET_VALUE_CHARS`] characters, `true`,
+/// `false`, `yes`, `null`, `none` (in any case) and parts of the marker `<redacted>` itself
+/// are not looked for: they are too common to replace everywhere. The words of a value are
+/// not looked for on their own, only together.
 ///
 /// Its `Debug` output shows how many forms it holds, never the values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretValues {
-    /// Every form to look for, longest first.
-    forms: Vec<String>,
+    /// Every form to look for, as its words (whatever separates them in a text), longest
+    /// first.
+    forms: Vec<Vec<String>>,
 }
 
 impl std::fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SecretValues({} forms, redacted)", self.forms.len())
     }
+}
+
+/// How many bytes at the start of `text` separate two words of a secret value: one
+/// whitespace character, or one of the escapes `\n`, `\r`, `\t`, escaped again any number
+/// of times (`\\n`: a JSON string quoted by `{:?}`); 0 for none.
+fn separator_len(text: &str) -> usize {
+    match text.chars().next() {
+        Some(c) if c.is_whitespace() => c.len_utf8(),
+        Some('\\') => {
+            let slashes = text.bytes().take_while(|&b| b == b'\\').count();
+            if matches!(text.as_bytes().get(slashes), Some(b'n' | b'r' | b't')) {
+                slashes + 1
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// The length of the occurrence of `words` that starts at the start of `text`, if one
+/// does: the first word, then for each next one at least one separator
+/// ([`separator_len`]) and the word (after as few separators as it takes).
+fn match_len(text: &str, words: &[String]) -> Option<usize> {
+    let (first, rest) = words.split_first()?;
+    let mut at = first.len();
+    if !text.starts_with(first.as_str()) {
+        return None;
+    }
+    for word in rest {
+        let mut seps = 0;
+        loop {
+            let n = separator_len(&text[at..]);
+            if n == 0 {
+                break;
+            }
+            at += n;
+            seps += 1;
+            if text[at..].starts_with(word.as_str()) {
+                break;
+            }
+        }
+        if seps == 0 || !text[at..].starts_with(word.as_str()) {
+            return None;
+        }
+        at += word.len();
+    }
+    Some(at)
 }
 
 impl SecretValues {
@@ -516,35 +570,34 @@ impl SecretValues {
     /// Adds `value` (see [`SecretValues`] for the forms looked for); false when it is too
     /// short or too common to be looked for.
     pub fn insert(&mut self, value: &str) -> bool {
-        let worth = |s: &str| {
-            s.chars().count() >= MIN_SECRET_VALUE_CHARS
-                && !NOT_SECRET_VALUES.iter().any(|w| s.eq_ignore_ascii_case(w))
-                && !REDACTED.contains(s)
-        };
         let trimmed = value.trim();
-        if !worth(trimmed) {
+        if trimmed.chars().count() < MIN_SECRET_VALUE_CHARS
+            || NOT_SECRET_VALUES.iter().any(|w| trimmed.eq_ignore_ascii_case(w))
+            || REDACTED.contains(trimmed)
+        {
             return false;
         }
-        let quoted = |s: &str| {
-            let debug = format!("{s:?}");
-            let json = serde_json::to_string(s).unwrap_or_default();
-            [debug, json].map(|q| q.get(1..q.len().saturating_sub(1)).unwrap_or_default().to_owned())
+        let words: Vec<&str> = trimmed.split_whitespace().collect();
+        let quoted = |s: &str, json: bool| {
+            let q = if json {
+                serde_json::to_string(s).unwrap_or_default()
+            } else {
+                format!("{s:?}")
+            };
+            q.get(1..q.len().saturating_sub(1)).unwrap_or_default().to_owned()
         };
-        let [debug, json] = quoted(value);
-        let [debug_trimmed, json_trimmed] = quoted(trimmed);
-        for form in [
-            value.to_owned(),
-            trimmed.to_owned(),
-            debug,
-            json,
-            debug_trimmed,
-            json_trimmed,
-        ] {
-            if worth(&form) && !self.forms.contains(&form) {
+        let forms = [
+            words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>(),
+            words.iter().map(|w| quoted(w, false)).collect(),
+            words.iter().map(|w| quoted(w, true)).collect(),
+        ];
+        for form in forms {
+            if form.iter().all(|w| !w.is_empty()) && !self.forms.contains(&form) {
                 self.forms.push(form);
             }
         }
-        self.forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let len = |f: &Vec<String>| f.iter().map(String::len).sum::<usize>() + f.len();
+        self.forms.sort_by(|a, b| len(b).cmp(&len(a)).then_with(|| a.cmp(b)));
         true
     }
 
@@ -557,10 +610,13 @@ impl SecretValues {
     fn spans(&self, text: &str) -> Vec<std::ops::Range<usize>> {
         let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
         for form in &self.forms {
+            let Some(first) = form.first() else { continue };
             let mut from = 0;
-            while let Some(at) = text[from..].find(form.as_str()) {
+            while let Some(at) = text[from..].find(first.as_str()) {
                 let start = from + at;
-                spans.push(start..start + form.len());
+                if let Some(len) = match_len(&text[start..], form) {
+                    spans.push(start..start + len);
+                }
                 from = start + text[start..].chars().next().map_or(1, char::len_utf8);
             }
         }
@@ -623,19 +679,24 @@ impl SecretValues {
 }
 
 /// What [`AuditDir::write`](super::AuditDir::write) does to a record before writing it:
-/// `params` through [`redact_params`], stage `args` through [`redact_json`], stage `error`
-/// and `outcome.message` through [`redact_text`], `findings` through [`redact_findings`];
-/// then every occurrence of `secrets` is replaced in those, in `playbook.path` and in the
-/// actions' `target`, `request` and `result`.
+/// every occurrence of `secrets` is replaced in `playbook.path`, `params`, stage `args` and
+/// `error`, the actions' `target`, `request` and `result`, `outcome.message` and
+/// `findings`; then `params` go through [`redact_params`], stage `args` through
+/// [`redact_json`], stage `error` and `outcome.message` through [`redact_text`],
+/// `findings` through [`redact_findings`]. The values come first: a rule of
+/// [`redact_text`] that ends a value at a space (`token=abc def`) would otherwise cut a
+/// value of several words, and leave its other words for no one to find.
 pub(super) fn redact_record(record: &mut super::AuditRecord, secrets: &SecretValues) {
-    let text = |s: &str| secrets.redact(&redact_text(s));
+    let text = |s: &str| redact_text(&secrets.redact(s));
     record.playbook.path = secrets.redact(&record.playbook.path);
-    record.params = redact_params(&record.params)
-        .into_iter()
-        .map(|(k, v)| (k, secrets.redact(&v)))
+    let params = record
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), secrets.redact(v)))
         .collect();
+    record.params = redact_params(&params);
     for stage in &mut record.stages {
-        stage.args = secrets.redact_json(&redact_json(&stage.args));
+        stage.args = redact_json(&secrets.redact_json(&stage.args));
         stage.error = stage.error.as_deref().map(text);
     }
     for action in &mut record.actions {
@@ -647,10 +708,8 @@ pub(super) fn redact_record(record: &mut super::AuditRecord, secrets: &SecretVal
         action.result = action.result.as_deref().map(|r| secrets.redact(r));
     }
     record.outcome.message = record.outcome.message.as_deref().map(text);
-    record.findings = redact_findings(&record.findings)
-        .iter()
-        .map(|f| secrets.redact_json(f))
-        .collect();
+    let findings: Vec<serde_json::Value> = record.findings.iter().map(|f| secrets.redact_json(f)).collect();
+    record.findings = redact_findings(&findings);
 }
 
 #[cfg(test)]
@@ -917,6 +976,16 @@ mod tests {
     #[case::short_values_are_left(&["1", "on", "true"], "line 1: on is true", "line 1: on is true")]
     #[case::formed_again_by_the_marker(&["d>zz"], "d>zzzz", "<redacte<redacted>")]
     #[case::nothing(&[], "hunter2", "hunter2")]
+    #[case::spaced_value(&["abc def ghi"], "bad token abc def ghi here", "bad token <redacted> here")]
+    #[case::spaced_value_wrapped(&["abc def ghi"], "bad token abc def\n   ghi here", "bad token <redacted> here")]
+    #[case::spaced_value_respaced(&["abc  def\tghi"], "run abc def ghi", "run <redacted>")]
+    #[case::spaced_value_json_escaped(&["abc def ghi"], "{\"m\":\"abc def\\nghi\"}", "{\"m\":\"<redacted>\"}")]
+    #[case::spaced_value_debug_quoted(&["say \"hi\" now"], "got \"say \\\"hi\\\"\\n now\"", "got \"<redacted>\"")]
+    #[case::trailing_newline(&["hunter22\n"], "x hunter22\ny", "x <redacted>\ny")]
+    #[case::words_alone_are_not_the_value(&["abcd efgh"], "abcd and efgh", "abcd and efgh")]
+    #[case::words_need_a_separator(&["abc def"], "abcdef", "abcdef")]
+    #[case::one_character(&["a"], "a banana", "a banana")]
+    #[case::three_characters(&["a b"], "a b c", "a b c")]
     fn redacts_every_occurrence_of_a_secret_value(#[case] values: &[&str], #[case] text: &str, #[case] want: &str) {
         let mut s = SecretValues::default();
         for v in values {
@@ -985,15 +1054,100 @@ mod tests {
             record.outcome.message.as_deref(),
             Some("parameter `token`: \"<redacted>\" is not an integer\nnote=<redacted>")
         );
+        // The whole value of `log` is secret (it holds a signature): gone whole, as from
+        // `params`.
         assert_eq!(
             record.stages[0].error.as_deref(),
-            Some("cannot open /nonexistent?sig=<redacted>: No such file or directory")
+            Some("cannot open <redacted>: No such file or directory")
         );
         assert_eq!(record.findings[0]["summary"], "token <redacted> seen, note=<redacted>");
         assert_eq!(record.actions[0].target, "pod/default/<redacted>");
     }
 
+    /// A secret value of several words is gone from a record's messages whole, also where
+    /// a rule of [`redact_text`] would end it at its first space (`token=abc def ghi`).
+    #[rstest]
+    #[case::pair("check token=abc def ghi failed", "check token=<redacted> failed")]
+    #[case::pair_wrapped("check token=abc def\nghi failed", "check token=<redacted> failed")]
+    #[case::bearer("header Bearer abc def ghi sent", "header Bearer <redacted> sent")]
+    #[case::yaml_line("token: abc def ghi\nnext", "token: <redacted>\nnext")]
+    fn a_spaced_secret_value_is_gone_from_a_record(#[case] message: &str, #[case] want: &str) {
+        let mut record: crate::audit::AuditRecord = serde_json::from_value(json!({
+            "schema_version": 2, "run_id": "3f2b8c1e-5d4a-4c2b-9e1f-0a1b2c3d4e5f",
+            "tool": {"name": "t", "version": "0"}, "playbook": {"path": "p.rhai", "sha256": null},
+            "params": {"token": "abc def ghi", "note": message},
+            "started_at": "2026-11-21T05:59:05Z", "ended_at": "2026-11-21T05:59:05Z",
+            "host": {"hostname": "h", "kernel_release": "k", "uid": 0, "euid": 0, "capabilities": []},
+            "stages": [{"name": "s", "args": {"m": message}, "started_at": "2026-11-21T05:59:05Z",
+                        "duration_ms": 1.0, "items": null, "outcome": "failed", "error": message}],
+            "actions": [], "outcome": {"kind": "playbook_error", "message": message},
+            "verdict": null, "exit_code": 2, "prev_sha256": null,
+            "findings": [{"kind": "k", "severity": "info", "summary": message}], "findings_truncated": 0,
+        }))
+        .unwrap();
+        // The run's one secret (a `note` that looks secret itself would be one whole).
+        let mut secrets = SecretValues::default();
+        secrets.insert("abc def ghi");
+        redact_record(&mut record, &secrets);
+        assert_eq!(record.outcome.message.as_deref(), Some(want));
+        assert_eq!(record.stages[0].error.as_deref(), Some(want));
+        // JSON strings that look secret themselves (`token: …`) are replaced whole.
+        for v in [&record.stages[0].args["m"], &record.findings[0]["summary"]] {
+            assert!(v == want || v == REDACTED, "{v}");
+        }
+        assert!(
+            [want, REDACTED].contains(&record.params["note"].as_str()),
+            "{:?}",
+            record.params
+        );
+        let text = serde_json::to_string(&record).unwrap();
+        for word in ["abc", "def", "ghi"] {
+            assert!(!text.contains(word), "{word} in {text}");
+        }
+    }
+
+    /// Separators between the words of a value, as a text may show them.
+    fn separator() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        proptest::sample::select(vec![" ", "  ", "\n", "\t", "\n    ", " \r\n", "\\n", "\\t", " \\n "])
+            .prop_map(str::to_owned)
+    }
+
     proptest::proptest! {
+        /// A secret value of one or more words, in any text made of what the rules of
+        /// [`redact_text`] react to, whatever separates its words there, as it is or quoted
+        /// by `{:?}` or JSON, never survives in part: not on stdout or stderr (the values
+        /// alone) nor in a record (the values, then [`redact_text`]).
+        #[test]
+        fn no_part_of_a_secret_value_survives_whatever_surrounds_it(
+            before in proptest::collection::vec(proptest::sample::select(vec![
+                "token=", "sig=", "key: ", "password: ", "bearer ", "basic ", "\"", "'", "\\", ":",
+                " ", "\n", "&", "x", "run", "-", "=", "<redacted>", "eyj"]), 0..6),
+            after in "[a-z \n\\\"'=:,.&-]{0,20}",
+            words in proptest::collection::vec("[QXZ0-9%+/_.]{1,8}", 1..4),
+            seps in proptest::collection::vec(separator(), 3),
+            quoting in 0usize..3,
+        ) {
+            let value = words.join(" ");
+            let mut s = SecretValues::default();
+            proptest::prop_assume!(s.insert(&value));
+            let mut shown = words[0].clone();
+            for (w, sep) in words[1..].iter().zip(&seps) {
+                shown.push_str(sep);
+                shown.push_str(w);
+            }
+            let shown = match quoting {
+                0 => shown,
+                1 => format!("{shown:?}"),
+                _ => serde_json::to_string(&shown).unwrap(),
+            };
+            let text = format!("{}{shown}{after}", before.concat());
+            let secret_char = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || "%+/_".contains(c);
+            for out in [s.redact(&text), redact_text(&s.redact(&text))] {
+                proptest::prop_assert!(!out.contains(secret_char), "{text:?} gave {out:?}");
+            }
+        }
+
         /// A secret value, in any text, as it is or quoted by `{:?}`, never survives the
         /// writer's redaction of a message.
         #[test]

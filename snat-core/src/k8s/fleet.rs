@@ -1395,7 +1395,17 @@ mod tests {
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/reference/job-template.yaml");
         let text = std::fs::read_to_string(p).unwrap();
         let mut file: Job = serde_saphyr::from_str(&text).unwrap();
-        let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", "PLAYBOOK_TEXT");
+        // The playbook is an example a reader replaces, given as a literal block scalar:
+        // its lines as written, one per line, as the code passes a playbook's source.
+        assert!(text.contains("value: |\n"), "SNAT_PLAYBOOK is a literal block scalar");
+        let container = &file.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let example = container.env.as_ref().unwrap()[0].value.clone().unwrap();
+        assert!(example.lines().count() > 3 && example.ends_with(");\n"), "{example:?}");
+        assert!(
+            example.starts_with("// ") && example.contains("\nreport::verdict("),
+            "{example:?}"
+        );
+        let mut s = FleetSpec::new("IMAGE", "PLAYBOOK", &example);
         s.run_id = "RUN_ID".into();
         let built = job_manifest(&s, "NODE_NAME");
         // The file's name is a placeholder: the code derives it from the run id and node.

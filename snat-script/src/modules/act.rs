@@ -121,18 +121,22 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
     let allowed = opts.allow.contains(name);
     let (target, request, state, result) = match planned {
         Planned::Refused { target, reason } => {
-            eprintln!("{}: act::{name}: {reason}", crate::program_name());
+            eprintln!("{}: act::{name}: {}", crate::program_name(), ctx.redact(&reason));
             (target, Value::Null, ActionState::Failed, reason)
         }
         Planned::Plan(plan) => {
             let request = plan.request_json();
             let (state, result) = if opts.dry_run {
+                // Printed as the record keeps it: without the values of secret parameters.
                 eprintln!(
-                    "{}: dry-run: act::{name} on {} would send (after GET {} to skip it if already done):\n{}",
-                    crate::program_name(),
-                    plan.target,
-                    plan.read_path,
-                    plan.request.render()
+                    "{}",
+                    ctx.redact(&format!(
+                        "{}: dry-run: act::{name} on {} would send (after GET {} to skip it if already done):\n{}",
+                        crate::program_name(),
+                        plan.target,
+                        plan.read_path,
+                        plan.request.render()
+                    ))
                 );
                 let mut r = "dry run: not sent".to_string();
                 if !allowed {
@@ -143,7 +147,7 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
                 eprintln!(
                     "{}: act::{name} on {} planned only: not allowed (pass --allow {name})",
                     crate::program_name(),
-                    plan.target
+                    ctx.redact(&plan.target)
                 );
                 (
                     ActionState::Planned,
@@ -160,9 +164,12 @@ fn act(ctx: &Ctx, action: Action, planned: Planned) -> (Map, Option<u64>) {
                     Ok(Applied::Unchanged(s)) => (ActionState::Unchanged, s),
                     Err(msg) => {
                         eprintln!(
-                            "{}: act::{name} on {} failed: {msg}",
-                            crate::program_name(),
-                            plan.target
+                            "{}",
+                            ctx.redact(&format!(
+                                "{}: act::{name} on {} failed: {msg}",
+                                crate::program_name(),
+                                plan.target
+                            ))
                         );
                         (ActionState::Failed, msg)
                     }

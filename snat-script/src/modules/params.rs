@@ -130,21 +130,31 @@ pub fn create_module(ctx: &Ctx) -> Module {
             .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
             .collect::<rhai::Map>()
     });
+    let c = ctx.clone();
     method(
         "log",
         &["message: ?", "()"],
-        "Write a line to stderr (never stdout: stdout carries the report).",
+        "Write a line to stderr (never stdout: stdout carries the report); not with --quiet, which keeps stderr for warnings and errors.",
     )
-    .set_into_module(&mut m, |msg: Dynamic| {
+    .set_into_module(&mut m, move |msg: Dynamic| {
         // The line on stderr is the message; the tracing event (at debug, so not printed
-        // a second time by default) puts it in context for -vv.
+        // a second time by default) puts it in context for -vv. Neither shows a secret
+        // parameter's value.
+        let msg = c.redact(&msg.to_string());
         tracing::debug!(target: "playbook", "log: {msg}");
-        eprintln!("{msg}");
+        if !c.options().quiet {
+            eprintln!("{msg}");
+        }
     });
-    method("warn", &["message: ?", "()"], "Write a warning line to stderr.").set_into_module(&mut m, |msg: Dynamic| {
-        tracing::debug!(target: "playbook", "warning: {msg}");
-        eprintln!("warning: {msg}");
-    });
+    let c = ctx.clone();
+    method("warn", &["message: ?", "()"], "Write a warning line to stderr.").set_into_module(
+        &mut m,
+        move |msg: Dynamic| {
+            let msg = c.redact(&msg.to_string());
+            tracing::debug!(target: "playbook", "warning: {msg}");
+            eprintln!("warning: {msg}");
+        },
+    );
     m
 }
 
