@@ -564,6 +564,40 @@ async fn fleet_reports_each_job_as_it_goes() {
     assert_eq!(counts, ["1/2", "2/2"], "{seen:?}");
 }
 
+/// A Job that starts and finishes between two polls is still said to have run: its
+/// `running` event comes when its end is seen, marked as between polls, before `finished`.
+#[tokio::test]
+async fn fleet_job_done_between_two_polls_is_still_reported_running() {
+    let st = cluster();
+    // Done from the first look at it on.
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &fleet::FleetEvent<'_>| {
+        let line = match ev {
+            fleet::FleetEvent::Created { node, .. } => format!("{node} created"),
+            fleet::FleetEvent::Running {
+                node, between_polls, ..
+            } => format!("{node} running between_polls={between_polls}"),
+            fleet::FleetEvent::Finished { run, .. } => format!("{} {:?}", run.node, run.outcome),
+        };
+        sink.lock().unwrap().push(line);
+    });
+    let nodes = vec!["node-a".to_string()];
+    fleet::run_fleet_with(&e.kube, &spec(1), &nodes, Arc::new(AtomicBool::new(false)), on_event)
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "node-a created",
+            "node-a running between_polls=true",
+            "node-a Completed"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn fleet_fan_out_over_1000_nodes_respects_concurrency() {
     let st = cluster();

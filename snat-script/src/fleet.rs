@@ -5,7 +5,9 @@
 //! running), and exactly one local audit record is written, its stage log holding the fleet
 //! call. The fleet record and each node's audit record and report go to
 //! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
-//! directory only sees the chain). The merged report has one row per node; the verdict is
+//! directory only sees the chain). The merged report is marked as a fleet report by its
+//! `fleet` field ([`fleet_summary`]: the run, its record and its nodes), and each of its
+//! findings names its node (`node.name`). It has one row per node; the verdict is
 //! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
 //! node failed, else "clear" (exit 0). A node the run was stopped before it finished
 //! (Ctrl-C, SIGTERM) is "interrupted", never "failed", in the summary and the Nodes table;
@@ -132,6 +134,31 @@ fn top_finding(res: &FleetResult, i: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The report's `fleet` object for the fleet record `record`, written at `path`: what marks
+/// a report (or, read back by `report::load`, an audit record) as a fleet run's, and which
+/// nodes it covered (see the `fleet` field in [`crate::report`]).
+pub(crate) fn fleet_summary(record: &fleet::FleetRecord, path: &Path) -> Value {
+    let nodes: Vec<Value> = record
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "hostname": n.hostname,
+                "outcome": n.outcome,
+                "exit_code": n.exit_code,
+                "verdict": n.verdict,
+            })
+        })
+        .collect();
+    json!({
+        "run_id": record.run_id,
+        "record": path.display().to_string(),
+        "nodes": nodes,
+        "skipped": record.skipped,
+    })
+}
+
 /// Fill the run's report from a fleet result; returns (pressure nodes, failed nodes).
 /// Interrupted nodes are neither.
 fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) -> (usize, Vec<String>) {
@@ -186,6 +213,7 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
     rep.title = Some(format!("{} on {total} node(s)", playbook.display()));
     rep.verdict = verdict(&states);
     rep.summary = Some(summary(&states));
+    rep.fleet = Some(fleet_summary(&res.record, record));
     rep.sections.push(Section {
         title: "Nodes".into(),
         body: SectionBody::Table {
@@ -211,13 +239,25 @@ fn merge_report(ctx: &Ctx, playbook: &Path, res: &FleetResult, record: &Path) ->
 fn progress_text(ev: &FleetEvent<'_>) -> String {
     match ev {
         FleetEvent::Created { node, job } => format!("node {node}: job {job} created"),
-        FleetEvent::Running { node, job } => format!("node {node}: job {job} running"),
+        FleetEvent::Running {
+            node,
+            job,
+            between_polls: false,
+        } => format!("node {node}: job {job} running"),
+        FleetEvent::Running {
+            node,
+            job,
+            between_polls: true,
+        } => format!("node {node}: job {job} ran (it started and finished between two polls)"),
         FleetEvent::Finished { run, done, total } => {
             let how = match run.outcome {
                 NodeOutcome::Completed => match run.output.as_ref().and_then(|o| o.exit_code) {
                     Some(0) => "done: clear".to_string(),
                     Some(3) => "done: SNAT pressure found".to_string(),
-                    Some(c) => format!("done: snat-run exited {c} on the node (see its report)"),
+                    Some(c) => match &run.error {
+                        Some(e) => format!("done: {e}"),
+                        None => format!("done: snat-run exited {c} on the node (see its report)"),
+                    },
                     None => "done".to_string(),
                 },
                 NodeOutcome::Failed => format!("failed: {}", run.error.as_deref().unwrap_or("the Job failed")),
@@ -390,7 +430,7 @@ pub fn run(
         ));
         let on_event: fleet::OnFleetEvent = Arc::new(move |ev: &FleetEvent<'_>| say(progress_text(ev)));
         let res = ctx.block_on(fleet::run_fleet_on(&kube, &spec, &targets, ctx.cancel_flag(), on_event))??;
-        let dir: PathBuf = audit_dir.join("fleet").join(run_id);
+        let dir: PathBuf = fleet::fleet_dir(audit_dir, run_id);
         let record = fleet::write_fleet(&dir, &res)?;
         let (pressure, failed) = merge_report(ctx, playbook, &res, &record);
         if !res.record.skipped.is_empty() {
@@ -449,6 +489,14 @@ mod tests {
         finished(NodeOutcome::Completed, Some(1), None),
         "done: snat-run exited 1 on the node (see its report); 2/5 nodes done"
     )]
+    #[case::failed_on_the_node_saying_why(
+        finished(
+            NodeOutcome::Completed,
+            Some(2),
+            Some("snat-run exited 2 on the node: census.rhai:12:5: Variable not found: x")
+        ),
+        "done: snat-run exited 2 on the node: census.rhai:12:5: Variable not found: x; 2/5 nodes done"
+    )]
     #[case::job_failed(
         finished(NodeOutcome::Failed, None, Some("Job snat-x cannot start: ImagePullBackOff")),
         "failed: Job snat-x cannot start: ImagePullBackOff; 2/5 nodes done"
@@ -472,6 +520,7 @@ mod tests {
             job: "snat-0123abcd-1a2b3c4d5e".into(),
             outcome,
             exit_code: exit,
+            hostname: None,
             verdict: verdict.map(|v| json!(v)),
             audit_run_id: None,
             audit_sha256: None,
@@ -534,8 +583,20 @@ mod tests {
             "node node-a: job snat-0123abcd-1a2b3c4d5e created"
         );
         assert_eq!(
-            progress_text(&FleetEvent::Running { node, job }),
+            progress_text(&FleetEvent::Running {
+                node,
+                job,
+                between_polls: false
+            }),
             "node node-a: job snat-0123abcd-1a2b3c4d5e running"
+        );
+        assert_eq!(
+            progress_text(&FleetEvent::Running {
+                node,
+                job,
+                between_polls: true
+            }),
+            "node node-a: job snat-0123abcd-1a2b3c4d5e ran (it started and finished between two polls)"
         );
     }
 

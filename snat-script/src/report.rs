@@ -9,7 +9,8 @@
 //! | `playbook` | string | playbook path as given |
 //! | `run_id` | string | the run's id, also in the audit record |
 //! | `audit_record` | string or null | path of the run's audit record |
-//! | `host` | object or null | where the run happened: `{hostname}`, the host name its audit record holds as `host.hostname` (`uname -n`); null when no run could be recorded. Reports saved before this field have none: a playbook comparing runs (verify-fix.rhai) then cannot tell which host an earlier run was on |
+//! | `host` | object or null | where the run happened: `{hostname}`, the host name its audit record holds as `host.hostname` (`uname -n`); null when no run could be recorded. Reports saved before this field have none: a playbook comparing runs (verify-fix.rhai) then cannot tell which host an earlier run was on. In a fleet report (`fleet` not null) it is the machine that launched the node Jobs, not where the findings come from: each finding's `node.name` says that |
+//! | `fleet` | object or null | null for a run on this host; for a run on cluster nodes (`--on-node`, `--all-nodes`), what marks the report as a fleet report: `{run_id, record, nodes, skipped}`. `run_id` is the fleet run's id (the report's `run_id`), `record` the path of its fleet record (`schemas/fleet-record.schema.json`), `nodes` one `{node, hostname, outcome, exit_code, verdict}` per node the run covered (as in the fleet record: `outcome` is `completed`, `failed` or `cancelled`; `hostname` the host name the node's run reported, or null), `skipped` the `{node, unfit, detail}` nodes `--all-nodes` left out. Every finding of a fleet report names the node it was found on in `node.name`. Reports saved before this field have none |
 //! | `title` | string or null | set by `report::title` |
 //! | `verdict` | `"pressure_found"`, `"clear"` or null | set by `report::verdict` |
 //! | `summary` | string or null | one line, set with the verdict |
@@ -82,6 +83,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Sections, in the order added.
     pub sections: Vec<Section>,
+    /// For a run on cluster nodes: the fleet run's summary (the JSON document's `fleet`,
+    /// see [`crate::fleet`]); `None` for a run on this host.
+    pub fleet: Option<Value>,
 }
 
 /// Facts about the run that the report carries besides what the playbook added.
@@ -207,6 +211,7 @@ pub fn refused_json(playbook: Option<&str>, kind: &str, message: &str, exit_code
         "run_id": null,
         "audit_record": null,
         "host": null,
+        "fleet": null,
         "title": null,
         "verdict": null,
         "summary": null,
@@ -263,6 +268,7 @@ impl Report {
                     },
                 })
                 .collect(),
+            fleet: self.fleet.as_ref().map(|f| secrets.redact_json(f)),
         }
     }
 
@@ -274,6 +280,7 @@ impl Report {
             "run_id": facts.run_id,
             "audit_record": facts.audit_record,
             "host": facts.host.map(|h| json!({ "hostname": h })),
+            "fleet": self.fleet,
             "title": self.title,
             "verdict": self.verdict,
             "summary": self.summary,
@@ -380,6 +387,7 @@ mod tests {
         }))
         .unwrap();
         let report = Report {
+            fleet: Some(json!({"nodes": [{"node": "n-s3cr3tvalue"}]})),
             title: Some("for s3cr3tvalue".into()),
             verdict: Some(Verdict::Clear),
             summary: Some("s3cr3tvalue".into()),
@@ -497,6 +505,7 @@ mod tests {
             "run_id",
             "audit_record",
             "host",
+            "fleet",
             "title",
             "verdict",
             "summary",

@@ -239,6 +239,7 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
     assert_eq!(fleet["nodes"][0]["node"], "node-a");
     assert_eq!(fleet["nodes"][0]["audit_run_id"], "run-node-a");
     assert!(fdir.join(fleet["nodes"][0]["audit_file"].as_str().unwrap()).is_file());
+    assert_eq!(assert_fleet_record_valid(dir.path()), fleet);
     audit_verify(&audit);
 }
 
@@ -295,6 +296,29 @@ fn mixed_server(not_ready: bool) -> Server {
     Server::start(st)
 }
 
+/// Assert the fleet record the run in `dir` wrote matches `schemas/fleet-record.schema.json`.
+fn assert_fleet_record_valid(dir: &Path) -> Value {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../schemas/fleet-record.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let rec = fleet_record(dir);
+    let errs: Vec<String> = validator
+        .iter_errors(&rec)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errs.is_empty(), "{errs:#?}\n{rec:#}");
+    rec
+}
+
 /// The fleet record the run wrote.
 fn fleet_record(dir: &Path) -> Value {
     let fdir = std::fs::read_dir(dir.join("audit/fleet"))
@@ -345,7 +369,7 @@ fn all_nodes_skips_windows_and_virtual_nodes() {
         ])
     );
     assert_eq!(srv.state.created.load(Ordering::SeqCst), 2);
-    let rec = fleet_record(dir.path());
+    let rec = assert_fleet_record_valid(dir.path());
     assert_eq!(rec["skipped"].as_array().unwrap().len(), 2, "{rec:#}");
     assert_eq!(rec["skipped"][1]["node"], "akswin000000");
 }
@@ -423,6 +447,8 @@ fn a_failed_node_without_pressure_fails_the_run() {
     assert_eq!(rows[1][0], "node-b");
     assert_eq!(rows[1][1], "failed");
     assert!(rep["error"]["message"].as_str().unwrap().contains("node-b"), "{rep:#}");
+    let rec = assert_fleet_record_valid(dir.path());
+    assert_eq!(rec["nodes"][1]["outcome"], "failed", "{rec:#}");
     let audit = dir.path().join("audit");
     let recs = records(&audit);
     assert_eq!(recs.len(), 1);
@@ -807,5 +833,410 @@ fn a_node_stopped_by_sigint_is_interrupted_not_failed() {
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["outcome"]["kind"], "interrupted");
     assert!(!recs[0].to_string().contains("failed"), "{:#}", recs[0]);
+    let rec = assert_fleet_record_valid(dir.path());
+    assert_eq!(
+        (rec["cancelled"].clone(), rec["nodes"][1]["outcome"].clone()),
+        (json!(true), json!("cancelled"))
+    );
     audit_verify(&audit);
+}
+
+// ----- fleet reports as verify-fix's input ---------------------------------------------------
+
+/// A triage culprit: pod `name` of Deployment `owner` in `shop`, holding `flows` public flows.
+fn culprit(owner: &str, uid: &str, flows: u32) -> Value {
+    json!({
+        "kind": "snat_culprit", "severity": "critical", "summary": format!("{owner} holds {flows} flows"),
+        "pod": {"uid": uid, "namespace": "shop", "name": format!("{owner}-0"), "host_network": false,
+                "owner": {"kind": "Deployment", "name": owner}},
+        "destination": "198.18.0.1:443",
+        "evidence": {"public_established": flows, "public_syn_sent": 0, "failed_connects": 0, "time_wait": 0},
+    })
+}
+
+/// A node Job's log of a triage run on a host named `hostname` that found `findings`.
+fn triage_log(hostname: &str, findings: &[Value]) -> String {
+    let report = json!({
+        "schema": "snat.report/v1", "title": "SNAT port exhaustion triage", "host": {"hostname": hostname},
+        "verdict": if findings.is_empty() { "clear" } else { "pressure_found" }, "findings": findings, "sections": [],
+    });
+    let code = if findings.is_empty() { 0 } else { 3 };
+    let audit = json!({"schema_version": 2, "run_id": format!("run-{hostname}"), "host": {"hostname": hostname}});
+    format!(
+        "--- snat:report ---\n{report}\n\n--- snat:audit ---\n{audit}\n\n--- snat:stderr ---\n\n--- snat:exit {code} ---\n"
+    )
+}
+
+/// A fleet run whose nodes print `logs` (node, log), saved as `name` in `dir`; returns the
+/// saved report's path and the report.
+fn saved_fleet_run(dir: &Path, name: &str, logs: &[(&str, String)], args: &[&str]) -> (std::path::PathBuf, Value) {
+    let srv = server();
+    for (node, log) in logs {
+        srv.state
+            .node_logs
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), log.clone());
+    }
+    let out = snat_run(dir, &srv, args);
+    let rep = report(&out);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{rep:#}");
+    let p = dir.join(name);
+    std::fs::write(&p, &out.stdout).unwrap();
+    (p, rep)
+}
+
+/// A `--host-proc` tree of a host named `name`, with no process (a census of it is empty).
+fn proc_of_host(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("hostproc-{name}"));
+    std::fs::create_dir_all(p.join("1/root/etc")).unwrap();
+    std::fs::write(p.join("1/root/etc/hostname"), format!("{name}\n")).unwrap();
+    p
+}
+
+/// verify-fix.rhai with `params` and more `args`, recording into `dir`'s audit directory.
+fn verify_fix(dir: &Path, params: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snat-run"));
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/verify-fix.rhai"))
+        .args(["-o", "json", "-q", "--audit-dir"])
+        .arg(dir.join("audit"))
+        .args(args)
+        .env_remove("SNAT_AUDIT_DIR");
+    for (k, v) in params {
+        c.arg("-p").arg(format!("{k}={v}"));
+    }
+    c.output().unwrap()
+}
+
+fn compared(rep: &Value) -> String {
+    rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Compared")
+        .and_then(|s| s["text"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The culprit column of verify-fix's culprit table.
+fn culprits_compared(rep: &Value) -> Vec<String> {
+    let t = rep["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"].as_str().unwrap_or("").starts_with("Culprits of"))
+        .unwrap_or_else(|| panic!("no culprit table: {rep:#}"));
+    t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// node-a: checkout (120 flows); node-b (reporting host name node-b.internal): cart and
+/// search.
+fn fleet_before(dir: &Path) -> (std::path::PathBuf, Value) {
+    saved_fleet_run(
+        dir,
+        "fleet-before.json",
+        &[
+            (
+                "node-a",
+                triage_log(
+                    "node-a",
+                    &[culprit("checkout", "aaaaaaaa-0000-0000-0000-000000000001", 120)],
+                ),
+            ),
+            (
+                "node-b",
+                triage_log(
+                    "node-b.internal",
+                    &[
+                        culprit("cart", "bbbbbbbb-0000-0000-0000-000000000001", 80),
+                        culprit("search", "bbbbbbbb-0000-0000-0000-000000000002", 70),
+                    ],
+                ),
+            ),
+        ],
+        &["--all-nodes", "--image", "img:1"],
+    )
+}
+
+/// A fleet report says it is one (`fleet`: run id, record, each node with the host name it
+/// reported) and each finding names its node; with after=now, verify-fix compares the
+/// culprits the fleet run found on this node with a census of it, saying how many of other
+/// nodes it left out, and refuses a node the fleet run did not cover, naming those it did.
+#[test]
+fn verify_fix_after_now_compares_this_nodes_culprits_of_a_fleet_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, rep) = fleet_before(dir.path());
+    let fl = &rep["fleet"];
+    assert_eq!(fl["run_id"], rep["run_id"], "{rep:#}");
+    assert!(Path::new(fl["record"].as_str().unwrap()).is_file(), "{fl:#}");
+    let nodes: Vec<(Value, Value, Value)> = fl["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].clone(), n["hostname"].clone(), n["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            (json!("node-a"), json!("node-a"), json!("completed")),
+            (json!("node-b"), json!("node-b.internal"), json!("completed"))
+        ]
+    );
+    let on: Vec<&str> = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["node"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, ["node-a", "node-b", "node-b"]);
+
+    let before_s = before.to_str().unwrap();
+    let run_id = rep["run_id"].as_str().unwrap();
+    // On node-a: only node-a's culprit, against a census of node-a (no flows left).
+    let here = proc_of_host(dir.path(), "node-a");
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", "now")],
+        &["--host-proc", here.to_str().unwrap()],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(culprits_compared(&v), ["shop/Deployment/checkout"], "{v:#}");
+    let text = compared(&v);
+    assert!(
+        text.contains(&format!(
+            "before: fleet run {run_id}, 1 culprit(s) on this node (node-a), 2 on other nodes left out"
+        )) && text.contains(&format!("on 2 node(s) (fleet run {run_id}, launched on host ")),
+        "{text}"
+    );
+    // On node-b, known by the host name its run reported.
+    let here = proc_of_host(dir.path(), "node-b.internal");
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", "now")],
+        &["--host-proc", here.to_str().unwrap()],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(
+        culprits_compared(&v),
+        ["shop/Deployment/cart", "shop/Deployment/search"],
+        "{v:#}"
+    );
+    assert!(
+        compared(&v).contains("2 culprit(s) on this node (node-b), 1 on other nodes left out"),
+        "{v:#}"
+    );
+
+    // The fleet run's audit record is read as a fleet run too (its fleet record is next to it).
+    let record = rep["audit_record"].as_str().unwrap();
+    let out = verify_fix(
+        dir.path(),
+        &[("before", record), ("after", "now")],
+        &["--host-proc", proc_of_host(dir.path(), "node-a").to_str().unwrap()],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(culprits_compared(&v), ["shop/Deployment/checkout"], "{v:#}");
+
+    // A node the fleet run did not cover: refused, naming the nodes it did.
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", "now")],
+        &["--host-proc", proc_of_host(dir.path(), "node-c").to_str().unwrap()],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{v:#}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "is fleet run {run_id}, which covered node(s) [\"node-a\", \"node-b\"], and this host node-c is not one of them"
+        )),
+        "{msg}"
+    );
+}
+
+/// Two saved runs, a fleet run on either side, are compared per node on the nodes both
+/// cover: a culprit of one node never matches (or hides) the same workload on another.
+#[test]
+fn verify_fix_compares_fleet_runs_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, _) = fleet_before(dir.path());
+    let before_s = before.to_str().unwrap();
+    // Later: checkout dropped on node-a, but now runs on node-b too; cart did not drop.
+    let (after, _) = saved_fleet_run(
+        dir.path(),
+        "fleet-after.json",
+        &[
+            (
+                "node-a",
+                triage_log(
+                    "node-a",
+                    &[culprit("checkout", "aaaaaaaa-0000-0000-0000-000000000009", 10)],
+                ),
+            ),
+            (
+                "node-b",
+                triage_log(
+                    "node-b.internal",
+                    &[
+                        culprit("cart", "bbbbbbbb-0000-0000-0000-000000000001", 79),
+                        culprit("checkout", "bbbbbbbb-0000-0000-0000-000000000009", 300),
+                    ],
+                ),
+            ),
+        ],
+        &["--all-nodes", "--image", "img:1"],
+    );
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", after.to_str().unwrap())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{v:#}");
+    assert_eq!(
+        culprits_compared(&v),
+        [
+            "node-a: shop/Deployment/checkout",
+            "node-b: shop/Deployment/cart",
+            "node-b: shop/Deployment/search"
+        ]
+    );
+    let rows = v["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"].as_str().unwrap().starts_with("Culprits of"))
+        .unwrap()["rows"]
+        .clone();
+    // checkout on node-a: 120 -> 10, whatever it holds on node-b.
+    assert_eq!(
+        (rows[0][1].clone(), rows[0][2].clone()),
+        (json!(120), json!(10)),
+        "{v:#}"
+    );
+    assert!(
+        v["summary"].as_str().unwrap().contains("node-b: shop/Deployment/cart"),
+        "{v:#}"
+    );
+    assert!(
+        compared(&v).contains("per node: compared on 2 node(s) both runs cover: [\"node-a\", \"node-b\"]"),
+        "{v:#}"
+    );
+
+    // A run on one host against a fleet run: that host's node only (node-b by the host name
+    // its run reported), the other nodes left out.
+    let mut local: Value = serde_json::from_str(&std::fs::read_to_string(&after).unwrap()).unwrap();
+    local["fleet"] = Value::Null;
+    local["host"] = json!({"hostname": "node-b.internal"});
+    local["run_id"] = json!("a-run-on-node-b");
+    local["findings"] = json!([culprit("cart", "bbbbbbbb-0000-0000-0000-000000000001", 8)]);
+    let local_p = dir.path().join("local-after.json");
+    std::fs::write(&local_p, local.to_string()).unwrap();
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", local_p.to_str().unwrap())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "cart dropped, search is gone: {v:#}");
+    assert_eq!(
+        culprits_compared(&v),
+        ["node-b: shop/Deployment/cart", "node-b: shop/Deployment/search"],
+        "{v:#}"
+    );
+    assert!(compared(&v).contains("left out, only in before: [\"node-a\"]"), "{v:#}");
+
+    // No node in common: refused, naming what each side covers.
+    local["host"] = json!({"hostname": "node-z"});
+    std::fs::write(&local_p, local.to_string()).unwrap();
+    let out = verify_fix(
+        dir.path(),
+        &[("before", before_s), ("after", local_p.to_str().unwrap())],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{v:#}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("have no node in common, so no culprit can be compared: before covers [\"node-a\", \"node-b\"], after [\"node-z\"]"),
+        "{v:#}"
+    );
+}
+
+/// A node whose playbook fails names the playbook the user gave (line and column kept), not
+/// the in-pod copy the node ran: in the Nodes table, the progress, the fleet record and the
+/// node's saved report.
+#[test]
+fn a_node_side_playbook_error_names_the_users_playbook() {
+    let srv = server();
+    let pod_path = fleet::node_playbook_path();
+    let message = format!("{pod_path}:12:5: Variable not found: warn_at");
+    let node_report = json!({
+        "schema": "snat.report/v1", "playbook": pod_path, "verdict": null, "findings": [], "sections": [],
+        "exit_code": 2, "error": {"kind": "playbook_error", "message": message},
+    });
+    let log = format!(
+        "--- snat:report ---\n{node_report}\n\n--- snat:audit ---\n{{\"run_id\":\"r\"}}\n\n--- snat:stderr ---\nsnat-run: {message}\n\n--- snat:exit 2 ---\n"
+    );
+    srv.state.node_logs.lock().unwrap().insert("node-a".into(), log);
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-a", "--image", "img:1", "-v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!("snat-run exited 2 on the node: {PLAYBOOK}:12:5: Variable not found: warn_at");
+    let rep = report(&out);
+    assert_eq!(node_rows(&rep)[0][5], json!(want), "{rep:#}");
+    assert!(err.contains(&format!("done: {want}; 1/1 nodes done")), "{err}");
+    let rec = assert_fleet_record_valid(dir.path());
+    assert_eq!(rec["nodes"][0]["error"], json!(want), "{rec:#}");
+    let fdir = dir.path().join("audit/fleet").join(rep["run_id"].as_str().unwrap());
+    let saved = std::fs::read_to_string(fdir.join(rec["nodes"][0]["report_file"].as_str().unwrap())).unwrap();
+    assert!(saved.contains(&format!("{PLAYBOOK}:12:5")), "{saved}");
+    for text in [
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        err.into_owned(),
+        rec.to_string(),
+        saved,
+    ] {
+        assert!(!text.contains(&pod_path), "the in-pod path is shown: {text}");
+    }
+}
+
+/// A Job that started and finished between two polls is still said to have run, before it
+/// is said to be done.
+#[test]
+fn a_job_done_between_two_polls_is_said_to_have_run() {
+    let st = fixtures::cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let srv = Server::start(st);
+    let dir = tempfile::tempdir().unwrap();
+    let out = snat_run(dir.path(), &srv, &["--on-node", "node-b", "--image", "img:1", "-v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let job = fleet::job_name(&fleet_run_id(&srv), "node-b");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(&format!("job {job} "))).collect();
+    let at = |s: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(s))
+            .unwrap_or_else(|| panic!("{s:?} not in {lines:#?}"))
+    };
+    assert!(
+        at(&format!("node node-b: job {job} created"))
+            < at(&format!(
+                "node node-b: job {job} ran (it started and finished between two polls)"
+            ))
+            && at("ran (it started") < at(&format!("node node-b: job {job} done: clear")),
+        "{lines:#?}"
+    );
 }

@@ -38,7 +38,11 @@ fn proc_net_tcp() -> String {
 /// Run fleet-sweep.rhai with `-p ports=24` against the fixture cluster, every exec
 /// answering `reply`; returns the exit code, the JSON report and stderr.
 fn sweep(reply: apiserver::ExecReply) -> (Option<i32>, Value, String) {
-    let state = fixtures::cluster();
+    sweep_on(fixtures::cluster(), reply).0
+}
+
+/// `sweep` against the cluster `state`; also returns the requests the server received.
+fn sweep_on(state: apiserver::State, reply: apiserver::ExecReply) -> ((Option<i32>, Value, String), Vec<String>) {
     *state.exec.lock().unwrap() = Some(reply);
     let server = Server::start(state);
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +59,8 @@ fn sweep(reply: apiserver::ExecReply) -> (Option<i32>, Value, String) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    (out.status.code(), rep, stderr)
+    let requests = server.state.requests.lock().unwrap().clone();
+    ((out.status.code(), rep, stderr), requests)
 }
 
 /// The named section's rows as maps from column to cell.
@@ -164,5 +169,83 @@ fn empty_exec_output_counts_the_pod_as_failed() {
     assert!(
         why.contains("shop/api-7d9f-0") && why.contains("no /proc/net/tcp header"),
         "{why}"
+    );
+}
+
+/// A Windows node pool and a virtual node are not exec'd into (their pods have no `cat` or
+/// no host): they are left out as `--all-nodes` leaves them out, and the report names them.
+#[test]
+fn windows_and_virtual_nodes_are_skipped_and_named() {
+    let state = fixtures::cluster();
+    state.nodes.lock().unwrap().extend([
+        fixtures::windows_node("akswin000000", "10.224.0.10"),
+        fixtures::virtual_node("virtual-node-aci-linux", "10.224.0.11"),
+    ]);
+    state.pods.lock().unwrap().extend([
+        fixtures::pod(
+            "web",
+            "iis-0",
+            "33333333-0000-0000-0000-000000000001",
+            "akswin000000",
+            None,
+        ),
+        fixtures::pod(
+            "burst",
+            "aci-0",
+            "33333333-0000-0000-0000-000000000002",
+            "virtual-node-aci-linux",
+            None,
+        ),
+    ]);
+    let ((code, rep, stderr), requests) = sweep_on(
+        state,
+        apiserver::ExecReply {
+            stdout: proc_net_tcp().into_bytes(),
+            stderr: vec![],
+            status: json!({"metadata": {}, "status": "Success"}),
+        },
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    let nodes: Vec<Value> = table(&rep, "Nodes by").iter().map(|r| r["node"].clone()).collect();
+    assert_eq!(nodes, [json!("node-a"), json!("node-b")], "{rep:#}");
+    let skipped: Vec<(Value, Value, Value)> = table(&rep, "Skipped nodes")
+        .iter()
+        .map(|r| (r["node"].clone(), r["unfit"].clone(), r["detail"].clone()))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            (
+                json!("virtual-node-aci-linux"),
+                json!("virtual_kubelet"),
+                json!("type=virtual-kubelet")
+            ),
+            (
+                json!("akswin000000"),
+                json!("not_linux"),
+                json!("kubernetes.io/os=windows")
+            ),
+        ]
+    );
+    assert!(
+        rep["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("; 2 node(s) skipped: [\"virtual-node-aci-linux\", \"akswin000000\"]"),
+        "{}",
+        rep["summary"]
+    );
+    let touched: Vec<&String> = requests
+        .iter()
+        .filter(|r| {
+            r.contains("akswin000000")
+                || r.contains("virtual-node-aci-linux")
+                || r.contains("iis-0")
+                || r.contains("aci-0")
+        })
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "the skipped nodes' pods were listed or exec'd into: {touched:#?}"
     );
 }

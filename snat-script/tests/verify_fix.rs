@@ -682,3 +682,40 @@ fn after_now_on_the_same_host_compares_and_an_unknown_host_warns() {
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(compared(&rep).contains("on host unknown, "), "{}", compared(&rep));
 }
+
+/// Two saved runs that name different hosts cannot be compared (every culprit of one would
+/// look gone on the other): refused, naming both hosts and what to pass instead. The same
+/// host, or a run that names none (saved by an older snat), is compared as before.
+#[test]
+fn two_saved_runs_of_different_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = before_on(dir.path(), Some("aks-nodepool1-12345678-vmss000003"));
+    let mut after: Value = serde_json::from_slice(&std::fs::read(data("after-fixed.json")).unwrap()).unwrap();
+    after["host"] = serde_json::json!({ "hostname": "aks-nodepool1-12345678-vmss000009" });
+    let after_p = dir.path().join("after-elsewhere.json");
+    std::fs::write(&after_p, after.to_string()).unwrap();
+    let out = verify(dir.path(), &[("before", before.clone()), ("after", after_p.clone())]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = rep["error"]["message"].as_str().unwrap();
+    for want in [
+        format!(
+            "before: {} is a run on host aks-nodepool1-12345678-vmss000003, but after: {} is a run on host aks-nodepool1-12345678-vmss000009",
+            before.display(),
+            after_p.display()
+        ),
+        "Pass two runs of the same host".to_string(),
+    ] {
+        assert!(msg.contains(&want), "{want:?} not in {msg:?}");
+    }
+    assert_eq!(stages(&rep), ["report::load", "report::load"], "nothing compared");
+
+    // The same host: compared.
+    after["host"] = serde_json::json!({ "hostname": "aks-nodepool1-12345678-vmss000003" });
+    std::fs::write(&after_p, after.to_string()).unwrap();
+    let out = verify(dir.path(), &[("before", before), ("after", after_p.clone())]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // One side names no host: compared, as before.
+    let out = verify(dir.path(), &[("before", data("before.json")), ("after", after_p)]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -148,9 +148,61 @@ impl FleetSpec {
         .map(String::from)
         .to_vec();
         a.extend(self.extra_args.iter().cloned());
-        a.push(format!("{WORK_DIR}/playbook.rhai"));
+        a.push(node_playbook_path());
         a
     }
+}
+
+/// Where the playbook is inside a node Job's container (`WORK_DIR/playbook.rhai`): the
+/// path the node's `snat-run` names in its errors (`.../playbook.rhai:12:5: ...`), which
+/// [`map_playbook_path`] turns back into the playbook the user gave.
+pub fn node_playbook_path() -> String {
+    format!("{WORK_DIR}/playbook.rhai")
+}
+
+/// `output` with every mention of the in-pod playbook path ([`node_playbook_path`]) in its
+/// report's strings and its stderr replaced by `playbook` (the path the user gave), so that
+/// a node's error reads `census.rhai:12:5: ...` (line and column kept) wherever the
+/// launcher prints or records it. The audit record text is left as the node wrote it: its
+/// SHA-256 is what the fleet record vouches for.
+pub fn map_playbook_path(output: &mut NodeOutput, playbook: &str) {
+    fn map_json(v: &mut serde_json::Value, from: &str, to: &str) {
+        match v {
+            serde_json::Value::String(s) if s.contains(from) => *s = s.replace(from, to),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| map_json(x, from, to)),
+            serde_json::Value::Object(m) => m.values_mut().for_each(|x| map_json(x, from, to)),
+            _ => {}
+        }
+    }
+    let from = node_playbook_path();
+    if let Some(r) = output.report.as_mut() {
+        map_json(r, &from, playbook);
+    }
+    output.stderr = output.stderr.replace(&from, playbook);
+}
+
+/// Why snat-run failed on a node, from its output: `snat-run exited C on the node: MESSAGE`,
+/// MESSAGE being its report's `error.message`, else the last line of its stderr. `None`
+/// for exit 0 (clear) and 3 (pressure found), and when it did not say how it exited.
+pub fn node_failure(output: &NodeOutput) -> Option<String> {
+    let code = output.exit_code.filter(|c| *c != 0 && *c != 3)?;
+    let message = output
+        .report
+        .as_ref()
+        .and_then(|r| r.get("error")?.get("message")?.as_str().map(str::to_string))
+        .or_else(|| {
+            output
+                .stderr
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string)
+        });
+    Some(match message {
+        Some(m) => format!("snat-run exited {code} on the node: {m}"),
+        None => format!("snat-run exited {code} on the node (its stderr is empty)"),
+    })
 }
 
 /// The Job name for a node: `snat-<first 8 of run id>-<first 10 hex of sha256(node)>`, a
@@ -407,6 +459,11 @@ pub struct FleetNodeEntry {
     pub outcome: NodeOutcome,
     /// snat-run's exit code on the node.
     pub exit_code: Option<i32>,
+    /// The host name the node's run reported (its report's `host.hostname`, else its audit
+    /// record's), which can differ from the node's name. Absent in records written before it
+    /// existed, and when the node printed neither.
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// The node report's verdict, if it had one.
     pub verdict: Option<serde_json::Value>,
     /// `run_id` of the node's audit record.
@@ -417,12 +474,14 @@ pub struct FleetNodeEntry {
     pub audit_file: Option<String>,
     /// File name of the node's report.
     pub report_file: Option<String>,
-    /// Why it failed.
+    /// Why it failed: the Job's failure, or how snat-run failed on the node
+    /// ([`node_failure`]), naming the user's playbook ([`map_playbook_path`]).
     pub error: Option<String>,
 }
 
 /// The record of a fleet run: which playbook ran where, and a reference to each node's own
-/// audit record.
+/// audit record. Written by [`write_fleet`] as `fleet-<run id>.json`; its JSON Schema is
+/// `schemas/fleet-record.schema.json` (every field described there).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetRecord {
     /// [`FLEET_SCHEMA_VERSION`].
@@ -474,13 +533,16 @@ pub enum FleetEvent<'a> {
         job: &'a str,
     },
     /// The Job's pod runs: the Job counts it ready (or, from an API server that does not
-    /// count ready pods, active). A Job that ends before a poll sees it running has no
-    /// such event.
+    /// count ready pods, active). A Job that succeeded before any poll saw it running gets
+    /// this event too, when its end is seen (before [`FleetEvent::Finished`]), with
+    /// `between_polls`, so that every node that ran is said to have run.
     Running {
         /// Node name.
         node: &'a str,
         /// Job name.
         job: &'a str,
+        /// The Job started and finished between two polls: no poll saw it running.
+        between_polls: bool,
     },
     /// The node is done, however it ended (also when its Job could not be created).
     Finished {
@@ -909,6 +971,13 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                 .await?;
             let st = j.status.unwrap_or_default();
             if st.succeeded.unwrap_or(0) > 0 {
+                if !running {
+                    on_event(&FleetEvent::Running {
+                        node,
+                        job: &job,
+                        between_polls: true,
+                    });
+                }
                 break JobEnd::Succeeded;
             }
             let condition = job_failure(&st);
@@ -921,7 +990,11 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
             };
             if runs && !running {
                 running = true;
-                on_event(&FleetEvent::Running { node, job: &job });
+                on_event(&FleetEvent::Running {
+                    node,
+                    job: &job,
+                    between_polls: false,
+                });
             }
             if t0.elapsed() > deadline {
                 return Err(Error::Fleet(format!(
@@ -999,7 +1072,8 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
     match result {
         Ok(None) => run.outcome = NodeOutcome::Cancelled,
         Ok(Some((end, pod, log))) => {
-            let out = parse_node_output(&log);
+            let mut out = parse_node_output(&log);
+            map_playbook_path(&mut out, &spec.playbook_name);
             run.outcome = if end == JobEnd::Succeeded && out.exit_code.is_some() {
                 NodeOutcome::Completed
             } else {
@@ -1013,6 +1087,8 @@ async fn run_node(kube: &Kube, spec: &FleetSpec, node: &str, cancel: &AtomicBool
                     (_, Some(p)) => p,
                     (_, None) => "the Job failed".to_string(),
                 });
+            } else {
+                run.error = node_failure(&out);
             }
             run.pod = Some(pod);
             run.output = Some(out);
@@ -1154,6 +1230,11 @@ pub async fn run_fleet_on(
                 job: r.job.clone(),
                 outcome: r.outcome,
                 exit_code: out.and_then(|o| o.exit_code),
+                hostname: out.and_then(|o| {
+                    [&o.report, &o.audit]
+                        .into_iter()
+                        .find_map(|d| d.as_ref()?.get("host")?.get("hostname")?.as_str().map(str::to_string))
+                }),
                 verdict: out.and_then(|o| o.report.as_ref()?.get("verdict").cloned()),
                 audit_run_id: out.and_then(|o| o.audit.as_ref()?.get("run_id")?.as_str().map(str::to_string)),
                 audit_sha256: out.and_then(|o| o.audit_sha256.clone()),
@@ -1184,6 +1265,23 @@ pub async fn run_fleet_on(
     })
 }
 
+/// Where `snat-run --on-node`/`--all-nodes` puts a fleet run's files: `<audit dir>/fleet/<run
+/// id>/` (a subdirectory, so that `audit verify` on the audit directory only sees the chain).
+/// The run id is also the id of the launcher's own audit record.
+pub fn fleet_dir(audit_dir: &Path, run_id: &str) -> PathBuf {
+    audit_dir.join("fleet").join(run_id)
+}
+
+/// The fleet record of run `run_id` in the audit directory `audit_dir`, where [`write_fleet`]
+/// writes it into [`fleet_dir`].
+pub fn record_path(audit_dir: &Path, run_id: &str) -> PathBuf {
+    fleet_dir(audit_dir, run_id).join(record_file_name(run_id))
+}
+
+fn record_file_name(run_id: &str) -> String {
+    format!("fleet-{}.json", safe_file(run_id))
+}
+
 /// Write a fleet run to `dir`: `fleet-<run id>.json` (the record) and, per node,
 /// `<node>.audit.json` (the node's audit record, byte for byte, so its SHA-256 matches) and
 /// `<node>.report.json`. Returns the record's path.
@@ -1205,7 +1303,7 @@ pub fn write_fleet(dir: &Path, result: &FleetResult) -> Result<PathBuf, Error> {
             std::fs::write(&p, text).map_err(io("cannot write node report", &p))?;
         }
     }
-    let p = dir.join(format!("fleet-{}.json", safe_file(&result.record.run_id)));
+    let p = dir.join(record_file_name(&result.record.run_id));
     let text = serde_json::to_string_pretty(&result.record).unwrap_or_default();
     std::fs::write(&p, text).map_err(io("cannot write fleet record", &p))?;
     Ok(p)
@@ -1545,6 +1643,52 @@ mod tests {
         // Without times, the last one listed.
         let untimed = [event("FailedCreate", "a", None), event("FailedCreate", "b", None)];
         assert_eq!(pod_creation_refusal(&untimed).as_deref(), Some("b"));
+    }
+
+    /// A node's playbook error names the playbook the user gave, line and column kept, in
+    /// its report and stderr; the audit record stays as the node wrote it (its hash).
+    #[test]
+    fn node_errors_name_the_users_playbook() {
+        let pod_path = node_playbook_path();
+        let report = serde_json::json!({
+            "playbook": pod_path,
+            "error": {"kind": "playbook_error", "message": format!("{pod_path}:12:5: Variable not found: x")},
+        });
+        let audit = format!("{{\"playbook\":{{\"path\":\"{pod_path}\"}}}}");
+        let log = format!(
+            "--- snat:report ---\n{report}\n--- snat:audit ---\n{audit}\n--- snat:stderr ---\nsnat-run: {pod_path}:12:5: Variable not found: x\n--- snat:exit 2 ---\n"
+        );
+        let mut out = parse_node_output(&log);
+        let sha = out.audit_sha256.clone();
+        map_playbook_path(&mut out, "examples/census.rhai");
+        let r = out.report.as_ref().unwrap();
+        assert_eq!(r["playbook"], "examples/census.rhai");
+        assert_eq!(
+            r["error"]["message"],
+            "examples/census.rhai:12:5: Variable not found: x"
+        );
+        assert_eq!(out.stderr, "snat-run: examples/census.rhai:12:5: Variable not found: x");
+        assert_eq!(
+            (out.audit_text.as_deref(), out.audit_sha256.clone()),
+            (Some(audit.as_str()), sha)
+        );
+        assert_eq!(
+            node_failure(&out).as_deref(),
+            Some("snat-run exited 2 on the node: examples/census.rhai:12:5: Variable not found: x")
+        );
+    }
+
+    #[rstest]
+    #[case::clear("--- snat:exit 0 ---\n", None)]
+    #[case::pressure("--- snat:exit 3 ---\n", None)]
+    #[case::cut_short("--- snat:stderr ---\nx\n", None)]
+    #[case::stderr_only(
+        "--- snat:stderr ---\nfirst\nerror: no BTF\n\n--- snat:exit 1 ---\n",
+        Some("snat-run exited 1 on the node: error: no BTF")
+    )]
+    #[case::silent("--- snat:exit 1 ---\n", Some("snat-run exited 1 on the node (its stderr is empty)"))]
+    fn node_failure_says_how_snat_run_failed(#[case] log: &str, #[case] want: Option<&str>) {
+        assert_eq!(node_failure(&parse_node_output(log)).as_deref(), want);
     }
 
     #[test]

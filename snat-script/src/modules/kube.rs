@@ -104,7 +104,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "nodes",
         &["Array"],
-        "Every node's name (`kubectl get nodes`). Needs RBAC list nodes.",
+        "Every node's name (`kubectl get nodes`), Windows and virtual nodes included: to exec into the nodes' pods,\ntake kube::linux_nodes() instead. Needs RBAC list nodes.",
     )
     .set_into_module(&mut m, move || -> Result<Array, Box<EvalAltResult>> {
         c.stage("kube::nodes", json!({}), || {
@@ -112,6 +112,28 @@ pub fn create_module(ctx: &Ctx) -> Module {
             let names = c.block_on(snat_core::k8s::fleet::all_node_names(&kube))??;
             let n = names.len() as u64;
             Ok((names.into_iter().map(Dynamic::from).collect(), Some(n)))
+        })
+    });
+
+    let c = ctx.clone();
+    func(
+        "linux_nodes",
+        &["Map"],
+        "The nodes a sweep can look into, chosen as `snat-run --all-nodes` chooses them: #{nodes, skipped, not_ready}.\n`nodes`: the Linux nodes' names (label kubernetes.io/os=linux, selected by the API server), virtual nodes\n(type=virtual-kubelet) left out. `skipped`: the nodes left out, each #{node, unfit: \"not_linux\"|\"virtual_kubelet\",\ndetail, text}: Windows nodes, whose pods have no `cat` or /proc/net/tcp, and virtual nodes, with no host of\ntheir own. `not_ready`: the nodes of `nodes` whose Ready condition is not True (same shape; their pods are\nlikely unreachable). Needs RBAC list nodes.",
+    )
+    .set_into_module(&mut m, move || -> Result<Map, Box<EvalAltResult>> {
+        c.stage("kube::linux_nodes", json!({}), || {
+            let kube = c.kube()?;
+            let t = c.block_on(snat_core::k8s::fleet::select_nodes(&kube))??;
+            let unfit = |list: &[snat_core::k8s::fleet::UnfitNode]| -> Vec<serde_json::Value> {
+                list.iter()
+                    .map(|u| json!({ "node": u.node, "unfit": u.unfit, "detail": u.detail, "text": u.to_string() }))
+                    .collect()
+            };
+            let v = json!({ "nodes": t.nodes, "skipped": unfit(&t.skipped), "not_ready": unfit(&t.not_ready) });
+            let n = t.nodes.len() as u64;
+            let map = to_dyn(&v).ok().and_then(|d| d.try_cast::<Map>()).unwrap_or_default();
+            Ok((map, Some(n)))
         })
     });
 

@@ -235,7 +235,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     func(
         "load",
         &["path: &str", "Map"],
-        "Read a saved report (the JSON of `snat-run --output json`) or an audit record into a map with `kind`:\n\"report\" or \"audit_record\", `file` (the file read) and `findings`. `audit:SELECTOR` picks a record of the run's\naudit directory instead of a path: audit:last, audit:prev, audit:last~2, audit:<run id>, each optionally\nfollowed by :PLAYBOOK (audit:prev:triage); see the audit:: namespace. A stage: a missing or malformed file,\nno matching record, or a record without findings (run did not complete, written by an older snat) fails saying which.",
+        "Read a saved report (the JSON of `snat-run --output json`) or an audit record into a map with `kind`:\n\"report\" or \"audit_record\", `file` (the file read), `findings` and `fleet` (for a run on cluster nodes: #{run_id, record,\nnodes: [#{node, hostname, outcome, exit_code, verdict}], skipped}, from the report or the fleet record next to the\naudit record; () for a run on one host). `audit:SELECTOR` picks a record of the run's\naudit directory instead of a path: audit:last, audit:prev, audit:last~2, audit:<run id>, each optionally\nfollowed by :PLAYBOOK (audit:prev:triage); see the audit:: namespace. A stage: a missing or malformed file,\nno matching record, or a record without findings (run did not complete, written by an older snat) fails saying which.",
     )
     .set_into_module(&mut m, move |path: &str| -> Result<Map, Box<EvalAltResult>> {
         c.stage("report::load", serde_json::json!({ "path": path }), || {
@@ -293,6 +293,9 @@ fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
                 reason,
             });
         }
+        if let Some(fleet) = fleet_of_record(path, &record) {
+            obj.insert("fleet".into(), fleet);
+        }
         "audit_record"
     } else if let Some(s) = obj.get("schema") {
         return Err(bad(format!("unknown schema {s}")));
@@ -304,6 +307,32 @@ fn load_saved(path: &std::path::Path) -> Result<Value, snat_core::Error> {
     obj.insert("kind".into(), Value::from(kind));
     obj.insert("file".into(), Value::from(path.display().to_string()));
     Ok(v)
+}
+
+/// For the audit record of a fleet run (its stage `fleet::run`) read from `path`: the same
+/// `fleet` object its report has, from the fleet record next to it
+/// (`fleet/<run id>/fleet-<run id>.json` in the record's directory), so that a playbook tells
+/// a fleet run's record from a run on one host as it does for reports. When that file is
+/// missing or unreadable (a record copied alone), `nodes` is null and `problem` says why.
+fn fleet_of_record(path: &std::path::Path, record: &snat_core::audit::AuditRecord) -> Option<Value> {
+    if !record.stages.iter().any(|s| s.name == "fleet::run") {
+        return None;
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let file = snat_core::k8s::fleet::record_path(dir, &record.run_id);
+    let read = std::fs::read(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<snat_core::k8s::fleet::FleetRecord>(&b).map_err(|e| e.to_string()));
+    Some(match read {
+        Ok(fleet) => crate::fleet::fleet_summary(&fleet, &file),
+        Err(e) => serde_json::json!({
+            "run_id": record.run_id,
+            "record": file.display().to_string(),
+            "nodes": null,
+            "skipped": [],
+            "problem": format!("its fleet record {} cannot be read: {e}", file.display()),
+        }),
+    })
 }
 
 #[cfg(test)]
