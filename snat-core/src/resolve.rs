@@ -30,8 +30,15 @@ pub type PodLookup<'a> = &'a (dyn Fn(&str) -> Option<PodRef> + Sync);
 /// [`cgroup::parse`](crate::cgroup::parse) (UID and QoS; name, namespace and owner are
 /// left for the Kubernetes API). This is the one seam between resolution and cgroup
 /// parsing.
+///
+/// CRI-O's `conmon` (cgroup `crio-conmon-<id>`) names no pod: it sits in the pod's cgroup
+/// but in the host's network namespace, and is the runtime's monitor, not the pod's
+/// workload, so it must not make its pod a hostNetwork pod.
 pub fn pod_of_cgroup(content: &str) -> Option<PodRef> {
     let id = crate::cgroup::parse(content).ok()?;
+    if id.conmon {
+        return None;
+    }
     Some(PodRef {
         uid: id.pod_uid?,
         namespace: None,
@@ -551,6 +558,25 @@ mod tests {
         assert_eq!(o.processes.len(), 1);
         let json = serde_json::to_value(&o).unwrap();
         assert!(json.get("visitors").is_none(), "{json}");
+    }
+
+    /// CRI-O's conmon sits in its pod's cgroup but in the host namespace: the pod is not
+    /// a hostNetwork pod for it, while the pod's own namespace is still told as the pod's.
+    #[test]
+    fn crio_conmon_does_not_make_a_host_network_pod() {
+        let dir = fake_proc(&[
+            (1, 100, "systemd", "/init.scope".into()),
+            (500, 100, "conmon", pod_cgroup(APP, "crio-conmon")),
+            (510, 200, "pause", pod_cgroup(APP, "crio")),
+            (511, 200, "app", pod_cgroup(APP, "crio")),
+        ]);
+        let host = owner_of(&dir, 100);
+        assert!(host.host_netns);
+        assert_eq!(host.label(), "host");
+        assert!(host.pods.is_empty());
+        assert!(host.processes.iter().any(|p| p.pid == 500), "conmon is still listed");
+        let pod = owner_of(&dir, 200);
+        assert_eq!(pod.label(), format!("pod {APP}"));
     }
 
     #[test]
