@@ -406,6 +406,8 @@ pub fn group_by_owner(
         }
         g.3.sockets.push(s.clone());
     }
+    // A sidecar's REDIRECT pairs sockets of different owners: look across the namespace.
+    let remotes = census.remote_endpoints();
     let mut v: Vec<OwnerGroup> = groups
         .into_values()
         .map(|(pod, process, mut pids, c)| {
@@ -415,7 +417,7 @@ pub fn group_by_owner(
                 process,
                 pids,
                 counts: c.counts(),
-                destinations: c.destinations(is_public),
+                destinations: c.destinations_in(is_public, &remotes),
             }
         })
         .collect();
