@@ -217,6 +217,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// An endpoint with its address as [`canonical`] makes it.
+fn endpoint(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
+}
+
+/// Remote endpoint -> the local endpoints of the sockets connected to it.
+pub(crate) type Remotes = BTreeMap<SocketAddr, BTreeSet<SocketAddr>>;
+
 impl Census {
     /// Number of sockets per state (only states that occur).
     pub fn by_state(&self) -> BTreeMap<TcpState, u64> {
@@ -255,20 +263,26 @@ impl Census {
         self.destinations_in(&is_public, &self.remote_endpoints())
     }
 
-    /// The remote endpoints of every socket of the census (IPv4-mapped made IPv4).
-    pub(crate) fn remote_endpoints(&self) -> BTreeSet<SocketAddr> {
-        self.sockets
-            .iter()
-            .map(|s| SocketAddr::new(canonical(s.remote.ip()), s.remote.port()))
-            .collect()
+    /// Every socket's remote endpoint, with the local endpoints of the sockets that have
+    /// it (IPv4-mapped addresses made IPv4).
+    pub(crate) fn remote_endpoints(&self) -> Remotes {
+        let mut m = Remotes::new();
+        for s in &self.sockets {
+            m.entry(endpoint(s.remote)).or_default().insert(endpoint(s.local));
+        }
+        m
     }
 
     /// Whether an outgoing socket was redirected to a local proxy (iptables/nft REDIRECT,
     /// as Istio and Linkerd install it): its local endpoint is the remote endpoint of a
-    /// socket of the same namespace, the one the proxy accepted. It still shows the
-    /// public destination it asked for, but its packets never leave the host.
-    fn redirected_in(s: &Socket, remotes: &BTreeSet<SocketAddr>) -> bool {
-        remotes.contains(&SocketAddr::new(canonical(s.local.ip()), s.local.port()))
+    /// socket of the same namespace, the one the proxy accepted, and that socket's local
+    /// endpoint is not the destination the outgoing socket shows (so NAT changed it: a
+    /// plain connection to a server of the same namespace is not a redirect). It still
+    /// shows the public destination it asked for, but its packets never leave the host.
+    fn redirected_in(s: &Socket, remotes: &Remotes) -> bool {
+        remotes
+            .get(&endpoint(s.local))
+            .is_some_and(|peers| peers.iter().any(|&p| p != endpoint(s.remote)))
     }
 
     /// [`Census::destinations`] with the remote endpoints of the whole namespace given
@@ -276,7 +290,7 @@ impl Census {
     pub(crate) fn destinations_in(
         &self,
         is_public: &dyn Fn(IpAddr) -> bool,
-        remotes: &BTreeSet<SocketAddr>,
+        remotes: &Remotes,
     ) -> Vec<DestinationCount> {
         let listening: BTreeSet<u16> = self.listeners.iter().map(|l| l.port()).collect();
         let mut m: HashMap<(IpAddr, u16), StateCounts> = HashMap::new();
@@ -1205,6 +1219,18 @@ mod tests {
         assert_eq!((d[0].counts.established, d[0].counts.syn_sent), (3, 0));
         let r = c.redirected_locally(public);
         assert_eq!((r.established, r.syn_sent, r.total), (3, 1, 4));
+        // A connection to a server of the same namespace (the node's own public address)
+        // pairs the same way but was not redirected: the server's end is its destination.
+        let plain = Census {
+            sockets: vec![
+                sock(Established, "10.0.0.1:40000", "198.18.0.1:443"),
+                sock(Established, "198.18.0.1:443", "10.0.0.1:40000"),
+            ],
+            listeners: vec!["198.18.0.1:443".parse().unwrap()],
+            ..c
+        };
+        assert_eq!(plain.destinations(public)[0].counts.established, 1);
+        assert_eq!(plain.redirected_locally(public).total, 0);
     }
 
     #[test]
