@@ -16,7 +16,11 @@
 //! text of those files given as a string (the in-pod census reads them through the
 //! Kubernetes exec API). Listening sockets are always collected on the side, so that
 //! [`Census::destinations`] can leave out accepted (inbound) connections, which use no
-//! SNAT port.
+//! SNAT port. It also leaves out the sockets a service-mesh sidecar (Istio, Linkerd)
+//! redirected to itself with iptables/nft REDIRECT: such a socket still shows the public
+//! destination, but its local endpoint is the remote endpoint of a socket the sidecar
+//! accepted in the same namespace, and the sidecar's own upstream socket is the one that
+//! uses the SNAT port. [`Census::redirected_locally`] counts them apart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -213,6 +217,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// An endpoint with its address as [`canonical`] makes it.
+fn endpoint(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
+}
+
+/// Remote endpoint -> the local endpoints of the sockets connected to it.
+pub(crate) type Remotes = BTreeMap<SocketAddr, BTreeSet<SocketAddr>>;
+
 impl Census {
     /// Number of sockets per state (only states that occur).
     pub fn by_state(&self) -> BTreeMap<TcpState, u64> {
@@ -243,7 +255,43 @@ impl Census {
     /// Outgoing sockets (not accepted ones) to destinations `is_public` says consume SNAT
     /// ports, counted per destination IP and port, ranked by ESTABLISHED + SYN_SENT, then
     /// by total, then by destination. The predicate sees IPv4-mapped addresses as IPv4.
+    ///
+    /// Sockets a service-mesh sidecar redirected locally are left out (see
+    /// [`Census::redirected_locally`]): the sidecar's own upstream socket to the same
+    /// destination is the one that uses a SNAT port, so counting both counts it twice.
     pub fn destinations(&self, is_public: impl Fn(IpAddr) -> bool) -> Vec<DestinationCount> {
+        self.destinations_in(&is_public, &self.remote_endpoints())
+    }
+
+    /// Every socket's remote endpoint, with the local endpoints of the sockets that have
+    /// it (IPv4-mapped addresses made IPv4).
+    pub(crate) fn remote_endpoints(&self) -> Remotes {
+        let mut m = Remotes::new();
+        for s in &self.sockets {
+            m.entry(endpoint(s.remote)).or_default().insert(endpoint(s.local));
+        }
+        m
+    }
+
+    /// Whether an outgoing socket was redirected to a local proxy (iptables/nft REDIRECT,
+    /// as Istio and Linkerd install it): its local endpoint is the remote endpoint of a
+    /// socket of the same namespace, the one the proxy accepted, and that socket's local
+    /// endpoint is not the destination the outgoing socket shows (so NAT changed it: a
+    /// plain connection to a server of the same namespace is not a redirect). It still
+    /// shows the public destination it asked for, but its packets never leave the host.
+    fn redirected_in(s: &Socket, remotes: &Remotes) -> bool {
+        remotes
+            .get(&endpoint(s.local))
+            .is_some_and(|peers| peers.iter().any(|&p| p != endpoint(s.remote)))
+    }
+
+    /// [`Census::destinations`] with the remote endpoints of the whole namespace given
+    /// (the census may be one owner's share of it).
+    pub(crate) fn destinations_in(
+        &self,
+        is_public: &dyn Fn(IpAddr) -> bool,
+        remotes: &Remotes,
+    ) -> Vec<DestinationCount> {
         let listening: BTreeSet<u16> = self.listeners.iter().map(|l| l.port()).collect();
         let mut m: HashMap<(IpAddr, u16), StateCounts> = HashMap::new();
         for s in &self.sockets {
@@ -251,7 +299,7 @@ impl Census {
                 continue;
             }
             let ip = canonical(s.remote.ip());
-            if !is_public(ip) {
+            if !is_public(ip) || Self::redirected_in(s, remotes) {
                 continue;
             }
             m.entry((ip, s.remote.port())).or_default().add(s.state);
@@ -266,6 +314,22 @@ impl Census {
                 .then((a.ip, a.port).cmp(&(b.ip, b.port)))
         });
         v
+    }
+
+    /// Outgoing sockets to public destinations that a local proxy took over (a
+    /// service-mesh sidecar's iptables/nft REDIRECT): their local address and port are the
+    /// remote address and port of another socket of this namespace, the one the sidecar
+    /// accepted. [`Census::destinations`] leaves them out, since the sidecar's upstream
+    /// socket is the one using the SNAT port; this says how many there were, by state.
+    pub fn redirected_locally(&self, is_public: impl Fn(IpAddr) -> bool) -> StateCounts {
+        let remotes = self.remote_endpoints();
+        let mut c = StateCounts::default();
+        for s in &self.sockets {
+            if !self.is_inbound(s) && is_public(canonical(s.remote.ip())) && Self::redirected_in(s, &remotes) {
+                c.add(s.state);
+            }
+        }
+        c
     }
 
     /// Fill in `owner_pid` from a socket inode -> pid map (see
@@ -1125,6 +1189,48 @@ mod tests {
         assert_eq!((d[1].counts.established, d[1].counts.time_wait), (2, 1));
         assert_eq!(c.counts().total, 8);
         assert_eq!(c.by_state()[&Established], 6);
+    }
+
+    /// A sidecar's REDIRECT: the app's 3 sockets still show 198.18.0.1:443, the sidecar
+    /// accepted them on 10.0.0.1:15001 and holds 3 upstream sockets of its own. The
+    /// destination counts 3, not 6, and the 3 redirected ones are counted on the side.
+    #[test]
+    fn sockets_a_sidecar_redirected_locally_count_once() {
+        use TcpState::*;
+        let mut sockets = Vec::new();
+        for i in 0..3 {
+            sockets.push(sock(Established, &format!("10.0.0.1:4000{i}"), "198.18.0.1:443"));
+            sockets.push(sock(Established, "10.0.0.1:15001", &format!("10.0.0.1:4000{i}")));
+            sockets.push(sock(Established, &format!("10.0.0.1:5000{i}"), "198.18.0.1:443"));
+        }
+        // The proxy also listens there; an app socket seen through IPv4-mapped IPv6.
+        sockets.push(sock(SynSent, "[::ffff:10.0.0.1]:40009", "198.18.0.1:443"));
+        sockets.push(sock(Established, "10.0.0.1:15001", "10.0.0.1:40009"));
+        let c = Census {
+            netns: None,
+            method: Method::SockDiag,
+            fallback_reason: None,
+            listeners: vec!["0.0.0.0:15001".parse().unwrap()],
+            sockets,
+        };
+        let public = |ip: IpAddr| !matches!(ip, IpAddr::V4(v4) if v4.is_private());
+        let d = c.destinations(public);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].counts.established, d[0].counts.syn_sent), (3, 0));
+        let r = c.redirected_locally(public);
+        assert_eq!((r.established, r.syn_sent, r.total), (3, 1, 4));
+        // A connection to a server of the same namespace (the node's own public address)
+        // pairs the same way but was not redirected: the server's end is its destination.
+        let plain = Census {
+            sockets: vec![
+                sock(Established, "10.0.0.1:40000", "198.18.0.1:443"),
+                sock(Established, "198.18.0.1:443", "10.0.0.1:40000"),
+            ],
+            listeners: vec!["198.18.0.1:443".parse().unwrap()],
+            ..c
+        };
+        assert_eq!(plain.destinations(public)[0].counts.established, 1);
+        assert_eq!(plain.redirected_locally(public).total, 0);
     }
 
     #[test]

@@ -154,12 +154,16 @@ fn systemd_pod(tok: &str) -> Option<PodPart> {
 
 /// `kubepods/[burstable|besteffort/]pod<uid>` (cgroupfs driver); `parents` are the
 /// components above `tok`, nearest last.
+///
+/// Read from inside a cgroup namespace (snat in a container with a private cgroupns),
+/// paths outside the namespace's root are relative to it and climb out with `..`, e.g.
+/// `/../../../burstable/pod<uid>/<id>`: there `..` stands for the hidden `kubepods`.
 fn cgroupfs_pod(tok: &str, parents: &[&str]) -> Option<PodPart> {
     let (uid, is_static) = pod_uid(tok.strip_prefix("pod")?, b'-')?;
     let qos = match parents {
-        [.., "kubepods"] => Qos::Guaranteed,
-        [.., "kubepods", "burstable"] => Qos::Burstable,
-        [.., "kubepods", "besteffort"] => Qos::Besteffort,
+        [.., "kubepods" | ".."] => Qos::Guaranteed,
+        [.., "kubepods" | "..", "burstable"] => Qos::Burstable,
+        [.., "kubepods" | "..", "besteffort"] => Qos::Besteffort,
         _ => return None,
     };
     Some(PodPart {
@@ -570,6 +574,31 @@ mod tests {
         assert_eq!(id.container.unwrap().id, C1);
     }
 
+    /// Seen from inside a private cgroup namespace, a cgroupfs pod's path is relative to
+    /// the namespace's root: `..` climbs past the hidden `kubepods`.
+    #[rstest]
+    #[case(format!("0::/../../../burstable/pod{UID1}/{C1}"), Some(UID1), Some(Burstable))]
+    #[case(format!("0::/../besteffort/pod{UID3}/{C1}"), Some(UID3), Some(Besteffort))]
+    #[case(format!("0::/../../pod{UID2}/{C1}"), Some(UID2), Some(Guaranteed))]
+    #[case(format!("0::/../../../burstable/pod{STATIC}/{C1}"), Some(STATIC), Some(Burstable))]
+    #[case(format!("12:pids:/../../burstable/pod{UID1}/{C1}\n0::/"), Some(UID1), Some(Burstable))]
+    // Not pods: no `kubepods` (or `..` in its place) above the QoS level or the pod.
+    #[case(format!("0::/../other/pod{UID1}/{C1}"), None, None)]
+    #[case(format!("0::/../burstable/extra/pod{UID1}/{C1}"), None, None)]
+    #[case("0::/../../burstable".to_string(), None, None)]
+    fn cgroupfs_paths_relative_to_a_cgroup_namespace(
+        #[case] content: String,
+        #[case] uid: Option<&str>,
+        #[case] qos: Option<Qos>,
+    ) {
+        let id = parse(&content).unwrap();
+        assert_eq!((id.pod_uid.as_deref(), id.qos), (uid, qos), "{content}");
+        if uid.is_some() {
+            assert_eq!(id.container.unwrap().id, C1, "{content}");
+            assert_eq!(id.layout, Some(Cgroupfs), "{content}");
+        }
+    }
+
     #[test]
     fn pod_without_container_is_the_pod_cgroup() {
         let id = parse("0::/kubepods.slice/kubepods-pod1b4e28ba_2fa1_41d2_883f_0016d3cca427.slice\n").unwrap();
@@ -644,6 +673,10 @@ mod tests {
             let a = parse(&systemd).unwrap();
             let b = parse(&cgroupfs).unwrap();
             let c = parse(&mixed).unwrap();
+            // As read from inside a private cgroup namespace rooted below `kubepods`.
+            let relative = format!("0::/../../{fs_level}pod{uid}/{id}");
+            let d = parse(&relative).unwrap();
+            prop_assert_eq!((&b.pod_uid, b.qos, b.layout), (&d.pod_uid, d.qos, d.layout));
             prop_assert_eq!(a.pod_uid.as_deref(), Some(uid.as_str()));
             prop_assert_eq!(&a.pod_uid, &b.pod_uid);
             prop_assert_eq!(&a.pod_uid, &c.pod_uid);

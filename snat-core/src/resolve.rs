@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::census::{Census, CensusOptions, DestinationCount, StateCounts, census_netns};
 use crate::error::Error;
 use crate::model::{PodRef, ProcessRef};
-use crate::procindex::{ProcIndex, socket_owners};
+use crate::procindex::{ProcEntry, ProcIndex, socket_owners};
 
 /// A function from the raw content of `/proc/PID/cgroup` to the pod it names, if any.
 pub type PodLookup<'a> = &'a (dyn Fn(&str) -> Option<PodRef> + Sync);
@@ -30,8 +30,15 @@ pub type PodLookup<'a> = &'a (dyn Fn(&str) -> Option<PodRef> + Sync);
 /// [`cgroup::parse`](crate::cgroup::parse) (UID and QoS; name, namespace and owner are
 /// left for the Kubernetes API). This is the one seam between resolution and cgroup
 /// parsing.
+///
+/// CRI-O's `conmon` (cgroup `crio-conmon-<id>`) names no pod: it sits in the pod's cgroup
+/// but in the host's network namespace, and is the runtime's monitor, not the pod's
+/// workload, so it must not make its pod a hostNetwork pod.
 pub fn pod_of_cgroup(content: &str) -> Option<PodRef> {
     let id = crate::cgroup::parse(content).ok()?;
+    if id.conmon {
+        return None;
+    }
     Some(PodRef {
         uid: id.pod_uid?,
         namespace: None,
@@ -51,34 +58,38 @@ pub struct NetnsOwner {
     pub host_netns: bool,
     /// Every process in it, ascending.
     pub pids: Vec<u32>,
-    /// The pods whose processes are in it, by UID (for the host namespace: hostNetwork
-    /// pods, with `host_network` set).
+    /// For a pod's namespace: the pod that owns it (one). For the host namespace: the
+    /// hostNetwork pods, with `host_network` set. Empty when no pod is in it.
     pub pods: Vec<PodRef>,
-    /// The processes that tell the owner: for a pod's namespace its first process only,
-    /// otherwise one process per distinct cgroup (see [`resolve_one`]).
+    /// Pods with a process in a pod's namespace they do not own: a helper that entered it
+    /// (`nsenter` from a DaemonSet pod, a debugging tool), by UID. Always empty for the
+    /// host namespace, whose pods are all in `pods`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub visitors: Vec<PodRef>,
+    /// The processes that tell the owner: for a pod's namespace the owning pod's first
+    /// process, then one per visiting pod and per other cgroup; otherwise one process per
+    /// distinct cgroup (see [`resolve_one`]).
     pub processes: Vec<ProcessRef>,
 }
 
 impl NetnsOwner {
-    /// A short human label: `pod <uid>` (or several), `host`, or `<comm>[<pid>] <cgroup>`
-    /// for the first process of a namespace no pod owns.
+    /// A short human label: `pod <uid>` (`pod <namespace>/<name>` once the API has named
+    /// it, with ` (+N visiting pods)` when other pods' processes entered it), `host`
+    /// (`host (+N hostNetwork pods)`), or `<comm>[<pid>] <cgroup>` for the first process
+    /// of a namespace no pod owns.
     pub fn label(&self) -> String {
         if self.host_netns {
             return match self.pods.len() {
                 0 => "host".to_string(),
-                n => format!("host (+{n} hostNetwork pod{})", if n == 1 { "" } else { "s" }),
+                n => format!("host (+{n} hostNetwork pod{})", plural(n)),
             };
         }
         if !self.pods.is_empty() {
-            return self
-                .pods
-                .iter()
-                .map(|p| match (&p.namespace, &p.name) {
-                    (Some(ns), Some(n)) => format!("pod {ns}/{n}"),
-                    _ => format!("pod {}", p.uid),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let pods = self.pods.iter().map(pod_label).collect::<Vec<_>>().join(", ");
+            return match self.visitors.len() {
+                0 => pods,
+                n => format!("{pods} (+{n} visiting pod{})", plural(n)),
+            };
         }
         match self.processes.first() {
             Some(p) => format!(
@@ -96,46 +107,130 @@ impl NetnsOwner {
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn pod_label(p: &PodRef) -> String {
+    match (&p.namespace, &p.name) {
+        (Some(ns), Some(n)) => format!("pod {ns}/{n}"),
+        _ => format!("pod {}", p.uid),
+    }
+}
+
+/// The command name of a pod's sandbox process (the pause container), as containerd and
+/// CRI-O run it.
+const SANDBOX_COMM: &str = "pause";
+
 /// Resolve one namespace of the index (`None` when no process is in it).
 ///
-/// A namespace whose first process (lowest pid: usually the pod's sandbox) is in a pod's
-/// cgroup is that pod's: a pod has a namespace of its own, so the other processes are not
-/// read, and `processes` holds that first process only (as `lsns` shows one process per
-/// namespace). Otherwise, and always for the host namespace (where hostNetwork pods are
-/// found), every process's cgroup is read, and `processes` holds one process per distinct
-/// cgroup (its lowest pid), so each service or container is named once.
+/// Every process's cgroup is read. In the host namespace, every pod found is a
+/// hostNetwork pod, and `processes` holds one process per distinct cgroup (its lowest
+/// pid), so each service or container is named once.
+///
+/// Any other namespace with processes in pods is owned by one pod, as a pod has a
+/// namespace of its own; yet a process of another pod may have entered it (`nsenter`
+/// from a DaemonSet, a debugging tool), possibly with a lower pid after pid wrap. The
+/// owner is the pod whose sandbox (`pause`) process is in it when exactly one pod has
+/// one, else the pod with the most processes there (the lowest pid breaks ties); the
+/// other pods are listed as `visitors`. `processes` then holds the owner's first process,
+/// followed by the first process of each visitor and of each other cgroup (as `lsns`
+/// shows one process per namespace, plus whoever else is there).
 pub fn resolve_one(index: &ProcIndex, netns: u64, lookup: PodLookup<'_>) -> Option<NetnsOwner> {
     let host = index.host_netns == Some(netns);
-    let mut members = index.in_netns(netns).peekable();
-    let first = *members.peek()?;
-    let pids: Vec<u32> = index.in_netns(netns).map(|p| p.pid).collect();
-    if !host && let Some(pod) = lookup(first.cgroup()) {
+    let members: Vec<&ProcEntry> = index.in_netns(netns).collect();
+    if members.is_empty() {
+        return None;
+    }
+    let pids: Vec<u32> = members.iter().map(|p| p.pid).collect();
+    // One entry per distinct cgroup, first seen (lowest pid) first.
+    let mut cgroups: Vec<(&ProcEntry, Option<PodRef>)> = Vec::new();
+    let mut of_cgroup: HashMap<&str, usize> = HashMap::new();
+    // Per member: its entry in `cgroups`.
+    let mut cgroup_of: Vec<usize> = Vec::with_capacity(members.len());
+    // Per pod UID: processes, whether a sandbox process is among them, first pid.
+    let mut per_pod: BTreeMap<String, (usize, bool, u32)> = BTreeMap::new();
+    for p in &members {
+        let i = *of_cgroup.entry(p.cgroup()).or_insert_with(|| {
+            let pod = lookup(p.cgroup()).map(|mut pod| {
+                pod.host_network = host;
+                pod
+            });
+            cgroups.push((p, pod));
+            cgroups.len() - 1
+        });
+        cgroup_of.push(i);
+        if let Some(pod) = &cgroups[i].1 {
+            per_pod.entry(pod.uid.clone()).or_insert((0, false, p.pid)).0 += 1;
+        }
+    }
+    // The sandbox is told by its name, read only where there is a choice to make.
+    if !host && per_pod.len() > 1 {
+        for (p, &i) in members.iter().zip(&cgroup_of) {
+            if let Some(pod) = &cgroups[i].1
+                && p.comm() == SANDBOX_COMM
+                && let Some(e) = per_pod.get_mut(&pod.uid)
+            {
+                e.1 = true;
+            }
+        }
+    }
+    let pods_in = |cgroups: &[(&ProcEntry, Option<PodRef>)]| {
+        let mut pods: BTreeMap<String, PodRef> = BTreeMap::new();
+        for (_, pod) in cgroups {
+            if let Some(pod) = pod {
+                pods.entry(pod.uid.clone()).or_insert_with(|| pod.clone());
+            }
+        }
+        pods
+    };
+    let mut pods = pods_in(&cgroups);
+    if host || pods.is_empty() {
         return Some(NetnsOwner {
             netns,
-            host_netns: false,
+            host_netns: host,
             pids,
-            pods: vec![pod],
-            processes: vec![first.to_ref()],
+            pods: pods.into_values().collect(),
+            visitors: Vec::new(),
+            processes: cgroups.iter().map(|(p, _)| p.to_ref()).collect(),
         });
     }
-    let mut pods: BTreeMap<String, PodRef> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
+    let with_sandbox: Vec<&String> = per_pod.iter().filter(|(_, e)| e.1).map(|(uid, _)| uid).collect();
+    let owner_uid = match with_sandbox.as_slice() {
+        [one] => (*one).clone(),
+        _ => per_pod
+            .iter()
+            .min_by_key(|(_, (n, _, first))| (std::cmp::Reverse(*n), *first))
+            .map(|(uid, _)| uid.clone())
+            .unwrap_or_default(),
+    };
+    let owner = pods.remove(&owner_uid);
+    // The owner's first process, then the first of each visitor and other cgroup.
     let mut processes = Vec::new();
-    for p in members {
-        if !seen.insert(p.cgroup()) {
-            continue;
-        }
-        if let Some(mut pod) = lookup(p.cgroup()) {
-            pod.host_network = host;
-            pods.entry(pod.uid.clone()).or_insert(pod);
-        }
+    let mut named: std::collections::HashSet<Option<String>> = std::collections::HashSet::new();
+    let owner_first = cgroups
+        .iter()
+        .find(|(_, pod)| pod.as_ref().is_some_and(|pod| pod.uid == owner_uid));
+    if let Some((p, _)) = owner_first {
         processes.push(p.to_ref());
+        named.insert(Some(owner_uid.clone()));
+    }
+    for (p, pod) in &cgroups {
+        match pod {
+            Some(pod) => {
+                if named.insert(Some(pod.uid.clone())) {
+                    processes.push(p.to_ref());
+                }
+            }
+            None => processes.push(p.to_ref()),
+        }
     }
     Some(NetnsOwner {
         netns,
-        host_netns: host,
+        host_netns: false,
         pids,
-        pods: pods.into_values().collect(),
+        pods: owner.into_iter().collect(),
+        visitors: pods.into_values().collect(),
         processes,
     })
 }
@@ -311,6 +406,8 @@ pub fn group_by_owner(
         }
         g.3.sockets.push(s.clone());
     }
+    // A sidecar's REDIRECT pairs sockets of different owners: look across the namespace.
+    let remotes = census.remote_endpoints();
     let mut v: Vec<OwnerGroup> = groups
         .into_values()
         .map(|(pod, process, mut pids, c)| {
@@ -320,7 +417,7 @@ pub fn group_by_owner(
                 process,
                 pids,
                 counts: c.counts(),
-                destinations: c.destinations(is_public),
+                destinations: c.destinations_in(is_public, &remotes),
             }
         })
         .collect();
@@ -371,6 +468,117 @@ mod tests {
             ],
             0,
         )
+    }
+
+    const APP: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+    const DAEMON: &str = "1b4e28ba-2fa1-41d2-883f-0016d3cca427";
+    const CID: &str = "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
+
+    /// A systemd-driver container cgroup of pod `uid` (burstable).
+    fn pod_cgroup(uid: &str, scope: &str) -> String {
+        format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/{scope}-{CID}.scope",
+            uid.replace('-', "_")
+        )
+    }
+
+    /// A `--host-proc` tree: per process `ns/net`, `comm`, `cmdline` and `cgroup`.
+    fn fake_proc(procs: &[(u32, u64, &str, String)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (pid, netns, comm, cg) in procs {
+            let d = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(d.join("ns")).unwrap();
+            std::os::unix::fs::symlink(format!("net:[{netns}]"), d.join("ns/net")).unwrap();
+            std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+            std::fs::write(d.join("cmdline"), format!("{comm}\0")).unwrap();
+            std::fs::write(d.join("cgroup"), format!("0::{cg}\n")).unwrap();
+        }
+        dir
+    }
+
+    fn owner_of(dir: &tempfile::TempDir, netns: u64) -> NetnsOwner {
+        let idx = ProcIndex::scan(dir.path()).unwrap();
+        resolve(&idx, &pod_of_cgroup)
+            .into_iter()
+            .find(|o| o.netns == netns)
+            .unwrap()
+    }
+
+    /// A DaemonSet pod's helper that entered an app pod's namespace with a lower pid
+    /// (pid wrap, `nsenter`) does not take it over: the app pod, with more processes there,
+    /// owns it, and the helper's pod is listed as a visitor.
+    #[test]
+    fn a_low_pid_visitor_does_not_take_over_a_pod_namespace() {
+        let dir = fake_proc(&[
+            (1, 100, "systemd", "/init.scope".into()),
+            (50, 200, "tcpdump", pod_cgroup(DAEMON, "cri-containerd")),
+            (3000, 200, "app", pod_cgroup(APP, "cri-containerd")),
+            (3001, 200, "app-worker", pod_cgroup(APP, "cri-containerd")),
+        ]);
+        let o = owner_of(&dir, 200);
+        let uids = |v: &[PodRef]| v.iter().map(|p| p.uid.clone()).collect::<Vec<_>>();
+        assert_eq!(uids(&o.pods), vec![APP]);
+        assert_eq!(uids(&o.visitors), vec![DAEMON]);
+        assert_eq!(o.label(), format!("pod {APP} (+1 visiting pod)"));
+        assert_eq!(o.pids, vec![50, 3000, 3001]);
+        let named: Vec<u32> = o.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(named, vec![3000, 50], "the owner's first process, then the visitor's");
+    }
+
+    /// The pod whose sandbox (pause) process is in the namespace owns it, even when a
+    /// visiting pod has more processes there.
+    #[test]
+    fn the_sandbox_tells_the_owner() {
+        let dir = fake_proc(&[
+            (1, 100, "systemd", "/init.scope".into()),
+            (40, 200, "sh", pod_cgroup(DAEMON, "cri-containerd")),
+            (41, 200, "tcpdump", pod_cgroup(DAEMON, "cri-containerd")),
+            (42, 200, "sleep", pod_cgroup(DAEMON, "cri-containerd")),
+            (3000, 200, "pause", pod_cgroup(APP, "cri-containerd")),
+            (3001, 200, "app", pod_cgroup(APP, "cri-containerd")),
+        ]);
+        let o = owner_of(&dir, 200);
+        assert_eq!(o.pods.len(), 1);
+        assert_eq!(o.pods[0].uid, APP);
+        assert_eq!(o.visitors.len(), 1);
+        assert_eq!(o.visitors[0].uid, DAEMON);
+        assert_eq!(o.processes[0].pid, 3000);
+    }
+
+    /// A pod's namespace with one pod and no visitor reads as before: that pod, its first
+    /// process, no visitors (and no `visitors` key in JSON).
+    #[test]
+    fn a_pod_alone_in_its_namespace_is_its_owner() {
+        let dir = fake_proc(&[
+            (1, 100, "systemd", "/init.scope".into()),
+            (3000, 200, "pause", pod_cgroup(APP, "cri-containerd")),
+            (3001, 200, "app", pod_cgroup(APP, "cri-containerd")),
+        ]);
+        let o = owner_of(&dir, 200);
+        assert_eq!(o.label(), format!("pod {APP}"));
+        assert!(o.visitors.is_empty());
+        assert_eq!(o.processes.len(), 1);
+        let json = serde_json::to_value(&o).unwrap();
+        assert!(json.get("visitors").is_none(), "{json}");
+    }
+
+    /// CRI-O's conmon sits in its pod's cgroup but in the host namespace: the pod is not
+    /// a hostNetwork pod for it, while the pod's own namespace is still told as the pod's.
+    #[test]
+    fn crio_conmon_does_not_make_a_host_network_pod() {
+        let dir = fake_proc(&[
+            (1, 100, "systemd", "/init.scope".into()),
+            (500, 100, "conmon", pod_cgroup(APP, "crio-conmon")),
+            (510, 200, "pause", pod_cgroup(APP, "crio")),
+            (511, 200, "app", pod_cgroup(APP, "crio")),
+        ]);
+        let host = owner_of(&dir, 100);
+        assert!(host.host_netns);
+        assert_eq!(host.label(), "host");
+        assert!(host.pods.is_empty());
+        assert!(host.processes.iter().any(|p| p.pid == 500), "conmon is still listed");
+        let pod = owner_of(&dir, 200);
+        assert_eq!(pod.label(), format!("pod {APP}"));
     }
 
     #[test]

@@ -137,7 +137,7 @@ async fn pod_by_uid_finds_the_pod_and_its_owner() {
         .unwrap();
     assert_eq!(p.pod.name.as_deref(), Some("proxy-1"));
     assert_eq!(p.pod.owner.unwrap().kind, "DaemonSet");
-    // Static-pod style (no dashes) also matches; restricted to a node.
+    // Written without dashes it still matches; restricted to a node.
     let p = lookup::pod_by_uid(&e.kube, "00000000000000000000000000000003", Some("node-a"))
         .await
         .unwrap()
@@ -145,6 +145,49 @@ async fn pod_by_uid_finds_the_pod_and_its_owner() {
     assert_eq!(p.pod.name.as_deref(), Some("api-7d9f-3"));
     assert!(
         lookup::pod_by_uid(&e.kube, "nope", Some("node-b"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A static pod's cgroup is named after its config hash (32 hex digits); the API's mirror
+/// pod has a UID of its own and the hash in `kubernetes.io/config.mirror`.
+#[tokio::test]
+async fn pod_by_uid_finds_a_static_pods_mirror_by_its_config_hash() {
+    let hash = "2f8e1b7c9d3a4e5f6a7b8c9d0e1f2a3b";
+    let state = cluster();
+    let mut mirror = support::fixtures::pod(
+        "kube-system",
+        "etcd-node-b",
+        "33333333-0000-0000-0000-000000000001",
+        "node-b",
+        Some(support::fixtures::owner("Node", "node-b")),
+    );
+    mirror.metadata.annotations = Some(
+        [
+            (lookup::MIRROR_ANNOTATION.to_string(), hash.to_string()),
+            ("kubernetes.io/config.source".to_string(), "file".to_string()),
+        ]
+        .into(),
+    );
+    state.pods.lock().unwrap().push(mirror);
+    let e = env(state).await;
+    let p = lookup::pod_by_uid(&e.kube, hash, Some("node-b"))
+        .await
+        .unwrap()
+        .expect("the mirror pod of the static pod");
+    assert_eq!(p.pod.name.as_deref(), Some("etcd-node-b"));
+    assert_eq!(p.pod.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(p.pod.owner.unwrap().kind, "Node");
+    // Its own UID still finds it, and a hash no pod carries finds none.
+    let p = lookup::pod_by_uid(&e.kube, "33333333-0000-0000-0000-000000000001", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.pod.name.as_deref(), Some("etcd-node-b"));
+    assert!(
+        lookup::pod_by_uid(&e.kube, "2f8e1b7c9d3a4e5f6a7b8c9d0e1f2a3c", None)
             .await
             .unwrap()
             .is_none()

@@ -185,8 +185,26 @@ pub async fn pods_on_node(kube: &Kube, node: &str, resolve_owners: bool) -> Resu
     Ok(out)
 }
 
-/// The pod with this UID (dashed or, for static pods, 32 hex digits), searching only `node`
-/// when given. Its owner is resolved. `None` when no pod has it.
+/// The annotation the kubelet puts on a static pod's mirror pod: the static pod's config
+/// hash, which is the UID its cgroup is named after (the mirror pod has a UID of its own).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Whether `pod` is the one a cgroup names with `uid` (dashes removed, lower case): its
+/// own UID, or for a static pod's mirror pod the config hash in [`MIRROR_ANNOTATION`].
+pub fn pod_has_uid(pod: &Pod, uid: &str) -> bool {
+    let same = |s: &str| s.trim().replace('-', "").eq_ignore_ascii_case(uid);
+    pod.metadata.uid.as_deref().is_some_and(same)
+        || pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_ANNOTATION))
+            .is_some_and(|h| same(h))
+}
+
+/// The pod with this UID (dashed or, for static pods, the 32 hex digits of their cgroup:
+/// their mirror pod is found by its [`MIRROR_ANNOTATION`]), searching only `node` when
+/// given. Its owner is resolved. `None` when no pod has it.
 pub async fn pod_by_uid(kube: &Kube, uid: &str, node: Option<&str>) -> Result<Option<PodInfo>, Error> {
     let want = uid.trim().replace('-', "").to_ascii_lowercase();
     if want.is_empty() {
@@ -208,14 +226,7 @@ pub async fn pod_by_uid(kube: &Kube, uid: &str, node: Option<&str>) -> Result<Op
         selector.as_deref(),
         None,
         |items: Vec<Pod>| {
-            found = items.into_iter().find(|p| {
-                p.metadata
-                    .uid
-                    .as_deref()
-                    .map(|u| u.replace('-', "").to_ascii_lowercase())
-                    .as_deref()
-                    == Some(want.as_str())
-            });
+            found = items.into_iter().find(|p| pod_has_uid(p, &want));
             found.is_none()
         },
     )

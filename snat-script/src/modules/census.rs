@@ -410,8 +410,15 @@ pub fn create_module(ctx: &Ctx) -> Module {
         &mut m,
         "pods",
         "Array",
-        "The pods in it, as maps: uid, qos, host_network (name and namespace: () until the API fills them).",
+        "The pod that owns it (for the host's: its hostNetwork pods), as maps: uid, qos, host_network (name and\nnamespace: () until the API fills them). Pods that only visit it are in `visitors`.",
         |n: &mut Netns| n.owner.pods.iter().map(pod_map).collect::<Array>(),
+    );
+    getter(
+        &mut m,
+        "visitors",
+        "Array",
+        "Other pods with a process in a pod's namespace (e.g. a DaemonSet's nsenter helper), as maps like `pods`;\nempty for the host's namespace and for a pod alone in its own.",
+        |n: &mut Netns| n.owner.visitors.iter().map(pod_map).collect::<Array>(),
     );
     getter(
         &mut m,
@@ -424,7 +431,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
         &mut m,
         "label",
         "String",
-        "Who owns it, for a human: `pod <uid>`, `host (+N hostNetwork pods)` or `comm[pid] cgroup`.",
+        "Who owns it, for a human: `pod <uid>` (`pod <uid> (+N visiting pods)`), `host (+N hostNetwork pods)`\nor `comm[pid] cgroup`.",
         |n: &mut Netns| n.owner.label(),
     );
     method("to_string", &["netns: Netns", "String"], "`netns <inode> <label>`.")
