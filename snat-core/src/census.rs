@@ -160,7 +160,10 @@ pub struct StateCounts {
     pub time_wait: u64,
     /// CLOSE_WAIT: closed by the peer, not yet by the application (a leak when it grows).
     pub close_wait: u64,
-    /// Every other state.
+    /// FIN_WAIT1, FIN_WAIT2, CLOSING and LAST_ACK: closing, the FIN exchange not finished.
+    #[serde(default)]
+    pub fin_wait: u64,
+    /// Every other state (SYN_RECV, CLOSE, LISTEN, ...).
     pub other: u64,
     /// All of the above.
     pub total: u64,
@@ -174,6 +177,7 @@ impl StateCounts {
             TcpState::SynSent => self.syn_sent += 1,
             TcpState::TimeWait => self.time_wait += 1,
             TcpState::CloseWait => self.close_wait += 1,
+            TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck => self.fin_wait += 1,
             _ => self.other += 1,
         }
         self.total += 1;
@@ -182,6 +186,22 @@ impl StateCounts {
     /// Flows that hold or want a SNAT port right now: ESTABLISHED plus SYN_SENT.
     pub fn active(&self) -> u64 {
         self.established + self.syn_sent
+    }
+
+    /// Sockets closing but whose SNAT port is still held: TIME_WAIT, CLOSE_WAIT, FIN_WAIT1,
+    /// FIN_WAIT2, CLOSING and LAST_ACK. A load balancer keeps a SNAT port about 240 s after
+    /// a FIN (15 s after a RST), longer than Linux's 60 s TIME_WAIT, so every one of them
+    /// still holds its port.
+    pub fn closing(&self) -> u64 {
+        self.time_wait + self.close_wait + self.fin_wait
+    }
+
+    /// SNAT ports held: [`active`](Self::active) (open and opening) plus
+    /// [`closing`](Self::closing). A lower bound of what the load balancer holds: it keeps
+    /// a port after the node's TIME_WAIT has ended, and only the side that closes first
+    /// goes through TIME_WAIT at all.
+    pub fn held(&self) -> u64 {
+        self.active() + self.closing()
     }
 }
 
@@ -1028,6 +1048,31 @@ mod tests {
         assert_eq!(v[1].uid, 1000);
         assert_eq!(v[1].inode, 998877);
         assert_eq!(v[2].state, TcpState::SynSent);
+    }
+
+    /// Every state a socket can be in on its way to closed still holds its SNAT port:
+    /// `held` is `active` plus the closing states; LISTEN, SYN_RECV and CLOSE are not.
+    #[rstest]
+    #[case::established(TcpState::Established, 1, 0)]
+    #[case::syn_sent(TcpState::SynSent, 1, 0)]
+    #[case::time_wait(TcpState::TimeWait, 0, 1)]
+    #[case::close_wait(TcpState::CloseWait, 0, 1)]
+    #[case::fin_wait1(TcpState::FinWait1, 0, 1)]
+    #[case::fin_wait2(TcpState::FinWait2, 0, 1)]
+    #[case::closing(TcpState::Closing, 0, 1)]
+    #[case::last_ack(TcpState::LastAck, 0, 1)]
+    #[case::syn_recv(TcpState::SynRecv, 0, 0)]
+    #[case::close(TcpState::Close, 0, 0)]
+    #[case::listen(TcpState::Listen, 0, 0)]
+    fn held_is_active_plus_closing(#[case] state: TcpState, #[case] active: u64, #[case] closing: u64) {
+        let mut c = StateCounts::default();
+        c.add(state);
+        c.add(TcpState::Established);
+        assert_eq!(
+            (c.active(), c.closing(), c.held()),
+            (active + 1, closing, active + closing + 1)
+        );
+        assert_eq!(c.total, 2);
     }
 
     #[rstest]

@@ -53,7 +53,10 @@ fn counts_into(m: &mut Map, c: &StateCounts) {
     m.insert("close_wait".into(), Dynamic::from_int(c.close_wait as i64));
     m.insert("other".into(), Dynamic::from_int(c.other as i64));
     m.insert("total".into(), Dynamic::from_int(c.total as i64));
+    m.insert("fin_wait".into(), Dynamic::from_int(c.fin_wait as i64));
     m.insert("active".into(), Dynamic::from_int(c.active() as i64));
+    m.insert("closing".into(), Dynamic::from_int(c.closing() as i64));
+    m.insert("held".into(), Dynamic::from_int(c.held() as i64));
 }
 
 fn destination_map(d: &DestinationCount) -> Dynamic {
@@ -495,12 +498,19 @@ pub fn create_module(ctx: &Ctx) -> Module {
         &mut m,
         "counts",
         "Map",
-        "established, syn_sent, time_wait, close_wait, other, total, active (established + syn_sent).",
+        "established, syn_sent, time_wait, close_wait, fin_wait (FIN_WAIT1/2, CLOSING, LAST_ACK), other, total,\nactive (established + syn_sent), closing (time_wait + close_wait + fin_wait), held (active + closing).",
         |c: &mut Census| {
             let mut m = Map::new();
             counts_into(&mut m, &c.inner.counts());
             m
         },
+    );
+    getter(
+        &mut m,
+        "held",
+        "i64",
+        "Sockets holding a SNAT port if their destination is public: open (ESTABLISHED, SYN_SENT) plus closing\n(TIME_WAIT, CLOSE_WAIT, FIN_WAIT1/2, CLOSING, LAST_ACK; the load balancer keeps a port ~240 s after a\nFIN). Only the states the census asked for are counted; a lower bound of what the load balancer holds.",
+        |c: &mut Census| c.inner.counts().held() as i64,
     );
     getter(
         &mut m,
@@ -525,7 +535,7 @@ pub fn create_module(ctx: &Ctx) -> Module {
     for (arity, doc) in [
         (
             0,
-            "Outgoing sockets to public destinations (snat's built-in rules), per destination IP and port,\nranked by established + syn_sent: maps with ip, port, destination, established, syn_sent, time_wait,\nclose_wait, other, total, active.",
+            "Outgoing sockets to public destinations (snat's built-in rules), per destination IP and port,\nranked by established + syn_sent: maps with ip, port, destination, established, syn_sent, time_wait,\nclose_wait, fin_wait, other, total, active, closing, held (see `held`).",
         ),
         (
             1,
@@ -684,6 +694,14 @@ mod tests {
         assert_eq!(m["ESTABLISHED"].as_int().unwrap(), 4);
         let n: i64 = eval("c.counts.active").unwrap();
         assert_eq!(n, 5);
+        // A socket in TIME_WAIT still holds its SNAT port: held, as closing, not active.
+        let s: String = eval(
+            r#"let d = c.public_destinations(|ip| ip.starts_with("52.")); `${d[0].active} ${d[0].closing} ${d[0].held}`"#,
+        )
+        .unwrap();
+        assert_eq!(s, "0 1 1");
+        let n: i64 = eval("c.held").unwrap();
+        assert_eq!(n, 6);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use rhai::{Array, Dynamic, EvalAltResult, Map, Module};
 use snat_core::policy::{Policy, UserRangeKind, Verdict};
+use snat_core::pressure::{CRITICAL_FRACTION, Level, WARNING_FRACTION};
 
 use super::{func, getter, method, to_dyn, usage};
 use crate::ctx::Ctx;
@@ -62,9 +63,60 @@ fn from_map(m: &Map) -> Result<Policy, Box<EvalAltResult>> {
     Ok(p)
 }
 
+fn ports_of(flows: i64, ports: i64) -> Result<(u64, u64), Box<EvalAltResult>> {
+    match (u64::try_from(flows), u64::try_from(ports)) {
+        (Ok(f), Ok(p)) if p > 0 => Ok((f, p)),
+        _ => usage(format!(
+            "flows must be 0 or more and ports more than 0, not {flows} flows and {ports} ports"
+        )),
+    }
+}
+
+/// The alert level of `flows` against `ports`: the levels `alloc::pressure` gives.
+fn snat_level(flows: i64, ports: i64) -> Result<String, Box<EvalAltResult>> {
+    let (f, p) = ports_of(flows, ports)?;
+    Ok(Level::of(f as f64 / p as f64).as_str().to_string())
+}
+
+/// `flows` as a percent of `ports`, rounded down: never at a level's threshold when the
+/// level is below it.
+fn snat_percent(flows: i64, ports: i64) -> Result<i64, Box<EvalAltResult>> {
+    let (f, p) = ports_of(flows, ports)?;
+    Ok(i64::try_from(u128::from(f) * 100 / u128::from(p)).unwrap_or(i64::MAX))
+}
+
 /// The `policy` module.
 pub fn create_module(_ctx: &Ctx) -> Module {
     let mut m = Module::new();
+    func(
+        "snat_level",
+        &["flows: i64", "ports: i64", "String"],
+        "The level of `flows` concurrent flows from the node to one destination against its `ports` SNAT ports:\n\"ok\", \"warning\" from 75 % or \"critical\" from 90 % (Microsoft's suggested alerts on used/allocated\nSNAT ports; the levels of alloc::pressure). The one threshold policy of census.rhai and triage.rhai.",
+    )
+    .set_into_module(&mut m, snat_level);
+    func(
+        "snat_percent",
+        &["flows: i64", "ports: i64", "i64"],
+        "`flows` as a percent of `ports`, rounded down, so the percent printed agrees with snat_level\n(767 of 1024 is 74, ok; 768 is 75, warning).",
+    )
+    .set_into_module(&mut m, snat_percent);
+    func(
+        "snat_thresholds",
+        &["Map"],
+        "The percents at which snat_level changes: #{warning: 75, critical: 90}.",
+    )
+    .set_into_module(&mut m, || {
+        let mut t = Map::new();
+        t.insert(
+            "warning".into(),
+            Dynamic::from_int((WARNING_FRACTION * 100.0).round() as i64),
+        );
+        t.insert(
+            "critical".into(),
+            Dynamic::from_int((CRITICAL_FRACTION * 100.0).round() as i64),
+        );
+        t
+    });
     m.set_custom_type::<Policy>("Policy");
     m.set_custom_type::<Verdict>("Verdict");
 
@@ -209,6 +261,15 @@ mod tests {
         "my vnet"
     )]
     #[case(r#"let p = policy::azure(#{pod: "100.200.0.0/16", as_public: ["10.9.0.0/16"]}); `${p.is_public("100.200.3.4")} ${p.is_public("10.9.1.1")}`"#, "false true")]
+    #[case("policy::snat_level(767, 1024)", "ok")]
+    #[case("policy::snat_level(768, 1024)", "warning")]
+    #[case("policy::snat_level(115, 128)", "warning")]
+    #[case("policy::snat_level(116, 128)", "critical")]
+    #[case("policy::snat_level(2000, 1024)", "critical")]
+    #[case("policy::snat_level(0, 32)", "ok")]
+    #[case("`${policy::snat_percent(767, 1024)} ${policy::snat_percent(768, 1024)}`", "74 75")]
+    #[case("`${policy::snat_percent(9, 10)} ${policy::snat_level(9, 10)}`", "90 critical")]
+    #[case("let t = policy::snat_thresholds(); `${t.warning} ${t.critical}`", "75 90")]
     fn classifies(#[case] script: &str, #[case] want: &str) {
         assert_eq!(eval(script).unwrap().to_string(), want);
     }
@@ -221,6 +282,8 @@ mod tests {
         "unknown range kind"
     )]
     #[case(r#"policy::azure(#{lan: "10.0.0.0/8"})"#, "unknown policy key `lan`")]
+    #[case("policy::snat_level(1, 0)", "ports more than 0")]
+    #[case("policy::snat_percent(-1, 10)", "flows must be 0 or more")]
     fn rejects_bad_input(#[case] script: &str, #[case] want: &str) {
         let e = eval(script).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
