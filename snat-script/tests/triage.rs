@@ -24,6 +24,14 @@ use snat_testbed::{Holder, Layout, Netns, Plan, PodCgroup, Qos, Veth, require_ro
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// Every test here runs triage (or census) over the whole host: all its network
+/// namespaces, summed per destination. Two tests at once would see each other's pods and
+/// flows (the hottest destination, the node's totals), so they take turns.
+fn host_wide() -> std::sync::MutexGuard<'static, ()> {
+    static HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HOST.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -58,6 +66,7 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // The world: public destinations (198.18.0.1, 203.0.113.10, 2001:db8::10), a private
     // one (10.99.0.1), a closed public port (refused: failed connects) and a server that
     // closes after the client (TIME_WAIT on the client side).
@@ -580,6 +589,7 @@ fn without_a_cluster_triage_names_pods_by_uid_and_processes_by_pid_and_cgroup() 
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     let world = Netns::new("tw").unwrap();
     world.add_lo_addr("203.0.113.77/32").unwrap();
     let _srv = spawn_holder(
@@ -689,6 +699,7 @@ fn metrics_name_the_node_and_give_the_port_budget() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     let server = Server::start(fixtures::cluster());
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), server.addr);
@@ -792,6 +803,7 @@ fn the_verdict_names_the_pod_with_the_most_flows_on_the_hottest_destination() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // Pod A: 40 flows to each of three destinations (120 in all); pod B: 80 to a fourth.
     // With 100 ports B's destination is the one that runs out (80 %), not A's (40 % each).
     let (world, _srv) = world_listening(&[
@@ -840,6 +852,7 @@ fn failed_connects_are_given_to_the_namespace_that_made_them() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // Pod K holds 5 flows; another namespace (no pod in it) makes refused connects to a
     // public address during the trace.
     let (world, _srv) = world_listening(&["203.0.113.31:443"]);
@@ -901,6 +914,7 @@ fn failed_connects_of_a_pod_without_sockets_and_of_a_namespace_gone_before_the_c
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // Pod P: a process that holds no socket in its pod cgroup; its connects are refused.
     let p = Netns::new("tp").unwrap();
     p.add_lo_addr("198.18.8.1/32").unwrap();
@@ -981,6 +995,7 @@ fn closing_sockets_hold_snat_ports() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // A connection-per-request pod: 5 connections held, 150 opened and closed (TIME_WAIT).
     let (world, _srv) = world_listening(&["203.0.113.41:443"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -1063,6 +1078,7 @@ fn pods_sharing_a_destination_at_critical_are_critical() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // Two pods, 60 flows each to one destination: 120 of 128 ports (93 %) for the node.
     let (world, _srv) = world_listening(&["203.0.113.51:443"]);
     let pods: Vec<Pod> = (35..37).map(|i| pod(&world, i, Layout::Systemd)).collect();
@@ -1120,6 +1136,7 @@ fn triage_and_census_share_one_threshold_and_print_the_percent_their_level_says(
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     // 149 flows against 200 ports: 74.5 %, below the 75 % warning.
     let (world, _srv) = world_listening(&["203.0.113.61:443"]);
     let p = pod(&world, 38, Layout::Cgroupfs);
@@ -1181,6 +1198,7 @@ fn census_names_the_host_network_pod_and_the_node_in_its_findings() {
     if !require_root() {
         return;
     }
+    let _host = host_wide();
     snat_testbed::run("ip", &["addr", "add", "198.18.210.1/32", "dev", "lo"]).unwrap();
     let _addr = HostLoAddr("198.18.210.1/32");
     let _srv = spawn_holder(
