@@ -316,7 +316,15 @@ fn the_last_two_triage_runs_are_compared_by_their_audit_records() {
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["verdict"], "clear");
     let text = compared(&rep);
-    assert_eq!(text.lines().count(), 2, "{text}");
+    // before, after, and what was compared: these runs' findings predate closing sockets.
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("measure: public flows (open only"),
+        "{text}"
+    );
     let (b_id, a_id) = (before["run_id"].as_str().unwrap(), after["run_id"].as_str().unwrap());
     assert!(
         text.contains(&format!(
@@ -471,11 +479,24 @@ fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
         }],
     )
     .unwrap();
-    let ns = Netns::new("vp").unwrap();
-    let _veth = Veth::new(&ns, "10.202.91.2/24", &world, "10.202.91.1/24").unwrap();
-    ns.ip(&["route", "add", "default", "via", "10.202.91.1"]).unwrap();
+    // The pod's network namespace, made again for the run after the fix as a redeployed
+    // pod's would be: the closed connections' TIME_WAIT sockets (ports the load balancer
+    // still holds, which triage counts) go with the old one.
+    let pod_netns = |subnet: u8| {
+        let ns = Netns::new("vp").unwrap();
+        let veth = Veth::new(
+            &ns,
+            &format!("10.202.{subnet}.2/24"),
+            &world,
+            &format!("10.202.{subnet}.1/24"),
+        )
+        .unwrap();
+        ns.ip(&["route", "add", "default", "via", &format!("10.202.{subnet}.1")])
+            .unwrap();
+        (veth, ns)
+    };
     let cg = PodCgroup::new(Layout::Systemd, Qos::Burstable).unwrap();
-    let holder = |count: usize| {
+    let holder = |ns: &Netns, count: usize| {
         spawn_holder(
             Some(&ns.path()),
             Some(&cg.cgroup),
@@ -495,13 +516,17 @@ fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
     let culprit = format!("pod {}", cg.uid);
 
     // Before: 40 flows to one public destination against 32 ports.
-    let before_holder = holder(40);
+    let (veth, ns) = pod_netns(91);
+    let before_holder = holder(&ns, 40);
     let before = real_triage(dir.path(), &kc);
     drop(before_holder);
-    // After the fix: 2 pooled flows.
-    let fixed_holder = holder(2);
+    drop((veth, ns));
+    // After the fix: 2 pooled flows, from the pod made again.
+    let (veth, ns) = pod_netns(92);
+    let fixed_holder = holder(&ns, 2);
     let after = real_triage(dir.path(), &kc);
     drop(fixed_holder);
+    drop((veth, ns));
 
     let out = verify(dir.path(), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -516,6 +541,11 @@ fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
     );
     assert_eq!(row["dropped"], true);
     let text = compared(&rep);
+    // triage counts open and closing sockets alike (ports held): so does the comparison.
+    assert!(
+        text.contains("\nmeasure: SNAT ports held (open and closing sockets)"),
+        "{text}"
+    );
     for r in [&before, &after] {
         assert!(
             text.contains(&format!("run {} of ", r["run_id"].as_str().unwrap())),
@@ -524,7 +554,8 @@ fn real_triage_runs_before_and_after_a_fix_are_compared_by_their_records() {
     }
 
     // A fix that did not work: 30 flows left, against the first run by id: exit 3.
-    let _partial = holder(30);
+    let (_veth, ns) = pod_netns(93);
+    let _partial = holder(&ns, 30);
     real_triage(dir.path(), &kc);
     let b = format!("audit:{}", before["run_id"].as_str().unwrap());
     let out = verify(
