@@ -415,3 +415,140 @@ fn unprivileged_scan_helper() {
     let err = ProcIndex::scan("/proc").expect_err("a scan as nobody must fail");
     println!("scan error: {err}");
 }
+
+/// Runs `f` on a new thread that has entered the network namespace at `ns`.
+fn on_thread_in<T: Send + 'static>(
+    ns: std::path::PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns with a valid network namespace fd changes this thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}: {}", ns.display(), std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// A TCP connection to `to` from a socket carrying `mark` (SO_MARK), as a mesh proxy makes
+/// its upstream connections so that its own redirect rule lets them through.
+fn connect_marked(to: std::net::SocketAddrV4, mark: u32) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns until it is handed to
+    // the TcpStream; the pointers are to locals of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let m = mark as libc::c_int;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&m as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_MARK: {}", std::io::Error::last_os_error());
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect {to}: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// A service-mesh sidecar (Istio, Linkerd): an nft rule in the pod's namespace redirects
+/// the app's connections to port 443 to a local proxy on :15001, which connects upstream
+/// itself with a mark the rule lets through. The app's sockets still show the public
+/// destination, but only the proxy's use SNAT ports: the destination counts N, not 2N,
+/// and the app's N are counted as redirected locally.
+#[test]
+fn a_sidecar_redirect_is_counted_once() {
+    use std::sync::mpsc;
+    if !require_root() {
+        return;
+    }
+    const N: usize = 12;
+    const MARK: u32 = 0x539;
+    let w = world();
+    let p = pod(&w, Layout::Systemd, Qos::Burstable, 77);
+    p.ns.exec("nft", &["add table ip snat_mesh"]).unwrap();
+    p.ns.exec(
+        "nft",
+        &["add chain ip snat_mesh out { type nat hook output priority -100 ; }"],
+    )
+    .unwrap();
+    p.ns.exec(
+        "nft",
+        &[&format!(
+            "add rule ip snat_mesh out tcp dport 443 meta mark != {MARK} redirect to :15001"
+        )],
+    )
+    .unwrap();
+    let upstream: std::net::SocketAddrV4 = "198.18.0.1:443".parse().unwrap();
+
+    // The proxy: accepts N, connects upstream once per accepted connection, reports, and
+    // holds everything until told to stop.
+    let (ready_tx, ready_rx) = mpsc::channel::<&'static str>();
+    let (stop_proxy, proxy_stop) = mpsc::channel::<()>();
+    let (stop_app, app_stop) = mpsc::channel::<()>();
+    let (listening_tx, listening_rx) = mpsc::channel::<()>();
+    let ready = ready_tx.clone();
+    let proxy = on_thread_in(p.ns.path(), move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:15001").unwrap();
+        listening_tx.send(()).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..N {
+            let (c, _) = l.accept().unwrap();
+            held.push((c, connect_marked(upstream, MARK)));
+        }
+        ready.send("proxy").unwrap();
+        let _ = proxy_stop.recv();
+    });
+    listening_rx.recv().unwrap();
+    let app = on_thread_in(p.ns.path(), move || {
+        let held: Vec<_> = (0..N)
+            .map(|_| std::net::TcpStream::connect(upstream).unwrap())
+            .collect();
+        ready_tx.send("app").unwrap();
+        let _ = app_stop.recv();
+        drop(held);
+    });
+    for _ in 0..2 {
+        ready_rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    }
+
+    let opts = CensusOptions {
+        states: StateSet::of(&[TcpState::Established, TcpState::SynSent]),
+        method: MethodChoice::Auto,
+        ..CensusOptions::default()
+    };
+    let c = census_netns(&p.ns.path(), opts).unwrap();
+    // Both sides really are there: N app sockets to the destination, N accepted by the
+    // proxy, N upstream.
+    let to_dest = c.sockets.iter().filter(|s| s.remote == sa("198.18.0.1:443")).count();
+    assert_eq!(to_dest, 2 * N, "{:#?}", c.sockets);
+    let d = c.destinations(is_public);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (SocketAddr::new(d[0].ip, d[0].port), d[0].counts.established),
+        (sa("198.18.0.1:443"), N as u64)
+    );
+    assert_eq!(c.redirected_locally(is_public).established, N as u64);
+
+    stop_proxy.send(()).unwrap();
+    stop_app.send(()).unwrap();
+    proxy.join().unwrap();
+    app.join().unwrap();
+}
