@@ -8,14 +8,15 @@
 //! Memory grows with the number of distinct keys, never with the number of events.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::keytable::{self, KeyTable};
 use crate::model::{Direction, EventKind, Family, TcpEvent};
 
 /// A field that events can be grouped by.
@@ -324,10 +325,14 @@ impl Record for TcpEvent {
 }
 
 /// Counts per key for one grouping.
+///
+/// Keys are stored compactly (see the `keytable` module): about 64 bytes plus a few per
+/// value for each key, so a grouping with millions of keys fits in a few hundred MB.
 #[derive(Debug, Clone)]
 pub struct Aggregator {
     fields: Vec<Field>,
-    table: HashMap<Vec<Value>, Counts>,
+    table: KeyTable,
+    buf: Vec<u8>,
 }
 
 impl Aggregator {
@@ -335,7 +340,8 @@ impl Aggregator {
     pub fn new(fields: Vec<Field>) -> Aggregator {
         Aggregator {
             fields,
-            table: HashMap::new(),
+            table: KeyTable::default(),
+            buf: Vec::new(),
         }
     }
 
@@ -351,16 +357,24 @@ impl Aggregator {
 
     /// Whether nothing was counted yet.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len() == 0
     }
 
     /// Count one record. Fails when the record cannot carry one of the grouping's fields.
     pub fn add<R: Record + ?Sized>(&mut self, record: &R) -> Result<(), Error> {
-        let mut key = Vec::with_capacity(self.fields.len());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         for &f in &self.fields {
-            key.push(record.value(f).ok_or(Error::FieldUnavailable { field: f.name() })?);
+            match record.value(f) {
+                Some(v) => keytable::put_value(&mut buf, &v),
+                None => {
+                    self.buf = buf;
+                    return Err(Error::FieldUnavailable { field: f.name() });
+                }
+            }
         }
-        self.add_key(key, &record.counts());
+        self.table.add(&buf, &record.counts());
+        self.buf = buf;
         Ok(())
     }
 
@@ -368,7 +382,23 @@ impl Aggregator {
     /// must have one value per field, in order.
     pub fn add_key(&mut self, key: Vec<Value>, counts: &Counts) {
         debug_assert_eq!(key.len(), self.fields.len());
-        self.table.entry(key).or_default().add(counts);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        for v in &key {
+            keytable::put_value(&mut buf, v);
+        }
+        self.table.add(&buf, counts);
+        self.buf = buf;
+    }
+
+    /// An aggregator over `fields` holding `table`, whose keys encode those fields.
+    pub(crate) fn from_table(fields: Vec<Field>, mut table: KeyTable) -> Aggregator {
+        table.shrink_to_fit();
+        Aggregator {
+            fields,
+            table,
+            buf: Vec::new(),
+        }
     }
 
     /// Merge another aggregator over the same fields into this one.
@@ -378,25 +408,55 @@ impl Aggregator {
                 "cannot merge aggregations over different fields".into(),
             ));
         }
-        for (k, c) in other.table {
-            self.add_key(k, &c);
-        }
+        self.table.merge(&other.table);
         Ok(())
+    }
+
+    /// The keys' positions (0 to [`Aggregator::len`] - 1) ranked by `metric`, highest
+    /// first, ties broken by key ascending, keys whose metric is zero left out: what
+    /// [`Aggregator::ranking`] orders, 4 bytes per row. [`Aggregator::row`] gives a row.
+    pub fn order(&self, metric: Metric) -> Vec<u32> {
+        let t = &self.table;
+        let mut order: Vec<u32> = (0..t.len())
+            .filter(|&i| t.counts(i).get(metric) > 0)
+            .map(|i| i as u32)
+            .collect();
+        // Keys are distinct and their encoding sorts as their values do: a total order.
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            t.counts(b)
+                .get(metric)
+                .cmp(&t.counts(a).get(metric))
+                .then_with(|| t.key(a).cmp(t.key(b)))
+        });
+        order
+    }
+
+    /// The key at position `i` (see [`Aggregator::order`]) with its counts.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not below [`Aggregator::len`].
+    pub fn row(&self, i: usize) -> RankRow {
+        RankRow {
+            key: keytable::decode(self.table.key(i)),
+            counts: *self.table.counts(i),
+        }
+    }
+
+    /// The counts of the key at position `i`.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not below [`Aggregator::len`].
+    pub fn counts_at(&self, i: usize) -> &Counts {
+        self.table.counts(i)
     }
 
     /// The ranking by `metric`, highest first, ties broken by key ascending. Keys whose
     /// metric is zero are left out (except for [`Metric::Events`], where none is zero).
     pub fn ranking(&self, metric: Metric) -> Ranking {
-        let mut rows: Vec<RankRow> = self
-            .table
-            .iter()
-            .filter(|(_, c)| c.get(metric) > 0)
-            .map(|(k, c)| RankRow {
-                key: k.clone(),
-                counts: *c,
-            })
-            .collect();
-        rows.sort_by(|a, b| rank_order(a, b, metric));
+        let rows = self.order(metric).into_iter().map(|i| self.row(i as usize)).collect();
         Ranking {
             fields: self.fields.clone(),
             metric,
@@ -624,13 +684,11 @@ impl TraceSummary {
         Ok(())
     }
 
-    /// The ranking for a grouping that was requested, matched by its fields in any order
-    /// (the key comes back in the order asked for).
-    pub fn rank(&self, fields: &[Field], metric: Metric) -> Result<Ranking, Error> {
-        let g = self
-            .groupings
+    /// The position of the kept grouping over `fields` (in any order).
+    fn grouping(&self, fields: &[Field]) -> Result<usize, Error> {
+        self.groupings
             .iter()
-            .find(|g| g.fields().len() == fields.len() && fields.iter().all(|f| g.fields().contains(f)))
+            .position(|g| g.fields().len() == fields.len() && fields.iter().all(|f| g.fields().contains(f)))
             .ok_or_else(|| Error::GroupingNotKept {
                 fields: fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
                 kept: self
@@ -644,7 +702,13 @@ impl TraceSummary {
                     })
                     .collect::<Vec<_>>()
                     .join(" "),
-            })?;
+            })
+    }
+
+    /// The ranking for a grouping that was requested, matched by its fields in any order
+    /// (the key comes back in the order asked for).
+    pub fn rank(&self, fields: &[Field], metric: Metric) -> Result<Ranking, Error> {
+        let g = &self.groupings[self.grouping(fields)?];
         let mut r = g.ranking(metric);
         if g.fields() != fields {
             let order: Vec<usize> = fields
@@ -658,6 +722,190 @@ impl TraceSummary {
             r.rows.sort_by(|a, b| rank_order(a, b, metric));
         }
         Ok(r)
+    }
+
+    /// The same ranking as [`TraceSummary::rank`], as a [`RankView`]: the rows stay in the
+    /// summary and are made one at a time, so a ranking of millions of keys costs 4 bytes
+    /// per row instead of a copy of each key.
+    pub fn rank_view(self: &Arc<Self>, fields: &[Field], metric: Metric) -> Result<RankView, Error> {
+        let at = self.grouping(fields)?;
+        let g = &self.groupings[at];
+        let perm: Option<Vec<usize>> = (g.fields() != fields).then(|| {
+            fields
+                .iter()
+                .map(|f| g.fields().iter().position(|x| x == f).unwrap_or(0))
+                .collect()
+        });
+        let mut order = g.order(metric);
+        if let Some(p) = &perm {
+            // Ties are broken by the key in the order asked for.
+            order.sort_by_cached_key(|&i| {
+                let key = g.row(i as usize).key;
+                (
+                    std::cmp::Reverse(g.counts_at(i as usize).get(metric)),
+                    p.iter().map(|&j| key[j].clone()).collect::<Vec<_>>(),
+                )
+            });
+        }
+        Ok(RankView {
+            summary: self.clone(),
+            grouping: at,
+            fields: fields.to_vec(),
+            perm,
+            metric,
+            order,
+        })
+    }
+}
+
+/// A [`Ranking`] whose rows stay in their [`TraceSummary`]: 4 bytes per row, each row
+/// made when it is asked for ([`RankView::row`], [`RankView::rows`]), the same rows in the
+/// same order as [`TraceSummary::rank`] gives.
+#[derive(Debug, Clone)]
+pub struct RankView {
+    summary: Arc<TraceSummary>,
+    grouping: usize,
+    fields: Vec<Field>,
+    /// For each field asked for, its position in the grouping's key (when they differ).
+    perm: Option<Vec<usize>>,
+    metric: Metric,
+    order: Vec<u32>,
+}
+
+impl RankView {
+    /// The fields, in the order asked for.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// What the rows are ordered by.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn agg(&self) -> &Aggregator {
+        &self.summary.groupings[self.grouping]
+    }
+
+    fn make(&self, i: u32) -> RankRow {
+        let mut row = self.agg().row(i as usize);
+        if let Some(p) = &self.perm {
+            row.key = p.iter().map(|&j| row.key[j].clone()).collect();
+        }
+        row
+    }
+
+    /// Row `n` (0 is the highest), if there are that many.
+    pub fn row(&self, n: usize) -> Option<RankRow> {
+        self.order.get(n).map(|&i| self.make(i))
+    }
+
+    /// The rows, highest first, made one at a time.
+    pub fn rows(&self) -> impl Iterator<Item = RankRow> + '_ {
+        self.order.iter().map(|&i| self.make(i))
+    }
+
+    /// The first `n` rows, as a [`Ranking`].
+    pub fn top(&self, n: usize) -> Ranking {
+        Ranking {
+            fields: self.fields.clone(),
+            metric: self.metric,
+            rows: self.rows().take(n).collect(),
+        }
+    }
+
+    /// Every row, as a [`Ranking`].
+    pub fn to_ranking(&self) -> Ranking {
+        self.top(self.len())
+    }
+
+    /// The rows `keep` accepts, in the same order (see [`Ranking::retain`]).
+    pub fn retain(&self, mut keep: impl FnMut(&[Field], &RankRow) -> bool) -> RankView {
+        RankView {
+            order: self
+                .order
+                .iter()
+                .copied()
+                .filter(|&i| keep(&self.fields, &self.make(i)))
+                .collect(),
+            ..self.clone_empty()
+        }
+    }
+
+    /// The same rows ordered by another metric, rows where it is zero dropped (see
+    /// [`Ranking::by`]).
+    pub fn by(&self, metric: Metric) -> RankView {
+        let agg = self.agg();
+        let mut order: Vec<u32> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| agg.counts_at(i as usize).get(metric) > 0)
+            .collect();
+        if self.perm.is_some() {
+            // Ties by the key in the order asked for.
+            let mut keyed: Vec<(u64, RankRow, u32)> = order
+                .iter()
+                .map(|&i| (agg.counts_at(i as usize).get(metric), self.make(i), i))
+                .collect();
+            keyed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
+            order = keyed.into_iter().map(|k| k.2).collect();
+        } else {
+            order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                agg.counts_at(b)
+                    .get(metric)
+                    .cmp(&agg.counts_at(a).get(metric))
+                    .then_with(|| agg.table.key(a).cmp(agg.table.key(b)))
+            });
+        }
+        RankView {
+            metric,
+            order,
+            ..self.clone_empty()
+        }
+    }
+
+    /// The rows added up by `fields` (see [`Ranking::regroup`]).
+    pub fn regroup(&self, fields: &[Field]) -> Result<Ranking, Error> {
+        let at: Vec<usize> = fields
+            .iter()
+            .map(|f| {
+                self.fields.iter().position(|g| g == f).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "cannot sum a ranking by {f}: it is grouped by [{}]",
+                        self.fields.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut sums = Aggregator::new(fields.to_vec());
+        for r in self.rows() {
+            sums.add_key(at.iter().map(|i| r.key[*i].clone()).collect(), &r.counts);
+        }
+        Ok(sums.ranking(self.metric))
+    }
+
+    /// The view's settings without its rows.
+    fn clone_empty(&self) -> RankView {
+        RankView {
+            summary: self.summary.clone(),
+            grouping: self.grouping,
+            fields: self.fields.clone(),
+            perm: self.perm.clone(),
+            metric: self.metric,
+            order: Vec::new(),
+        }
     }
 }
 
@@ -847,6 +1095,46 @@ mod tests {
                     };
                     proptest::prop_assert_eq!(v, &want);
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A view of a ranking has the rows `rank` gives, in the same order, for any metric
+        /// and either field order, also re-ordered by another metric, filtered and summed.
+        #[test]
+        fn a_rank_view_gives_the_rows_rank_gives(
+            events in proptest::collection::vec((0u8..4, 0u8..5, 0u8..3, 0u64..3), 0..60),
+            metric in 0usize..4,
+            other in 0usize..4,
+        ) {
+            let metrics = [Metric::Events, Metric::Connects, Metric::Closes, Metric::Attempts];
+            let (metric, other) = (metrics[metric], metrics[other]);
+            let kinds = [EventKind::Connect, EventKind::Close, EventKind::Accept, EventKind::FailedConnect];
+            let mut s = TraceSummary::new("t", vec![vec![Field::Netns, Field::Daddr, Field::Dport]]);
+            for (k, d, v6, ns) in events {
+                let daddr = if v6 == 2 { format!("2001:db8::{d}") } else { format!("20.0.0.{d}") };
+                let mut e = ev(kinds[usize::from(k)], "10.0.0.1", &daddr, (ns > 0).then_some(ns));
+                e.dport = 80 + u16::from(d % 2);
+                s.add(&e).unwrap();
+            }
+            let s = Arc::new(s);
+            for fields in [
+                vec![Field::Netns, Field::Daddr, Field::Dport],
+                vec![Field::Dport, Field::Netns, Field::Daddr],
+            ] {
+                let want = s.rank(&fields, metric).unwrap();
+                let view = s.rank_view(&fields, metric).unwrap();
+                proptest::prop_assert_eq!(&view.to_ranking(), &want);
+                proptest::prop_assert_eq!(view.top(3), want.top(3));
+                proptest::prop_assert_eq!(view.by(other).to_ranking(), want.by(other));
+                let odd = |row: &RankRow| row.counts.events % 2 == 1;
+                let kept = view.retain(|_, r| odd(r));
+                proptest::prop_assert_eq!(kept.to_ranking(), want.retain(|_, r| odd(r)));
+                proptest::prop_assert_eq!(
+                    kept.regroup(&[Field::Netns]).unwrap(),
+                    want.retain(|_, r| odd(r)).regroup(&[Field::Netns]).unwrap()
+                );
             }
         }
     }

@@ -44,6 +44,7 @@ pub mod cgroup;
 mod diag_split;
 pub mod error;
 pub mod held;
+mod keytable;
 pub mod metrics;
 pub mod model;
 pub mod policy;

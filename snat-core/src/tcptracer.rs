@@ -29,8 +29,9 @@ use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, Value, key_family};
+use crate::aggregate::{Aggregator, Counts, Field, TraceSummary, key_family};
 use crate::error::Error;
+use crate::keytable::{self, KeyTable};
 use crate::model::{Clock, Direction, EventKind, Family, TcpEvent};
 
 mod fast;
@@ -739,7 +740,7 @@ type FastMap = HashMap<Box<[u8]>, Counts, foldhash::fast::FixedState>;
 #[derive(Debug)]
 struct FastGroup {
     fields: Vec<Field>,
-    table: FastMap,
+    table: KeyTable,
     raw: FastMap,
 }
 
@@ -750,12 +751,7 @@ impl FastGroup {
         for (k, c) in std::mem::take(&mut self.raw) {
             // Raw keys come only from lines the fast path checked, so they always parse.
             if fast::raw_to_key(&k, &self.fields, &mut buf).is_some() {
-                match self.table.get_mut(buf.as_slice()) {
-                    Some(v) => v.add(&c),
-                    None => {
-                        self.table.insert(buf.as_slice().into(), c);
-                    }
-                }
+                self.table.add(&buf, &c);
             }
         }
     }
@@ -795,102 +791,39 @@ fn kind_code(k: EventKind) -> u8 {
     }
 }
 
-#[inline]
-fn encode_ip(buf: &mut Vec<u8>, ip: &IpAddr) {
-    // Keys hold an IPv4-mapped address as its IPv4 address (see `Field::Daddr`).
-    match ip.to_canonical() {
-        IpAddr::V4(a) => {
-            buf.push(4);
-            buf.extend_from_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            buf.push(6);
-            buf.extend_from_slice(&a.octets());
-        }
-    }
-}
-
+/// Write the key of `ev` for the grouping `fields` into `buf`, encoded as the values
+/// [`Record::value`](crate::aggregate::Record) gives for the event would be (see the
+/// `keytable` module).
 #[inline]
 fn encode_key(ev: &RawEvent<'_>, fields: &[Field], buf: &mut Vec<u8>) {
     buf.clear();
     for f in fields {
         match f {
-            Field::Kind => buf.push(kind_code(ev.kind)),
-            Field::Pid => buf.extend_from_slice(&ev.pid.to_le_bytes()),
-            Field::Comm => {
-                buf.extend_from_slice(&(ev.comm.len() as u32).to_le_bytes());
-                buf.extend_from_slice(ev.comm);
-            }
-            Field::Family => buf.push(key_family(ev.family, &ev.daddr).number()),
-            Field::Saddr => encode_ip(buf, &ev.saddr),
-            Field::Daddr => encode_ip(buf, &ev.daddr),
-            Field::Sport => buf.extend_from_slice(&ev.sport.to_le_bytes()),
+            Field::Kind => keytable::put_kind(buf, ev.kind),
+            Field::Pid => keytable::put_int(buf, u64::from(ev.pid)),
+            Field::Comm => keytable::put_text(buf, String::from_utf8_lossy(ev.comm).as_bytes()),
+            Field::Family => keytable::put_family(buf, key_family(ev.family, &ev.daddr)),
+            // Keys hold an IPv4-mapped address as its IPv4 address (see `Field::Daddr`).
+            Field::Saddr => keytable::put_ip(buf, &ev.saddr.to_canonical()),
+            Field::Daddr => keytable::put_ip(buf, &ev.daddr.to_canonical()),
+            Field::Sport => keytable::put_int(buf, u64::from(ev.sport)),
             // An accept's DPORT is the client's port: not part of its key (see
             // `Field::Dport`).
-            Field::Dport if ev.direction == Direction::Inbound => buf.push(0),
-            Field::Dport => {
-                buf.push(1);
-                buf.extend_from_slice(&ev.dport.to_le_bytes());
-            }
+            Field::Dport if ev.direction == Direction::Inbound => keytable::put_missing(buf),
+            Field::Dport => keytable::put_int(buf, u64::from(ev.dport)),
             Field::Netns => match ev.netns {
-                None => buf.push(0),
-                Some(n) => {
-                    buf.push(1);
-                    buf.extend_from_slice(&n.to_le_bytes());
-                }
+                None => keytable::put_missing(buf),
+                Some(n) => keytable::put_int(buf, n),
             },
         }
     }
 }
 
-/// Split `n` bytes off the front of `b` (the encoding is our own, so lengths are right).
+/// Split `n` bytes off the front of `b` (the caller knows the bytes are there).
 fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
     let (head, rest) = b.split_at(n);
     *b = rest;
     head
-}
-
-fn decode_ip(b: &mut &[u8]) -> IpAddr {
-    if take(b, 1)[0] == 4 {
-        let o: [u8; 4] = take(b, 4).try_into().unwrap_or_default();
-        IpAddr::V4(Ipv4Addr::from(o))
-    } else {
-        let o: [u8; 16] = take(b, 16).try_into().unwrap_or_default();
-        IpAddr::V6(Ipv6Addr::from(o))
-    }
-}
-
-fn decode_key(mut b: &[u8], fields: &[Field]) -> Vec<Value> {
-    let b = &mut b;
-    let u16_of = |s: &[u8]| u16::from_le_bytes(s.try_into().unwrap_or_default());
-    fields
-        .iter()
-        .map(|f| match f {
-            Field::Kind => Value::Kind(kind_of_code(take(b, 1)[0])),
-            Field::Pid => Value::Int(u64::from(u32::from_le_bytes(take(b, 4).try_into().unwrap_or_default()))),
-            Field::Comm => {
-                let len = u32::from_le_bytes(take(b, 4).try_into().unwrap_or_default()) as usize;
-                Value::Text(text(take(b, len)))
-            }
-            Field::Family => Value::Family(if take(b, 1)[0] == 4 { Family::Ipv4 } else { Family::Ipv6 }),
-            Field::Saddr | Field::Daddr => Value::Ip(decode_ip(b)),
-            Field::Sport => Value::Int(u64::from(u16_of(take(b, 2)))),
-            Field::Dport => {
-                if take(b, 1)[0] == 0 {
-                    Value::Missing
-                } else {
-                    Value::Int(u64::from(u16_of(take(b, 2))))
-                }
-            }
-            Field::Netns => {
-                if take(b, 1)[0] == 0 {
-                    Value::Missing
-                } else {
-                    Value::Int(u64::from_le_bytes(take(b, 8).try_into().unwrap_or_default()))
-                }
-            }
-        })
-        .collect()
 }
 
 /// Counts for a log: `open` is what was established and not seen closing, floored at 0.
@@ -985,7 +918,7 @@ impl ChunkState {
                 .iter()
                 .map(|f| FastGroup {
                     fields: f.clone(),
-                    table: FastMap::default(),
+                    table: KeyTable::default(),
                     raw: FastMap::default(),
                 })
                 .collect(),
@@ -1007,23 +940,19 @@ impl ChunkState {
         }
     }
 
-    /// Move what the integer-keyed path counted into the totals and the tables.
-    fn fold_int(&mut self) {
+    /// Move what the integer-keyed path counted into the totals and into `tables` (one
+    /// per grouping): straight into the tables being put together, so that a grouping with
+    /// millions of keys is not held twice more.
+    fn fold_int(&mut self, tables: &mut [KeyTable]) {
         let Some(mut p) = self.int.take() else {
             return;
         };
         self.totals.add(&counts_of_kinds(&p.kinds));
         let mut buf = Vec::with_capacity(64);
-        for ((g, lay), map) in self.groups.iter_mut().zip(&p.layouts).zip(&mut p.maps) {
+        for (((g, t), lay), map) in self.groups.iter().zip(tables).zip(&p.layouts).zip(&mut p.maps) {
             for (k, kc) in map.drain() {
                 lay.encode(k, &g.fields, &mut buf);
-                let c = counts_of_kinds(&kc);
-                match g.table.get_mut(buf.as_slice()) {
-                    Some(v) => v.add(&c),
-                    None => {
-                        g.table.insert(buf.as_slice().into(), c);
-                    }
-                }
+                t.add(&buf, &counts_of_kinds(&kc));
             }
         }
     }
@@ -1089,12 +1018,7 @@ impl ChunkState {
                 self.totals.add(&c);
                 for g in &mut self.groups {
                     encode_key(&ev, &g.fields, &mut self.key_buf);
-                    match g.table.get_mut(self.key_buf.as_slice()) {
-                        Some(v) => v.add(&c),
-                        None => {
-                            g.table.insert(self.key_buf.as_slice().into(), c);
-                        }
-                    }
+                    g.table.add(&self.key_buf, &c);
                 }
                 true
             }
@@ -1430,9 +1354,9 @@ impl LogReader {
         let mut banners = 0u64;
         let mut first_lost: Option<u64> = None;
         let mut formats: Vec<(u64, Format)> = Vec::new();
-        let mut tables: Vec<FastMap> = self.groupings.iter().map(|_| FastMap::default()).collect();
+        let mut tables: Vec<KeyTable> = self.groupings.iter().map(|_| KeyTable::default()).collect();
         for mut st in states {
-            st.fold_int();
+            st.fold_int(&mut tables);
             if let Some(e) = st.strict_error {
                 return Err(Error::TcptracerLine {
                     log: source.to_string(),
@@ -1463,13 +1387,7 @@ impl LogReader {
             summary.totals.add(&st.totals);
             for (t, mut g) in tables.iter_mut().zip(st.groups) {
                 g.fold_raw();
-                if t.is_empty() {
-                    *t = g.table;
-                } else {
-                    for (k, c) in g.table {
-                        t.entry(k).or_default().add(&c);
-                    }
-                }
+                t.merge(&g.table);
             }
             offset += st.lines;
         }
@@ -1492,13 +1410,11 @@ impl LogReader {
             });
         }
         summary.totals = with_open(summary.totals);
-        for (agg, t) in summary.groupings.iter_mut().zip(tables) {
-            let fields = agg.fields().to_vec();
-            let mut fresh = Aggregator::new(fields.clone());
-            for (k, c) in t {
-                fresh.add_key(decode_key(&k, &fields), &with_open(c));
+        for (agg, mut t) in summary.groupings.iter_mut().zip(tables) {
+            for c in t.counts_mut() {
+                *c = with_open(*c);
             }
-            *agg = fresh;
+            *agg = Aggregator::from_table(agg.fields().to_vec(), t);
         }
         self.write_notes(
             &mut summary,

@@ -24,8 +24,10 @@
 //! Stream-mode events rank the same way ([`snat_core::aggregate::Field::Dport`]): an
 //! event's [`TcpEvent::direction`] is the kernel's direction of its connection, and the
 //! `dport` of an inbound event (an accept, or the close of an accepted connection) is
-//! `Missing` in rankings, though the event itself carries the client's port. So a
-//! grouping without `sport`, `pid` or `comm` gives the same rows and counts in both modes.
+//! `Missing` in rankings, though the event itself carries the client's port. Counted as a
+//! [`StreamRecord`], an outbound or unknown event's `sport` (its ephemeral local port) is
+//! `Missing` too, as in the table above. So a grouping without `pid` or `comm` gives the
+//! same rows and counts in both modes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -207,6 +209,29 @@ impl Record for KindRow<'_> {
 
     fn counts(&self) -> Counts {
         self.counts
+    }
+}
+
+/// A stream-mode event as a ranking [`Record`], keyed as aggregated mode keys its row:
+/// the event's own values, except `sport`, which is the listening port of an inbound
+/// connection (an accept, the close of an accepted connection) and `Missing` otherwise.
+/// The local port of a connection this side opened is ephemeral, one row per connection,
+/// and aggregated mode does not record it, so a ranking by `sport` from a stream-mode
+/// trace has the rows an aggregated-mode trace gives. The event itself (text and JSON
+/// Lines output) keeps its port.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamRecord<'a>(pub &'a TcpEvent);
+
+impl Record for StreamRecord<'_> {
+    fn value(&self, field: Field) -> Option<Value> {
+        match field {
+            Field::Sport if self.0.direction != Direction::Inbound => Some(Value::Missing),
+            f => self.0.value(f),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        self.0.counts()
     }
 }
 

@@ -61,7 +61,7 @@ pub mod seed;
 pub mod tracer;
 
 pub use error::Error;
-pub use flow::{FlowRow, KindRow, WallClock, event_from_raw};
+pub use flow::{FlowRow, KindRow, StreamRecord, WallClock, event_from_raw};
 pub use seed::SeedReport;
 pub use tracer::{
     AttachPoint, Filters, KernelReads, KernelStats, Mode, Progress, RunEnd, TraceResult, Tracer, TracerBuilder, object,

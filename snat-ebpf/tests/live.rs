@@ -23,7 +23,7 @@ fn of_kind(events: &[TcpEvent], kind: EventKind) -> Vec<&TcpEvent> {
 fn summary_of_events(events: &[TcpEvent], by: Vec<Vec<Field>>) -> TraceSummary {
     let mut s = TraceSummary::new("live", by);
     for e in events {
-        s.add(e).unwrap();
+        s.add(&snat_ebpf::StreamRecord(e)).unwrap();
     }
     s
 }
@@ -252,7 +252,8 @@ fn ranked(s: &TraceSummary, fields: &[Field]) -> Vec<(Vec<Value>, [u64; 5])> {
 /// IPv4 sockets and from dual-stack IPv6 sockets (to `::ffff:198.18.0.2`); the server
 /// listens on `[::]`, so it accepts every connection on an IPv6 socket with IPv4-mapped
 /// addresses. Both kinds of client socket count in one row per destination, and the server's
-/// accepts (and their closes) have no `dport` in either mode.
+/// accepts (and their closes) have no `dport` in either mode; `sport` is the listening port
+/// of the server's rows and missing from the client's (its ephemeral ports) in both.
 #[test]
 fn both_modes_rank_the_same_traffic_alike() {
     if !need_root() {
@@ -278,6 +279,7 @@ fn both_modes_rank_the_same_traffic_alike() {
             Field::Daddr,
             Field::Dport,
         ],
+        vec![Field::Netns, Field::Sport, Field::Daddr, Field::Dport],
     ];
     let mut by_mode = Vec::new();
     for mode in [Mode::Aggregated, Mode::Stream] {
@@ -374,6 +376,23 @@ fn both_modes_rank_the_same_traffic_alike() {
     let mut got = by_mode[1][0].clone();
     got.sort();
     let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
+    // By sport too: one row per side, the server's under its listening port.
+    let with_sport: Vec<(Vec<Value>, [u64; 5])> = want
+        .into_iter()
+        .map(|(k, c)| {
+            let sport = if k[2] == Value::Missing {
+                Value::Int(u64::from(port))
+            } else {
+                Value::Missing
+            };
+            (vec![k[0].clone(), sport, k[1].clone(), k[2].clone()], c)
+        })
+        .collect();
+    let mut got = by_mode[1][3].clone();
+    got.sort();
+    let mut want = with_sport;
     want.sort();
     assert_eq!(got, want);
 }

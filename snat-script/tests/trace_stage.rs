@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, Scope};
+use snat_core::aggregate::{Field, Metric, Value};
 use snat_core::audit::Verdict;
 use snat_core::model::{EventKind, TcpEvent};
 use snat_script::modules::register_all;
@@ -495,6 +496,8 @@ fn assert_counts(what: &str, got: &[u64], want: &[u64], slack: u64, why: &str) {
 
 /// Burst, pause over two buckets, burst: each namespace's connects land in the bucket of
 /// their phase, in both modes, and a chart of the per-pod series draws one line per pod.
+/// Ranked by (netns, sport, daddr, dport), both modes give one row per listener and side
+/// and one for the failed connects: a client's ephemeral ports make no rows.
 #[test]
 fn timeline_puts_two_phases_in_their_buckets_per_netns() {
     if !need_root() {
@@ -525,7 +528,8 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         let trace: Trace = e
             .eval_with_scope(
                 &mut scope,
-                r#"let t = trace::run(#{seconds: 6, bucket: 1, mode: mode, netns: [na, nb]});
+                r#"let t = trace::run(#{seconds: 6, bucket: 1, mode: mode, netns: [na, nb],
+                                        by: [["netns", "sport", "daddr", "dport"]]});
                    let labels = #{};
                    labels[`${na}`] = "shop/pod-a";
                    labels[`${nb}`] = "shop/pod-b";
@@ -563,6 +567,25 @@ fn timeline_puts_two_phases_in_their_buckets_per_netns() {
         assert_counts("b failed", &sb.failed_connects, &[0, 0, 0, 2, 0, 0], slack, &why);
         // Every connection was closed: nothing open at any bucket's end after its phase.
         assert_counts("b open at the end", &sb.open.as_ref().unwrap()[5..], &[0], slack, &why);
+        // Per namespace, a client row (no sport) and a server row (the listening port, no
+        // dport) per listener: two listeners in A, one in B, and B's failed connects.
+        let by_sport = s
+            .rank(
+                &[Field::Netns, Field::Sport, Field::Daddr, Field::Dport],
+                Metric::Events,
+            )
+            .unwrap();
+        if slack == 0 {
+            assert_eq!(by_sport.rows.len(), 7, "{why}: {}", by_sport.to_text());
+        }
+        assert!(
+            by_sport
+                .rows
+                .iter()
+                .all(|r| (r.key[1] == Value::Missing) != (r.key[3] == Value::Missing)),
+            "{why}: a row has both ports or neither: {}",
+            by_sport.to_text()
+        );
         // The buckets add up to the trace's totals.
         assert_eq!(sa.totals().connects + sb.totals().connects, s.totals.connects, "{why}");
         assert_eq!(sa.totals().closes + sb.totals().closes, s.totals.closes, "{why}");

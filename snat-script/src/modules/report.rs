@@ -172,17 +172,18 @@ pub fn create_module(ctx: &Ctx) -> Module {
         "Add a ranking as a table: the metric's count, then one column per grouping field.",
     )
     .set_into_module(&mut m, move |title: &str, r: Ranking| {
+        let r = r.core();
         let mut columns = vec!["count".to_string()];
-        columns.extend(r.0.fields.iter().map(|f| f.name().to_string()));
-        let rows =
-            r.0.rows
-                .iter()
-                .map(|row| {
-                    let mut cells = vec![Value::from(row.counts.get(r.0.metric))];
-                    cells.extend(row.key.iter().map(|v| to_json(&value_to_dyn(v))));
-                    cells
-                })
-                .collect();
+        columns.extend(r.fields.iter().map(|f| f.name().to_string()));
+        let rows = r
+            .rows
+            .iter()
+            .map(|row| {
+                let mut cells = vec![Value::from(row.counts.get(r.metric))];
+                cells.extend(row.key.iter().map(|v| to_json(&value_to_dyn(v))));
+                cells
+            })
+            .collect();
         c.report().sections.push(Section {
             title: title.into(),
             body: SectionBody::Table { columns, rows },

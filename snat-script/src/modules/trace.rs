@@ -32,7 +32,9 @@
 //!
 //! In aggregated mode the kernel keeps one port per row (the remote port of outbound
 //! connections, the listening port of inbound ones) and no pid or comm: grouping by `pid`
-//! or `comm` needs `mode: "stream"`, and `sport` of an outbound row is `()`. In both modes
+//! or `comm` needs `mode: "stream"`, and `sport` of an outbound row is `()`, in stream mode
+//! too (the local port of an outbound connection is ephemeral: the events written to
+//! `text_out` and `jsonl_out` carry it, rankings do not). In both modes
 //! (and in `tcptracer::read`) `dport` is the destination port of connections this side
 //! opened and `()` for inbound ones (accepts, and the closes of accepted connections): their
 //! remote port is the client's ephemeral port, worth nothing in a ranking. So a ranking by
@@ -50,9 +52,9 @@ use snat_core::aggregate::{Field, TraceSummary};
 use snat_core::model::{Family, TcpEvent};
 use snat_core::procindex::{ProcIndex, netns_without_process};
 use snat_core::timeline::{self, BucketCounts, TimelineBuilder};
-use snat_ebpf::FlowRow;
 use snat_ebpf::output::{JsonlWriter, TextWriter};
 use snat_ebpf::{AttachPoint, Mode, Progress, RunEnd, TraceResult, TracerBuilder};
+use snat_ebpf::{FlowRow, StreamRecord};
 
 use super::types::{Trace, groupings_of};
 use super::{func, to_json};
@@ -520,7 +522,7 @@ fn run(ctx: &Ctx, o: TraceOptions) -> Result<(Trace, Option<u64>), StageError> {
             tl.borrow_mut().add_event(offset, ev.netns.unwrap_or(0), ev.kind);
         }
         if add_err.is_none()
-            && let Err(e) = summary.add(&ev)
+            && let Err(e) = summary.add(&StreamRecord(&ev))
         {
             add_err = Some(e);
         }

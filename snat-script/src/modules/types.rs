@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Module};
-use snat_core::aggregate::{Counts, Field, Metric, RankRow as CoreRow, Ranking as CoreRanking, TraceSummary, Value};
+use snat_core::aggregate::{
+    Counts, Field, Metric, RankRow as CoreRow, RankView, Ranking as CoreRanking, TraceSummary, Value,
+};
 use snat_core::timeline::{SeriesMetric, Timeline as CoreTimeline};
 
 use super::{getter, method, to_dyn, usage};
@@ -92,7 +94,58 @@ fn clamp(n: u64) -> i64 {
 
 /// A ranking of keys by a metric.
 #[derive(Debug, Clone)]
-pub struct Ranking(pub Arc<CoreRanking>);
+pub enum Ranking {
+    /// Rows held by the ranking (a top, a sum, a ranking built in Rust).
+    Rows(Arc<CoreRanking>),
+    /// Rows left in their trace, made as they are asked for: what `trace.rank` gives, 4
+    /// bytes per row, so a ranking of millions of keys does not copy them.
+    View(Arc<RankView>),
+}
+
+impl Ranking {
+    /// The ranking with its rows made (all of them, for a view).
+    pub fn core(&self) -> Arc<CoreRanking> {
+        match self {
+            Ranking::Rows(r) => r.clone(),
+            Ranking::View(v) => Arc::new(v.to_ranking()),
+        }
+    }
+
+    fn fields(&self) -> &[Field] {
+        match self {
+            Ranking::Rows(r) => &r.fields,
+            Ranking::View(v) => v.fields(),
+        }
+    }
+
+    fn metric(&self) -> Metric {
+        match self {
+            Ranking::Rows(r) => r.metric,
+            Ranking::View(v) => v.metric(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ranking::Rows(r) => r.rows.len(),
+            Ranking::View(v) => v.len(),
+        }
+    }
+
+    fn row_at(&self, n: usize) -> Option<CoreRow> {
+        match self {
+            Ranking::Rows(r) => r.rows.get(n).cloned(),
+            Ranking::View(v) => v.row(n),
+        }
+    }
+
+    fn top(&self, n: usize) -> Ranking {
+        Ranking::Rows(Arc::new(match self {
+            Ranking::Rows(r) => r.top(n),
+            Ranking::View(v) => v.top(n),
+        }))
+    }
+}
 
 /// One row of a ranking, with the grouping's field names so fields read as properties.
 #[derive(Debug, Clone)]
@@ -168,8 +221,9 @@ impl IntoIterator for Ranking {
 
     fn into_iter(self) -> RankRows {
         RankRows {
-            fields: Arc::new(self.0.fields.clone()),
-            ranking: self.0,
+            fields: Arc::new(self.fields().to_vec()),
+            metric: self.metric(),
+            ranking: self,
             next: 0,
         }
     }
@@ -178,8 +232,9 @@ impl IntoIterator for Ranking {
 /// The rows of a [`Ranking`], made as they are asked for.
 #[derive(Debug)]
 pub struct RankRows {
-    ranking: Arc<CoreRanking>,
+    ranking: Ranking,
     fields: Arc<Vec<Field>>,
+    metric: Metric,
     next: usize,
 }
 
@@ -187,12 +242,12 @@ impl Iterator for RankRows {
     type Item = RankRow;
 
     fn next(&mut self) -> Option<RankRow> {
-        let row = self.ranking.rows.get(self.next)?;
+        let row = self.ranking.row_at(self.next)?;
         self.next += 1;
         Some(RankRow {
             fields: self.fields.clone(),
-            metric: self.ranking.metric,
-            row: row.clone(),
+            metric: self.metric,
+            row,
         })
     }
 }
@@ -321,7 +376,9 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     )
     .set_into_module(&mut m, |t: &mut Trace, fields: Array| -> Result<Ranking, Box<EvalAltResult>> {
         let f = fields_of(&fields)?;
-        t.0.rank(&f, Metric::Events).map(|r| Ranking(Arc::new(r))).map_err(|e| e.to_string().into())
+        t.0.rank_view(&f, Metric::Events)
+            .map(|r| Ranking::View(Arc::new(r)))
+            .map_err(|e| e.to_string().into())
     });
     method(
         "rank",
@@ -332,8 +389,8 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &mut m,
         |t: &mut Trace, fields: Array, metric: &str| -> Result<Ranking, Box<EvalAltResult>> {
             let f = fields_of(&fields)?;
-            t.0.rank(&f, metric_of(metric)?)
-                .map(|r| Ranking(Arc::new(r)))
+            t.0.rank_view(&f, metric_of(metric)?)
+                .map(|r| Ranking::View(Arc::new(r)))
                 .map_err(|e| e.to_string().into())
         },
     );
@@ -422,17 +479,17 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         "fields",
         "Array",
         "The grouping's field names.",
-        |r: &mut Ranking| r.0.fields.iter().map(|f| Dynamic::from(f.name())).collect::<Array>(),
+        |r: &mut Ranking| r.fields().iter().map(|f| Dynamic::from(f.name())).collect::<Array>(),
     );
     getter(
         &mut m,
         "metric",
         "String",
         "What the rows are ordered by.",
-        |r: &mut Ranking| to_dyn(&r.0.metric).unwrap_or(Dynamic::UNIT),
+        |r: &mut Ranking| to_dyn(&r.metric()).unwrap_or(Dynamic::UNIT),
     );
     getter(&mut m, "len", "i64", "Number of rows.", |r: &mut Ranking| {
-        r.0.rows.len() as i64
+        r.len() as i64
     });
     method(
         "top",
@@ -443,7 +500,7 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &mut m,
         |r: &mut Ranking, n: i64| -> Result<Ranking, Box<EvalAltResult>> {
             match usize::try_from(n) {
-                Ok(n) => Ok(Ranking(Arc::new(r.0.top(n)))),
+                Ok(n) => Ok(r.top(n)),
                 Err(_) => usage(format!("top({n}): the number of rows cannot be negative")),
             }
         },
@@ -456,7 +513,11 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     .set_into_module(
         &mut m,
         |r: &mut Ranking, metric: &str| -> Result<Ranking, Box<EvalAltResult>> {
-            Ok(Ranking(Arc::new(r.0.by(metric_of(metric)?))))
+            let metric = metric_of(metric)?;
+            Ok(match r {
+                Ranking::Rows(x) => Ranking::Rows(Arc::new(x.by(metric))),
+                Ranking::View(v) => Ranking::View(Arc::new(v.by(metric))),
+            })
         },
     );
     method(
@@ -467,13 +528,17 @@ pub fn create_module(_ctx: &Ctx) -> Module {
     .set_into_module(
         &mut m,
         |r: &mut Ranking, pol: snat_core::policy::Policy| -> Result<Ranking, Box<EvalAltResult>> {
-            if !r.0.fields.contains(&Field::Daddr) {
+            let Some(at) = r.fields().iter().position(|f| *f == Field::Daddr) else {
                 return usage("snat_only: the ranking must group by daddr".to_string());
-            }
-            Ok(Ranking(Arc::new(r.0.retain(|rk, row| match rk.value(row, Field::Daddr) {
-                Some(Value::Ip(ip)) => pol.classify(*ip).snat,
+            };
+            let public = |row: &CoreRow| match row.key[at] {
+                Value::Ip(ip) => pol.classify(ip).snat,
                 _ => false,
-            }))))
+            };
+            Ok(match r {
+                Ranking::Rows(x) => Ranking::Rows(Arc::new(x.retain(|_, row| public(row)))),
+                Ranking::View(v) => Ranking::View(Arc::new(v.retain(|_, row| public(row)))),
+            })
         },
     );
     method(
@@ -485,9 +550,12 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &mut m,
         |r: &mut Ranking, fields: Array| -> Result<Ranking, Box<EvalAltResult>> {
             let fields = fields_of(&fields)?;
-            r.0.regroup(&fields)
-                .map(|g| Ranking(Arc::new(g)))
-                .or_else(|e| usage(e.to_string()))
+            match r {
+                Ranking::Rows(x) => x.regroup(&fields),
+                Ranking::View(v) => v.regroup(&fields),
+            }
+            .map(|g| Ranking::Rows(Arc::new(g)))
+            .or_else(|e| usage(e.to_string()))
         },
     );
     method(
@@ -495,9 +563,9 @@ pub fn create_module(_ctx: &Ctx) -> Module {
         &["ranking: Ranking", "String"],
         "The ranking as the article's pipeline prints it: `Count SADDR NETNS` and aligned rows.",
     )
-    .set_into_module(&mut m, |r: &mut Ranking| r.0.to_text());
+    .set_into_module(&mut m, |r: &mut Ranking| r.core().to_text());
     method("to_string", &["ranking: Ranking", "String"], "Same as to_text.")
-        .set_into_module(&mut m, |r: &mut Ranking| r.0.to_text());
+        .set_into_module(&mut m, |r: &mut Ranking| r.core().to_text());
 
     // ---- RankRow
     getter(
