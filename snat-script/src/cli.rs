@@ -39,7 +39,9 @@ secret --param (token=..., password=...) is replaced by <redacted> in the record
 everything snat-run prints, whatever whitespace separates its words there; a value shorter
 than 4 characters is hidden only where the parameter itself is shown (looking for it in
 every text would blank every \"1\" or \"on\"). --param-file FILE gives parameters as lines of
-KEY=VALUE (kept off the shell history and ps), hidden the same way.
+KEY=VALUE (kept off the shell history and ps), hidden the same way. On nodes
+(--on-node/--all-nodes), the secret parameters go in a Secret the node pods mount (needs the
+Role snat-fleet's create/delete on secrets), never in the Jobs' command line.
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
@@ -647,9 +649,16 @@ fn run(a: RunArgs) -> ExitCode {
     let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
     let fleet = if on_nodes && refused.is_none() {
         let image = a.fleet.image.unwrap_or_default();
+        // Anyone who can read Jobs or pods sees their command line: the secret parameters go
+        // to the nodes in a Secret (read there with --param-file), the others as --param.
         let mut extra_args = Vec::new();
+        let mut secret_params = BTreeMap::new();
         for (k, v) in &params {
-            extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
+            if snat_core::audit::is_secret_param(k, v) {
+                secret_params.insert(k.clone(), v.clone());
+            } else {
+                extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
+            }
         }
         if a.dry_run {
             extra_args.push("--dry-run".into());
@@ -671,6 +680,7 @@ fn run(a: RunArgs) -> ExitCode {
             concurrency: a.fleet.concurrency.unwrap_or(FleetArgs::CONCURRENCY),
             namespace: a.fleet.namespace.unwrap_or_else(|| FleetArgs::NAMESPACE.into()),
             extra_args,
+            secret_params: snat_core::k8s::fleet::SecretParams(secret_params),
         })
     } else {
         if !on_nodes {
