@@ -647,6 +647,20 @@ fn run(a: RunArgs) -> ExitCode {
         params.entry(k).or_insert(v);
     }
     let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
+    // The nodes read their secret parameters from a file of KEY=VALUE lines: a secret value
+    // with a line break cannot travel there, which is a command-line mistake (exit 2).
+    if on_nodes
+        && let Some(k) = params
+            .iter()
+            .find(|(k, v)| v.contains(['\n', '\r']) && snat_core::audit::is_secret_param(k, v))
+            .map(|(k, _)| k)
+    {
+        refused.get_or_insert_with(|| {
+            format!(
+                "--param {k}: a secret value with a line break cannot be given to the nodes (they read secret parameters from a file of KEY=VALUE lines); give it on one line"
+            )
+        });
+    }
     let fleet = if on_nodes && refused.is_none() {
         let image = a.fleet.image.unwrap_or_default();
         // Anyone who can read Jobs or pods sees their command line: the secret parameters go

@@ -1363,3 +1363,43 @@ fn a_secret_left_behind_is_said_with_how_to_delete_it() {
     );
     assert!(!err.contains(NODE_TOKEN), "{err}");
 }
+
+/// A secret value with a line break cannot go in the nodes' params file: refused before any
+/// Secret or Job (exit 2), naming the key, never the value.
+#[test]
+fn a_secret_value_with_a_line_break_is_refused_before_any_job() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("tok.rhai");
+    std::fs::write(&pb, "let t = param(\"token\");\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&pb)
+        .arg("--kubeconfig")
+        .arg(kubeconfig(dir.path(), srv.addr))
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .args([
+            "--on-node",
+            "node-a",
+            "--image",
+            "img:1",
+            "-p",
+            "token=first-line\nsecond-line",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--param token: a secret value with a line break"), "{err}");
+    assert!(!err.contains("first-line") && !err.contains("second-line"), "{err}");
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+    assert!(
+        srv.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| !r.contains("/secrets"))
+    );
+}
