@@ -253,8 +253,8 @@ mod verify;
 pub use dir::{AuditDir, default_dir, now_rfc3339, private_temp_dir, record_file_name, sha256_hex};
 pub use host::{decode_capabilities, hostname_of};
 pub use redact::{
-    MIN_SECRET_VALUE_CHARS, REDACTED, SecretValues, is_secret_key, looks_secret_value, redact_cmdline, redact_findings,
-    redact_json, redact_params, redact_text,
+    MIN_SECRET_VALUE_CHARS, REDACTED, SecretValues, is_secret_key, is_secret_param, looks_secret_value, redact_cmdline,
+    redact_findings, redact_json, redact_params, redact_text,
 };
 pub use select::{Reference, Selected, Selector, playbook_matches, read_record, record_paths, select};
 pub use verify::{ChainBreak, VerifyReport, verify};

@@ -441,7 +441,7 @@ fn rbac_role_for(verb: &str, resource: &str, scope: &str) -> &'static str {
         | ("get", "pods" | "deployments.apps" | "statefulsets.apps" | "daemonsets.apps") => {
             "bind the optional ClusterRole snat-remediation, deploy/optional/rbac-remediation.yaml"
         }
-        ("create" | "delete", "jobs.batch") | ("get", "pods/log") | ("list", "events") => FLEET,
+        ("create" | "delete", "jobs.batch" | "secrets") | ("get", "pods/log") | ("list", "events") => FLEET,
         ("list", "pods") if scope.starts_with("in namespace") => FLEET,
         _ => "bind the ClusterRole snat-reader of deploy/10-rbac.yaml",
     }
@@ -482,6 +482,7 @@ mod tests {
     #[case::event("create", "events", "in namespace \"shop\"", "ClusterRole snat-remediation")]
     #[case::restart_get("get", "deployments.apps", "in namespace \"shop\"", "ClusterRole snat-remediation")]
     #[case::fleet_create("create", "jobs.batch", "in namespace \"snat\"", "Role snat-fleet")]
+    #[case::fleet_secret("create", "secrets", "in namespace \"snat\"", "Role snat-fleet")]
     #[case::fleet_events("list", "events", "in namespace \"snat\"", "Role snat-fleet")]
     #[case::fleet_pods("list", "pods", "in namespace \"snat\"", "Role snat-fleet")]
     #[case::all_pods("list", "pods", "at cluster scope", "ClusterRole snat-reader")]

@@ -680,8 +680,14 @@ async fn fleet_cancel_deletes_running_jobs() {
         }
         c2.store(true, Ordering::SeqCst);
     });
-    let res = fleet::run_fleet(&e.kube, &spec(3), &nodes, cancel).await.unwrap();
+    let res = fleet::run_fleet(&e.kube, &secret_spec(3), &nodes, cancel)
+        .await
+        .unwrap();
     assert!(res.record.cancelled);
+    assert!(
+        e.api.state.secrets.lock().unwrap().is_empty(),
+        "the params Secret deleted on cancel"
+    );
     assert!(
         res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Cancelled),
         "{:?}",
@@ -709,6 +715,173 @@ async fn fleet_job_manifest_arrives_as_built() {
     assert_eq!(got, fleet::job_manifest(&spec(1), "node-a"));
     let req = requests(&e.api).into_iter().find(|r| r.starts_with("POST")).unwrap();
     assert_eq!(req, "POST /apis/batch/v1/namespaces/snat/jobs?");
+}
+
+const TOKEN: &str = "tok-3f9a1c77 with = sign";
+
+fn secret_spec(concurrency: usize) -> FleetSpec {
+    let mut s = spec(concurrency);
+    s.extra_args = vec!["--param".into(), "top=5".into()];
+    s.secret_params = fleet::SecretParams([("token".to_string(), TOKEN.to_string())].into());
+    s
+}
+
+/// A secret parameter reaches the nodes in a Secret their pods mount, created before the
+/// first Job and deleted at the end: no Job the API server received holds its value.
+#[tokio::test]
+async fn fleet_secret_params_travel_in_a_secret_not_in_the_jobs() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::from_millis(10));
+    let e = env(st).await;
+    let nodes: Vec<String> = ["node-a", "node-b"].map(String::from).to_vec();
+    let s = secret_spec(2);
+    let res = fleet::run_fleet(&e.kube, &s, &nodes, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    assert!(res.record.nodes.iter().all(|n| n.outcome == NodeOutcome::Completed));
+    let st = &e.api.state;
+    let bodies = st.job_bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2);
+    let name = fleet::params_secret_name(&s.run_id);
+    for b in &bodies {
+        assert!(!b.contains("tok-3f9a1c77"), "the secret value is in a Job: {b}");
+        let job: serde_json::Value = serde_json::from_str(b).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let vol = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "params")
+            .unwrap();
+        assert_eq!(vol["secret"]["secretName"], json!(name));
+        let m = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "params")
+            .unwrap();
+        assert_eq!(
+            (&m["mountPath"], &m["readOnly"]),
+            (&json!("/etc/snat/params"), &json!(true))
+        );
+        let cmd: Vec<&str> = pod["containers"][0]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            cmd.windows(2).any(|w| w == ["--param-file", "/etc/snat/params/params"]),
+            "{cmd:?}"
+        );
+        assert!(cmd.windows(2).any(|w| w == ["--param", "top=5"]), "{cmd:?}");
+    }
+    assert!(
+        st.missing_secret_mounts.lock().unwrap().is_empty(),
+        "a Job was created before its Secret"
+    );
+    // The Secret as the API server received it holds the value, labelled with the run id.
+    let (_, _, body) = st
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(r, ..)| r == "POST /api/v1/namespaces/snat/secrets")
+        .cloned()
+        .unwrap();
+    assert_eq!(body["metadata"]["name"], json!(name));
+    assert_eq!(body["metadata"]["labels"]["snat.io/run-id"], json!(s.run_id));
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        String::from_utf8(secret.data.unwrap()["params"].0.clone()).unwrap(),
+        format!("token={TOKEN}\n")
+    );
+    // And it is gone at the end.
+    assert!(st.secrets.lock().unwrap().is_empty());
+    assert_eq!(*st.deleted_secrets.lock().unwrap(), [name]);
+}
+
+/// Without secret parameters no Secret is created or deleted.
+#[tokio::test]
+async fn fleet_without_secret_params_creates_no_secret() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    let mut s = spec(1);
+    s.extra_args = vec!["--param".into(), "top=5".into()];
+    fleet::run_fleet(&e.kube, &s, &["node-a".to_string()], Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    let secret_calls: Vec<String> = requests(&e.api)
+        .into_iter()
+        .filter(|r| r.contains("/secrets"))
+        .collect();
+    assert!(secret_calls.is_empty(), "{secret_calls:?}");
+    assert_eq!(e.api.state.created.load(Ordering::SeqCst), 1);
+}
+
+/// RBAC refusing the Secret stops the run before any Job, naming the Role to bind.
+#[tokio::test]
+async fn fleet_secret_forbidden_names_the_role_and_creates_no_job() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/secrets".into(), Fault::Status(403, None)));
+    let err = fleet::run_fleet(
+        &e.kube,
+        &secret_spec(1),
+        &["node-a".to_string()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot create the Secret snat-0123abcd-params"), "{err}");
+    assert!(
+        err.contains("forbidden: cannot create secrets \"snat-0123abcd-params\" in namespace \"snat\""),
+        "{err}"
+    );
+    assert!(err.contains("bind the Role snat-fleet of deploy/10-rbac.yaml"), "{err}");
+    assert!(!err.contains("tok-3f9a1c77"), "{err}");
+    assert_eq!(
+        e.api.state.created.load(Ordering::SeqCst),
+        0,
+        "no Job without its Secret"
+    );
+}
+
+/// A Secret that cannot be deleted is said, with the command that deletes it; the run's
+/// result stands.
+#[tokio::test]
+async fn fleet_secret_not_deleted_is_a_warning_not_a_failure() {
+    let st = cluster();
+    *st.job_runtime.lock().unwrap() = Some(Duration::ZERO);
+    let e = env(st).await;
+    e.api
+        .state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/namespaces/snat/secrets/".into(), Fault::Status(403, None)));
+    let res = fleet::run_fleet(
+        &e.kube,
+        &secret_spec(1),
+        &["node-a".to_string()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.record.nodes[0].outcome, NodeOutcome::Completed);
+    assert_eq!(
+        e.api.state.secrets.lock().unwrap().len(),
+        1,
+        "the refused delete left it"
+    );
 }
 
 /// (api group, resource[/subresource], verb, namespace or None for cluster-wide).
@@ -797,7 +970,8 @@ async fn rbac_grants_exactly_what_the_code_calls() {
         fleet::check_nodes(&e.kube, &targets.nodes).await.unwrap(),
         fleet::NodeCheck::default()
     );
-    let mut s = spec(3);
+    // With a secret parameter, so that its Secret is created and deleted.
+    let mut s = secret_spec(3);
     s.stuck_check_after = Duration::ZERO;
     let res = fleet::run_fleet_on(
         &e.kube,
@@ -860,7 +1034,7 @@ async fn rbac_grants_exactly_what_the_code_calls() {
 /// `kubectl apply -f deploy/` applies the files directly in deploy/ with a manifest
 /// extension, in name order, not its subdirectories: that must be exactly the base install
 /// (namespace first, then ServiceAccounts and read-only RBAC plus the fleet Role), nothing
-/// optional, no placeholder, and no exec.
+/// optional, no placeholder, no exec, and no way to read a Secret.
 #[test]
 fn deploy_dir_applies_exactly_the_base_install() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
@@ -898,8 +1072,13 @@ fn deploy_dir_applies_exactly_the_base_install() {
         for r in d["rules"].as_array().into_iter().flatten() {
             let res = r["resources"].as_array().unwrap();
             assert!(!res.contains(&json!("pods/exec")), "exec is optional: {r}");
-            assert!(!res.contains(&json!("secrets")), "{r}");
             let verbs = r["verbs"].as_array().unwrap();
+            // No Secret can be read: the fleet Role may only create and delete the Secret
+            // of a run's secret --param values, in its own namespace.
+            if res.contains(&json!("secrets")) {
+                assert_eq!((kind, name), ("Role", "snat-fleet"), "{r}");
+                assert_eq!(verbs, &[json!("create"), json!("delete")], "{r}");
+            }
             assert!(!verbs.contains(&json!("*")) && !verbs.contains(&json!("patch")), "{r}");
         }
     }

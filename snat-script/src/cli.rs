@@ -38,12 +38,16 @@ PATH) and the JSON document's audit_record say where the record is. The value of
 secret --param (token=..., password=...) is replaced by <redacted> in the record and in
 everything snat-run prints, whatever whitespace separates its words there; a value shorter
 than 4 characters is hidden only where the parameter itself is shown (looking for it in
-every text would blank every \"1\" or \"on\").
+every text would blank every \"1\" or \"on\"). --param-file FILE gives parameters as lines of
+KEY=VALUE (kept off the shell history and ps), hidden the same way. On nodes
+(--on-node/--all-nodes), the secret parameters go in a Secret the node pods mount (needs the
+Role snat-fleet's create/delete on secrets), never in the Jobs' command line.
 
 Examples:
   snat-run examples/tcptracer-log.rhai --param log=tcptracer.log
   tcptracer -t4v | snat-run examples/tcptracer-log.rhai --param log=- --output json
   snat-run examples/census.rhai --all-nodes --image myregistry.azurecr.io/snat:0.1.0
+  snat-run examples/census.rhai --param-file census.params
   snat-run functions
   snat-run audit verify /var/lib/snat/audit";
 
@@ -82,6 +86,14 @@ struct RunArgs {
     /// setting at its default.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = runner::parse_param)]
     params: Vec<(String, String)>,
+
+    /// Parameters for the playbook from FILE, as --param gives them: one KEY=VALUE per line,
+    /// the value taken exactly (everything after the first '=' to the end of the line,
+    /// spaces and '=' included); blank lines and lines starting with # are skipped.
+    /// Repeatable; a KEY given twice (in files or with --param) is refused. Keeps a token
+    /// off the shell history and out of `ps`; secret values are hidden as --param's are.
+    #[arg(long, value_name = "FILE")]
+    param_file: Vec<PathBuf>,
 
     /// How to print the report: aligned tables, or exactly one JSON document on stdout
     /// (logs always go to stderr).
@@ -613,17 +625,54 @@ fn run(a: RunArgs) -> ExitCode {
     };
     // A command-line mistake found now is still a run of this playbook: the runner records
     // it (exit 2) and runs nothing.
-    let refused = invocation_problem(&a, &playbook);
+    let mut refused = invocation_problem(&a, &playbook);
+    let file_params = match read_param_files(&a.param_file) {
+        Ok(p) => p,
+        Err(e) => {
+            refused.get_or_insert(e);
+            Vec::new()
+        }
+    };
+    let mut seen = BTreeSet::new();
+    if let Some((k, _)) = a
+        .params
+        .iter()
+        .chain(&file_params)
+        .find(|(k, _)| !seen.insert(k.clone()))
+    {
+        refused.get_or_insert_with(|| format!("parameter {k} given twice (with --param or in a --param-file)"));
+    }
     let mut params = BTreeMap::new();
-    for (k, v) in a.params {
+    for (k, v) in a.params.into_iter().chain(file_params) {
         params.entry(k).or_insert(v);
     }
     let on_nodes = a.fleet.all_nodes || !a.fleet.on_node.is_empty();
+    // The nodes read their secret parameters from a file of KEY=VALUE lines: a secret value
+    // with a line break cannot travel there, which is a command-line mistake (exit 2).
+    if on_nodes
+        && let Some(k) = params
+            .iter()
+            .find(|(k, v)| v.contains(['\n', '\r']) && snat_core::audit::is_secret_param(k, v))
+            .map(|(k, _)| k)
+    {
+        refused.get_or_insert_with(|| {
+            format!(
+                "--param {k}: a secret value with a line break cannot be given to the nodes (they read secret parameters from a file of KEY=VALUE lines); give it on one line"
+            )
+        });
+    }
     let fleet = if on_nodes && refused.is_none() {
         let image = a.fleet.image.unwrap_or_default();
+        // Anyone who can read Jobs or pods sees their command line: the secret parameters go
+        // to the nodes in a Secret (read there with --param-file), the others as --param.
         let mut extra_args = Vec::new();
+        let mut secret_params = BTreeMap::new();
         for (k, v) in &params {
-            extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
+            if snat_core::audit::is_secret_param(k, v) {
+                secret_params.insert(k.clone(), v.clone());
+            } else {
+                extra_args.extend(["--param".to_string(), format!("{k}={v}")]);
+            }
         }
         if a.dry_run {
             extra_args.push("--dry-run".into());
@@ -645,6 +694,7 @@ fn run(a: RunArgs) -> ExitCode {
             concurrency: a.fleet.concurrency.unwrap_or(FleetArgs::CONCURRENCY),
             namespace: a.fleet.namespace.unwrap_or_else(|| FleetArgs::NAMESPACE.into()),
             extra_args,
+            secret_params: snat_core::k8s::fleet::SecretParams(secret_params),
         })
     } else {
         if !on_nodes {
@@ -701,6 +751,39 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("{}: error: {m}", crate::program_name());
     }
     ExitCode::from(r.exit_code)
+}
+
+/// The parameters of the `--param-file` files, in order: one `KEY=VALUE` per line (a
+/// trailing `\r` is part of the line ending), the value everything after the first `=`,
+/// blank lines and `#` lines skipped. The error names the file and line, never the line's
+/// text (it may hold a secret).
+fn read_param_files(files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            format!(
+                "--param-file {}: cannot read it: {e} (give a file of KEY=VALUE lines)",
+                f.display()
+            )
+        })?;
+        for (i, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{}:{}", f.display(), i + 1);
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(format!(
+                    "{at}: expected KEY=VALUE, this line has no '=' (blank lines and lines starting with # are skipped)"
+                ));
+            };
+            let (k, _) = runner::parse_param(&format!("{k}=")).map_err(|_| {
+                format!("{at}: bad parameter name before the '=': use letters, digits, '_', '-' or '.'")
+            })?;
+            out.push((k, v.to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// What is wrong with a command line clap accepted, if anything: a subcommand's name

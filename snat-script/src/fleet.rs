@@ -46,8 +46,12 @@ pub struct FleetOptions {
     /// Namespace of the Jobs.
     pub namespace: String,
     /// Arguments added to each node's `snat-run` (`--param`, `--dry-run`; never `--allow`:
-    /// the Jobs have no credentials to act with).
+    /// the Jobs have no credentials to act with; never a secret value: anyone who can read
+    /// the Jobs sees them).
     pub extra_args: Vec<String>,
+    /// The secret parameters (`snat_core::audit::is_secret_param`), given to the nodes in a
+    /// Secret their pods mount (see `FleetSpec::secret_params`).
+    pub secret_params: fleet::SecretParams,
 }
 
 /// How one node ended, as the merged report counts it: each node is in exactly one of
@@ -386,6 +390,9 @@ pub fn run(
         "namespace": opts.namespace,
         "concurrency": opts.concurrency,
         "extra_args": opts.extra_args,
+        // Their keys only: the values go in the run's params Secret. (A key named
+        // secret_params would itself be redacted in the record.)
+        "hidden_params": opts.secret_params.0.keys().collect::<Vec<_>>(),
     });
     ctx.stage("fleet::run", args, || {
         let kube = ctx.kube()?;
@@ -411,6 +418,7 @@ pub fn run(
         spec.namespace = opts.namespace.clone();
         spec.concurrency = opts.concurrency;
         spec.extra_args = opts.extra_args.clone();
+        spec.secret_params = opts.secret_params.clone();
         spec.run_id = run_id.to_string();
         // A run lasts as long as its slowest node (up to the Jobs' deadline): say what happens.
         let progress = ctx.options().progress;

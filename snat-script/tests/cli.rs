@@ -905,6 +905,74 @@ fn params_with_secret_names_are_redacted() {
     assert!(!serde_json::to_string(rec).unwrap().contains("hunter2"));
 }
 
+/// `--param-file`: one KEY=VALUE per line, the value exactly (spaces and `=` kept), its
+/// secret values hidden in the record and the output as --param's are; comments and blank
+/// lines skipped.
+#[test]
+fn param_file_gives_params_exactly_and_hides_secrets() {
+    let r = Run::new();
+    let p = r.playbook(
+        "pf.rhai",
+        "let t = param(\"token\"); let n = param(\"note\");\nreport::title(\"note: \" + n);\nreport::text(\"t\", \"token \" + t);\n",
+    );
+    let file = r.dir.path().join("params.env");
+    std::fs::write(
+        &file,
+        "# the run's parameters\n\ntoken=s3cret tok=en value\r\nnote= a b=c \n",
+    )
+    .unwrap();
+    let o = r.run(&p, &["--param-file", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    // The value exactly as written (leading/trailing spaces and '=' kept).
+    assert_eq!(doc["title"], "note:  a b=c ", "{doc}");
+    assert_eq!(doc["sections"][0]["text"], "token <redacted>", "{doc}");
+    let rec = r.only_record("completed");
+    assert_eq!(rec["params"]["token"], "<redacted>", "{rec}");
+    assert_eq!(rec["params"]["note"], " a b=c ", "{rec}");
+    for text in [out, stderr(&o), serde_json::to_string(&rec).unwrap()] {
+        for word in ["s3cret", "tok=en"] {
+            assert!(!text.contains(word), "{word} in {text}");
+        }
+    }
+}
+
+/// A missing file, a line without `=`, a bad key and a key given twice are refused (exit 2)
+/// naming the file and line, without the line's text.
+#[rstest::rstest]
+#[case::missing(None, &[], "cannot read it")]
+#[case::no_equals(Some("top=5\nhunter2hunter2\n"), &[], "params.env:2: expected KEY=VALUE")]
+#[case::bad_key(Some("\n#c\nbad key=hunter2hunter2\n"), &[], "params.env:3: bad parameter name")]
+#[case::twice(Some("token=hunter2hunter2\n"), &["-p", "token=x"], "parameter token given twice")]
+fn a_bad_param_file_is_refused_naming_file_and_line(
+    #[case] content: Option<&str>,
+    #[case] more: &[&str],
+    #[case] want: &str,
+) {
+    let r = Run::new();
+    let p = r.playbook(
+        "pf.rhai",
+        "let t = param(\"token\", \"\"); let n = param(\"top\", 1);\n",
+    );
+    let file = r.dir.path().join("params.env");
+    if let Some(c) = content {
+        std::fs::write(&file, c).unwrap();
+    }
+    let mut args = vec!["--param-file", file.to_str().unwrap()];
+    args.extend(more);
+    let o = r.run(&p, &args);
+    expect_exit(&o, 2, want);
+    assert!(
+        stderr(&o).contains(&file.display().to_string()) || want.contains("twice"),
+        "{}",
+        stderr(&o)
+    );
+    let rec = r.only_record("playbook_error");
+    let text = format!("{}{rec}", stderr(&o));
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 /// The reviewer's runs: a secret parameter quoted by a playbook error, a secret path in a
 /// stage error (and in the `-vv` debug line of the stage's arguments), a JWT inside a
 /// finding's summary. None of them is anywhere in the record files' bytes, and the

@@ -220,6 +220,16 @@ fn on_node_runs_one_job_and_reports_its_pressure() {
     for w in [["--param", "warn=64"].as_slice(), &["--dry-run"]] {
         assert!(argv.windows(w.len()).any(|x| x == w), "{w:?} not in {argv:?}");
     }
+    // No secret parameter: no Secret, nothing mounted, no --param-file.
+    assert!(!argv.contains(&"--param-file"), "{argv:?}");
+    let secret_calls = s
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("/secrets"))
+        .count();
+    assert_eq!(secret_calls, 0);
 
     // Exactly one local record, with the fleet stage; the fleet files in fleet/<run id>/.
     let audit = dir.path().join("audit");
@@ -1238,5 +1248,158 @@ fn a_job_done_between_two_polls_is_said_to_have_run() {
             ))
             && at("ran (it started") < at(&format!("node node-b: job {job} done: clear")),
         "{lines:#?}"
+    );
+}
+
+const NODE_TOKEN: &str = "tok-9d8e7f6a5b";
+
+/// Run a playbook reading `token` and `top` on node-a with `-p token=... -p top=5`.
+fn run_with_token(dir: &Path, srv: &Server) -> Output {
+    let pb = dir.join("tok.rhai");
+    std::fs::write(&pb, "let t = param(\"token\");\nlet n = param(\"top\", 1);\n").unwrap();
+    let kc = kubeconfig(dir, srv.addr);
+    Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&pb)
+        .args(["--output", "json", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
+        .args(["--on-node", "node-a", "--image", "img:1", "-p"])
+        .arg(format!("token={NODE_TOKEN}"))
+        .args(["-p", "top=5"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+/// `-p token=...` on the nodes: the Job the API server receives holds no secret value (its
+/// pod reads the run's Secret, mounted read-only, with --param-file); the plain parameter
+/// stays on the command line; the Secret is deleted at the end; the local record and the
+/// output hold no secret value either.
+#[test]
+fn secret_params_reach_the_nodes_in_a_secret_not_in_the_job() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_token(dir.path(), &srv);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = &srv.state;
+    let bodies = s.job_bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert!(
+        !bodies[0].contains(NODE_TOKEN),
+        "the token is in the Job: {}",
+        bodies[0]
+    );
+    let job: Value = serde_json::from_str(&bodies[0]).unwrap();
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    let argv: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for w in [["--param", "top=5"], ["--param-file", "/etc/snat/params/params"]] {
+        assert!(argv.windows(2).any(|x| x == w), "{w:?} not in {argv:?}");
+    }
+    let run_id = fleet_run_id(&srv);
+    let name = fleet::params_secret_name(&run_id);
+    let mounted = &job["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        mounted
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == json!(name)),
+        "{mounted}"
+    );
+    assert!(s.missing_secret_mounts.lock().unwrap().is_empty());
+    let posted: Vec<Value> = s
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, ..)| r.ends_with("/namespaces/snat/secrets"))
+        .map(|(.., b)| b.clone())
+        .collect();
+    assert_eq!(posted.len(), 1);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(posted[0].clone()).unwrap();
+    assert_eq!(
+        String::from_utf8(secret.data.unwrap()["params"].0.clone()).unwrap(),
+        format!("token={NODE_TOKEN}\n")
+    );
+    assert!(s.secrets.lock().unwrap().is_empty(), "the Secret is deleted at the end");
+    assert_eq!(*s.deleted_secrets.lock().unwrap(), [name]);
+    // Nothing local holds it either; the stage names the secret parameter's key only.
+    let rec = &records(&dir.path().join("audit"))[0];
+    for text in [
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        rec.to_string(),
+    ] {
+        assert!(!text.contains(NODE_TOKEN), "{text}");
+    }
+    assert_eq!(rec["stages"][0]["args"]["hidden_params"], json!(["token"]), "{rec:#}");
+}
+
+/// A params Secret the launcher cannot delete is said on stderr, with the command that
+/// deletes it; the run's result stands.
+#[test]
+fn a_secret_left_behind_is_said_with_how_to_delete_it() {
+    let srv = server();
+    srv.state
+        .faults
+        .lock()
+        .unwrap()
+        .push_back(("/secrets/".into(), apiserver::Fault::Status(403, None)));
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_token(dir.path(), &srv);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let run_id = fleet_run_id(&srv);
+    assert!(err.contains("could not delete the Secret"), "{err}");
+    assert!(
+        err.contains(&format!("kubectl -n snat delete secret -l snat.io/run-id={run_id}")),
+        "{err}"
+    );
+    assert!(!err.contains(NODE_TOKEN), "{err}");
+}
+
+/// A secret value with a line break cannot go in the nodes' params file: refused before any
+/// Secret or Job (exit 2), naming the key, never the value.
+#[test]
+fn a_secret_value_with_a_line_break_is_refused_before_any_job() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("tok.rhai");
+    std::fs::write(&pb, "let t = param(\"token\");\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snat-run"))
+        .arg(&pb)
+        .arg("--kubeconfig")
+        .arg(kubeconfig(dir.path(), srv.addr))
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .args([
+            "--on-node",
+            "node-a",
+            "--image",
+            "img:1",
+            "-p",
+            "token=first-line\nsecond-line",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--param token: a secret value with a line break"), "{err}");
+    assert!(!err.contains("first-line") && !err.contains("second-line"), "{err}");
+    assert_eq!(srv.state.created.load(Ordering::SeqCst), 0);
+    assert!(
+        srv.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| !r.contains("/secrets"))
     );
 }

@@ -343,6 +343,14 @@ fn redact_userinfo(word: &str, note: &mut dyn FnMut(&str)) -> String {
     out
 }
 
+/// True when the parameter `key=value` is secret: snat hides its value, whole or in part,
+/// wherever it shows it ([`redact_params`] changes it): a secret key ([`is_secret_key`]),
+/// a secret-looking value ([`looks_secret_value`]), or a value with a secret part
+/// ([`redact_text`], e.g. a URL's password).
+pub fn is_secret_param(key: &str, value: &str) -> bool {
+    is_secret_key(key) || looks_secret_value(value) || redact_text(value) != value
+}
+
 /// `params` with the value of every secret-looking entry (by key, see [`is_secret_key`],
 /// or by value, see [`looks_secret_value`]) replaced by [`REDACTED`], and the secret parts
 /// of the other values redacted by [`redact_text`].

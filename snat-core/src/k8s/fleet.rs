@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Event, HostPathVolumeSource, Node, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    Container, EnvVar, Event, HostPathVolumeSource, Node, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -60,6 +60,26 @@ pub const MAX_LOG_BYTES: i64 = 32 << 20;
 
 /// Where the host's `/proc` is mounted in the container.
 pub const HOST_PROC: &str = "/host/proc";
+
+/// Where a node Job's container mounts the run's params Secret ([`params_secret`]), read-only.
+pub const PARAMS_DIR: &str = "/etc/snat/params";
+
+/// The params Secret's one key, and so the file under [`PARAMS_DIR`] the node's `snat-run`
+/// reads with `--param-file`.
+pub const PARAMS_FILE: &str = "params";
+
+/// The secret `--param` values of a fleet run (those snat hides everywhere else, see
+/// [`crate::audit::is_secret_param`]), by key. They never go into a Job's spec: they travel
+/// in one Secret per run ([`params_secret`]) that each node's pod mounts. Its `Debug` shows
+/// the keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretParams(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 /// The container's shell script. `$@` is the snat-run command line; the playbook arrives in
 /// `$SNAT_PLAYBOOK` and is written to `$SNAT_WORK/playbook.rhai` (default [`WORK_DIR`]). It always exits 0 once it has printed the framed output, because the
@@ -98,7 +118,11 @@ pub struct FleetSpec {
     /// The playbook's name or path, for the record.
     pub playbook_name: String,
     /// Extra `snat-run` arguments (e.g. `--param`, `--dry-run`), before the playbook path.
+    /// Visible to whoever can read Jobs or pods: never a secret value (see `secret_params`).
     pub extra_args: Vec<String>,
+    /// Secret `--param` values: put in the run's params Secret, not in the Jobs. Empty (the
+    /// default): no Secret is created and the Jobs mount none.
+    pub secret_params: SecretParams,
     /// Most Jobs in flight at once (default 10).
     pub concurrency: usize,
     /// `ttlSecondsAfterFinished` (default 600).
@@ -125,6 +149,7 @@ impl FleetSpec {
             playbook: playbook.into(),
             playbook_name: playbook_name.into(),
             extra_args: Vec::new(),
+            secret_params: SecretParams::default(),
             concurrency: 10,
             ttl_seconds_after_finished: 600,
             active_deadline_seconds: 900,
@@ -147,6 +172,9 @@ impl FleetSpec {
         ]
         .map(String::from)
         .to_vec();
+        if !self.secret_params.0.is_empty() {
+            a.extend(["--param-file".to_string(), format!("{PARAMS_DIR}/{PARAMS_FILE}")]);
+        }
         a.extend(self.extra_args.iter().cloned());
         a.push(node_playbook_path());
         a
@@ -228,7 +256,60 @@ fn labels(spec: &FleetSpec) -> BTreeMap<String, String> {
     ])
 }
 
+/// The name of a fleet run's params Secret: `snat-<first 8 of run id>-params`, a valid DNS
+/// name whatever the run id.
+pub fn params_secret_name(run_id: &str) -> String {
+    let run: String = run_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("snat-{}-params", run.to_ascii_lowercase())
+}
+
+/// The text of the params file: one `KEY=VALUE` line per secret parameter, as
+/// `snat-run --param-file` reads it. A value with a line break cannot be written as one
+/// line: it is refused, naming the key only.
+pub fn params_file_text(params: &SecretParams) -> Result<String, Error> {
+    let mut text = String::new();
+    for (k, v) in &params.0 {
+        if v.contains(['\n', '\r']) {
+            return Err(Error::Fleet(format!(
+                "--param {k}: its value has a line break, which the params file given to the nodes (one KEY=VALUE per line) cannot hold"
+            )));
+        }
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    Ok(text)
+}
+
+/// The Secret holding `spec`'s secret parameters ([`params_file_text`] under the key
+/// [`PARAMS_FILE`]) in the Jobs' namespace, labelled like the Jobs (`snat.io/run-id`), or
+/// `None` when there are none. Immutable: nothing changes it while the nodes read it.
+pub fn params_secret(spec: &FleetSpec) -> Result<Option<Secret>, Error> {
+    if spec.secret_params.0.is_empty() {
+        return Ok(None);
+    }
+    let text = params_file_text(&spec.secret_params)?;
+    let mut labels = labels(spec);
+    labels.insert("app.kubernetes.io/component".into(), "node-run-params".into());
+    Ok(Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(params_secret_name(&spec.run_id)),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            PARAMS_FILE.to_string(),
+            k8s_openapi::ByteString(text.into_bytes()),
+        )])),
+        ..Default::default()
+    }))
+}
+
 /// The Job that runs the playbook on `node` (mirrored by `deploy/reference/job-template.yaml`).
+/// With secret parameters, its pod also mounts the run's params Secret ([`params_secret`])
+/// read-only at [`PARAMS_DIR`], and `snat-run` reads them with `--param-file`: their values
+/// are in no Job or pod spec.
 pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
     let mount = |name: &str, path: &str, ro: bool| VolumeMount {
         name: name.into(),
@@ -252,6 +333,32 @@ pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
     ];
     command.extend(spec.snat_run_argv());
     let labels = labels(spec);
+    let mut mounts = vec![
+        mount("host-proc", HOST_PROC, true),
+        mount("btf", "/sys/kernel/btf", true),
+        mount("work", WORK_DIR, false),
+    ];
+    let mut volumes = vec![
+        host("host-proc", "/proc", "Directory"),
+        host("btf", "/sys/kernel/btf", "Directory"),
+        Volume {
+            name: "work".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+    ];
+    if !spec.secret_params.0.is_empty() {
+        mounts.push(mount("params", PARAMS_DIR, true));
+        volumes.push(Volume {
+            name: "params".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(params_secret_name(&spec.run_id)),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(&spec.run_id, node)),
@@ -304,22 +411,10 @@ pub fn job_manifest(spec: &FleetSpec, node: &str) -> Job {
                             limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
                             ..Default::default()
                         }),
-                        volume_mounts: Some(vec![
-                            mount("host-proc", HOST_PROC, true),
-                            mount("btf", "/sys/kernel/btf", true),
-                            mount("work", WORK_DIR, false),
-                        ]),
+                        volume_mounts: Some(mounts),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![
-                        host("host-proc", "/proc", "Directory"),
-                        host("btf", "/sys/kernel/btf", "Directory"),
-                        Volume {
-                            name: "work".into(),
-                            empty_dir: Some(Default::default()),
-                            ..Default::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -801,6 +896,52 @@ fn ops(ns: &str) -> (Op, Op, Op, Op, Op) {
     )
 }
 
+fn secret_op(verb: &'static str, ns: &str, name: &str) -> Op {
+    Op {
+        verb,
+        resource: "secrets",
+        scope: Scope::Namespace(ns.to_string()),
+        name: Some(name.to_string()),
+    }
+}
+
+/// Create the run's params Secret ([`params_secret`]) before any Job, if the run has secret
+/// parameters; returns its name. A 403 names the Role to bind (snat-fleet).
+async fn create_params_secret(kube: &Kube, spec: &FleetSpec) -> Result<Option<String>, Error> {
+    let Some(secret) = params_secret(spec)? else {
+        return Ok(None);
+    };
+    let ns = spec.namespace.as_str();
+    let name = params_secret_name(&spec.run_id);
+    let body = serde_json::to_vec(&secret).map_err(|e| Error::Fleet(format!("cannot encode the Secret: {e}")))?;
+    let req = Request::new(Secret::url_path(&(), Some(ns)));
+    kube.send_raw(&secret_op("create", ns, &name), false, || {
+        req.create(&PostParams::default(), body.clone())
+    })
+    .await
+    .map_err(|e| {
+        Error::Fleet(format!(
+            "cannot create the Secret {name} that gives the secret --param values to the node Jobs, so no Job was created: {}",
+            super::chain(&e)
+        ))
+    })?;
+    Ok(Some(name))
+}
+
+/// Delete the run's params Secret (already gone is fine).
+async fn delete_params_secret(kube: &Kube, ns: &str, name: &str) -> Result<(), Error> {
+    let req = Request::new(Secret::url_path(&(), Some(ns)));
+    match kube
+        .send_raw(&secret_op("delete", ns, name), true, || {
+            req.delete(name, &DeleteParams::default())
+        })
+        .await
+    {
+        Ok(_) | Err(Error::KubeNotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn delete_job(kube: &Kube, ns: &str, job: &str) -> Result<(), Error> {
     let (.., del) = ops(ns);
     let req = Request::new(Job::url_path(&(), Some(ns)));
@@ -1171,6 +1312,76 @@ pub async fn run_fleet_on(
     let (nodes, _) = unique_nodes(nodes);
     let nodes = nodes.as_slice();
     let started_at = crate::audit::now_rfc3339();
+    // The secret parameters go to the nodes in a Secret, created before the first Job
+    // mounts it and deleted once every Job is done, however the run ends.
+    let secret = create_params_secret(kube, spec).await?;
+    let runs = run_nodes(kube, spec, targets, nodes, &cancel, &on_event).await;
+    if let Some(name) = &secret
+        && let Err(e) = delete_params_secret(kube, &spec.namespace, name).await
+    {
+        tracing::warn!(
+            "could not delete the Secret {name} holding this run's secret --param values: {}; delete it with `kubectl -n {} delete secret -l snat.io/run-id={}`",
+            super::chain(&e),
+            spec.namespace,
+            labels(spec)["snat.io/run-id"]
+        );
+    }
+    let runs = runs?;
+    let entries = runs
+        .iter()
+        .map(|r| {
+            let out = r.output.as_ref();
+            let has_audit = out.is_some_and(|o| o.audit_text.is_some());
+            FleetNodeEntry {
+                node: r.node.clone(),
+                job: r.job.clone(),
+                outcome: r.outcome,
+                exit_code: out.and_then(|o| o.exit_code),
+                hostname: out.and_then(|o| {
+                    [&o.report, &o.audit]
+                        .into_iter()
+                        .find_map(|d| d.as_ref()?.get("host")?.get("hostname")?.as_str().map(str::to_string))
+                }),
+                verdict: out.and_then(|o| o.report.as_ref()?.get("verdict").cloned()),
+                audit_run_id: out.and_then(|o| o.audit.as_ref()?.get("run_id")?.as_str().map(str::to_string)),
+                audit_sha256: out.and_then(|o| o.audit_sha256.clone()),
+                audit_file: has_audit.then(|| format!("{}.audit.json", safe_file(&r.node))),
+                report_file: out
+                    .is_some_and(|o| o.report.is_some())
+                    .then(|| format!("{}.report.json", safe_file(&r.node))),
+                error: r.error.clone(),
+            }
+        })
+        .collect();
+    Ok(FleetResult {
+        record: FleetRecord {
+            schema_version: FLEET_SCHEMA_VERSION,
+            run_id: spec.run_id.clone(),
+            started_at,
+            ended_at: crate::audit::now_rfc3339(),
+            playbook: spec.playbook_name.clone(),
+            playbook_sha256: hex_sha256(spec.playbook.as_bytes()),
+            image: spec.image.clone(),
+            namespace: spec.namespace.clone(),
+            concurrency: spec.concurrency,
+            cancelled: cancel.load(Ordering::SeqCst),
+            nodes: entries,
+            skipped: targets.skipped.clone(),
+        },
+        runs,
+    })
+}
+
+/// Run every node of `nodes` (NotReady ones fail at once), at most `spec.concurrency` at a
+/// time, telling `on_event`; the runs in the order of `nodes`.
+async fn run_nodes(
+    kube: &Kube,
+    spec: &FleetSpec,
+    targets: &FleetTargets,
+    nodes: &[String],
+    cancel: &Arc<AtomicBool>,
+    on_event: &OnFleetEvent,
+) -> Result<Vec<NodeRun>, Error> {
     let sem = Arc::new(tokio::sync::Semaphore::new(spec.concurrency));
     let spec_arc = Arc::new(spec.clone());
     let mut set = tokio::task::JoinSet::new();
@@ -1219,50 +1430,7 @@ pub async fn run_fleet_on(
             Err(e) => return Err(Error::Fleet(format!("a node task failed: {e}"))),
         }
     }
-    let runs: Vec<NodeRun> = runs.into_iter().flatten().collect();
-    let entries = runs
-        .iter()
-        .map(|r| {
-            let out = r.output.as_ref();
-            let has_audit = out.is_some_and(|o| o.audit_text.is_some());
-            FleetNodeEntry {
-                node: r.node.clone(),
-                job: r.job.clone(),
-                outcome: r.outcome,
-                exit_code: out.and_then(|o| o.exit_code),
-                hostname: out.and_then(|o| {
-                    [&o.report, &o.audit]
-                        .into_iter()
-                        .find_map(|d| d.as_ref()?.get("host")?.get("hostname")?.as_str().map(str::to_string))
-                }),
-                verdict: out.and_then(|o| o.report.as_ref()?.get("verdict").cloned()),
-                audit_run_id: out.and_then(|o| o.audit.as_ref()?.get("run_id")?.as_str().map(str::to_string)),
-                audit_sha256: out.and_then(|o| o.audit_sha256.clone()),
-                audit_file: has_audit.then(|| format!("{}.audit.json", safe_file(&r.node))),
-                report_file: out
-                    .is_some_and(|o| o.report.is_some())
-                    .then(|| format!("{}.report.json", safe_file(&r.node))),
-                error: r.error.clone(),
-            }
-        })
-        .collect();
-    Ok(FleetResult {
-        record: FleetRecord {
-            schema_version: FLEET_SCHEMA_VERSION,
-            run_id: spec.run_id.clone(),
-            started_at,
-            ended_at: crate::audit::now_rfc3339(),
-            playbook: spec.playbook_name.clone(),
-            playbook_sha256: hex_sha256(spec.playbook.as_bytes()),
-            image: spec.image.clone(),
-            namespace: spec.namespace.clone(),
-            concurrency: spec.concurrency,
-            cancelled: cancel.load(Ordering::SeqCst),
-            nodes: entries,
-            skipped: targets.skipped.clone(),
-        },
-        runs,
-    })
+    Ok(runs.into_iter().flatten().collect())
 }
 
 /// Where `snat-run --on-node`/`--all-nodes` puts a fleet run's files: `<audit dir>/fleet/<run
@@ -1391,6 +1559,79 @@ mod tests {
         assert_eq!(v("host-proc").host_path.as_ref().unwrap().path, "/proc");
         assert_eq!(v("btf").host_path.as_ref().unwrap().path, "/sys/kernel/btf");
         assert!(v("work").empty_dir.is_some());
+    }
+
+    /// Secret parameters are in the Secret, never in the Job: the pod mounts the Secret
+    /// read-only and snat-run reads it with --param-file.
+    #[test]
+    fn secret_params_go_to_a_mounted_secret_not_the_job() {
+        let mut s = spec();
+        s.secret_params = SecretParams(BTreeMap::from([
+            ("token".to_string(), "s3cr3t-value with = sign".to_string()),
+            ("db_password".to_string(), "hunter2hunter2".to_string()),
+        ]));
+        let j = job_manifest(&s, "node-a");
+        let text = serde_json::to_string(&j).unwrap();
+        for v in ["s3cr3t", "hunter2"] {
+            assert!(!text.contains(v), "{v} in the Job: {text}");
+        }
+        let ps = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let cmd = ps.containers[0].command.as_ref().unwrap();
+        let at = cmd.iter().position(|a| a == "--param-file").unwrap();
+        assert_eq!(cmd[at + 1], "/etc/snat/params/params");
+        assert!(cmd.contains(&"top=5".to_string()), "plain params stay: {cmd:?}");
+        let m = ps.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "params")
+            .unwrap();
+        assert_eq!((m.mount_path.as_str(), m.read_only), (PARAMS_DIR, Some(true)));
+        let v = ps
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "params")
+            .unwrap();
+        let name = params_secret_name(&s.run_id);
+        assert_eq!(v.secret.as_ref().unwrap().secret_name.as_deref(), Some(name.as_str()));
+        assert!(
+            ps.containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.value_from.is_none())
+        );
+
+        let secret = params_secret(&s).unwrap().unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("snat-0123abcd-params"));
+        assert_eq!(secret.metadata.labels.as_ref().unwrap()["snat.io/run-id"], s.run_id);
+        let data = &secret.data.as_ref().unwrap()[PARAMS_FILE].0;
+        assert_eq!(
+            String::from_utf8_lossy(data),
+            "db_password=hunter2hunter2\ntoken=s3cr3t-value with = sign\n"
+        );
+        assert!(!format!("{s:?}").contains("hunter2"), "Debug shows keys only");
+    }
+
+    #[test]
+    fn no_secret_params_no_secret() {
+        let s = spec();
+        assert_eq!(params_secret(&s).unwrap(), None);
+        let j = serde_json::to_string(&job_manifest(&s, "node-a")).unwrap();
+        assert!(!j.contains("params") && !j.contains("--param-file"), "{j}");
+    }
+
+    #[test]
+    fn a_secret_value_with_a_line_break_is_refused_by_key() {
+        let mut s = spec();
+        s.secret_params = SecretParams(BTreeMap::from([("token".to_string(), "a\nb-secret".to_string())]));
+        let e = params_secret(&s).unwrap_err().to_string();
+        assert!(e.contains("--param token") && e.contains("line break"), "{e}");
+        assert!(!e.contains("b-secret"), "{e}");
     }
 
     #[rstest]

@@ -1,6 +1,7 @@
 //! A loopback Kubernetes API server for tests: enough of the real API (JSON built from
 //! k8s-openapi types, `limit`/`continue` pagination it enforces, field and label selectors,
-//! the exec WebSocket protocol, Jobs with their status conditions, events and pod logs) to
+//! the exec WebSocket protocol, Jobs with their status conditions, events, pod logs and the
+//! Secrets a fleet run creates and deletes) to
 //! drive snat's real kube client.
 //! Faults (status codes, Retry-After, hangs) are scripted per path.
 
@@ -23,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
@@ -73,6 +74,14 @@ pub struct State {
     /// Fleet: created Jobs by name (node, creation time, the manifest).
     pub fleet_jobs: Mutex<HashMap<String, (String, Instant)>>,
     pub manifests: Mutex<Vec<Job>>,
+    /// Fleet: each created Job's request body, as received.
+    pub job_bodies: Mutex<Vec<String>>,
+    /// Fleet: the Jobs whose pod mounts a Secret that did not exist when the Job was created.
+    pub missing_secret_mounts: Mutex<Vec<String>>,
+    /// Secrets that exist (created and not yet deleted).
+    pub secrets: Mutex<Vec<Secret>>,
+    /// Names of the Secrets deleted, in order.
+    pub deleted_secrets: Mutex<Vec<String>>,
     /// Fleet: how long a Job takes to finish; `None` = never finishes.
     pub job_runtime: Mutex<Option<Duration>>,
     /// Fleet: nodes whose Jobs never finish, whatever `job_runtime` says.
@@ -410,6 +419,30 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 Err(e) => return Ok(status(400, "BadRequest", &format!("bad Job: {e}"))),
             };
             let name = job.metadata.name.clone().unwrap_or_default();
+            state
+                .job_bodies
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let mounted = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|s| s.volumes.clone())
+                .unwrap_or_default();
+            let secrets = state.secrets.lock().unwrap().clone();
+            let exists = |n: &str| {
+                secrets
+                    .iter()
+                    .any(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.metadata.name.as_deref() == Some(n))
+            };
+            if mounted
+                .iter()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+                .any(|n| !exists(n))
+            {
+                state.missing_secret_mounts.lock().unwrap().push(name.clone());
+            }
             let node = job
                 .spec
                 .as_ref()
@@ -449,6 +482,56 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 )
             } else {
                 status(404, "NotFound", &format!("jobs.batch \"{name}\" not found"))
+            }
+        }
+        (Method::POST, ["api", "v1", "namespaces", ns, "secrets"]) => {
+            let (ns, path) = (ns.to_string(), path.clone());
+            let v = match read_body(&state, "POST", &path, req).await {
+                Ok(v) => v,
+                Err(r) => return Ok(r),
+            };
+            let secret: Secret = match serde_json::from_value(v) {
+                Ok(s) => s,
+                Err(e) => return Ok(status(400, "BadRequest", &format!("bad Secret: {e}"))),
+            };
+            if secret.metadata.namespace.as_deref().is_some_and(|n| n != ns) {
+                return Ok(status(
+                    400,
+                    "BadRequest",
+                    "the namespace of the Secret does not match the request",
+                ));
+            }
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            let mut secrets = state.secrets.lock().unwrap();
+            if secrets
+                .iter()
+                .any(|s| s.metadata.namespace.as_deref() == Some(&ns) && s.metadata.name.as_deref() == Some(&name))
+            {
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("secrets \"{name}\" already exists"),
+                ));
+            }
+            let mut stored = secret;
+            stored.metadata.namespace = Some(ns);
+            secrets.push(stored.clone());
+            respond(201, serde_json::to_value(stored).unwrap())
+        }
+        (Method::DELETE, ["api", "v1", "namespaces", ns, "secrets", name]) => {
+            let mut secrets = state.secrets.lock().unwrap();
+            let before = secrets.len();
+            secrets.retain(|s| {
+                !(s.metadata.namespace.as_deref() == Some(*ns) && s.metadata.name.as_deref() == Some(*name))
+            });
+            if secrets.len() < before {
+                state.deleted_secrets.lock().unwrap().push(name.to_string());
+                respond(
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+                )
+            } else {
+                status(404, "NotFound", &format!("secrets \"{name}\" not found"))
             }
         }
         (Method::GET, ["api", "v1", "namespaces", ns, "pods"]) => {
