@@ -6,7 +6,7 @@
 //! call. The fleet record and each node's audit record and report go to
 //! `<audit-dir>/fleet/<run id>/` (a subdirectory, so that `audit verify` on the audit
 //! directory only sees the chain). The merged report is marked as a fleet report by its
-//! `fleet` field ([`fleet_summary`]: the run, its record and its nodes), and each of its
+//! `fleet` field (`fleet_summary`: the run, its record and its nodes), and each of its
 //! findings names its node (`node.name`). It has one row per node; the verdict is
 //! "SNAT pressure found" if any node found it (exit 3), else the run fails (exit 1) if any
 //! node failed, else "clear" (exit 0). A node the run was stopped before it finished
