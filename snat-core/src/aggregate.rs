@@ -472,6 +472,34 @@ fn rank_order(a: &RankRow, b: &RankRow, metric: Metric) -> Ordering {
         .then_with(|| a.key.cmp(&b.key))
 }
 
+/// Rows keyed by `have` added up by `want` (each one of `have`) and ranked by `metric`:
+/// [`Ranking::regroup`] and [`RankView::regroup`]. Errors when a field of `want` is not
+/// one of `have`.
+fn regroup_rows<R: std::borrow::Borrow<RankRow>>(
+    have: &[Field],
+    want: &[Field],
+    metric: Metric,
+    rows: impl Iterator<Item = R>,
+) -> Result<Ranking, Error> {
+    let at: Vec<usize> = want
+        .iter()
+        .map(|f| {
+            have.iter().position(|g| g == f).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "cannot sum a ranking by {f}: it is grouped by [{}]",
+                    have.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut sums = Aggregator::new(want.to_vec());
+    for r in rows {
+        let r = r.borrow();
+        sums.add_key(at.iter().map(|i| r.key[*i].clone()).collect(), &r.counts);
+    }
+    Ok(sums.ranking(metric))
+}
+
 /// One row of a ranking.
 ///
 /// JSON: `key` (an object field name -> value, in grouping order) and `counts`.
@@ -508,22 +536,7 @@ impl Ranking {
     /// ranking by `(netns, daddr, dport)` summed by `netns`), ranked again by the same
     /// metric. Errors when a field is not one of the ranking's.
     pub fn regroup(&self, fields: &[Field]) -> Result<Ranking, Error> {
-        let at: Vec<usize> = fields
-            .iter()
-            .map(|f| {
-                self.fields.iter().position(|g| g == f).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "cannot sum a ranking by {f}: it is grouped by [{}]",
-                        self.fields.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut sums = Aggregator::new(fields.to_vec());
-        for r in &self.rows {
-            sums.add_key(at.iter().map(|i| r.key[*i].clone()).collect(), &r.counts);
-        }
-        Ok(sums.ranking(self.metric))
+        regroup_rows(&self.fields, fields, self.metric, self.rows.iter())
     }
 
     /// The value of `field` in `row`, if the ranking groups by it.
@@ -878,22 +891,7 @@ impl RankView {
 
     /// The rows added up by `fields` (see [`Ranking::regroup`]).
     pub fn regroup(&self, fields: &[Field]) -> Result<Ranking, Error> {
-        let at: Vec<usize> = fields
-            .iter()
-            .map(|f| {
-                self.fields.iter().position(|g| g == f).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "cannot sum a ranking by {f}: it is grouped by [{}]",
-                        self.fields.iter().map(|g| g.name()).collect::<Vec<_>>().join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut sums = Aggregator::new(fields.to_vec());
-        for r in self.rows() {
-            sums.add_key(at.iter().map(|i| r.key[*i].clone()).collect(), &r.counts);
-        }
-        Ok(sums.ranking(self.metric))
+        regroup_rows(&self.fields, fields, self.metric, self.rows())
     }
 
     /// The view's settings without its rows.
