@@ -899,8 +899,10 @@ fn saved_fleet_run(dir: &Path, name: &str, logs: &[(&str, String)], args: &[&str
 /// A `--host-proc` tree of a host named `name`, with no process (a census of it is empty).
 fn proc_of_host(dir: &Path, name: &str) -> std::path::PathBuf {
     let p = dir.join(format!("hostproc-{name}"));
-    std::fs::create_dir_all(p.join("1/root/etc")).unwrap();
-    std::fs::write(p.join("1/root/etc/hostname"), format!("{name}\n")).unwrap();
+    // The host name as pid 1 sees it (its root, then etc/hostname), under the tree.
+    let etc = ["1", "root", "etc"].iter().collect::<std::path::PathBuf>();
+    std::fs::create_dir_all(p.join(&etc)).unwrap();
+    std::fs::write(p.join(etc).join("hostname"), format!("{name}\n")).unwrap();
     p
 }
 

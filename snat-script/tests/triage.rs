@@ -52,6 +52,18 @@ struct Pod {
     cg: PodCgroup,
 }
 
+impl Pod {
+    /// A process of this pod holding `count` connections to `to`.
+    fn connect(&self, to: &str, count: usize) -> Holder {
+        spawn_holder(
+            Some(&self.ns.path()),
+            Some(&self.cg.cgroup),
+            &[Plan::Connect { to: sa(to), count }],
+        )
+        .unwrap()
+    }
+}
+
 fn pod(world: &Netns, i: u32, layout: Layout) -> Pod {
     let ns = Netns::new("tp").unwrap();
     let veth = Veth::new(&ns, &format!("10.201.{i}.2/24"), world, &format!("10.201.{i}.1/24")).unwrap();
@@ -203,30 +215,10 @@ fn triage_names_the_culprit_pod_with_its_workload_and_exact_counts() {
         .unwrap();
     v.ns.ip(&["-6", "route", "add", "default", "via", "fd00:201:4::1"])
         .unwrap();
-    holders.push(
-        spawn_holder(
-            Some(&v.ns.path()),
-            Some(&v.cg.cgroup),
-            &[Plan::Connect {
-                to: sa("[2001:db8::10]:443"),
-                count: 6,
-            }],
-        )
-        .unwrap(),
-    );
+    holders.push(v.connect("[2001:db8::10]:443", 6));
     // 4..9: quiet pods, 2 public flows each.
     for p in &pods[4..] {
-        holders.push(
-            spawn_holder(
-                Some(&p.ns.path()),
-                Some(&p.cg.cgroup),
-                &[Plan::Connect {
-                    to: sa("203.0.113.10:80"),
-                    count: 2,
-                }],
-            )
-            .unwrap(),
-        );
+        holders.push(p.connect("203.0.113.10:80", 2));
     }
     // A hostNetwork pod: in the host namespace, flows to loopback only.
     let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -602,15 +594,7 @@ fn without_a_cluster_triage_names_pods_by_uid_and_processes_by_pid_and_cgroup() 
     )
     .unwrap();
     let p = pod(&world, 77, Layout::Systemd);
-    let _in_pod = spawn_holder(
-        Some(&p.ns.path()),
-        Some(&p.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.77:443"),
-            count: 20,
-        }],
-    )
-    .unwrap();
+    let _in_pod = p.connect("203.0.113.77:443", 20);
     // A process outside any pod, in its own namespace.
     let bare = pod(&world, 78, Layout::Cgroupfs);
     let proc_holder = spawn_holder(
@@ -820,15 +804,7 @@ fn the_verdict_names_the_pod_with_the_most_flows_on_the_hottest_destination() {
         &["203.0.113.21:443", "203.0.113.22:443", "203.0.113.23:443"].map(|d| Plan::Connect { to: sa(d), count: 40 }),
     )
     .unwrap();
-    let _hb = spawn_holder(
-        Some(&b.ns.path()),
-        Some(&b.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.24:443"),
-            count: 80,
-        }],
-    )
-    .unwrap();
+    let _hb = b.connect("203.0.113.24:443", 80);
     let (code, report, stderr) = triage(&params(&["seconds=0", "ports=100"]));
     assert_eq!(code, Some(3), "{stderr}");
     let summary = report["summary"].as_str().unwrap();
@@ -857,15 +833,7 @@ fn failed_connects_are_given_to_the_namespace_that_made_them() {
     // public address during the trace.
     let (world, _srv) = world_listening(&["203.0.113.31:443"]);
     let k = pod(&world, 33, Layout::Systemd);
-    let _hk = spawn_holder(
-        Some(&k.ns.path()),
-        Some(&k.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.31:443"),
-            count: 5,
-        }],
-    )
-    .unwrap();
+    let _hk = k.connect("203.0.113.31:443", 5);
     let other = Netns::new("tf").unwrap();
     other.add_lo_addr("198.18.7.1/32").unwrap();
     let other_inode = other.inode().unwrap();
@@ -1001,15 +969,7 @@ fn closing_sockets_hold_snat_ports() {
     let stop = Arc::new(AtomicBool::new(false));
     let server = closing_server(&world, "203.0.113.41:8080", stop.clone());
     let k = pod(&world, 34, Layout::Cgroupfs);
-    let _held = spawn_holder(
-        Some(&k.ns.path()),
-        Some(&k.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.41:8080"),
-            count: 5,
-        }],
-    )
-    .unwrap();
+    let _held = k.connect("203.0.113.41:8080", 5);
     in_netns(k.ns.path(), || {
         for _ in 0..150 {
             let s = TcpStream::connect("203.0.113.41:8080").unwrap();
@@ -1082,20 +1042,7 @@ fn pods_sharing_a_destination_at_critical_are_critical() {
     // Two pods, 60 flows each to one destination: 120 of 128 ports (93 %) for the node.
     let (world, _srv) = world_listening(&["203.0.113.51:443"]);
     let pods: Vec<Pod> = (35..37).map(|i| pod(&world, i, Layout::Systemd)).collect();
-    let _h: Vec<Holder> = pods
-        .iter()
-        .map(|p| {
-            spawn_holder(
-                Some(&p.ns.path()),
-                Some(&p.cg.cgroup),
-                &[Plan::Connect {
-                    to: sa("203.0.113.51:443"),
-                    count: 60,
-                }],
-            )
-            .unwrap()
-        })
-        .collect();
+    let _h: Vec<Holder> = pods.iter().map(|p| p.connect("203.0.113.51:443", 60)).collect();
     let (code, report, stderr) = triage(&params(&["seconds=0", "ports=128"]));
     assert_eq!(code, Some(3), "{stderr}");
     for p in &pods {
@@ -1140,15 +1087,7 @@ fn triage_and_census_share_one_threshold_and_print_the_percent_their_level_says(
     // 149 flows against 200 ports: 74.5 %, below the 75 % warning.
     let (world, _srv) = world_listening(&["203.0.113.61:443"]);
     let p = pod(&world, 38, Layout::Cgroupfs);
-    let holder = spawn_holder(
-        Some(&p.ns.path()),
-        Some(&p.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.61:443"),
-            count: 149,
-        }],
-    )
-    .unwrap();
+    let holder = p.connect("203.0.113.61:443", 149);
     let (code, report, stderr) = triage(&params(&["seconds=0", "ports=200"]));
     assert_eq!(code, Some(0), "{stderr}");
     let row = table_row(section(&report, "Step 4"), "destination", "203.0.113.61:443");
@@ -1164,15 +1103,7 @@ fn triage_and_census_share_one_threshold_and_print_the_percent_their_level_says(
     assert_eq!((row["percent"].clone(), row["level"].clone()), (74.into(), "ok".into()));
     // One more flow (not a new holder: closing the old one's would hold ports too): 75 %,
     // pressure for both.
-    let one_more = spawn_holder(
-        Some(&p.ns.path()),
-        Some(&p.cg.cgroup),
-        &[Plan::Connect {
-            to: sa("203.0.113.61:443"),
-            count: 1,
-        }],
-    )
-    .unwrap();
+    let one_more = p.connect("203.0.113.61:443", 1);
     assert_eq!(triage(&params(&["seconds=0", "ports=200"])).0, Some(3));
     let (code, report, _) = census(&params(&["ports=200", "node=node-c"]));
     assert_eq!(code, Some(3));
