@@ -87,23 +87,26 @@ fn census_playbook_names_the_pod_under_pressure() {
     let node_flow_findings = |r: &snat_script::report::Report| -> Vec<serde_json::Value> {
         r.findings
             .iter()
-            .filter(|f| f.evidence.get("node_flows").is_some())
+            .filter(|f| f.evidence.get("node_held").is_some())
             .map(|f| serde_json::to_value(f).unwrap())
             .collect()
     };
-    // The threshold follows the node's SNAT ports: half of them, critical at all of them.
-    let r = census(&[("ports", "80")]);
+    // The threshold follows the node's SNAT ports, as triage's: 75 % of them (45 of 60)
+    // is a warning, 90 % (45 of 50) critical, and 45 of 61 (73 %) nothing.
+    let r = census(&[("ports", "61")]);
+    assert!(node_flow_findings(&r).is_empty(), "{:?}", r.findings);
+    let r = census(&[("ports", "60")]);
     let hot = node_flow_findings(&r);
     assert_eq!(hot.len(), 1, "{:?}", r.findings);
     assert_eq!(hot[0]["severity"], "warning");
     assert_eq!(
-        (&hot[0]["evidence"]["threshold"], &hot[0]["evidence"]["ports"]),
-        (&40.into(), &80.into())
+        (&hot[0]["evidence"]["threshold_percent"], &hot[0]["evidence"]["ports"]),
+        (&75.into(), &60.into())
     );
-    let r = census(&[("ports", "44")]);
+    let r = census(&[("ports", "50")]);
     assert_eq!(node_flow_findings(&r)[0]["severity"], "critical", "{:?}", r.findings);
     // A `warn` above the ports does not hide a destination at the budget.
-    let r = census(&[("ports", "44"), ("warn", "100")]);
+    let r = census(&[("ports", "50"), ("warn", "100")]);
     assert_eq!(node_flow_findings(&r)[0]["severity"], "critical", "{:?}", r.findings);
     // 60 nodes get 512 ports each from AKS's table: 45 flows are not pressure.
     let r = census(&[("nodes", "60"), ("syn_warn", "100")]);
@@ -116,12 +119,12 @@ fn census_playbook_names_the_pod_under_pressure() {
     let hot: Vec<_> = report
         .findings
         .iter()
-        .filter(|f| f.evidence.get("node_flows").is_some())
+        .filter(|f| f.evidence.get("node_held").is_some())
         .collect();
     assert_eq!(hot.len(), 1, "{:?}", report.findings);
     assert_eq!(hot[0].destination, Some(sa("198.18.0.1:443")));
-    assert_eq!(hot[0].evidence["node_flows"], 45);
-    assert_eq!(hot[0].evidence["namespaces"], 2);
+    assert_eq!(hot[0].evidence["node_held"], 45);
+    assert_eq!(hot[0].evidence["owners"], 2);
     assert_eq!(hot[0].evidence["established"], 30);
     assert_eq!(hot[0].netns, Some(pod_ns.inode().unwrap()));
     assert!(hot[0].summary.contains(&pod.uid), "{}", hot[0].summary);
