@@ -567,6 +567,39 @@ pub fn create_module(ctx: &Ctx) -> Module {
             );
         }
     }
+    for (arity, doc) in [
+        (
+            0,
+            "Outgoing sockets to public destinations (snat's built-in rules) that a service-mesh sidecar redirected to\na local proxy (iptables/nft REDIRECT: their local endpoint is the remote endpoint of a socket of this\nnamespace): public_destinations leaves them out, as the proxy's own upstream socket is the one using\nthe SNAT port. A map of counts by state (see `counts`).",
+        ),
+        (
+            1,
+            "Same, with public decided by a Policy, an array of CIDRs treated as private, or a closure |ip| -> bool.",
+        ),
+    ] {
+        let params: &[&str] = if arity == 0 {
+            &["census: Census", "Map"]
+        } else {
+            &["census: Census", "public: ?", "Map"]
+        };
+        let reg = method("redirected_locally", params, doc);
+        let f = |ctx: &NativeCallContext<'_>, c: &Census, how: &Dynamic| -> Result<Map, Box<EvalAltResult>> {
+            let public = public_set(ctx, &c.inner, how)?;
+            let mut m = Map::new();
+            counts_into(&mut m, &c.inner.redirected_locally(|ip| public.contains(&ip)));
+            Ok(m)
+        };
+        if arity == 0 {
+            reg.set_into_module(&mut m, move |ctx: NativeCallContext<'_>, c: &mut Census| {
+                f(&ctx, c, &Dynamic::UNIT)
+            });
+        } else {
+            reg.set_into_module(
+                &mut m,
+                move |ctx: NativeCallContext<'_>, c: &mut Census, how: Dynamic| f(&ctx, c, &how),
+            );
+        }
+    }
     method(
         "by_owner",
         &["census: Census", "Array"],
@@ -702,6 +735,57 @@ mod tests {
         assert_eq!(s, "0 1 1");
         let n: i64 = eval("c.held").unwrap();
         assert_eq!(n, 6);
+    }
+
+    /// A connection a sidecar redirected locally is out of `public_destinations` and counted
+    /// by `redirected_locally`; the proxy's own upstream connection is the one counted.
+    #[test]
+    fn redirected_locally_counts_what_a_sidecar_redirected() {
+        let s = |state, local: &str, remote: &str| Socket {
+            family: Family::Ipv4,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode: 1,
+            uid: 0,
+            owner_pid: None,
+        };
+        let census = Census {
+            inner: Arc::new(CoreCensus {
+                netns: Some(4026532001),
+                method: Method::SockDiag,
+                fallback_reason: None,
+                listeners: vec!["0.0.0.0:15001".parse().unwrap()],
+                sockets: vec![
+                    // The app's socket, redirected to the proxy on :15001.
+                    s(TcpState::Established, "10.0.0.1:40001", "20.1.2.3:443"),
+                    // The proxy's side of it.
+                    s(TcpState::Established, "127.0.0.1:15001", "10.0.0.1:40001"),
+                    // The proxy's upstream connection: the one using a SNAT port.
+                    s(TcpState::Established, "10.0.0.1:50001", "20.1.2.3:443"),
+                ],
+            }),
+            index: None,
+            owner: None,
+            gone: false,
+        };
+        let ctx = Ctx::new(Default::default(), Default::default());
+        let e = engine(&ctx);
+        let mut scope = rhai::Scope::new();
+        scope.push("r", census);
+        let got: String = e
+            .eval_with_scope(
+                &mut scope,
+                r#"let d = r.public_destinations(); let x = r.redirected_locally(); let y = r.redirected_locally(["10.0.0.0/8"]);
+                   `${d.len()} ${d[0].established} ${x.established} ${x.held} ${y.established}`"#,
+            )
+            .unwrap();
+        assert_eq!(got, "1 1 1 1 1");
+        // Every destination private: nothing public was redirected.
+        let none: i64 = e
+            .eval_with_scope(&mut scope, r#"r.redirected_locally(|ip| false).held"#)
+            .unwrap();
+        assert_eq!(none, 0);
     }
 
     #[test]
