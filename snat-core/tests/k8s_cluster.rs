@@ -192,6 +192,19 @@ async fn pod_by_uid_finds_a_static_pods_mirror_by_its_config_hash() {
             .unwrap()
             .is_none()
     );
+    // Listed with the node's pods, it carries the hash its cgroup names it by (what
+    // playbooks key their pods by), and an ordinary pod carries none.
+    let on_b = lookup::pods_on_node(&e.kube, "node-b", false).await.unwrap();
+    let etcd = on_b
+        .iter()
+        .find(|p| p.pod.name.as_deref() == Some("etcd-node-b"))
+        .expect("the mirror pod on node-b");
+    assert_eq!(etcd.config_hash.as_deref(), Some(hash));
+    assert!(
+        on_b.iter()
+            .filter(|p| p.pod.name.as_deref() != Some("etcd-node-b"))
+            .all(|p| p.config_hash.is_none())
+    );
 }
 
 #[tokio::test]

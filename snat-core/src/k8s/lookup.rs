@@ -127,6 +127,10 @@ pub struct PodInfo {
     pub phase: Option<String>,
     /// Its containers' names, in spec order.
     pub containers: Vec<String>,
+    /// For a static pod's mirror pod: the kubelet's config hash ([`MIRROR_ANNOTATION`],
+    /// lower case), which is the UID its cgroup carries, not `pod.uid`. `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 /// The [`PodInfo`] of a pod object (owner not yet resolved).
@@ -153,6 +157,12 @@ pub fn pod_info(p: &Pod) -> PodInfo {
         containers: spec
             .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default(),
+        config_hash: p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_ANNOTATION))
+            .map(|h| h.trim().to_ascii_lowercase()),
     }
 }
 
