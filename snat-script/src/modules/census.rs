@@ -237,6 +237,33 @@ fn owner_groups(ctx: &NativeCallContext<'_>, c: &Census, how: &Dynamic) -> Resul
         .collect())
 }
 
+/// Register `census.NAME()` (public by snat's built-in rules, as `doc` says) and
+/// `census.NAME(public)` (a Policy, an array of private CIDRs or a closure |ip| -> bool),
+/// both giving `f` of the census and the set of its remote addresses that are public.
+fn public_method<T: rhai::Variant + Clone>(
+    m: &mut Module,
+    name: &'static str,
+    returns: &'static str,
+    doc: &'static str,
+    f: fn(&CoreCensus, &HashSet<IpAddr>) -> T,
+) {
+    let call = move |ctx: &NativeCallContext<'_>, c: &Census, how: &Dynamic| -> Result<T, Box<EvalAltResult>> {
+        Ok(f(&c.inner, &public_set(ctx, &c.inner, how)?))
+    };
+    method(name, &["census: Census", returns], doc)
+        .set_into_module(m, move |ctx: NativeCallContext<'_>, c: &mut Census| {
+            call(&ctx, c, &Dynamic::UNIT)
+        });
+    method(
+        name,
+        &["census: Census", "public: ?", returns],
+        "Same, with public decided by a Policy, an array of CIDRs treated as private, or a closure |ip| -> bool.",
+    )
+    .set_into_module(m, move |ctx: NativeCallContext<'_>, c: &mut Census, how: Dynamic| {
+        call(&ctx, c, &how)
+    });
+}
+
 /// The `census` module (types and methods are registered globally too).
 pub fn create_module(ctx: &Ctx) -> Module {
     let mut m = Module::new();
@@ -532,74 +559,29 @@ pub fn create_module(ctx: &Ctx) -> Module {
                 .collect::<Array>()
         },
     );
-    for (arity, doc) in [
-        (
-            0,
-            "Outgoing sockets to public destinations (snat's built-in rules), per destination IP and port,\nranked by established + syn_sent: maps with ip, port, destination, established, syn_sent, time_wait,\nclose_wait, fin_wait, other, total, active, closing, held (see `held`).",
-        ),
-        (
-            1,
-            "Same, with public decided by a Policy, an array of CIDRs treated as private, or a closure |ip| -> bool.",
-        ),
-    ] {
-        let params: &[&str] = if arity == 0 {
-            &["census: Census", "Array"]
-        } else {
-            &["census: Census", "public: ?", "Array"]
-        };
-        let reg = method("public_destinations", params, doc);
-        let f = |ctx: &NativeCallContext<'_>, c: &Census, how: &Dynamic| -> Result<Array, Box<EvalAltResult>> {
-            let public = public_set(ctx, &c.inner, how)?;
-            Ok(c.inner
-                .destinations(|ip| public.contains(&ip))
+    public_method(
+        &mut m,
+        "public_destinations",
+        "Array",
+        "Outgoing sockets to public destinations (snat's built-in rules), per destination IP and port,\nranked by established + syn_sent: maps with ip, port, destination, established, syn_sent, time_wait,\nclose_wait, fin_wait, other, total, active, closing, held (see `held`).",
+        |c, public| -> Array {
+            c.destinations(|ip| public.contains(&ip))
                 .iter()
                 .map(destination_map)
-                .collect())
-        };
-        if arity == 0 {
-            reg.set_into_module(&mut m, move |ctx: NativeCallContext<'_>, c: &mut Census| {
-                f(&ctx, c, &Dynamic::UNIT)
-            });
-        } else {
-            reg.set_into_module(
-                &mut m,
-                move |ctx: NativeCallContext<'_>, c: &mut Census, how: Dynamic| f(&ctx, c, &how),
-            );
-        }
-    }
-    for (arity, doc) in [
-        (
-            0,
-            "Outgoing sockets to public destinations (snat's built-in rules) that a service-mesh sidecar redirected to\na local proxy (iptables/nft REDIRECT: their local endpoint is the remote endpoint of a socket of this\nnamespace): public_destinations leaves them out, as the proxy's own upstream socket is the one using\nthe SNAT port. A map of counts by state (see `counts`).",
-        ),
-        (
-            1,
-            "Same, with public decided by a Policy, an array of CIDRs treated as private, or a closure |ip| -> bool.",
-        ),
-    ] {
-        let params: &[&str] = if arity == 0 {
-            &["census: Census", "Map"]
-        } else {
-            &["census: Census", "public: ?", "Map"]
-        };
-        let reg = method("redirected_locally", params, doc);
-        let f = |ctx: &NativeCallContext<'_>, c: &Census, how: &Dynamic| -> Result<Map, Box<EvalAltResult>> {
-            let public = public_set(ctx, &c.inner, how)?;
+                .collect()
+        },
+    );
+    public_method(
+        &mut m,
+        "redirected_locally",
+        "Map",
+        "Outgoing sockets to public destinations (snat's built-in rules) that a service-mesh sidecar redirected to\na local proxy (iptables/nft REDIRECT: their local endpoint is the remote endpoint of a socket of this\nnamespace): public_destinations leaves them out, as the proxy's own upstream socket is the one using\nthe SNAT port. A map of counts by state (see `counts`).",
+        |c, public| {
             let mut m = Map::new();
-            counts_into(&mut m, &c.inner.redirected_locally(|ip| public.contains(&ip)));
-            Ok(m)
-        };
-        if arity == 0 {
-            reg.set_into_module(&mut m, move |ctx: NativeCallContext<'_>, c: &mut Census| {
-                f(&ctx, c, &Dynamic::UNIT)
-            });
-        } else {
-            reg.set_into_module(
-                &mut m,
-                move |ctx: NativeCallContext<'_>, c: &mut Census, how: Dynamic| f(&ctx, c, &how),
-            );
-        }
-    }
+            counts_into(&mut m, &c.redirected_locally(|ip| public.contains(&ip)));
+            m
+        },
+    );
     method(
         "by_owner",
         &["census: Census", "Array"],
