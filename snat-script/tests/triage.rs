@@ -753,12 +753,12 @@ fn metrics_name_the_node_and_give_the_port_budget() {
     assert_eq!(rec["stages"][2]["args"]["node"], "node-a");
 }
 
-/// Run triage.rhai with `params` (`-p` each), no cluster, and return its exit code, its
-/// JSON report and its stderr.
-fn triage(params: &[String]) -> (Option<i32>, Value, String) {
+/// Run examples/`playbook` with `params` (`-p` each), no cluster, and return its exit code,
+/// its JSON report and its stderr.
+fn run_playbook(playbook: &str, params: &[String]) -> (Option<i32>, Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"));
-    c.arg(format!("{ROOT}/examples/triage.rhai"))
+    c.arg(format!("{ROOT}/examples/{playbook}"))
         .args(["-o", "json", "-q", "--audit-dir"])
         .arg(dir.path().join("audit"))
         .env_remove("SNAT_AUDIT_DIR")
@@ -771,6 +771,11 @@ fn triage(params: &[String]) -> (Option<i32>, Value, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     (out.status.code(), report, stderr)
+}
+
+/// triage.rhai through [`run_playbook`].
+fn triage(params: &[String]) -> (Option<i32>, Value, String) {
+    run_playbook("triage.rhai", params)
 }
 
 fn params(p: &[&str]) -> Vec<String> {
@@ -1077,23 +1082,9 @@ fn pods_sharing_a_destination_at_critical_are_critical() {
     }
 }
 
-/// Run census.rhai with `params`; exit code and report.
+/// census.rhai through [`run_playbook`].
 fn census(params: &[String]) -> (Option<i32>, Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_snat-run"));
-    c.arg(format!("{ROOT}/examples/census.rhai"))
-        .args(["-o", "json", "-q", "--audit-dir"])
-        .arg(dir.path().join("audit"))
-        .env_remove("SNAT_AUDIT_DIR")
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::null());
-    for p in params {
-        c.args(["-p", p]);
-    }
-    let out = c.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    (out.status.code(), report, stderr)
+    run_playbook("census.rhai", params)
 }
 
 #[test]
